@@ -1,0 +1,165 @@
+"""kern-events: an async, event-sourced persistence engine for AI-agent sessions.
+
+Layers, in the one direction data flows: events (``events``) are encoded (``codec``) and appended
+to a store (``store``, ``stores/``) as records (``records``); the ``projections`` package folds
+records into views; the storage objects (``db``) put a store and the views together for runtimes.
+
+The foundation is imported eagerly. Names that pull in the projections or a database driver are
+loaded on first access (module ``__getattr__``), so ``import projections`` never meets a
+half-initialized ``kern_events`` and ``import kern_events`` does not pay for drivers it won't use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from kern_events._index import SessionInfo
+from kern_events.codec import Codec, MsgpackCodec
+from kern_events.errors import (
+    ConcurrencyError,
+    CorruptRecordError,
+    IdempotencyError,
+    InvalidArgumentError,
+    InvalidIdentifierError,
+    KernEventsError,
+    NotFoundError,
+    PayloadTooLargeError,
+    SchemaVersionError,
+    SessionNotFoundError,
+    StorageError,
+    StoreClosedError,
+    UnknownEventTypeError,
+)
+from kern_events.events import (
+    AnyEvent,
+    Event,
+    ExternalExecution,
+    InputField,
+    MediaAdded,
+    MediaReference,
+    MessageAdded,
+    MetadataUpdated,
+    Requirement,
+    RequirementResolved,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunMetrics,
+    RunPaused,
+    RunResumed,
+    RunStarted,
+    SessionRenamed,
+    SessionStarted,
+    SessionStateChanged,
+    SessionType,
+    SummaryUpdated,
+    ToolCallCompleted,
+    ToolCallRequest,
+    ToolCallStarted,
+    ToolConfirmation,
+    UserInput,
+)
+from kern_events.records import (
+    ANY,
+    NO_STREAM,
+    AppendResult,
+    ExpectedVersion,
+    PendingEvent,
+    Record,
+    Snapshot,
+    StoredEvent,
+    UnknownEvent,
+)
+from kern_events.store import EventStore
+from kern_events.stores._sql import TableNames
+
+if TYPE_CHECKING:
+    from kern_events.db import BaseDb, InMemoryDb, SqliteDb
+    from kern_events.stores.memory import InMemoryEventStore
+    from kern_events.stores.sqlite import SqliteEventStore
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "BaseDb": "kern_events.db",
+    "InMemoryDb": "kern_events.db",
+    "SqliteDb": "kern_events.db",
+    "InMemoryEventStore": "kern_events.stores.memory",
+    "SqliteEventStore": "kern_events.stores.sqlite",
+}
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "AnyEvent",
+    "AppendResult",
+    "BaseDb",
+    "Codec",
+    "ConcurrencyError",
+    "CorruptRecordError",
+    "Event",
+    "EventStore",
+    "ExpectedVersion",
+    "ExternalExecution",
+    "IdempotencyError",
+    "InMemoryDb",
+    "InMemoryEventStore",
+    "InputField",
+    "InvalidArgumentError",
+    "InvalidIdentifierError",
+    "KernEventsError",
+    "MediaAdded",
+    "MediaReference",
+    "MessageAdded",
+    "MetadataUpdated",
+    "MsgpackCodec",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PendingEvent",
+    "Record",
+    "Requirement",
+    "RequirementResolved",
+    "RunCancelled",
+    "RunCompleted",
+    "RunFailed",
+    "RunMetrics",
+    "RunPaused",
+    "RunResumed",
+    "RunStarted",
+    "SchemaVersionError",
+    "SessionInfo",
+    "SessionNotFoundError",
+    "SessionRenamed",
+    "SessionStarted",
+    "SessionStateChanged",
+    "SessionType",
+    "Snapshot",
+    "SqliteDb",
+    "SqliteEventStore",
+    "StorageError",
+    "StoreClosedError",
+    "StoredEvent",
+    "SummaryUpdated",
+    "TableNames",
+    "ToolCallCompleted",
+    "ToolCallRequest",
+    "ToolCallStarted",
+    "ToolConfirmation",
+    "UnknownEvent",
+    "UnknownEventTypeError",
+    "UserInput",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kern_events' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

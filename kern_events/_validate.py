@@ -1,0 +1,51 @@
+"""Argument checks shared by every entry point, so bad input fails the same way on every backend."""
+
+from __future__ import annotations
+
+import re
+
+from kern_events.errors import InvalidArgumentError, InvalidIdentifierError
+
+__all__ = ["check_identifier", "check_non_negative", "check_optional_identifier", "check_sql_identifier"]
+
+MAX_ID_LENGTH = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SQL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def check_identifier(argument: str, value: object) -> str:
+    """A session, user, agent, team or workflow id: a non-empty string without control characters."""
+    if not isinstance(value, str):
+        raise InvalidIdentifierError(argument, value, "it must be a string")
+    if not value or value.strip() == "":
+        raise InvalidIdentifierError(argument, value, "it must not be empty or blank")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidIdentifierError(argument, value, f"it is longer than {MAX_ID_LENGTH} characters")
+    if _CONTROL.search(value):
+        raise InvalidIdentifierError(argument, value, "it contains a control character")
+    return value
+
+
+def check_optional_identifier(argument: str, value: object) -> str | None:
+    """Like :func:`check_identifier`, but ``None`` passes."""
+    return None if value is None else check_identifier(argument, value)
+
+
+def check_sql_identifier(argument: str, value: object) -> str:
+    """A table or schema name: letters, digits and underscores, not starting with a digit, 63 at most.
+
+    Names are also quoted where they are used; this check makes a bad name fail before any SQL runs.
+    """
+    if not isinstance(value, str) or not _SQL_IDENTIFIER.fullmatch(value):
+        raise InvalidIdentifierError(
+            argument, value, "use letters, digits and underscores (not first), at most 63 characters"
+        )
+    return value
+
+
+def check_non_negative(argument: str, value: object, *, allow_none: bool = False) -> None:
+    """An integer >= 0 (``None`` too, if allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgumentError(argument, f"expected an integer >= 0, got {value!r}")

@@ -1,0 +1,505 @@
+"""The ``kern-events`` command: a demo conversation that persists across processes, and read tools.
+
+``demo`` writes the way a runtime would (one atomic ``store.append`` per run, guarded by the
+session's version); every other command only reads, through the session index (``sessions``), the
+session view (``show``) or the raw log (``events``, ``export``, ``verify``). All work on one SQLite
+file, and only ``demo`` may create it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import re
+import sys
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from kern_events.db import SqliteDb
+from kern_events.errors import CorruptRecordError, InvalidArgumentError, KernEventsError, SessionNotFoundError
+from kern_events.events import (
+    Event,
+    MessageAdded,
+    RunCompleted,
+    RunMetrics,
+    RunStarted,
+    SessionStarted,
+    SessionStateChanged,
+    SummaryUpdated,
+    ToolCallCompleted,
+    ToolCallRequest,
+    ToolCallStarted,
+)
+from kern_events.records import Record, UnknownEvent
+from kern_events.stores._base import BaseEventStore
+from projections.runs import RunView
+from projections.session import SessionView
+
+__all__ = ["main"]
+
+DEFAULT_DB = "kern_events_demo.db"
+DEFAULT_SESSION_ID = "conversation_123"
+
+_Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+_json = msgspec.json.Encoder()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse has already printed
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    handler: _Handler = args.handler
+    try:
+        return asyncio.run(handler(args))
+    except KernEventsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`kern-events export | head`); keep the interpreter's final flush quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kern-events", description="Inspect kern-events SQLite databases, or run a demo conversation."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument("--db", default=DEFAULT_DB, metavar="PATH", help=f"SQLite file (default: {DEFAULT_DB})")
+
+    def command(name: str, handler: _Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[database], help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    demo = command("demo", _demo, "Append the next turn of a scripted agent conversation and show the session.")
+    demo.add_argument("--session-id", default=DEFAULT_SESSION_ID, help=f"default: {DEFAULT_SESSION_ID}")
+
+    sessions = command("sessions", _sessions, "List sessions from the session index, newest first.")
+    sessions.add_argument("--user-id")
+    sessions.add_argument("--type", dest="session_type", choices=["agent", "team", "workflow"])
+    sessions.add_argument("--limit", type=int, default=100, help="default: 100")
+    sessions.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    show = command("show", _show, "Show a session view, now or as of a version.")
+    show.add_argument("session_id", metavar="SESSION_ID")
+    show.add_argument("--version", type=int, help="show the session as it was at this version")
+    show.add_argument("--user-id", help="report sessions of other users as not found")
+    show.add_argument("--json", action="store_true", help="the view as JSON")
+
+    events = command("events", _events, "Dump one session's records as JSON lines, in version order.")
+    events.add_argument("session_id", metavar="SESSION_ID")
+    events.add_argument("--from-version", type=int, default=1)
+    events.add_argument("--to-version", type=int)
+
+    export = command("export", _export, "Dump every session's records as JSON lines, in global order.")
+    export.add_argument("--from-position", type=int, default=0)
+
+    command("verify", _verify, "Check the whole log: gapless versions, ordered positions, decodable records.")
+    return parser
+
+
+def _open(path: str, *, create: bool = False) -> SqliteDb:
+    """The database at ``path``; unless ``create``, a missing file is an error rather than a new database."""
+    if not create and not Path(path).exists():
+        raise InvalidArgumentError(
+            "--db", f"database file {path!r} does not exist (only `kern-events demo` creates one)"
+        )
+    return SqliteDb(path)
+
+
+# -- demo --------------------------------------------------------------------------------------------
+
+_AGENT_ID = "demo-agent"
+_USER_ID = "alice@example.com"
+_MODEL_ID = "demo-model-1"
+_MODEL_PROVIDER = "scripted"
+_AGENT_DATA = {
+    "name": "Demo agent",
+    "model": {"id": _MODEL_ID, "provider": _MODEL_PROVIDER},
+    "instructions": "You are a friendly assistant that remembers what the user tells you.",
+}
+_NAME_PATTERN = re.compile(r"\bmy name is (\w+)", re.IGNORECASE)
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    session_id: str = args.session_id
+    async with _open(args.db, create=True) as db:
+        store = db.store
+        info = await store.get_session_info(session_id)
+        if info is None:
+            started = SessionStarted(
+                session_type="agent",
+                agent_id=_AGENT_ID,
+                user_id=_USER_ID,
+                name="Demo conversation",
+                agent_data=_AGENT_DATA,
+            )
+            version = (
+                await store.append(session_id, [started], expected_version=await store.current_version(session_id))
+            ).to_version
+            print(f"started session {session_id} in {args.db}")
+        else:
+            version = info.version
+            print(f"continuing session {session_id} in {args.db} ({_count(info.run_count, 'run')} so far)")
+        before = await db.get_session(session_id)
+        turn = _TURNS[len(before.runs) % len(_TURNS)]
+        run_id = f"run_{uuid.uuid4().hex[:12]}"
+        result = await store.append(session_id, turn(run_id, before), expected_version=version)
+        view = await db.get_session(session_id)
+        print()
+        _print_view(view)
+        print()
+        print(
+            f"session {session_id} now has {_count(len(view.runs), 'run')} (version {result.to_version}); "
+            "run the command again to continue it in a new process"
+        )
+    return 0
+
+
+def _tokens(text: str) -> int:
+    """A rough token count (four characters a token), good enough for demo metrics."""
+    return max(1, len(text) // 4)
+
+
+def _run(
+    run_id: str, view: SessionView, question: str, middle: Sequence[Event], answer: str, duration: float
+) -> list[Event]:
+    """One complete run: started, the user's question, ``middle``, the final answer, completed."""
+    history = " ".join(
+        message.content for run in view.runs for message in run.messages if isinstance(message.content, str)
+    )
+    input_tokens = _tokens(f"{_AGENT_DATA['instructions']} {history} {question}")
+    output_tokens = _tokens(answer) + 10 * sum(isinstance(event, ToolCallStarted) for event in middle)
+    metrics = RunMetrics(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        total_tokens=input_tokens + output_tokens,
+        duration=duration,
+        model_id=_MODEL_ID,
+        model_provider=_MODEL_PROVIDER,
+    )
+    return [
+        RunStarted(
+            run_id=run_id,
+            agent_id=_AGENT_ID,
+            user_id=_USER_ID,
+            input=question,
+            model_id=_MODEL_ID,
+            model_provider=_MODEL_PROVIDER,
+        ),
+        MessageAdded(run_id=run_id, role="user", content=question),
+        *middle,
+        MessageAdded(run_id=run_id, role="assistant", content=answer),
+        RunCompleted(run_id=run_id, output=answer, metrics=metrics),
+    ]
+
+
+def _introduce(run_id: str, view: SessionView) -> list[Event]:
+    """Turn 1: the user says who she is; the agent keeps her name in the session state."""
+    events = _run(run_id, view, "Hi! My name is Alice.", [], "Nice to meet you, Alice! How can I help?", 0.82)
+    return [*events[:-1], SessionStateChanged(set={"user_name": "Alice"}), events[-1]]
+
+
+def _weather(run_id: str, view: SessionView) -> list[Event]:
+    """Turn 2: the model asks for a tool, the tool runs, its result goes back to the model."""
+    call_id = f"call_{uuid.uuid4().hex[:8]}"
+    arguments = {"city": "Paris"}
+    result = {"city": "Paris", "temperature_c": 18, "conditions": "sunny"}
+    middle: list[Event] = [
+        MessageAdded(
+            run_id=run_id,
+            role="assistant",
+            tool_calls=(ToolCallRequest(tool_call_id=call_id, tool_name="get_weather", arguments=arguments),),
+        ),
+        ToolCallStarted(run_id=run_id, tool_call_id=call_id, tool_name="get_weather", arguments=arguments),
+        ToolCallCompleted(run_id=run_id, tool_call_id=call_id, tool_name="get_weather", result=result, duration=0.41),
+        MessageAdded(run_id=run_id, role="tool", name="get_weather", tool_call_id=call_id, content=result),
+    ]
+    events = _run(
+        run_id, view, "What's the weather in Paris?", middle, "It is sunny and 18 degrees Celsius in Paris.", 1.64
+    )
+    return [*events[:-1], SessionStateChanged(set={"last_city": "Paris"}), events[-1]]
+
+
+def _recall(run_id: str, view: SessionView) -> list[Event]:
+    """Turn 3: the agent answers from earlier runs, which another process may have written."""
+    name, told_in = None, 0
+    for number, run in enumerate(view.runs, start=1):
+        for message in run.messages:
+            if message.role == "user" and isinstance(message.content, str):
+                match = _NAME_PATTERN.search(message.content)
+                if match:
+                    name, told_in = match.group(1), number
+    answer = f"Your name is {name}; you told me in run {told_in}." if name else "You haven't told me your name yet."
+    summary = SummaryUpdated(
+        summary=f"The user ({name or 'unknown'}) introduced herself, asked about the weather in Paris "
+        "and checked that her name was remembered.",
+        topics=("introductions", "weather", "memory"),
+    )
+    events = _run(run_id, view, "What's my name?", [], answer, 0.67)
+    return [*events[:-1], summary, events[-1]]
+
+
+_TURNS: tuple[Callable[[str, SessionView], list[Event]], ...] = (_introduce, _weather, _recall)
+
+
+# -- readable output ---------------------------------------------------------------------------------
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _text(value: Any) -> str:
+    """A message's content or a tool's result as one line: strings as they are, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    return _json.encode(value).decode()
+
+
+def _summary(summary: str, topics: Sequence[str]) -> str:
+    return f"{summary} (topics: {', '.join(topics)})" if topics else summary
+
+
+def _print_view(view: SessionView, *, version: int | None = None) -> None:
+    """Print the session header, then every run with its messages, tool calls and metrics."""
+    header: list[tuple[str, Any]] = [
+        ("session_type", view.session_type),
+        ("agent_id", view.agent_id),
+        ("team_id", view.team_id),
+        ("workflow_id", view.workflow_id),
+        ("user_id", view.user_id),
+        ("name", view.session_name),
+        ("state", _text(view.session_state) if view.session_state else None),
+        ("summary", None if view.summary is None else _summary(view.summary.summary, view.summary.topics)),
+        ("created_at", _when(view.created_at)),
+        ("updated_at", _when(view.updated_at)),
+    ]
+    print(f"session {view.session_id}" + (f" as of version {version}" if version is not None else ""))
+    for label, value in header:
+        if value is not None or label in ("session_type", "user_id", "name", "state", "summary"):
+            print(f"  {label + ':':<13} {'-' if value is None else value}")
+    if not view.runs:
+        print("  (no runs yet)")
+    for number, run in enumerate(view.runs, start=1):
+        _print_run(number, run)
+
+
+def _print_run(number: int, run: RunView) -> None:
+    print(f"run {number}: {run.run_id} [{run.status}] started {_when(run.created_at)}")
+    calls = {call.tool_call_id: call for call in run.tool_calls}
+    for message in run.messages:
+        if message.content is not None:
+            who = message.role if message.name is None else f"{message.role} ({message.name})"
+            print(f"  {who}: {_text(message.content)}")
+        for request in message.tool_calls:
+            print(f"  {message.role} calls {request.tool_name}({_text(request.arguments)}) [{request.tool_call_id}]")
+            call = calls.get(request.tool_call_id)
+            if call is not None:
+                took = "" if call.duration is None else f" in {call.duration:.2f} s"
+                outcome = call.error if call.error is not None else _text(call.result)
+                print(f"    -> {call.status}{took}: {outcome}")
+    for item in run.requirements:
+        print(f"  requirement {item.requirement_id} ({item.requirement.__struct_config__.tag}): {item.status}")
+    if run.error is not None:
+        print(f"  error: {run.error}")
+    if run.metrics is not None:
+        metrics = run.metrics
+        took = "" if metrics.duration is None else f", {metrics.duration:.2f} s"
+        model = "/".join(part for part in (metrics.model_provider, metrics.model_id) if part)
+        print(
+            f"  metrics: {metrics.input_tokens} input + {metrics.output_tokens} output = "
+            f"{metrics.total_tokens} tokens{took}" + (f", {model}" if model else "")
+        )
+
+
+# -- read commands -----------------------------------------------------------------------------------
+
+
+async def _sessions(args: argparse.Namespace) -> int:
+    async with _open(args.db) as db:
+        rows = await db.get_sessions(user_id=args.user_id, session_type=args.session_type, limit=args.limit)
+    if args.json:
+        for row in rows:
+            print(_json.encode(row).decode())
+        return 0
+    if not rows:
+        print("no sessions")
+        return 0
+    table = [("SESSION_ID", "TYPE", "OWNER", "USER_ID", "NAME", "RUNS", "VERSION", "UPDATED_AT")]
+    for row in rows:
+        owner = row.agent_id or row.team_id or row.workflow_id
+        table.append(
+            (
+                row.session_id,
+                row.session_type or "-",
+                owner or "-",
+                row.user_id or "-",
+                row.name or "-",
+                str(row.run_count),
+                str(row.version),
+                _when(row.updated_at),
+            )
+        )
+    widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    return 0
+
+
+async def _show(args: argparse.Namespace) -> int:
+    async with _open(args.db) as db:
+        view = await db.get_session(args.session_id, user_id=args.user_id, version=args.version)
+    if args.json:
+        print(_json.encode(view).decode())
+    else:
+        _print_view(view, version=args.version)
+    return 0
+
+
+def _record_line(record: Record) -> str:
+    """One record as a JSON line: the envelope, and the event as builtins (unknown types as base64 bytes)."""
+    event: dict[str, Any]
+    if isinstance(record.event, UnknownEvent):
+        event = {
+            "type": record.event.type,
+            "schema_version": record.event.schema_version,
+            "data_base64": base64.b64encode(record.event.data).decode(),
+        }
+    else:
+        event = msgspec.to_builtins(record.event)
+    line = {
+        "session_id": record.session_id,
+        "version": record.version,
+        "position": record.position,
+        "event_id": str(record.event_id),
+        "recorded_at": record.recorded_at,
+        "type": record.type,
+        "known": not isinstance(record.event, UnknownEvent),
+        "event": event,
+    }
+    return _json.encode(line).decode()
+
+
+async def _events(args: argparse.Namespace) -> int:
+    async with _open(args.db) as db:
+        if await db.store.get_session_info(args.session_id) is None:
+            raise SessionNotFoundError(args.session_id)
+        async for record in db.store.read(args.session_id, from_version=args.from_version, to_version=args.to_version):
+            print(_record_line(record))
+    return 0
+
+
+async def _export(args: argparse.Namespace) -> int:
+    async with _open(args.db) as db:
+        async for record in db.store.read_all(from_position=args.from_position):
+            print(_record_line(record))
+    return 0
+
+
+# -- verify ------------------------------------------------------------------------------------------
+
+
+class _Checker:
+    """Checks records in global order: positions increase, and each session's versions follow without gaps."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.unknown: dict[str, int] = {}
+        self.problems: list[str] = []
+        self._last_position = -1
+        self._last_version: dict[str, int] = {}
+
+    @property
+    def sessions(self) -> int:
+        return len(self._last_version)
+
+    def check(self, session_id: str, version: int, position: int) -> None:
+        """Check one record's envelope (also of a record whose payload did not decode)."""
+        self.events += 1
+        if position <= self._last_position:
+            self.problems.append(
+                f"session {session_id!r} version {version}: position {position} does not follow "
+                f"position {self._last_position}"
+            )
+        self._last_position = max(self._last_position, position)
+        last = self._last_version.get(session_id)
+        if last is not None and version != last + 1:
+            kind = "a gap" if version > last + 1 else "out of order"
+            self.problems.append(f"session {session_id!r}: version {version} follows version {last} ({kind})")
+        self._last_version[session_id] = version if last is None else max(last, version)
+
+
+async def _verify(args: argparse.Namespace) -> int:
+    checker = _Checker()
+    async with _open(args.db) as db:
+        store = db.store
+        position = 0
+        while True:
+            try:
+                async for record in store.read_all(from_position=position):
+                    checker.check(record.session_id, record.version, record.position)
+                    if isinstance(record.event, UnknownEvent):
+                        checker.unknown[record.type] = checker.unknown.get(record.type, 0) + 1
+                    position = record.position + 1
+                break
+            except CorruptRecordError as exc:
+                checker.problems.append(str(exc))
+                after = await _position_after(store, exc, position)
+                checker.check(exc.session_id, exc.version, after - 1)
+                position = after
+    for problem in checker.problems:
+        print(f"problem: {problem}")
+    unknown = sum(checker.unknown.values())
+    if unknown:
+        kinds = ", ".join(f"{name} x{count}" for name, count in sorted(checker.unknown.items()))
+        print(f"{_count(unknown, 'event')} of types this release does not know (written by a newer release?): {kinds}")
+    outcome = "ok" if not checker.problems else _count(len(checker.problems), "problem")
+    print(f"verified {_count(checker.events, 'event')} in {_count(checker.sessions, 'session')}: {outcome}")
+    return 0 if not checker.problems else 1
+
+
+async def _position_after(store: BaseEventStore, error: CorruptRecordError, start: int) -> int:
+    """The position just past the undecodable record ``error`` names, the first one at or after ``start``.
+
+    ``read_all`` stops at a record it cannot decode without saying where it is, so this probes single
+    reads (exponentially, then by bisection) for the first position whose read no longer meets it.
+    """
+
+    async def meets_it(position: int) -> bool:
+        try:
+            [record async for record in store.read_all(from_position=position, limit=1)]
+        except CorruptRecordError as exc:
+            return (exc.session_id, exc.version) == (error.session_id, error.version)
+        return False
+
+    low, step = start, 1  # the read from `low` meets the record; find the first `high` whose read does not
+    while await meets_it(low + step):
+        low += step
+        step *= 2
+    high = low + step
+    while high - low > 1:
+        middle = (low + high) // 2
+        if await meets_it(middle):
+            low = middle
+        else:
+            high = middle
+    return high

@@ -1,0 +1,216 @@
+"""The storage objects users pass to agent runtimes: a store plus the session view on top of it.
+
+``InMemoryDb()``, ``SqliteDb(db_file=...)`` (and ``PostgresDb`` in its own module) all offer the same
+surface: the raw log through :attr:`BaseDb.store`, and session-level reads and edits that return
+views. Reading a session loads its newest compatible checkpoint and folds only the events after it.
+"""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import Self
+
+import msgspec
+
+from kern_events._index import SessionInfo
+from kern_events._validate import check_identifier, check_non_negative, check_optional_identifier
+from kern_events.codec import Codec
+from kern_events.errors import ConcurrencyError, InvalidArgumentError, SessionNotFoundError
+from kern_events.events import SessionRenamed, SessionType
+from kern_events.records import Snapshot
+from kern_events.store import SessionSort
+from kern_events.stores._base import DEFAULT_MAX_EVENT_SIZE, BaseEventStore
+from kern_events.stores._sql import TableNames
+from kern_events.stores.memory import InMemoryEventStore
+from kern_events.stores.sqlite import SqliteEventStore, Synchronous
+from projections.session import (
+    SESSION_PROJECTION,
+    SESSION_SCHEMA_VERSION,
+    SessionFold,
+    SessionView,
+    decode_view,
+    encode_view,
+)
+
+__all__ = ["BaseDb", "InMemoryDb", "SqliteDb"]
+
+_RENAME_ATTEMPTS = 5
+
+
+class BaseDb:
+    """A store and the default projections; use as ``async with db:`` or call :meth:`aclose`.
+
+    The store opens on first use, so a db can be built at import time and handed to runtimes.
+    """
+
+    def __init__(self, store: BaseEventStore) -> None:
+        self._store = store
+
+    @property
+    def store(self) -> BaseEventStore:
+        """The event store underneath: append, read, read_all, snapshots."""
+        return self._store
+
+    async def __aenter__(self) -> Self:
+        await self._store.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the store; safe to call twice."""
+        await self._store.aclose()
+
+    async def _visible_info(self, session_id: str, user_id: str | None) -> SessionInfo:
+        check_identifier("session_id", session_id)
+        check_optional_identifier("user_id", user_id)
+        info = await self._store.get_session_info(session_id)
+        if info is None or (user_id is not None and info.user_id != user_id):
+            raise SessionNotFoundError(session_id)
+        return info
+
+    async def get_session(
+        self, session_id: str, *, user_id: str | None = None, version: int | None = None
+    ) -> SessionView:
+        """The session view, at its current version or as of ``version``.
+
+        With ``user_id``, a session of another user is reported as not found, never shown.
+        """
+        check_non_negative("version", version, allow_none=True)
+        info = await self._visible_info(session_id, user_id)
+        target = info.version if version is None else min(version, info.version)
+        accumulator = await self._checkpoint(session_id, target)
+        async for record in self._store.read(session_id, from_version=accumulator.version + 1, to_version=target):
+            accumulator.apply(record)
+        view = accumulator.view()
+        if view is None:
+            raise SessionNotFoundError(session_id)
+        return view
+
+    async def _checkpoint(self, session_id: str, max_version: int) -> SessionFold:
+        """A fold started from the newest usable snapshot; an undecodable one is ignored."""
+        snapshot = await self._store.load_snapshot(
+            session_id, SESSION_PROJECTION, schema_version=SESSION_SCHEMA_VERSION, max_version=max_version
+        )
+        if snapshot is not None:
+            try:
+                return SessionFold(decode_view(snapshot.data), version=snapshot.version)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                pass
+        return SessionFold()
+
+    async def save_checkpoint(self, session_id: str) -> Snapshot:
+        """Snapshot the session view at its current version, so later reads fold only what follows."""
+        info = await self._visible_info(session_id, None)
+        accumulator = await self._checkpoint(session_id, info.version)
+        async for record in self._store.read(session_id, from_version=accumulator.version + 1, to_version=info.version):
+            accumulator.apply(record)
+        view = accumulator.view()
+        if view is None:
+            raise SessionNotFoundError(session_id)
+        snapshot = Snapshot(
+            session_id=session_id,
+            name=SESSION_PROJECTION,
+            schema_version=SESSION_SCHEMA_VERSION,
+            version=accumulator.version,
+            data=encode_view(view),
+        )
+        await self._store.save_snapshot(snapshot)
+        return snapshot
+
+    async def get_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        session_type: SessionType | None = None,
+        agent_id: str | None = None,
+        team_id: str | None = None,
+        workflow_id: str | None = None,
+        sort_by: SessionSort = "updated_at",
+        descending: bool = True,
+        limit: int | None = 100,
+        offset: int = 0,
+    ) -> list[SessionInfo]:
+        """Sessions from the index (no log is folded), filtered, sorted and paged."""
+        return await self._store.list_sessions(
+            user_id=user_id,
+            session_type=session_type,
+            agent_id=agent_id,
+            team_id=team_id,
+            workflow_id=workflow_id,
+            sort_by=sort_by,
+            descending=descending,
+            limit=limit,
+            offset=offset,
+        )
+
+    async def rename_session(self, session_id: str, name: str, *, user_id: str | None = None) -> SessionInfo:
+        """Give the session a new display name; returns its updated index row."""
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidArgumentError("name", "a session name must be a non-empty string")
+        for _ in range(_RENAME_ATTEMPTS):
+            info = await self._visible_info(session_id, user_id)
+            try:
+                await self._store.append(session_id, [SessionRenamed(name=name)], expected_version=info.version)
+            except ConcurrencyError:
+                continue
+            renamed = await self._store.get_session_info(session_id)
+            if renamed is None:
+                raise SessionNotFoundError(session_id)
+            return renamed
+        raise ConcurrencyError(session_id, info.version, await self._store.current_version(session_id))
+
+    async def delete_session(self, session_id: str, *, user_id: str | None = None) -> bool:
+        """Erase the session (events, checkpoints, index row); ``False`` if it did not exist."""
+        if user_id is not None:
+            try:
+                await self._visible_info(session_id, user_id)
+            except SessionNotFoundError:
+                return False
+        return await self._store.delete_session(session_id)
+
+
+class InMemoryDb(BaseDb):
+    """Sessions in this process's memory: for tests and demos; gone when the process exits."""
+
+    def __init__(self, *, codec: Codec | None = None, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
+        super().__init__(InMemoryEventStore(codec=codec, max_event_size=max_event_size))
+
+
+class SqliteDb(BaseDb):
+    """Sessions in one SQLite file (WAL): the embedded default for local work.
+
+    Table names can be changed to keep several workloads apart in one file.
+    """
+
+    def __init__(
+        self,
+        db_file: str | os.PathLike[str] = "kern_events.db",
+        *,
+        events_table: str = "kern_events",
+        session_table: str = "kern_sessions",
+        snapshot_table: str = "kern_snapshots",
+        schema_table: str = "kern_schema",
+        synchronous: Synchronous = "FULL",
+        busy_timeout: float = 5.0,
+        codec: Codec | None = None,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+    ) -> None:
+        tables = TableNames(events=events_table, sessions=session_table, snapshots=snapshot_table, schema=schema_table)
+        super().__init__(
+            SqliteEventStore(
+                db_file,
+                tables=tables,
+                synchronous=synchronous,
+                busy_timeout=busy_timeout,
+                codec=codec,
+                max_event_size=max_event_size,
+            )
+        )

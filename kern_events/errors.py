@@ -1,0 +1,149 @@
+"""The errors kern-events raises, as one tree under :class:`KernEventsError`.
+
+Every error carries the facts a caller needs as attributes as well as in its message. A driver's
+own exception never escapes raw: each backend translates it at one seam, keeping the original as
+``__cause__``.
+
+::
+
+    KernEventsError
+    ├── ConcurrencyError            expected version != actual version (optimistic concurrency)
+    ├── IdempotencyError            an event id reused with other content, or only partly matching
+    ├── NotFoundError
+    │   └── SessionNotFoundError    no such session (or not visible to this user)
+    ├── CorruptRecordError          stored bytes that cannot be decoded
+    ├── InvalidArgumentError        bad input, rejected before anything is written (also a ValueError)
+    │   ├── InvalidIdentifierError  a session id or table name that is not allowed
+    │   ├── UnknownEventTypeError   an object that is not a kern-events event
+    │   └── PayloadTooLargeError    an encoded event above the store's size limit
+    ├── StorageError                the database failed in a way the caller cannot fix by changing input
+    │   └── SchemaVersionError      the database was written by a newer, incompatible release
+    └── StoreClosedError            the store was used after ``aclose()``
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+__all__ = [
+    "ConcurrencyError",
+    "CorruptRecordError",
+    "IdempotencyError",
+    "InvalidArgumentError",
+    "InvalidIdentifierError",
+    "KernEventsError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "SchemaVersionError",
+    "SessionNotFoundError",
+    "StorageError",
+    "StoreClosedError",
+    "UnknownEventTypeError",
+]
+
+
+class KernEventsError(Exception):
+    """The root of every error kern-events raises on purpose."""
+
+
+class ConcurrencyError(KernEventsError):
+    """An append's expected version did not match the session's version: another writer got there first."""
+
+    def __init__(self, session_id: str, expected_version: int | str, actual_version: int) -> None:
+        self.session_id = session_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+        super().__init__(
+            f"session {session_id!r}: expected version {expected_version}, but the session is at "
+            f"version {actual_version}"
+        )
+
+
+class IdempotencyError(KernEventsError):
+    """An event id was reused for different content, so the append is neither new nor a retry."""
+
+    def __init__(self, session_id: str, event_id: UUID, reason: str) -> None:
+        self.session_id = session_id
+        self.event_id = event_id
+        self.reason = reason
+        super().__init__(f"session {session_id!r}: event id {event_id} {reason}")
+
+
+class NotFoundError(KernEventsError):
+    """Something that was asked for does not exist."""
+
+
+class SessionNotFoundError(NotFoundError):
+    """No session with this id exists, or it belongs to another user (never revealed as such)."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(f"session {session_id!r} not found")
+
+
+class CorruptRecordError(KernEventsError):
+    """Stored bytes of a known event type could not be decoded."""
+
+    def __init__(self, session_id: str, version: int, event_type: str, detail: str) -> None:
+        self.session_id = session_id
+        self.version = version
+        self.event_type = event_type
+        super().__init__(
+            f"session {session_id!r} version {version}: stored {event_type!r} event cannot be decoded: {detail}"
+        )
+
+
+class InvalidArgumentError(KernEventsError, ValueError):
+    """An argument was rejected before anything was written; ``argument`` names it."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        self.argument = argument
+        super().__init__(f"{argument}: {message}")
+
+
+class InvalidIdentifierError(InvalidArgumentError):
+    """A session id, user id or SQL identifier that is empty, too long or has forbidden characters."""
+
+    def __init__(self, argument: str, value: object, reason: str) -> None:
+        self.value = value
+        super().__init__(argument, f"{value!r} is not allowed: {reason}")
+
+
+class UnknownEventTypeError(InvalidArgumentError):
+    """An object handed to ``append`` that is not one of the kern-events event types."""
+
+    def __init__(self, argument: str, value: object) -> None:
+        self.value = value
+        super().__init__(argument, f"{type(value).__qualname__} is not a kern-events event type")
+
+
+class PayloadTooLargeError(InvalidArgumentError):
+    """An encoded event larger than the store accepts."""
+
+    def __init__(self, argument: str, event_type: str, size: int, limit: int) -> None:
+        self.event_type = event_type
+        self.size = size
+        self.limit = limit
+        super().__init__(argument, f"{event_type!r} event encodes to {size} bytes; the limit is {limit}")
+
+
+class StorageError(KernEventsError):
+    """The database failed; the original driver exception is the ``__cause__``."""
+
+
+class SchemaVersionError(StorageError):
+    """The database schema is newer than this release understands."""
+
+    def __init__(self, found: int, supported: int) -> None:
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"database schema version {found} is newer than this release supports ({supported}); upgrade kern-events"
+        )
+
+
+class StoreClosedError(KernEventsError):
+    """The store was used after it was closed."""
+
+    def __init__(self) -> None:
+        super().__init__("the store is closed")

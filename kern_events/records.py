@@ -1,0 +1,121 @@
+"""The envelope around stored events, and the small values the store protocol passes around.
+
+A backend stores and returns :class:`StoredEvent` (envelope + encoded bytes); the codec turns it into
+a :class:`Record` whose ``event`` is either a known :class:`~kern_events.events.Event` or an
+:class:`UnknownEvent` carrying the raw bytes of a type this release does not know.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+from uuid import UUID
+
+import msgspec
+
+from kern_events.events import Event
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "AppendResult",
+    "ExpectedVersion",
+    "PendingEvent",
+    "Record",
+    "Snapshot",
+    "StoredEvent",
+    "UnknownEvent",
+]
+
+
+class ExpectedVersion(enum.Enum):
+    """The non-numeric expectations an append can state about a session's current version."""
+
+    ANY = "any"
+    """Append whatever the session's version is (no concurrency check)."""
+    NO_STREAM = "no stream"
+    """The session must not exist yet (no event was ever appended to it)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ANY: Final = ExpectedVersion.ANY
+NO_STREAM: Final = ExpectedVersion.NO_STREAM
+
+
+class UnknownEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event whose type this release does not know; audit tools see it, projections skip it."""
+
+    type: str
+    schema_version: int
+    data: bytes
+
+
+class PendingEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An encoded event on its way into a backend."""
+
+    event_id: UUID
+    type: str
+    schema_version: int
+    data: bytes
+
+
+class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event as a backend stores it: the envelope and the encoded bytes."""
+
+    session_id: str
+    version: int
+    position: int
+    event_id: UUID
+    type: str
+    schema_version: int
+    data: bytes
+    recorded_at: float
+
+
+class Record(msgspec.Struct, frozen=True, kw_only=True):
+    """A decoded event in its envelope: which session, at which version and global position, and when."""
+
+    session_id: str
+    version: int
+    """1, 2, 3 … within the session, without gaps."""
+    position: int
+    """Strictly increasing across the whole store (it may skip numbers)."""
+    event_id: UUID
+    recorded_at: float
+    """Unix time in seconds at which the store accepted the append."""
+    event: Event | UnknownEvent
+
+    @property
+    def type(self) -> str:
+        """The event's type tag, also for unknown events."""
+        if isinstance(self.event, UnknownEvent):
+            return self.event.type
+        return str(self.event.__struct_config__.tag)
+
+
+class AppendResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What an append stored: the versions, positions and ids of its events, and when."""
+
+    session_id: str
+    from_version: int
+    to_version: int
+    """The session's version after the append."""
+    positions: tuple[int, ...]
+    event_ids: tuple[UUID, ...]
+    recorded_at: float
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A checkpoint: a projection's serialized state for a session, as of a version."""
+
+    session_id: str
+    name: str
+    """Which projection wrote it (e.g. ``"session"``)."""
+    schema_version: int
+    """The projection's own state version; a reader ignores snapshots of other versions."""
+    version: int
+    """The session version the state includes."""
+    data: bytes
+    created_at: float = 0.0

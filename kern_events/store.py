@@ -1,0 +1,119 @@
+"""The ``EventStore`` protocol: the one surface every backend implements and every caller uses.
+
+A store holds one append-only stream of events per session. Appends are atomic, ordered,
+idempotent on retry (by event id) and guarded by optimistic concurrency (``expected_version``);
+reads stream records in version order, or across all sessions in global position order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Literal, Protocol, Self
+from uuid import UUID
+
+from kern_events._index import SessionInfo
+from kern_events.events import Event, SessionType
+from kern_events.records import AppendResult, ExpectedVersion, Record, Snapshot
+
+__all__ = ["EventStore", "SessionSort"]
+
+SessionSort = Literal["created_at", "updated_at"]
+
+
+class EventStore(Protocol):
+    """An async event store; use it as ``async with store: ...`` or call :meth:`aclose` when done."""
+
+    async def append(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        *,
+        expected_version: int | ExpectedVersion = ExpectedVersion.ANY,
+        event_ids: Sequence[UUID] | None = None,
+    ) -> AppendResult:
+        """Append ``events`` to the session atomically, all or none.
+
+        ``expected_version`` is ``ANY``, ``NO_STREAM`` (the session must not exist) or the exact
+        current version; a mismatch raises :class:`~kern_events.errors.ConcurrencyError`. Calling
+        again with the same ``event_ids`` (a retry after a lost reply) stores nothing and returns the
+        first call's result; reusing an id for other content raises
+        :class:`~kern_events.errors.IdempotencyError`.
+        """
+        ...
+
+    def read(
+        self,
+        session_id: str,
+        *,
+        from_version: int = 1,
+        to_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+    ) -> AsyncIterator[Record]:
+        """Stream the session's records with ``from_version <= version <= to_version`` in version
+        order (newest first if ``backwards``), at most ``limit`` of them, in constant memory."""
+        ...
+
+    def read_all(self, *, from_position: int = 0, limit: int | None = None) -> AsyncIterator[Record]:
+        """Stream every session's records with ``position >= from_position`` in global order."""
+        ...
+
+    async def current_version(self, session_id: str) -> int:
+        """The session's version (0 for a session that never had an event)."""
+        ...
+
+    async def get_session_info(self, session_id: str) -> SessionInfo | None:
+        """The session's index row, or ``None`` if it does not exist (or was deleted)."""
+        ...
+
+    async def list_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        session_type: SessionType | None = None,
+        agent_id: str | None = None,
+        team_id: str | None = None,
+        workflow_id: str | None = None,
+        sort_by: SessionSort = "updated_at",
+        descending: bool = True,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[SessionInfo]:
+        """Index rows matching every given filter, sorted (ties broken by session id), paged."""
+        ...
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Erase the session's events, snapshots and index row; ``False`` if there was nothing.
+
+        The session's version is kept as a tombstone so that its versions are never reused.
+        """
+        ...
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Store a checkpoint (the newest few per session and name are kept)."""
+        ...
+
+    async def load_snapshot(
+        self,
+        session_id: str,
+        name: str,
+        *,
+        schema_version: int | None = None,
+        max_version: int | None = None,
+    ) -> Snapshot | None:
+        """The newest snapshot of ``name`` (of that ``schema_version``, at or below ``max_version``)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release every connection and thread; safe to call twice and under cancellation."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...

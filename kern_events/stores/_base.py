@@ -1,0 +1,431 @@
+"""What every backend shares: argument checks, encoding, paging, lifecycle and the retry rules.
+
+A backend subclasses :class:`BaseEventStore` and implements the underscore hooks over its storage; it
+stores and returns :class:`~kern_events.records.StoredEvent` rows and never sees the codec. The rules
+that decide between "conflict", "idempotent retry" and "reused id" live here once
+(:func:`check_expected`, :func:`match_retry`) so that every backend answers the same way.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Self, get_args
+from uuid import UUID
+
+import anyio
+
+from kern_events._index import SessionInfo
+from kern_events._validate import check_identifier, check_non_negative, check_optional_identifier
+from kern_events.codec import Codec, MsgpackCodec
+from kern_events.errors import (
+    ConcurrencyError,
+    IdempotencyError,
+    InvalidArgumentError,
+    PayloadTooLargeError,
+    StoreClosedError,
+    UnknownEventTypeError,
+)
+from kern_events.events import Event, SessionType
+from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Record, Snapshot, StoredEvent
+from kern_events.store import SessionSort
+
+__all__ = [
+    "DEFAULT_MAX_EVENT_SIZE",
+    "SNAPSHOTS_KEPT",
+    "BaseEventStore",
+    "SessionFilter",
+    "check_expected",
+    "conflict",
+    "match_retry",
+]
+
+DEFAULT_MAX_EVENT_SIZE = 4 * 1024 * 1024
+"""Largest encoded event accepted by default (4 MiB): media belong elsewhere, referenced by url."""
+
+SNAPSHOTS_KEPT = 3
+"""Snapshots kept per session and projection name; older ones are pruned when a new one is saved."""
+
+_SESSION_TYPES = frozenset(get_args(SessionType))
+_SORTS = frozenset(get_args(SessionSort))
+
+
+class SessionFilter:
+    """A checked ``list_sessions`` query, handed to a backend as one object."""
+
+    __slots__ = (
+        "agent_id",
+        "descending",
+        "limit",
+        "offset",
+        "session_type",
+        "sort_by",
+        "team_id",
+        "user_id",
+        "workflow_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        user_id: str | None,
+        session_type: SessionType | None,
+        agent_id: str | None,
+        team_id: str | None,
+        workflow_id: str | None,
+        sort_by: SessionSort,
+        descending: bool,
+        limit: int | None,
+        offset: int,
+    ) -> None:
+        self.user_id = check_optional_identifier("user_id", user_id)
+        self.agent_id = check_optional_identifier("agent_id", agent_id)
+        self.team_id = check_optional_identifier("team_id", team_id)
+        self.workflow_id = check_optional_identifier("workflow_id", workflow_id)
+        if session_type is not None and session_type not in _SESSION_TYPES:
+            raise InvalidArgumentError("session_type", f"expected one of {sorted(_SESSION_TYPES)}")
+        self.session_type = session_type
+        if sort_by not in _SORTS:
+            raise InvalidArgumentError("sort_by", f"expected one of {sorted(_SORTS)}, got {sort_by!r}")
+        self.sort_by: SessionSort = sort_by
+        self.descending = bool(descending)
+        check_non_negative("limit", limit, allow_none=True)
+        check_non_negative("offset", offset)
+        self.limit = limit
+        self.offset = offset
+
+    def matches(self, info: SessionInfo) -> bool:
+        """Whether an index row passes every filter (for backends that filter in Python)."""
+        return (
+            (self.user_id is None or info.user_id == self.user_id)
+            and (self.session_type is None or info.session_type == self.session_type)
+            and (self.agent_id is None or info.agent_id == self.agent_id)
+            and (self.team_id is None or info.team_id == self.team_id)
+            and (self.workflow_id is None or info.workflow_id == self.workflow_id)
+        )
+
+
+def check_expected(expected: int | ExpectedVersion, head: int) -> bool:
+    """Whether ``expected`` admits appending at ``head``; ``False`` means a conflict."""
+    if expected is ExpectedVersion.ANY:
+        return True
+    if expected is ExpectedVersion.NO_STREAM:
+        return head == 0
+    return expected == head
+
+
+def conflict(session_id: str, expected: int | ExpectedVersion, head: int) -> ConcurrencyError:
+    """The error for an append whose expectation did not hold."""
+    shown: int | str = expected.value if isinstance(expected, ExpectedVersion) else expected
+    return ConcurrencyError(session_id, shown, head)
+
+
+def match_retry(
+    session_id: str, pending: Sequence[PendingEvent], found: Sequence[StoredEvent | None]
+) -> AppendResult | None:
+    """Decide what an append whose event ids may already be stored is.
+
+    ``found[i]`` is the stored event whose id is ``pending[i].event_id``, or ``None``. If none is
+    stored, the append is new (``None``). If all are stored, in this session, with the same content,
+    at consecutive versions, it is a retry and the first call's result is returned. Anything else is
+    an :class:`IdempotencyError`: an id reused for other content is never silently accepted.
+    """
+    if all(stored is None for stored in found):
+        return None
+    first = found[0]
+    for index, (new, stored) in enumerate(zip(pending, found, strict=True)):
+        if stored is None:
+            raise IdempotencyError(session_id, new.event_id, "was not stored, but other event ids of this batch were")
+        if stored.session_id != session_id:
+            raise IdempotencyError(session_id, new.event_id, "is already used by another session")
+        if stored.type != new.type or stored.data != new.data:
+            raise IdempotencyError(session_id, new.event_id, "was already stored with different content")
+        if first is None or stored.version != first.version + index:
+            raise IdempotencyError(session_id, new.event_id, "was stored in a different batch")
+    stored_events = [stored for stored in found if stored is not None]
+    return AppendResult(
+        session_id=session_id,
+        from_version=stored_events[0].version,
+        to_version=stored_events[-1].version,
+        positions=tuple(stored.position for stored in stored_events),
+        event_ids=tuple(stored.event_id for stored in stored_events),
+        recorded_at=stored_events[0].recorded_at,
+    )
+
+
+class BaseEventStore(abc.ABC):
+    """The shared half of every backend; see the module docstring."""
+
+    read_page_size = 1000
+    """Rows fetched per round trip while streaming; reads hold no cursor open between pages."""
+
+    def __init__(self, *, codec: Codec | None = None, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
+        check_non_negative("max_event_size", max_event_size)
+        self._codec: Codec = codec if codec is not None else MsgpackCodec()
+        self._max_event_size = max_event_size
+        self._state = "new"
+        self._open_lock = anyio.Lock(fast_acquire=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self._ensure_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _ensure_open(self) -> None:
+        if self._state == "open":
+            return
+        async with self._open_lock:
+            if self._state == "closed":
+                raise StoreClosedError()
+            if self._state == "new":
+                await self._open()
+                self._state = "open"
+
+    async def aclose(self) -> None:
+        """Release every connection and thread; safe to call twice and under cancellation."""
+        async with self._open_lock:
+            was_open = self._state == "open"
+            self._state = "closed"
+        if was_open:
+            with anyio.CancelScope(shield=True):
+                await self._close()
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    async def append(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        *,
+        expected_version: int | ExpectedVersion = ExpectedVersion.ANY,
+        event_ids: Sequence[UUID] | None = None,
+    ) -> AppendResult:
+        """Append ``events`` atomically; see :meth:`kern_events.store.EventStore.append`."""
+        check_identifier("session_id", session_id)
+        if not isinstance(expected_version, ExpectedVersion):
+            check_non_negative("expected_version", expected_version)
+        events = list(events)
+        if not events:
+            raise InvalidArgumentError("events", "at least one event is required")
+        pending = self._encode(events, event_ids)
+        await self._ensure_open()
+        return await self._append(session_id, events, pending, expected_version, time.time())
+
+    def _encode(self, events: Sequence[Event], event_ids: Sequence[UUID] | None) -> list[PendingEvent]:
+        if event_ids is None:
+            ids = [uuid.uuid4() for _ in events]
+        else:
+            ids = list(event_ids)
+            if len(ids) != len(events):
+                raise InvalidArgumentError(
+                    "event_ids", f"got {len(ids)} ids for {len(events)} events; give one id per event"
+                )
+            for index, event_id in enumerate(ids):
+                if not isinstance(event_id, UUID):
+                    raise InvalidArgumentError(f"event_ids[{index}]", f"expected a UUID, got {event_id!r}")
+            if len(set(ids)) != len(ids):
+                raise InvalidArgumentError("event_ids", "an id appears twice in one append")
+        pending = []
+        for index, (event, event_id) in enumerate(zip(events, ids, strict=True)):
+            try:
+                encoded = self._codec.encode(event, event_id)
+            except UnknownEventTypeError:
+                raise UnknownEventTypeError(f"events[{index}]", event) from None
+            if len(encoded.data) > self._max_event_size:
+                raise PayloadTooLargeError(f"events[{index}]", encoded.type, len(encoded.data), self._max_event_size)
+            pending.append(encoded)
+        return pending
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Erase the session's events, snapshots and index row, keeping its version as a tombstone."""
+        check_identifier("session_id", session_id)
+        await self._ensure_open()
+        return await self._delete_session(session_id)
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Store a checkpoint of a projection's state for a session at a version."""
+        check_identifier("snapshot.session_id", snapshot.session_id)
+        check_identifier("snapshot.name", snapshot.name)
+        check_non_negative("snapshot.version", snapshot.version)
+        await self._ensure_open()
+        head = await self._current_version(snapshot.session_id)
+        if snapshot.version > head:
+            raise InvalidArgumentError(
+                "snapshot.version",
+                f"{snapshot.version} is ahead of session {snapshot.session_id!r} (version {head})",
+            )
+        if snapshot.created_at == 0.0:
+            snapshot = Snapshot(
+                session_id=snapshot.session_id,
+                name=snapshot.name,
+                schema_version=snapshot.schema_version,
+                version=snapshot.version,
+                data=snapshot.data,
+                created_at=time.time(),
+            )
+        await self._save_snapshot(snapshot)
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def read(
+        self,
+        session_id: str,
+        *,
+        from_version: int = 1,
+        to_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+    ) -> AsyncIterator[Record]:
+        """Stream the session's records; see :meth:`kern_events.store.EventStore.read`."""
+        check_identifier("session_id", session_id)
+        check_non_negative("from_version", from_version)
+        check_non_negative("to_version", to_version, allow_none=True)
+        check_non_negative("limit", limit, allow_none=True)
+        await self._ensure_open()
+        low, high, remaining = from_version, to_version, limit
+        while remaining is None or remaining > 0:
+            size = self.read_page_size if remaining is None else min(self.read_page_size, remaining)
+            page = await self._read_page(session_id, low, high, size, backwards)
+            for stored in page:
+                yield self._codec.decode(stored)
+            if len(page) < size:
+                return
+            if remaining is not None:
+                remaining -= len(page)
+            if backwards:
+                high = page[-1].version - 1
+            else:
+                low = page[-1].version + 1
+
+    async def read_all(self, *, from_position: int = 0, limit: int | None = None) -> AsyncIterator[Record]:
+        """Stream every session's records in global order, from ``from_position`` on (inclusive)."""
+        check_non_negative("from_position", from_position)
+        check_non_negative("limit", limit, allow_none=True)
+        await self._ensure_open()
+        position, remaining = from_position, limit
+        while remaining is None or remaining > 0:
+            size = self.read_page_size if remaining is None else min(self.read_page_size, remaining)
+            page = await self._read_all_page(position, size)
+            for stored in page:
+                yield self._codec.decode(stored)
+            if len(page) < size:
+                return
+            if remaining is not None:
+                remaining -= len(page)
+            position = page[-1].position + 1
+
+    async def current_version(self, session_id: str) -> int:
+        """The session's version (0 if it never had an event; kept after deletion)."""
+        check_identifier("session_id", session_id)
+        await self._ensure_open()
+        return await self._current_version(session_id)
+
+    async def get_session_info(self, session_id: str) -> SessionInfo | None:
+        """The session's index row, or ``None``."""
+        check_identifier("session_id", session_id)
+        await self._ensure_open()
+        return await self._get_session_info(session_id)
+
+    async def list_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        session_type: SessionType | None = None,
+        agent_id: str | None = None,
+        team_id: str | None = None,
+        workflow_id: str | None = None,
+        sort_by: SessionSort = "updated_at",
+        descending: bool = True,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[SessionInfo]:
+        """Index rows matching every given filter, sorted (ties broken by session id), paged."""
+        query = SessionFilter(
+            user_id=user_id,
+            session_type=session_type,
+            agent_id=agent_id,
+            team_id=team_id,
+            workflow_id=workflow_id,
+            sort_by=sort_by,
+            descending=descending,
+            limit=limit,
+            offset=offset,
+        )
+        await self._ensure_open()
+        return await self._list_sessions(query)
+
+    async def load_snapshot(
+        self,
+        session_id: str,
+        name: str,
+        *,
+        schema_version: int | None = None,
+        max_version: int | None = None,
+    ) -> Snapshot | None:
+        """The newest matching snapshot, or ``None``."""
+        check_identifier("session_id", session_id)
+        check_identifier("name", name)
+        check_non_negative("max_version", max_version, allow_none=True)
+        await self._ensure_open()
+        return await self._load_snapshot(session_id, name, schema_version, max_version)
+
+    # -- the backend's half ------------------------------------------------------------------------
+
+    async def _open(self) -> None:  # noqa: B027 - optional hook
+        """Connect and create tables; called once, on first use."""
+
+    async def _close(self) -> None:  # noqa: B027 - optional hook
+        """Release what :meth:`_open` acquired."""
+
+    @abc.abstractmethod
+    async def _append(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        pending: Sequence[PendingEvent],
+        expected: int | ExpectedVersion,
+        recorded_at: float,
+    ) -> AppendResult:
+        """Store ``pending`` atomically after checking ``expected`` and advance the session index."""
+
+    @abc.abstractmethod
+    async def _read_page(
+        self, session_id: str, low: int, high: int | None, limit: int, backwards: bool
+    ) -> Sequence[StoredEvent]:
+        """Up to ``limit`` rows with ``low <= version <= high``, ordered by version."""
+
+    @abc.abstractmethod
+    async def _read_all_page(self, from_position: int, limit: int) -> Sequence[StoredEvent]:
+        """Up to ``limit`` rows with ``position >= from_position``, in position order."""
+
+    @abc.abstractmethod
+    async def _current_version(self, session_id: str) -> int: ...
+
+    @abc.abstractmethod
+    async def _get_session_info(self, session_id: str) -> SessionInfo | None: ...
+
+    @abc.abstractmethod
+    async def _list_sessions(self, query: SessionFilter) -> list[SessionInfo]: ...
+
+    @abc.abstractmethod
+    async def _delete_session(self, session_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def _save_snapshot(self, snapshot: Snapshot) -> None: ...
+
+    @abc.abstractmethod
+    async def _load_snapshot(
+        self, session_id: str, name: str, schema_version: int | None, max_version: int | None
+    ) -> Snapshot | None: ...

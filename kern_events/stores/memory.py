@@ -1,0 +1,158 @@
+"""The in-memory backend: for tests and demos; everything is gone when the process exits.
+
+Appends run without an await between the check and the write, so on one event loop they are atomic
+and serialized without a lock.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from uuid import UUID
+
+import anyio.lowlevel
+
+from kern_events._index import SessionInfo, advance_index
+from kern_events.codec import Codec
+from kern_events.events import Event
+from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
+from kern_events.stores._base import (
+    DEFAULT_MAX_EVENT_SIZE,
+    SNAPSHOTS_KEPT,
+    BaseEventStore,
+    SessionFilter,
+    check_expected,
+    conflict,
+    match_retry,
+)
+
+__all__ = ["InMemoryEventStore"]
+
+
+class InMemoryEventStore(BaseEventStore):
+    """An :class:`~kern_events.store.EventStore` held in this process's memory."""
+
+    def __init__(self, *, codec: Codec | None = None, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
+        super().__init__(codec=codec, max_event_size=max_event_size)
+        self._streams: dict[str, list[StoredEvent]] = {}
+        self._heads: dict[str, int] = {}
+        self._index: dict[str, SessionInfo] = {}
+        self._by_id: dict[UUID, StoredEvent] = {}
+        self._positions: list[int] = []
+        self._all: list[StoredEvent] = []
+        self._last_position = 0
+        self._snapshots: dict[tuple[str, str], list[Snapshot]] = {}
+
+    async def _append(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        pending: Sequence[PendingEvent],
+        expected: int | ExpectedVersion,
+        recorded_at: float,
+    ) -> AppendResult:
+        await anyio.lowlevel.checkpoint()
+        head = self._heads.get(session_id, 0)
+        retry = match_retry(session_id, pending, [self._by_id.get(p.event_id) for p in pending])
+        if retry is not None:
+            return retry
+        if not check_expected(expected, head):
+            raise conflict(session_id, expected, head)
+        stream = self._streams.setdefault(session_id, [])
+        stored_events = []
+        for offset, new in enumerate(pending, start=1):
+            self._last_position += 1
+            stored = StoredEvent(
+                session_id=session_id,
+                version=head + offset,
+                position=self._last_position,
+                event_id=new.event_id,
+                type=new.type,
+                schema_version=new.schema_version,
+                data=new.data,
+                recorded_at=recorded_at,
+            )
+            stored_events.append(stored)
+            stream.append(stored)
+            self._by_id[new.event_id] = stored
+            self._positions.append(stored.position)
+            self._all.append(stored)
+        to_version = head + len(pending)
+        self._heads[session_id] = to_version
+        self._index[session_id] = advance_index(
+            self._index.get(session_id), session_id, events, to_version, recorded_at
+        )
+        return AppendResult(
+            session_id=session_id,
+            from_version=head + 1,
+            to_version=to_version,
+            positions=tuple(stored.position for stored in stored_events),
+            event_ids=tuple(stored.event_id for stored in stored_events),
+            recorded_at=recorded_at,
+        )
+
+    async def _read_page(
+        self, session_id: str, low: int, high: int | None, limit: int, backwards: bool
+    ) -> Sequence[StoredEvent]:
+        await anyio.lowlevel.checkpoint()
+        stream = self._streams.get(session_id, [])
+        if not stream:
+            return []
+        base = stream[0].version
+        start = max(low - base, 0)
+        stop = len(stream) if high is None else max(min(high - base + 1, len(stream)), 0)
+        if start >= stop:
+            return []
+        if backwards:
+            return stream[max(stop - limit, start) : stop][::-1]
+        return stream[start : min(start + limit, stop)]
+
+    async def _read_all_page(self, from_position: int, limit: int) -> Sequence[StoredEvent]:
+        await anyio.lowlevel.checkpoint()
+        start = bisect.bisect_left(self._positions, from_position)
+        return self._all[start : start + limit]
+
+    async def _current_version(self, session_id: str) -> int:
+        return self._heads.get(session_id, 0)
+
+    async def _get_session_info(self, session_id: str) -> SessionInfo | None:
+        return self._index.get(session_id)
+
+    async def _list_sessions(self, query: SessionFilter) -> list[SessionInfo]:
+        await anyio.lowlevel.checkpoint()
+        rows = [info for info in self._index.values() if query.matches(info)]
+        rows.sort(key=lambda info: info.session_id, reverse=query.descending)
+        rows.sort(key=lambda info: getattr(info, query.sort_by), reverse=query.descending)
+        end = None if query.limit is None else query.offset + query.limit
+        return rows[query.offset : end]
+
+    async def _delete_session(self, session_id: str) -> bool:
+        await anyio.lowlevel.checkpoint()
+        stream = self._streams.pop(session_id, [])
+        for key in [key for key in self._snapshots if key[0] == session_id]:
+            del self._snapshots[key]
+        existed = self._index.pop(session_id, None) is not None or bool(stream)
+        if stream:
+            gone = {stored.position for stored in stream}
+            for stored in stream:
+                del self._by_id[stored.event_id]
+            self._all = [stored for stored in self._all if stored.position not in gone]
+            self._positions = [stored.position for stored in self._all]
+        return existed
+
+    async def _save_snapshot(self, snapshot: Snapshot) -> None:
+        kept = self._snapshots.setdefault((snapshot.session_id, snapshot.name), [])
+        kept[:] = [item for item in kept if item.version != snapshot.version]
+        kept.append(snapshot)
+        kept.sort(key=lambda item: item.version)
+        del kept[:-SNAPSHOTS_KEPT]
+
+    async def _load_snapshot(
+        self, session_id: str, name: str, schema_version: int | None, max_version: int | None
+    ) -> Snapshot | None:
+        for snapshot in reversed(self._snapshots.get((session_id, name), [])):
+            if (schema_version is None or snapshot.schema_version == schema_version) and (
+                max_version is None or snapshot.version <= max_version
+            ):
+                return snapshot
+        return None

@@ -1,0 +1,489 @@
+"""The SQLite backend on aiosqlite: the embedded default for local work.
+
+One writer connection and one reader connection, both in WAL mode. Each append is a whole
+``BEGIN IMMEDIATE … COMMIT`` run as a single call on the writer's thread: an aiosqlite call is a
+thread hop that costs about as much as an fsync on our machines, so the head check, the multi-row
+``INSERT … RETURNING``, the session-index upsert and the commit share one hop. ``BEGIN IMMEDIATE``
+takes SQLite's write lock up front, so the head read inside the transaction is the head the insert
+extends, also against other processes. Because writers are serialized by that lock, positions are
+assigned in commit order, and ``AUTOINCREMENT`` keeps a deleted last position from being reused:
+a reader that follows positions never skips an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
+from uuid import UUID
+
+import aiosqlite
+
+from kern_events._index import SessionInfo, advance_index
+from kern_events.codec import Codec
+from kern_events.errors import ConcurrencyError, InvalidArgumentError, SchemaVersionError, StorageError
+from kern_events.events import Event
+from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
+from kern_events.stores._base import (
+    DEFAULT_MAX_EVENT_SIZE,
+    SNAPSHOTS_KEPT,
+    BaseEventStore,
+    SessionFilter,
+    check_expected,
+    conflict,
+    match_retry,
+)
+from kern_events.stores._sql import SCHEMA_VERSION, TableNames, quote
+
+__all__ = ["SqliteEventStore"]
+
+T = TypeVar("T")
+Synchronous = Literal["FULL", "NORMAL"]
+
+_MAX_VERSION = 2**62
+_ROWS_PER_INSERT = 4000  # 7 parameters a row stays under SQLite's 32766-variable limit
+_EVENT_COLUMNS = "session_id, version, position, event_id, type, schema_version, data, recorded_at"
+_INFO_COLUMNS = (
+    "session_id, session_type, agent_id, team_id, workflow_id, user_id, name, created_at, updated_at, "
+    "run_count, version"
+)
+
+
+def _stored(row: Sequence[Any]) -> StoredEvent:
+    return StoredEvent(
+        session_id=row[0],
+        version=row[1],
+        position=row[2],
+        event_id=UUID(bytes=row[3]),
+        type=row[4],
+        schema_version=row[5],
+        data=row[6],
+        recorded_at=row[7],
+    )
+
+
+def _info(row: Sequence[Any]) -> SessionInfo:
+    return SessionInfo(
+        session_id=row[0],
+        session_type=row[1],
+        agent_id=row[2],
+        team_id=row[3],
+        workflow_id=row[4],
+        user_id=row[5],
+        name=row[6],
+        created_at=row[7],
+        updated_at=row[8],
+        run_count=row[9],
+        version=row[10],
+    )
+
+
+class SqliteEventStore(BaseEventStore):
+    """An :class:`~kern_events.store.EventStore` in one SQLite file.
+
+    ``synchronous="FULL"`` (the default) makes every acknowledged append survive a power cut;
+    ``"NORMAL"`` survives a process crash but may lose the last commits on a power cut, and is faster.
+    """
+
+    def __init__(
+        self,
+        db_file: str | os.PathLike[str],
+        *,
+        tables: TableNames | None = None,
+        synchronous: Synchronous = "FULL",
+        busy_timeout: float = 5.0,
+        codec: Codec | None = None,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+    ) -> None:
+        super().__init__(codec=codec, max_event_size=max_event_size)
+        if synchronous not in ("FULL", "NORMAL"):
+            raise InvalidArgumentError("synchronous", f"expected 'FULL' or 'NORMAL', got {synchronous!r}")
+        self.db_file = os.fspath(db_file)
+        self.tables = tables if tables is not None else TableNames()
+        self._synchronous = synchronous
+        self._busy_ms = int(busy_timeout * 1000)
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        events, sessions = quote(self.tables.events), quote(self.tables.sessions)
+        snapshots = quote(self.tables.snapshots)
+        self._sql_head = f"SELECT {_INFO_COLUMNS}, deleted FROM {sessions} WHERE session_id = ?"
+        self._sql_upsert = (
+            f"INSERT INTO {sessions} ({_INFO_COLUMNS}, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) "
+            "ON CONFLICT (session_id) DO UPDATE SET session_type = excluded.session_type, "
+            "agent_id = excluded.agent_id, team_id = excluded.team_id, workflow_id = excluded.workflow_id, "
+            "user_id = excluded.user_id, name = excluded.name, created_at = excluded.created_at, "
+            "updated_at = excluded.updated_at, run_count = excluded.run_count, version = excluded.version, "
+            "deleted = 0"
+        )
+        self._sql_insert_row = "(?, ?, ?, ?, ?, ?, ?)"
+        self._sql_insert = (
+            f"INSERT INTO {events} (session_id, version, event_id, type, schema_version, data, recorded_at) VALUES "
+        )
+        self._sql_by_ids = f"SELECT {_EVENT_COLUMNS} FROM {events} WHERE event_id IN "
+        self._sql_page = (
+            f"SELECT {_EVENT_COLUMNS} FROM {events} WHERE session_id = ? AND version BETWEEN ? AND ? "
+            "ORDER BY version {order} LIMIT ?"
+        )
+        self._sql_all_page = f"SELECT {_EVENT_COLUMNS} FROM {events} WHERE position >= ? ORDER BY position LIMIT ?"
+        self._sql_version = f"SELECT version FROM {sessions} WHERE session_id = ?"
+        self._sql_info = f"SELECT {_INFO_COLUMNS} FROM {sessions} WHERE session_id = ? AND deleted = 0"
+        self._sql_list = f"SELECT {_INFO_COLUMNS} FROM {sessions} WHERE deleted = 0"
+        self._sql_snapshot_put = (
+            f"INSERT OR REPLACE INTO {snapshots} (session_id, name, version, schema_version, data, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        self._sql_snapshot_prune = (
+            f"DELETE FROM {snapshots} WHERE session_id = ? AND name = ? AND version NOT IN "
+            f"(SELECT version FROM {snapshots} WHERE session_id = ? AND name = ? "
+            f"ORDER BY version DESC LIMIT {SNAPSHOTS_KEPT})"
+        )
+        self._sql_snapshot_get = (
+            f"SELECT session_id, name, schema_version, version, data, created_at FROM {snapshots} "
+            "WHERE session_id = ? AND name = ? AND (? IS NULL OR schema_version = ?) AND version <= ? "
+            "ORDER BY version DESC LIMIT 1"
+        )
+
+    # -- connections -------------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        try:
+            self._writer = await aiosqlite.connect(self.db_file, isolation_level=None)
+            await self._call(self._writer, self._set_up)
+            if self.db_file == ":memory:" or self.db_file.startswith("file::memory:"):
+                self._reader = self._writer
+            else:
+                self._reader = await aiosqlite.connect(self.db_file, isolation_level=None)
+                await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+                await self._reader.execute("PRAGMA query_only = 1")
+        except BaseException:
+            await self._close()
+            raise
+
+    async def _close(self) -> None:
+        reader, writer = self._reader, self._writer
+        self._reader = self._writer = None
+        if reader is not None and reader is not writer:
+            await reader.close()
+        if writer is not None:
+            await writer.close()
+
+    async def _call(self, connection: aiosqlite.Connection | None, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function(sqlite3_connection, *args)`` on the connection's thread: one hop, one await.
+
+        aiosqlite has no public way to run a function on its thread, so this uses its ``_execute``
+        (pinned by the dependency range; the conformance suite exercises it on every append).
+        A cancelled caller still waits for its call to finish before the cancellation propagates,
+        so once a cancelled append returns, nothing of it is left running behind the caller's back.
+        """
+        if connection is None:
+            raise StorageError("the SQLite connection is not open")
+        raw = connection._conn
+        call = asyncio.ensure_future(connection._execute(function, raw, *args))  # type: ignore[no-untyped-call]
+        try:
+            result: T = await _finish_despite_cancellation(call)
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite failed on {self.db_file!r}: {exc}") from exc
+        return result
+
+    def _set_up(self, db: sqlite3.Connection) -> None:
+        """Pragmas, tables and indexes; idempotent, and safe when several processes start at once."""
+        db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute(f"PRAGMA synchronous = {self._synchronous}")
+        db.execute("PRAGMA foreign_keys = ON")
+        t = self.tables
+        events, sessions, snapshots, schema = (
+            quote(t.events),
+            quote(t.sessions),
+            quote(t.snapshots),
+            quote(t.schema),
+        )
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(f"CREATE TABLE IF NOT EXISTS {schema} (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+            row = db.execute(f"SELECT version FROM {schema} WHERE component = ?", (t.events,)).fetchone()
+            if row is not None and row[0] > SCHEMA_VERSION:
+                raise SchemaVersionError(row[0], SCHEMA_VERSION)
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {events} ("
+                "position INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "session_id TEXT NOT NULL, "
+                "version INTEGER NOT NULL, "
+                "event_id BLOB NOT NULL, "
+                "type TEXT NOT NULL, "
+                "schema_version INTEGER NOT NULL, "
+                "data BLOB NOT NULL, "
+                "recorded_at REAL NOT NULL, "
+                "UNIQUE (session_id, version))"
+            )
+            db.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {quote(t.events + '_event_id')} ON {events} (event_id)")
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {sessions} ("
+                "session_id TEXT PRIMARY KEY, session_type TEXT, agent_id TEXT, team_id TEXT, "
+                "workflow_id TEXT, user_id TEXT, name TEXT, created_at REAL NOT NULL, "
+                "updated_at REAL NOT NULL, run_count INTEGER NOT NULL, version INTEGER NOT NULL, "
+                "deleted INTEGER NOT NULL DEFAULT 0)"
+            )
+            db.execute(
+                f"CREATE INDEX IF NOT EXISTS {quote(t.sessions + '_user_updated')} "
+                f"ON {sessions} (user_id, updated_at DESC)"
+            )
+            db.execute(f"CREATE INDEX IF NOT EXISTS {quote(t.sessions + '_updated')} ON {sessions} (updated_at DESC)")
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {snapshots} ("
+                "session_id TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, "
+                "schema_version INTEGER NOT NULL, data BLOB NOT NULL, created_at REAL NOT NULL, "
+                "PRIMARY KEY (session_id, name, version))"
+            )
+            db.execute(
+                f"INSERT INTO {schema} (component, version) VALUES (?, ?) "
+                "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                (t.events, SCHEMA_VERSION),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    async def _append(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        pending: Sequence[PendingEvent],
+        expected: int | ExpectedVersion,
+        recorded_at: float,
+    ) -> AppendResult:
+        return await self._call(
+            self._writer, self._append_in_thread, session_id, events, pending, expected, recorded_at
+        )
+
+    def _append_in_thread(
+        self,
+        db: sqlite3.Connection,
+        session_id: str,
+        events: Sequence[Event],
+        pending: Sequence[PendingEvent],
+        expected: int | ExpectedVersion,
+        recorded_at: float,
+    ) -> AppendResult:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(self._sql_head, (session_id,)).fetchone()
+            head = 0 if row is None else row[10]
+            if not check_expected(expected, head):
+                retry = match_retry(session_id, pending, self._find_ids(db, pending))
+                if retry is None:
+                    raise conflict(session_id, expected, head)
+                db.execute("ROLLBACK")
+                return retry
+            try:
+                numbered = self._insert(db, session_id, pending, head, recorded_at)
+            except sqlite3.IntegrityError:
+                db.execute("ROLLBACK")
+                retry = match_retry(session_id, pending, self._find_ids(db, pending))
+                if retry is None:  # pragma: no cover - the write lock makes this unreachable
+                    raise ConcurrencyError(session_id, str(expected), head) from None
+                return retry
+            info = None if row is None or row[11] else _info(row)
+            new = advance_index(info, session_id, events, head + len(pending), recorded_at)
+            db.execute(
+                self._sql_upsert,
+                (
+                    new.session_id,
+                    new.session_type,
+                    new.agent_id,
+                    new.team_id,
+                    new.workflow_id,
+                    new.user_id,
+                    new.name,
+                    new.created_at,
+                    new.updated_at,
+                    new.run_count,
+                    new.version,
+                ),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return AppendResult(
+            session_id=session_id,
+            from_version=head + 1,
+            to_version=new.version,
+            positions=tuple(position for _, position in numbered),
+            event_ids=tuple(new_event.event_id for new_event in pending),
+            recorded_at=recorded_at,
+        )
+
+    def _insert(
+        self,
+        db: sqlite3.Connection,
+        session_id: str,
+        pending: Sequence[PendingEvent],
+        head: int,
+        recorded_at: float,
+    ) -> list[tuple[int, int]]:
+        numbered: list[tuple[int, int]] = []
+        for start in range(0, len(pending), _ROWS_PER_INSERT):
+            chunk = pending[start : start + _ROWS_PER_INSERT]
+            params: list[Any] = []
+            for offset, new in enumerate(chunk, start=head + start + 1):
+                params += (
+                    session_id,
+                    offset,
+                    new.event_id.bytes,
+                    new.type,
+                    new.schema_version,
+                    new.data,
+                    recorded_at,
+                )
+            sql = self._sql_insert + ", ".join([self._sql_insert_row] * len(chunk)) + " RETURNING version, position"
+            numbered += db.execute(sql, params).fetchall()
+        numbered.sort()
+        return numbered
+
+    def _find_ids(self, db: sqlite3.Connection, pending: Sequence[PendingEvent]) -> list[StoredEvent | None]:
+        found: dict[UUID, StoredEvent] = {}
+        for start in range(0, len(pending), 30000):
+            chunk = pending[start : start + 30000]
+            sql = self._sql_by_ids + "(" + ", ".join("?" * len(chunk)) + ")"
+            for row in db.execute(sql, [new.event_id.bytes for new in chunk]):
+                stored = _stored(row)
+                found[stored.event_id] = stored
+        return [found.get(new.event_id) for new in pending]
+
+    async def _delete_session(self, session_id: str) -> bool:
+        return await self._call(self._writer, self._delete_in_thread, session_id)
+
+    def _delete_in_thread(self, db: sqlite3.Connection, session_id: str) -> bool:
+        t = self.tables
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            erased = db.execute(f"DELETE FROM {quote(t.events)} WHERE session_id = ?", (session_id,)).rowcount
+            db.execute(f"DELETE FROM {quote(t.snapshots)} WHERE session_id = ?", (session_id,))
+            tombstoned = db.execute(
+                f"UPDATE {quote(t.sessions)} SET deleted = 1, session_type = NULL, agent_id = NULL, "
+                "team_id = NULL, workflow_id = NULL, user_id = NULL, name = NULL, run_count = 0 "
+                "WHERE session_id = ? AND deleted = 0",
+                (session_id,),
+            ).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return bool(erased or tombstoned)
+
+    async def _save_snapshot(self, snapshot: Snapshot) -> None:
+        await self._call(self._writer, self._save_snapshot_in_thread, snapshot)
+
+    def _save_snapshot_in_thread(self, db: sqlite3.Connection, snapshot: Snapshot) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                self._sql_snapshot_put,
+                (
+                    snapshot.session_id,
+                    snapshot.name,
+                    snapshot.version,
+                    snapshot.schema_version,
+                    snapshot.data,
+                    snapshot.created_at,
+                ),
+            )
+            key = (snapshot.session_id, snapshot.name)
+            db.execute(self._sql_snapshot_prune, key + key)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        return await self._call(self._reader, _fetchall, sql, params)
+
+    async def _read_page(
+        self, session_id: str, low: int, high: int | None, limit: int, backwards: bool
+    ) -> Sequence[StoredEvent]:
+        sql = self._sql_page.format(order="DESC" if backwards else "ASC")
+        rows = await self._fetch(sql, (session_id, low, _MAX_VERSION if high is None else high, limit))
+        return [_stored(row) for row in rows]
+
+    async def _read_all_page(self, from_position: int, limit: int) -> Sequence[StoredEvent]:
+        rows = await self._fetch(self._sql_all_page, (from_position, limit))
+        return [_stored(row) for row in rows]
+
+    async def _current_version(self, session_id: str) -> int:
+        rows = await self._fetch(self._sql_version, (session_id,))
+        return int(rows[0][0]) if rows else 0
+
+    async def _get_session_info(self, session_id: str) -> SessionInfo | None:
+        rows = await self._fetch(self._sql_info, (session_id,))
+        return _info(rows[0]) if rows else None
+
+    async def _list_sessions(self, query: SessionFilter) -> list[SessionInfo]:
+        sql = self._sql_list
+        params: list[Any] = []
+        for column in ("user_id", "session_type", "agent_id", "team_id", "workflow_id"):
+            value = getattr(query, column)
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        order = "DESC" if query.descending else "ASC"
+        sql += f" ORDER BY {query.sort_by} {order}, session_id {order} LIMIT ? OFFSET ?"
+        params += (-1 if query.limit is None else query.limit, query.offset)
+        return [_info(row) for row in await self._fetch(sql, params)]
+
+    async def _load_snapshot(
+        self, session_id: str, name: str, schema_version: int | None, max_version: int | None
+    ) -> Snapshot | None:
+        rows = await self._fetch(
+            self._sql_snapshot_get,
+            (
+                session_id,
+                name,
+                schema_version,
+                schema_version,
+                _MAX_VERSION if max_version is None else max_version,
+            ),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return Snapshot(
+            session_id=row[0],
+            name=row[1],
+            schema_version=row[2],
+            version=row[3],
+            data=row[4],
+            created_at=row[5],
+        )
+
+
+async def _finish_despite_cancellation(call: asyncio.Future[T]) -> T:
+    """Await ``call``; if cancelled meanwhile, let it finish first, then re-raise the cancellation."""
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            result = await asyncio.shield(call)
+        except asyncio.CancelledError as error:
+            if call.done() and call.cancelled():
+                raise
+            if not call.done():
+                cancelled = error
+                continue
+            result = call.result()
+        if cancelled is not None:
+            raise cancelled
+        return result
+
+
+def _fetchall(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    return db.execute(sql, params).fetchall()

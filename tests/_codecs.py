@@ -1,0 +1,29 @@
+"""Codecs that write what a newer release or a damaged disk would, to test how reads cope."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from kern_events.codec import MsgpackCodec
+from kern_events.events import Event
+from kern_events.records import PendingEvent
+
+
+class FutureCodec(MsgpackCodec):
+    """Stores ``SessionRenamed`` events under a type name this release does not know."""
+
+    def encode(self, event: Event, event_id: UUID) -> PendingEvent:
+        pending = super().encode(event, event_id)
+        if pending.type == "session_renamed":
+            return PendingEvent(event_id=event_id, type="from_the_future", schema_version=7, data=pending.data)
+        return pending
+
+
+class CorruptingCodec(MsgpackCodec):
+    """Stores ``SummaryUpdated`` events as bytes that do not decode."""
+
+    def encode(self, event: Event, event_id: UUID) -> PendingEvent:
+        pending = super().encode(event, event_id)
+        if pending.type == "summary_updated":
+            return PendingEvent(event_id=event_id, type=pending.type, schema_version=1, data=b"\xc1not msgpack")
+        return pending

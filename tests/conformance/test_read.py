@@ -1,0 +1,92 @@
+"""Reads: per-session ranges streamed in version order, and the global feed in position order."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from kern_events import (
+    CorruptRecordError,
+    InvalidArgumentError,
+    MessageAdded,
+    SessionRenamed,
+    SessionStarted,
+    SummaryUpdated,
+    UnknownEvent,
+)
+from projections import fold_records
+from tests._backends import Backend
+from tests._codecs import CorruptingCodec, FutureCodec
+
+
+def _message(n: int) -> MessageAdded:
+    return MessageAdded(run_id="r", role="user", content=f"m{n}")
+
+
+async def test_read_ranges_limits_and_backwards(backend: Backend) -> None:
+    async with backend.store() as store:
+        store.read_page_size = 4  # type: ignore[misc]  # force several pages
+        await store.append("s", [_message(n) for n in range(1, 26)])
+
+        async def versions(**options: object) -> list[int]:
+            return [record.version async for record in store.read("s", **options)]  # type: ignore[arg-type]
+
+        assert await versions() == list(range(1, 26))
+        assert await versions(from_version=10, to_version=17) == list(range(10, 18))
+        assert await versions(from_version=10, limit=5) == list(range(10, 15))
+        assert await versions(backwards=True) == list(range(25, 0, -1))
+        assert await versions(backwards=True, limit=6) == list(range(25, 19, -1))
+        assert await versions(backwards=True, from_version=3, to_version=9) == list(range(9, 2, -1))
+        assert await versions(limit=0) == []
+        assert await versions(from_version=30) == []
+        assert await versions(from_version=5, to_version=4) == []
+        assert [record.version async for record in store.read("missing")] == []
+        with pytest.raises(InvalidArgumentError, match="from_version"):
+            await versions(from_version=-1)
+
+
+async def test_read_all_interleaves_sessions_in_global_order(backend: Backend) -> None:
+    async with backend.store() as store:
+        store.read_page_size = 3  # type: ignore[misc]
+        written = []
+        for n in range(20):
+            session = f"s{n % 4}"
+            result = await store.append(session, [_message(n)])
+            written.append((session, result.positions[0]))
+        records = [record async for record in store.read_all()]
+        assert [(record.session_id, record.position) for record in records] == written
+        middle = written[7][1]
+        assert [record.position async for record in store.read_all(from_position=middle)] == [
+            position for _, position in written[7:]
+        ]
+        assert [record.position async for record in store.read_all(from_position=middle, limit=4)] == [
+            position for _, position in written[7:11]
+        ]
+
+
+async def test_an_unknown_event_type_is_returned_raw_and_skipped_by_projections(backend: Backend) -> None:
+    async with backend.store(codec=FutureCodec()) as store:
+        await store.append(
+            "s", [SessionStarted(session_type="agent", user_id="u"), SessionRenamed(name="x"), _message(1)]
+        )
+        records = [record async for record in store.read("s")]
+        everything = [record async for record in store.read_all()]
+    unknown = records[1].event
+    assert isinstance(unknown, UnknownEvent)
+    assert (unknown.type, unknown.schema_version, records[1].type) == ("from_the_future", 7, "from_the_future")
+    assert msgspec.msgpack.decode(unknown.data) == {"type": "session_renamed", "name": "x"}  # raw, untouched
+    assert len(everything) == 3
+    view = fold_records(records)
+    assert view is not None and view.session_name is None and view.user_id == "u"
+
+
+async def test_corrupt_bytes_raise_an_error_naming_session_and_version(backend: Backend) -> None:
+    async with backend.store(codec=CorruptingCodec()) as store:
+        await store.append("s", [_message(1), SummaryUpdated(summary="lost"), _message(3)])
+        with pytest.raises(CorruptRecordError) as caught:
+            _ = [record async for record in store.read("s")]
+        assert [record.version async for record in store.read("s", limit=1)] == [1]
+        assert [record.version async for record in store.read("s", from_version=3)] == [3]
+    error = caught.value
+    assert (error.session_id, error.version, error.event_type) == ("s", 2, "summary_updated")
+    assert "'s' version 2" in str(error)

@@ -1,0 +1,83 @@
+"""The shape of the packages: the public surface, import order, and the one-way flow of imports."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import kern_events
+import projections
+
+ROOT = Path(__file__).parent.parent
+PUBLIC_MODULES = [
+    "kern_events",
+    "kern_events.events",
+    "kern_events.records",
+    "kern_events.errors",
+    "kern_events.codec",
+    "kern_events.store",
+    "kern_events.db",
+    "kern_events.cli",
+    "kern_events.stores.memory",
+    "kern_events.stores.sqlite",
+    "projections",
+    "projections.session",
+    "projections.runs",
+]
+# The write side's foundation: it must never need the read side.
+FOUNDATION = ["events", "records", "errors", "codec", "store", "_index", "_validate", "stores"]
+
+
+@pytest.mark.parametrize("package", [kern_events, projections])
+def test_every_public_name_resolves(package: object) -> None:
+    names = package.__all__  # type: ignore[attr-defined]
+    assert len(names) == len(set(names))
+    for name in names:
+        assert getattr(package, name) is not None, name
+
+
+def test_public_names_of_the_modules_are_re_exported() -> None:
+    from kern_events import errors, events, records
+
+    for module in (errors, events, records):
+        missing = set(module.__all__) - set(kern_events.__all__) - {"EVENT_TYPES", "MediaKind", "Role"}
+        assert not missing, f"{module.__name__} names not exported from kern_events: {missing}"
+
+
+@pytest.mark.parametrize("module", PUBLIC_MODULES)
+def test_each_public_module_imports_first_in_a_fresh_interpreter(module: str) -> None:
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True, cwd=ROOT)
+
+
+def test_importing_kern_events_loads_no_database_driver() -> None:
+    code = "import sys, kern_events; print(sorted(m for m in ('asyncpg', 'aiosqlite') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_the_write_side_foundation_never_imports_the_read_side() -> None:
+    for name in FOUNDATION:
+        target = ROOT / "kern_events" / name
+        files = sorted(target.rglob("*.py")) if target.is_dir() else [target.with_suffix(".py")]
+        for path in files:
+            offending = {module for module in _imports(path) if module.split(".")[0] == "projections"}
+            assert not offending, f"{path.relative_to(ROOT)} imports {offending}"
+
+
+def test_projections_import_kern_events_submodules_never_the_root() -> None:
+    for path in sorted((ROOT / "projections").rglob("*.py")):
+        assert "kern_events" not in _imports(path), f"{path.relative_to(ROOT)} imports the kern_events root"
