@@ -233,3 +233,25 @@ async def test_a_deleted_session_never_reuses_its_versions(backend: Backend) -> 
         result = await store.append("s", [_message("again")], expected_version=2)
         assert [record.version async for record in store.read("s")] == [3]
     assert result.from_version == 3
+
+
+async def test_concurrent_appends_committed_together_fail_only_on_their_own_conflicts(backend: Backend) -> None:
+    async with backend.store() as store:
+
+        async def contend(n: int) -> str:
+            try:
+                await store.append("shared", [_message(f"contender {n}")], expected_version=NO_STREAM)
+            except ConcurrencyError:
+                return "conflict"
+            return "won"
+
+        async def own_session(n: int) -> int:
+            return (
+                await store.append(f"own-{n}", [_message("a"), _message("b")], expected_version=NO_STREAM)
+            ).to_version
+
+        outcomes = await asyncio.gather(*(contend(n) for n in range(20)), *(own_session(n) for n in range(40)))
+        assert sorted(outcomes[:20]) == ["conflict"] * 19 + ["won"]
+        assert outcomes[20:] == [2] * 40
+        assert len([record async for record in store.read_all()]) == 1 + 80
+        assert await store.current_version("shared") == 1

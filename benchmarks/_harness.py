@@ -1,0 +1,233 @@
+"""What every benchmark subject shares: cases run in fresh processes, timing, medians and the table.
+
+A subject module (``benchmarks.append``) defines its cases as functions returning a :class:`Sample`
+and hands them to :func:`case_main`, so ``python -m benchmarks.<subject> --case NAME --key value …``
+prints one JSON line. ``python -m benchmarks`` runs every :class:`Comparison` through :func:`measure`,
+which interleaves our case and its reference within each repetition, and prints ratios of medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+__all__ = [
+    "Case",
+    "Comparison",
+    "Sample",
+    "Timer",
+    "case_main",
+    "measure",
+    "render_table",
+    "results_json",
+    "temp_db",
+]
+
+Metric = Literal["throughput", "latency"]
+"""Throughput compares events per second; latency compares seconds per append (lower is better)."""
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What one run of a case measured: appends and events completed in ``seconds`` of wall time."""
+
+    appends: int
+    events: int
+    seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        """Throughput in events per second."""
+        return self.events / self.seconds
+
+    @property
+    def seconds_per_append(self) -> float:
+        """Mean latency of one append (the appends of concurrent writers overlap)."""
+        return self.seconds / self.appends
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case of a subject module and its options, run as ``python -m <module> --case <name> …``."""
+
+    module: str
+    name: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, module: str, name: str, **options: object) -> Case:
+        """A case with its options given as keywords (``None`` values are left out, the rest sorted)."""
+        given = sorted((key, str(value)) for key, value in options.items() if value is not None)
+        return cls(module, name, tuple(given))
+
+    def argv(self) -> list[str]:
+        """The command line that runs this case in a fresh interpreter."""
+        flags = [part for key, value in self.options for part in (f"--{key.replace('_', '-')}", value)]
+        return [sys.executable, "-m", self.module, "--case", self.name, *flags]
+
+    def describe(self) -> dict[str, str]:
+        """The case as plain JSON data."""
+        return {"case": self.name, **dict(self.options)}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One row of the table: our case against a reference case (or none), on one metric."""
+
+    workload: str
+    ours: Case
+    reference: Case | None = None
+    metric: Metric = "throughput"
+
+
+class Timer:
+    """A ``with`` block's wall time by ``time.perf_counter``, in :attr:`seconds`."""
+
+    seconds: float = 0.0
+
+    def __enter__(self) -> Self:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.seconds = time.perf_counter() - self._start
+
+
+@contextmanager
+def temp_db() -> Iterator[Path]:
+    """A database file path in a fresh temporary directory (on disk, honouring ``TMPDIR``), removed after."""
+    with tempfile.TemporaryDirectory(prefix="kern-bench-") as directory:
+        yield Path(directory) / "bench.db"
+
+
+def case_main(cases: Mapping[str, Callable[[argparse.Namespace], Sample]], parser: argparse.ArgumentParser) -> None:
+    """Parse ``--case NAME`` and the subject's options, run that case once, print its sample as JSON."""
+    parser.add_argument("--case", required=True, choices=sorted(cases))
+    args = parser.parse_args()
+    sample = cases[args.case](args)
+    print(json.dumps(asdict(sample)))
+
+
+def run_case(case: Case) -> Sample:
+    """Run one case in a fresh interpreter and return what it measured."""
+    done = subprocess.run(case.argv(), cwd=_ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"case {case.describe()} failed with exit code {done.returncode}:\n{done.stderr}")
+    return Sample(**json.loads(done.stdout.splitlines()[-1]))
+
+
+def measure(comparisons: Sequence[Comparison], *, repeats: int, label: str) -> dict[Case, list[Sample]]:
+    """Run every distinct case ``repeats`` times; each comparison's cases run back to back, in rotating order.
+
+    Progress goes to stderr, prefixed with ``label``.
+    """
+    groups: dict[Case, list[Case]] = {}
+    placed: set[Case] = set()
+    for comparison in comparisons:
+        group = groups.setdefault(comparison.ours, [])
+        for case in (comparison.ours, comparison.reference):
+            if case is not None and case not in placed:
+                placed.add(case)
+                group.append(case)
+    samples: dict[Case, list[Sample]] = {case: [] for case in placed}
+    for repeat in range(repeats):
+        print(f"{label}: repetition {repeat + 1}/{repeats}", file=sys.stderr, flush=True)
+        for group in groups.values():
+            if not group:
+                continue
+            shift = repeat % len(group)
+            for case in group[shift:] + group[:shift]:
+                samples[case].append(run_case(case))
+    return samples
+
+
+def _median(samples: Sequence[Sample], metric: Metric) -> float:
+    if metric == "throughput":
+        return statistics.median(sample.events_per_second for sample in samples)
+    return statistics.median(sample.seconds_per_append for sample in samples)
+
+
+def _ratio(ours: float, reference: float, metric: Metric) -> float:
+    """Ours over reference as throughput, so higher is better for both metrics."""
+    return ours / reference if metric == "throughput" else reference / ours
+
+
+def _format(value: float, metric: Metric) -> str:
+    if metric == "throughput":
+        return f"{value:,.0f} ev/s"
+    return f"{value * 1e6:,.0f} µs/append"
+
+
+def render_table(comparisons: Sequence[Comparison], samples: Mapping[Case, Sequence[Sample]], *, repeats: int) -> str:
+    """The comparisons as a text table of medians and their ratio."""
+    header = ("workload", "ours", "reference", "ratio: ours/ref throughput (higher = ours faster)")
+    rows: list[tuple[str, str, str, str]] = [header]
+    for comparison in comparisons:
+        ours = _median(samples[comparison.ours], comparison.metric)
+        if comparison.reference is None:
+            rows.append((comparison.workload, _format(ours, comparison.metric), "—", "—"))
+            continue
+        reference = _median(samples[comparison.reference], comparison.metric)
+        ratio = _ratio(ours, reference, comparison.metric)
+        rows.append(
+            (
+                comparison.workload,
+                _format(ours, comparison.metric),
+                _format(reference, comparison.metric),
+                f"{ratio:.2f}",
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = [
+        " | ".join(
+            cell.ljust(width) if column == 0 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "-+-".join("-" * width for width in widths))
+    lines.append(f"(medians of {repeats} runs per case, each in a fresh process, ours and reference interleaved)")
+    return "\n".join(lines)
+
+
+def results_json(comparisons: Sequence[Comparison], samples: Mapping[Case, Sequence[Sample]]) -> list[dict[str, Any]]:
+    """Every comparison with all its samples, medians and ratio, as plain JSON data."""
+
+    def side(case: Case | None, metric: Metric) -> dict[str, Any] | None:
+        if case is None:
+            return None
+        runs = [asdict(sample) for sample in samples[case]]
+        return {**case.describe(), "median": _median(samples[case], metric), "samples": runs}
+
+    results = []
+    for comparison in comparisons:
+        ours = side(comparison.ours, comparison.metric)
+        reference = side(comparison.reference, comparison.metric)
+        ratio = None
+        if ours is not None and reference is not None:
+            ratio = _ratio(ours["median"], reference["median"], comparison.metric)
+        results.append(
+            {
+                "workload": comparison.workload,
+                "metric": "events_per_second" if comparison.metric == "throughput" else "seconds_per_append",
+                "ours": ours,
+                "reference": reference,
+                "ratio": ratio,
+            }
+        )
+    return results

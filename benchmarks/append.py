@@ -1,0 +1,292 @@
+"""Append throughput and latency: our stores against the raw SQLite drivers writing the same bytes.
+
+Every writer appends batches of ~730-byte ``MessageAdded`` events to its own session, tracking the
+exact expected version. Ours goes through ``store.append``; the raw references encode the same events
+with the same :class:`~kern_events.codec.MsgpackCodec` and insert the rows into the table the store
+itself created (so the shape, unique indexes included, is identical), but insert the events rows only,
+as a plain driver user would. Run one case with ``python -m benchmarks.append --case NAME …``;
+``python -m benchmarks`` runs them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import aiosqlite
+
+from benchmarks._harness import Case, Comparison, Sample, Timer, case_main, temp_db
+from kern_events import InMemoryEventStore, SqliteEventStore, TableNames
+from kern_events.codec import MsgpackCodec
+from kern_events.events import MessageAdded, ToolCallRequest
+from kern_events.stores._base import BaseEventStore
+
+__all__ = ["NOTES", "comparisons"]
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+AppendFunction = Callable[[str, int, Sequence[MessageAdded]], Awaitable[None]]
+"""Append events to a session whose current version is given; what differs between engines."""
+
+_MODULE = "benchmarks.append"
+_EVENTS_TABLE = TableNames().events
+_COLUMNS = "session_id, version, event_id, type, schema_version, data, recorded_at"
+_PREFILL_BATCH = 1000
+_TEXT = (
+    "The quarterly report shows revenue growth in all three regions; the assistant summarises the main "
+    "drivers, lists the open questions and proposes next steps for the team before the review. "
+) * 3
+
+NOTES = """\
+ours: store.append(session, events, expected_version=v). On SQLite that is one aiosqlite call (one thread
+  hop) running BEGIN IMMEDIATE, a head read, a multi-row INSERT … RETURNING, the session-index upsert and
+  COMMIT; ours additionally maintains the session index row in the same transaction. The raw drivers
+  insert the events rows only (same table and indexes, same encoded bytes; 10 events = one multi-row INSERT).
+sqlite3: autocommit INSERT, no thread. aiosqlite execute+commit: what a naive async user writes (2 hops).
+  aiosqlite autocommit: a single execute (1 hop).
+length rows: one session prefilled to 10,000 (ours) vs 10 (reference) events, then single-event appends;
+  a ratio near 1.00 means the append cost does not grow with the session.
+64 tasks: 1 event per append, each task its own session. Ours group-commits: appends that arrive while a
+  transaction is on the writer thread share the next one (one fsync for many). The reference is one
+  shared aiosqlite connection, one autocommit transaction (and fsync) per append."""
+
+
+def _message_pool(size: int = 64) -> list[MessageAdded]:
+    """Distinct assistant messages with a tool call, about 730 bytes each in MessagePack."""
+    return [
+        MessageAdded(
+            run_id=f"run-{index // 8:04d}",
+            role="assistant",
+            content=(_TEXT[index:] + _TEXT[:index])[:520] + f" ({index})",
+            message_id=f"msg-{index:06d}",
+            tool_calls=(
+                ToolCallRequest(
+                    tool_call_id=f"call-{index:06d}",
+                    tool_name="search_documents",
+                    arguments={"query": f"quarterly revenue by region {index}", "limit": 5},
+                ),
+            ),
+        )
+        for index in range(size)
+    ]
+
+
+async def _drive(append: AppendFunction, sessions: Mapping[str, int], args: argparse.Namespace) -> Sample:
+    """Run one writer per session (given with its version): ``--warmup`` untimed appends, then ``--appends`` timed.
+
+    Each append carries ``--batch`` events and states the exact expected version.
+    """
+    batch: int = args.batch
+    pool = _message_pool()
+    batches = [[pool[(start + offset) % len(pool)] for offset in range(batch)] for start in range(len(pool))]
+    versions = dict(sessions)
+
+    async def writer(session_id: str, count: int) -> None:
+        for step in range(count):
+            version = versions[session_id]
+            await append(session_id, version, batches[step % len(batches)])
+            versions[session_id] = version + batch
+
+    await asyncio.gather(*(writer(session_id, args.warmup) for session_id in versions))
+    with Timer() as timer:
+        await asyncio.gather(*(writer(session_id, args.appends) for session_id in versions))
+    total = args.appends * len(versions)
+    return Sample(appends=total, events=total * batch, seconds=timer.seconds)
+
+
+def _session_ids(tasks: int) -> list[str]:
+    return [f"session-{task:03d}" for task in range(tasks)]
+
+
+# -- ours ------------------------------------------------------------------------------------------
+
+
+def _ours(args: argparse.Namespace) -> Sample:
+    """Our store: SQLite at ``--sync`` or in memory, with the session prefilled to ``--length`` events."""
+
+    async def run() -> Sample:
+        with temp_db() as path:
+            store: BaseEventStore = (
+                InMemoryEventStore() if args.store == "memory" else SqliteEventStore(path, synchronous=args.sync)
+            )
+            async with store:
+                sessions = {name: await _prefill(store, name, args.length) for name in _session_ids(args.tasks)}
+
+                async def append(session_id: str, version: int, events: Sequence[MessageAdded]) -> None:
+                    await store.append(session_id, events, expected_version=version)
+
+                return await _drive(append, sessions, args)
+
+    return asyncio.run(run())
+
+
+async def _prefill(store: BaseEventStore, session_id: str, length: int) -> int:
+    """Append ``length`` events to the session in large batches; return its version."""
+    pool = _message_pool()
+    version = 0
+    while version < length:
+        count = min(_PREFILL_BATCH, length - version)
+        events = [pool[(version + offset) % len(pool)] for offset in range(count)]
+        version = (await store.append(session_id, events, expected_version=version)).to_version
+    return version
+
+
+# -- the raw drivers -------------------------------------------------------------------------------
+
+
+class _RawRows:
+    """Encodes events into the store's row shape and builds the multi-row INSERT for a batch size."""
+
+    def __init__(self) -> None:
+        self._codec = MsgpackCodec()
+        self._sql: dict[int, str] = {}
+
+    def insert(self, count: int) -> str:
+        """``INSERT INTO events (…) VALUES (…), (…) …`` for ``count`` rows."""
+        sql = self._sql.get(count)
+        if sql is None:
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * count)
+            sql = self._sql[count] = f'INSERT INTO "{_EVENTS_TABLE}" ({_COLUMNS}) VALUES {values}'
+        return sql
+
+    def params(self, session_id: str, version: int, events: Sequence[MessageAdded]) -> list[Any]:
+        """The flattened parameters numbering the events after ``version``, encoded as the store would."""
+        recorded_at = time.time()
+        params: list[Any] = []
+        for number, event in enumerate(events, start=version + 1):
+            encoded = self._codec.encode(event, uuid.uuid4())
+            params += (
+                session_id,
+                number,
+                encoded.event_id.bytes,
+                encoded.type,
+                encoded.schema_version,
+                encoded.data,
+                recorded_at,
+            )
+        return params
+
+
+def _pragmas(sync: Synchronous) -> list[str]:
+    return ["PRAGMA busy_timeout = 5000", "PRAGMA journal_mode = WAL", f"PRAGMA synchronous = {sync}"]
+
+
+async def _create_schema(path: str, sync: Synchronous) -> None:
+    """Let our store create its tables and indexes, so the raw drivers write into the very same shape."""
+    async with SqliteEventStore(path, synchronous=sync):
+        pass
+
+
+def _sqlite3(args: argparse.Namespace) -> Sample:
+    """The stdlib driver on the event loop's thread: one autocommit INSERT per append, no thread hop."""
+
+    async def run() -> Sample:
+        with temp_db() as path:
+            await _create_schema(str(path), args.sync)
+            rows = _RawRows()
+            db = sqlite3.connect(path, isolation_level=None)
+            try:
+                for pragma in _pragmas(args.sync):
+                    db.execute(pragma)
+
+                async def append(session_id: str, version: int, events: Sequence[MessageAdded]) -> None:
+                    db.execute(rows.insert(len(events)), rows.params(session_id, version, events))
+
+                return await _drive(append, dict.fromkeys(_session_ids(args.tasks), 0), args)
+            finally:
+                db.close()
+
+    return asyncio.run(run())
+
+
+def _aiosqlite(args: argparse.Namespace) -> Sample:
+    """aiosqlite, one connection shared by the writers: ``execute`` + ``commit``, or autocommit ``execute``."""
+    autocommit = args.mode == "autocommit"
+    if args.tasks > 1 and not autocommit:
+        raise SystemExit("execute+commit on one shared connection would commit other tasks' inserts")
+
+    async def run() -> Sample:
+        with temp_db() as path:
+            await _create_schema(str(path), args.sync)
+            rows = _RawRows()
+            async with aiosqlite.connect(path, isolation_level=None if autocommit else "DEFERRED") as db:
+                for pragma in _pragmas(args.sync):
+                    await db.execute(pragma)
+
+                async def append(session_id: str, version: int, events: Sequence[MessageAdded]) -> None:
+                    await db.execute(rows.insert(len(events)), rows.params(session_id, version, events))
+                    if not autocommit:
+                        await db.commit()
+
+                return await _drive(append, dict.fromkeys(_session_ids(args.tasks), 0), args)
+
+    return asyncio.run(run())
+
+
+# -- what python -m benchmarks compares ------------------------------------------------------------
+
+
+def _case(name: str, **options: object) -> Case:
+    return Case.of(_MODULE, name, **options)
+
+
+def comparisons(quick: bool) -> list[Comparison]:
+    """The append workloads, smaller with ``quick``; see :data:`NOTES` for what each row means."""
+    single, batched, in_memory, tail, per_task = (300, 100, 5000, 200, 10) if quick else (2000, 500, 50000, 1000, 50)
+    rows: list[Comparison] = []
+    for batch, appends in ((1, single), (10, batched)):
+        for sync in ("FULL", "NORMAL"):
+            sizes = {"sync": sync, "batch": batch, "appends": appends}
+            ours = _case("ours", store="sqlite", **sizes)
+            label = f"SQLite {sync}, {batch} ev/txn vs"
+            rows += [
+                Comparison(f"{label} sqlite3", ours, _case("sqlite3", **sizes)),
+                Comparison(f"{label} aiosqlite execute+commit", ours, _case("aiosqlite", mode="commit", **sizes)),
+                Comparison(f"{label} aiosqlite autocommit", ours, _case("aiosqlite", mode="autocommit", **sizes)),
+            ]
+    for batch in (1, 10):
+        memory = _case("ours", store="memory", batch=batch, appends=in_memory // batch)
+        rows.append(Comparison(f"in-memory, {batch} ev/append (no reference)", memory))
+    engines: tuple[tuple[str, Synchronous | None], ...] = (("sqlite", "FULL"), ("sqlite", "NORMAL"), ("memory", None))
+    for store, level in engines:
+        long, short = (_case("ours", store=store, sync=level, length=n, appends=tail) for n in (10_000, 10))
+        name = f"SQLite {level}" if level else "in-memory"
+        rows.append(Comparison(f"{name}, append at length 10,000 vs 10", long, short, metric="latency"))
+    concurrent = {"sync": "FULL", "tasks": 64, "appends": per_task, "warmup": 1}
+    ours_64 = _case("ours", store="sqlite", **concurrent)
+    rows += [
+        Comparison(
+            "SQLite FULL, 64 tasks vs aiosqlite autocommit",
+            ours_64,
+            _case("aiosqlite", mode="autocommit", **concurrent),
+        ),
+        Comparison(
+            "SQLite FULL, ours 64 tasks vs ours 1 task",
+            ours_64,
+            _case("ours", store="sqlite", sync="FULL", batch=1, appends=single),
+        ),
+    ]
+    return rows
+
+
+def main() -> None:
+    """Run one case named on the command line and print its sample as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    parser.add_argument("--sync", choices=("FULL", "NORMAL"), default="FULL")
+    parser.add_argument("--mode", choices=("commit", "autocommit"), default="commit")
+    parser.add_argument("--batch", type=int, default=1, help="events per append")
+    parser.add_argument("--appends", type=int, required=True, help="timed appends per writer task")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed appends per writer task first")
+    parser.add_argument("--tasks", type=int, default=1, help="concurrent writers, each on its own session")
+    parser.add_argument("--length", type=int, default=0, help="events prefilled into each session")
+    case_main({"ours": _ours, "sqlite3": _sqlite3, "aiosqlite": _aiosqlite}, parser)
+
+
+if __name__ == "__main__":
+    main()
