@@ -38,7 +38,6 @@ from kern_events.events import (
     ToolCallStarted,
 )
 from kern_events.records import Record, UnknownEvent
-from kern_events.stores._base import BaseEventStore
 from projections.runs import RunView
 from projections.session import SessionView
 
@@ -463,9 +462,8 @@ async def _verify(args: argparse.Namespace) -> int:
                 break
             except CorruptRecordError as exc:
                 checker.problems.append(str(exc))
-                after = await _position_after(store, exc, position)
-                checker.check(exc.session_id, exc.version, after - 1)
-                position = after
+                checker.check(exc.session_id, exc.version, exc.position)
+                position = exc.position + 1
     for problem in checker.problems:
         print(f"problem: {problem}")
     unknown = sum(checker.unknown.values())
@@ -475,31 +473,3 @@ async def _verify(args: argparse.Namespace) -> int:
     outcome = "ok" if not checker.problems else _count(len(checker.problems), "problem")
     print(f"verified {_count(checker.events, 'event')} in {_count(checker.sessions, 'session')}: {outcome}")
     return 0 if not checker.problems else 1
-
-
-async def _position_after(store: BaseEventStore, error: CorruptRecordError, start: int) -> int:
-    """The position just past the undecodable record ``error`` names, the first one at or after ``start``.
-
-    ``read_all`` stops at a record it cannot decode without saying where it is, so this probes single
-    reads (exponentially, then by bisection) for the first position whose read no longer meets it.
-    """
-
-    async def meets_it(position: int) -> bool:
-        try:
-            [record async for record in store.read_all(from_position=position, limit=1)]
-        except CorruptRecordError as exc:
-            return (exc.session_id, exc.version) == (error.session_id, error.version)
-        return False
-
-    low, step = start, 1  # the read from `low` meets the record; find the first `high` whose read does not
-    while await meets_it(low + step):
-        low += step
-        step *= 2
-    high = low + step
-    while high - low > 1:
-        middle = (low + high) // 2
-        if await meets_it(middle):
-            low = middle
-        else:
-            high = middle
-    return high

@@ -60,7 +60,9 @@ class MsgpackCodec:
             try:
                 event = decoder.decode(stored.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise CorruptRecordError(stored.session_id, stored.version, stored.type, str(exc)) from exc
+                raise CorruptRecordError(
+                    stored.session_id, stored.version, stored.type, str(exc), position=stored.position
+                ) from exc
         return Record(
             session_id=stored.session_id,
             version=stored.version,

@@ -82,12 +82,13 @@ class SessionNotFoundError(NotFoundError):
 
 
 class CorruptRecordError(KernEventsError):
-    """Stored bytes of a known event type could not be decoded."""
+    """Stored bytes of a known event type could not be decoded; ``position`` lets a reader skip past."""
 
-    def __init__(self, session_id: str, version: int, event_type: str, detail: str) -> None:
+    def __init__(self, session_id: str, version: int, event_type: str, detail: str, *, position: int) -> None:
         self.session_id = session_id
         self.version = version
         self.event_type = event_type
+        self.position = position
         super().__init__(
             f"session {session_id!r} version {version}: stored {event_type!r} event cannot be decoded: {detail}"
         )

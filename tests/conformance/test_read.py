@@ -82,11 +82,12 @@ async def test_an_unknown_event_type_is_returned_raw_and_skipped_by_projections(
 
 async def test_corrupt_bytes_raise_an_error_naming_session_and_version(backend: Backend) -> None:
     async with backend.store(codec=CorruptingCodec()) as store:
-        await store.append("s", [_message(1), SummaryUpdated(summary="lost"), _message(3)])
+        written = await store.append("s", [_message(1), SummaryUpdated(summary="lost"), _message(3)])
         with pytest.raises(CorruptRecordError) as caught:
             _ = [record async for record in store.read("s")]
         assert [record.version async for record in store.read("s", limit=1)] == [1]
         assert [record.version async for record in store.read("s", from_version=3)] == [3]
     error = caught.value
     assert (error.session_id, error.version, error.event_type) == ("s", 2, "summary_updated")
+    assert error.position == written.positions[1]
     assert "'s' version 2" in str(error)
