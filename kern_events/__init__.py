@@ -28,6 +28,7 @@ from kern_events.errors import (
     SchemaVersionError,
     SessionNotFoundError,
     StorageError,
+    StorageUnavailableError,
     StoreClosedError,
     UnknownEventTypeError,
 )
@@ -75,8 +76,9 @@ from kern_events.store import EventStore
 from kern_events.stores._sql import TableNames
 
 if TYPE_CHECKING:
-    from kern_events.db import BaseDb, InMemoryDb, SqliteDb
+    from kern_events.db import BaseDb, InMemoryDb, PostgresDb, SqliteDb
     from kern_events.stores.memory import InMemoryEventStore
+    from kern_events.stores.postgres import PostgresEventStore
     from kern_events.stores.sqlite import SqliteEventStore
 
 __version__ = "0.1.0"
@@ -85,6 +87,8 @@ _LAZY = {
     "BaseDb": "kern_events.db",
     "InMemoryDb": "kern_events.db",
     "SqliteDb": "kern_events.db",
+    "PostgresDb": "kern_events.db",
+    "PostgresEventStore": "kern_events.stores.postgres",
     "InMemoryEventStore": "kern_events.stores.memory",
     "SqliteEventStore": "kern_events.stores.sqlite",
 }
@@ -117,6 +121,8 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PendingEvent",
+    "PostgresDb",
+    "PostgresEventStore",
     "Record",
     "Requirement",
     "RequirementResolved",
@@ -138,6 +144,7 @@ __all__ = [
     "SqliteDb",
     "SqliteEventStore",
     "StorageError",
+    "StorageUnavailableError",
     "StoreClosedError",
     "StoredEvent",
     "SummaryUpdated",

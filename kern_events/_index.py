@@ -12,7 +12,7 @@ import msgspec
 
 from kern_events.events import Event, RunStarted, SessionRenamed, SessionStarted, SessionType
 
-__all__ = ["SessionInfo", "advance_index"]
+__all__ = ["IndexDelta", "SessionInfo", "advance_index", "apply_delta", "index_delta"]
 
 
 class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,28 +33,64 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
     """The session's version: the number of its last event."""
 
 
-def advance_index(
-    info: SessionInfo | None, session_id: str, events: Sequence[Event], version: int, recorded_at: float
-) -> SessionInfo:
-    """The index row after ``events`` were appended, ending at ``version``."""
-    if info is None:
-        info = SessionInfo(session_id=session_id, created_at=recorded_at, updated_at=recorded_at, version=0)
-    changes: dict[str, object] = {}
-    runs = info.run_count
+class IndexDelta(msgspec.Struct, frozen=True, kw_only=True):
+    """What a batch of events changes in a session's index row, computed from the events alone.
+
+    SQL backends that upsert the row in the append's own statement apply this delta in SQL;
+    :func:`apply_delta` is the same rule in Python, and the conformance suite holds both to it.
+    """
+
+    started: SessionStarted | None = None
+    """The batch's last ``SessionStarted``: its type, ids and user replace the row's."""
+    name: str | None = None
+    """The batch's last name (from ``SessionStarted.name`` or ``SessionRenamed``); ``None`` keeps the row's."""
+    runs_started: int = 0
+    """Top-level runs started in the batch."""
+
+
+def index_delta(events: Sequence[Event]) -> IndexDelta:
+    """The index change a batch of events makes."""
+    started: SessionStarted | None = None
+    name: str | None = None
+    runs = 0
     for event in events:
         if isinstance(event, SessionStarted):
-            changes.update(
-                session_type=event.session_type,
-                agent_id=event.agent_id,
-                team_id=event.team_id,
-                workflow_id=event.workflow_id,
-                user_id=event.user_id,
-            )
+            started = event
             if event.name is not None:
-                changes["name"] = event.name
+                name = event.name
         elif isinstance(event, RunStarted):
             if event.parent_run_id is None:
                 runs += 1
         elif isinstance(event, SessionRenamed):
-            changes["name"] = event.name
-    return msgspec.structs.replace(info, **changes, run_count=runs, updated_at=recorded_at, version=version)
+            name = event.name
+    return IndexDelta(started=started, name=name, runs_started=runs)
+
+
+def apply_delta(
+    info: SessionInfo | None, session_id: str, delta: IndexDelta, version: int, recorded_at: float
+) -> SessionInfo:
+    """The index row after a batch with ``delta`` was appended, ending at ``version``."""
+    if info is None:
+        info = SessionInfo(session_id=session_id, created_at=recorded_at, updated_at=recorded_at, version=0)
+    changes: dict[str, object] = {}
+    if delta.started is not None:
+        started = delta.started
+        changes.update(
+            session_type=started.session_type,
+            agent_id=started.agent_id,
+            team_id=started.team_id,
+            workflow_id=started.workflow_id,
+            user_id=started.user_id,
+        )
+    if delta.name is not None:
+        changes["name"] = delta.name
+    return msgspec.structs.replace(
+        info, **changes, run_count=info.run_count + delta.runs_started, updated_at=recorded_at, version=version
+    )
+
+
+def advance_index(
+    info: SessionInfo | None, session_id: str, events: Sequence[Event], version: int, recorded_at: float
+) -> SessionInfo:
+    """The index row after ``events`` were appended, ending at ``version``."""
+    return apply_delta(info, session_id, index_delta(events), version, recorded_at)

@@ -10,7 +10,7 @@ __all__ = ["check_identifier", "check_non_negative", "check_optional_identifier"
 
 MAX_ID_LENGTH = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_SQL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_SQL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
 
 
 def check_identifier(argument: str, value: object) -> str:
@@ -32,13 +32,14 @@ def check_optional_identifier(argument: str, value: object) -> str | None:
 
 
 def check_sql_identifier(argument: str, value: object) -> str:
-    """A table or schema name: letters, digits and underscores, not starting with a digit, 63 at most.
+    """A table or schema name: letters, digits and underscores, not starting with a digit, 48 at most.
 
-    Names are also quoted where they are used; this check makes a bad name fail before any SQL runs.
+    48 leaves room for the suffixes of index names within PostgreSQL's 63-byte identifiers. Names
+    are also quoted where they are used; this check makes a bad name fail before any SQL runs.
     """
     if not isinstance(value, str) or not _SQL_IDENTIFIER.fullmatch(value):
         raise InvalidIdentifierError(
-            argument, value, "use letters, digits and underscores (not first), at most 63 characters"
+            argument, value, "use letters, digits and underscores (not first), at most 48 characters"
         )
     return value
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from kern_events.db import SqliteDb
+from kern_events.db import BaseDb, PostgresDb, SqliteDb
 from kern_events.errors import CorruptRecordError, InvalidArgumentError, KernEventsError, SessionNotFoundError
 from kern_events.events import (
     Event,
@@ -77,7 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     database = argparse.ArgumentParser(add_help=False)
-    database.add_argument("--db", default=DEFAULT_DB, metavar="PATH", help=f"SQLite file (default: {DEFAULT_DB})")
+    database.add_argument(
+        "--db",
+        default=DEFAULT_DB,
+        metavar="PATH_OR_URL",
+        help=f"SQLite file or postgresql:// URL (default: {DEFAULT_DB})",
+    )
+    database.add_argument("--schema", default="public", help="PostgreSQL schema (default: public)")
 
     def command(name: str, handler: _Handler, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, parents=[database], help=help_text, description=help_text)
@@ -108,11 +114,14 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--from-position", type=int, default=0)
 
     command("verify", _verify, "Check the whole log: gapless versions, ordered positions, decodable records.")
+    command("migrate", _migrate, "Create or upgrade the tables (for deployments that forbid DDL at run time).")
     return parser
 
 
-def _open(path: str, *, create: bool = False) -> SqliteDb:
-    """The database at ``path``; unless ``create``, a missing file is an error rather than a new database."""
+def _open(path: str, *, create: bool = False, schema: str = "public") -> BaseDb:
+    """The database at ``path`` (a file or a PostgreSQL URL); a missing file is an error unless ``create``."""
+    if path.startswith(("postgres://", "postgresql://", "postgresql+")):
+        return PostgresDb(path, schema=schema, pool_size=2)
     if not create and not Path(path).exists():
         raise InvalidArgumentError(
             "--db", f"database file {path!r} does not exist (only `kern-events demo` creates one)"
@@ -136,7 +145,7 @@ _NAME_PATTERN = re.compile(r"\bmy name is (\w+)", re.IGNORECASE)
 
 async def _demo(args: argparse.Namespace) -> int:
     session_id: str = args.session_id
-    async with _open(args.db, create=True) as db:
+    async with _open(args.db, create=True, schema=args.schema) as db:
         store = db.store
         info = await store.get_session_info(session_id)
         if info is None:
@@ -334,7 +343,7 @@ def _print_run(number: int, run: RunView) -> None:
 
 
 async def _sessions(args: argparse.Namespace) -> int:
-    async with _open(args.db) as db:
+    async with _open(args.db, schema=args.schema) as db:
         rows = await db.get_sessions(user_id=args.user_id, session_type=args.session_type, limit=args.limit)
     if args.json:
         for row in rows:
@@ -365,7 +374,7 @@ async def _sessions(args: argparse.Namespace) -> int:
 
 
 async def _show(args: argparse.Namespace) -> int:
-    async with _open(args.db) as db:
+    async with _open(args.db, schema=args.schema) as db:
         view = await db.get_session(args.session_id, user_id=args.user_id, version=args.version)
     if args.json:
         print(_json.encode(view).decode())
@@ -399,7 +408,7 @@ def _record_line(record: Record) -> str:
 
 
 async def _events(args: argparse.Namespace) -> int:
-    async with _open(args.db) as db:
+    async with _open(args.db, schema=args.schema) as db:
         if await db.store.get_session_info(args.session_id) is None:
             raise SessionNotFoundError(args.session_id)
         async for record in db.store.read(args.session_id, from_version=args.from_version, to_version=args.to_version):
@@ -408,7 +417,7 @@ async def _events(args: argparse.Namespace) -> int:
 
 
 async def _export(args: argparse.Namespace) -> int:
-    async with _open(args.db) as db:
+    async with _open(args.db, schema=args.schema) as db:
         async for record in db.store.read_all(from_position=args.from_position):
             print(_record_line(record))
     return 0
@@ -449,7 +458,7 @@ class _Checker:
 
 async def _verify(args: argparse.Namespace) -> int:
     checker = _Checker()
-    async with _open(args.db) as db:
+    async with _open(args.db, schema=args.schema) as db:
         store = db.store
         position = 0
         while True:
@@ -473,3 +482,10 @@ async def _verify(args: argparse.Namespace) -> int:
     outcome = "ok" if not checker.problems else _count(len(checker.problems), "problem")
     print(f"verified {_count(checker.events, 'event')} in {_count(checker.sessions, 'session')}: {outcome}")
     return 0 if not checker.problems else 1
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    async with _open(args.db, create=True, schema=args.schema):
+        pass  # opening a db creates or upgrades its tables
+    print(f"schema of {args.db} is up to date")
+    return 0

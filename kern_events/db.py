@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import msgspec
 
@@ -33,7 +33,10 @@ from projections.session import (
     encode_view,
 )
 
-__all__ = ["BaseDb", "InMemoryDb", "SqliteDb"]
+__all__ = ["BaseDb", "InMemoryDb", "PostgresDb", "SqliteDb"]
+
+if TYPE_CHECKING:
+    import asyncpg
 
 _RENAME_ATTEMPTS = 5
 
@@ -210,6 +213,47 @@ class SqliteDb(BaseDb):
                 tables=tables,
                 synchronous=synchronous,
                 busy_timeout=busy_timeout,
+                codec=codec,
+                max_event_size=max_event_size,
+            )
+        )
+
+
+class PostgresDb(BaseDb):
+    """Sessions in PostgreSQL: the production store.
+
+    ``db_url`` may be ``postgresql://``, ``postgres://`` or SQLAlchemy-style ``postgresql+driver://``;
+    or pass an existing asyncpg ``pool``. ``schema`` and the table names isolate workloads that share
+    a database. With ``create_schema=False`` no DDL runs at start-up (use ``kern-events migrate``).
+    """
+
+    def __init__(
+        self,
+        db_url: str | None = None,
+        *,
+        pool: asyncpg.Pool | None = None,
+        pool_size: int = 10,
+        schema: str = "public",
+        events_table: str = "kern_events",
+        session_table: str = "kern_sessions",
+        snapshot_table: str = "kern_snapshots",
+        schema_table: str = "kern_schema",
+        create_schema: bool = True,
+        codec: Codec | None = None,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+    ) -> None:
+        # Imported here so that SqliteDb users never load asyncpg.
+        from kern_events.stores.postgres import PostgresEventStore
+
+        tables = TableNames(events=events_table, sessions=session_table, snapshots=snapshot_table, schema=schema_table)
+        super().__init__(
+            PostgresEventStore(
+                db_url,
+                pool=pool,
+                pool_size=pool_size,
+                schema=schema,
+                tables=tables,
+                create_schema=create_schema,
                 codec=codec,
                 max_event_size=max_event_size,
             )

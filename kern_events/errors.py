@@ -17,7 +17,8 @@ own exception never escapes raw: each backend translates it at one seam, keeping
     │   ├── UnknownEventTypeError   an object that is not a kern-events event
     │   └── PayloadTooLargeError    an encoded event above the store's size limit
     ├── StorageError                the database failed in a way the caller cannot fix by changing input
-    │   └── SchemaVersionError      the database was written by a newer, incompatible release
+    │   ├── StorageUnavailableError the database could not be reached, or the connection was lost
+    │   └── SchemaVersionError      the schema is missing (and may not be created) or is newer
     └── StoreClosedError            the store was used after ``aclose()``
 """
 
@@ -37,6 +38,7 @@ __all__ = [
     "SchemaVersionError",
     "SessionNotFoundError",
     "StorageError",
+    "StorageUnavailableError",
     "StoreClosedError",
     "UnknownEventTypeError",
 ]
@@ -132,15 +134,30 @@ class StorageError(KernEventsError):
     """The database failed; the original driver exception is the ``__cause__``."""
 
 
+class StorageUnavailableError(StorageError):
+    """The database could not be reached or the connection broke mid-call.
+
+    An append may or may not have landed: retry it with the same event ids.
+    """
+
+
 class SchemaVersionError(StorageError):
-    """The database schema is newer than this release understands."""
+    """The database schema is newer than this release understands, or missing where DDL is not allowed."""
 
     def __init__(self, found: int, supported: int) -> None:
         self.found = found
         self.supported = supported
-        super().__init__(
-            f"database schema version {found} is newer than this release supports ({supported}); upgrade kern-events"
-        )
+        if found > supported:
+            message = (
+                f"database schema version {found} is newer than this release supports ({supported}); "
+                "upgrade kern-events"
+            )
+        else:
+            message = (
+                f"database schema version {found} is older than this release needs ({supported}) and "
+                "creating tables at run time is off; run `kern-events migrate`"
+            )
+        super().__init__(message)
 
 
 class StoreClosedError(KernEventsError):

@@ -10,12 +10,14 @@ import os
 from pathlib import Path
 
 from kern_events.codec import Codec
-from kern_events.db import BaseDb, InMemoryDb, SqliteDb
+from kern_events.db import BaseDb, InMemoryDb, PostgresDb, SqliteDb
 from kern_events.stores._base import BaseEventStore
 from kern_events.stores.memory import InMemoryEventStore
+from kern_events.stores.postgres import PostgresEventStore
 from kern_events.stores.sqlite import SqliteEventStore
+from tests import _pg
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "postgres"]
 
 
 class Backend:
@@ -25,7 +27,14 @@ class Backend:
         self.name = name
         self.directory = directory
         self.persistent = name != "memory"
-        self._memory: InMemoryEventStore | None = None
+        self.schema = _pg.new_schema() if name == "postgres" else None
+        if name == "postgres":
+            _pg.require_postgres()
+
+    def cleanup(self) -> None:
+        """Drop what this backend created outside ``directory`` (the PostgreSQL schema)."""
+        if self.schema is not None:
+            _pg.drop_schema(self.schema)
 
     @property
     def db_file(self) -> str:
@@ -37,6 +46,8 @@ class Backend:
             return InMemoryEventStore(codec=codec)
         if self.name == "sqlite":
             return SqliteEventStore(self.db_file, codec=codec)
+        if self.name == "postgres":
+            return PostgresEventStore(_pg.PG_URL, schema=self.schema or "", pool_size=4, codec=codec)
         raise AssertionError(self.name)
 
     def db(self) -> BaseDb:
@@ -45,4 +56,6 @@ class Backend:
             return InMemoryDb()
         if self.name == "sqlite":
             return SqliteDb(self.db_file)
+        if self.name == "postgres":
+            return PostgresDb(_pg.PG_URL, schema=self.schema or "", pool_size=4)
         raise AssertionError(self.name)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,13 @@ from tests._backends import BACKENDS, Backend
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    """Each conformance test runs once per backend."""
-    return Backend(request.param, tmp_path)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Each conformance test runs once per backend, on a database (or schema) of its own."""
+    backend = Backend(request.param, tmp_path)
+    try:
+        yield backend
+    finally:
+        backend.cleanup()
 
 
 @pytest.fixture

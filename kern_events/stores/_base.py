@@ -35,6 +35,7 @@ from kern_events.store import SessionSort
 
 __all__ = [
     "DEFAULT_MAX_EVENT_SIZE",
+    "MAX_EVENTS_PER_APPEND",
     "SNAPSHOTS_KEPT",
     "BaseEventStore",
     "SessionFilter",
@@ -45,6 +46,9 @@ __all__ = [
 
 DEFAULT_MAX_EVENT_SIZE = 4 * 1024 * 1024
 """Largest encoded event accepted by default (4 MiB): media belong elsewhere, referenced by url."""
+
+MAX_EVENTS_PER_APPEND = 65_535
+"""Most events one append may carry (PostgreSQL numbers a transaction's events in 16 bits)."""
 
 SNAPSHOTS_KEPT = 3
 """Snapshots kept per session and projection name; older ones are pruned when a new one is saved."""
@@ -219,6 +223,10 @@ class BaseEventStore(abc.ABC):
         events = list(events)
         if not events:
             raise InvalidArgumentError("events", "at least one event is required")
+        if len(events) > MAX_EVENTS_PER_APPEND:
+            raise InvalidArgumentError(
+                "events", f"{len(events)} events in one append; at most {MAX_EVENTS_PER_APPEND} are allowed"
+            )
         pending = self._encode(events, event_ids)
         await self._ensure_open()
         return await self._append(session_id, events, pending, expected_version, time.time())

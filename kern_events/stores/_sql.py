@@ -18,6 +18,15 @@ def quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+_ARGUMENT = {
+    "events": "events_table",
+    "sessions": "session_table",
+    "snapshots": "snapshot_table",
+    "schema": "schema_table",
+}
+"""The keyword users pass each table name as (``SqliteDb(session_table=...)``), for error messages."""
+
+
 class TableNames(msgspec.Struct, frozen=True, kw_only=True):
     """The tables of one kern-events workload; give each workload its own names to isolate it."""
 
@@ -28,7 +37,7 @@ class TableNames(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         for field in self.__struct_fields__:
-            check_sql_identifier(f"{field}_table", getattr(self, field))
+            check_sql_identifier(_ARGUMENT[field], getattr(self, field))
         names = [getattr(self, field) for field in self.__struct_fields__]
         if len({name.lower() for name in names}) != len(names):
             raise InvalidArgumentError("table names", f"each table needs its own name, got {names}")

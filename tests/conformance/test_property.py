@@ -157,5 +157,9 @@ def test_folded_view_equals_the_view_read_back_after_reopening(
     bounds = sorted({0, len(sequence), *(cut for cut in cuts if cut < len(sequence))})
     batches = [sequence[low:high] for low, high in itertools.pairwise(bounds)]
     with tempfile.TemporaryDirectory() as directory:
-        expected, actual = asyncio.run(_write_then_reopen(Backend(backend_name, Path(directory)), batches, checkpoint))
+        backend = Backend(backend_name, Path(directory))
+        try:
+            expected, actual = asyncio.run(_write_then_reopen(backend, batches, checkpoint))
+        finally:
+            backend.cleanup()
     assert actual == expected

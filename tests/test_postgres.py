@@ -1,0 +1,234 @@
+"""PostgreSQL-specific behaviour on the real server: URLs, pools, schemas, concurrency, the global feed, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+
+from kern_events import (
+    NO_STREAM,
+    ConcurrencyError,
+    InvalidArgumentError,
+    InvalidIdentifierError,
+    MessageAdded,
+    PostgresDb,
+    PostgresEventStore,
+    SchemaVersionError,
+    StorageUnavailableError,
+    TableNames,
+)
+from kern_events.cli import main
+from kern_events.stores.postgres import normalize_url
+from tests import _pg
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    _pg.require_postgres()
+    name = _pg.new_schema()
+    try:
+        yield name
+    finally:
+        _pg.drop_schema(name)
+
+
+def _message(text: str) -> MessageAdded:
+    return MessageAdded(run_id="r", role="user", content=text)
+
+
+def _store(schema: str, **options: object) -> PostgresEventStore:
+    return PostgresEventStore(_pg.PG_URL, schema=schema, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql://u@h:5432/d", "postgresql://u@h:5432/d"),
+        ("postgres://u@h/d", "postgres://u@h/d"),
+        ("postgresql+psycopg://u:p@h/d", "postgresql://u:p@h/d"),
+        ("postgresql+asyncpg://u@h/d?sslmode=disable", "postgresql://u@h/d?sslmode=disable"),
+    ],
+)
+def test_urls_from_other_frameworks_are_accepted(given: str, used: str) -> None:
+    assert normalize_url(given) == used
+
+
+@pytest.mark.parametrize("bad", ["mysql://u@h/d", "sqlite:///x.db", "", "postgresql:/missing-slash"])
+def test_a_url_that_is_not_postgresql_is_refused(bad: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="db_url"):
+        PostgresDb(bad)
+
+
+def test_bad_schema_or_table_names_are_refused_before_connecting() -> None:
+    with pytest.raises(InvalidIdentifierError, match="schema"):
+        PostgresDb("postgresql://nowhere/x", schema="public; DROP TABLE x")
+    with pytest.raises(InvalidIdentifierError, match="session_table"):
+        PostgresDb("postgresql://nowhere/x", session_table='x"y')
+
+
+async def test_an_unreachable_server_is_a_storage_unavailable_error() -> None:
+    store = PostgresEventStore("postgresql://postgres@127.0.0.1:1/none")
+    with pytest.raises(StorageUnavailableError, match="cannot connect"):
+        await store.append("s", [_message("x")])
+    await store.aclose()
+
+
+async def test_an_existing_pool_is_used_and_left_open(schema: str) -> None:
+    pool = await asyncpg.create_pool(_pg.PG_URL, min_size=1, max_size=2)
+    try:
+        async with PostgresDb(pool=pool, schema=schema) as db:
+            await db.store.append("s", [_message("via the caller's pool")])
+        assert await pool.fetchval(f'SELECT count(*) FROM "{schema}".kern_events') == 1
+    finally:
+        await pool.close()
+
+
+async def test_custom_table_names_isolate_two_workloads_in_one_schema(schema: str) -> None:
+    other = TableNames(events="b_events", sessions="b_sessions", snapshots="b_snapshots", schema="b_schema")
+    async with _store(schema) as first, _store(schema, tables=other) as second:
+        await first.append("s", [_message("first")])
+        await second.append("s", [_message("second")], expected_version=NO_STREAM)
+        assert [r.event async for r in first.read("s")] == [_message("first")]
+        assert [r.event async for r in second.read("s")] == [_message("second")]
+
+
+async def test_many_processes_starting_at_once_create_the_schema_without_errors(schema: str) -> None:
+    stores = [_store(schema, pool_size=1) for _ in range(8)]
+    try:
+        await asyncio.gather(*(store.append(f"s{n}", [_message("hi")]) for n, store in enumerate(stores)))
+    finally:
+        await asyncio.gather(*(store.aclose() for store in stores))
+
+
+async def test_without_runtime_ddl_a_missing_schema_is_refused_until_migrated(schema: str) -> None:
+    with pytest.raises(SchemaVersionError, match="kern-events migrate"):
+        async with _store(schema, create_schema=False):
+            pass
+    async with _store(schema) as creator:
+        await creator.migrate()
+    async with _store(schema, create_schema=False) as store:
+        await store.append("s", [_message("works")])
+
+
+async def test_a_schema_from_a_newer_release_is_refused(schema: str) -> None:
+    async with _store(schema) as store:
+        await store.append("s", [_message("kept")])
+    connection = await asyncpg.connect(_pg.PG_URL)
+    try:
+        await connection.execute(f'UPDATE "{schema}".kern_schema SET version = 99')
+    finally:
+        await connection.close()
+    with pytest.raises(SchemaVersionError, match="99"):
+        async with _store(schema):
+            pass
+
+
+async def test_sixteen_concurrent_writers_on_one_session_lose_nothing(schema: str) -> None:
+    per_writer = 12
+    async with _store(schema, pool_size=16) as store:
+
+        async def writer(n: int) -> int:
+            conflicts = 0
+            for k in range(per_writer):
+                while True:
+                    head = await store.current_version("shared")
+                    try:
+                        await store.append("shared", [_message(f"{n}:{k}")], expected_version=head)
+                        break
+                    except ConcurrencyError:
+                        conflicts += 1
+            return conflicts
+
+        conflicts = await asyncio.wait_for(asyncio.gather(*(writer(n) for n in range(16))), timeout=60)
+        records = [record async for record in store.read("shared")]
+    assert [record.version for record in records] == list(range(1, 16 * per_writer + 1))
+    contents = sorted(str(record.event.content) for record in records)  # type: ignore[union-attr]
+    assert contents == sorted(f"{n}:{k}" for n in range(16) for k in range(per_writer))
+    assert sum(conflicts) > 0, "the writers did contend"
+
+
+@pytest.fixture
+async def slow_inserts(schema: str) -> str:
+    """The store's tables, with a trigger that holds any append to session 'slow' open for a while."""
+    async with _store(schema) as store:
+        await store.append("warm-up", [_message("creates the tables")])
+    connection = await asyncpg.connect(_pg.PG_URL)
+    try:
+        await connection.execute(
+            f"""
+            CREATE FUNCTION "{schema}".slow_down() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.session_id = 'slow' THEN PERFORM pg_sleep(0.6); END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER slow_down BEFORE INSERT ON "{schema}".kern_events
+            FOR EACH ROW EXECUTE FUNCTION "{schema}".slow_down();
+            """
+        )
+    finally:
+        await connection.close()
+    return schema
+
+
+async def test_a_tailing_reader_never_skips_an_event_whose_transaction_commits_late(slow_inserts: str) -> None:
+    async with _store(slow_inserts, pool_size=8) as store:
+        start = [record.position async for record in store.read_all()][-1] + 1
+        slow = asyncio.create_task(store.append("slow", [_message("late committer")]))
+        await asyncio.sleep(0.1)  # the slow append has its position now and is sleeping before commit
+        fast = [await store.append(f"fast-{n}", [_message(f"fast {n}")]) for n in range(10)]
+        assert all(result.positions[0] > 0 for result in fast)
+
+        seen: list[tuple[int, str]] = []
+        position = start
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(seen) < 11 and asyncio.get_running_loop().time() < deadline:
+            async for record in store.read_all(from_position=position):
+                seen.append((record.position, record.session_id))
+                position = record.position + 1
+            await asyncio.sleep(0.02)
+        await slow
+    positions = [position for position, _ in seen]
+    assert sorted(session for _, session in seen) == sorted(["slow", *(f"fast-{n}" for n in range(10))]), "skipped"
+    assert positions == sorted(positions), "the feed never goes back"
+    assert seen[0][1] == "slow", "the late committer is delivered first: it started writing first"
+
+
+async def test_a_connection_killed_mid_append_leaves_nothing_and_the_retry_lands_once(slow_inserts: str) -> None:
+    ids = [uuid.uuid4() for _ in range(3)]
+    batch = [_message("a"), _message("b"), _message("c")]
+    async with _store(slow_inserts) as store:
+        append = asyncio.create_task(store.append("slow", batch, event_ids=ids))
+        await asyncio.sleep(0.2)
+        killer = await asyncpg.connect(_pg.PG_URL)
+        try:
+            killed = await killer.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE query LIKE '%WITH head AS%' AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await killer.close()
+        assert killed == 1
+        with pytest.raises(StorageUnavailableError):
+            await append
+        assert [record async for record in store.read("slow")] == []
+        first = await store.append("slow", batch, event_ids=ids)
+        again = await store.append("slow", batch, event_ids=ids)
+        assert first == again
+        assert [record.event async for record in store.read("slow")] == batch
+
+
+def test_kern_events_migrate_prepares_a_database_that_forbids_runtime_ddl(schema: str) -> None:
+    assert (
+        main(["migrate", "--db", _pg.PG_URL.replace("postgresql://", "postgresql+asyncpg://"), "--schema", schema]) == 0
+    )
+
+    async def use() -> int:
+        async with PostgresDb(_pg.PG_URL, schema=schema, create_schema=False) as db:
+            return (await db.store.append("s", [_message("no DDL needed")])).to_version
+
+    assert _pg.run_sync(use) == 1
+    assert main(["verify", "--db", _pg.PG_URL, "--schema", schema]) == 0
