@@ -15,6 +15,7 @@ from uuid import UUID
 from kern_events._index import SessionInfo
 from kern_events.events import Event, SessionType
 from kern_events.records import AppendResult, ExpectedVersion, Record, Snapshot
+from kern_events.subscription import Subscription
 
 __all__ = ["EventStore", "SessionSort"]
 
@@ -57,6 +58,12 @@ class EventStore(Protocol):
 
     def read_all(self, *, from_position: int = 0, limit: int | None = None) -> AsyncIterator[Record]:
         """Stream every session's records with ``position >= from_position`` in global order."""
+        ...
+
+    def subscribe(self, *, from_position: int = 0, poll_interval: float = 1.0) -> Subscription:
+        """Catch up from ``from_position``, then follow new records live, in global order, without gaps
+        or duplicates; use as ``async with store.subscribe(...) as subscription: async for record in
+        subscription``."""
         ...
 
     async def current_version(self, session_id: str) -> int:

@@ -232,3 +232,25 @@ def test_kern_events_migrate_prepares_a_database_that_forbids_runtime_ddl(schema
 
     assert _pg.run_sync(use) == 1
     assert main(["verify", "--db", _pg.PG_URL, "--schema", schema]) == 0
+
+
+async def test_a_subscription_survives_its_listen_connection_being_killed(schema: str) -> None:
+    async with _store(schema) as reader, _store(schema) as writer:
+        await writer.append("s", [_message("before")])
+        async with reader.subscribe(poll_interval=60) as subscription:
+            records = subscription.__aiter__()
+            assert (await asyncio.wait_for(anext(records), 5)).event == _message("before")
+            killer = await asyncpg.connect(_pg.PG_URL)
+            try:
+                killed = await killer.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
+                )
+            finally:
+                await killer.close()
+            assert killed >= 1
+            following = asyncio.create_task(anext(records))
+            await asyncio.sleep(0.5)  # it reconnects, re-reads (nothing new) and waits again
+            assert not following.done()
+            await writer.append("s", [_message("after")])  # only a NOTIFY can wake it within 5 s
+            assert (await asyncio.wait_for(following, 5)).event == _message("after")

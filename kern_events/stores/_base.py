@@ -12,6 +12,7 @@ import abc
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Self, get_args
 from uuid import UUID
@@ -32,6 +33,7 @@ from kern_events.errors import (
 from kern_events.events import Event, SessionType
 from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Record, Snapshot, StoredEvent
 from kern_events.store import SessionSort
+from kern_events.subscription import ChangeSignal, Subscription
 
 __all__ = [
     "DEFAULT_MAX_EVENT_SIZE",
@@ -168,6 +170,7 @@ class BaseEventStore(abc.ABC):
 
     def __init__(self, *, codec: Codec | None = None, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
         check_non_negative("max_event_size", max_event_size)
+        self.change_signal = ChangeSignal()
         self._codec: Codec = codec if codec is not None else MsgpackCodec()
         self._max_event_size = max_event_size
         self._state = "new"
@@ -229,7 +232,10 @@ class BaseEventStore(abc.ABC):
             )
         pending = self._encode(events, event_ids)
         await self._ensure_open()
-        return await self._append(session_id, events, pending, expected_version, time.time())
+        result = await self._append(session_id, events, pending, expected_version, time.time())
+        self.change_signal.fire()
+        self._announce()
+        return result
 
     def _encode(self, events: Sequence[Event], event_ids: Sequence[UUID] | None) -> list[PendingEvent]:
         if event_ids is None:
@@ -388,6 +394,29 @@ class BaseEventStore(abc.ABC):
         check_non_negative("max_version", max_version, allow_none=True)
         await self._ensure_open()
         return await self._load_snapshot(session_id, name, schema_version, max_version)
+
+    def subscribe(self, *, from_position: int = 0, poll_interval: float = 1.0) -> Subscription:
+        """Every record from ``from_position`` on, then new ones as they land (see :class:`Subscription`).
+
+        Appends through this store wake the subscription at once; appends by other processes are
+        seen through the backend's notifications where it has them, else within ``poll_interval``.
+        """
+        check_non_negative("from_position", from_position)
+        if not isinstance(poll_interval, int | float) or poll_interval <= 0:
+            raise InvalidArgumentError("poll_interval", f"expected seconds > 0, got {poll_interval!r}")
+        return Subscription(self, from_position=from_position, poll_interval=poll_interval)
+
+    @asynccontextmanager
+    async def listen(self) -> AsyncIterator[None]:
+        """While open, the backend turns other processes' appends into :attr:`change_signal` fires.
+
+        The default has no cross-process notifications: subscriptions poll.
+        """
+        await self._ensure_open()
+        yield
+
+    def _announce(self) -> None:  # noqa: B027 - optional hook
+        """Tell other processes that something was appended (after the commit)."""
 
     # -- the backend's half ------------------------------------------------------------------------
 

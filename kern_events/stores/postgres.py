@@ -26,6 +26,9 @@ events. Per-session reads need no fence: version k+1 can only be inserted once v
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -52,6 +55,9 @@ from kern_events.stores._sql import SCHEMA_VERSION, TableNames, quote
 __all__ = ["PostgresEventStore", "normalize_url"]
 
 _ANY_RETRIES = 20
+_NOTIFY_DELAY = 0.003
+"""Seconds a NOTIFY waits so that appends landing close together share one wake-up."""
+_LISTEN_READY_TIMEOUT = 5.0
 _MAX_VERSION = 2**62
 _EVENT_COLUMNS = "session_id, version, position, event_id, type, schema_version, data, recorded_at"
 _INFO_COLUMNS = (
@@ -143,6 +149,9 @@ class PostgresEventStore(BaseEventStore):
         self.tables = tables if tables is not None else TableNames()
         self._create_schema = create_schema
         self._sql = _Statements(self.schema, self.tables)
+        self._notify_task: asyncio.Task[None] | None = None
+        self._listener_task: asyncio.Task[None] | None = None
+        self._listeners = 0
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -162,6 +171,13 @@ class PostgresEventStore(BaseEventStore):
             raise
 
     async def _close(self) -> None:
+        notify, self._notify_task = self._notify_task, None
+        if notify is not None:
+            await asyncio.gather(notify, return_exceptions=True)  # the last appends' wake-up still goes out
+        listener, self._listener_task = self._listener_task, None
+        if listener is not None:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
         pool, self._pool = self._pool, None
         if pool is not None and self._owns_pool:
             await pool.close()
@@ -203,6 +219,77 @@ class PostgresEventStore(BaseEventStore):
                 found = None
         if found is None or found != SCHEMA_VERSION:
             raise SchemaVersionError(found or 0, SCHEMA_VERSION)
+
+    # -- notifications -----------------------------------------------------------------------------
+
+    def _announce(self) -> None:
+        """Send one payload-less NOTIFY shortly after appends commit, coalescing those that come close.
+
+        Never inside the append's transaction: there PostgreSQL would hold a cluster-wide lock
+        through the commit, serializing every notifying writer.
+        """
+        if self._notify_task is None or self._notify_task.done():
+            self._notify_task = asyncio.create_task(self._notify_soon())
+
+    async def _notify_soon(self) -> None:
+        await asyncio.sleep(_NOTIFY_DELAY)
+        self._notify_task = None  # appends from now on schedule the next wake-up
+        with contextlib.suppress(StorageError):
+            async with self._connection() as connection:
+                await connection.execute("SELECT pg_notify($1, '')", self._sql.channel)
+
+    @asynccontextmanager
+    async def listen(self) -> AsyncIterator[None]:
+        """Keep a LISTEN connection (reconnecting if it drops) while any subscription is open."""
+        await self._ensure_open()
+        self._listeners += 1
+        if self._listener_task is None:
+            ready = asyncio.Event()
+            self._listener_task = asyncio.create_task(self._listen_forever(ready))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(ready.wait()), _LISTEN_READY_TIMEOUT)
+        try:
+            yield
+        finally:
+            self._listeners -= 1
+            if self._listeners == 0 and self._listener_task is not None:
+                task, self._listener_task = self._listener_task, None
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _listen_forever(self, ready: asyncio.Event) -> None:
+        delay = 0.05
+        while True:
+            try:
+                async with self._listening_connection() as connection:
+                    lost = asyncio.Event()
+                    connection.add_termination_listener(lambda _connection, lost=lost: lost.set())
+                    await connection.add_listener(self._sql.channel, self._on_notify)
+                    self.change_signal.fire()  # notifications may have been missed while away: re-read
+                    ready.set()
+                    delay = 0.05
+                    await lost.wait()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, StorageError):
+                pass
+            self.change_signal.fire()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _on_notify(self, *_: object) -> None:
+        self.change_signal.fire()
+
+    @asynccontextmanager
+    async def _listening_connection(self) -> AsyncIterator[asyncpg.Connection | _Connection]:
+        """A connection of its own when the store has a URL; else one held from the caller's pool."""
+        if self._url is not None:
+            connection = await asyncpg.connect(self._url)
+            try:
+                yield connection
+            finally:
+                connection.terminate()
+        else:
+            async with self._connection() as pooled:
+                yield pooled
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -359,6 +446,7 @@ class _Statements:
         events, sessions = table(tables.events), table(tables.sessions)
         snapshots, versions = table(tables.snapshots), table(tables.schema)
         self.lock_key = f"kern_events:{schema}.{tables.events}"
+        self.channel = "kern_events_" + hashlib.sha256(self.lock_key.encode()).hexdigest()[:24]
         self.ddl = [
             f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}",
             f"CREATE TABLE IF NOT EXISTS {versions} (component text PRIMARY KEY, version integer NOT NULL)",
