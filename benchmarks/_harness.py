@@ -2,42 +2,57 @@
 
 A subject module (``benchmarks.append``) defines its cases as functions returning a :class:`Sample`
 and hands them to :func:`case_main`, so ``python -m benchmarks.<subject> --case NAME --key value …``
-prints one JSON line. ``python -m benchmarks`` runs every :class:`Comparison` through :func:`measure`,
-which interleaves our case and its reference within each repetition, and prints ratios of medians.
+prints one JSON line (most cases time their appends with :func:`drive`). ``python -m benchmarks`` runs
+every :class:`Comparison` through :func:`measure`, which interleaves our case and its reference within
+each repetition, and prints ratios of medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from kern_events.events import MessageAdded, ToolCallRequest
+
 __all__ = [
+    "AppendFunction",
     "Case",
     "Comparison",
     "Sample",
     "Timer",
     "case_main",
+    "drive",
     "measure",
+    "message_pool",
     "render_table",
     "results_json",
+    "session_ids",
     "temp_db",
 ]
 
 Metric = Literal["throughput", "latency"]
 """Throughput compares events per second; latency compares seconds per append (lower is better)."""
 
+AppendFunction = Callable[[str, int, Sequence[MessageAdded]], Awaitable[None]]
+"""Append events to a session whose current version is given; what differs between engines."""
+
 _ROOT = Path(__file__).resolve().parent.parent
+_TEXT = (
+    "The quarterly report shows revenue growth in all three regions; the assistant summarises the main "
+    "drivers, lists the open questions and proposes next steps for the team before the review. "
+) * 3
 
 
 @dataclass(frozen=True)
@@ -113,6 +128,54 @@ def temp_db() -> Iterator[Path]:
     """A database file path in a fresh temporary directory (on disk, honouring ``TMPDIR``), removed after."""
     with tempfile.TemporaryDirectory(prefix="kern-bench-") as directory:
         yield Path(directory) / "bench.db"
+
+
+def message_pool(size: int = 64) -> list[MessageAdded]:
+    """Distinct assistant messages with a tool call, about 730 bytes each in MessagePack."""
+    return [
+        MessageAdded(
+            run_id=f"run-{index // 8:04d}",
+            role="assistant",
+            content=(_TEXT[index:] + _TEXT[:index])[:520] + f" ({index})",
+            message_id=f"msg-{index:06d}",
+            tool_calls=(
+                ToolCallRequest(
+                    tool_call_id=f"call-{index:06d}",
+                    tool_name="search_documents",
+                    arguments={"query": f"quarterly revenue by region {index}", "limit": 5},
+                ),
+            ),
+        )
+        for index in range(size)
+    ]
+
+
+def session_ids(tasks: int) -> list[str]:
+    """One session id per writer task."""
+    return [f"session-{task:03d}" for task in range(tasks)]
+
+
+async def drive(append: AppendFunction, sessions: Mapping[str, int], args: argparse.Namespace) -> Sample:
+    """Run one writer per session (given with its version): ``--warmup`` untimed appends, then ``--appends`` timed.
+
+    Each append carries ``--batch`` events and states the exact expected version.
+    """
+    batch: int = args.batch
+    pool = message_pool()
+    batches = [[pool[(start + offset) % len(pool)] for offset in range(batch)] for start in range(len(pool))]
+    versions = dict(sessions)
+
+    async def writer(session_id: str, count: int) -> None:
+        for step in range(count):
+            version = versions[session_id]
+            await append(session_id, version, batches[step % len(batches)])
+            versions[session_id] = version + batch
+
+    await asyncio.gather(*(writer(session_id, args.warmup) for session_id in versions))
+    with Timer() as timer:
+        await asyncio.gather(*(writer(session_id, args.appends) for session_id in versions))
+    total = args.appends * len(versions)
+    return Sample(appends=total, events=total * batch, seconds=timer.seconds)
 
 
 def case_main(cases: Mapping[str, Callable[[argparse.Namespace], Sample]], parser: argparse.ArgumentParser) -> None:

@@ -15,32 +15,34 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import aiosqlite
 
-from benchmarks._harness import Case, Comparison, Sample, Timer, case_main, temp_db
+from benchmarks._harness import (
+    Case,
+    Comparison,
+    Sample,
+    case_main,
+    drive,
+    message_pool,
+    session_ids,
+    temp_db,
+)
 from kern_events import InMemoryEventStore, SqliteEventStore, TableNames
 from kern_events.codec import MsgpackCodec
-from kern_events.events import MessageAdded, ToolCallRequest
+from kern_events.events import MessageAdded
 from kern_events.stores._base import BaseEventStore
 
 __all__ = ["NOTES", "comparisons"]
 
 Synchronous = Literal["FULL", "NORMAL"]
 
-AppendFunction = Callable[[str, int, Sequence[MessageAdded]], Awaitable[None]]
-"""Append events to a session whose current version is given; what differs between engines."""
-
 _MODULE = "benchmarks.append"
 _EVENTS_TABLE = TableNames().events
 _COLUMNS = "session_id, version, event_id, type, schema_version, data, recorded_at"
 _PREFILL_BATCH = 1000
-_TEXT = (
-    "The quarterly report shows revenue growth in all three regions; the assistant summarises the main "
-    "drivers, lists the open questions and proposes next steps for the team before the review. "
-) * 3
 
 NOTES = """\
 ours: store.append(session, events, expected_version=v). On SQLite that is one aiosqlite call (one thread
@@ -56,53 +58,6 @@ length rows: one session prefilled to 10,000 (ours) vs 10 (reference) events, th
   shared aiosqlite connection, one autocommit transaction (and fsync) per append."""
 
 
-def _message_pool(size: int = 64) -> list[MessageAdded]:
-    """Distinct assistant messages with a tool call, about 730 bytes each in MessagePack."""
-    return [
-        MessageAdded(
-            run_id=f"run-{index // 8:04d}",
-            role="assistant",
-            content=(_TEXT[index:] + _TEXT[:index])[:520] + f" ({index})",
-            message_id=f"msg-{index:06d}",
-            tool_calls=(
-                ToolCallRequest(
-                    tool_call_id=f"call-{index:06d}",
-                    tool_name="search_documents",
-                    arguments={"query": f"quarterly revenue by region {index}", "limit": 5},
-                ),
-            ),
-        )
-        for index in range(size)
-    ]
-
-
-async def _drive(append: AppendFunction, sessions: Mapping[str, int], args: argparse.Namespace) -> Sample:
-    """Run one writer per session (given with its version): ``--warmup`` untimed appends, then ``--appends`` timed.
-
-    Each append carries ``--batch`` events and states the exact expected version.
-    """
-    batch: int = args.batch
-    pool = _message_pool()
-    batches = [[pool[(start + offset) % len(pool)] for offset in range(batch)] for start in range(len(pool))]
-    versions = dict(sessions)
-
-    async def writer(session_id: str, count: int) -> None:
-        for step in range(count):
-            version = versions[session_id]
-            await append(session_id, version, batches[step % len(batches)])
-            versions[session_id] = version + batch
-
-    await asyncio.gather(*(writer(session_id, args.warmup) for session_id in versions))
-    with Timer() as timer:
-        await asyncio.gather(*(writer(session_id, args.appends) for session_id in versions))
-    total = args.appends * len(versions)
-    return Sample(appends=total, events=total * batch, seconds=timer.seconds)
-
-
-def _session_ids(tasks: int) -> list[str]:
-    return [f"session-{task:03d}" for task in range(tasks)]
-
-
 # -- ours ------------------------------------------------------------------------------------------
 
 
@@ -115,19 +70,19 @@ def _ours(args: argparse.Namespace) -> Sample:
                 InMemoryEventStore() if args.store == "memory" else SqliteEventStore(path, synchronous=args.sync)
             )
             async with store:
-                sessions = {name: await _prefill(store, name, args.length) for name in _session_ids(args.tasks)}
+                sessions = {name: await _prefill(store, name, args.length) for name in session_ids(args.tasks)}
 
                 async def append(session_id: str, version: int, events: Sequence[MessageAdded]) -> None:
                     await store.append(session_id, events, expected_version=version)
 
-                return await _drive(append, sessions, args)
+                return await drive(append, sessions, args)
 
     return asyncio.run(run())
 
 
 async def _prefill(store: BaseEventStore, session_id: str, length: int) -> int:
     """Append ``length`` events to the session in large batches; return its version."""
-    pool = _message_pool()
+    pool = message_pool()
     version = 0
     while version < length:
         count = min(_PREFILL_BATCH, length - version)
@@ -197,7 +152,7 @@ def _sqlite3(args: argparse.Namespace) -> Sample:
                 async def append(session_id: str, version: int, events: Sequence[MessageAdded]) -> None:
                     db.execute(rows.insert(len(events)), rows.params(session_id, version, events))
 
-                return await _drive(append, dict.fromkeys(_session_ids(args.tasks), 0), args)
+                return await drive(append, dict.fromkeys(session_ids(args.tasks), 0), args)
             finally:
                 db.close()
 
@@ -223,7 +178,7 @@ def _aiosqlite(args: argparse.Namespace) -> Sample:
                     if not autocommit:
                         await db.commit()
 
-                return await _drive(append, dict.fromkeys(_session_ids(args.tasks), 0), args)
+                return await drive(append, dict.fromkeys(session_ids(args.tasks), 0), args)
 
     return asyncio.run(run())
 

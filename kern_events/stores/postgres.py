@@ -55,7 +55,7 @@ from kern_events.stores._sql import SCHEMA_VERSION, TableNames, quote
 __all__ = ["PostgresEventStore", "normalize_url"]
 
 _ANY_RETRIES = 20
-_NOTIFY_DELAY = 0.003
+_NOTIFY_DELAY = 0.01
 """Seconds a NOTIFY waits so that appends landing close together share one wake-up."""
 _LISTEN_READY_TIMEOUT = 5.0
 _MAX_VERSION = 2**62
@@ -150,6 +150,7 @@ class PostgresEventStore(BaseEventStore):
         self._create_schema = create_schema
         self._sql = _Statements(self.schema, self.tables)
         self._notify_task: asyncio.Task[None] | None = None
+        self._notifier: asyncpg.Connection | None = None
         self._listener_task: asyncio.Task[None] | None = None
         self._listeners = 0
 
@@ -174,6 +175,9 @@ class PostgresEventStore(BaseEventStore):
         notify, self._notify_task = self._notify_task, None
         if notify is not None:
             await asyncio.gather(notify, return_exceptions=True)  # the last appends' wake-up still goes out
+        notifier, self._notifier = self._notifier, None
+        if notifier is not None:
+            await notifier.close()
         listener, self._listener_task = self._listener_task, None
         if listener is not None:
             listener.cancel()
@@ -190,7 +194,12 @@ class PostgresEventStore(BaseEventStore):
         try:
             async with self._pool.acquire() as connection:
                 yield connection
-        except (OSError, asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            asyncpg.ConnectionDoesNotExistError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,  # the protocol's state after a connection broke mid-call
+        ) as exc:
             raise StorageUnavailableError(f"PostgreSQL connection lost: {exc}") from exc
         except asyncpg.PostgresError as exc:
             if exc.sqlstate is not None and exc.sqlstate[:2] in ("08", "57"):  # connection, operator intervention
@@ -226,7 +235,8 @@ class PostgresEventStore(BaseEventStore):
         """Send one payload-less NOTIFY shortly after appends commit, coalescing those that come close.
 
         Never inside the append's transaction: there PostgreSQL would hold a cluster-wide lock
-        through the commit, serializing every notifying writer.
+        through the commit, serializing every notifying writer. It goes out on a connection of its
+        own, so it never takes a pooled connection from the appends.
         """
         if self._notify_task is None or self._notify_task.done():
             self._notify_task = asyncio.create_task(self._notify_soon())
@@ -234,9 +244,19 @@ class PostgresEventStore(BaseEventStore):
     async def _notify_soon(self) -> None:
         await asyncio.sleep(_NOTIFY_DELAY)
         self._notify_task = None  # appends from now on schedule the next wake-up
-        with contextlib.suppress(StorageError):
-            async with self._connection() as connection:
-                await connection.execute("SELECT pg_notify($1, '')", self._sql.channel)
+        if self._url is None:  # only the caller's pool to talk through
+            with contextlib.suppress(StorageError):
+                async with self._connection() as pooled:
+                    await pooled.execute("SELECT pg_notify($1, '')", self._sql.channel)
+            return
+        try:
+            if self._notifier is None or self._notifier.is_closed():
+                self._notifier = await asyncpg.connect(self._url)
+            await self._notifier.execute("SELECT pg_notify($1, '')", self._sql.channel)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError):
+            notifier, self._notifier = self._notifier, None  # subscribers fall back to polling meanwhile
+            if notifier is not None:
+                notifier.terminate()
 
     @asynccontextmanager
     async def listen(self) -> AsyncIterator[None]:
@@ -320,6 +340,7 @@ class PostgresEventStore(BaseEventStore):
             None if started is None else started.user_id,
             delta.name,
             delta.runs_started,
+            len(pending),
         )
         async with self._connection() as connection:
             for _ in range(_ANY_RETRIES):
@@ -333,17 +354,20 @@ class PostgresEventStore(BaseEventStore):
                     if expected is ExpectedVersion.ANY:
                         continue  # another writer took the versions we computed: take the new head
                     raise conflict(session_id, expected, head) from None
-                if rows[0][1] is None:  # the head did not match the expectation: nothing was written
+                if not rows:  # the head did not match the expectation: nothing was written
                     head, found = await self._stored_for(connection, session_id, pending)
                     retry = match_retry(session_id, pending, found)
                     if retry is not None:
                         return retry
+                    if expected is ExpectedVersion.ANY:
+                        continue  # a new session that another writer created at the same moment
                     raise conflict(session_id, expected, head)
+                numbered = sorted((row[0], row[1]) for row in rows)
                 return AppendResult(
                     session_id=session_id,
-                    from_version=rows[0][1],
-                    to_version=rows[-1][1],
-                    positions=tuple(row[2] for row in rows),
+                    from_version=numbered[0][0],
+                    to_version=numbered[-1][0],
+                    positions=tuple(position for _, position in numbered),
                     event_ids=tuple(new.event_id for new in pending),
                     recorded_at=recorded_at,
                 )
@@ -481,39 +505,43 @@ class _Statements:
             "ON CONFLICT (component) DO UPDATE SET version = excluded.version"
         )
         # $1 session, $2 expected head (NULL = any), $3..$6 event arrays, $7 recorded_at,
-        # $8 has SessionStarted, $9..$13 its type and ids, $14 new name (NULL = keep), $15 runs started.
+        # $8 has SessionStarted, $9..$13 its type and ids, $14 new name (NULL = keep), $15 runs started,
+        # $16 number of events. The session row is the lock: bumping its version only where it equals
+        # the expectation makes a racing writer wait, re-check and find nothing to update, instead of
+        # failing on the events' unique index; a new session's row is inserted (or, if another writer
+        # just created it, not) in the same statement. No row bumped or created: nothing is written.
         self.append = f"""
-WITH head AS (
-    SELECT COALESCE((SELECT version FROM {sessions} WHERE session_id = $1), 0) AS version
-), inserted AS (
-    INSERT INTO {events} (position, session_id, version, event_id, type, schema_version, data, recorded_at)
-    SELECT (pg_current_xact_id()::text::bigint << 16) + e.ordinal, $1, head.version + e.ordinal,
-           e.event_id, e.type, e.schema_version, e.data, $7
-    FROM head, unnest($3::uuid[], $4::text[], $5::integer[], $6::bytea[])
-         WITH ORDINALITY AS e(event_id, type, schema_version, data, ordinal)
-    WHERE $2::bigint IS NULL OR head.version = $2::bigint
-    RETURNING version, position
-), indexed AS (
-    INSERT INTO {sessions} AS s ({_INFO_COLUMNS}, deleted)
-    SELECT $1, $9, $10, $11, $12, $13, $14, $7, $7, $15,
-           (SELECT max(version) FROM inserted), false
-    WHERE EXISTS (SELECT 1 FROM inserted)
-    ON CONFLICT (session_id) DO UPDATE SET
-        session_type = CASE WHEN $8 THEN excluded.session_type ELSE s.session_type END,
-        agent_id = CASE WHEN $8 THEN excluded.agent_id ELSE s.agent_id END,
-        team_id = CASE WHEN $8 THEN excluded.team_id ELSE s.team_id END,
-        workflow_id = CASE WHEN $8 THEN excluded.workflow_id ELSE s.workflow_id END,
-        user_id = CASE WHEN $8 THEN excluded.user_id ELSE s.user_id END,
-        name = COALESCE(excluded.name, s.name),
-        created_at = CASE WHEN s.deleted THEN excluded.created_at ELSE s.created_at END,
-        updated_at = excluded.updated_at,
-        run_count = CASE WHEN s.deleted THEN 0 ELSE s.run_count END + excluded.run_count,
-        version = excluded.version,
+WITH bumped AS (
+    UPDATE {sessions} AS s SET
+        version = s.version + $16,
+        session_type = CASE WHEN $8 THEN $9 ELSE s.session_type END,
+        agent_id = CASE WHEN $8 THEN $10 ELSE s.agent_id END,
+        team_id = CASE WHEN $8 THEN $11 ELSE s.team_id END,
+        workflow_id = CASE WHEN $8 THEN $12 ELSE s.workflow_id END,
+        user_id = CASE WHEN $8 THEN $13 ELSE s.user_id END,
+        name = COALESCE($14, s.name),
+        created_at = CASE WHEN s.deleted THEN $7 ELSE s.created_at END,
+        updated_at = $7,
+        run_count = CASE WHEN s.deleted THEN 0 ELSE s.run_count END + $15,
         deleted = false
+    WHERE s.session_id = $1 AND ($2::bigint IS NULL OR s.version = $2::bigint)
+    RETURNING s.version - $16 AS base
+), created AS (
+    INSERT INTO {sessions} ({_INFO_COLUMNS}, deleted)
+    SELECT $1, $9, $10, $11, $12, $13, $14, $7, $7, $15, $16, false
+    WHERE ($2::bigint IS NULL OR $2::bigint = 0) AND NOT EXISTS (SELECT 1 FROM bumped)
+    ON CONFLICT (session_id) DO NOTHING
+    RETURNING 0::bigint AS base
+), head AS (
+    SELECT base FROM bumped UNION ALL SELECT base FROM created
 )
-SELECT head.version, inserted.version, inserted.position
-FROM head LEFT JOIN inserted ON true
-ORDER BY inserted.version"""
+INSERT INTO {events} (position, session_id, version, event_id, type, schema_version, data, recorded_at)
+SELECT (pg_current_xact_id()::text::bigint << 16) + e.ordinal, $1, head.base + e.ordinal,
+       e.event_id, e.type, e.schema_version, e.data, $7
+FROM head, unnest($3::uuid[], $4::text[], $5::integer[], $6::bytea[])
+     WITH ORDINALITY AS e(event_id, type, schema_version, data, ordinal)
+ORDER BY e.ordinal
+RETURNING version, position"""
         self.by_ids = f"SELECT {_EVENT_COLUMNS} FROM {events} WHERE event_id = ANY($1::uuid[])"
         self.page = (
             f"SELECT {_EVENT_COLUMNS} FROM {events} WHERE session_id = $1 AND version BETWEEN $2 AND $3 "
