@@ -6,7 +6,15 @@ import re
 
 from kern_events.errors import InvalidArgumentError, InvalidIdentifierError
 
-__all__ = ["check_identifier", "check_non_negative", "check_optional_identifier", "check_sql_identifier"]
+__all__ = [
+    "check_identifier",
+    "check_name",
+    "check_non_negative",
+    "check_optional_identifier",
+    "check_sql_identifier",
+]
+
+MAX_NAME_LENGTH = 1024
 
 MAX_ID_LENGTH = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -29,6 +37,17 @@ def check_identifier(argument: str, value: object) -> str:
 def check_optional_identifier(argument: str, value: object) -> str | None:
     """Like :func:`check_identifier`, but ``None`` passes."""
     return None if value is None else check_identifier(argument, value)
+
+
+def check_name(argument: str, value: object) -> str:
+    """A display name: a non-blank string without NUL characters, 1024 characters at most."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidArgumentError(argument, f"a name must be a non-blank string, got {value!r}")
+    if "\x00" in value:
+        raise InvalidArgumentError(argument, "a name must not contain NUL characters")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidArgumentError(argument, f"a name is at most {MAX_NAME_LENGTH} characters")
+    return value
 
 
 def check_sql_identifier(argument: str, value: object) -> str:

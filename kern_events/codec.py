@@ -14,7 +14,7 @@ from uuid import UUID
 
 import msgspec
 
-from kern_events.errors import CorruptRecordError, UnknownEventTypeError
+from kern_events.errors import CorruptRecordError, InvalidEventError, UnknownEventTypeError
 from kern_events.events import EVENT_TYPES, Event
 from kern_events.records import PendingEvent, Record, StoredEvent, UnknownEvent
 
@@ -41,14 +41,18 @@ class MsgpackCodec:
         self._decoders = {tag: msgspec.msgpack.Decoder(cls) for tag, cls in EVENT_TYPES.items()}
 
     def encode(self, event: Event, event_id: UUID) -> PendingEvent:
-        """Encode one event (its type tag is part of the bytes and also kept beside them)."""
+        """Encode one event (its type tag is part of the bytes and also kept beside them).
+
+        The bytes are decoded once more before they are handed out: msgspec does not check field
+        types when a Struct is built, and an event that would not decode must never be stored.
+        """
         event_type = _tag_of(event)
-        return PendingEvent(
-            event_id=event_id,
-            type=event_type,
-            schema_version=event.schema_version,
-            data=self._encoder.encode(event),
-        )
+        try:
+            data = self._encoder.encode(event)
+            self._decoders[event_type].decode(data)
+        except (TypeError, msgspec.EncodeError, msgspec.ValidationError) as exc:
+            raise InvalidEventError("event", event_type, str(exc)) from exc
+        return PendingEvent(event_id=event_id, type=event_type, schema_version=event.schema_version, data=data)
 
     def decode(self, stored: StoredEvent) -> Record:
         """Decode one stored event; an unknown type is returned as raw bytes, never dropped."""

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Self
 import msgspec
 
 from kern_events._index import SessionInfo
-from kern_events._validate import check_identifier, check_non_negative, check_optional_identifier
+from kern_events._validate import check_identifier, check_name, check_non_negative, check_optional_identifier
 from kern_events.codec import Codec
-from kern_events.errors import ConcurrencyError, InvalidArgumentError, SessionNotFoundError
+from kern_events.errors import ConcurrencyError, SessionNotFoundError
 from kern_events.events import SessionRenamed, SessionType
 from kern_events.records import Snapshot
 from kern_events.store import SessionSort
@@ -156,8 +156,7 @@ class BaseDb:
 
     async def rename_session(self, session_id: str, name: str, *, user_id: str | None = None) -> SessionInfo:
         """Give the session a new display name; returns its updated index row."""
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidArgumentError("name", "a session name must be a non-empty string")
+        check_name("name", name)
         for _ in range(_RENAME_ATTEMPTS):
             info = await self._visible_info(session_id, user_id)
             try:

@@ -15,6 +15,7 @@ own exception never escapes raw: each backend translates it at one seam, keeping
     ├── InvalidArgumentError        bad input, rejected before anything is written (also a ValueError)
     │   ├── InvalidIdentifierError  a session id or table name that is not allowed
     │   ├── UnknownEventTypeError   an object that is not a kern-events event
+    │   ├── InvalidEventError       an event whose fields do not have their declared types
     │   └── PayloadTooLargeError    an encoded event above the store's size limit
     ├── StorageError                the database failed in a way the caller cannot fix by changing input
     │   ├── StorageUnavailableError the database could not be reached, or the connection was lost
@@ -31,6 +32,7 @@ __all__ = [
     "CorruptRecordError",
     "IdempotencyError",
     "InvalidArgumentError",
+    "InvalidEventError",
     "InvalidIdentifierError",
     "KernEventsError",
     "NotFoundError",
@@ -118,6 +120,14 @@ class UnknownEventTypeError(InvalidArgumentError):
     def __init__(self, argument: str, value: object) -> None:
         self.value = value
         super().__init__(argument, f"{type(value).__qualname__} is not a kern-events event type")
+
+
+class InvalidEventError(InvalidArgumentError):
+    """An event whose fields do not match their declared types (it could never be read back)."""
+
+    def __init__(self, argument: str, event_type: str, detail: str) -> None:
+        self.event_type = event_type
+        super().__init__(argument, f"{event_type!r} event is invalid: {detail}")
 
 
 class PayloadTooLargeError(InvalidArgumentError):

@@ -277,8 +277,8 @@ async def test_a_server_crash_and_restart_loses_no_acknowledged_append(schema: s
         pytest.skip("needs root and pg_ctlcluster to restart the local server")
     acknowledged: list[uuid.UUID] = []
     retries = 0
-    target = 150 * heavy_scale
-    a_third_done = asyncio.Event()
+    warmed_up = asyncio.Event()
+    restarted = asyncio.Event()
     async with _store(schema, pool_size=2) as store:
 
         async def append_until_acknowledged(n: int) -> None:
@@ -292,18 +292,24 @@ async def test_a_server_crash_and_restart_loses_no_acknowledged_append(schema: s
                     await asyncio.sleep(0.1)
                     continue
                 acknowledged.append(event_id)
-                if len(acknowledged) == target // 3:
-                    a_third_done.set()
                 return
 
         async def writer() -> None:
-            for n in range(target):
+            n = 0
+            after_restart = 0
+            while after_restart < 50 * heavy_scale:  # keep writing through the restart, and past it
                 await append_until_acknowledged(n)
+                n += 1
+                if n == 50:
+                    warmed_up.set()
+                if restarted.is_set():
+                    after_restart += 1
 
         writing = asyncio.create_task(writer())
-        await a_third_done.wait()
+        await warmed_up.wait()
         restart = await asyncio.create_subprocess_exec(*command)
         assert await restart.wait() == 0
+        restarted.set()
         await asyncio.wait_for(writing, 120)
         stored = [record.event_id async for record in store.read("s")]
     assert retries > 0, "the restart did interrupt the appends"

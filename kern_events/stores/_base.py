@@ -20,17 +20,18 @@ from uuid import UUID
 import anyio
 
 from kern_events._index import SessionInfo
-from kern_events._validate import check_identifier, check_non_negative, check_optional_identifier
+from kern_events._validate import check_identifier, check_name, check_non_negative, check_optional_identifier
 from kern_events.codec import Codec, MsgpackCodec
 from kern_events.errors import (
     ConcurrencyError,
     IdempotencyError,
     InvalidArgumentError,
+    InvalidEventError,
     PayloadTooLargeError,
     StoreClosedError,
     UnknownEventTypeError,
 )
-from kern_events.events import Event, SessionType
+from kern_events.events import Event, SessionRenamed, SessionStarted, SessionType
 from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Record, Snapshot, StoredEvent
 from kern_events.store import SessionSort
 from kern_events.subscription import ChangeSignal, Subscription
@@ -112,6 +113,18 @@ class SessionFilter:
             and (self.team_id is None or info.team_id == self.team_id)
             and (self.workflow_id is None or info.workflow_id == self.workflow_id)
         )
+
+
+def _check_indexed_fields(events: Sequence[Event]) -> None:
+    """The fields the session index stores as text must be valid ids and names in every backend."""
+    for index, event in enumerate(events):
+        if isinstance(event, SessionStarted):
+            for field in ("agent_id", "team_id", "workflow_id", "user_id"):
+                check_optional_identifier(f"events[{index}].{field}", getattr(event, field))
+            if event.name is not None:
+                check_name(f"events[{index}].name", event.name)
+        elif isinstance(event, SessionRenamed):
+            check_name(f"events[{index}].name", event.name)
 
 
 def check_expected(expected: int | ExpectedVersion, head: int) -> bool:
@@ -230,6 +243,7 @@ class BaseEventStore(abc.ABC):
             raise InvalidArgumentError(
                 "events", f"{len(events)} events in one append; at most {MAX_EVENTS_PER_APPEND} are allowed"
             )
+        _check_indexed_fields(events)
         pending = self._encode(events, event_ids)
         await self._ensure_open()
         result = await self._append(session_id, events, pending, expected_version, time.time())
@@ -257,6 +271,8 @@ class BaseEventStore(abc.ABC):
                 encoded = self._codec.encode(event, event_id)
             except UnknownEventTypeError:
                 raise UnknownEventTypeError(f"events[{index}]", event) from None
+            except InvalidEventError as error:
+                raise InvalidEventError(f"events[{index}]", error.event_type, str(error.__cause__)) from None
             if len(encoded.data) > self._max_event_size:
                 raise PayloadTooLargeError(f"events[{index}]", encoded.type, len(encoded.data), self._max_event_size)
             pending.append(encoded)

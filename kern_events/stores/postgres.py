@@ -107,6 +107,17 @@ def _info(row: asyncpg.Record) -> SessionInfo:
     )
 
 
+async def _connect_to_the_end(url: str) -> asyncpg.Connection:
+    """``asyncpg.connect``, but a cancellation waits for the connection and closes it, leaking no socket."""
+    connecting = asyncio.ensure_future(asyncpg.connect(url))
+    try:
+        return await asyncio.shield(connecting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            (await connecting).terminate()
+        raise
+
+
 async def _no_reset(connection: asyncpg.Connection) -> None:
     """The pool's release hook: our connections never LISTEN, lock or change settings.
 
@@ -151,6 +162,7 @@ class PostgresEventStore(BaseEventStore):
         self._sql = _Statements(self.schema, self.tables)
         self._notify_task: asyncio.Task[None] | None = None
         self._notifier: asyncpg.Connection | None = None
+        self._notify_wanted = False
         self._listener_task: asyncio.Task[None] | None = None
         self._listeners = 0
 
@@ -236,14 +248,21 @@ class PostgresEventStore(BaseEventStore):
 
         Never inside the append's transaction: there PostgreSQL would hold a cluster-wide lock
         through the commit, serializing every notifying writer. It goes out on a connection of its
-        own, so it never takes a pooled connection from the appends.
+        own, so it never takes a pooled connection from the appends. One task at a time sends them.
         """
+        self._notify_wanted = True
         if self._notify_task is None or self._notify_task.done():
-            self._notify_task = asyncio.create_task(self._notify_soon())
+            self._notify_task = asyncio.create_task(self._notify_while_wanted())
 
-    async def _notify_soon(self) -> None:
-        await asyncio.sleep(_NOTIFY_DELAY)
-        self._notify_task = None  # appends from now on schedule the next wake-up
+    async def _notify_while_wanted(self) -> None:
+        while True:
+            await asyncio.sleep(_NOTIFY_DELAY)
+            if not self._notify_wanted:
+                return
+            self._notify_wanted = False
+            await self._notify()
+
+    async def _notify(self) -> None:
         if self._url is None:  # only the caller's pool to talk through
             with contextlib.suppress(StorageError):
                 async with self._connection() as pooled:
@@ -251,7 +270,7 @@ class PostgresEventStore(BaseEventStore):
             return
         try:
             if self._notifier is None or self._notifier.is_closed():
-                self._notifier = await asyncpg.connect(self._url)
+                self._notifier = await _connect_to_the_end(self._url)
             await self._notifier.execute("SELECT pg_notify($1, '')", self._sql.channel)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError):
             notifier, self._notifier = self._notifier, None  # subscribers fall back to polling meanwhile
@@ -302,7 +321,7 @@ class PostgresEventStore(BaseEventStore):
     async def _listening_connection(self) -> AsyncIterator[asyncpg.Connection | _Connection]:
         """A connection of its own when the store has a URL; else one held from the caller's pool."""
         if self._url is not None:
-            connection = await asyncpg.connect(self._url)
+            connection = await _connect_to_the_end(self._url)
             try:
                 yield connection
             finally:

@@ -43,6 +43,9 @@ from projections import fold_records
 from tests._backends import BACKENDS, Backend
 
 names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=8)
+identifiers = st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), min_size=1, max_size=8).filter(
+    str.strip
+)
 scalars = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | names
 json_values = st.recursive(
     scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(names, inner, max_size=3), max_leaves=6
@@ -95,18 +98,18 @@ events: st.SearchStrategy[Event] = st.one_of(
     st.builds(RunFailed, run_id=run_ids, error=names),
     st.builds(RunCancelled, run_id=run_ids, reason=st.none() | names),
     st.builds(SummaryUpdated, summary=names, topics=st.lists(names, max_size=2).map(tuple)),
-    st.builds(SessionRenamed, name=names),
+    st.builds(SessionRenamed, name=identifiers),
     st.builds(MetadataUpdated, set=objects, removed=st.lists(names, max_size=2).map(tuple)),
     st.builds(MediaAdded, media=st.lists(media, min_size=1, max_size=2).map(tuple), run_id=st.none() | run_ids),
 )
 starts = st.builds(
     SessionStarted,
     session_type=st.sampled_from(["agent", "team", "workflow"]),
-    user_id=st.none() | names,
+    user_id=st.none() | identifiers,
     agent_data=st.none() | objects,
     metadata=st.none() | objects,
     session_data=st.none() | objects,
-    name=st.none() | names,
+    name=st.none() | identifiers,
 )
 
 
