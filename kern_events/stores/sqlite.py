@@ -35,6 +35,7 @@ from kern_events.stores._base import (
     conflict,
     match_retry,
 )
+from kern_events.stores._group import GroupCommit, settle
 from kern_events.stores._sql import SCHEMA_VERSION, TableNames, quote
 
 __all__ = ["SqliteEventStore"]
@@ -105,8 +106,7 @@ class SqliteEventStore(BaseEventStore):
         self._synchronous = synchronous
         self._busy_ms = int(busy_timeout * 1000)
         self._writer: aiosqlite.Connection | None = None
-        self._queue: list[_AppendRequest] = []
-        self._committing = False
+        self._group = GroupCommit(self._commit_batch)
         self._reader: aiosqlite.Connection | None = None
         events, sessions = quote(self.tables.events), quote(self.tables.sessions)
         snapshots = quote(self.tables.snapshots)
@@ -184,13 +184,6 @@ class SqliteEventStore(BaseEventStore):
         raw = connection._conn
         return asyncio.ensure_future(connection._execute(function, raw, *args))  # type: ignore[no-untyped-call]
 
-    async def _settle_call(self, function: Callable[..., T], *args: Any) -> tuple[T, asyncio.CancelledError | None]:
-        """Run ``function`` on the writer's thread to the end; also report a cancellation meanwhile."""
-        try:
-            return await _settle(self._submit(self._writer, function, *args))
-        except sqlite3.Error as exc:
-            raise StorageError(f"SQLite failed on {self.db_file!r}: {exc}") from exc
-
     async def _call(self, connection: aiosqlite.Connection | None, function: Callable[..., T], *args: Any) -> T:
         """Run ``function(sqlite3_connection, *args)`` on the connection's thread: one hop, one await.
 
@@ -198,7 +191,7 @@ class SqliteEventStore(BaseEventStore):
         so once a cancelled call returns, nothing of it is left running behind the caller's back.
         """
         try:
-            result, cancelled = await _settle(self._submit(connection, function, *args))
+            result, cancelled = await settle(self._submit(connection, function, *args))
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite failed on {self.db_file!r}: {exc}") from exc
         if cancelled is not None:
@@ -276,51 +269,12 @@ class SqliteEventStore(BaseEventStore):
         expected: int | ExpectedVersion,
         recorded_at: float,
     ) -> AppendResult:
-        """Queue the append; the first caller to find no commit under way commits the queue.
+        """Commit through the group committer: appends that arrive while a transaction is on the
+        writer's thread share the next one (one fsync for all), each checked on its own."""
+        return await self._group.submit(_AppendRequest(session_id, events, pending, expected, recorded_at))
 
-        Group commit without a background task: appends that arrive while a transaction is on the
-        writer's thread wait in ``_queue``; the caller that finds the writer idle (the leader) takes
-        the whole queue into one ``BEGIN IMMEDIATE … COMMIT`` and repeats until the queue is empty.
-        Each append is checked and applied on its own inside that transaction, so one conflict fails
-        only its own caller, and everyone is answered after the shared commit (one fsync for all).
-        A lone writer pays nothing extra: its queue holds just its own append.
-        """
-        request = _AppendRequest(session_id, events, pending, expected, recorded_at)
-        self._queue.append(request)
-        if not self._committing:
-            await self._lead()
-        try:
-            return await asyncio.shield(request.outcome)
-        except asyncio.CancelledError:
-            if not request.taken:
-                self._queue.remove(request)
-                raise
-            await _settle(request.outcome)  # it is being committed: wait, then honour the cancellation
-            raise
-
-    async def _lead(self) -> None:
-        """Commit queued appends in batches until none is left, even if the leader is cancelled."""
-        self._committing = True
-        cancelled: asyncio.CancelledError | None = None
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                for request in batch:
-                    request.taken = True
-                try:
-                    outcomes, cancelled_now = await self._settle_call(self._append_batch_in_thread, batch)
-                except Exception as error:
-                    outcomes, cancelled_now = [error] * len(batch), None
-                cancelled = cancelled or cancelled_now
-                for request, outcome in zip(batch, outcomes, strict=True):
-                    if isinstance(outcome, AppendResult):
-                        request.outcome.set_result(outcome)
-                    else:
-                        request.outcome.set_exception(outcome)
-        finally:
-            self._committing = False
-        if cancelled is not None:
-            raise cancelled
+    async def _commit_batch(self, batch: Sequence[_AppendRequest]) -> list[AppendResult | Exception]:
+        return await self._call(self._writer, self._append_batch_in_thread, batch)
 
     def _append_batch_in_thread(
         self, db: sqlite3.Connection, batch: Sequence[_AppendRequest]
@@ -535,24 +489,10 @@ class SqliteEventStore(BaseEventStore):
         )
 
 
-async def _settle(call: asyncio.Future[T]) -> tuple[T, asyncio.CancelledError | None]:
-    """Wait for ``call`` to finish even if the waiter is cancelled; return its result and the
-    cancellation (if any) for the caller to re-raise once its own bookkeeping is done."""
-    cancelled: asyncio.CancelledError | None = None
-    while not call.done():
-        try:
-            await asyncio.shield(call)
-        except asyncio.CancelledError as error:
-            if call.done() and call.cancelled():
-                raise
-            cancelled = error
-    return call.result(), cancelled
-
-
 class _AppendRequest:
-    """An append waiting in the group-commit queue, and the future its caller waits on."""
+    """One append on its way through the group committer."""
 
-    __slots__ = ("events", "expected", "outcome", "pending", "recorded_at", "session_id", "taken")
+    __slots__ = ("events", "expected", "pending", "recorded_at", "session_id")
 
     def __init__(
         self,
@@ -567,8 +507,6 @@ class _AppendRequest:
         self.pending = pending
         self.expected = expected
         self.recorded_at = recorded_at
-        self.taken = False
-        self.outcome: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
 
 
 def _fetchall(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
