@@ -46,14 +46,15 @@ _COLUMNS = "position, session_id, version, event_id, type, schema_version, data,
 _XID = "(pg_current_xact_id()::text::bigint << 16)"
 
 NOTES = """\
-ours: store.append(session, events, expected_version=v): pool acquire (no-op reset), one autocommit
-  statement (head read + unnest INSERT … RETURNING + session-index upsert, positions (xid8 << 16) + ordinal),
-  release; at most every ~3 ms it also sends one coalesced pg_notify for live subscribers (on a pooled
-  connection, in a transaction of its own). raw: asyncpg on held connections (one per task), inserting the
-  events rows only into the same table (same indexes, same encoded bytes): 1 event = autocommit
-  INSERT … VALUES, 10 events = one INSERT … SELECT FROM unnest(…); positions from a client-side counter
-  (the cheapest a raw user can do; `--position xid8` uses our expression instead). No head check, no
-  session index, no RETURNING.
+ours: store.append(session, events, expected_version=v) through the group committer: a lone append is
+  one autocommit statement (session row bumped where it equals the expected version + unnest INSERT …
+  RETURNING, positions (xid8 << 16) + ordinal) on the committer's held connection; appends that queue while
+  a statement is in flight go together in one multi-session statement. At most every ~10 ms it also sends
+  one coalesced pg_notify for live subscribers, on a connection of its own.
+raw: asyncpg on held connections (one per task), inserting the events rows only into the same table (same
+  indexes, same encoded bytes): 1 event = autocommit INSERT … VALUES, 10 events = one INSERT … SELECT FROM
+  unnest(…); positions from a client-side counter (the cheapest a raw user can do; `--position xid8` uses
+  our expression instead). No head check, no session index, no RETURNING.
 1 connection rows compare latency per append (target: ours within 1.2x, i.e. ratio >= 0.83).
 16 tasks: each task its own session; ours pool_size=16, gap-safe feed kept (target: ratio >= 0.90).
 pool reset rows: raw asyncpg pool, acquire / INSERT / release per append, reset=<no-op coroutine> (what our
@@ -61,7 +62,7 @@ pool reset rows: raw asyncpg pool, acquire / INSERT / release per append, reset=
 group commit: raw, 16 tasks; one leader connection takes every queued append, writes them all in one
   multi-row unnest INSERT (one transaction), and answers each caller after the commit; reference: one
   autocommit transaction per append on 16 held connections (PostgreSQL shares WAL flushes between them).
-pool vs held rows: what acquire / release alone costs (no reset query): ours pays it on every append."""
+pool vs held rows: what acquire / release alone costs (no reset query); ours appends on a held connection."""
 
 
 def unavailable() -> str | None:

@@ -2,12 +2,73 @@
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+from uuid import UUID
+
 import msgspec
 
+from kern_events._index import SessionInfo
 from kern_events._validate import check_sql_identifier
 from kern_events.errors import InvalidArgumentError
+from kern_events.records import StoredEvent
 
-__all__ = ["SCHEMA_VERSION", "TableNames", "quote"]
+__all__ = [
+    "EVENT_COLUMNS",
+    "INFO_COLUMNS",
+    "SCHEMA_VERSION",
+    "Row",
+    "TableNames",
+    "info_from_row",
+    "quote",
+    "stored_from_row",
+]
+
+
+class Row(Protocol):
+    """A result row of either driver: indexable by column number."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+
+EVENT_COLUMNS = "session_id, version, position, event_id, type, schema_version, data, recorded_at"
+"""The events columns every read selects, in the order :func:`stored_from_row` expects."""
+INFO_COLUMNS = (
+    "session_id, session_type, agent_id, team_id, workflow_id, user_id, name, created_at, updated_at, "
+    "run_count, version"
+)
+"""The session-index columns, in the order :func:`info_from_row` expects."""
+
+
+def stored_from_row(row: Row, event_id: UUID) -> StoredEvent:
+    """A stored event from a row of :data:`EVENT_COLUMNS` (the driver's event id already a UUID)."""
+    return StoredEvent(
+        session_id=row[0],
+        version=row[1],
+        position=row[2],
+        event_id=event_id,
+        type=row[4],
+        schema_version=row[5],
+        data=row[6],
+        recorded_at=row[7],
+    )
+
+
+def info_from_row(row: Row) -> SessionInfo:
+    """An index row from a row of :data:`INFO_COLUMNS`."""
+    return SessionInfo(
+        session_id=row[0],
+        session_type=row[1],
+        agent_id=row[2],
+        team_id=row[3],
+        workflow_id=row[4],
+        user_id=row[5],
+        name=row[6],
+        created_at=row[7],
+        updated_at=row[8],
+        run_count=row[9],
+        version=row[10],
+    )
+
 
 SCHEMA_VERSION = 1
 """The layout this release writes; a database recording a higher one is refused, a lower one migrated."""

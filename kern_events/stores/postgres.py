@@ -58,7 +58,16 @@ from kern_events.stores._base import (
     match_retry,
 )
 from kern_events.stores._group import GroupCommit
-from kern_events.stores._sql import SCHEMA_VERSION, TableNames, quote
+from kern_events.stores._sql import (
+    EVENT_COLUMNS,
+    INFO_COLUMNS,
+    SCHEMA_VERSION,
+    Row,
+    TableNames,
+    info_from_row,
+    quote,
+    stored_from_row,
+)
 
 __all__ = ["PostgresEventStore", "normalize_url"]
 
@@ -67,11 +76,6 @@ _NOTIFY_DELAY = 0.01
 """Seconds a NOTIFY waits so that appends landing close together share one wake-up."""
 _LISTEN_READY_TIMEOUT = 5.0
 _MAX_VERSION = 2**62
-_EVENT_COLUMNS = "session_id, version, position, event_id, type, schema_version, data, recorded_at"
-_INFO_COLUMNS = (
-    "session_id, session_type, agent_id, team_id, workflow_id, user_id, name, created_at, updated_at, "
-    "run_count, version"
-)
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
@@ -87,33 +91,8 @@ def normalize_url(db_url: str) -> str:
     return _DRIVER_SUFFIX.sub(r"\1://", db_url)
 
 
-def _stored(row: asyncpg.Record) -> StoredEvent:
-    return StoredEvent(
-        session_id=row[0],
-        version=row[1],
-        position=row[2],
-        event_id=row[3],
-        type=row[4],
-        schema_version=row[5],
-        data=row[6],
-        recorded_at=row[7],
-    )
-
-
-def _info(row: asyncpg.Record) -> SessionInfo:
-    return SessionInfo(
-        session_id=row[0],
-        session_type=row[1],
-        agent_id=row[2],
-        team_id=row[3],
-        workflow_id=row[4],
-        user_id=row[5],
-        name=row[6],
-        created_at=row[7],
-        updated_at=row[8],
-        run_count=row[9],
-        version=row[10],
-    )
+def _stored(row: Row) -> StoredEvent:
+    return stored_from_row(row, row[3])
 
 
 @contextlib.contextmanager
@@ -482,7 +461,7 @@ class PostgresEventStore(BaseEventStore):
 
     async def _get_session_info(self, session_id: str) -> SessionInfo | None:
         rows = await self._fetch(self._sql.info, session_id)
-        return _info(rows[0]) if rows else None
+        return info_from_row(rows[0]) if rows else None
 
     async def _list_sessions(self, query: SessionFilter) -> list[SessionInfo]:
         sql = self._sql.list
@@ -498,7 +477,7 @@ class PostgresEventStore(BaseEventStore):
             f" ORDER BY {query.sort_by} {order}, session_id {order} "
             f"LIMIT ${len(arguments) - 1} OFFSET ${len(arguments)}"
         )
-        return [_info(row) for row in await self._fetch(sql, *arguments)]
+        return [info_from_row(row) for row in await self._fetch(sql, *arguments)]
 
     async def _load_snapshot(
         self, session_id: str, name: str, schema_version: int | None, max_version: int | None
@@ -693,7 +672,7 @@ WITH bumped AS (
     WHERE s.session_id = $1 AND ($2::bigint IS NULL OR s.version = $2::bigint)
     RETURNING s.version - $16 AS base
 ), created AS (
-    INSERT INTO {sessions} ({_INFO_COLUMNS}, deleted)
+    INSERT INTO {sessions} ({INFO_COLUMNS}, deleted)
     SELECT $1, $9, $10, $11, $12, $13, $14, $7, $7, $15, $16, false
     WHERE ($2::bigint IS NULL OR $2::bigint = 0) AND NOT EXISTS (SELECT 1 FROM bumped)
     ON CONFLICT (session_id) DO NOTHING
@@ -739,7 +718,7 @@ WITH request AS (
       AND (SELECT count(*) FROM locked) >= 0
     RETURNING s.session_id, s.version - r.n AS base
 ), created AS (
-    INSERT INTO {sessions} ({_INFO_COLUMNS}, deleted)
+    INSERT INTO {sessions} ({INFO_COLUMNS}, deleted)
     SELECT r.session_id, r.session_type, r.agent_id, r.team_id, r.workflow_id, r.user_id, r.name,
            r.at, r.at, r.runs, r.n, false
     FROM request AS r
@@ -760,20 +739,20 @@ JOIN head USING (session_id)
 JOIN request AS r USING (session_id)
 ORDER BY e.serial
 RETURNING session_id, version, position"""
-        self.by_ids = f"SELECT {_EVENT_COLUMNS} FROM {events} WHERE event_id = ANY($1::uuid[])"
+        self.by_ids = f"SELECT {EVENT_COLUMNS} FROM {events} WHERE event_id = ANY($1::uuid[])"
         self.page = (
-            f"SELECT {_EVENT_COLUMNS} FROM {events} WHERE session_id = $1 AND version BETWEEN $2 AND $3 "
+            f"SELECT {EVENT_COLUMNS} FROM {events} WHERE session_id = $1 AND version BETWEEN $2 AND $3 "
             "ORDER BY version LIMIT $4"
         )
         self.page_backwards = self.page.replace("ORDER BY version", "ORDER BY version DESC")
         self.all_page = (
-            f"SELECT {_EVENT_COLUMNS} FROM {events} WHERE position >= $1 "
+            f"SELECT {EVENT_COLUMNS} FROM {events} WHERE position >= $1 "
             "AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) "
             "ORDER BY position LIMIT $2"
         )
         self.version = f"SELECT version FROM {sessions} WHERE session_id = $1"
-        self.info = f"SELECT {_INFO_COLUMNS} FROM {sessions} WHERE session_id = $1 AND NOT deleted"
-        self.list = f"SELECT {_INFO_COLUMNS} FROM {sessions} WHERE NOT deleted"
+        self.info = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE session_id = $1 AND NOT deleted"
+        self.list = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE NOT deleted"
         self.delete_events = (
             f"WITH gone AS (DELETE FROM {events} WHERE session_id = $1 RETURNING 1) SELECT count(*) FROM gone"
         )

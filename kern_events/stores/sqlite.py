@@ -36,7 +36,16 @@ from kern_events.stores._base import (
     match_retry,
 )
 from kern_events.stores._group import GroupCommit, settle
-from kern_events.stores._sql import SCHEMA_VERSION, TableNames, quote
+from kern_events.stores._sql import (
+    EVENT_COLUMNS,
+    INFO_COLUMNS,
+    SCHEMA_VERSION,
+    Row,
+    TableNames,
+    info_from_row,
+    quote,
+    stored_from_row,
+)
 
 __all__ = ["SqliteEventStore"]
 
@@ -45,40 +54,10 @@ Synchronous = Literal["FULL", "NORMAL"]
 
 _MAX_VERSION = 2**62
 _ROWS_PER_INSERT = 4000  # 7 parameters a row stays under SQLite's 32766-variable limit
-_EVENT_COLUMNS = "session_id, version, position, event_id, type, schema_version, data, recorded_at"
-_INFO_COLUMNS = (
-    "session_id, session_type, agent_id, team_id, workflow_id, user_id, name, created_at, updated_at, "
-    "run_count, version"
-)
 
 
-def _stored(row: Sequence[Any]) -> StoredEvent:
-    return StoredEvent(
-        session_id=row[0],
-        version=row[1],
-        position=row[2],
-        event_id=UUID(bytes=row[3]),
-        type=row[4],
-        schema_version=row[5],
-        data=row[6],
-        recorded_at=row[7],
-    )
-
-
-def _info(row: Sequence[Any]) -> SessionInfo:
-    return SessionInfo(
-        session_id=row[0],
-        session_type=row[1],
-        agent_id=row[2],
-        team_id=row[3],
-        workflow_id=row[4],
-        user_id=row[5],
-        name=row[6],
-        created_at=row[7],
-        updated_at=row[8],
-        run_count=row[9],
-        version=row[10],
-    )
+def _stored(row: Row) -> StoredEvent:
+    return stored_from_row(row, UUID(bytes=row[3]))
 
 
 class SqliteEventStore(BaseEventStore):
@@ -110,9 +89,9 @@ class SqliteEventStore(BaseEventStore):
         self._reader: aiosqlite.Connection | None = None
         events, sessions = quote(self.tables.events), quote(self.tables.sessions)
         snapshots = quote(self.tables.snapshots)
-        self._sql_head = f"SELECT {_INFO_COLUMNS}, deleted FROM {sessions} WHERE session_id = ?"
+        self._sql_head = f"SELECT {INFO_COLUMNS}, deleted FROM {sessions} WHERE session_id = ?"
         self._sql_upsert = (
-            f"INSERT INTO {sessions} ({_INFO_COLUMNS}, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) "
+            f"INSERT INTO {sessions} ({INFO_COLUMNS}, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) "
             "ON CONFLICT (session_id) DO UPDATE SET session_type = excluded.session_type, "
             "agent_id = excluded.agent_id, team_id = excluded.team_id, workflow_id = excluded.workflow_id, "
             "user_id = excluded.user_id, name = excluded.name, created_at = excluded.created_at, "
@@ -123,15 +102,15 @@ class SqliteEventStore(BaseEventStore):
         self._sql_insert = (
             f"INSERT INTO {events} (session_id, version, event_id, type, schema_version, data, recorded_at) VALUES "
         )
-        self._sql_by_ids = f"SELECT {_EVENT_COLUMNS} FROM {events} WHERE event_id IN "
+        self._sql_by_ids = f"SELECT {EVENT_COLUMNS} FROM {events} WHERE event_id IN "
         self._sql_page = (
-            f"SELECT {_EVENT_COLUMNS} FROM {events} WHERE session_id = ? AND version BETWEEN ? AND ? "
+            f"SELECT {EVENT_COLUMNS} FROM {events} WHERE session_id = ? AND version BETWEEN ? AND ? "
             "ORDER BY version {order} LIMIT ?"
         )
-        self._sql_all_page = f"SELECT {_EVENT_COLUMNS} FROM {events} WHERE position >= ? ORDER BY position LIMIT ?"
+        self._sql_all_page = f"SELECT {EVENT_COLUMNS} FROM {events} WHERE position >= ? ORDER BY position LIMIT ?"
         self._sql_version = f"SELECT version FROM {sessions} WHERE session_id = ?"
-        self._sql_info = f"SELECT {_INFO_COLUMNS} FROM {sessions} WHERE session_id = ? AND deleted = 0"
-        self._sql_list = f"SELECT {_INFO_COLUMNS} FROM {sessions} WHERE deleted = 0"
+        self._sql_info = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE session_id = ? AND deleted = 0"
+        self._sql_list = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE deleted = 0"
         self._sql_snapshot_put = (
             f"INSERT OR REPLACE INTO {snapshots} (session_id, name, version, schema_version, data, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?)"
@@ -315,7 +294,7 @@ class SqliteEventStore(BaseEventStore):
             if retry is None:  # pragma: no cover - the write lock makes this unreachable
                 raise conflict(session_id, expected, head) from None
             return retry
-        info = None if row is None or row[11] else _info(row)
+        info = None if row is None or row[11] else info_from_row(row)
         new = advance_index(info, session_id, request.events, head + len(pending), request.recorded_at)
         db.execute(
             self._sql_upsert,
@@ -448,7 +427,7 @@ class SqliteEventStore(BaseEventStore):
 
     async def _get_session_info(self, session_id: str) -> SessionInfo | None:
         rows = await self._fetch(self._sql_info, (session_id,))
-        return _info(rows[0]) if rows else None
+        return info_from_row(rows[0]) if rows else None
 
     async def _list_sessions(self, query: SessionFilter) -> list[SessionInfo]:
         sql = self._sql_list
@@ -461,7 +440,7 @@ class SqliteEventStore(BaseEventStore):
         order = "DESC" if query.descending else "ASC"
         sql += f" ORDER BY {query.sort_by} {order}, session_id {order} LIMIT ? OFFSET ?"
         params += (-1 if query.limit is None else query.limit, query.offset)
-        return [_info(row) for row in await self._fetch(sql, params)]
+        return [info_from_row(row) for row in await self._fetch(sql, params)]
 
     async def _load_snapshot(
         self, session_id: str, name: str, schema_version: int | None, max_version: int | None
