@@ -46,6 +46,12 @@ async def test_index_row_follows_each_append(backend: Backend) -> None:
         assert info is not None
         assert (info.name, info.run_count, info.version) == ("second name", 2, 5)
         assert (info.created_at, info.updated_at) == (first.recorded_at, second.recorded_at)
+        third = await store.append("s", [RunStarted(run_id="r3"), RunStarted(run_id="r4")], expected_version=5)
+        fourth = await store.append("s", [RunStarted(run_id="r5")], expected_version=7)
+        info = await store.get_session_info("s")
+        assert info is not None
+        assert (info.name, info.run_count, info.version, info.user_id) == ("second name", 5, 8, "u")
+        assert (third.to_version, info.created_at, info.updated_at) == (7, first.recorded_at, fourth.recorded_at)
         assert await store.get_session_info("missing") is None
 
 
