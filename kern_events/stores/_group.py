@@ -66,6 +66,8 @@ class GroupCommit(Generic[R]):
         self._queue.append(ticket)
         if self._inflight < self._max_inflight:
             await self._lead(ticket)
+            if ticket.outcome.done() and not ticket.outcome.cancelled():
+                return ticket.outcome.result()  # the common case: committed by this very call
         try:
             return await asyncio.shield(ticket.outcome)
         except asyncio.CancelledError:
@@ -76,7 +78,7 @@ class GroupCommit(Generic[R]):
             raise
 
     def _next_batch(self) -> list[_Ticket[R]]:
-        if self._take is None:
+        if self._take is None or len(self._queue) == 1:
             batch, self._queue = self._queue, []
             return batch
         requests = [ticket.request for ticket in self._queue]
