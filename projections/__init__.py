@@ -5,6 +5,7 @@ This package imports kern_events submodules (``kern_events.events``, ``kern_even
 never names the package root loads lazily, so the two packages import in either order.
 """
 
+from projections.history import history_messages, last_messages, runs_for_history
 from projections.runs import (
     MessageView,
     RequirementStatus,
@@ -43,4 +44,7 @@ __all__ = [
     "encode_view",
     "fold",
     "fold_records",
+    "history_messages",
+    "last_messages",
+    "runs_for_history",
 ]

@@ -24,12 +24,15 @@ PUBLIC_MODULES = [
     "kern_events.cli",
     "kern_events.stores.memory",
     "kern_events.stores.sqlite",
+    "kern_events.stores.postgres",
+    "kern_events.subscription",
     "projections",
     "projections.session",
     "projections.runs",
+    "projections.history",
 ]
 # The write side's foundation: it must never need the read side.
-FOUNDATION = ["events", "records", "errors", "codec", "store", "_index", "_validate", "stores"]
+FOUNDATION = ["events", "records", "errors", "codec", "store", "subscription", "_index", "_validate", "stores"]
 
 
 @pytest.mark.parametrize("package", [kern_events, projections])
