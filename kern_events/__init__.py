@@ -73,6 +73,7 @@ from kern_events.records import (
     StoredEvent,
     UnknownEvent,
 )
+from kern_events.sessions import Run, Session, StoragePolicy, Summarizer
 from kern_events.store import EventStore
 from kern_events.stores._sql import TableNames
 
@@ -128,6 +129,7 @@ __all__ = [
     "Record",
     "Requirement",
     "RequirementResolved",
+    "Run",
     "RunCancelled",
     "RunCompleted",
     "RunFailed",
@@ -136,6 +138,7 @@ __all__ = [
     "RunResumed",
     "RunStarted",
     "SchemaVersionError",
+    "Session",
     "SessionInfo",
     "SessionNotFoundError",
     "SessionRenamed",
@@ -146,9 +149,11 @@ __all__ = [
     "SqliteDb",
     "SqliteEventStore",
     "StorageError",
+    "StoragePolicy",
     "StorageUnavailableError",
     "StoreClosedError",
     "StoredEvent",
+    "Summarizer",
     "SummaryUpdated",
     "TableNames",
     "ToolCallCompleted",

@@ -8,8 +8,9 @@ views. Reading a session loads its newest compatible checkpoint and folds only t
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 
@@ -17,17 +18,21 @@ from kern_events._index import SessionInfo
 from kern_events._validate import check_identifier, check_name, check_non_negative, check_optional_identifier
 from kern_events.codec import Codec
 from kern_events.errors import ConcurrencyError, SessionNotFoundError
-from kern_events.events import SessionRenamed, SessionType
-from kern_events.records import Snapshot
+from kern_events.events import MessageAdded, RunCompleted, RunStarted, SessionRenamed, SessionType
+from kern_events.records import Record, Snapshot
+from kern_events.sessions import Session
 from kern_events.store import SessionSort
 from kern_events.stores._base import DEFAULT_MAX_EVENT_SIZE, BaseEventStore
 from kern_events.stores._sql import TableNames
 from kern_events.stores.memory import InMemoryEventStore
 from kern_events.stores.sqlite import SqliteEventStore, Synchronous
+from projections.history import counts_in_history, history_messages
+from projections.runs import MessageView
 from projections.session import (
     SESSION_PROJECTION,
     SESSION_SCHEMA_VERSION,
     SessionFold,
+    SessionSummary,
     SessionView,
     decode_view,
     encode_view,
@@ -47,8 +52,11 @@ class BaseDb:
     The store opens on first use, so a db can be built at import time and handed to runtimes.
     """
 
-    def __init__(self, store: BaseEventStore) -> None:
+    def __init__(self, store: BaseEventStore, *, cache_size: int = 0) -> None:
+        check_non_negative("cache_size", cache_size)
         self._store = store
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[int, float, SessionView]] = OrderedDict()
 
     @property
     def store(self) -> BaseEventStore:
@@ -89,13 +97,86 @@ class BaseDb:
         check_non_negative("version", version, allow_none=True)
         info = await self._visible_info(session_id, user_id)
         target = info.version if version is None else min(version, info.version)
-        accumulator = await self._checkpoint(session_id, target)
+        cached = self._cache.get(session_id) if version is None else None
+        if cached is not None and cached[1] == info.created_at and cached[0] <= target:
+            if cached[0] == target:
+                self._cache.move_to_end(session_id)
+                return cached[2]
+            accumulator = SessionFold(cached[2], version=cached[0])  # the cache is a checkpoint too
+        else:
+            accumulator = await self._checkpoint(session_id, target)
         async for record in self._store.read(session_id, from_version=accumulator.version + 1, to_version=target):
             accumulator.apply(record)
         view = accumulator.view()
         if view is None:
             raise SessionNotFoundError(session_id)
+        if version is None and self._cache_size:
+            self._cache[session_id] = (accumulator.version, info.created_at, view)
+            self._cache.move_to_end(session_id)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return view
+
+    async def get_session_state(self, session_id: str, *, user_id: str | None = None) -> dict[str, Any]:
+        """The session's key/value state, as the next run sees it."""
+        return (await self.get_session(session_id, user_id=user_id)).session_state
+
+    async def get_session_summary(self, session_id: str, *, user_id: str | None = None) -> SessionSummary | None:
+        """The session's latest summary, if it has one."""
+        return (await self.get_session(session_id, user_id=user_id)).summary
+
+    async def get_history(
+        self,
+        session_id: str,
+        *,
+        user_id: str | None = None,
+        num_history_runs: int | None = None,
+        num_history_messages: int | None = None,
+        include_tool_messages: bool = True,
+    ) -> list[MessageView]:
+        """The messages of the last completed runs (or the last messages) for the next run's context.
+
+        Reads the session's tail backwards, whole runs at a time, only as far as the window needs:
+        the cost follows the window, not the session's length. A tool call is never separated
+        from its results.
+        """
+        check_non_negative("num_history_runs", num_history_runs, allow_none=True)
+        check_non_negative("num_history_messages", num_history_messages, allow_none=True)
+        info = await self._visible_info(session_id, user_id)
+        tail: list[Record] = []
+        completed: set[str] = set()
+        runs = messages = 0
+        counted: dict[str, int] = {}
+        async for record in self._store.read(session_id, to_version=info.version, backwards=True):
+            tail.append(record)
+            event = record.event
+            if isinstance(event, RunCompleted):
+                completed.add(event.run_id)
+            elif isinstance(event, MessageAdded) and counts_in_history(
+                event.role, event.content, event.tool_calls, include_tool_messages
+            ):
+                counted[event.run_id] = counted.get(event.run_id, 0) + 1
+            elif isinstance(event, RunStarted) and event.parent_run_id is None and event.run_id in completed:
+                runs += 1
+                messages += counted.get(event.run_id, 0)
+                enough_runs = num_history_runs is not None and runs >= num_history_runs
+                # one message more than the window, so a tool result cut off from its call is seen as such
+                enough_messages = num_history_messages is not None and messages > num_history_messages
+                if enough_runs or (num_history_runs is None and enough_messages):
+                    break
+        accumulator = SessionFold()
+        accumulator.extend(reversed(tail))
+        view = accumulator.view()
+        return history_messages(
+            view.runs if view is not None else (),
+            num_history_runs=num_history_runs,
+            num_history_messages=num_history_messages,
+            include_tool_messages=include_tool_messages,
+        )
+
+    async def open_session(self, session_id: str, **options: Any) -> Session:
+        """A writer for the session, continued or started (see :meth:`Session.open`)."""
+        return await Session.open(self, session_id, **options)
 
     async def _checkpoint(self, session_id: str, max_version: int) -> SessionFold:
         """A fold started from the newest usable snapshot; an undecodable one is ignored."""
@@ -176,14 +257,17 @@ class BaseDb:
                 await self._visible_info(session_id, user_id)
             except SessionNotFoundError:
                 return False
+        self._cache.pop(session_id, None)
         return await self._store.delete_session(session_id)
 
 
 class InMemoryDb(BaseDb):
     """Sessions in this process's memory: for tests and demos; gone when the process exits."""
 
-    def __init__(self, *, codec: Codec | None = None, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
-        super().__init__(InMemoryEventStore(codec=codec, max_event_size=max_event_size))
+    def __init__(
+        self, *, cache_size: int = 0, codec: Codec | None = None, max_event_size: int = DEFAULT_MAX_EVENT_SIZE
+    ) -> None:
+        super().__init__(InMemoryEventStore(codec=codec, max_event_size=max_event_size), cache_size=cache_size)
 
 
 class SqliteDb(BaseDb):
@@ -202,6 +286,7 @@ class SqliteDb(BaseDb):
         schema_table: str = "kern_schema",
         synchronous: Synchronous = "FULL",
         busy_timeout: float = 5.0,
+        cache_size: int = 0,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
@@ -214,7 +299,8 @@ class SqliteDb(BaseDb):
                 busy_timeout=busy_timeout,
                 codec=codec,
                 max_event_size=max_event_size,
-            )
+            ),
+            cache_size=cache_size,
         )
 
 
@@ -238,6 +324,7 @@ class PostgresDb(BaseDb):
         snapshot_table: str = "kern_snapshots",
         schema_table: str = "kern_schema",
         create_schema: bool = True,
+        cache_size: int = 0,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
@@ -255,5 +342,6 @@ class PostgresDb(BaseDb):
                 create_schema=create_schema,
                 codec=codec,
                 max_event_size=max_event_size,
-            )
+            ),
+            cache_size=cache_size,
         )

@@ -9,12 +9,13 @@ those calls starts after them instead, so a message limit is never exceeded.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import msgspec
 
 from projections.runs import MessageView, RunStatus, RunView
 
-__all__ = ["history_messages", "last_messages", "runs_for_history"]
+__all__ = ["counts_in_history", "history_messages", "last_messages", "runs_for_history"]
 
 DEFAULT_STATUSES: tuple[RunStatus, ...] = ("completed",)
 
@@ -46,13 +47,13 @@ def last_messages(
     Without tool messages, tool results and content-less tool-calling turns are dropped, and the
     remaining assistant messages lose their tool calls (whose results are gone).
     """
-    kept = [message for message in messages if message.role != "system"]
+    kept = [
+        message
+        for message in messages
+        if counts_in_history(message.role, message.content, message.tool_calls, include_tool_messages)
+    ]
     if not include_tool_messages:
-        kept = [
-            msgspec.structs.replace(message, tool_calls=()) if message.tool_calls else message
-            for message in kept
-            if message.role != "tool" and not (message.tool_calls and message.content in (None, ""))
-        ]
+        kept = [msgspec.structs.replace(message, tool_calls=()) if message.tool_calls else message for message in kept]
     if limit is None or limit >= len(kept):
         start = 0
     elif limit <= 0:
@@ -60,6 +61,14 @@ def last_messages(
     else:
         start = len(kept) - limit
     return kept[_pair_safe_start(kept, start) :]
+
+
+def counts_in_history(role: str, content: Any, tool_calls: Sequence[object], include_tool_messages: bool) -> bool:
+    """Whether a message belongs in history windows: never system prompts; without tool messages,
+    neither tool results nor assistant turns that only call tools."""
+    if role == "system":
+        return False
+    return include_tool_messages or (role != "tool" and not (tool_calls and content in (None, "")))
 
 
 def _pair_safe_start(messages: Sequence[MessageView], start: int) -> int:

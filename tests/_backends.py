@@ -50,12 +50,12 @@ class Backend:
             return PostgresEventStore(_pg.PG_URL, schema=self.schema or "", pool_size=4, codec=codec)
         raise AssertionError(self.name)
 
-    def db(self) -> BaseDb:
+    def db(self, *, cache_size: int = 0) -> BaseDb:
         """A new, unopened db on this backend's database."""
         if self.name == "memory":
-            return InMemoryDb()
+            return InMemoryDb(cache_size=cache_size)
         if self.name == "sqlite":
-            return SqliteDb(self.db_file)
+            return SqliteDb(self.db_file, cache_size=cache_size)
         if self.name == "postgres":
-            return PostgresDb(_pg.PG_URL, schema=self.schema or "", pool_size=4)
+            return PostgresDb(_pg.PG_URL, schema=self.schema or "", pool_size=4, cache_size=cache_size)
         raise AssertionError(self.name)

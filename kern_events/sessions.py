@@ -1,0 +1,354 @@
+"""The runtime-facing session API: open a session, run turns, record messages, tool calls and state.
+
+Agent runtimes should not hand-assemble events. A :class:`Session` is one writer's handle on one
+session: it knows the session's version and passes it as ``expected_version`` on every append, so a
+second writer on the same session surfaces as :class:`~kern_events.errors.ConcurrencyError`, never as
+a silent overwrite. A :class:`Run` stages the events of one run step and appends them together
+(atomic), so a crash never leaves half a step in the log. A :class:`StoragePolicy` decides what is
+stored at all: what it leaves out never reaches the log.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Self
+
+import msgspec
+
+from kern_events._validate import check_identifier, check_name, check_optional_identifier
+from kern_events.errors import ConcurrencyError, InvalidArgumentError, SessionNotFoundError
+from kern_events.events import (
+    Event,
+    MediaAdded,
+    MediaReference,
+    MessageAdded,
+    MetadataUpdated,
+    Role,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunMetrics,
+    RunStarted,
+    SessionRenamed,
+    SessionStarted,
+    SessionStateChanged,
+    SessionType,
+    SummaryUpdated,
+    ToolCallCompleted,
+    ToolCallRequest,
+    ToolCallStarted,
+)
+from kern_events.records import NO_STREAM, AppendResult
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from kern_events.db import BaseDb
+    from projections.session import SessionView
+
+__all__ = ["Run", "Session", "StoragePolicy", "Summarizer"]
+
+AUTO_NAME_LENGTH = 60
+"""Characters of the first user message that name a session that was given no name."""
+
+Summarizer = Callable[["SessionView"], Awaitable[tuple[str, Sequence[str]]]]
+"""An async callable given the session view, returning the summary text and its topics."""
+
+
+class StoragePolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """What a session stores; what is left out never reaches the log."""
+
+    store_tool_calls: bool = True
+    """Tool call events, tool-result messages and the tool calls inside assistant messages."""
+    store_media: bool = True
+    """Media events and the media references inside messages."""
+    store_history_messages: bool = False
+    """Messages a runtime copied into a run's context from earlier runs (they are stored already)."""
+
+    def admit(self, event: Event, *, from_history: bool = False) -> Event | None:
+        """The event as this policy stores it, or ``None`` if it is not stored at all."""
+        if from_history and not self.store_history_messages:
+            return None
+        if not self.store_tool_calls:
+            if isinstance(event, ToolCallStarted | ToolCallCompleted):
+                return None
+            if isinstance(event, MessageAdded):
+                if event.role == "tool" or (event.tool_calls and event.content in (None, "")):
+                    return None  # a tool result, or a turn that only called tools
+                if event.tool_calls:
+                    event = msgspec.structs.replace(event, tool_calls=())
+        if not self.store_media:
+            if isinstance(event, MediaAdded):
+                return None
+            if isinstance(event, MessageAdded) and event.media:
+                event = msgspec.structs.replace(event, media=())
+        return event
+
+
+class Session:
+    """One writer's handle on one session; get one with :meth:`open`."""
+
+    def __init__(
+        self, db: BaseDb, session_id: str, *, version: int, user_id: str | None, named: bool, policy: StoragePolicy
+    ) -> None:
+        self.db = db
+        self.session_id = session_id
+        self.user_id = user_id
+        self.version = version
+        """The version this writer last saw; the next append expects it."""
+        self.policy = policy
+        self._named = named
+
+    @classmethod
+    async def open(
+        cls,
+        db: BaseDb,
+        session_id: str,
+        *,
+        session_type: SessionType = "agent",
+        agent_id: str | None = None,
+        team_id: str | None = None,
+        workflow_id: str | None = None,
+        user_id: str | None = None,
+        name: str | None = None,
+        agent_data: Mapping[str, Any] | None = None,
+        team_data: Mapping[str, Any] | None = None,
+        workflow_data: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        session_state: Mapping[str, Any] | None = None,
+        policy: StoragePolicy | None = None,
+    ) -> Self:
+        """Continue the session if it exists, else start it with these ids and data.
+
+        Continuing a session of another user raises :class:`SessionNotFoundError` (never a leak).
+        """
+        check_identifier("session_id", session_id)
+        check_optional_identifier("user_id", user_id)
+        policy = policy if policy is not None else StoragePolicy()
+        info = await db.store.get_session_info(session_id)
+        if info is not None:
+            if user_id is not None and info.user_id not in (None, user_id):
+                raise SessionNotFoundError(session_id)
+            named = info.name is not None
+            return cls(
+                db, session_id, version=info.version, user_id=info.user_id or user_id, named=named, policy=policy
+            )
+        started = SessionStarted(
+            session_type=session_type,
+            agent_id=agent_id,
+            team_id=team_id,
+            workflow_id=workflow_id,
+            user_id=user_id,
+            name=name,
+            agent_data=dict(agent_data) if agent_data is not None else None,
+            team_data=dict(team_data) if team_data is not None else None,
+            workflow_data=dict(workflow_data) if workflow_data is not None else None,
+            metadata=dict(metadata) if metadata is not None else None,
+            session_data={"session_state": dict(session_state)} if session_state else None,
+        )
+        head = await db.store.current_version(session_id)  # a deleted session keeps its versions
+        try:
+            result = await db.store.append(session_id, [started], expected_version=head if head else NO_STREAM)
+        except ConcurrencyError:  # another process started it at the same moment: continue it
+            return await cls.open(db, session_id, user_id=user_id, policy=policy)
+        return cls(db, session_id, version=result.to_version, user_id=user_id, named=name is not None, policy=policy)
+
+    async def append(self, events: Sequence[Event], *, from_history: bool = False) -> AppendResult | None:
+        """Append ``events`` (as the policy admits them) at this writer's version; ``None`` if none is kept."""
+        return await self._append_admitted(
+            [admitted for event in events if (admitted := self.policy.admit(event, from_history=from_history))]
+        )
+
+    async def _append_admitted(self, kept: list[Event]) -> AppendResult | None:
+        if not self._named:
+            first = next((e for e in kept if isinstance(e, MessageAdded) and e.role == "user"), None)
+            if first is not None and isinstance(first.content, str) and first.content.strip():
+                kept.append(SessionRenamed(name=_auto_name(first.content)))
+                self._named = True
+        if not kept:
+            return None
+        result = await self.db.store.append(self.session_id, kept, expected_version=self.version)
+        self.version = result.to_version
+        return result
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    async def start_run(
+        self,
+        run_id: str | None = None,
+        *,
+        input: Any = None,
+        parent_run_id: str | None = None,
+        agent_id: str | None = None,
+        team_id: str | None = None,
+        workflow_id: str | None = None,
+        model_id: str | None = None,
+        model_provider: str | None = None,
+    ) -> Run:
+        """Start a run; its first step (``RunStarted`` and whatever is staged next) appends on flush."""
+        run = Run(self, run_id or f"run_{uuid.uuid4().hex[:12]}")
+        run.stage(
+            RunStarted(
+                run_id=run.run_id,
+                parent_run_id=parent_run_id,
+                agent_id=agent_id,
+                team_id=team_id,
+                workflow_id=workflow_id,
+                user_id=self.user_id,
+                input=input,
+                model_id=model_id,
+                model_provider=model_provider,
+            )
+        )
+        return run
+
+    # -- session-level changes -------------------------------------------------------------------
+
+    async def update_state(
+        self, values: Mapping[str, Any] | None = None, *, remove: Sequence[str] = ()
+    ) -> AppendResult | None:
+        """Set and remove session-state keys (kept across runs)."""
+        if not values and not remove:
+            return None
+        return await self.append([SessionStateChanged(set=dict(values or {}), removed=tuple(remove))])
+
+    async def update_metadata(
+        self, values: Mapping[str, Any] | None = None, *, remove: Sequence[str] = ()
+    ) -> AppendResult | None:
+        """Set and remove metadata keys."""
+        if not values and not remove:
+            return None
+        return await self.append([MetadataUpdated(set=dict(values or {}), removed=tuple(remove))])
+
+    async def rename(self, name: str) -> AppendResult | None:
+        """Give the session a display name."""
+        check_name("name", name)
+        self._named = True
+        return await self.append([SessionRenamed(name=name)])
+
+    async def add_media(self, media: Sequence[MediaReference], *, run_id: str | None = None) -> AppendResult | None:
+        """Attach media references to the session or to one of its runs."""
+        return await self.append([MediaAdded(media=tuple(media), run_id=run_id)])
+
+    async def summarize(self, summarizer: Summarizer) -> AppendResult | None:
+        """Ask ``summarizer`` for a summary of the session as it is now, and record it."""
+        view = await self.view()
+        summary, topics = await summarizer(view)
+        return await self.append([SummaryUpdated(summary=summary, topics=tuple(topics))])
+
+    async def view(self) -> SessionView:
+        """The session view, as of the latest version (another writer's appends included)."""
+        return await self.db.get_session(self.session_id)
+
+
+class Run:
+    """One run of a session. Stage events with :meth:`message`, :meth:`tool_call` …, then
+    :meth:`flush` them as one atomic step; :meth:`complete`, :meth:`fail` and :meth:`cancel` flush too."""
+
+    def __init__(self, session: Session, run_id: str) -> None:
+        check_identifier("run_id", run_id)
+        self.session = session
+        self.run_id = run_id
+        self._staged: list[tuple[Event, bool]] = []
+
+    def stage(self, event: Event, *, from_history: bool = False) -> None:
+        """Add an event to the current step."""
+        self._staged.append((event, from_history))
+
+    def message(
+        self,
+        role: Role,
+        content: Any,
+        *,
+        name: str | None = None,
+        tool_call_id: str | None = None,
+        tool_calls: Sequence[ToolCallRequest] = (),
+        media: Sequence[MediaReference] = (),
+        from_history: bool = False,
+    ) -> None:
+        """Stage a message (``from_history`` marks a copy of an earlier run's message)."""
+        if role not in ("system", "user", "assistant", "tool"):
+            raise InvalidArgumentError("role", f"expected system, user, assistant or tool, got {role!r}")
+        self.stage(
+            MessageAdded(
+                run_id=self.run_id,
+                role=role,
+                content=content,
+                name=name,
+                tool_call_id=tool_call_id,
+                tool_calls=tuple(tool_calls),
+                media=tuple(media),
+            ),
+            from_history=from_history,
+        )
+
+    def tool_call(
+        self,
+        tool_call_id: str,
+        tool_name: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """Stage a finished tool call: its start and its result (or error) and duration."""
+        args = dict(arguments or {})
+        self.stage(ToolCallStarted(run_id=self.run_id, tool_call_id=tool_call_id, tool_name=tool_name, arguments=args))
+        self.stage(
+            ToolCallCompleted(
+                run_id=self.run_id,
+                tool_call_id=tool_call_id,
+                tool_name=tool_name,
+                result=result,
+                error=error,
+                duration=duration,
+            )
+        )
+
+    async def flush(self) -> AppendResult | None:
+        """Append the staged events as one step; nothing staged (or nothing kept) appends nothing."""
+        staged, self._staged = self._staged, []
+        session = self.session
+        kept = [
+            admitted for event, history in staged if (admitted := session.policy.admit(event, from_history=history))
+        ]
+        try:
+            return await session._append_admitted(kept)
+        except BaseException:
+            self._staged = staged + self._staged  # nothing was stored: the step can be retried
+            raise
+
+    @asynccontextmanager
+    async def step(self) -> AsyncIterator[Self]:
+        """Stage inside the block; the whole step is appended when it ends without an error, and
+        what the block staged is dropped when it raises (the step did not happen)."""
+        mark = len(self._staged)
+        try:
+            yield self
+        except BaseException:
+            del self._staged[mark:]
+            raise
+        await self.flush()
+
+    async def complete(self, output: Any = None, *, metrics: RunMetrics | None = None) -> AppendResult | None:
+        """Finish the run successfully (with what is still staged, in one append)."""
+        self.stage(RunCompleted(run_id=self.run_id, output=output, metrics=metrics or RunMetrics()))
+        return await self.flush()
+
+    async def fail(self, error: str, *, metrics: RunMetrics | None = None) -> AppendResult | None:
+        """End the run with an error (with what is still staged, in one append)."""
+        self.stage(RunFailed(run_id=self.run_id, error=error, metrics=metrics))
+        return await self.flush()
+
+    async def cancel(self, reason: str | None = None) -> AppendResult | None:
+        """End the run as cancelled (with what is still staged, in one append)."""
+        self.stage(RunCancelled(run_id=self.run_id, reason=reason))
+        return await self.flush()
+
+
+def _auto_name(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= AUTO_NAME_LENGTH else line[: AUTO_NAME_LENGTH - 1].rstrip() + "…"

@@ -1,0 +1,182 @@
+"""The runtime-facing session API: sessions, runs, steps, state, policy, summaries, names, history, cache."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from kern_events import (
+    ConcurrencyError,
+    MediaReference,
+    MessageAdded,
+    RunMetrics,
+    Session,
+    SessionNotFoundError,
+    StoragePolicy,
+    ToolCallCompleted,
+    ToolCallRequest,
+    ToolCallStarted,
+)
+from projections import SessionView, history_messages
+from tests._backends import Backend
+
+IMAGE = MediaReference(media_id="m1", kind="image", url="https://example.com/a.png")
+
+
+async def _turn(session: Session, number: int, *, with_tool: bool = False) -> None:
+    """One run the way a runtime records it: the user's step, a tool round, the answer and the outcome."""
+    run = await session.start_run(f"run-{number}", input=f"question {number}", model_id="m", model_provider="p")
+    run.message("user", f"question {number}", media=(IMAGE,))
+    await run.flush()
+    if with_tool:
+        call = ToolCallRequest(tool_call_id=f"c{number}", tool_name="weather", arguments={"city": "Paris"})
+        async with run.step():
+            run.message("assistant", None, tool_calls=(call,))
+            run.tool_call(f"c{number}", "weather", {"city": "Paris"}, result={"temp": 21}, duration=0.1)
+            run.message("tool", "21 degrees", tool_call_id=f"c{number}")
+    run.message("assistant", f"answer {number}")
+    await run.complete(metrics=RunMetrics(input_tokens=10, output_tokens=5, total_tokens=15, model_id="m"))
+
+
+async def test_a_session_is_started_once_and_continued_by_later_writers(backend: Backend) -> None:
+    async with backend.db() as db:
+        first = await db.open_session("s", agent_id="a1", user_id="alice", agent_data={"model": "m"}, name="Trip")
+        assert first.version == 1
+        await _turn(first, 1)
+        again = await db.open_session("s", user_id="alice")
+        assert again.version == first.version
+        await _turn(again, 2)
+        with pytest.raises(SessionNotFoundError):
+            await db.open_session("s", user_id="mallory")
+        view = await db.get_session("s")
+    assert (view.agent_id, view.user_id, view.agent_data, view.session_name) == ("a1", "alice", {"model": "m"}, "Trip")
+    assert [run.run_id for run in view.runs] == ["run-1", "run-2"]
+    assert view.runs[0].user_id == "alice"
+
+
+async def test_a_run_records_messages_tool_calls_and_metrics_one_step_per_append(backend: Backend) -> None:
+    async with backend.db() as db:
+        session = await db.open_session("s", user_id="u")
+        await _turn(session, 1, with_tool=True)
+        view = await db.get_session("s")
+        versions = [record.version async for record in db.store.read("s")]
+    run = view.runs[0]
+    assert run.status == "completed"
+    assert [m.role for m in run.messages] == ["user", "assistant", "tool", "assistant"]
+    assert run.tool_calls[0].result == {"temp": 21}
+    assert run.tool_calls[0].status == "completed"
+    assert run.metrics is not None and run.metrics.total_tokens == 15
+    # SessionStarted; RunStarted+user message(+auto name); the tool round; the answer+outcome.
+    assert session.version == versions[-1] == 1 + 3 + 4 + 2
+
+
+async def test_a_second_writer_on_the_same_session_gets_a_concurrency_error(backend: Backend) -> None:
+    async with backend.db() as db:
+        one = await db.open_session("s")
+        two = await db.open_session("s")
+        await one.update_state({"k": 1})
+        with pytest.raises(ConcurrencyError) as caught:
+            await two.update_state({"k": 2})
+        assert caught.value.actual_version == one.version
+        for value in range(3, 8):  # one writer appending in a row never conflicts with itself
+            await one.update_state({"k": value})
+        assert await db.get_session_state("s") == {"k": 7}
+
+
+async def test_a_failed_step_stores_nothing_and_can_be_retried(backend: Backend) -> None:
+    async with backend.db() as db:
+        session = await db.open_session("s")
+        run = await session.start_run("r1")
+        await run.flush()
+        before = session.version
+
+        async def crashing_step() -> None:
+            async with run.step():
+                run.message("assistant", "half an answer")
+                raise RuntimeError("model crashed")
+
+        with pytest.raises(RuntimeError, match="model crashed"):
+            await crashing_step()
+        assert await db.store.current_version("s") == before
+        await run.fail("model crashed")
+        view = await db.get_session("s")
+    assert view.runs[0].status == "failed"
+    assert [m.content for m in view.runs[0].messages] == []
+
+
+async def test_the_storage_policy_keeps_what_is_left_out_away_from_the_log(backend: Backend) -> None:
+    policy = StoragePolicy(store_tool_calls=False, store_media=False)
+    async with backend.db() as db:
+        session = await db.open_session("s", policy=policy)
+        run = await session.start_run("r1")
+        run.message("user", "earlier question", from_history=True)
+        run.message("user", "now", media=(IMAGE,))
+        await run.flush()
+        await _turn(session, 2, with_tool=True)
+        await session.add_media([IMAGE])
+        events = [record.event async for record in db.store.read("s")]
+    assert not any(isinstance(event, ToolCallStarted | ToolCallCompleted) for event in events)
+    messages = [event for event in events if isinstance(event, MessageAdded)]
+    assert [m.content for m in messages] == ["now", "question 2", "answer 2"]
+    assert all(not m.media and not m.tool_calls and m.role != "tool" for m in messages)
+
+
+async def test_state_summary_and_names(backend: Backend) -> None:
+    async def summarizer(view: SessionView) -> tuple[str, Sequence[str]]:
+        return f"{len(view.runs)} runs so far", ("testing",)
+
+    async with backend.db() as db:
+        session = await db.open_session("s", session_state={"city": "Paris"})
+        await session.update_state({"days": 3}, remove=["city"])
+        await _turn(session, 1)
+        await session.summarize(summarizer)
+        await session.update_metadata({"tier": "gold"})
+        assert await db.get_session_state("s") == {"days": 3}
+        summary = await db.get_session_summary("s")
+        assert summary is not None and (summary.summary, summary.topics) == ("1 runs so far", ("testing",))
+        view = await db.get_session("s")
+        assert view.session_name == "question 1", "named after the first user message"
+        assert view.metadata == {"tier": "gold"}
+        info = (await db.get_sessions())[0]
+        assert info.name == "question 1"
+        await session.rename("Chosen name")
+        await _turn(session, 2)
+        assert (await db.get_session("s")).session_name == "Chosen name"
+
+
+async def test_history_reads_only_the_tail_it_needs_and_equals_the_full_fold(backend: Backend) -> None:
+    async with backend.db() as db:
+        session = await db.open_session("s")
+        for number in range(1, 7):
+            await _turn(session, number, with_tool=number % 2 == 0)
+        failed = await session.start_run("failed-run")
+        await failed.fail("boom")
+        full = await db.get_session("s")
+        for runs in (None, 0, 1, 2, 5, 10):
+            for messages in (None, 0, 1, 2, 3, 5, 8, 100):
+                for tools in (True, False):
+                    expected = history_messages(
+                        full.runs, num_history_runs=runs, num_history_messages=messages, include_tool_messages=tools
+                    )
+                    got = await db.get_history(
+                        "s", num_history_runs=runs, num_history_messages=messages, include_tool_messages=tools
+                    )
+                    assert got == expected, (runs, messages, tools)
+        window = await db.get_history("s", num_history_runs=2)
+        assert [m.content for m in window if m.role == "user"] == ["question 5", "question 6"]
+
+
+async def test_the_view_cache_is_never_stale(backend: Backend) -> None:
+    async with backend.db(cache_size=8) as db:
+        session = await db.open_session("s")
+        await _turn(session, 1)
+        first = await db.get_session("s")
+        assert await db.get_session("s") is first, "unchanged: served from the cache"
+        await _turn(session, 2)
+        second = await db.get_session("s")
+        assert len(second.runs) == 2
+        assert second == await db.get_session("s", version=session.version), "equal to an uncached read"
+        await db.delete_session("s")
+        with pytest.raises(SessionNotFoundError):
+            await db.get_session("s")
