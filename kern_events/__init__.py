@@ -79,6 +79,7 @@ from kern_events.stores._sql import TableNames
 
 if TYPE_CHECKING:
     from kern_events.db import BaseDb, InMemoryDb, PostgresDb, SqliteDb
+    from kern_events.runtime import Agent, MemoryModel, Team, Workflow
     from kern_events.stores.memory import InMemoryEventStore
     from kern_events.stores.postgres import PostgresEventStore
     from kern_events.stores.sqlite import SqliteEventStore
@@ -86,6 +87,10 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Agent": "kern_events.runtime",
+    "MemoryModel": "kern_events.runtime",
+    "Team": "kern_events.runtime",
+    "Workflow": "kern_events.runtime",
     "BaseDb": "kern_events.db",
     "InMemoryDb": "kern_events.db",
     "SqliteDb": "kern_events.db",
@@ -98,6 +103,7 @@ _LAZY = {
 __all__ = [
     "ANY",
     "NO_STREAM",
+    "Agent",
     "AnyEvent",
     "AppendResult",
     "BaseDb",
@@ -118,6 +124,7 @@ __all__ = [
     "KernEventsError",
     "MediaAdded",
     "MediaReference",
+    "MemoryModel",
     "MessageAdded",
     "MetadataUpdated",
     "MsgpackCodec",
@@ -156,6 +163,7 @@ __all__ = [
     "Summarizer",
     "SummaryUpdated",
     "TableNames",
+    "Team",
     "ToolCallCompleted",
     "ToolCallRequest",
     "ToolCallStarted",
@@ -163,6 +171,7 @@ __all__ = [
     "UnknownEvent",
     "UnknownEventTypeError",
     "UserInput",
+    "Workflow",
 ]
 
 

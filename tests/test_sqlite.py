@@ -111,3 +111,33 @@ def test_a_bad_table_name_is_refused_before_any_sql_runs(tmp_path: Path, name: s
     with pytest.raises(InvalidIdentifierError):
         SqliteDb(tmp_path / "never.db", events_table=name)
     assert not (tmp_path / "never.db").exists()
+
+
+TURN = textwrap.dedent(
+    """
+    import asyncio, sys
+    from kern_events import Agent, MemoryModel, SqliteDb
+
+    async def main(path, text, history):
+        async with SqliteDb(db_file=path) as db:
+            agent = Agent(model=MemoryModel(), db=db, session_id="conversation_123", add_history_to_context=history)
+            print((await agent.arun(text)).content)
+
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3] == "yes"))
+    """
+)
+
+
+def test_a_second_process_remembers_the_first_through_stored_history(tmp_path: Path) -> None:
+    path = str(tmp_path / "agents.db")
+    root = Path(__file__).parent.parent
+
+    def turn(text: str, history: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", TURN, path, text, history], capture_output=True, text=True, check=True, cwd=root
+        )
+        return done.stdout.strip()
+
+    assert turn("My name is Alice", "no") == "Nice to meet you, Alice!"
+    assert turn("What's my name?", "yes") == "Your name is Alice."
+    assert turn("What's my name?", "no") == "I don't know your name yet."

@@ -26,6 +26,8 @@ PUBLIC_MODULES = [
     "kern_events.stores.sqlite",
     "kern_events.stores.postgres",
     "kern_events.subscription",
+    "kern_events.sessions",
+    "kern_events.runtime",
     "projections",
     "projections.session",
     "projections.runs",

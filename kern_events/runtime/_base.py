@@ -1,0 +1,111 @@
+"""What Agent, Team and Workflow share: where sessions live, run outputs, and the sync entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import uuid
+from collections.abc import Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+
+from kern_events.events import RunMetrics
+from kern_events.sessions import StoragePolicy
+
+if TYPE_CHECKING:
+    from kern_events.db import BaseDb
+
+__all__ = ["RunOutput", "Runtime", "state_change"]
+
+T = TypeVar("T")
+
+
+class RunOutput(msgspec.Struct, frozen=True, kw_only=True):
+    """What a run produced."""
+
+    run_id: str
+    session_id: str
+    content: str
+    metrics: RunMetrics
+    session_state: dict[str, Any] = {}
+
+
+def state_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The keys a run set (new or changed) and removed."""
+    changed = {key: value for key, value in after.items() if key not in before or before[key] != value}
+    removed = tuple(key for key in before if key not in after)
+    return changed, removed
+
+
+class Runtime:
+    """The common half of Agent, Team and Workflow."""
+
+    def __init__(
+        self,
+        *,
+        db: BaseDb | None,
+        session_id: str | None,
+        user_id: str | None,
+        session_state: Mapping[str, Any] | None,
+        storage_policy: StoragePolicy | None,
+    ) -> None:
+        self.db = db
+        self.session_id = session_id
+        self.user_id = user_id
+        self.session_state = dict(session_state or {})
+        self.storage_policy = storage_policy
+        self._fallback_db: BaseDb | None = None
+
+    def _database(self) -> BaseDb:
+        """The configured db, or one in memory for this runtime (nothing survives the process)."""
+        if self.db is not None:
+            return self.db
+        if self._fallback_db is None:
+            from kern_events.db import InMemoryDb  # the runtime is importable before the storage objects
+
+            self._fallback_db = InMemoryDb()
+        return self._fallback_db
+
+    def _session_id(self, session_id: str | None) -> str:
+        if session_id is not None:
+            return session_id
+        if self.session_id is None:
+            self.session_id = f"session_{uuid.uuid4().hex[:12]}"
+        return self.session_id
+
+    async def arun(self, input: str, *, session_id: str | None = None, user_id: str | None = None) -> RunOutput:
+        """Run one turn; overridden by Agent, Team and Workflow."""
+        raise NotImplementedError
+
+    def run(self, input: str, *, session_id: str | None = None, user_id: str | None = None) -> RunOutput:
+        """:meth:`arun` for synchronous code (not from inside an event loop: await ``arun`` there)."""
+        return _run_sync(self.arun(input, session_id=session_id, user_id=user_id))
+
+    async def aprint_response(
+        self,
+        input: str,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+    ) -> RunOutput:
+        """Run one turn and print the answer."""
+        output = await self.arun(input, session_id=session_id, user_id=user_id)
+        print(output.content)
+        return output
+
+    def print_response(self, input: str, *, session_id: str | None = None, user_id: str | None = None) -> RunOutput:
+        """:meth:`aprint_response` for synchronous code."""
+        return _run_sync(self.aprint_response(input, session_id=session_id, user_id=user_id))
+
+
+def _run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run to completion from sync code. Called inside a running event loop (a sync call in async
+    code), it runs on a loop of its own in a helper thread, blocking the caller as a sync call does;
+    that suits InMemoryDb and SqliteDb, while a PostgresDb pool belongs to its loop: await there."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as helper:
+        return helper.submit(asyncio.run, coroutine).result()

@@ -1,0 +1,111 @@
+"""The ``Model`` protocol the reference runtime talks to, and a deterministic model for tests and demos.
+
+A model takes the conversation so far and the tools it may call, and answers with a message, tool
+calls, or both, plus its token usage. :class:`MemoryModel` needs no network: it follows a few plain
+rules and, above all, answers "what's my name?" only from the context it is given, so a test can
+prove that stored history reaches the model (and that without history it cannot know).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from kern_events.events import Role, ToolCallRequest
+
+__all__ = ["MemoryModel", "Model", "ModelMessage", "ModelResponse", "ToolSpec"]
+
+
+class ModelMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One message of a model's input."""
+
+    role: Role
+    content: Any = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: tuple[ToolCallRequest, ...] = ()
+
+
+class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A tool as a model sees it: its name, what it does, and its parameters' names."""
+
+    name: str
+    description: str = ""
+    parameters: tuple[str, ...] = ()
+
+
+class ModelResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """A model's answer: content, tool calls to make, and the tokens it used."""
+
+    content: str | None = None
+    tool_calls: tuple[ToolCallRequest, ...] = ()
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class Model(Protocol):
+    """What the reference runtime needs from a model."""
+
+    id: str
+    provider: str
+
+    async def respond(self, messages: Sequence[ModelMessage], tools: Sequence[ToolSpec]) -> ModelResponse:
+        """Answer the conversation ``messages``, possibly by asking for tool calls."""
+        ...
+
+
+_NAME = re.compile(r"\bmy name is ([A-Z][\w-]*)", re.IGNORECASE)
+_ASKS_NAME = re.compile(r"\bwhat'?s my name\b|\bwhat is my name\b|\bwho am i\b", re.IGNORECASE)
+_ASKS_WEATHER = re.compile(r"\bweather in ([A-Z][\w-]*)", re.IGNORECASE)
+
+
+def _words(messages: Sequence[ModelMessage]) -> int:
+    return sum(len(str(message.content or "").split()) for message in messages)
+
+
+class MemoryModel:
+    """A deterministic model that answers only from the messages it is given.
+
+    - "my name is X" is acknowledged; "what's my name?" is answered from earlier messages in the
+      context, or with "I don't know your name" when they are not there;
+    - "weather in X" calls a ``get_weather`` tool when one is offered, then reports its result;
+    - anything else is acknowledged by repeating it.
+    Token usage counts words, so metrics are deterministic too.
+    """
+
+    def __init__(self, id: str = "memory-model-1", provider: str = "kern-events") -> None:
+        self.id = id
+        self.provider = provider
+
+    async def respond(self, messages: Sequence[ModelMessage], tools: Sequence[ToolSpec]) -> ModelResponse:
+        """Answer by the rules in the class docstring."""
+        last_user = next((m for m in reversed(messages) if m.role == "user"), None)
+        text = str(last_user.content or "") if last_user is not None else ""
+        content: str | None
+        calls: tuple[ToolCallRequest, ...] = ()
+        tool_results = [m for m in messages[messages.index(last_user) + 1 :] if m.role == "tool"] if last_user else []
+        if _ASKS_NAME.search(text):
+            earlier = [m for m in messages if m is not last_user and m.role == "user"]
+            names = [match.group(1) for m in earlier if (match := _NAME.search(str(m.content or "")))]
+            content = f"Your name is {names[-1]}." if names else "I don't know your name yet."
+        elif (named := _NAME.search(text)) is not None:
+            content = f"Nice to meet you, {named.group(1)}!"
+        elif (weather := _ASKS_WEATHER.search(text)) is not None and any(t.name == "get_weather" for t in tools):
+            city = weather.group(1)
+            if tool_results:
+                content = f"The weather in {city}: {tool_results[-1].content}."
+            else:
+                content = None
+                request = ToolCallRequest(
+                    tool_call_id=f"call_{city.lower()}", tool_name="get_weather", arguments={"city": city}
+                )
+                calls = (request,)
+        else:
+            content = f"You said: {text}" if text else "Hello!"
+        output_words = len((content or "").split()) + len(calls)
+        return ModelResponse(
+            content=content, tool_calls=calls, input_tokens=_words(messages), output_tokens=output_words
+        )
