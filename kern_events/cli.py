@@ -12,9 +12,7 @@ import argparse
 import asyncio
 import base64
 import os
-import re
 import sys
-import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,20 +22,8 @@ import msgspec
 
 from kern_events.db import BaseDb, PostgresDb, SqliteDb
 from kern_events.errors import CorruptRecordError, InvalidArgumentError, KernEventsError, SessionNotFoundError
-from kern_events.events import (
-    Event,
-    MessageAdded,
-    RunCompleted,
-    RunMetrics,
-    RunStarted,
-    SessionStarted,
-    SessionStateChanged,
-    SummaryUpdated,
-    ToolCallCompleted,
-    ToolCallRequest,
-    ToolCallStarted,
-)
 from kern_events.records import Record, UnknownEvent
+from kern_events.runtime import Agent, MemoryModel
 from projections.runs import RunView
 from projections.session import SessionView
 
@@ -131,138 +117,62 @@ def _open(path: str, *, create: bool = False, schema: str = "public") -> BaseDb:
 
 # -- demo --------------------------------------------------------------------------------------------
 
-_AGENT_ID = "demo-agent"
 _USER_ID = "alice@example.com"
-_MODEL_ID = "demo-model-1"
-_MODEL_PROVIDER = "scripted"
-_AGENT_DATA = {
-    "name": "Demo agent",
-    "model": {"id": _MODEL_ID, "provider": _MODEL_PROVIDER},
-    "instructions": "You are a friendly assistant that remembers what the user tells you.",
-}
-_NAME_PATTERN = re.compile(r"\bmy name is (\w+)", re.IGNORECASE)
+_TURNS = ("Hi! My name is Alice.", "What's the weather in Paris?", "What's my name?")
+
+
+def remember_name(name: str, session_state: dict[str, Any]) -> str:
+    """Remember the user's name for later runs."""
+    session_state["user_name"] = name
+    return f"I will remember that your name is {name}."
+
+
+def get_weather(city: str, session_state: dict[str, Any]) -> dict[str, Any]:
+    """The current weather in a city (a fixed answer: this is a demo)."""
+    session_state["last_city"] = city
+    return {"city": city, "temperature_c": 18, "conditions": "sunny"}
+
+
+async def _summarize(view: SessionView) -> tuple[str, list[str]]:
+    """A summary of the session from its own messages (a model would write this in a real runtime)."""
+    asked = [m.content for run in view.runs for m in run.messages if m.role == "user" and isinstance(m.content, str)]
+    return f"{len(view.runs)} runs; the user said: " + " / ".join(asked), ["introductions", "weather", "memory"]
 
 
 async def _demo(args: argparse.Namespace) -> int:
     session_id: str = args.session_id
     async with _open(args.db, create=True, schema=args.schema) as db:
-        store = db.store
-        info = await store.get_session_info(session_id)
-        if info is None:
-            started = SessionStarted(
-                session_type="agent",
-                agent_id=_AGENT_ID,
-                user_id=_USER_ID,
-                name="Demo conversation",
-                agent_data=_AGENT_DATA,
-            )
-            version = (
-                await store.append(session_id, [started], expected_version=await store.current_version(session_id))
-            ).to_version
-            print(f"started session {session_id} in {args.db}")
-        else:
-            version = info.version
-            print(f"continuing session {session_id} in {args.db} ({_count(info.run_count, 'run')} so far)")
-        before = await db.get_session(session_id)
-        turn = _TURNS[len(before.runs) % len(_TURNS)]
-        run_id = f"run_{uuid.uuid4().hex[:12]}"
-        result = await store.append(session_id, turn(run_id, before), expected_version=version)
+        info = await db.store.get_session_info(session_id)
+        runs = 0 if info is None else info.run_count
+        print(
+            f"{'continuing' if info else 'starting'} session {session_id} in {args.db} ({_count(runs, 'run')} so far)"
+        )
+        agent = Agent(
+            model=MemoryModel(),
+            db=db,
+            session_id=session_id,
+            user_id=_USER_ID,
+            name="Demo agent",
+            instructions="You are a friendly assistant that remembers what the user tells you.",
+            tools=[remember_name, get_weather],
+            add_history_to_context=True,
+        )
+        question = _TURNS[runs % len(_TURNS)]
+        print(f"user: {question}")
+        output = await agent.arun(question)
+        print(f"agent: {output.content}")
+        if runs % len(_TURNS) == len(_TURNS) - 1:
+            await (await db.open_session(session_id)).summarize(_summarize)
         view = await db.get_session(session_id)
         print()
         _print_view(view)
         print()
         print(
-            f"session {session_id} now has {_count(len(view.runs), 'run')} (version {result.to_version}); "
+            f"session {session_id} now has {_count(len(view.runs), 'run')} "
+            f"(version {await db.store.current_version(session_id)}); "
             "run the command again to continue it in a new process"
         )
     return 0
-
-
-def _tokens(text: str) -> int:
-    """A rough token count (four characters a token), good enough for demo metrics."""
-    return max(1, len(text) // 4)
-
-
-def _run(
-    run_id: str, view: SessionView, question: str, middle: Sequence[Event], answer: str, duration: float
-) -> list[Event]:
-    """One complete run: started, the user's question, ``middle``, the final answer, completed."""
-    history = " ".join(
-        message.content for run in view.runs for message in run.messages if isinstance(message.content, str)
-    )
-    input_tokens = _tokens(f"{_AGENT_DATA['instructions']} {history} {question}")
-    output_tokens = _tokens(answer) + 10 * sum(isinstance(event, ToolCallStarted) for event in middle)
-    metrics = RunMetrics(
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        total_tokens=input_tokens + output_tokens,
-        duration=duration,
-        model_id=_MODEL_ID,
-        model_provider=_MODEL_PROVIDER,
-    )
-    return [
-        RunStarted(
-            run_id=run_id,
-            agent_id=_AGENT_ID,
-            user_id=_USER_ID,
-            input=question,
-            model_id=_MODEL_ID,
-            model_provider=_MODEL_PROVIDER,
-        ),
-        MessageAdded(run_id=run_id, role="user", content=question),
-        *middle,
-        MessageAdded(run_id=run_id, role="assistant", content=answer),
-        RunCompleted(run_id=run_id, output=answer, metrics=metrics),
-    ]
-
-
-def _introduce(run_id: str, view: SessionView) -> list[Event]:
-    """Turn 1: the user says who she is; the agent keeps her name in the session state."""
-    events = _run(run_id, view, "Hi! My name is Alice.", [], "Nice to meet you, Alice! How can I help?", 0.82)
-    return [*events[:-1], SessionStateChanged(set={"user_name": "Alice"}), events[-1]]
-
-
-def _weather(run_id: str, view: SessionView) -> list[Event]:
-    """Turn 2: the model asks for a tool, the tool runs, its result goes back to the model."""
-    call_id = f"call_{uuid.uuid4().hex[:8]}"
-    arguments = {"city": "Paris"}
-    result = {"city": "Paris", "temperature_c": 18, "conditions": "sunny"}
-    middle: list[Event] = [
-        MessageAdded(
-            run_id=run_id,
-            role="assistant",
-            tool_calls=(ToolCallRequest(tool_call_id=call_id, tool_name="get_weather", arguments=arguments),),
-        ),
-        ToolCallStarted(run_id=run_id, tool_call_id=call_id, tool_name="get_weather", arguments=arguments),
-        ToolCallCompleted(run_id=run_id, tool_call_id=call_id, tool_name="get_weather", result=result, duration=0.41),
-        MessageAdded(run_id=run_id, role="tool", name="get_weather", tool_call_id=call_id, content=result),
-    ]
-    events = _run(
-        run_id, view, "What's the weather in Paris?", middle, "It is sunny and 18 degrees Celsius in Paris.", 1.64
-    )
-    return [*events[:-1], SessionStateChanged(set={"last_city": "Paris"}), events[-1]]
-
-
-def _recall(run_id: str, view: SessionView) -> list[Event]:
-    """Turn 3: the agent answers from earlier runs, which another process may have written."""
-    name, told_in = None, 0
-    for number, run in enumerate(view.runs, start=1):
-        for message in run.messages:
-            if message.role == "user" and isinstance(message.content, str):
-                match = _NAME_PATTERN.search(message.content)
-                if match:
-                    name, told_in = match.group(1), number
-    answer = f"Your name is {name}; you told me in run {told_in}." if name else "You haven't told me your name yet."
-    summary = SummaryUpdated(
-        summary=f"The user ({name or 'unknown'}) introduced herself, asked about the weather in Paris "
-        "and checked that her name was remembered.",
-        topics=("introductions", "weather", "memory"),
-    )
-    events = _run(run_id, view, "What's my name?", [], answer, 0.67)
-    return [*events[:-1], summary, events[-1]]
-
-
-_TURNS: tuple[Callable[[str, SessionView], list[Event]], ...] = (_introduce, _weather, _recall)
 
 
 # -- readable output ---------------------------------------------------------------------------------

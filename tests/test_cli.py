@@ -48,7 +48,7 @@ def demo_db(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
 def test_demo_continues_the_same_session_in_a_new_process(tmp_path: Path) -> None:
     first = run_cli("demo", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "started session conversation_123" in first.stdout
+    assert "starting session conversation_123" in first.stdout
     assert "now has 1 run " in first.stdout
 
     second = run_cli("demo", cwd=tmp_path)
@@ -74,7 +74,7 @@ def test_demo_third_turn_answers_from_runs_written_by_earlier_processes(
 ) -> None:
     code, out, _ = cli(capsys, "demo", "--db", str(demo_db))
     assert code == 0
-    assert "assistant: Your name is Alice; you told me in run 1." in out
+    assert "agent: Your name is Alice." in out
     assert "summary:" in out
     assert "topics: introductions" in out
     assert "now has 3 runs" in out

@@ -69,8 +69,9 @@ def _words(messages: Sequence[ModelMessage]) -> int:
 class MemoryModel:
     """A deterministic model that answers only from the messages it is given.
 
-    - "my name is X" is acknowledged; "what's my name?" is answered from earlier messages in the
-      context, or with "I don't know your name" when they are not there;
+    - "my name is X" is acknowledged (after calling a ``remember_name`` tool, when one is offered);
+      "what's my name?" is answered from earlier messages in the context, or with "I don't know
+      your name" when they are not there;
     - "weather in X" calls a ``get_weather`` tool when one is offered, then reports its result;
     - anything else is acknowledged by repeating it.
     Token usage counts words, so metrics are deterministic too.
@@ -82,17 +83,24 @@ class MemoryModel:
 
     async def respond(self, messages: Sequence[ModelMessage], tools: Sequence[ToolSpec]) -> ModelResponse:
         """Answer by the rules in the class docstring."""
-        last_user = next((m for m in reversed(messages) if m.role == "user"), None)
-        text = str(last_user.content or "") if last_user is not None else ""
+        at = next((index for index in range(len(messages) - 1, -1, -1) if messages[index].role == "user"), None)
+        text = str(messages[at].content or "") if at is not None else ""
         content: str | None
         calls: tuple[ToolCallRequest, ...] = ()
-        tool_results = [m for m in messages[messages.index(last_user) + 1 :] if m.role == "tool"] if last_user else []
+        tool_results = [m for m in messages[at + 1 :] if m.role == "tool"] if at is not None else []
         if _ASKS_NAME.search(text):
-            earlier = [m for m in messages if m is not last_user and m.role == "user"]
+            earlier = [m for m in messages[:at] if m.role == "user"]
             names = [match.group(1) for m in earlier if (match := _NAME.search(str(m.content or "")))]
             content = f"Your name is {names[-1]}." if names else "I don't know your name yet."
         elif (named := _NAME.search(text)) is not None:
-            content = f"Nice to meet you, {named.group(1)}!"
+            name = named.group(1)
+            if any(t.name == "remember_name" for t in tools) and not tool_results:
+                content = None
+                calls = (
+                    ToolCallRequest(tool_call_id="call_name", tool_name="remember_name", arguments={"name": name}),
+                )
+            else:
+                content = f"Nice to meet you, {name}!"
         elif (weather := _ASKS_WEATHER.search(text)) is not None and any(t.name == "get_weather" for t in tools):
             city = weather.group(1)
             if tool_results:
