@@ -1,0 +1,134 @@
+"""History and persistence cost against session length: the engine's promise of flat cost per run.
+
+A session is prefilled with N runs (a user message, an assistant answer, the outcome). Then, at
+N = 10 and N = 10,000, the cases time what an agent runtime does for every turn: load the context
+for the next run (the last 3 runs' messages, ``db.get_history``, a tail read) and persist one more
+run (one append). The full fold of the session (``db.get_session`` without a checkpoint) is timed
+too: it is what a store without a tail read would pay, and it grows with N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from benchmarks._harness import Case, Comparison, Sample, Timer, case_main, temp_db
+from kern_events import InMemoryDb, MessageAdded, RunCompleted, RunMetrics, RunStarted, SessionStarted, SqliteDb
+from kern_events.db import BaseDb
+from kern_events.events import Event
+
+__all__ = ["NOTES", "comparisons"]
+
+_MODULE = "benchmarks.history"
+_SESSION = "long-conversation"
+_PREFILL_EVENTS = 4000
+
+NOTES = """\
+history rows: the context a runtime loads before each run, db.get_history(session, num_history_runs=3),
+  which reads the session's tail backwards only as far as the window needs.
+persist rows: one more run (RunStarted, user and assistant messages, RunCompleted) in one append.
+full fold rows: db.get_session with no checkpoint, folding every event: what a store that loads the
+  whole session per turn pays; shown to contrast with the flat rows above.
+All rows compare the same operation at 10,000 runs against 10 runs: a ratio near 1.00 is flat."""
+
+
+def _run(number: int) -> list[Event]:
+    run_id = f"run-{number}"
+    return [
+        RunStarted(run_id=run_id, input=f"question {number}", model_id="m"),
+        MessageAdded(run_id=run_id, role="user", content=f"Question {number}: what did we decide about the plan?"),
+        MessageAdded(run_id=run_id, role="assistant", content=f"Answer {number}: we keep the plan, as agreed."),
+        RunCompleted(run_id=run_id, metrics=RunMetrics(input_tokens=40, output_tokens=12, total_tokens=52)),
+    ]
+
+
+@contextmanager
+def _database(store: str) -> Iterator[tuple[Callable[[], BaseDb], Callable[[], None]]]:
+    """A db factory, and a way to settle the database after the prefill (an empty WAL for SQLite,
+    so the timed part does not pay for checkpointing the prefill)."""
+    if store == "memory":
+        shared = InMemoryDb()
+        yield (lambda: shared), (lambda: None)
+        return
+    with temp_db() as path:
+
+        def settle() -> None:
+            with sqlite3.connect(path) as raw:
+                raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        yield (lambda: SqliteDb(path, synchronous="NORMAL")), settle
+
+
+async def _prefill(db: BaseDb, runs: int) -> int:
+    batch: list[Event] = [SessionStarted(session_type="agent", agent_id="a", user_id="u")]
+    version = 0
+    for number in range(1, runs + 1):
+        batch += _run(number)
+        if len(batch) >= _PREFILL_EVENTS or number == runs:
+            version = (await db.store.append(_SESSION, batch, expected_version=version)).to_version
+            batch = []
+    return version
+
+
+def _measure(args: argparse.Namespace, operation: str) -> Sample:
+    async def main() -> Sample:
+        with _database(args.store) as (open_db, settle):
+            async with open_db() as db:
+                version = await _prefill(db, args.runs)
+                settle()
+                with Timer() as timer:
+                    for n in range(args.repeats):
+                        if operation == "history":
+                            await db.get_history(_SESSION, num_history_runs=3)
+                        elif operation == "persist":
+                            version = (
+                                await db.store.append(_SESSION, _run(args.runs + n + 1), expected_version=version)
+                            ).to_version
+                        else:
+                            await db.get_session(_SESSION)
+        return Sample(appends=args.repeats, events=args.repeats, seconds=timer.seconds)
+
+    return asyncio.run(main())
+
+
+def _case(name: str, **options: object) -> Case:
+    return Case.of(_MODULE, name, **options)
+
+
+def comparisons(quick: bool) -> list[Comparison]:
+    """History, persistence and full-fold cost at 10,000 runs against 10 runs."""
+    repeats, folds = (100, 3) if quick else (500, 10)
+    rows: list[Comparison] = []
+    for store, label in (("sqlite", "SQLite NORMAL"), ("memory", "in-memory")):
+        for name, what, count in (
+            ("history", "history for the next run", repeats),
+            ("persist", "persist a run", repeats),
+        ):
+            long, short = (_case(name, store=store, runs=n, repeats=count) for n in (10_000, 10))
+            rows.append(Comparison(f"{label}, {what} at 10,000 runs vs 10", long, short, metric="latency"))
+        long, short = (_case("full", store=store, runs=n, repeats=folds) for n in (10_000, 10))
+        rows.append(Comparison(f"{label}, full fold at 10,000 runs vs 10 (grows)", long, short, metric="latency"))
+    return rows
+
+
+def main() -> None:
+    """Run one case named on the command line and print its sample as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=100)
+    case_main(
+        {
+            "history": lambda args: _measure(args, "history"),
+            "persist": lambda args: _measure(args, "persist"),
+            "full": lambda args: _measure(args, "full"),
+        },
+        parser,
+    )
+
+
+if __name__ == "__main__":
+    main()
