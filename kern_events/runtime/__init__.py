@@ -5,7 +5,7 @@ step, history from the store, state that persists. ``MemoryModel`` is determinis
 demos.
 """
 
-from kern_events.runtime._base import RunOutput
+from kern_events.runtime._base import RunOutput, run_sync
 from kern_events.runtime.agent import Agent
 from kern_events.runtime.model import MemoryModel, Model, ModelMessage, ModelResponse, ToolSpec
 from kern_events.runtime.team import Team
@@ -22,4 +22,5 @@ __all__ = [
     "Team",
     "ToolSpec",
     "Workflow",
+    "run_sync",
 ]

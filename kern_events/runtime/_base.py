@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import threading
 import uuid
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,7 +16,7 @@ from kern_events.sessions import StoragePolicy
 if TYPE_CHECKING:
     from kern_events.db import BaseDb
 
-__all__ = ["RunOutput", "Runtime", "state_change"]
+__all__ = ["RunOutput", "Runtime", "run_sync", "state_change"]
 
 T = TypeVar("T")
 
@@ -80,7 +80,7 @@ class Runtime:
 
     def run(self, input: str, *, session_id: str | None = None, user_id: str | None = None) -> RunOutput:
         """:meth:`arun` for synchronous code (not from inside an event loop: await ``arun`` there)."""
-        return _run_sync(self.arun(input, session_id=session_id, user_id=user_id))
+        return run_sync(self.arun(input, session_id=session_id, user_id=user_id))
 
     async def aprint_response(
         self,
@@ -96,16 +96,30 @@ class Runtime:
 
     def print_response(self, input: str, *, session_id: str | None = None, user_id: str | None = None) -> RunOutput:
         """:meth:`aprint_response` for synchronous code."""
-        return _run_sync(self.aprint_response(input, session_id=session_id, user_id=user_id))
+        return run_sync(self.aprint_response(input, session_id=session_id, user_id=user_id))
 
 
-def _run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run to completion from sync code. Called inside a running event loop (a sync call in async
-    code), it runs on a loop of its own in a helper thread, blocking the caller as a sync call does;
-    that suits InMemoryDb and SqliteDb, while a PostgresDb pool belongs to its loop: await there."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as helper:
-        return helper.submit(asyncio.run, coroutine).result()
+_background: asyncio.AbstractEventLoop | None = None
+_background_lock = threading.Lock()
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    """The event loop (on a daemon thread) that every synchronous call runs on.
+
+    One loop for all sync calls keeps a database's connections usable from one call to the next
+    (an asyncpg pool belongs to the loop that made it), also when the sync call comes from inside
+    async code, whose own loop cannot be re-entered.
+    """
+    global _background
+    with _background_lock:
+        if _background is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="kern-events-sync", daemon=True).start()
+            _background = loop
+        return _background
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to completion from synchronous code, on the shared background loop
+    (close a db used this way with ``run_sync(db.aclose())``)."""
+    return asyncio.run_coroutine_threadsafe(coroutine, _background_loop()).result()

@@ -169,6 +169,7 @@ class PostgresEventStore(BaseEventStore):
         self._notify_task: asyncio.Task[None] | None = None
         self._notifier: asyncpg.Connection | None = None
         self._appender: asyncpg.Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._notify_wanted = False
         self._group = GroupCommit(self._commit_batch, take=_take_batch)
         self._listener_task: asyncio.Task[None] | None = None
@@ -177,6 +178,7 @@ class PostgresEventStore(BaseEventStore):
     # -- connections -------------------------------------------------------------------------------
 
     async def _open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         if self._owns_pool:
             try:
                 self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=self._pool_size, reset=_no_reset)
@@ -192,6 +194,9 @@ class PostgresEventStore(BaseEventStore):
             raise
 
     async def _close(self) -> None:
+        if not self._on_own_loop():  # its loop is gone (sync use): nothing can be awaited there
+            self._abandon()
+            return
         notify, self._notify_task = self._notify_task, None
         if notify is not None:
             await asyncio.gather(notify, return_exceptions=True)  # the last appends' wake-up still goes out
@@ -207,14 +212,45 @@ class PostgresEventStore(BaseEventStore):
         if pool is not None and self._owns_pool:
             await pool.close()
 
+    def _abandon(self) -> None:
+        """Drop every connection at once, without awaiting anything on the loop they belong to."""
+        for task in (self._notify_task, self._listener_task):
+            if task is not None and not task.done():
+                task.cancel()
+        self._notify_task = self._listener_task = None
+        for connection in (self._notifier, self._appender):
+            if connection is not None:
+                connection.terminate()
+        self._notifier = self._appender = None
+        pool, self._pool = self._pool, None
+        if pool is not None and self._owns_pool:
+            pool.terminate()
+
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[_Connection]:
-        """A pooled connection for one operation, with driver errors translated."""
+    async def _connection(self) -> AsyncIterator[_AnyConnection]:
+        """A pooled connection for one operation, with driver errors translated.
+
+        The pool belongs to the event loop that opened the store. Called from another loop (a sync
+        ``print_response`` inside async code runs on a helper thread's loop), the operation gets
+        a connection of its own instead, which needs the store's URL.
+        """
         if self._pool is None:
             raise StorageError("the PostgreSQL pool is not open")
         with _translated_errors():
-            async with self._pool.acquire() as connection:
-                yield connection
+            if self._on_own_loop():
+                async with self._pool.acquire() as connection:
+                    yield connection
+                return
+            if self._url is None:
+                raise StorageError("a store built on a caller's pool can only be used from that pool's event loop")
+            own = await _connect_to_the_end(self._url)
+            try:
+                yield own
+            finally:
+                await own.close()
+
+    def _on_own_loop(self) -> bool:
+        return self._loop is None or asyncio.get_running_loop() is self._loop
 
     @asynccontextmanager
     async def _appending_connection(self) -> AsyncIterator[_AnyConnection]:
@@ -224,7 +260,7 @@ class PostgresEventStore(BaseEventStore):
         appends instead of checking one out of the pool per batch (a checkout costs ~55 us here);
         a broken one is replaced on the next append. With the caller's pool, it checks one out.
         """
-        if self._url is None:
+        if self._url is None or not self._on_own_loop():
             async with self._connection() as pooled:
                 yield pooled
             return
@@ -271,6 +307,8 @@ class PostgresEventStore(BaseEventStore):
         own, so it never takes a pooled connection from the appends. One task at a time sends them.
         """
         self._notify_wanted = True
+        if not self._on_own_loop():
+            return  # the store's own loop sends it with its next append, or subscribers poll
         if self._notify_task is None or self._notify_task.done():
             self._notify_task = asyncio.create_task(self._notify_while_wanted())
 

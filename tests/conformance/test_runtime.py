@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 
 from kern_events import Agent, MemoryModel, Team, ToolCallRequest, Workflow
-from kern_events.runtime import ModelMessage, ModelResponse, ToolSpec
+from kern_events.runtime import ModelMessage, ModelResponse, ToolSpec, run_sync
 from tests._backends import Backend
-from tests._pg import run_sync
 
 
 async def get_weather(city: str) -> dict[str, Any]:
@@ -125,12 +124,22 @@ async def test_a_workflow_chains_steps_as_child_runs(backend: Backend) -> None:
 
 
 def test_print_response_works_from_sync_code(capsys: pytest.CaptureFixture[str], backend: Backend) -> None:
-    if backend.name == "postgres":
-        pytest.skip("a PostgreSQL pool belongs to one event loop: await aprint_response there")
     db = backend.db()
     agent = Agent(model=MemoryModel(), db=db, add_history_to_context=True)
     agent.print_response("My name is Carol", session_id="session_456", user_id="carol@example.com")
     agent.print_response("What's my name?", session_id="session_456", user_id="carol@example.com")
     agent.run("bye", session_id="session_456")
-    run_sync(db.aclose)
+    run_sync(db.aclose())
     assert capsys.readouterr().out == "Nice to meet you, Carol!\nYour name is Carol.\n"
+
+
+async def test_print_response_works_inside_async_code_too(capsys: pytest.CaptureFixture[str], backend: Backend) -> None:
+    async with backend.db() as db:
+        agent = Agent(model=MemoryModel(), db=db, session_id="conversation_123")
+        await agent.arun("My name is Alice")
+        agent = Agent(model=MemoryModel(), db=db, session_id="conversation_123", add_history_to_context=True)
+        agent.print_response("What's my name?")
+        agent.print_response("Hello!", session_id="session_456", user_id="alice@example.com")
+        assert (await agent.arun("What's my name?")).content == "Your name is Alice."
+        assert len((await db.get_session("conversation_123")).runs) == 3
+    assert capsys.readouterr().out == "Your name is Alice.\nYou said: Hello!\n"
