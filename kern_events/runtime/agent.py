@@ -17,7 +17,7 @@ from kern_events.events import RunMetrics, SessionStateChanged
 from kern_events.runtime._base import RunOutput, Runtime, state_change
 from kern_events.runtime.model import Model, ModelMessage, ModelResponse
 from kern_events.runtime.tools import Tool, ToolOutcome
-from kern_events.sessions import Run, Session, StoragePolicy
+from kern_events.sessions import Run, Session, StoragePolicy, Summarizer
 
 if TYPE_CHECKING:
     from kern_events.db import BaseDb
@@ -45,6 +45,7 @@ class Agent(Runtime):
         num_history_messages: int | None = None,
         session_state: Mapping[str, Any] | None = None,
         storage_policy: StoragePolicy | None = None,
+        summarizer: Summarizer | None = None,
         max_tool_rounds: int = 8,
     ) -> None:
         super().__init__(
@@ -59,6 +60,8 @@ class Agent(Runtime):
         self.num_history_runs = num_history_runs
         self.num_history_messages = num_history_messages
         self.max_tool_rounds = max_tool_rounds
+        self.summarizer = summarizer
+        """Called after each top-level run to rewrite the session summary (``None``: on demand only)."""
 
     def agent_data(self) -> dict[str, Any]:
         """What the session records about this agent."""
@@ -83,7 +86,10 @@ class Agent(Runtime):
         )
         history = await self.history(session)
         state = await db.get_session_state(session.session_id)
-        return await self.respond(session, input, history=history, state=state)
+        output = await self.respond(session, input, history=history, state=state)
+        if self.summarizer is not None:
+            await session.summarize(self.summarizer)
+        return output
 
     async def history(self, session: Session) -> list[MessageView]:
         """The earlier messages this agent brings into the model's context."""

@@ -9,6 +9,7 @@ import pytest
 
 from kern_events import Agent, MemoryModel, Team, ToolCallRequest, Workflow
 from kern_events.runtime import ModelMessage, ModelResponse, ToolSpec, run_sync
+from projections import SessionView
 from tests._backends import Backend
 
 
@@ -143,3 +144,16 @@ async def test_print_response_works_inside_async_code_too(capsys: pytest.Capture
         assert (await agent.arun("What's my name?")).content == "Your name is Alice."
         assert len((await db.get_session("conversation_123")).runs) == 3
     assert capsys.readouterr().out == "Your name is Alice.\nYou said: Hello!\n"
+
+
+async def test_a_summarizer_rewrites_the_summary_after_each_run(backend: Backend) -> None:
+    async def summarize(view: SessionView) -> tuple[str, Sequence[str]]:
+        return f"{len(view.runs)} runs", ("chat",)
+
+    async with backend.db() as db:
+        agent = Agent(model=MemoryModel(), db=db, session_id="s", summarizer=summarize)
+        await agent.arun("hello")
+        await agent.arun("again")
+        summary = await db.get_session_summary("s")
+    assert summary is not None
+    assert (summary.summary, summary.topics) == ("2 runs", ("chat",))
