@@ -20,7 +20,7 @@ from kern_events.codec import Codec
 from kern_events.errors import ConcurrencyError, SessionNotFoundError
 from kern_events.events import MessageAdded, RunCompleted, RunStarted, SessionRenamed, SessionType
 from kern_events.records import Record, Snapshot
-from kern_events.sessions import Session
+from kern_events.sessions import Session, StoragePolicy
 from kern_events.store import SessionSort
 from kern_events.stores._base import DEFAULT_MAX_EVENT_SIZE, BaseEventStore
 from kern_events.stores._sql import TableNames
@@ -52,9 +52,13 @@ class BaseDb:
     The store opens on first use, so a db can be built at import time and handed to runtimes.
     """
 
-    def __init__(self, store: BaseEventStore, *, cache_size: int = 0) -> None:
+    def __init__(
+        self, store: BaseEventStore, *, cache_size: int = 0, storage_policy: StoragePolicy | None = None
+    ) -> None:
         check_non_negative("cache_size", cache_size)
         self._store = store
+        self.storage_policy = storage_policy if storage_policy is not None else StoragePolicy()
+        """What sessions opened through this db store, unless a runtime says otherwise."""
         self._cache_size = cache_size
         self._cache: OrderedDict[str, tuple[int, float, SessionView]] = OrderedDict()
 
@@ -175,7 +179,10 @@ class BaseDb:
         )
 
     async def open_session(self, session_id: str, **options: Any) -> Session:
-        """A writer for the session, continued or started (see :meth:`Session.open`)."""
+        """A writer for the session, continued or started (see :meth:`Session.open`); the db's
+        storage policy applies unless ``policy=`` is given."""
+        if options.get("policy") is None:
+            options["policy"] = self.storage_policy
         return await Session.open(self, session_id, **options)
 
     async def _checkpoint(self, session_id: str, max_version: int) -> SessionFold:
@@ -265,9 +272,18 @@ class InMemoryDb(BaseDb):
     """Sessions in this process's memory: for tests and demos; gone when the process exits."""
 
     def __init__(
-        self, *, cache_size: int = 0, codec: Codec | None = None, max_event_size: int = DEFAULT_MAX_EVENT_SIZE
+        self,
+        *,
+        cache_size: int = 0,
+        storage_policy: StoragePolicy | None = None,
+        codec: Codec | None = None,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
-        super().__init__(InMemoryEventStore(codec=codec, max_event_size=max_event_size), cache_size=cache_size)
+        super().__init__(
+            InMemoryEventStore(codec=codec, max_event_size=max_event_size),
+            cache_size=cache_size,
+            storage_policy=storage_policy,
+        )
 
 
 class SqliteDb(BaseDb):
@@ -287,6 +303,7 @@ class SqliteDb(BaseDb):
         synchronous: Synchronous = "FULL",
         busy_timeout: float = 5.0,
         cache_size: int = 0,
+        storage_policy: StoragePolicy | None = None,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
@@ -301,6 +318,7 @@ class SqliteDb(BaseDb):
                 max_event_size=max_event_size,
             ),
             cache_size=cache_size,
+            storage_policy=storage_policy,
         )
 
 
@@ -325,6 +343,7 @@ class PostgresDb(BaseDb):
         schema_table: str = "kern_schema",
         create_schema: bool = True,
         cache_size: int = 0,
+        storage_policy: StoragePolicy | None = None,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
@@ -344,4 +363,5 @@ class PostgresDb(BaseDb):
                 max_event_size=max_event_size,
             ),
             cache_size=cache_size,
+            storage_policy=storage_policy,
         )

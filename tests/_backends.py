@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kern_events.codec import Codec
 from kern_events.db import BaseDb, InMemoryDb, PostgresDb, SqliteDb
+from kern_events.sessions import StoragePolicy
 from kern_events.stores._base import BaseEventStore
 from kern_events.stores.memory import InMemoryEventStore
 from kern_events.stores.postgres import PostgresEventStore
@@ -50,12 +51,13 @@ class Backend:
             return PostgresEventStore(_pg.PG_URL, schema=self.schema or "", pool_size=4, codec=codec)
         raise AssertionError(self.name)
 
-    def db(self, *, cache_size: int = 0) -> BaseDb:
+    def db(self, *, cache_size: int = 0, storage_policy: StoragePolicy | None = None) -> BaseDb:
         """A new, unopened db on this backend's database."""
+        options = {"cache_size": cache_size, "storage_policy": storage_policy}
         if self.name == "memory":
-            return InMemoryDb(cache_size=cache_size)
+            return InMemoryDb(**options)  # type: ignore[arg-type]
         if self.name == "sqlite":
-            return SqliteDb(self.db_file, cache_size=cache_size)
+            return SqliteDb(self.db_file, **options)  # type: ignore[arg-type]
         if self.name == "postgres":
-            return PostgresDb(_pg.PG_URL, schema=self.schema or "", pool_size=4, cache_size=cache_size)
+            return PostgresDb(_pg.PG_URL, schema=self.schema or "", pool_size=4, **options)  # type: ignore[arg-type]
         raise AssertionError(self.name)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kern_events import Agent, MemoryModel, Team, ToolCallRequest, Workflow
+from kern_events import Agent, MemoryModel, StoragePolicy, Team, ToolCallRequest, Workflow
 from kern_events.runtime import ModelMessage, ModelResponse, ToolSpec, run_sync
 from projections import SessionView
 from tests._backends import Backend
@@ -157,3 +157,12 @@ async def test_a_summarizer_rewrites_the_summary_after_each_run(backend: Backend
         summary = await db.get_session_summary("s")
     assert summary is not None
     assert (summary.summary, summary.topics) == ("2 runs", ("chat",))
+
+
+async def test_a_db_wide_storage_policy_applies_to_its_runtimes(backend: Backend) -> None:
+    async with backend.db(storage_policy=StoragePolicy(store_tool_calls=False)) as db:
+        await Agent(model=MemoryModel(), db=db, session_id="s", tools=[get_weather]).arun("Weather in Oslo?")
+        run = (await db.get_session("s")).runs[0]
+    assert run.tool_calls == ()
+    assert [m.role for m in run.messages] == ["user", "assistant"]
+    assert run.messages[-1].content == "The weather in Oslo: {'city': 'Oslo', 'temperature_c': 18}."
