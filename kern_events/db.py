@@ -27,7 +27,7 @@ from kern_events.stores._sql import TableNames
 from kern_events.stores.memory import InMemoryEventStore
 from kern_events.stores.sqlite import SqliteEventStore, Synchronous
 from projections.history import counts_in_history, history_messages
-from projections.runs import MessageView
+from projections.runs import MessageView, RunView
 from projections.session import (
     SESSION_PROJECTION,
     SESSION_SCHEMA_VERSION,
@@ -177,6 +177,21 @@ class BaseDb:
             num_history_messages=num_history_messages,
             include_tool_messages=include_tool_messages,
         )
+
+    async def get_paused_runs(
+        self, *, session_id: str | None = None, user_id: str | None = None, limit: int = 100
+    ) -> list[tuple[str, RunView]]:
+        """Paused runs (with their requirements) of one session, or of a user's sessions, as
+        ``(session_id, run)`` pairs; newest sessions first."""
+        if session_id is not None:
+            sessions = [session_id]
+        else:
+            sessions = [info.session_id for info in await self.get_sessions(user_id=user_id, limit=limit)]
+        paused: list[tuple[str, RunView]] = []
+        for candidate in sessions:
+            view = await self.get_session(candidate, user_id=user_id)
+            paused += [(candidate, run) for run in view.runs if run.status == "paused"]
+        return paused
 
     async def open_session(self, session_id: str, **options: Any) -> Session:
         """A writer for the session, continued or started (see :meth:`Session.open`); the db's

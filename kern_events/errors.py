@@ -10,7 +10,11 @@ own exception never escapes raw: each backend translates it at one seam, keeping
     ├── ConcurrencyError            expected version != actual version (optimistic concurrency)
     ├── IdempotencyError            an event id reused with other content, or only partly matching
     ├── NotFoundError
-    │   └── SessionNotFoundError    no such session (or not visible to this user)
+    │   ├── SessionNotFoundError    no such session (or not visible to this user)
+    │   ├── RunNotFoundError        no such run in the session
+    │   └── RequirementNotFoundError  no such requirement in the paused run
+    ├── RunStateError               the run is not in a state that allows this (not paused, already
+    │                               resolved, requirements still open)
     ├── CorruptRecordError          stored bytes that cannot be decoded
     ├── InvalidArgumentError        bad input, rejected before anything is written (also a ValueError)
     │   ├── InvalidIdentifierError  a session id or table name that is not allowed
@@ -37,6 +41,9 @@ __all__ = [
     "KernEventsError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "RequirementNotFoundError",
+    "RunNotFoundError",
+    "RunStateError",
     "SchemaVersionError",
     "SessionNotFoundError",
     "StorageError",
@@ -83,6 +90,35 @@ class SessionNotFoundError(NotFoundError):
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
         super().__init__(f"session {session_id!r} not found")
+
+
+class RunNotFoundError(NotFoundError):
+    """The session has no run with this id."""
+
+    def __init__(self, session_id: str, run_id: str) -> None:
+        self.session_id = session_id
+        self.run_id = run_id
+        super().__init__(f"session {session_id!r} has no run {run_id!r}")
+
+
+class RequirementNotFoundError(NotFoundError):
+    """The paused run has no requirement with this id."""
+
+    def __init__(self, session_id: str, run_id: str, requirement_id: str) -> None:
+        self.session_id = session_id
+        self.run_id = run_id
+        self.requirement_id = requirement_id
+        super().__init__(f"run {run_id!r} of session {session_id!r} has no requirement {requirement_id!r}")
+
+
+class RunStateError(KernEventsError):
+    """The run's state does not allow the operation; ``status`` is what it is in."""
+
+    def __init__(self, session_id: str, run_id: str, status: str, message: str) -> None:
+        self.session_id = session_id
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"run {run_id!r} of session {session_id!r} ({status}): {message}")
 
 
 class CorruptRecordError(KernEventsError):

@@ -18,18 +18,29 @@ from typing import TYPE_CHECKING, Any, Self
 import msgspec
 
 from kern_events._validate import check_identifier, check_name, check_optional_identifier
-from kern_events.errors import ConcurrencyError, InvalidArgumentError, SessionNotFoundError
+from kern_events.errors import (
+    ConcurrencyError,
+    InvalidArgumentError,
+    RequirementNotFoundError,
+    RunNotFoundError,
+    RunStateError,
+    SessionNotFoundError,
+)
 from kern_events.events import (
     Event,
     MediaAdded,
     MediaReference,
     MessageAdded,
     MetadataUpdated,
+    Requirement,
+    RequirementResolved,
     Role,
     RunCancelled,
     RunCompleted,
     RunFailed,
     RunMetrics,
+    RunPaused,
+    RunResumed,
     RunStarted,
     SessionRenamed,
     SessionStarted,
@@ -46,6 +57,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from kern_events.db import BaseDb
+    from projections.runs import RunView
     from projections.session import SessionView
 
 __all__ = ["Run", "Session", "StoragePolicy", "Summarizer"]
@@ -238,6 +250,61 @@ class Session:
         summary, topics = await summarizer(view)
         return await self.append([SummaryUpdated(summary=summary, topics=tuple(topics))])
 
+    # -- paused runs -------------------------------------------------------------------------------
+
+    async def _paused_run(self, run_id: str) -> RunView:
+        """The run as it stands now, which must exist and be paused; also catches this writer up.
+
+        The view is read as of the version taken first, so the next append expects exactly the
+        state that was checked: a change in between is a conflict, never a silent double resume.
+        """
+        self.version = await self.db.store.current_version(self.session_id)
+        view = await self.db.get_session(self.session_id, version=self.version)
+        run = view.get_run(run_id)
+        if run is None:
+            raise RunNotFoundError(self.session_id, run_id)
+        if run.status != "paused":
+            raise RunStateError(self.session_id, run_id, run.status, "the run is not paused")
+        return run
+
+    async def resolve(
+        self,
+        run_id: str,
+        requirement_id: str,
+        *,
+        confirmed: bool | None = None,
+        values: Mapping[str, Any] | None = None,
+        result: Any = None,
+        note: str | None = None,
+    ) -> AppendResult | None:
+        """Resolve one requirement of a paused run: confirm or reject a tool call, give the input
+        values, or hand back an external tool's result. Resolving twice is an error."""
+        run = await self._paused_run(run_id)
+        requirement = next((r for r in run.requirements if r.requirement_id == requirement_id), None)
+        if requirement is None:
+            raise RequirementNotFoundError(self.session_id, run_id, requirement_id)
+        if requirement.status != "open":
+            raise RunStateError(self.session_id, run_id, run.status, f"requirement {requirement_id!r} is resolved")
+        resolved = RequirementResolved(
+            run_id=run_id,
+            requirement_id=requirement_id,
+            confirmed=confirmed,
+            values=dict(values) if values is not None else None,
+            result=result,
+            note=note,
+        )
+        return await self.append([resolved])
+
+    async def continue_run(self, run_id: str) -> Run:
+        """Continue a paused run whose requirements are all resolved; of two writers racing to
+        continue it, one gets :class:`~kern_events.errors.ConcurrencyError`."""
+        run = await self._paused_run(run_id)
+        open_ids = [requirement.requirement_id for requirement in run.open_requirements]
+        if open_ids:
+            raise RunStateError(self.session_id, run_id, run.status, f"requirements still open: {open_ids}")
+        await self.append([RunResumed(run_id=run_id)])
+        return Run(self, run_id)
+
     async def view(self) -> SessionView:
         """The session view, as of the latest version (another writer's appends included)."""
         return await self.db.get_session(self.session_id)
@@ -342,6 +409,19 @@ class Run:
         """End the run with an error (with what is still staged, in one append)."""
         self.stage(RunFailed(run_id=self.run_id, error=error, metrics=metrics))
         return await self.flush()
+
+    async def pause(self, requirements: Sequence[Requirement]) -> AppendResult | None:
+        """Stop the run until ``requirements`` are resolved (with what is still staged, in one append),
+        then checkpoint the session at that version, so a resume folds only what follows."""
+        if not requirements:
+            raise InvalidArgumentError("requirements", "a paused run needs at least one requirement")
+        ids = [requirement.requirement_id for requirement in requirements]
+        if len(set(ids)) != len(ids):
+            raise InvalidArgumentError("requirements", f"requirement ids must be unique, got {ids}")
+        self.stage(RunPaused(run_id=self.run_id, requirements=tuple(requirements)))
+        result = await self.flush()
+        await self.session.db.save_checkpoint(self.session.session_id)
+        return result
 
     async def cancel(self, reason: str | None = None) -> AppendResult | None:
         """End the run as cancelled (with what is still staged, in one append)."""

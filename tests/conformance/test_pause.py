@@ -1,0 +1,107 @@
+"""Paused runs: requirements persisted with a checkpoint, resolved and continued by another writer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kern_events import (
+    BaseDb,
+    ConcurrencyError,
+    ExternalExecution,
+    InputField,
+    RequirementNotFoundError,
+    RunNotFoundError,
+    RunResumed,
+    RunStateError,
+    ToolConfirmation,
+    UserInput,
+)
+from tests._backends import Backend
+
+REQUIREMENTS = (
+    ToolConfirmation(requirement_id="q1", tool_call_id="c1", tool_name="book_flight", arguments={"to": "Oslo"}),
+    UserInput(requirement_id="q2", fields=(InputField(name="date", field_type="date"),), prompt="When?"),
+    ExternalExecution(requirement_id="q3", tool_call_id="c3", tool_name="charge_card", arguments={"eur": 120}),
+)
+
+
+async def _pause(db: BaseDb) -> None:
+    """A session with run r1 paused on three requirements, checkpointed at the pause."""
+    session = await db.open_session("s", user_id="alice")
+    run = await session.start_run("r1", input="Book me a flight to Oslo")
+    run.message("user", "Book me a flight to Oslo")
+    await run.pause(REQUIREMENTS)
+    snapshot = await db.store.load_snapshot("s", "session")
+    assert snapshot is not None and snapshot.version == session.version, "checkpointed at the pause"
+
+
+async def test_a_paused_run_is_resolved_and_continued_by_another_writer(backend: Backend) -> None:
+    pausing = await backend.db().__aenter__()
+    await _pause(pausing)
+    continuing = pausing
+    if backend.persistent:  # the pausing process is gone; another one continues the run
+        await pausing.aclose()
+        continuing = backend.db()
+    async with continuing as db:
+        (session_id, paused), *_ = await db.get_paused_runs(user_id="alice")
+        assert (session_id, paused.run_id, paused.status) == ("s", "r1", "paused")
+        assert [r.requirement_id for r in paused.open_requirements] == ["q1", "q2", "q3"]
+        session = await db.open_session("s")
+        await session.resolve("r1", "q1", confirmed=True)
+        await session.resolve("r1", "q2", values={"date": "2026-12-24"})
+        await session.resolve("r1", "q3", result={"charged": True})
+        run = await session.continue_run("r1")
+        run.message("assistant", "Booked for 2026-12-24.")
+        await run.complete("booked")
+        view = await db.get_session("s")
+        assert await db.get_paused_runs(user_id="alice") == []
+    done = view.get_run("r1")
+    assert done is not None and done.status == "completed"
+    assert [(r.status, r.confirmed, r.values, r.result) for r in done.requirements] == [
+        ("resolved", True, None, None),
+        ("resolved", None, {"date": "2026-12-24"}, None),
+        ("resolved", None, None, {"charged": True}),
+    ]
+
+
+async def test_wrong_resolutions_are_typed_errors_that_change_nothing(backend: Backend) -> None:
+    async with backend.db() as db:
+        session = await db.open_session("s")
+        run = await session.start_run("r1")
+        await run.pause(REQUIREMENTS[:2])
+        done = await session.start_run("r2")
+        await done.complete()
+        version = await db.store.current_version("s")
+        with pytest.raises(RunStateError, match="still open"):
+            await session.continue_run("r1")
+        with pytest.raises(RequirementNotFoundError, match="q9"):
+            await session.resolve("r1", "q9", confirmed=True)
+        with pytest.raises(RunNotFoundError, match="nope"):
+            await session.resolve("nope", "q1", confirmed=True)
+        with pytest.raises(RunStateError, match="not paused"):
+            await session.continue_run("r2")
+        assert await db.store.current_version("s") == version
+        await session.resolve("r1", "q1", confirmed=False, note="too expensive")
+        with pytest.raises(RunStateError, match="'q1' is resolved"):
+            await session.resolve("r1", "q1", confirmed=True)
+        await session.resolve("r1", "q2", values={"date": "tomorrow"})
+        await session.continue_run("r1")
+        with pytest.raises(RunStateError, match="not paused"):
+            await session.continue_run("r1")
+        assert [run.run_id for _, run in await db.get_paused_runs(session_id="s")] == []
+
+
+async def test_two_writers_racing_to_continue_one_run_only_one_continues(backend: Backend) -> None:
+    async with backend.db() as db:
+        session = await db.open_session("s")
+        run = await session.start_run("r1")
+        await run.pause(REQUIREMENTS[:1])
+        await session.resolve("r1", "q1", confirmed=True)
+        first, second = await db.open_session("s"), await db.open_session("s")
+        outcomes = await asyncio.gather(first.continue_run("r1"), second.continue_run("r1"), return_exceptions=True)
+        resumed = [record async for record in db.store.read("s") if isinstance(record.event, RunResumed)]
+    assert sum(not isinstance(outcome, BaseException) for outcome in outcomes) == 1
+    assert all(isinstance(o, ConcurrencyError | RunStateError) for o in outcomes if isinstance(o, BaseException))
+    assert len(resumed) == 1
