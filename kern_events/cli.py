@@ -99,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     export = command("export", _export, "Dump every session's records as JSON lines, in global order.")
     export.add_argument("--from-position", type=int, default=0)
 
+    paused = command("paused", _paused, "List paused runs and what each is waiting for.")
+    paused.add_argument("--session-id")
+    paused.add_argument("--user-id")
+    paused.add_argument("--json", action="store_true", help="one JSON object per line")
+
     command("verify", _verify, "Check the whole log: gapless versions, ordered positions, decodable records.")
     command("migrate", _migrate, "Create or upgrade the tables (for deployments that forbid DDL at run time).")
     return parser
@@ -398,4 +403,24 @@ async def _migrate(args: argparse.Namespace) -> int:
     async with _open(args.db, create=True, schema=args.schema):
         pass  # opening a db creates or upgrades its tables
     print(f"schema of {args.db} is up to date")
+    return 0
+
+
+async def _paused(args: argparse.Namespace) -> int:
+    async with _open(args.db, schema=args.schema) as db:
+        found = await db.get_paused_runs(session_id=args.session_id, user_id=args.user_id)
+    if not found:
+        print("no paused runs")
+        return 0
+    for session_id, run in found:
+        if args.json:
+            print(_json.encode({"session_id": session_id, "run": msgspec.to_builtins(run)}).decode())
+            continue
+        print(f"session {session_id} run {run.run_id}, paused {_when(run.updated_at)}:")
+        for item in run.open_requirements:
+            requirement = item.requirement
+            detail = msgspec.to_builtins(requirement)
+            kind = detail.pop("kind")
+            detail.pop("requirement_id")
+            print(f"  {requirement.requirement_id}: {kind} {_json.encode(detail).decode()}")
     return 0

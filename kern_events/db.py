@@ -18,8 +18,16 @@ from kern_events._index import SessionInfo
 from kern_events._validate import check_identifier, check_name, check_non_negative, check_optional_identifier
 from kern_events.codec import Codec
 from kern_events.errors import ConcurrencyError, SessionNotFoundError
-from kern_events.events import MessageAdded, RunCompleted, RunStarted, SessionRenamed, SessionType
-from kern_events.records import Record, Snapshot
+from kern_events.events import (
+    Event,
+    MessageAdded,
+    MetadataUpdated,
+    RunCompleted,
+    RunStarted,
+    SessionRenamed,
+    SessionType,
+)
+from kern_events.records import NO_STREAM, Record, Snapshot
 from kern_events.sessions import Session, StoragePolicy
 from kern_events.store import SessionSort
 from kern_events.stores._base import DEFAULT_MAX_EVENT_SIZE, BaseEventStore
@@ -44,6 +52,7 @@ if TYPE_CHECKING:
     import asyncpg
 
 _RENAME_ATTEMPTS = 5
+_FORK_BATCH = 10_000
 
 
 class BaseDb:
@@ -53,10 +62,19 @@ class BaseDb:
     """
 
     def __init__(
-        self, store: BaseEventStore, *, cache_size: int = 0, storage_policy: StoragePolicy | None = None
+        self,
+        store: BaseEventStore,
+        *,
+        cache_size: int = 0,
+        storage_policy: StoragePolicy | None = None,
+        checkpoint_every: int | None = 1000,
     ) -> None:
         check_non_negative("cache_size", cache_size)
+        check_non_negative("checkpoint_every", checkpoint_every, allow_none=True)
         self._store = store
+        self.checkpoint_every = checkpoint_every or None
+        """Sessions written through this db are checkpointed every this many events (and at each
+        pause), so loading one folds at most this many events; ``None`` turns the periodic ones off."""
         self.storage_policy = storage_policy if storage_policy is not None else StoragePolicy()
         """What sessions opened through this db store, unless a runtime says otherwise."""
         self._cache_size = cache_size
@@ -92,13 +110,23 @@ class BaseDb:
         return info
 
     async def get_session(
-        self, session_id: str, *, user_id: str | None = None, version: int | None = None
+        self,
+        session_id: str,
+        *,
+        user_id: str | None = None,
+        version: int | None = None,
+        as_of: float | None = None,
     ) -> SessionView:
-        """The session view, at its current version or as of ``version``.
+        """The session view, at its current version, as of ``version``, or as it was at the unix time
+        ``as_of`` (the last version recorded at or before it).
 
         With ``user_id``, a session of another user is reported as not found, never shown.
         """
         check_non_negative("version", version, allow_none=True)
+        if as_of is not None:
+            version = await self.version_at(session_id, as_of, user_id=user_id)
+            if version == 0:
+                raise SessionNotFoundError(session_id)  # it did not exist yet
         info = await self._visible_info(session_id, user_id)
         target = info.version if version is None else min(version, info.version)
         cached = self._cache.get(session_id) if version is None else None
@@ -200,6 +228,43 @@ class BaseDb:
             options["policy"] = self.storage_policy
         return await Session.open(self, session_id, **options)
 
+    async def version_at(self, session_id: str, timestamp: float, *, user_id: str | None = None) -> int:
+        """The session's version at unix time ``timestamp`` (0 if it had no event yet); reads back
+        from the newest event, so recent times are cheap."""
+        info = await self._visible_info(session_id, user_id)
+        async for record in self._store.read(session_id, to_version=info.version, backwards=True):
+            if record.recorded_at <= timestamp:
+                return record.version
+        return 0
+
+    async def fork_session(
+        self, session_id: str, new_session_id: str, *, version: int | None = None, user_id: str | None = None
+    ) -> SessionInfo:
+        """Start ``new_session_id`` from ``session_id`` as of ``version`` (default: now): its events up
+        to there are copied (with new ids), and the original is left untouched. For "edit an earlier
+        turn and try again", or replaying a run against another model."""
+        check_identifier("new_session_id", new_session_id)
+        info = await self._visible_info(session_id, user_id)
+        until = info.version if version is None else min(version, info.version)
+        copied = 0
+        batch: list[Event] = []
+        async for record in self._store.read(session_id, to_version=until):
+            if isinstance(record.event, Event):
+                batch.append(record.event)
+            if len(batch) == _FORK_BATCH:
+                copied = await self._copy(new_session_id, batch, copied)
+                batch = []
+        batch.append(MetadataUpdated(set={"forked_from": session_id, "forked_at_version": until}))
+        await self._copy(new_session_id, batch, copied)
+        forked = await self._store.get_session_info(new_session_id)
+        if forked is None:  # pragma: no cover - it was just written
+            raise SessionNotFoundError(new_session_id)
+        return forked
+
+    async def _copy(self, session_id: str, events: list[Event], version: int) -> int:
+        expected = version if version else NO_STREAM  # a fork never lands on an existing session
+        return (await self._store.append(session_id, events, expected_version=expected)).to_version
+
     async def _checkpoint(self, session_id: str, max_version: int) -> SessionFold:
         """A fold started from the newest usable snapshot; an undecodable one is ignored."""
         snapshot = await self._store.load_snapshot(
@@ -291,6 +356,7 @@ class InMemoryDb(BaseDb):
         *,
         cache_size: int = 0,
         storage_policy: StoragePolicy | None = None,
+        checkpoint_every: int | None = 1000,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
@@ -298,6 +364,7 @@ class InMemoryDb(BaseDb):
             InMemoryEventStore(codec=codec, max_event_size=max_event_size),
             cache_size=cache_size,
             storage_policy=storage_policy,
+            checkpoint_every=checkpoint_every,
         )
 
 
@@ -319,6 +386,7 @@ class SqliteDb(BaseDb):
         busy_timeout: float = 5.0,
         cache_size: int = 0,
         storage_policy: StoragePolicy | None = None,
+        checkpoint_every: int | None = 1000,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
@@ -334,6 +402,7 @@ class SqliteDb(BaseDb):
             ),
             cache_size=cache_size,
             storage_policy=storage_policy,
+            checkpoint_every=checkpoint_every,
         )
 
 
@@ -359,6 +428,7 @@ class PostgresDb(BaseDb):
         create_schema: bool = True,
         cache_size: int = 0,
         storage_policy: StoragePolicy | None = None,
+        checkpoint_every: int | None = 1000,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
@@ -379,4 +449,5 @@ class PostgresDb(BaseDb):
             ),
             cache_size=cache_size,
             storage_policy=storage_policy,
+            checkpoint_every=checkpoint_every,
         )

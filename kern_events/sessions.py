@@ -183,6 +183,9 @@ class Session:
             return None
         result = await self.db.store.append(self.session_id, kept, expected_version=self.version)
         self.version = result.to_version
+        every = self.db.checkpoint_every
+        if every and result.to_version // every > (result.from_version - 1) // every:
+            await self.db.save_checkpoint(self.session_id)  # crossed a multiple of checkpoint_every
         return result
 
     # -- runs ------------------------------------------------------------------------------------

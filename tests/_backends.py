@@ -51,9 +51,11 @@ class Backend:
             return PostgresEventStore(_pg.PG_URL, schema=self.schema or "", pool_size=4, codec=codec)
         raise AssertionError(self.name)
 
-    def db(self, *, cache_size: int = 0, storage_policy: StoragePolicy | None = None) -> BaseDb:
+    def db(
+        self, *, cache_size: int = 0, storage_policy: StoragePolicy | None = None, checkpoint_every: int | None = 1000
+    ) -> BaseDb:
         """A new, unopened db on this backend's database."""
-        options = {"cache_size": cache_size, "storage_policy": storage_policy}
+        options = {"cache_size": cache_size, "storage_policy": storage_policy, "checkpoint_every": checkpoint_every}
         if self.name == "memory":
             return InMemoryDb(**options)  # type: ignore[arg-type]
         if self.name == "sqlite":

@@ -14,7 +14,7 @@ import pytest
 
 from kern_events.cli import main
 from kern_events.db import SqliteDb
-from kern_events.events import SessionStarted
+from kern_events.events import SessionStarted, ToolConfirmation
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -238,3 +238,24 @@ def test_usage_errors_and_help_return_exit_codes(capsys: pytest.CaptureFixture[s
     assert cli(capsys)[0] == 2
     assert cli(capsys, "sessions", "--type", "robot")[0] == 2
     assert run_cli("--help", cwd=tmp_path).returncode == 0
+
+
+def test_paused_lists_what_each_paused_run_waits_for(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "paused.db"
+
+    async def pause() -> None:
+        async with SqliteDb(path) as db:
+            session = await db.open_session("trip", user_id="alice")
+            run = await session.start_run("r1")
+            await run.pause(
+                [ToolConfirmation(requirement_id="q1", tool_call_id="c1", tool_name="book", arguments={"to": "Oslo"})]
+            )
+
+    asyncio.run(pause())
+    code, out, _ = cli(capsys, "paused", "--db", str(path), "--user-id", "alice")
+    assert code == 0
+    assert "session trip run r1" in out
+    assert 'q1: tool_confirmation {"tool_call_id":"c1","tool_name":"book","arguments":{"to":"Oslo"}}' in out
+    listed = json_lines(cli(capsys, "paused", "--db", str(path), "--json")[1])
+    assert listed[0]["run"]["requirements"][0]["status"] == "open"
+    assert cli(capsys, "paused", "--db", str(path), "--user-id", "bob")[1] == "no paused runs\n"

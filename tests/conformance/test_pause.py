@@ -18,6 +18,7 @@ from kern_events import (
     ToolConfirmation,
     UserInput,
 )
+from projections import fold_records
 from tests._backends import Backend
 
 REQUIREMENTS = (
@@ -105,3 +106,46 @@ async def test_two_writers_racing_to_continue_one_run_only_one_continues(backend
     assert sum(not isinstance(outcome, BaseException) for outcome in outcomes) == 1
     assert all(isinstance(o, ConcurrencyError | RunStateError) for o in outcomes if isinstance(o, BaseException))
     assert len(resumed) == 1
+
+
+async def test_sessions_are_checkpointed_every_n_events(backend: Backend) -> None:
+    async with backend.db(checkpoint_every=5) as db:
+        session = await db.open_session("s")
+        for number in range(6):
+            run = await session.start_run(f"r{number}")
+            run.message("user", f"message {number}")
+            await run.complete()
+        snapshot = await db.store.load_snapshot("s", "session")
+        assert snapshot is not None
+        assert session.version - snapshot.version < 5 + 3, "at most one step past the last multiple of 5"
+        full = [record async for record in db.store.read("s")]
+        assert await db.get_session("s") == fold_records(full)
+
+
+async def test_time_travel_by_timestamp_and_forks(backend: Backend) -> None:
+    async with backend.db() as db:
+        session = await db.open_session("s", user_id="u")
+        first = await session.start_run("r1")
+        first.message("user", "first try")
+        await first.complete()
+        cut = session.version
+        await asyncio.sleep(0.02)
+        middle = (await db.store.get_session_info("s")).updated_at  # type: ignore[union-attr]
+        second = await session.start_run("r2")
+        second.message("user", "second try")
+        await second.complete()
+        then = await db.get_session("s", as_of=middle + 0.001)
+        assert [run.run_id for run in then.runs] == ["r1"]
+        assert await db.get_session("s", as_of=middle + 0.001) == await db.get_session("s", version=cut)
+
+        forked = await db.fork_session("s", "s-edit", version=cut, user_id="u")
+        assert (forked.user_id, forked.run_count) == ("u", 1)
+        edit = await db.open_session("s-edit")
+        retry = await edit.start_run("r2-edited")
+        retry.message("user", "a better second try")
+        await retry.complete()
+        fork_view = await db.get_session("s-edit")
+        original = await db.get_session("s")
+    assert [run.run_id for run in fork_view.runs] == ["r1", "r2-edited"]
+    assert fork_view.metadata == {"forked_from": "s", "forked_at_version": cut}
+    assert [run.run_id for run in original.runs] == ["r1", "r2"], "the original is untouched"
