@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from kern_events.events import RunMetrics
+from kern_events.events import Requirement, RunMetrics
 from kern_events.sessions import StoragePolicy
+from projections.runs import RunStatus
 
 if TYPE_CHECKING:
     from kern_events.db import BaseDb
@@ -29,6 +30,9 @@ class RunOutput(msgspec.Struct, frozen=True, kw_only=True):
     content: str
     metrics: RunMetrics
     session_state: dict[str, Any] = {}
+    status: RunStatus = "completed"
+    """``paused`` when the run waits for ``requirements`` (see ``Agent.acontinue_run``)."""
+    requirements: tuple[Requirement, ...] = ()
 
 
 def state_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:

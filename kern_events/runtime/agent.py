@@ -13,15 +13,24 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from kern_events.events import RunMetrics, SessionStateChanged
-from kern_events.runtime._base import RunOutput, Runtime, state_change
+from kern_events.errors import RunNotFoundError
+from kern_events.events import (
+    ExternalExecution,
+    Requirement,
+    RunMetrics,
+    SessionStateChanged,
+    ToolCallRequest,
+    ToolConfirmation,
+)
+from kern_events.runtime._base import RunOutput, Runtime, run_sync, state_change
 from kern_events.runtime.model import Model, ModelMessage, ModelResponse
 from kern_events.runtime.tools import Tool, ToolOutcome
 from kern_events.sessions import Run, Session, StoragePolicy, Summarizer
+from projections.history import history_messages
 
 if TYPE_CHECKING:
     from kern_events.db import BaseDb
-    from projections.runs import MessageView
+    from projections.runs import MessageView, RequirementView
 
 __all__ = ["Agent"]
 
@@ -46,6 +55,8 @@ class Agent(Runtime):
         session_state: Mapping[str, Any] | None = None,
         storage_policy: StoragePolicy | None = None,
         summarizer: Summarizer | None = None,
+        requires_confirmation: Sequence[str] = (),
+        external_execution: Sequence[str] = (),
         max_tool_rounds: int = 8,
     ) -> None:
         super().__init__(
@@ -60,6 +71,10 @@ class Agent(Runtime):
         self.num_history_runs = num_history_runs
         self.num_history_messages = num_history_messages
         self.max_tool_rounds = max_tool_rounds
+        self.requires_confirmation = frozenset(requires_confirmation)
+        """Tools whose calls pause the run until a person confirms or rejects them."""
+        self.external_execution = frozenset(external_execution)
+        """Tools executed outside this process: the run pauses until their result is handed back."""
         self.summarizer = summarizer
         """Called after each top-level run to rewrite the session summary (``None``: on demand only)."""
 
@@ -121,19 +136,92 @@ class Agent(Runtime):
         )
         run.message("user", input)
         await run.flush()
-        messages = [ModelMessage(role="system", content=self.instructions)] if self.instructions else []
+        messages = [*self._context(history), ModelMessage(role="user", content=input)]
+        return await self._drive(session, run, messages, state, started)
+
+    async def acontinue_run(
+        self, run_id: str, *, session_id: str | None = None, user_id: str | None = None
+    ) -> RunOutput:
+        """Carry a paused run on once its requirements are resolved, in this process or any other.
+
+        The session is loaded from its last checkpoint plus the events after it; confirmed tool
+        calls run, rejected ones are reported to the model as rejected, external results are used
+        as given, and the model goes on from there.
+        """
+        db = self._database()
+        session = await db.open_session(
+            self._session_id(session_id), user_id=user_id or self.user_id, policy=self.storage_policy
+        )
+        run = await session.continue_run(run_id)
+        started = time.perf_counter()
+        view = await db.get_session(session.session_id)
+        paused = view.get_run(run_id)
+        if paused is None:  # pragma: no cover - continue_run checked it
+            raise RunNotFoundError(session.session_id, run_id)
+        history = (
+            history_messages(
+                view.runs,
+                num_history_runs=self.num_history_runs,
+                num_history_messages=self.num_history_messages,
+                exclude_run_id=run_id,
+            )
+            if self.add_history_to_context
+            else []
+        )
+        messages = [*self._context(history), *self._context(paused.messages, system=False)]
+        answered = {m.tool_call_id for m in paused.messages if m.role == "tool"}
+        calls = next((m.tool_calls for m in reversed(paused.messages) if m.tool_calls), ())
+        pending = [call for call in calls if call.tool_call_id not in answered]
+        resolutions = {item.requirement_id: item for item in paused.requirements}
+        return await self._drive(
+            session, run, messages, view.session_state, started, pending=pending, resolutions=resolutions
+        )
+
+    def continue_run(self, run_id: str, *, session_id: str | None = None, user_id: str | None = None) -> RunOutput:
+        """:meth:`acontinue_run` for synchronous code."""
+        return run_sync(self.acontinue_run(run_id, session_id=session_id, user_id=user_id))
+
+    def _context(self, history: Sequence[MessageView], *, system: bool = True) -> list[ModelMessage]:
+        messages = [ModelMessage(role="system", content=self.instructions)] if system and self.instructions else []
         messages += [
             ModelMessage(
                 role=m.role, content=m.content, name=m.name, tool_call_id=m.tool_call_id, tool_calls=m.tool_calls
             )
             for m in history
         ]
-        messages.append(ModelMessage(role="user", content=input))
+        return messages
+
+    async def _drive(
+        self,
+        session: Session,
+        run: Run,
+        messages: list[ModelMessage],
+        state: dict[str, Any],
+        started: float,
+        *,
+        pending: Sequence[ToolCallRequest] = (),
+        resolutions: Mapping[str, RequirementView] | None = None,
+    ) -> RunOutput:
+        """Run the model loop to an answer (or a pause), recording every step, and end the run."""
         before = copy.deepcopy(state)
         used = [0, 0]
         try:
-            response = await self._answer(run, messages, state, used)
-            content = response.content or ""
+            if pending:
+                async with run.step():
+                    await self._call_tools(run, messages, pending, state, resolutions or {})
+            answer = await self._answer(run, messages, state, used)
+            if not isinstance(answer, ModelResponse):
+                await run.pause(answer)
+                return RunOutput(
+                    run_id=run.run_id,
+                    session_id=session.session_id,
+                    content="",
+                    metrics=self._metrics(used, started),
+                    session_state=state,
+                    status="paused",
+                    requirements=tuple(answer),
+                )
+            content = answer.content or ""
             run.message("assistant", content)
             changed, removed = state_change(before, state)
             if changed or removed:
@@ -149,9 +237,9 @@ class Agent(Runtime):
 
     async def _answer(
         self, run: Run, messages: list[ModelMessage], state: dict[str, Any], used: list[int]
-    ) -> ModelResponse:
-        """Ask the model, run the tools it calls (one step per round), until it answers."""
-        tools = {tool.name: tool for tool in self.tools}
+    ) -> ModelResponse | list[Requirement]:
+        """Ask the model, run the tools it calls (one step per round), until it answers; or stop with
+        the requirements of a round that calls tools needing a person or an outside executor."""
         specs = [tool.spec for tool in self.tools]
         for _ in range(self.max_tool_rounds + 1):
             response = await self.model.respond(messages, specs)
@@ -159,31 +247,73 @@ class Agent(Runtime):
             used[1] += response.output_tokens
             if not response.tool_calls:
                 return response
+            asked = ModelMessage(role="assistant", content=response.content, tool_calls=response.tool_calls)
+            requirements = self._requirements(response.tool_calls)
+            if requirements:
+                run.message("assistant", response.content, tool_calls=response.tool_calls)  # appended with the pause
+                messages.append(asked)
+                return requirements
             async with run.step():
                 run.message("assistant", response.content, tool_calls=response.tool_calls)
-                messages.append(
-                    ModelMessage(role="assistant", content=response.content, tool_calls=response.tool_calls)
-                )
-                for call in response.tool_calls:
-                    tool = tools.get(call.tool_name)
-                    if tool is None:
-                        outcome = ToolOutcome(None, f"there is no tool named {call.tool_name!r}", 0.0)
-                    else:
-                        outcome = await tool.call(call.arguments, state)
-                    run.tool_call(
-                        call.tool_call_id,
-                        call.tool_name,
-                        call.arguments,
-                        result=outcome.result,
-                        error=outcome.error,
-                        duration=outcome.duration,
-                    )
-                    shown = outcome.error if outcome.error is not None else outcome.result
-                    run.message("tool", shown, name=call.tool_name, tool_call_id=call.tool_call_id)
-                    messages.append(
-                        ModelMessage(role="tool", content=shown, name=call.tool_name, tool_call_id=call.tool_call_id)
-                    )
+                messages.append(asked)
+                await self._call_tools(run, messages, response.tool_calls, state, {})
         raise RuntimeError(f"the model kept calling tools after {self.max_tool_rounds} rounds")
+
+    def _requirements(self, calls: Sequence[ToolCallRequest]) -> list[Requirement]:
+        """What a round of tool calls must wait for: a confirmation, or an outside result, per call."""
+        requirements: list[Requirement] = []
+        for call in calls:
+            kind: type[ToolConfirmation] | type[ExternalExecution] | None = None
+            if call.tool_name in self.requires_confirmation:
+                kind = ToolConfirmation
+            elif call.tool_name in self.external_execution:
+                kind = ExternalExecution
+            if kind is not None:
+                requirements.append(
+                    kind(
+                        requirement_id=call.tool_call_id,
+                        tool_call_id=call.tool_call_id,
+                        tool_name=call.tool_name,
+                        arguments=call.arguments,
+                    )
+                )
+        return requirements
+
+    async def _call_tools(
+        self,
+        run: Run,
+        messages: list[ModelMessage],
+        calls: Sequence[ToolCallRequest],
+        state: dict[str, Any],
+        resolutions: Mapping[str, RequirementView],
+    ) -> None:
+        """Run (or take the outside result of) each call, staging its record and result message."""
+        tools = {tool.name: tool for tool in self.tools}
+        for call in calls:
+            resolution = resolutions.get(call.tool_call_id)
+            tool = tools.get(call.tool_name)
+            if resolution is not None and isinstance(resolution.requirement, ExternalExecution):
+                outcome = ToolOutcome(resolution.result, None, 0.0)
+            elif resolution is not None and resolution.confirmed is False:
+                reason = f": {resolution.note}" if resolution.note else ""
+                outcome = ToolOutcome(None, f"the user rejected this call{reason}", 0.0)
+            elif tool is None:
+                outcome = ToolOutcome(None, f"there is no tool named {call.tool_name!r}", 0.0)
+            else:
+                outcome = await tool.call(call.arguments, state)
+            run.tool_call(
+                call.tool_call_id,
+                call.tool_name,
+                call.arguments,
+                result=outcome.result,
+                error=outcome.error,
+                duration=outcome.duration,
+            )
+            shown = outcome.error if outcome.error is not None else outcome.result
+            run.message("tool", shown, name=call.tool_name, tool_call_id=call.tool_call_id)
+            messages.append(
+                ModelMessage(role="tool", content=shown, name=call.tool_name, tool_call_id=call.tool_call_id)
+            )
 
     def _metrics(self, used: list[int], started: float) -> RunMetrics:
         return RunMetrics(

@@ -60,6 +60,7 @@ class Model(Protocol):
 _NAME = re.compile(r"\bmy name is ([A-Z][\w-]*)", re.IGNORECASE)
 _ASKS_NAME = re.compile(r"\bwhat'?s my name\b|\bwhat is my name\b|\bwho am i\b", re.IGNORECASE)
 _ASKS_WEATHER = re.compile(r"\bweather in ([A-Z][\w-]*)", re.IGNORECASE)
+_ASKS_BOOKING = re.compile(r"\bbook (?:a |me a )?flight to ([A-Z][\w-]*)", re.IGNORECASE)
 
 
 def _words(messages: Sequence[ModelMessage]) -> int:
@@ -72,7 +73,8 @@ class MemoryModel:
     - "my name is X" is acknowledged (after calling a ``remember_name`` tool, when one is offered);
       "what's my name?" is answered from earlier messages in the context, or with "I don't know
       your name" when they are not there;
-    - "weather in X" calls a ``get_weather`` tool when one is offered, then reports its result;
+    - "weather in X" calls a ``get_weather`` tool when one is offered, then reports its result, and
+      "book a flight to X" likewise calls ``book_flight``;
     - anything else is acknowledged by repeating it.
     Token usage counts words, so metrics are deterministic too.
     """
@@ -111,6 +113,16 @@ class MemoryModel:
                     tool_call_id=f"call_{city.lower()}", tool_name="get_weather", arguments={"city": city}
                 )
                 calls = (request,)
+        elif (booking := _ASKS_BOOKING.search(text)) is not None and any(t.name == "book_flight" for t in tools):
+            city = booking.group(1)
+            if tool_results:
+                content = f"Flight to {city}: {tool_results[-1].content}."
+            else:
+                content = None
+                book = ToolCallRequest(
+                    tool_call_id=f"call_book_{city.lower()}", tool_name="book_flight", arguments={"city": city}
+                )
+                calls = (book,)
         else:
             content = f"You said: {text}" if text else "Hello!"
         output_words = len((content or "").split()) + len(calls)
