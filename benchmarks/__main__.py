@@ -12,10 +12,10 @@ import json
 import sys
 import time
 
-from benchmarks import append, history, postgres
+from benchmarks import append, history, postgres, resume
 from benchmarks._harness import measure, render_table, results_json
 
-_SUBJECTS = (append, postgres, history)
+_SUBJECTS = (append, postgres, history, resume)
 
 
 def main() -> None:

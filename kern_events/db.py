@@ -7,6 +7,7 @@ views. Reading a session loads its newest compatible checkpoint and folds only t
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
 from types import TracebackType
@@ -17,7 +18,7 @@ import msgspec
 from kern_events._index import SessionInfo
 from kern_events._validate import check_identifier, check_name, check_non_negative, check_optional_identifier
 from kern_events.codec import Codec
-from kern_events.errors import ConcurrencyError, SessionNotFoundError
+from kern_events.errors import ConcurrencyError, RunNotFoundError, SessionNotFoundError
 from kern_events.events import (
     Event,
     MessageAdded,
@@ -35,7 +36,7 @@ from kern_events.stores._sql import TableNames
 from kern_events.stores.memory import InMemoryEventStore
 from kern_events.stores.sqlite import SqliteEventStore, Synchronous
 from projections.history import counts_in_history, history_messages
-from projections.runs import MessageView, RunView
+from projections.runs import RUN_SCHEMA_VERSION, MessageView, RunView, apply_to_run, decode_run, encode_run, new_run
 from projections.session import (
     SESSION_PROJECTION,
     SESSION_SCHEMA_VERSION,
@@ -52,6 +53,13 @@ if TYPE_CHECKING:
     import asyncpg
 
 _RENAME_ATTEMPTS = 5
+
+
+def _run_checkpoint(run_id: str) -> str:
+    """The snapshot name of one run's own checkpoint."""
+    return f"run:{run_id}"
+
+
 _FORK_BATCH = 10_000
 
 
@@ -277,8 +285,12 @@ class BaseDb:
                 pass
         return SessionFold()
 
-    async def save_checkpoint(self, session_id: str) -> Snapshot:
-        """Snapshot the session view at its current version, so later reads fold only what follows."""
+    async def save_checkpoint(self, session_id: str, *, paused_run_id: str | None = None) -> Snapshot:
+        """Snapshot the session view at its current version, so later reads fold only what follows.
+
+        With ``paused_run_id``, that run's view is checkpointed too, on its own: resuming it then
+        reads the run's checkpoint and the events after it, whatever the session's length.
+        """
         info = await self._visible_info(session_id, None)
         accumulator = await self._checkpoint(session_id, info.version)
         async for record in self._store.read(session_id, from_version=accumulator.version + 1, to_version=info.version):
@@ -294,7 +306,46 @@ class BaseDb:
             data=encode_view(view),
         )
         await self._store.save_snapshot(snapshot)
+        run = view.get_run(paused_run_id) if paused_run_id is not None else None
+        if run is not None:
+            await self._store.save_snapshot(
+                Snapshot(
+                    session_id=session_id,
+                    name=_run_checkpoint(run.run_id),
+                    schema_version=RUN_SCHEMA_VERSION,
+                    version=accumulator.version,
+                    data=encode_run(run),
+                )
+            )
         return snapshot
+
+    async def get_run(
+        self, session_id: str, run_id: str, *, version: int | None = None, user_id: str | None = None
+    ) -> RunView:
+        """One run's view, from its own checkpoint (written when it paused) plus the events after it,
+        or from the session view when it has none."""
+        check_identifier("run_id", run_id)
+        info = await self._visible_info(session_id, user_id)
+        target = info.version if version is None else min(version, info.version)
+        snapshot = await self._store.load_snapshot(
+            session_id, _run_checkpoint(run_id), schema_version=RUN_SCHEMA_VERSION, max_version=target
+        )
+        run: RunView | None = None
+        if snapshot is not None:
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                run = decode_run(snapshot.data)
+        if run is None or snapshot is None:
+            found = (await self.get_session(session_id, user_id=user_id, version=target)).get_run(run_id)
+            if found is None:
+                raise RunNotFoundError(session_id, run_id)
+            return found
+        async for record in self._store.read(session_id, from_version=snapshot.version + 1, to_version=target):
+            event = record.event
+            if isinstance(event, RunStarted) and event.run_id == run_id:
+                run = new_run(event, int(record.recorded_at))
+            elif getattr(event, "run_id", None) == run_id and isinstance(event, Event):
+                run = apply_to_run(run, event, int(record.recorded_at))
+        return run
 
     async def get_sessions(
         self,

@@ -22,7 +22,6 @@ from kern_events.errors import (
     ConcurrencyError,
     InvalidArgumentError,
     RequirementNotFoundError,
-    RunNotFoundError,
     RunStateError,
     SessionNotFoundError,
 )
@@ -262,10 +261,7 @@ class Session:
         state that was checked: a change in between is a conflict, never a silent double resume.
         """
         self.version = await self.db.store.current_version(self.session_id)
-        view = await self.db.get_session(self.session_id, version=self.version)
-        run = view.get_run(run_id)
-        if run is None:
-            raise RunNotFoundError(self.session_id, run_id)
+        run = await self.db.get_run(self.session_id, run_id, version=self.version)
         if run.status != "paused":
             raise RunStateError(self.session_id, run_id, run.status, "the run is not paused")
         return run
@@ -423,7 +419,7 @@ class Run:
             raise InvalidArgumentError("requirements", f"requirement ids must be unique, got {ids}")
         self.stage(RunPaused(run_id=self.run_id, requirements=tuple(requirements)))
         result = await self.flush()
-        await self.session.db.save_checkpoint(self.session.session_id)
+        await self.session.db.save_checkpoint(self.session.session_id, paused_run_id=self.run_id)
         return result
 
     async def cancel(self, reason: str | None = None) -> AppendResult | None:

@@ -32,6 +32,7 @@ from kern_events.events import (
 )
 
 __all__ = [
+    "RUN_SCHEMA_VERSION",
     "MessageView",
     "RequirementStatus",
     "RequirementView",
@@ -40,8 +41,13 @@ __all__ = [
     "ToolCallStatus",
     "ToolCallView",
     "apply_to_run",
+    "decode_run",
+    "encode_run",
     "new_run",
 ]
+
+RUN_SCHEMA_VERSION = 1
+"""Bumped whenever :class:`RunView`'s shape changes, so older run checkpoints are rebuilt, not misread."""
 
 RunStatus = Literal["running", "paused", "completed", "failed", "cancelled"]
 ToolCallStatus = Literal["running", "completed", "failed"]
@@ -210,3 +216,17 @@ def _complete_tool_call(calls: tuple[ToolCallView, ...], event: ToolCallComplete
             return (*calls[:index], updated, *calls[index + 1 :])
     started = ToolCallView(tool_call_id=event.tool_call_id, tool_name=event.tool_name, started_at=at)
     return (*calls, msgspec.structs.replace(started, **done))
+
+
+_run_encoder = msgspec.msgpack.Encoder()
+_run_decoder = msgspec.msgpack.Decoder(RunView)
+
+
+def encode_run(run: RunView) -> bytes:
+    """A run's checkpoint bytes."""
+    return _run_encoder.encode(run)
+
+
+def decode_run(data: bytes) -> RunView:
+    """A run from checkpoint bytes; raises ``msgspec.DecodeError``/``ValidationError`` if they do not fit."""
+    return _run_decoder.decode(data)

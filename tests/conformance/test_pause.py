@@ -15,6 +15,7 @@ from kern_events import (
     RunNotFoundError,
     RunResumed,
     RunStateError,
+    Snapshot,
     ToolConfirmation,
     UserInput,
 )
@@ -149,3 +150,18 @@ async def test_time_travel_by_timestamp_and_forks(backend: Backend) -> None:
     assert [run.run_id for run in fork_view.runs] == ["r1", "r2-edited"]
     assert fork_view.metadata == {"forked_from": "s", "forked_at_version": cut}
     assert [run.run_id for run in original.runs] == ["r1", "r2"], "the original is untouched"
+
+
+async def test_a_run_checkpoint_that_no_longer_decodes_is_rebuilt_from_the_log(backend: Backend) -> None:
+    async with backend.db() as db:
+        session = await db.open_session("s")
+        run = await session.start_run("r1")
+        await run.pause(REQUIREMENTS[:1])
+        stale = Snapshot(session_id="s", name="run:r1", schema_version=1, version=session.version, data=b"\xc1")
+        await db.store.save_snapshot(stale)
+        await session.resolve("r1", "q1", confirmed=True)
+        checked = await db.get_run("s", "r1")
+        assert checked == (await db.get_session("s")).get_run("r1")
+        assert checked.requirements[0].status == "resolved"
+        await session.continue_run("r1")
+        assert (await db.get_run("s", "r1")).status == "running"
