@@ -22,6 +22,7 @@ import msgspec
 
 from kern_events.db import BaseDb, PostgresDb, SqliteDb
 from kern_events.errors import CorruptRecordError, InvalidArgumentError, KernEventsError, SessionNotFoundError
+from kern_events.events import ExternalExecution, Requirement, ToolConfirmation
 from kern_events.records import Record, UnknownEvent
 from kern_events.runtime import Agent, MemoryModel
 from projections.runs import RunView
@@ -123,13 +124,24 @@ def _open(path: str, *, create: bool = False, schema: str = "public") -> BaseDb:
 # -- demo --------------------------------------------------------------------------------------------
 
 _USER_ID = "alice@example.com"
-_TURNS = ("Hi! My name is Alice.", "What's the weather in Paris?", "What's my name?")
+_TURNS = (
+    "Hi! My name is Alice.",
+    "What's the weather in Paris?",
+    "What's my name?",
+    "Book me a flight to Oslo",
+)
 
 
 def remember_name(name: str, session_state: dict[str, Any]) -> str:
     """Remember the user's name for later runs."""
     session_state["user_name"] = name
     return f"I will remember that your name is {name}."
+
+
+def book_flight(city: str, session_state: dict[str, Any]) -> str:
+    """Book a flight (the demo asks the user to confirm it first)."""
+    session_state["booked"] = city
+    return f"booked, seat 12A to {city}"
 
 
 def get_weather(city: str, session_state: dict[str, Any]) -> dict[str, Any]:
@@ -159,15 +171,32 @@ async def _demo(args: argparse.Namespace) -> int:
             user_id=_USER_ID,
             name="Demo agent",
             instructions="You are a friendly assistant that remembers what the user tells you.",
-            tools=[remember_name, get_weather],
+            tools=[remember_name, get_weather, book_flight],
+            requires_confirmation=["book_flight"],
             add_history_to_context=True,
         )
-        question = _TURNS[runs % len(_TURNS)]
-        print(f"user: {question}")
-        output = await agent.arun(question)
-        print(f"agent: {output.content}")
-        if runs % len(_TURNS) == len(_TURNS) - 1:
-            await (await db.open_session(session_id)).summarize(_summarize)
+        paused = await db.get_paused_runs(session_id=session_id) if info is not None else []
+        if paused:
+            _, run = paused[0]
+            session = await db.open_session(session_id)
+            for item in run.open_requirements:
+                print(f"paused run {run.run_id} waits for: {_requirement_text(item.requirement)}")
+                print("  the user confirms it")
+                await session.resolve(run.run_id, item.requirement_id, confirmed=True)
+            output = await agent.acontinue_run(run.run_id)
+            print(f"agent: {output.content}")
+        else:
+            question = _TURNS[runs % len(_TURNS)]
+            print(f"user: {question}")
+            output = await agent.arun(question)
+            if output.status == "paused":
+                waits = "; ".join(_requirement_text(requirement) for requirement in output.requirements)
+                print(f"agent paused run {output.run_id}, waiting for: {waits}")
+                print("this process exits now; run the command again to confirm it in a new process")
+            else:
+                print(f"agent: {output.content}")
+            if runs % len(_TURNS) == 2:
+                await (await db.open_session(session_id)).summarize(_summarize)
         view = await db.get_session(session_id)
         print()
         _print_view(view)
@@ -424,3 +453,11 @@ async def _paused(args: argparse.Namespace) -> int:
             detail.pop("requirement_id")
             print(f"  {requirement.requirement_id}: {kind} {_json.encode(detail).decode()}")
     return 0
+
+
+def _requirement_text(requirement: Requirement) -> str:
+    """A requirement in a line: what it is and, for tool calls, the call."""
+    if isinstance(requirement, ToolConfirmation | ExternalExecution):
+        kind = "confirmation of" if isinstance(requirement, ToolConfirmation) else "an outside result for"
+        return f"{kind} {requirement.tool_name}({_json.encode(requirement.arguments).decode()})"
+    return f"input: {', '.join(field.name for field in requirement.fields)}"

@@ -259,3 +259,24 @@ def test_paused_lists_what_each_paused_run_waits_for(tmp_path: Path, capsys: pyt
     listed = json_lines(cli(capsys, "paused", "--db", str(path), "--json")[1])
     assert listed[0]["run"]["requirements"][0]["status"] == "open"
     assert cli(capsys, "paused", "--db", str(path), "--user-id", "bob")[1] == "no paused runs\n"
+
+
+def test_demo_pauses_for_a_confirmation_and_a_new_process_finishes_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "kern_events_demo.db"
+    for _ in range(3):
+        assert cli(capsys, "demo", "--db", str(path))[0] == 0
+    pausing = run_cli("demo", cwd=tmp_path)
+    assert pausing.returncode == 0, pausing.stderr
+    assert 'waiting for: confirmation of book_flight({"city":"Oslo"})' in pausing.stdout
+    listed = run_cli("paused", cwd=tmp_path)
+    assert "book_flight" in listed.stdout
+    finishing = run_cli("demo", cwd=tmp_path)
+    assert finishing.returncode == 0, finishing.stderr
+    assert "the user confirms it" in finishing.stdout
+    assert "agent: Flight to Oslo: booked, seat 12A to Oslo." in finishing.stdout
+    view = json.loads(run_cli("show", "conversation_123", "--json", cwd=tmp_path).stdout)
+    assert view["runs"][-1]["status"] == "completed"
+    assert view["session_data"]["session_state"]["booked"] == "Oslo"
+    assert run_cli("paused", cwd=tmp_path).stdout == "no paused runs\n"
