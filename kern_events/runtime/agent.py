@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from kern_events.errors import RunNotFoundError
+from kern_events.errors import RunNotFoundError, RunStateError
 from kern_events.events import (
     ExternalExecution,
     Requirement,
@@ -140,19 +140,26 @@ class Agent(Runtime):
         return await self._drive(session, run, messages, state, started)
 
     async def acontinue_run(
-        self, run_id: str, *, session_id: str | None = None, user_id: str | None = None
+        self, run_id: str, *, session_id: str | None = None, user_id: str | None = None, recover: bool = False
     ) -> RunOutput:
         """Carry a paused run on once its requirements are resolved, in this process or any other.
 
         The session is loaded from its last checkpoint plus the events after it; confirmed tool
         calls run, rejected ones are reported to the model as rejected, external results are used
-        as given, and the model goes on from there.
+        as given, and the model goes on from there. With ``recover=True`` it also takes over a run
+        that was resumed by a process that died before finishing it (the caller vouches that the
+        process is gone: a tool call whose result was never recorded runs again).
         """
         db = self._database()
         session = await db.open_session(
             self._session_id(session_id), user_id=user_id or self.user_id, policy=self.storage_policy
         )
-        run = await session.continue_run(run_id)
+        try:
+            run = await session.continue_run(run_id)
+        except RunStateError as error:
+            if not recover or error.status != "running":
+                raise
+            run = Run(session, run_id)  # resumed earlier; its process died part way
         started = time.perf_counter()
         view = await db.get_session(session.session_id)
         paused = view.get_run(run_id)
