@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 from kern_events.errors import RunNotFoundError, RunStateError
 from kern_events.events import (
     ExternalExecution,
+    InputField,
     Requirement,
     RunMetrics,
     SessionStateChanged,
     ToolCallRequest,
     ToolConfirmation,
+    UserInput,
 )
 from kern_events.runtime._base import RunOutput, Runtime, run_sync, state_change
 from kern_events.runtime.model import Model, ModelMessage, ModelResponse
@@ -57,6 +59,7 @@ class Agent(Runtime):
         summarizer: Summarizer | None = None,
         requires_confirmation: Sequence[str] = (),
         external_execution: Sequence[str] = (),
+        user_input: Mapping[str, Sequence[str]] | None = None,
         max_tool_rounds: int = 8,
     ) -> None:
         super().__init__(
@@ -75,6 +78,8 @@ class Agent(Runtime):
         """Tools whose calls pause the run until a person confirms or rejects them."""
         self.external_execution = frozenset(external_execution)
         """Tools executed outside this process: the run pauses until their result is handed back."""
+        self.user_input = {name: tuple(fields) for name, fields in (user_input or {}).items()}
+        """Tools whose named arguments the user fills in: the run pauses until the values are given."""
         self.summarizer = summarizer
         """Called after each top-level run to rewrite the session summary (``None``: on demand only)."""
 
@@ -284,6 +289,10 @@ class Agent(Runtime):
                         arguments=call.arguments,
                     )
                 )
+            elif call.tool_name in self.user_input:
+                fields = tuple(InputField(name=name) for name in self.user_input[call.tool_name])
+                prompt = f"{call.tool_name} needs: {', '.join(field.name for field in fields)}"
+                requirements.append(UserInput(requirement_id=call.tool_call_id, fields=fields, prompt=prompt))
         return requirements
 
     async def _call_tools(
@@ -306,6 +315,8 @@ class Agent(Runtime):
                 outcome = ToolOutcome(None, f"the user rejected this call{reason}", 0.0)
             elif tool is None:
                 outcome = ToolOutcome(None, f"there is no tool named {call.tool_name!r}", 0.0)
+            elif resolution is not None and isinstance(resolution.requirement, UserInput):
+                outcome = await tool.call({**call.arguments, **(resolution.values or {})}, state)
             else:
                 outcome = await tool.call(call.arguments, state)
             run.tool_call(

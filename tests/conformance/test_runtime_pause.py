@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kern_events import Agent, ExternalExecution, MemoryModel, RunStateError, ToolConfirmation
+from kern_events import Agent, ExternalExecution, MemoryModel, RunStateError, ToolConfirmation, UserInput
 from tests._backends import Backend
 
 booked: list[str] = []
@@ -76,3 +76,22 @@ async def test_an_external_tool_result_is_handed_back_and_used(backend: Backend)
     assert booked == [], "it ran outside"
     assert done.content == "Flight to Lima: ticket LIM-42."
     assert run is not None and run.tool_calls[0].result == "ticket LIM-42"
+
+
+async def test_user_input_fills_in_the_tool_call_the_model_left_open(backend: Backend) -> None:
+    def book_flight(city: str, date: str) -> str:
+        """Book a flight on a date the user gives."""
+        return f"booked {city} on {date}"
+
+    async with backend.db() as db:
+        agent = Agent(
+            model=MemoryModel(), db=db, session_id="trip", tools=[book_flight], user_input={"book_flight": ["date"]}
+        )
+        output = await agent.arun("Book a flight to Kyiv")
+        (requirement,) = output.requirements
+        assert isinstance(requirement, UserInput)
+        assert [field.name for field in requirement.fields] == ["date"]
+        session = await db.open_session("trip")
+        await session.resolve(output.run_id, requirement.requirement_id, values={"date": "2027-01-05"})
+        done = await agent.acontinue_run(output.run_id)
+    assert done.content == "Flight to Kyiv: booked Kyiv on 2027-01-05."
