@@ -59,8 +59,24 @@ class Model(Protocol):
 
 _NAME = re.compile(r"\bmy name is ([A-Z][\w-]*)", re.IGNORECASE)
 _ASKS_NAME = re.compile(r"\bwhat'?s my name\b|\bwhat is my name\b|\bwho am i\b", re.IGNORECASE)
-_ASKS_WEATHER = re.compile(r"\bweather in ([A-Z][\w-]*)", re.IGNORECASE)
-_ASKS_BOOKING = re.compile(r"\bbook (?:a |me a )?flight to ([A-Z][\w-]*)", re.IGNORECASE)
+_CITY_TOOLS = (
+    (re.compile(r"\bweather in ([A-Z][\w-]*)", re.IGNORECASE), "get_weather", "The weather in {city}: {result}."),
+    (
+        re.compile(r"\bbook (?:a |me a )?flight to ([A-Z][\w-]*)", re.IGNORECASE),
+        "book_flight",
+        "Flight to {city}: {result}.",
+    ),
+)
+"""Requests about a city that a tool answers: (pattern, tool, how the answer reports the result)."""
+
+
+def _city_tool(text: str, tools: Sequence[ToolSpec]) -> tuple[str, str, str] | None:
+    """The offered tool a request about a city asks for: (tool name, city, answer template)."""
+    offered = {tool.name for tool in tools}
+    for pattern, tool_name, answer in _CITY_TOOLS:
+        if tool_name in offered and (match := pattern.search(text)) is not None:
+            return tool_name, match.group(1), answer
+    return None
 
 
 def _words(messages: Sequence[ModelMessage]) -> int:
@@ -103,26 +119,16 @@ class MemoryModel:
                 )
             else:
                 content = f"Nice to meet you, {name}!"
-        elif (weather := _ASKS_WEATHER.search(text)) is not None and any(t.name == "get_weather" for t in tools):
-            city = weather.group(1)
+        elif (city_tool := _city_tool(text, tools)) is not None:
+            tool_name, city, answer = city_tool
             if tool_results:
-                content = f"The weather in {city}: {tool_results[-1].content}."
+                content = answer.format(city=city, result=tool_results[-1].content)
             else:
                 content = None
                 request = ToolCallRequest(
-                    tool_call_id=f"call_{city.lower()}", tool_name="get_weather", arguments={"city": city}
+                    tool_call_id=f"call_{tool_name}_{city.lower()}", tool_name=tool_name, arguments={"city": city}
                 )
                 calls = (request,)
-        elif (booking := _ASKS_BOOKING.search(text)) is not None and any(t.name == "book_flight" for t in tools):
-            city = booking.group(1)
-            if tool_results:
-                content = f"Flight to {city}: {tool_results[-1].content}."
-            else:
-                content = None
-                book = ToolCallRequest(
-                    tool_call_id=f"call_book_{city.lower()}", tool_name="book_flight", arguments={"city": city}
-                )
-                calls = (book,)
         else:
             content = f"You said: {text}" if text else "Hello!"
         output_words = len((content or "").split()) + len(calls)
