@@ -26,6 +26,8 @@ from kern_events.events import (
     RunCompleted,
     RunStarted,
     SessionRenamed,
+    SessionStarted,
+    SessionStateChanged,
     SessionType,
 )
 from kern_events.records import NO_STREAM, Record, Snapshot
@@ -53,6 +55,12 @@ if TYPE_CHECKING:
     import asyncpg
 
 _RENAME_ATTEMPTS = 5
+
+
+_STATE_CHECKPOINT = "state"
+"""The snapshot name of the session state's own checkpoint, written with every session checkpoint."""
+_STATE_SCHEMA_VERSION = 1
+_state_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
 
 def _run_checkpoint(run_id: str) -> str:
@@ -158,8 +166,31 @@ class BaseDb:
         return view
 
     async def get_session_state(self, session_id: str, *, user_id: str | None = None) -> dict[str, Any]:
-        """The session's key/value state, as the next run sees it."""
-        return (await self.get_session(session_id, user_id=user_id)).session_state
+        """The session's key/value state, as the next run sees it.
+
+        Read from the state's own checkpoint plus the events after it (at most ``checkpoint_every``
+        of them), not from the whole session view: its cost does not grow with the session.
+        """
+        info = await self._visible_info(session_id, user_id)
+        snapshot = await self._store.load_snapshot(
+            session_id, _STATE_CHECKPOINT, schema_version=_STATE_SCHEMA_VERSION, max_version=info.version
+        )
+        state: dict[str, Any] | None = None
+        if snapshot is not None:
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                state = _state_decoder.decode(snapshot.data)
+        if state is None or snapshot is None:
+            return (await self.get_session(session_id, user_id=user_id)).session_state
+        async for record in self._store.read(session_id, from_version=snapshot.version + 1, to_version=info.version):
+            event = record.event
+            if isinstance(event, SessionStarted):
+                started = (event.session_data or {}).get("session_state")
+                state = dict(started) if isinstance(started, dict) else {}
+            elif isinstance(event, SessionStateChanged):
+                state.update(event.set)
+                for key in event.removed:
+                    state.pop(key, None)
+        return state
 
     async def get_session_summary(self, session_id: str, *, user_id: str | None = None) -> SessionSummary | None:
         """The session's latest summary, if it has one."""
@@ -306,6 +337,15 @@ class BaseDb:
             data=encode_view(view),
         )
         await self._store.save_snapshot(snapshot)
+        await self._store.save_snapshot(
+            Snapshot(
+                session_id=session_id,
+                name=_STATE_CHECKPOINT,
+                schema_version=_STATE_SCHEMA_VERSION,
+                version=accumulator.version,
+                data=msgspec.msgpack.encode(view.session_state),
+            )
+        )
         run = view.get_run(paused_run_id) if paused_run_id is not None else None
         if run is not None:
             await self._store.save_snapshot(

@@ -13,6 +13,7 @@ from kern_events import (
     RunMetrics,
     Session,
     SessionNotFoundError,
+    Snapshot,
     StoragePolicy,
     ToolCallCompleted,
     ToolCallRequest,
@@ -180,3 +181,18 @@ async def test_the_view_cache_is_never_stale(backend: Backend) -> None:
         await db.delete_session("s")
         with pytest.raises(SessionNotFoundError):
             await db.get_session("s")
+
+
+async def test_state_read_from_its_checkpoint_equals_the_state_in_the_view(backend: Backend) -> None:
+    async with backend.db(checkpoint_every=3) as db:
+        session = await db.open_session("s", session_state={"a": 1})
+        for step in range(8):
+            if step % 3 == 0:
+                await session.update_state({f"k{step}": step}, remove=["a"] if step == 3 else ())
+            else:
+                await _turn(session, step)
+            assert await db.get_session_state("s") == (await db.get_session("s")).session_state
+        assert await db.store.load_snapshot("s", "state") is not None
+        stale = Snapshot(session_id="s", name="state", schema_version=1, version=session.version, data=b"\xc1")
+        await db.store.save_snapshot(stale)
+        assert await db.get_session_state("s") == {"k0": 0, "k3": 3, "k6": 6}
