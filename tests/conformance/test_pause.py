@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
 from kern_events import (
     BaseDb,
     ConcurrencyError,
+    Event,
     ExternalExecution,
     InputField,
     RequirementNotFoundError,
     RunNotFoundError,
     RunResumed,
     RunStateError,
+    Session,
     Snapshot,
     ToolConfirmation,
     UserInput,
@@ -95,17 +99,30 @@ async def test_wrong_resolutions_are_typed_errors_that_change_nothing(backend: B
         assert [run.run_id for _, run in await db.get_paused_runs(session_id="s")] == []
 
 
-async def test_two_writers_racing_to_continue_one_run_only_one_continues(backend: Backend) -> None:
+async def test_two_writers_racing_to_continue_one_run_only_one_continues(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    both_checked = asyncio.Barrier(2)
+    append = Session.append
+
+    async def append_once_both_have_checked(self: Session, events: Sequence[Event], **options: Any) -> Any:
+        if any(isinstance(event, RunResumed) for event in events):
+            await both_checked.wait()  # both found the run paused: a true race for the next version
+        return await append(self, events, **options)
+
     async with backend.db() as db:
         session = await db.open_session("s")
         run = await session.start_run("r1")
         await run.pause(REQUIREMENTS[:1])
         await session.resolve("r1", "q1", confirmed=True)
         first, second = await db.open_session("s"), await db.open_session("s")
+        monkeypatch.setattr(Session, "append", append_once_both_have_checked)
         outcomes = await asyncio.gather(first.continue_run("r1"), second.continue_run("r1"), return_exceptions=True)
         resumed = [record async for record in db.store.read("s") if isinstance(record.event, RunResumed)]
+        with pytest.raises(RunStateError, match="not paused"):  # too late is not a race: it is not paused
+            await (await db.open_session("s")).continue_run("r1")
     assert sum(not isinstance(outcome, BaseException) for outcome in outcomes) == 1
-    assert all(isinstance(o, ConcurrencyError | RunStateError) for o in outcomes if isinstance(o, BaseException))
+    assert sum(isinstance(outcome, ConcurrencyError) for outcome in outcomes) == 1
     assert len(resumed) == 1
 
 
