@@ -7,11 +7,11 @@ views. Reading a session loads its newest compatible checkpoint and folds only t
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import msgspec
 
@@ -26,8 +26,6 @@ from kern_events.events import (
     RunCompleted,
     RunStarted,
     SessionRenamed,
-    SessionStarted,
-    SessionStateChanged,
     SessionType,
 )
 from kern_events.records import NO_STREAM, Record, Snapshot
@@ -47,6 +45,7 @@ from projections.session import (
     SessionView,
     decode_view,
     encode_view,
+    fold_state,
 )
 
 __all__ = ["BaseDb", "InMemoryDb", "PostgresDb", "SqliteDb"]
@@ -56,6 +55,8 @@ if TYPE_CHECKING:
 
 _RENAME_ATTEMPTS = 5
 
+
+T = TypeVar("T")
 
 _STATE_CHECKPOINT = "state"
 """The snapshot name of the session state's own checkpoint, written with every session checkpoint."""
@@ -146,15 +147,13 @@ class BaseDb:
         info = await self._visible_info(session_id, user_id)
         target = info.version if version is None else min(version, info.version)
         cached = self._cache.get(session_id) if version is None else None
+        start = None
         if cached is not None and cached[1] == info.created_at and cached[0] <= target:
             if cached[0] == target:
                 self._cache.move_to_end(session_id)
                 return cached[2]
-            accumulator = SessionFold(cached[2], version=cached[0])  # the cache is a checkpoint too
-        else:
-            accumulator = await self._checkpoint(session_id, target)
-        async for record in self._store.read(session_id, from_version=accumulator.version + 1, to_version=target):
-            accumulator.apply(record)
+            start = SessionFold(cached[2], version=cached[0])  # the cache is a checkpoint too
+        accumulator = await self._fold_to(session_id, target, start)
         view = accumulator.view()
         if view is None:
             raise SessionNotFoundError(session_id)
@@ -172,24 +171,14 @@ class BaseDb:
         of them), not from the whole session view: its cost does not grow with the session.
         """
         info = await self._visible_info(session_id, user_id)
-        snapshot = await self._store.load_snapshot(
-            session_id, _STATE_CHECKPOINT, schema_version=_STATE_SCHEMA_VERSION, max_version=info.version
+        checkpoint = await self._load_checkpoint(
+            session_id, _STATE_CHECKPOINT, _STATE_SCHEMA_VERSION, info.version, _state_decoder.decode
         )
-        state: dict[str, Any] | None = None
-        if snapshot is not None:
-            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                state = _state_decoder.decode(snapshot.data)
-        if state is None or snapshot is None:
+        if checkpoint is None:
             return (await self.get_session(session_id, user_id=user_id)).session_state
-        async for record in self._store.read(session_id, from_version=snapshot.version + 1, to_version=info.version):
-            event = record.event
-            if isinstance(event, SessionStarted):
-                started = (event.session_data or {}).get("session_state")
-                state = dict(started) if isinstance(started, dict) else {}
-            elif isinstance(event, SessionStateChanged):
-                state.update(event.set)
-                for key in event.removed:
-                    state.pop(key, None)
+        state, at = checkpoint
+        async for record in self._store.read(session_id, from_version=at + 1, to_version=info.version):
+            state = fold_state(state, record.event)
         return state
 
     async def get_session_summary(self, session_id: str, *, user_id: str | None = None) -> SessionSummary | None:
@@ -304,17 +293,31 @@ class BaseDb:
         expected = version if version else NO_STREAM  # a fork never lands on an existing session
         return (await self._store.append(session_id, events, expected_version=expected)).to_version
 
-    async def _checkpoint(self, session_id: str, max_version: int) -> SessionFold:
-        """A fold started from the newest usable snapshot; an undecodable one is ignored."""
+    async def _load_checkpoint(
+        self, session_id: str, name: str, schema_version: int, max_version: int, decode: Callable[[bytes], T]
+    ) -> tuple[T, int] | None:
+        """The newest checkpoint ``name`` at or below ``max_version``, decoded, with its version; a
+        missing one, or one that no longer decodes (an older release's shape), is ``None``."""
         snapshot = await self._store.load_snapshot(
-            session_id, SESSION_PROJECTION, schema_version=SESSION_SCHEMA_VERSION, max_version=max_version
+            session_id, name, schema_version=schema_version, max_version=max_version
         )
-        if snapshot is not None:
-            try:
-                return SessionFold(decode_view(snapshot.data), version=snapshot.version)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                pass
-        return SessionFold()
+        if snapshot is None:
+            return None
+        try:
+            return decode(snapshot.data), snapshot.version
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+    async def _fold_to(self, session_id: str, target: int, start: SessionFold | None = None) -> SessionFold:
+        """The session fold at ``target``: from ``start`` (or the newest usable checkpoint) plus the tail."""
+        if start is None:
+            checkpoint = await self._load_checkpoint(
+                session_id, SESSION_PROJECTION, SESSION_SCHEMA_VERSION, target, decode_view
+            )
+            start = SessionFold() if checkpoint is None else SessionFold(checkpoint[0], version=checkpoint[1])
+        async for record in self._store.read(session_id, from_version=start.version + 1, to_version=target):
+            start.apply(record)
+        return start
 
     async def save_checkpoint(self, session_id: str, *, paused_run_id: str | None = None) -> Snapshot:
         """Snapshot the session view at its current version, so later reads fold only what follows.
@@ -323,9 +326,7 @@ class BaseDb:
         reads the run's checkpoint and the events after it, whatever the session's length.
         """
         info = await self._visible_info(session_id, None)
-        accumulator = await self._checkpoint(session_id, info.version)
-        async for record in self._store.read(session_id, from_version=accumulator.version + 1, to_version=info.version):
-            accumulator.apply(record)
+        accumulator = await self._fold_to(session_id, info.version)
         view = accumulator.view()
         if view is None:
             raise SessionNotFoundError(session_id)
@@ -367,19 +368,16 @@ class BaseDb:
         check_identifier("run_id", run_id)
         info = await self._visible_info(session_id, user_id)
         target = info.version if version is None else min(version, info.version)
-        snapshot = await self._store.load_snapshot(
-            session_id, _run_checkpoint(run_id), schema_version=RUN_SCHEMA_VERSION, max_version=target
+        checkpoint = await self._load_checkpoint(
+            session_id, _run_checkpoint(run_id), RUN_SCHEMA_VERSION, target, decode_run
         )
-        run: RunView | None = None
-        if snapshot is not None:
-            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                run = decode_run(snapshot.data)
-        if run is None or snapshot is None:
+        if checkpoint is None:
             found = (await self.get_session(session_id, user_id=user_id, version=target)).get_run(run_id)
             if found is None:
                 raise RunNotFoundError(session_id, run_id)
             return found
-        async for record in self._store.read(session_id, from_version=snapshot.version + 1, to_version=target):
+        run, at = checkpoint
+        async for record in self._store.read(session_id, from_version=at + 1, to_version=target):
             event = record.event
             if isinstance(event, RunStarted) and event.run_id == run_id:
                 run = new_run(event, int(record.recorded_at))

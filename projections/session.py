@@ -37,6 +37,7 @@ __all__ = [
     "encode_view",
     "fold",
     "fold_records",
+    "fold_state",
 ]
 
 SESSION_PROJECTION = "session"
@@ -158,6 +159,20 @@ def fold_records(records: Iterable[Record], view: SessionView | None = None) -> 
     return accumulator.view()
 
 
+def fold_state(state: dict[str, Any], event: object) -> dict[str, Any]:
+    """The session state after one event: a start sets it, a state change edits a copy of it, and
+    every other event leaves it as it is. The session fold and state-only reads share this rule."""
+    if isinstance(event, SessionStarted):
+        started = (event.session_data or {}).get("session_state")
+        return dict(started) if isinstance(started, dict) else {}
+    if isinstance(event, SessionStateChanged):
+        changed = {**state, **event.set}
+        for key in event.removed:
+            changed.pop(key, None)
+        return changed
+    return state
+
+
 def _started(session_id: str, event: SessionStarted, at: int) -> SessionView:
     session_data = dict(event.session_data or {})
     if event.name is not None:
@@ -181,11 +196,7 @@ def _started(session_id: str, event: SessionStarted, at: int) -> SessionView:
 
 def _session_changes(view: SessionView, event: Event, at: int) -> dict[str, Any]:
     if isinstance(event, SessionStateChanged):
-        state = view.session_state
-        state.update(event.set)
-        for key in event.removed:
-            state.pop(key, None)
-        return {"session_data": {**view.session_data, "session_state": state}}
+        return {"session_data": {**view.session_data, "session_state": fold_state(view.session_state, event)}}
     if isinstance(event, SessionRenamed):
         return {"session_data": {**view.session_data, "session_name": event.name}}
     if isinstance(event, MetadataUpdated):
