@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from kern_events.events import Requirement, RunMetrics
-from kern_events.sessions import StoragePolicy
+from kern_events.events import Requirement, RunMetrics, SessionStateChanged
+from kern_events.sessions import Run, StoragePolicy
 from projections.runs import RunStatus
 
 if TYPE_CHECKING:
     from kern_events.db import BaseDb
 
-__all__ = ["RunOutput", "Runtime", "run_sync", "state_change"]
+__all__ = ["RunOutput", "Runtime", "run_sync", "stage_state_change"]
 
 T = TypeVar("T")
 
@@ -35,11 +35,12 @@ class RunOutput(msgspec.Struct, frozen=True, kw_only=True):
     requirements: tuple[Requirement, ...] = ()
 
 
-def state_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """The keys a run set (new or changed) and removed."""
+def stage_state_change(run: Run, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+    """Stage the keys a run set (new or changed) and removed, if it changed the state at all."""
     changed = {key: value for key, value in after.items() if key not in before or before[key] != value}
     removed = tuple(key for key in before if key not in after)
-    return changed, removed
+    if changed or removed:
+        run.stage(SessionStateChanged(set=changed, removed=removed))
 
 
 class Runtime:

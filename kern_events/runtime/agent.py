@@ -19,13 +19,12 @@ from kern_events.events import (
     InputField,
     Requirement,
     RunMetrics,
-    SessionStateChanged,
     ToolCallRequest,
     ToolConfirmation,
     UserInput,
 )
-from kern_events.runtime._base import RunOutput, Runtime, run_sync, state_change
-from kern_events.runtime.model import Model, ModelMessage, ModelResponse
+from kern_events.runtime._base import RunOutput, Runtime, run_sync, stage_state_change
+from kern_events.runtime.model import Model, ModelMessage, ModelResponse, context_messages
 from kern_events.runtime.tools import Tool, ToolOutcome
 from kern_events.sessions import Run, Session, StoragePolicy, Summarizer
 from projections.history import history_messages
@@ -141,7 +140,7 @@ class Agent(Runtime):
         )
         run.message("user", input)
         await run.flush()
-        messages = [*self._context(history), ModelMessage(role="user", content=input)]
+        messages = [*context_messages(self.instructions, history), ModelMessage(role="user", content=input)]
         return await self._drive(session, run, messages, state, started)
 
     async def acontinue_run(
@@ -180,7 +179,7 @@ class Agent(Runtime):
             if self.add_history_to_context
             else []
         )
-        messages = [*self._context(history), *self._context(paused.messages, system=False)]
+        messages = context_messages(self.instructions, [*history, *paused.messages])
         answered = {m.tool_call_id for m in paused.messages if m.role == "tool"}
         calls = next((m.tool_calls for m in reversed(paused.messages) if m.tool_calls), ())
         pending = [call for call in calls if call.tool_call_id not in answered]
@@ -192,16 +191,6 @@ class Agent(Runtime):
     def continue_run(self, run_id: str, *, session_id: str | None = None, user_id: str | None = None) -> RunOutput:
         """:meth:`acontinue_run` for synchronous code."""
         return run_sync(self.acontinue_run(run_id, session_id=session_id, user_id=user_id))
-
-    def _context(self, history: Sequence[MessageView], *, system: bool = True) -> list[ModelMessage]:
-        messages = [ModelMessage(role="system", content=self.instructions)] if system and self.instructions else []
-        messages += [
-            ModelMessage(
-                role=m.role, content=m.content, name=m.name, tool_call_id=m.tool_call_id, tool_calls=m.tool_calls
-            )
-            for m in history
-        ]
-        return messages
 
     async def _drive(
         self,
@@ -235,9 +224,7 @@ class Agent(Runtime):
                 )
             content = answer.content or ""
             run.message("assistant", content)
-            changed, removed = state_change(before, state)
-            if changed or removed:
-                run.stage(SessionStateChanged(set=changed, removed=removed))
+            stage_state_change(run, before, state)
             metrics = self._metrics(used, started)
             await run.complete(content, metrics=metrics)
         except Exception as exc:

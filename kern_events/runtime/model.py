@@ -15,8 +15,9 @@ from typing import Any, Protocol
 import msgspec
 
 from kern_events.events import Role, ToolCallRequest
+from projections.runs import MessageView
 
-__all__ = ["MemoryModel", "Model", "ModelMessage", "ModelResponse", "ToolSpec"]
+__all__ = ["MemoryModel", "Model", "ModelMessage", "ModelResponse", "ToolSpec", "context_messages"]
 
 
 class ModelMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,6 +28,16 @@ class ModelMessage(msgspec.Struct, frozen=True, kw_only=True):
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: tuple[ToolCallRequest, ...] = ()
+
+
+def context_messages(instructions: str | None, history: Sequence[MessageView]) -> list[ModelMessage]:
+    """A model's input before the new turn: the instructions as a system message, then the history."""
+    messages = [ModelMessage(role="system", content=instructions)] if instructions else []
+    messages += [
+        ModelMessage(role=m.role, content=m.content, name=m.name, tool_call_id=m.tool_call_id, tool_calls=m.tool_calls)
+        for m in history
+    ]
+    return messages
 
 
 class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):

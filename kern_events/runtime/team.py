@@ -9,10 +9,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from kern_events.events import RunMetrics, SessionStateChanged
-from kern_events.runtime._base import RunOutput, Runtime, state_change
+from kern_events.events import RunMetrics
+from kern_events.runtime._base import RunOutput, Runtime, stage_state_change
 from kern_events.runtime.agent import Agent
-from kern_events.runtime.model import Model, ModelMessage
+from kern_events.runtime.model import Model, ModelMessage, context_messages
 from kern_events.sessions import StoragePolicy
 
 if TYPE_CHECKING:
@@ -91,11 +91,7 @@ class Team(Runtime):
                 (member, await member.respond(session, input, history=history, state=state, parent_run_id=run.run_id))
                 for member in self.members
             ]
-            messages = [ModelMessage(role="system", content=self.instructions)] if self.instructions else []
-            messages += [
-                ModelMessage(role=m.role, content=m.content, tool_call_id=m.tool_call_id, tool_calls=m.tool_calls)
-                for m in history
-            ]
+            messages = context_messages(self.instructions, history)
             messages.append(ModelMessage(role="user", content=input))
             messages += [
                 ModelMessage(role="assistant", name=member.agent_id, content=output.content)
@@ -104,9 +100,7 @@ class Team(Runtime):
             response = await self.model.respond(messages, [])
             content = response.content or ""
             run.message("assistant", content)
-            changed, removed = state_change(before, state)
-            if changed or removed:
-                run.stage(SessionStateChanged(set=changed, removed=removed))
+            stage_state_change(run, before, state)
             used = [response.input_tokens, response.output_tokens]
             for _, output in answers:
                 used[0] += output.metrics.input_tokens
