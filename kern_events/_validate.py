@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 from kern_events.errors import InvalidArgumentError, InvalidIdentifierError
+from kern_events.events import EVENT_TYPES
 
 __all__ = [
+    "check_event_types",
     "check_identifier",
     "check_name",
     "check_non_negative",
@@ -69,3 +72,21 @@ def check_non_negative(argument: str, value: object, *, allow_none: bool = False
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidArgumentError(argument, f"expected an integer >= 0, got {value!r}")
+
+
+def check_event_types(argument: str, value: Collection[str] | None) -> tuple[str, ...] | None:
+    """Event type names (keys of ``EVENT_TYPES``), deduplicated and sorted; ``None`` passes through.
+
+    A name this release does not know is refused rather than matching nothing, so a typo fails loudly.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Collection):
+        raise InvalidArgumentError(argument, f"expected a collection of event type names, got {value!r}")
+    unknown = sorted(repr(name) for name in value if not isinstance(name, str) or name not in EVENT_TYPES)
+    if unknown:
+        known = ", ".join(sorted(EVENT_TYPES))
+        raise InvalidArgumentError(argument, f"unknown event type names {', '.join(unknown)} (known: {known})")
+    if not value:
+        raise InvalidArgumentError(argument, "expected at least one event type name")
+    return tuple(sorted(set(value)))

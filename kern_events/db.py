@@ -40,6 +40,7 @@ from projections.runs import RUN_SCHEMA_VERSION, MessageView, RunView, apply_to_
 from projections.session import (
     SESSION_PROJECTION,
     SESSION_SCHEMA_VERSION,
+    STATE_EVENT_TYPES,
     SessionFold,
     SessionSummary,
     SessionView,
@@ -167,17 +168,16 @@ class BaseDb:
     async def get_session_state(self, session_id: str, *, user_id: str | None = None) -> dict[str, Any]:
         """The session's key/value state, as the next run sees it.
 
-        Read from the state's own checkpoint plus the events after it (at most ``checkpoint_every``
-        of them), not from the whole session view: its cost does not grow with the session.
+        Read from the state's own checkpoint plus the state events after it (the database skips the
+        rest), not from the whole session view: its cost does not grow with the session.
         """
         info = await self._visible_info(session_id, user_id)
         checkpoint = await self._load_checkpoint(
             session_id, _STATE_CHECKPOINT, _STATE_SCHEMA_VERSION, info.version, _state_decoder.decode
         )
-        if checkpoint is None:
-            return (await self.get_session(session_id, user_id=user_id)).session_state
-        state, at = checkpoint
-        async for record in self._store.read(session_id, from_version=at + 1, to_version=info.version):
+        state, at = checkpoint if checkpoint is not None else ({}, 0)
+        tail = self._store.read(session_id, from_version=at + 1, to_version=info.version, types=STATE_EVENT_TYPES)
+        async for record in tail:
             state = fold_state(state, record.event)
         return state
 

@@ -7,7 +7,7 @@ reads stream records in version order, or across all sessions in global position
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from types import TracebackType
 from typing import Literal, Protocol, Self
 from uuid import UUID
@@ -51,9 +51,13 @@ class EventStore(Protocol):
         to_version: int | None = None,
         limit: int | None = None,
         backwards: bool = False,
+        types: Collection[str] | None = None,
     ) -> AsyncIterator[Record]:
         """Stream the session's records with ``from_version <= version <= to_version`` in version
-        order (newest first if ``backwards``), at most ``limit`` of them, in constant memory."""
+        order (newest first if ``backwards``), at most ``limit`` of them, in constant memory.
+
+        ``types`` (event type names, as in ``EVENT_TYPES``) keeps only those records, filtered by the
+        database: a reader that needs a few kinds of event does not fetch and decode the rest."""
         ...
 
     def read_all(self, *, from_position: int = 0, limit: int | None = None) -> AsyncIterator[Record]:

@@ -30,6 +30,7 @@ from projections.runs import RunView, apply_to_run, new_run
 __all__ = [
     "SESSION_PROJECTION",
     "SESSION_SCHEMA_VERSION",
+    "STATE_EVENT_TYPES",
     "SessionFold",
     "SessionSummary",
     "SessionView",
@@ -157,6 +158,12 @@ def fold_records(records: Iterable[Record], view: SessionView | None = None) -> 
     accumulator = SessionFold(view)
     accumulator.extend(records)
     return accumulator.view()
+
+
+STATE_EVENT_TYPES: tuple[str, ...] = tuple(
+    str(kind.__struct_config__.tag) for kind in (SessionStarted, SessionStateChanged)
+)
+"""The event types :func:`fold_state` reacts to; a state-only read asks the store for these alone."""
 
 
 def fold_state(state: dict[str, Any], event: object) -> dict[str, Any]:

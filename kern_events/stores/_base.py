@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Self, get_args
@@ -20,7 +20,13 @@ from uuid import UUID
 import anyio
 
 from kern_events._index import SessionInfo
-from kern_events._validate import check_identifier, check_name, check_non_negative, check_optional_identifier
+from kern_events._validate import (
+    check_event_types,
+    check_identifier,
+    check_name,
+    check_non_negative,
+    check_optional_identifier,
+)
 from kern_events.codec import Codec, MsgpackCodec
 from kern_events.errors import (
     ConcurrencyError,
@@ -332,9 +338,11 @@ class BaseEventStore(abc.ABC):
         to_version: int | None = None,
         limit: int | None = None,
         backwards: bool = False,
+        types: Collection[str] | None = None,
     ) -> AsyncIterator[Record]:
         """Stream the session's records; see :meth:`kern_events.store.EventStore.read`."""
         check_identifier("session_id", session_id)
+        wanted = check_event_types("types", types)
         check_non_negative("from_version", from_version)
         check_non_negative("to_version", to_version, allow_none=True)
         check_non_negative("limit", limit, allow_none=True)
@@ -346,7 +354,7 @@ class BaseEventStore(abc.ABC):
         while remaining is None or remaining > 0:
             size = page_size if remaining is None else min(page_size, remaining)
             page_size = min(page_size * 2, self.read_page_size)
-            page = await self._read_page(session_id, low, high, size, backwards)
+            page = await self._read_page(session_id, low, high, size, backwards, wanted)
             for stored in page:
                 yield self._codec.decode(stored)
             if len(page) < size:
@@ -474,9 +482,10 @@ class BaseEventStore(abc.ABC):
 
     @abc.abstractmethod
     async def _read_page(
-        self, session_id: str, low: int, high: int | None, limit: int, backwards: bool
+        self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
     ) -> Sequence[StoredEvent]:
-        """Up to ``limit`` rows with ``low <= version <= high``, ordered by version."""
+        """Up to ``limit`` rows with ``low <= version <= high`` (and a type in ``types``, if given),
+        ordered by version."""
 
     @abc.abstractmethod
     async def _read_all_page(self, from_position: int, limit: int) -> Sequence[StoredEvent]:

@@ -92,7 +92,7 @@ class InMemoryEventStore(BaseEventStore):
         )
 
     async def _read_page(
-        self, session_id: str, low: int, high: int | None, limit: int, backwards: bool
+        self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
     ) -> Sequence[StoredEvent]:
         await anyio.lowlevel.checkpoint()
         stream = self._streams.get(session_id, [])
@@ -103,6 +103,9 @@ class InMemoryEventStore(BaseEventStore):
         stop = len(stream) if high is None else max(min(high - base + 1, len(stream)), 0)
         if start >= stop:
             return []
+        if types is not None:
+            matching = [stored for stored in stream[start:stop] if stored.type in types]
+            return matching[::-1][:limit] if backwards else matching[:limit]
         if backwards:
             return stream[max(stop - limit, start) : stop][::-1]
         return stream[start : min(start + limit, stop)]

@@ -498,10 +498,15 @@ class PostgresEventStore(BaseEventStore):
         return rows
 
     async def _read_page(
-        self, session_id: str, low: int, high: int | None, limit: int, backwards: bool
+        self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
     ) -> Sequence[StoredEvent]:
-        sql = self._sql.page_backwards if backwards else self._sql.page
-        rows = await self._fetch(sql, session_id, low, _MAX_VERSION if high is None else high, limit)
+        top = _MAX_VERSION if high is None else high
+        if types is not None:
+            sql = self._sql.typed_page_backwards if backwards else self._sql.typed_page
+            rows = await self._fetch(sql, session_id, low, top, limit, list(types))
+        else:
+            sql = self._sql.page_backwards if backwards else self._sql.page
+            rows = await self._fetch(sql, session_id, low, top, limit)
         return [_stored(row) for row in rows]
 
     async def _read_all_page(self, from_position: int, limit: int) -> Sequence[StoredEvent]:
@@ -831,6 +836,8 @@ RETURNING session_id, version, position"""
             "ORDER BY version LIMIT $4"
         )
         self.page_backwards = self.page.replace("ORDER BY version", "ORDER BY version DESC")
+        self.typed_page = self.page.replace("ORDER BY", "AND type = ANY($5::text[]) ORDER BY")
+        self.typed_page_backwards = self.page_backwards.replace("ORDER BY", "AND type = ANY($5::text[]) ORDER BY")
         self.all_page = (
             f"SELECT {EVENT_COLUMNS} FROM {events} WHERE position >= $1 "
             "AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) "

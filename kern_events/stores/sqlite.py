@@ -105,7 +105,7 @@ class SqliteEventStore(BaseEventStore):
         self._sql_by_ids = f"SELECT {EVENT_COLUMNS} FROM {events} WHERE event_id IN "
         self._sql_page = (
             f"SELECT {EVENT_COLUMNS} FROM {events} WHERE session_id = ? AND version BETWEEN ? AND ? "
-            "ORDER BY version {order} LIMIT ?"
+            "{typed}ORDER BY version {order} LIMIT ?"
         )
         self._sql_all_page = f"SELECT {EVENT_COLUMNS} FROM {events} WHERE position >= ? ORDER BY position LIMIT ?"
         self._sql_version = f"SELECT version FROM {sessions} WHERE session_id = ?"
@@ -411,10 +411,11 @@ class SqliteEventStore(BaseEventStore):
         return await self._call(self._reader, _fetchall, sql, params)
 
     async def _read_page(
-        self, session_id: str, low: int, high: int | None, limit: int, backwards: bool
+        self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
     ) -> Sequence[StoredEvent]:
-        sql = self._sql_page.format(order="DESC" if backwards else "ASC")
-        rows = await self._fetch(sql, (session_id, low, _MAX_VERSION if high is None else high, limit))
+        typed = "" if types is None else f"AND type IN ({', '.join('?' for _ in types)}) "
+        sql = self._sql_page.format(typed=typed, order="DESC" if backwards else "ASC")
+        rows = await self._fetch(sql, (session_id, low, _MAX_VERSION if high is None else high, *(types or ()), limit))
         return [_stored(row) for row in rows]
 
     async def _read_all_page(self, from_position: int, limit: int) -> Sequence[StoredEvent]:

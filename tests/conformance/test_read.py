@@ -45,6 +45,36 @@ async def test_read_ranges_limits_and_backwards(backend: Backend) -> None:
             await versions(from_version=-1)
 
 
+async def test_read_filtered_by_type_skips_the_rest_across_pages(backend: Backend) -> None:
+    async with backend.store() as store:
+        store.read_page_size = 3  # type: ignore[misc]  # matches spread over several pages
+        events: list[MessageAdded | SummaryUpdated] = []
+        for n in range(1, 31):
+            events.append(SummaryUpdated(summary=f"s{n}") if n % 4 == 0 else _message(n))
+        await store.append("s", events)
+        summaries = list(range(4, 31, 4))
+
+        async def versions(**options: object) -> list[int]:
+            records = store.read("s", types=["summary_updated"], **options)  # type: ignore[arg-type]
+            return [record.version async for record in records]
+
+        assert await versions() == summaries
+        assert await versions(backwards=True) == summaries[::-1]
+        assert await versions(backwards=True, limit=2) == [28, 24]
+        assert await versions(from_version=9, to_version=21, limit=2) == [12, 16]
+        both = [r.version async for r in store.read("s", types={"summary_updated", "message_added"})]
+        assert both == list(range(1, 31))
+        assert [r async for r in store.read("s", types=["session_started"])] == []
+        with pytest.raises(InvalidArgumentError, match="'summary_updatd'"):
+            await versions_of(store, types=["summary_updatd"])
+        with pytest.raises(InvalidArgumentError, match="types"):
+            await versions_of(store, types="summary_updated")
+
+
+async def versions_of(store: object, **options: object) -> list[int]:
+    return [record.version async for record in store.read("s", **options)]  # type: ignore[attr-defined]
+
+
 async def test_read_all_interleaves_sessions_in_global_order(backend: Backend) -> None:
     async with backend.store() as store:
         store.read_page_size = 3  # type: ignore[misc]
