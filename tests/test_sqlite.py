@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kern_events import MessageAdded, SchemaVersionError, SqliteDb, SqliteEventStore, TableNames
+from kern_events import CorruptRecordError, MessageAdded, SchemaVersionError, SqliteDb, SqliteEventStore, TableNames
 from kern_events.errors import InvalidIdentifierError
 from tests._samples import conversation
 
@@ -67,6 +67,22 @@ async def test_a_deleted_last_position_is_never_reused(tmp_path: Path) -> None:
         await store.delete_session("b")
         after = await store.append("c", [MessageAdded(run_id="r", role="user", content="3")])
     assert after.positions[0] > last.positions[0]
+
+
+async def test_a_damaged_row_envelope_is_a_corrupt_record_naming_it_and_its_neighbours_stay_readable(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "damaged.db"
+    async with SqliteEventStore(path) as store:
+        await store.append("s", [MessageAdded(run_id="r", role="user", content=f"m{n}") for n in range(3)])
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE kern_events SET event_id = x'0102' WHERE version = 2")
+    async with SqliteEventStore(path) as store:
+        with pytest.raises(CorruptRecordError, match="version 2") as caught:
+            [record async for record in store.read("s")]
+        assert caught.value.position is not None
+        assert [record.version async for record in store.read("s", to_version=1)] == [1]
+        assert [record.version async for record in store.read("s", from_version=3)] == [3]
 
 
 async def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ a reader that follows positions never skips an event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -20,10 +21,17 @@ from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 import aiosqlite
+import msgspec
 
 from kern_events._index import SessionInfo, advance_index
 from kern_events.codec import Codec
-from kern_events.errors import InvalidArgumentError, KernEventsError, SchemaVersionError, StorageError
+from kern_events.errors import (
+    CorruptRecordError,
+    InvalidArgumentError,
+    KernEventsError,
+    SchemaVersionError,
+    StorageError,
+)
 from kern_events.events import Event
 from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
 from kern_events.stores._base import (
@@ -58,6 +66,20 @@ _ROWS_PER_INSERT = 4000  # 7 parameters a row stays under SQLite's 32766-variabl
 
 def _stored(row: Row) -> StoredEvent:
     return stored_from_row(row, UUID(bytes=row[3]))
+
+
+def _stored_page(rows: list[Any]) -> list[StoredEvent]:
+    """Rows of :data:`EVENT_COLUMNS` (tuples, ids as 16 bytes) as stored events, converted in one call;
+    a row whose envelope is damaged (an id that is not 16 bytes) raises :class:`CorruptRecordError`."""
+    try:
+        return msgspec.convert(rows, list[StoredEvent])
+    except msgspec.ValidationError as exc:
+        for row in rows:
+            try:
+                msgspec.convert(row, StoredEvent)
+            except msgspec.ValidationError:
+                raise CorruptRecordError(row[0], row[1], row[4], f"malformed row: {exc}", position=row[2]) from exc
+        raise
 
 
 class SqliteEventStore(BaseEventStore):
@@ -153,15 +175,17 @@ class SqliteEventStore(BaseEventStore):
     def _submit(
         self, connection: aiosqlite.Connection | None, function: Callable[..., T], *args: Any
     ) -> asyncio.Future[T]:
-        """Queue ``function(sqlite3_connection, *args)`` on the connection's thread.
+        """Queue ``function(sqlite3_connection, *args)`` on the connection's thread; its future.
 
-        aiosqlite has no public way to run a function on its thread, so this uses its ``_execute``
-        (pinned by the dependency range; the conformance suite exercises it on every append).
+        aiosqlite has no public way to run a function on its thread, so this puts it on the worker's
+        queue as aiosqlite's own ``_execute`` does, without the task that wrapping ``_execute`` would
+        cost (pinned by the dependency range; the conformance suite exercises it on every call).
         """
-        if connection is None:
+        if connection is None or not connection._running or connection._connection is None:
             raise StorageError("the SQLite connection is not open")
-        raw = connection._conn
-        return asyncio.ensure_future(connection._execute(function, raw, *args))  # type: ignore[no-untyped-call]
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        connection._tx.put_nowait((future, functools.partial(function, connection._connection, *args)))
+        return future
 
     async def _call(self, connection: aiosqlite.Connection | None, function: Callable[..., T], *args: Any) -> T:
         """Run ``function(sqlite3_connection, *args)`` on the connection's thread: one hop, one await.
@@ -408,7 +432,12 @@ class SqliteEventStore(BaseEventStore):
     # -- reading -----------------------------------------------------------------------------------
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        return await self._call(self._reader, _fetchall, sql, params)
+        """A read on the reader thread. Not shielded like writes: a cancelled read returns at once, and
+        its query, which changes nothing, finishes on the thread with its rows dropped."""
+        try:
+            return await self._submit(self._reader, _fetchall, sql, params)
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite failed on {self.db_file!r}: {exc}") from exc
 
     async def _read_page(
         self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
@@ -416,11 +445,11 @@ class SqliteEventStore(BaseEventStore):
         typed = "" if types is None else f"AND type IN ({', '.join('?' for _ in types)}) "
         sql = self._sql_page.format(typed=typed, order="DESC" if backwards else "ASC")
         rows = await self._fetch(sql, (session_id, low, _MAX_VERSION if high is None else high, *(types or ()), limit))
-        return [_stored(row) for row in rows]
+        return _stored_page(rows)
 
     async def _read_all_page(self, from_position: int, limit: int) -> Sequence[StoredEvent]:
         rows = await self._fetch(self._sql_all_page, (from_position, limit))
-        return [_stored(row) for row in rows]
+        return _stored_page(rows)
 
     async def _current_version(self, session_id: str) -> int:
         rows = await self._fetch(self._sql_version, (session_id,))
