@@ -1,8 +1,11 @@
 """Run every benchmark subject and print one table of ratios (``--json`` for all samples).
 
-Usage: ``python -m benchmarks [--quick] [--json] [--repeats N]``. ``--quick`` uses small sizes (about
-a minute); the default sizes take a few minutes. Progress goes to stderr, results to stdout. A subject
-whose ``unavailable()`` gives a reason (PostgreSQL not answering) is skipped with that reason.
+Usage: ``python -m benchmarks [--quick] [--json] [--repeats N] [--only SUBJECT] [--results]``.
+``--quick`` uses small sizes (under two minutes without the peers); the default sizes take longer.
+``--results`` also writes ``benchmarks/RESULTS.md`` and its plots from this run. Progress goes to
+stderr, results to stdout. A subject whose ``unavailable()`` gives a reason (PostgreSQL not
+answering) is skipped with that reason; so is a peer framework that is not installed (the peers
+come from the optional extra: ``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations
@@ -11,42 +14,64 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
-from benchmarks import append, history, postgres, resume
+from benchmarks import append, engine, frameworks, history, postgres, resume
 from benchmarks._harness import measure, render_table, results_json
+from benchmarks.peers._workload import Backend
 
-_SUBJECTS = (append, postgres, history, resume)
+_SUBJECTS = (append, postgres, engine, history, resume)
+_NAMES = [subject.__name__.rsplit(".", 1)[-1] for subject in (*_SUBJECTS, frameworks)]
 
 
 def main() -> None:
     """Measure every subject's comparisons and print them as a table, or as JSON."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute in all")
+    parser.add_argument("--quick", action="store_true", help="small sizes")
     parser.add_argument("--json", action="store_true", help="print every sample as JSON instead of the table")
     parser.add_argument("--repeats", type=int, help="runs of each case (default 3 with --quick, else 5)")
-    parser.add_argument(
-        "--only", choices=[subject.__name__.rsplit(".", 1)[-1] for subject in _SUBJECTS], help="run one subject"
-    )
+    parser.add_argument("--only", choices=_NAMES, help="run one subject")
+    parser.add_argument("--results", action="store_true", help="write benchmarks/RESULTS.md and its plots")
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 5)
     started = time.perf_counter()
-    report: list[str] = []
-    results = []
+    sections: list[tuple[str, str]] = []
+    results: dict[str, Any] = {}
     for subject in _SUBJECTS:
-        if args.only is not None and not subject.__name__.endswith("." + args.only):
+        name = subject.__name__.rsplit(".", 1)[-1]
+        if args.only is not None and args.only != name:
             continue
         unavailable = getattr(subject, "unavailable", None)
         reason = unavailable() if unavailable is not None else None
         if reason is not None:
-            print(f"{subject.__name__}: skipped: {reason}", file=sys.stderr)
-            report += [f"{subject.__name__}: skipped: {reason}", ""]
+            print(f"{name}: skipped: {reason}", file=sys.stderr)
+            sections.append((name, f"skipped: {reason}"))
             continue
         comparisons = subject.comparisons(args.quick)
         samples = measure(comparisons, repeats=repeats, label=subject.__name__)
-        report += [render_table(comparisons, samples, repeats=repeats), "", subject.NOTES, ""]
-        results += results_json(comparisons, samples)
-    print(f"done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    print(json.dumps(results, indent=2) if args.json else "\n".join(report).rstrip())
+        sections.append((name, f"{render_table(comparisons, samples, repeats=repeats)}\n\n{subject.NOTES}"))
+        results[name] = results_json(comparisons, samples)
+    if args.only in (None, "frameworks"):
+        backends: list[Backend] = ["sqlite"]
+        reason = postgres.unavailable()
+        if reason is None:
+            backends.append("postgres")
+        else:
+            print(f"frameworks: PostgreSQL rows skipped: {reason}", file=sys.stderr)
+        text, samples_json = frameworks.report(args.quick, 1 if args.quick else min(repeats, 3), postgres.URL, backends)
+        sections.append(("frameworks", text))
+        results["frameworks"] = samples_json
+    elapsed = time.perf_counter() - started
+    print(f"done in {elapsed:.0f} s", file=sys.stderr)
+    if args.results:
+        from benchmarks import _results
+
+        written = _results.write(sections, results, quick=args.quick, repeats=repeats, seconds=elapsed)
+        print(f"wrote {', '.join(str(path) for path in written)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print("\n\n".join(f"== {name} ==\n{text}" for name, text in sections))
 
 
 if __name__ == "__main__":

@@ -36,14 +36,16 @@ __all__ = [
     "drive",
     "measure",
     "message_pool",
+    "percentile",
     "render_table",
     "results_json",
     "session_ids",
     "temp_db",
 ]
 
-Metric = Literal["throughput", "latency"]
-"""Throughput compares events per second; latency compares seconds per append (lower is better)."""
+Metric = Literal["throughput", "latency", "p99", "memory"]
+"""Throughput compares events per second; latency compares seconds per append, p99 the 99th percentile
+of single appends' latency, memory the peak resident set size (lower is better for the last three)."""
 
 AppendFunction = Callable[[str, int, Sequence[MessageAdded]], Awaitable[None]]
 """Append events to a session whose current version is given; what differs between engines."""
@@ -62,6 +64,10 @@ class Sample:
     appends: int
     events: int
     seconds: float
+    p99: float | None = None
+    """The 99th percentile of single appends' (or operations') latency, in seconds, where recorded."""
+    peak_rss: int | None = None
+    """The process's peak resident set size in bytes, where the case reports it."""
 
     @property
     def events_per_second(self) -> float:
@@ -164,18 +170,28 @@ async def drive(append: AppendFunction, sessions: Mapping[str, int], args: argpa
     pool = message_pool()
     batches = [[pool[(start + offset) % len(pool)] for offset in range(batch)] for start in range(len(pool))]
     versions = dict(sessions)
+    latencies: list[float] = []
 
-    async def writer(session_id: str, count: int) -> None:
+    async def writer(session_id: str, count: int, timed: bool) -> None:
         for step in range(count):
             version = versions[session_id]
+            started = time.perf_counter()
             await append(session_id, version, batches[step % len(batches)])
+            if timed:
+                latencies.append(time.perf_counter() - started)
             versions[session_id] = version + batch
 
-    await asyncio.gather(*(writer(session_id, args.warmup) for session_id in versions))
+    await asyncio.gather(*(writer(session_id, args.warmup, False) for session_id in versions))
     with Timer() as timer:
-        await asyncio.gather(*(writer(session_id, args.appends) for session_id in versions))
+        await asyncio.gather(*(writer(session_id, args.appends, True) for session_id in versions))
     total = args.appends * len(versions)
-    return Sample(appends=total, events=total * batch, seconds=timer.seconds)
+    return Sample(appends=total, events=total * batch, seconds=timer.seconds, p99=percentile(latencies, 0.99))
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The ``fraction`` quantile of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
 
 
 def case_main(cases: Mapping[str, Callable[[argparse.Namespace], Sample]], parser: argparse.ArgumentParser) -> None:
@@ -219,21 +235,34 @@ def measure(comparisons: Sequence[Comparison], *, repeats: int, label: str) -> d
     return samples
 
 
-def _median(samples: Sequence[Sample], metric: Metric) -> float:
+def _value(sample: Sample, metric: Metric) -> float:
     if metric == "throughput":
-        return statistics.median(sample.events_per_second for sample in samples)
-    return statistics.median(sample.seconds_per_append for sample in samples)
+        return sample.events_per_second
+    if metric == "latency":
+        return sample.seconds_per_append
+    measured = sample.p99 if metric == "p99" else sample.peak_rss
+    if measured is None:
+        raise ValueError(f"the sample has no {metric} figure: {sample}")
+    return float(measured)
+
+
+def _median(samples: Sequence[Sample], metric: Metric) -> float:
+    return statistics.median(_value(sample, metric) for sample in samples)
 
 
 def _ratio(ours: float, reference: float, metric: Metric) -> float:
-    """Ours over reference as throughput, so higher is better for both metrics."""
+    """Ours over reference as throughput, so higher is better for every metric."""
     return ours / reference if metric == "throughput" else reference / ours
 
 
 def _format(value: float, metric: Metric) -> str:
     if metric == "throughput":
         return f"{value:,.0f} ev/s"
-    return f"{value * 1e6:,.0f} µs/append"
+    if metric == "memory":
+        return f"{value / 2**20:,.1f} MiB peak RSS"
+    if metric == "p99":
+        return f"{value * 1e3:,.2f} ms p99"
+    return f"{value * 1e6:,.0f} µs/op"
 
 
 def render_table(comparisons: Sequence[Comparison], samples: Mapping[Case, Sequence[Sample]], *, repeats: int) -> str:
@@ -268,6 +297,14 @@ def render_table(comparisons: Sequence[Comparison], samples: Mapping[Case, Seque
     return "\n".join(lines)
 
 
+_METRIC_NAMES = {
+    "throughput": "events_per_second",
+    "latency": "seconds_per_operation",
+    "p99": "p99_seconds",
+    "memory": "peak_rss_bytes",
+}
+
+
 def results_json(comparisons: Sequence[Comparison], samples: Mapping[Case, Sequence[Sample]]) -> list[dict[str, Any]]:
     """Every comparison with all its samples, medians and ratio, as plain JSON data."""
 
@@ -287,7 +324,7 @@ def results_json(comparisons: Sequence[Comparison], samples: Mapping[Case, Seque
         results.append(
             {
                 "workload": comparison.workload,
-                "metric": "events_per_second" if comparison.metric == "throughput" else "seconds_per_append",
+                "metric": _METRIC_NAMES[comparison.metric],
                 "ours": ours,
                 "reference": reference,
                 "ratio": ratio,

@@ -34,6 +34,7 @@ from kern_events import InMemoryEventStore, SqliteEventStore, TableNames
 from kern_events.codec import MsgpackCodec
 from kern_events.events import MessageAdded
 from kern_events.stores._base import BaseEventStore
+from kern_events.stores._group import GroupCommit
 
 __all__ = ["NOTES", "comparisons"]
 
@@ -53,9 +54,10 @@ sqlite3: autocommit INSERT, no thread. aiosqlite execute+commit: what a naive as
   aiosqlite autocommit: a single execute (1 hop).
 length rows: one session prefilled to 10,000 (ours) vs 10 (reference) events, then single-event appends;
   a ratio near 1.00 means the append cost does not grow with the session.
-64 tasks: 1 event per append, each task its own session. Ours group-commits: appends that arrive while a
-  transaction is on the writer thread share the next one (one fsync for many). The reference is one
-  shared aiosqlite connection, one autocommit transaction (and fsync) per append."""
+64 agents: 64 tasks, 1 event per append, each task its own session. Ours group-commits: appends that arrive
+  while a transaction is on the writer thread share the next one (one fsync for many). The reference is one
+  shared aiosqlite connection, one autocommit transaction (and fsync) per append; "one txn per append" is
+  our store with group commit switched off. p99 rows compare the 99th percentile of single appends' latency."""
 
 
 # -- ours ------------------------------------------------------------------------------------------
@@ -69,6 +71,9 @@ def _ours(args: argparse.Namespace) -> Sample:
             store: BaseEventStore = (
                 InMemoryEventStore() if args.store == "memory" else SqliteEventStore(path, synchronous=args.sync)
             )
+            if args.group == "off" and isinstance(store, SqliteEventStore):
+                # One append per transaction: what the store does without group commit.
+                store._group = GroupCommit(store._commit_batch, take=lambda queue: (queue[:1], queue[1:]))
             async with store:
                 sessions = {name: await _prefill(store, name, args.length) for name in session_ids(args.tasks)}
 
@@ -214,12 +219,13 @@ def comparisons(quick: bool) -> list[Comparison]:
         rows.append(Comparison(f"{name}, append at length 10,000 vs 10", long, short, metric="latency"))
     concurrent = {"sync": "FULL", "tasks": 64, "appends": per_task, "warmup": 1}
     ours_64 = _case("ours", store="sqlite", **concurrent)
+    raw_64 = _case("aiosqlite", mode="autocommit", **concurrent)
+    single_64 = _case("ours", store="sqlite", group="off", **concurrent)
     rows += [
-        Comparison(
-            "SQLite FULL, 64 tasks vs aiosqlite autocommit",
-            ours_64,
-            _case("aiosqlite", mode="autocommit", **concurrent),
-        ),
+        Comparison("SQLite FULL, 64 agents vs aiosqlite autocommit", ours_64, raw_64),
+        Comparison("SQLite FULL, 64 agents vs aiosqlite autocommit: p99", ours_64, raw_64, metric="p99"),
+        Comparison("SQLite FULL, 64 agents: group commit vs one txn per append", ours_64, single_64),
+        Comparison("SQLite FULL, 64 agents: group commit vs one txn per append: p99", ours_64, single_64, "p99"),
         Comparison(
             "SQLite FULL, ours 64 tasks vs ours 1 task",
             ours_64,
@@ -240,6 +246,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="untimed appends per writer task first")
     parser.add_argument("--tasks", type=int, default=1, help="concurrent writers, each on its own session")
     parser.add_argument("--length", type=int, default=0, help="events prefilled into each session")
+    parser.add_argument("--group", choices=("on", "off"), default="on", help="ours: group commit, or one per txn")
     case_main({"ours": _ours, "sqlite3": _sqlite3, "aiosqlite": _aiosqlite}, parser)
 
 

@@ -62,7 +62,9 @@ pool reset rows: raw asyncpg pool, acquire / INSERT / release per append, reset=
 group commit: raw, 16 tasks; one leader connection takes every queued append, writes them all in one
   multi-row unnest INSERT (one transaction), and answers each caller after the commit; reference: one
   autocommit transaction per append on 16 held connections (PostgreSQL shares WAL flushes between them).
-pool vs held rows: what acquire / release alone costs (no reset query); ours appends on a held connection."""
+pool vs held rows: what acquire / release alone costs (no reset query); ours appends on a held connection.
+64 agents: 64 tasks on distinct sessions, 1 event per append; ours group-commits on its one appending
+  connection; the reference is a raw pool of 16 connections (no-op reset), one autocommit INSERT per append."""
 
 
 def unavailable() -> str | None:
@@ -214,7 +216,8 @@ def _pool(args: argparse.Namespace) -> Sample:
     reset = _no_reset if args.reset == "none" else None  # None: asyncpg's default reset query
 
     async def body(rows: _RawRows) -> AsyncIterator[AppendFunction]:
-        async with asyncpg.create_pool(URL, min_size=1, max_size=args.tasks, reset=reset) as pool:
+        size = args.connections or args.tasks
+        async with asyncpg.create_pool(URL, min_size=size, max_size=size, reset=reset) as pool:
 
             async def append(session_id: str, version: int, events: Sequence[MessageAdded]) -> None:
                 async with pool.acquire() as connection:
@@ -288,6 +291,8 @@ def comparisons(quick: bool) -> list[Comparison]:
     concurrent = {"tasks": 16, "appends": per_task, "warmup": 5}
     held_one, held_ten, held_16 = (_case("held", **sizes) for sizes in (one, ten, concurrent))
     pool_one, pool_16 = _case("pool", reset="none", **one), _case("pool", reset="none", **concurrent)
+    agents = {"tasks": 64, "appends": per_task // 2, "warmup": 2}
+    ours_64, raw_64 = _case("ours", **agents), _case("pool", reset="none", connections=16, **agents)
     return [
         Comparison("PostgreSQL 1 connection, 1 ev/append vs raw", _case("ours", **one), held_one, "latency"),
         Comparison("PostgreSQL 1 connection, 10 ev/append vs raw", _case("ours", **ten), held_ten, "latency"),
@@ -297,6 +302,8 @@ def comparisons(quick: bool) -> list[Comparison]:
         Comparison("raw 16 tasks: group commit vs txn per append", _case("group", **concurrent), held_16),
         Comparison("raw 16 tasks: pool (no-op reset) vs held connections", pool_16, held_16),
         Comparison("raw 1 task: pool (no-op reset) vs held connection", pool_one, held_one, "latency"),
+        Comparison("PostgreSQL 64 agents vs raw pool of 16, txn per append", ours_64, raw_64),
+        Comparison("PostgreSQL 64 agents vs raw pool of 16, txn per append: p99", ours_64, raw_64, "p99"),
     ]
 
 
@@ -309,6 +316,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1, help="concurrent writers, each on its own session")
     parser.add_argument("--position", choices=("counter", "xid8"), default="counter", help="raw position values")
     parser.add_argument("--reset", choices=("default", "none"), default="default", help="raw pool release reset")
+    parser.add_argument("--connections", type=int, help="raw pool size (default: one per task)")
     cases: dict[str, Callable[[argparse.Namespace], Sample]] = {
         "ours": _ours,
         "held": _held,

@@ -1,0 +1,118 @@
+"""Write ``benchmarks/RESULTS.md`` and its plots from one run of ``python -m benchmarks --results``."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write"]
+
+_HERE = Path(__file__).resolve().parent
+_PLOTS = _HERE / "plots"
+
+
+def _machine() -> list[str]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        server = subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-Atc", "show server_version"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        server = ""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return [
+        f"- machine: {os.cpu_count()} vCPU ({cpu}), {memory:.0f} GiB RAM, {platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, PostgreSQL {server or 'n/a'}",
+        "- shared and noisy: every figure is a median, and every row compares two cases run side by side",
+    ]
+
+
+def _plot(samples: Sequence[dict[str, Any]]) -> list[Path]:
+    """Load, persist and bytes per run against session length, one line per system and backend."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plots skipped: matplotlib is not installed (pip install -e '.[bench]')", file=sys.stderr)
+        return []
+    _PLOTS.mkdir(exist_ok=True)
+    written = []
+    charts = (
+        ("load_seconds", "load for the next run (ms)", 1e3, "load.png"),
+        ("persist_seconds", "persist one run (ms)", 1e3, "persist.png"),
+        ("bytes_per_run", "bytes stored per persisted run", 1.0, "bytes_per_run.png"),
+    )
+    lines = sorted({(sample["system"], sample["backend"]) for sample in samples})
+    for field, label, scale, name in charts:
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        for system, backend in lines:
+            points = sorted(
+                (sample["runs"], sample[field] * scale)
+                for sample in samples
+                if sample["system"] == system and sample["backend"] == backend
+            )
+            style = "-" if backend == "sqlite" else "--"
+            width = 2.5 if system == "kern-events" else 1.2
+            axes.plot(*zip(*points, strict=True), style, marker="o", linewidth=width, label=f"{system} ({backend})")
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set_xlabel("runs already in the session (N)")
+        axes.set_ylabel(label)
+        axes.set_title(f"{label} against session length")
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=7, ncol=2)
+        figure.tight_layout()
+        path = _PLOTS / name
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def write(
+    sections: Sequence[tuple[str, str]], results: dict[str, Any], *, quick: bool, repeats: int, seconds: float
+) -> list[Path]:
+    """RESULTS.md with every subject's table and notes, and the framework plots; the paths written."""
+    plots = _plot(results.get("frameworks", []))
+    command = "python -m benchmarks --results" + (" --quick" if quick else "")
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `{command}` on {datetime.date.today().isoformat()} "
+        f"({repeats} runs per case, {seconds / 60:.0f} min in all); regenerate with the same command.",
+        "Ratios are ours / reference as throughput: above 1.00 ours is faster (for latency, p99 and memory",
+        "rows the ratio is reference / ours, so higher is better there too).",
+        "",
+        *_machine(),
+        "",
+    ]
+    for name, text in sections:
+        lines += [f"## {name}", "", "```text", text, "```", ""]
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{path.stem}](plots/{path.name})" for path in plots]
+        lines.append("")
+    target = _HERE / "RESULTS.md"
+    target.write_text("\n".join(lines))
+    return [target, *plots]

@@ -1,0 +1,317 @@
+"""The agent workload against the storage of the agent frameworks people use today.
+
+Each case is one system on one backend at one session length N: a fresh database, a session
+prefilled with N runs through the system's own public API, then ``--repeats`` turns of what a
+runtime does for every run: read what the next run needs (``load``), then persist that run
+(``persist``). A run is a user message, an assistant tool call, the tool's result, the final answer
+and usage metrics (``benchmarks.peers._workload``); one adapter module per system says what its
+``load`` and ``persist`` call. Bytes stored per persisted run are the growth of the live rows'
+bytes over the timed runs, divided by their number (SQLite: ``dbstat`` payload of the tables;
+PostgreSQL: ``pg_column_size`` of every row, TOAST-compressed where the system's values are).
+
+The peers come from the optional extra: ``pip install -e '.[bench]'``; a system that is not installed
+is skipped with that reason. Run one case with
+``python -m benchmarks.frameworks --case turn --system agno --backend sqlite --runs 100``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import secrets
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import asyncpg
+
+from benchmarks._harness import temp_db
+from benchmarks.peers._workload import Backend, Target, agent_runs
+
+__all__ = ["NOTES", "SYSTEMS", "TurnSample", "report", "run_cases"]
+
+SYSTEMS = ("kern", "agno", "openai_agents", "langgraph", "adk")
+"""Adapter modules under ``benchmarks.peers``, ours first."""
+
+_MODULE = "benchmarks.frameworks"
+_ROOT = Path(__file__).resolve().parent.parent
+_SESSION = "bench-session"
+
+NOTES = """\
+Each row: one system, one backend, a session already holding N runs. load = what the framework reads
+  before the next run; persist = what it writes when the run ends; bytes/run = live bytes stored per
+  persisted run (logical row bytes; indexes not counted). Medians over the timed turns, then over runs.
+kern-events: load = get_history(num_history_runs=3) + get_session_state (a tail read and the state's
+  checkpoint); persist = the reference Agent's three appends (a checkpoint every 1,000 events).
+agno: Async{Sqlite,Postgres}Db as Agent.arun uses them. load = get_session (the session row and every run
+  row; Agno caches decoded runs per db object, so a warm process decodes only new ones); persist = what
+  acleanup_and_store does: upsert_session, upsert_run, update_approval_run_status.
+openai-agents: load = session.get_items() (every item: Runner's default limit is None); persist = the
+  Runner's three add_items calls (user message; function_call + output; answer). SQLiteSession on SQLite,
+  SQLAlchemySession on PostgreSQL. Usage metrics are not stored in the session.
+langgraph: Async{Sqlite,Postgres}Saver driven as a ReAct graph's Pregel loop drives it: load = aget_tuple
+  of the thread's latest checkpoint; persist = the input checkpoint, then per super-step (start, agent,
+  tools, agent) aput_writes and an aput whose messages channel holds the whole list.
+google-adk: load = DatabaseSessionService.get_session (every event by default); persist = four
+  append_event calls.
+growth = cost at the largest N / cost at N = 10: near 1.0 is flat."""
+
+
+@dataclass(frozen=True)
+class TurnSample:
+    """What one case measured: medians per turn, and bytes stored per persisted run."""
+
+    system: str
+    backend: str
+    runs: int
+    load_seconds: float
+    persist_seconds: float
+    bytes_per_run: float
+    loaded: int
+
+
+def adapter(system: str) -> ModuleType:
+    """The adapter module of ``system`` (importing it never imports the framework itself)."""
+    return importlib.import_module(f"benchmarks.peers.{system}")
+
+
+# -- one case --------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _target(backend: Backend, url: str) -> AsyncIterator[Target]:
+    """A fresh SQLite file, or a fresh PostgreSQL database (dropped after, connections and all)."""
+    if backend == "sqlite":
+        with temp_db() as path:
+            yield Target("sqlite", sqlite_path=path)
+        return
+    name = f"kb_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield Target("postgres", postgres_url=url.rsplit("/", 1)[0] + "/" + name)
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def _stored_bytes(target: Target) -> int:
+    """Live bytes in every table of the target (row payloads; indexes and free space not counted)."""
+    if target.backend == "sqlite":
+        assert target.sqlite_path is not None
+        with sqlite3.connect(target.sqlite_path) as connection:
+            tables = [name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            marks = ", ".join("?" for _ in tables)
+            query = f"SELECT coalesce(sum(payload), 0) FROM dbstat WHERE name IN ({marks})"
+            (total,) = connection.execute(query, tables).fetchone()
+        return int(total)
+    assert target.postgres_url is not None
+    connection = await asyncpg.connect(target.postgres_url)
+    try:
+        tables = await connection.fetch(
+            "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables "
+            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        )
+        total = 0
+        for (table,) in tables:
+            total += await connection.fetchval(f"SELECT coalesce(sum(pg_column_size(t.*)), 0) FROM {table} AS t")
+        return int(total)
+    finally:
+        await connection.close()
+
+
+async def _turns(args: argparse.Namespace) -> TurnSample:
+    module = adapter(args.system)
+    async with _target(args.backend, args.url) as target, module.open_store(target, _SESSION) as store:
+        await store.prefill(agent_runs(1, args.runs))
+        before = await _stored_bytes(target)
+        loads: list[float] = []
+        persists: list[float] = []
+        loaded = 0
+        for run in agent_runs(args.runs + 1, args.repeats):
+            started = time.perf_counter()
+            loaded = await store.load()
+            loads.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await store.persist(run)
+            persists.append(time.perf_counter() - started)
+        if loaded <= 0:
+            raise RuntimeError(f"{args.system} loaded nothing for the next run")
+        after = await _stored_bytes(target)
+    return TurnSample(
+        system=module.SYSTEM,
+        backend=args.backend,
+        runs=args.runs,
+        load_seconds=statistics.median(loads),
+        persist_seconds=statistics.median(persists),
+        bytes_per_run=(after - before) / args.repeats,
+        loaded=loaded,
+    )
+
+
+# -- the subject -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Case:
+    system: str
+    backend: Backend
+    runs: int
+    repeats: int
+
+    def argv(self, url: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            _MODULE,
+            "--case",
+            "turn",
+            "--system",
+            self.system,
+            "--backend",
+            self.backend,
+            "--runs",
+            str(self.runs),
+            "--repeats",
+            str(self.repeats),
+            "--url",
+            url,
+        ]
+
+
+def _run(case: _Case, url: str) -> TurnSample:
+    done = subprocess.run(case.argv(url), cwd=_ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"case {case} failed with exit code {done.returncode}:\n{done.stderr[-4000:]}")
+    return TurnSample(**json.loads(done.stdout.splitlines()[-1]))
+
+
+def sizes(quick: bool) -> tuple[int, ...]:
+    """Session lengths N (runs already stored)."""
+    return (10, 100) if quick else (10, 100, 1000)
+
+
+def run_cases(
+    *, quick: bool, repeats: int, backends: Sequence[Backend], url: str, systems: Sequence[str] = SYSTEMS
+) -> tuple[list[TurnSample], list[str]]:
+    """Every available system, backend and N: ``repeats`` fresh processes each; medians, and skip reasons."""
+    turns = 5 if quick else 20
+    skipped: list[str] = []
+    cases: list[_Case] = []
+    for system in systems:
+        module = adapter(system)
+        reason = module.unavailable()
+        if reason is not None:
+            skipped.append(f"{module.SYSTEM}: skipped: {reason}")
+            continue
+        cases += [
+            _Case(system, backend, runs, turns)
+            for backend in backends
+            if backend in module.BACKENDS
+            for runs in sizes(quick)
+        ]
+    samples: dict[_Case, list[TurnSample]] = {case: [] for case in cases}
+    for repeat in range(repeats):
+        print(f"{_MODULE}: repetition {repeat + 1}/{repeats} ({len(cases)} cases)", file=sys.stderr, flush=True)
+        for case in cases:
+            samples[case].append(_run(case, url))
+    medians = []
+    for runs in samples.values():
+        first = runs[0]
+        medians.append(
+            TurnSample(
+                system=first.system,
+                backend=first.backend,
+                runs=first.runs,
+                load_seconds=statistics.median(run.load_seconds for run in runs),
+                persist_seconds=statistics.median(run.persist_seconds for run in runs),
+                bytes_per_run=statistics.median(run.bytes_per_run for run in runs),
+                loaded=first.loaded,
+            )
+        )
+    return medians, skipped
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f}" if seconds < 0.1 else f"{seconds * 1e3:.0f}"
+
+
+def render(samples: Sequence[TurnSample]) -> str:
+    """One row per system and backend: load, persist and bytes per run at each N, and their growth."""
+    lengths = sorted({sample.runs for sample in samples})
+    by_key = {(sample.system, sample.backend, sample.runs): sample for sample in samples}
+    header = ["system", "backend"]
+    for what in ("load ms", "persist ms", "bytes/run"):
+        header += [f"{what} N={n:,}" for n in lengths] + [f"{what.split()[0]} growth"]
+    rows = [header]
+    for system, backend in dict.fromkeys((sample.system, sample.backend) for sample in samples):
+        row = [system, backend]
+        for field in ("load_seconds", "persist_seconds", "bytes_per_run"):
+            values = [getattr(by_key[(system, backend, n)], field) for n in lengths]
+            shown = [f"{value:,.0f}" if field == "bytes_per_run" else _ms(value) for value in values]
+            growth = values[-1] / values[0] if values[0] else float("nan")
+            row += [*shown, f"{growth:.2f}x"]
+        rows.append(row)
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = [
+        " | ".join(
+            cell.ljust(width) if column < 2 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "-+-".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def ratios(samples: Sequence[TurnSample]) -> str:
+    """At the largest N, each peer's load and persist time over ours on the same backend."""
+    largest = max(sample.runs for sample in samples)
+    ours = {s.backend: s for s in samples if s.system == "kern-events" and s.runs == largest}
+    lines = [f"at N = {largest:,} runs, peer time / kern-events time (higher = kern-events faster):"]
+    for sample in samples:
+        base = ours.get(sample.backend)
+        if sample.runs != largest or sample.system == "kern-events" or base is None:
+            continue
+        lines.append(
+            f"  {sample.system} on {sample.backend}: load {sample.load_seconds / base.load_seconds:.1f}x, "
+            f"persist {sample.persist_seconds / base.persist_seconds:.1f}x, "
+            f"bytes/run {sample.bytes_per_run / base.bytes_per_run:.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def report(quick: bool, repeats: int, url: str, backends: Sequence[Backend]) -> tuple[str, list[dict[str, Any]]]:
+    """The subject's text (table, ratios, notes) and its results as JSON data."""
+    samples, skipped = run_cases(quick=quick, repeats=repeats, backends=backends, url=url)
+    text = "\n".join([render(samples), "", ratios(samples), *skipped, "", NOTES])
+    return text, [asdict(sample) for sample in samples]
+
+
+def main() -> None:
+    """Run one case named on the command line and print its sample as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--case", required=True, choices=["turn"])
+    parser.add_argument("--system", required=True, choices=SYSTEMS)
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--runs", type=int, default=10, help="runs already in the session (N)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed turns (load, then persist)")
+    parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test", help="PostgreSQL server")
+    args = parser.parse_args()
+    print(json.dumps(asdict(asyncio.run(_turns(args)))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Google ADK on the peer workload, through its ``DatabaseSessionService`` (SQLAlchemy, async drivers).
+
+``persist`` is ``append_event`` once per event of a run (the user message, the model's function call, the
+function response, the final answer with its ``usage_metadata``), reusing the ``Session`` the last ``load``
+returned, as the ``Runner`` appends each event it yields to the session it loaded. ``load`` is
+``get_session(app_name, user_id, session_id)``, what the ``Runner`` reads before each run: with no
+``GetSessionConfig`` (``num_recent_events`` / ``after_timestamp`` could cut it) it returns every event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from benchmarks.peers._workload import AgentRun, Backend, PeerStore, Target
+
+if TYPE_CHECKING:
+    from google.adk.events import Event
+    from google.adk.sessions import DatabaseSessionService, Session
+
+__all__ = ["BACKENDS", "SYSTEM", "open_store", "unavailable"]
+
+SYSTEM = "google-adk"
+BACKENDS: tuple[Backend, ...] = ("sqlite", "postgres")
+APP_NAME = "bench_app"
+USER_ID = "bench-user"
+AGENT_NAME = "bench_agent"
+MODEL_VERSION = "bench-model"
+
+
+def unavailable() -> str | None:
+    """``None`` when ADK, its database session service and the async drivers import, else why not."""
+    try:
+        from google.adk.sessions import DatabaseSessionService  # noqa: F401
+    except ImportError as exc:
+        return f"google-adk is not installed ({exc}); pip install -e '.[bench]'"
+    # ADK imports without greenlet but its DatabaseSessionService then refuses to start (sqlalchemy[asyncio]).
+    for module in ("greenlet", "aiosqlite", "asyncpg"):
+        try:
+            __import__(module)
+        except ImportError as exc:
+            return f"google-adk's database session service needs {module} ({exc}); pip install -e '.[bench]'"
+    return None
+
+
+def _events(run: AgentRun) -> list[Event]:
+    """The four events the Runner appends for one run, as an LlmAgent with one tool produces them."""
+    from google.adk.events import Event
+    from google.genai import types
+
+    call = types.FunctionCall(id=run.tool_call_id, name=run.tool_name, args=run.tool_arguments)
+    # ADK wraps a tool's non-dict return value as {"result": value}.
+    response = types.FunctionResponse(id=run.tool_call_id, name=run.tool_name, response={"result": run.tool_result})
+    usage = types.GenerateContentResponseUsageMetadata(
+        prompt_token_count=run.input_tokens,
+        candidates_token_count=run.output_tokens,
+        total_token_count=run.total_tokens,
+    )
+    return [
+        Event(
+            invocation_id=run.run_id,
+            author="user",
+            content=types.Content(role="user", parts=[types.Part(text=run.user)]),
+        ),
+        Event(
+            invocation_id=run.run_id,
+            author=AGENT_NAME,
+            model_version=MODEL_VERSION,
+            content=types.Content(role="model", parts=[types.Part(function_call=call)]),
+        ),
+        Event(
+            invocation_id=run.run_id,
+            author=AGENT_NAME,
+            content=types.Content(role="user", parts=[types.Part(function_response=response)]),
+        ),
+        Event(
+            invocation_id=run.run_id,
+            author=AGENT_NAME,
+            model_version=MODEL_VERSION,
+            content=types.Content(role="model", parts=[types.Part(text=run.answer)]),
+            usage_metadata=usage,
+        ),
+    ]
+
+
+class _AdkStore:
+    def __init__(self, service: DatabaseSessionService, session: Session) -> None:
+        self._service = service
+        self._session = session
+
+    async def prefill(self, runs: Sequence[AgentRun]) -> None:
+        """``append_event`` per event: ADK has no bulk append (one transaction per event)."""
+        for run in runs:
+            await self.persist(run)
+
+    async def persist(self, run: AgentRun) -> None:
+        """The run's four ``append_event`` calls on the session the last ``load`` returned."""
+        for event in _events(run):
+            await self._service.append_event(self._session, event)
+
+    async def load(self) -> int:
+        """``get_session`` with no config: the session, its merged state and every event."""
+        session = await self._service.get_session(app_name=APP_NAME, user_id=USER_ID, session_id=self._session.id)
+        if session is None:
+            raise RuntimeError(f"ADK lost session {self._session.id!r}")
+        self._session = session
+        return len(session.events)
+
+
+def _db_url(target: Target) -> str:
+    """The target as an async SQLAlchemy URL (ADK refuses synchronous drivers)."""
+    if target.backend == "sqlite":
+        if target.sqlite_path is None:
+            raise ValueError("a SQLite target needs sqlite_path")
+        return f"sqlite+aiosqlite:///{target.sqlite_path}"
+    if target.postgres_url is None:
+        raise ValueError("a PostgreSQL target needs postgres_url")
+    scheme, _, rest = target.postgres_url.partition("://")
+    if scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {target.postgres_url!r}")
+    return f"postgresql+asyncpg://{rest}"
+
+
+@asynccontextmanager
+async def open_store(target: Target, session_id: str) -> AsyncIterator[PeerStore]:
+    """``DatabaseSessionService`` on the target (its default engine options) and a new session."""
+    from google.adk.sessions import DatabaseSessionService
+
+    async with DatabaseSessionService(db_url=_db_url(target)) as service:
+        await service.prepare_tables()
+        session = await service.create_session(app_name=APP_NAME, user_id=USER_ID, session_id=session_id)
+        yield _AdkStore(service, session)

@@ -1,0 +1,79 @@
+"""kern-events on the peer workload, recorded the way its reference ``Agent`` records a run.
+
+``persist`` is the Agent's three appends: ``RunStarted`` with the user message, then one step with
+the assistant's tool call, the tool call's events and the tool message, then the answer with
+``RunCompleted`` and its metrics (``Session.start_run`` / ``Run.flush`` / ``Run.step`` /
+``Run.complete``; a checkpoint every 1,000 events, as the Session API writes it). ``load`` is what the
+Agent reads before the next run: ``db.get_history(num_history_runs=3)`` (a tail read) and
+``db.get_session_state`` (the state's checkpoint and the events after it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from benchmarks.peers._workload import AgentRun, Backend, PeerStore, Target
+from kern_events import PostgresDb, RunMetrics, SqliteDb, ToolCallRequest
+from kern_events.db import BaseDb
+from kern_events.sessions import Session
+
+__all__ = ["BACKENDS", "SYSTEM", "open_store", "unavailable"]
+
+SYSTEM = "kern-events"
+BACKENDS: tuple[Backend, ...] = ("sqlite", "postgres")
+HISTORY_RUNS = 3
+"""Runs of history the next run's context holds (the peers load the whole session)."""
+
+
+def unavailable() -> str | None:
+    """Always available: it is this package."""
+    return None
+
+
+class _KernStore:
+    def __init__(self, db: BaseDb, session: Session) -> None:
+        self._db = db
+        self._session = session
+
+    async def prefill(self, runs: Sequence[AgentRun]) -> None:
+        """Each run as the Agent records it (the Session API writes its checkpoints on the way)."""
+        for run in runs:
+            await self.persist(run)
+
+    async def persist(self, run: AgentRun) -> None:
+        """The Agent's three appends of one run."""
+        recorded = await self._session.start_run(run.run_id, input=run.user, model_id="bench-model")
+        recorded.message("user", run.user)
+        await recorded.flush()
+        async with recorded.step():
+            call = ToolCallRequest(tool_call_id=run.tool_call_id, tool_name=run.tool_name, arguments=run.tool_arguments)
+            recorded.message("assistant", None, tool_calls=[call])
+            recorded.tool_call(
+                run.tool_call_id, run.tool_name, run.tool_arguments, result=run.tool_result, duration=0.01
+            )
+            recorded.message("tool", run.tool_result, name=run.tool_name, tool_call_id=run.tool_call_id)
+        recorded.message("assistant", run.answer)
+        metrics = RunMetrics(
+            input_tokens=run.input_tokens, output_tokens=run.output_tokens, total_tokens=run.total_tokens
+        )
+        await recorded.complete(run.answer, metrics=metrics)
+
+    async def load(self) -> int:
+        """The next run's context: the last runs' messages and the session state."""
+        history = await self._db.get_history(self._session.session_id, num_history_runs=HISTORY_RUNS)
+        await self._db.get_session_state(self._session.session_id)
+        return len(history)
+
+
+@asynccontextmanager
+async def open_store(target: Target, session_id: str) -> AsyncIterator[PeerStore]:
+    """``SqliteDb`` (its default ``synchronous=FULL``) or ``PostgresDb`` on the target, and the session."""
+    db: BaseDb
+    if target.backend == "sqlite":
+        db = SqliteDb(db_file=target.sqlite_path)
+    else:
+        db = PostgresDb(db_url=target.postgres_url, pool_size=2)
+    async with db:
+        session = await Session.open(db, session_id, agent_id="bench-agent", user_id="bench-user")
+        yield _KernStore(db, session)
