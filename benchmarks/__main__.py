@@ -29,11 +29,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes")
     parser.add_argument("--json", action="store_true", help="print every sample as JSON instead of the table")
-    parser.add_argument("--repeats", type=int, help="runs of each case (default 3 with --quick, else 5)")
+    parser.add_argument("--repeats", type=int, help="runs of each case (default 2 with --quick, else 5)")
     parser.add_argument("--only", choices=_NAMES, help="run one subject")
     parser.add_argument("--results", action="store_true", help="write benchmarks/RESULTS.md and its plots")
     args = parser.parse_args()
-    repeats = args.repeats or (3 if args.quick else 5)
+    repeats = args.repeats or (2 if args.quick else 5)
     started = time.perf_counter()
     sections: list[tuple[str, str]] = []
     results: dict[str, Any] = {}
