@@ -62,6 +62,8 @@ class GroupCommit(Generic[R]):
 
     async def submit(self, request: R) -> AppendResult:
         """Queue one append and return its result once the commit that holds it is done."""
+        if self._inflight < self._max_inflight and not self._queue:
+            return await self._alone(request)
         ticket = _Ticket(request)
         self._queue.append(ticket)
         if self._inflight < self._max_inflight:
@@ -77,6 +79,23 @@ class GroupCommit(Generic[R]):
             await settle(ticket.outcome)  # it is being committed: wait, then honour the cancellation
             raise
 
+    async def _alone(self, request: R) -> AppendResult:
+        """Nothing queued and a slot free: commit this append directly, with no ticket to wait on.
+
+        Appends that queue meanwhile are led afterwards by this same call (before it returns or
+        re-raises), exactly as a leader serves the queue: none is ever left without a leader.
+        """
+        self._inflight += 1
+        try:
+            (outcome,) = await self._commit([request])
+        finally:
+            self._inflight -= 1
+            if self._queue and self._inflight < self._max_inflight:
+                await self._lead(None)
+        if isinstance(outcome, AppendResult):
+            return outcome
+        raise outcome
+
     def _next_batch(self) -> list[_Ticket[R]]:
         if self._take is None or len(self._queue) == 1:
             batch, self._queue = self._queue, []
@@ -88,7 +107,7 @@ class GroupCommit(Generic[R]):
         self._queue = [ticket for ticket in self._queue if id(ticket.request) not in chosen_ids]
         return batch
 
-    async def _lead(self, own: _Ticket[R]) -> None:
+    async def _lead(self, own: _Ticket[R] | None) -> None:
         """Commit queued batches until none is left, even if the leader is cancelled meanwhile.
 
         A batch holding only the leader's own append is committed inline (no task, fewer loop
@@ -103,7 +122,7 @@ class GroupCommit(Generic[R]):
                     ticket.taken = True
                 cancelled_now: asyncio.CancelledError | None = None
                 try:
-                    if batch == [own] and cancelled is None:
+                    if own is not None and batch == [own] and cancelled is None:
                         try:
                             outcomes = await self._commit([own.request])
                         except asyncio.CancelledError as error:

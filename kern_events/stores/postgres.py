@@ -95,17 +95,20 @@ def _stored(row: Row) -> StoredEvent:
     return stored_from_row(row, row[3])
 
 
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # the protocol's state after a connection broke mid-call
+)
+
+
 @contextlib.contextmanager
 def _translated_errors() -> Iterator[None]:
     """The one seam where asyncpg's errors become kern-events errors (by class and SQLSTATE)."""
     try:
         yield
-    except (
-        OSError,
-        asyncpg.ConnectionDoesNotExistError,
-        asyncpg.InterfaceError,
-        asyncpg.InternalClientError,  # the protocol's state after a connection broke mid-call
-    ) as exc:
+    except _CONNECTION_ERRORS as exc:
         raise StorageUnavailableError(f"PostgreSQL connection lost: {exc}") from exc
     except asyncpg.PostgresError as exc:
         if exc.sqlstate is not None and exc.sqlstate[:2] in ("08", "57"):  # connection, operator intervention
@@ -404,6 +407,9 @@ class PostgresEventStore(BaseEventStore):
 
     async def _commit_batch(self, batch: Sequence[_Append]) -> list[AppendResult | Exception]:
         """One statement for the batch; an append it could not place goes through the single path."""
+        appender = self._appender
+        if len(batch) == 1 and appender is not None and self._loop is asyncio.get_running_loop():
+            return [await self._append_held(appender, batch[0])]
         async with self._appending_connection() as connection:
             if len(batch) == 1:
                 return [await self._append_alone(connection, batch[0])]
@@ -422,6 +428,26 @@ class PostgresEventStore(BaseEventStore):
                 else:
                     outcomes.append(_result(request, sorted(numbered)))
             return outcomes
+
+    async def _append_held(self, appender: asyncpg.Connection, request: _Append) -> AppendResult | Exception:
+        """A lone append on the held appending connection: the hot path, flat (each layer of context
+        managers costs microseconds here); the same error handling as :meth:`_appending_connection`."""
+        try:
+            try:
+                rows = await self._try_lean(appender, request)
+            except asyncpg.UniqueViolationError:
+                rows = []  # an event id is already stored: the single path tells a retry from a conflict
+            if rows:
+                return _result(request, sorted((row[0], row[1]) for row in rows))
+            return await self._append_alone(appender, request)
+        except BaseException as exc:
+            if self._appender is appender:
+                self._appender = None  # its state is unknown: start afresh
+                appender.terminate()
+            if isinstance(exc, (*_CONNECTION_ERRORS, asyncpg.PostgresError)):
+                with _translated_errors():
+                    raise
+            raise
 
     async def _append_alone(
         self, connection: asyncpg.Connection | _Connection, request: _Append
