@@ -8,13 +8,14 @@ has an adapter module in this package exposing ``SYSTEM``, ``BACKENDS``, ``unava
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-__all__ = ["AgentRun", "Backend", "OpenStore", "PeerStore", "Target", "agent_run", "agent_runs"]
+__all__ = ["AgentRun", "Backend", "OpenStore", "PeerStore", "Target", "agent_run", "agent_runs", "missing"]
 
 Backend = Literal["sqlite", "postgres"]
 
@@ -104,3 +105,13 @@ class PeerStore(Protocol):
 
 
 OpenStore = AbstractAsyncContextManager[PeerStore]
+
+
+def missing(system: str, modules: Sequence[str]) -> str | None:
+    """Why ``system`` cannot run (the first of ``modules`` that does not import), or ``None``."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            return f"{system} needs {module} ({exc}); pip install -e '.[bench]'"
+    return None

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from benchmarks.peers._workload import AgentRun, Backend, PeerStore, Target
+from benchmarks.peers._workload import AgentRun, Backend, PeerStore, Target, missing
 
 if TYPE_CHECKING:
     from google.adk.events import Event
@@ -30,18 +30,9 @@ MODEL_VERSION = "bench-model"
 
 
 def unavailable() -> str | None:
-    """``None`` when ADK, its database session service and the async drivers import, else why not."""
-    try:
-        from google.adk.sessions import DatabaseSessionService  # noqa: F401
-    except ImportError as exc:
-        return f"google-adk is not installed ({exc}); pip install -e '.[bench]'"
-    # ADK imports without greenlet but its DatabaseSessionService then refuses to start (sqlalchemy[asyncio]).
-    for module in ("greenlet", "aiosqlite", "asyncpg"):
-        try:
-            __import__(module)
-        except ImportError as exc:
-            return f"google-adk's database session service needs {module} ({exc}); pip install -e '.[bench]'"
-    return None
+    """``None`` when ADK's database session service and its async drivers import, else why not (ADK
+    imports without greenlet, but its DatabaseSessionService then refuses to start)."""
+    return missing("google-adk", ("google.adk.sessions", "greenlet", "aiosqlite", "asyncpg"))
 
 
 def _events(run: AgentRun) -> list[Event]:

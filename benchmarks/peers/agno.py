@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from time import time
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.peers._workload import AgentRun, Backend, PeerStore, Target
+from benchmarks.peers._workload import AgentRun, Backend, PeerStore, Target, missing
 
 if TYPE_CHECKING:
     from agno.db.postgres import AsyncPostgresDb
@@ -34,19 +34,8 @@ MODEL_PROVIDER = "bench"
 
 
 def unavailable() -> str | None:
-    """``None`` when Agno, its async SQLite/PostgreSQL storage and their drivers import, else why not."""
-    try:
-        from agno.db.postgres import AsyncPostgresDb  # noqa: F401
-        from agno.db.sqlite import AsyncSqliteDb  # noqa: F401
-    except ImportError as exc:
-        return f"agno is not installed ({exc}); pip install -e '.[bench]'"
-    # The async adapters need SQLAlchemy's asyncio extra and the drivers behind their URLs.
-    for module in ("greenlet", "aiosqlite", "psycopg"):
-        try:
-            __import__(module)
-        except ImportError as exc:
-            return f"agno's async storage needs {module} ({exc}); pip install -e '.[bench]'"
-    return None
+    """``None`` when Agno's async SQLite/PostgreSQL storage and the drivers behind its URLs import."""
+    return missing("agno", ("agno.db.postgres", "agno.db.sqlite", "greenlet", "aiosqlite", "psycopg"))
 
 
 def _run_output(run: AgentRun, session_id: str) -> RunOutput:

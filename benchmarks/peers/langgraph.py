@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.peers._workload import AgentRun, Backend, PeerStore, Target
+from benchmarks.peers._workload import AgentRun, Backend, PeerStore, Target, missing
 
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
@@ -47,14 +47,10 @@ _STEPS_PER_RUN = 5
 
 
 def unavailable() -> str | None:
-    """None when LangGraph's SQLite and PostgreSQL checkpointers import, else why not."""
-    try:
-        from langchain_core.messages import AIMessage  # noqa: F401
-        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver  # noqa: F401
-        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver  # noqa: F401
-    except ImportError as exc:
-        return f"LangGraph's checkpointers are not installed ({exc}); pip install -e '.[bench]'"
-    return None
+    """``None`` when LangGraph's SQLite and PostgreSQL checkpointers import, else why not."""
+    return missing(
+        "langgraph", ("langchain_core.messages", "langgraph.checkpoint.postgres.aio", "langgraph.checkpoint.sqlite.aio")
+    )
 
 
 def _messages(run: AgentRun) -> list[BaseMessage]:

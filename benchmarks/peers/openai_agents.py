@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from benchmarks.peers._workload import AgentRun, Backend, PeerStore, Target
+from benchmarks.peers._workload import AgentRun, Backend, PeerStore, Target, missing
 
 if TYPE_CHECKING:
     from agents.items import TResponseInputItem
@@ -27,12 +27,8 @@ BACKENDS: tuple[Backend, ...] = ("sqlite", "postgres")
 
 
 def unavailable() -> str | None:
-    """None when the SDK imports, else why not."""
-    try:
-        import agents  # noqa: F401
-    except ImportError as exc:
-        return f"openai-agents is not installed ({exc}); pip install -e '.[bench]'"
-    return None
+    """``None`` when the SDK and its SQLAlchemy session (for PostgreSQL) import, else why not."""
+    return missing("openai-agents", ("agents", "agents.extensions.memory", "asyncpg"))
 
 
 def _writes(run: AgentRun) -> list[list[TResponseInputItem]]:

@@ -1,0 +1,47 @@
+"""The benchmark suite runs from a checkout: a case of each new subject, at tiny sizes, in its own process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks._harness import percentile
+from benchmarks.peers._workload import agent_run, missing
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _case(module: str, *arguments: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-m", module, *arguments], cwd=ROOT, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def test_the_agent_workload_case_loads_our_history_window_and_counts_bytes_per_run() -> None:
+    sample = _case("benchmarks.frameworks", "--case", "turn", "--system", "kern", "--runs", "4", "--repeats", "2")
+    assert sample["system"] == "kern-events"
+    assert sample["loaded"] == 12, "three runs of four messages: the history window, not the whole session"
+    assert isinstance(sample["bytes_per_run"], float) and sample["bytes_per_run"] > 1000
+
+
+def test_the_streaming_case_reports_its_peak_memory() -> None:
+    sample = _case("benchmarks.engine", "--case", "stream", "--length", "300")
+    assert sample["events"] == 300
+    assert isinstance(sample["peak_rss"], int) and sample["peak_rss"] > 10 * 2**20
+
+
+def test_a_peer_that_is_not_installed_is_skipped_with_how_to_install_it() -> None:
+    reason = missing("some-framework", ("json", "kern_no_such_module"))
+    assert reason is not None and "kern_no_such_module" in reason and ".[bench]" in reason
+    assert missing("stdlib", ("json",)) is None
+
+
+def test_runs_are_distinct_and_percentiles_are_nearest_rank() -> None:
+    assert agent_run(1).run_id != agent_run(2).run_id and agent_run(1).user != agent_run(2).user
+    assert percentile([float(n) for n in range(1, 101)], 0.99) == 99.0
+    assert percentile([5.0], 0.99) == 5.0
