@@ -52,7 +52,9 @@ Each row: one system, one backend, a session already holding N runs. load = what
   before the next run; persist = what it writes when the run ends; bytes/run = live bytes stored per
   persisted run (logical row bytes; indexes not counted). Medians over the timed turns, then over runs.
 kern-events: load = get_history(num_history_runs=3) + get_session_state (a tail read and the state's
-  checkpoint); persist = the reference Agent's three appends (a checkpoint every 1,000 events).
+  checkpoint); persist = the reference Agent's three appends (a checkpoint every 1,000 events). The load is
+  ~5 small queries (index row, tail pages, state checkpoint, state events): at N = 10 reading 40 items
+  whole can be faster; from there on ours stays flat and theirs grows.
 agno: Async{Sqlite,Postgres}Db as Agent.arun uses them. load = get_session (the session row and every run
   row; Agno caches decoded runs per db object, so a warm process decodes only new ones); persist = what
   acleanup_and_store does: upsert_session, upsert_run, update_approval_run_status.
