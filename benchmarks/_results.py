@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import sqlite3
@@ -64,6 +65,8 @@ def _plot(samples: Sequence[dict[str, Any]]) -> list[Path]:
         ("bytes_per_run", "bytes stored per persisted run", 1.0, "bytes_per_run.png"),
     )
     lines = sorted({(sample["system"], sample["backend"]) for sample in samples})
+    systems = list(dict.fromkeys(sample["system"] for sample in samples))
+    colors = {system: f"C{index}" for index, system in enumerate(systems)}  # one colour per system
     for field, label, scale, name in charts:
         figure, axes = plt.subplots(figsize=(7, 4.5))
         for system, backend in lines:
@@ -74,7 +77,14 @@ def _plot(samples: Sequence[dict[str, Any]]) -> list[Path]:
             )
             style = "-" if backend == "sqlite" else "--"
             width = 2.5 if system == "kern-events" else 1.2
-            axes.plot(*zip(*points, strict=True), style, marker="o", linewidth=width, label=f"{system} ({backend})")
+            axes.plot(
+                *zip(*points, strict=True),
+                style,
+                color=colors[system],
+                marker="o",
+                linewidth=width,
+                label=f"{system} ({backend})",
+            )
         axes.set_xscale("log")
         axes.set_yscale("log")
         axes.set_xlabel("runs already in the session (N)")
@@ -113,6 +123,9 @@ def write(
         lines += ["## Plots", ""]
         lines += [f"![{path.stem}](plots/{path.name})" for path in plots]
         lines.append("")
+    lines += ["Every sample of this run, as JSON: [results.json](results.json).", ""]
     target = _HERE / "RESULTS.md"
     target.write_text("\n".join(lines))
-    return [target, *plots]
+    data = _HERE / "results.json"
+    data.write_text(json.dumps(results, indent=1) + "\n")
+    return [target, data, *plots]
