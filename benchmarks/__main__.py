@@ -66,7 +66,7 @@ def main() -> None:
     if args.results:
         from benchmarks import _results
 
-        written = _results.write(sections, results, quick=args.quick, repeats=repeats, seconds=elapsed)
+        written = _results.write(sections, results, repeats=repeats, seconds=elapsed)
         print(f"wrote {', '.join(str(path) for path in written)}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))

@@ -100,12 +100,10 @@ def _plot(samples: Sequence[dict[str, Any]]) -> list[Path]:
     return written
 
 
-def write(
-    sections: Sequence[tuple[str, str]], results: dict[str, Any], *, quick: bool, repeats: int, seconds: float
-) -> list[Path]:
+def write(sections: Sequence[tuple[str, str]], results: dict[str, Any], *, repeats: int, seconds: float) -> list[Path]:
     """RESULTS.md with every subject's table and notes, and the framework plots; the paths written."""
     plots = _plot(results.get("frameworks", []))
-    command = "python -m benchmarks --results" + (" --quick" if quick else "")
+    command = " ".join(["python -m benchmarks", *sys.argv[1:]])
     lines = [
         "# Benchmark results",
         "",
