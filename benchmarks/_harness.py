@@ -24,6 +24,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
+import asyncpg
+
 from kern_events.events import MessageAdded, ToolCallRequest
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "Comparison",
     "Sample",
     "Timer",
+    "analyze_postgres",
     "case_main",
     "drive",
     "measure",
@@ -134,6 +137,19 @@ def temp_db() -> Iterator[Path]:
     """A database file path in a fresh temporary directory (on disk, honouring ``TMPDIR``), removed after."""
     with tempfile.TemporaryDirectory(prefix="kern-bench-") as directory:
         yield Path(directory) / "bench.db"
+
+
+async def analyze_postgres(url: str) -> None:
+    """``ANALYZE`` the database at ``url``: planner statistics as autovacuum keeps them on a live server.
+
+    Without them the planner guesses a freshly filled table's row counts, and a plain
+    ``ORDER BY version DESC LIMIT 20`` sorts every row of the session instead of walking the index.
+    """
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute("ANALYZE")
+    finally:
+        await connection.close()
 
 
 def message_pool(size: int = 64) -> list[MessageAdded]:

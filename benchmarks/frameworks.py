@@ -35,7 +35,7 @@ from typing import Any
 
 import asyncpg
 
-from benchmarks._harness import temp_db
+from benchmarks._harness import analyze_postgres, temp_db
 from benchmarks.peers._workload import Backend, Target, agent_runs
 
 __all__ = ["NOTES", "SYSTEMS", "TurnSample", "report", "run_cases"]
@@ -66,6 +66,7 @@ langgraph: Async{Sqlite,Postgres}Saver driven as a ReAct graph's Pregel loop dri
   tools, agent) aput_writes and an aput whose messages channel holds the whole list.
 google-adk: load = DatabaseSessionService.get_session (every event by default); persist = four
   append_event calls.
+On PostgreSQL the database is ANALYZEd after the prefill (as autovacuum keeps a live server), for all.
 growth = cost at the largest N / cost at N = 10: near 1.0 is flat."""
 
 
@@ -138,6 +139,8 @@ async def _turns(args: argparse.Namespace) -> TurnSample:
     module = adapter(args.system)
     async with _target(args.backend, args.url) as target, module.open_store(target, _SESSION) as store:
         await store.prefill(agent_runs(1, args.runs))
+        if target.postgres_url is not None:
+            await analyze_postgres(target.postgres_url)
         before = await _stored_bytes(target)
         loads: list[float] = []
         persists: list[float] = []
