@@ -95,20 +95,17 @@ def _stored(row: Row) -> StoredEvent:
     return stored_from_row(row, row[3])
 
 
-_CONNECTION_ERRORS = (
-    OSError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,  # the protocol's state after a connection broke mid-call
-)
-
-
 @contextlib.contextmanager
 def _translated_errors() -> Iterator[None]:
     """The one seam where asyncpg's errors become kern-events errors (by class and SQLSTATE)."""
     try:
         yield
-    except _CONNECTION_ERRORS as exc:
+    except (
+        OSError,
+        asyncpg.ConnectionDoesNotExistError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,  # the protocol's state after a connection broke mid-call
+    ) as exc:
         raise StorageUnavailableError(f"PostgreSQL connection lost: {exc}") from exc
     except asyncpg.PostgresError as exc:
         if exc.sqlstate is not None and exc.sqlstate[:2] in ("08", "57"):  # connection, operator intervention
@@ -270,12 +267,19 @@ class PostgresEventStore(BaseEventStore):
         with _translated_errors():
             if self._appender is None or self._appender.is_closed():
                 self._appender = await _connect_to_the_end(self._url)
+            appender = self._appender
             try:
-                yield self._appender
+                yield appender
             except BaseException:
-                appender, self._appender = self._appender, None  # its state is unknown: start afresh
-                appender.terminate()
+                self._discard_appender(appender)
                 raise
+
+    def _discard_appender(self, appender: asyncpg.Connection) -> None:
+        """Drop the held appending connection after an error or a cancellation mid-call: its state
+        is unknown, so the next append opens a fresh one."""
+        if self._appender is appender:
+            self._appender = None
+        appender.terminate()
 
     async def migrate(self) -> None:
         """Create or upgrade the tables and indexes; idempotent, and safe from many processes at once."""
@@ -433,21 +437,11 @@ class PostgresEventStore(BaseEventStore):
         """A lone append on the held appending connection: the hot path, flat (each layer of context
         managers costs microseconds here); the same error handling as :meth:`_appending_connection`."""
         try:
-            try:
-                rows = await self._try_lean(appender, request)
-            except asyncpg.UniqueViolationError:
-                rows = []  # an event id is already stored: the single path tells a retry from a conflict
-            if rows:
-                return _result(request, sorted((row[0], row[1]) for row in rows))
             return await self._append_alone(appender, request)
-        except BaseException as exc:
-            if self._appender is appender:
-                self._appender = None  # its state is unknown: start afresh
-                appender.terminate()
-            if isinstance(exc, (*_CONNECTION_ERRORS, asyncpg.PostgresError)):
-                with _translated_errors():
-                    raise
-            raise
+        except BaseException:
+            self._discard_appender(appender)
+            with _translated_errors():
+                raise
 
     async def _append_alone(
         self, connection: asyncpg.Connection | _Connection, request: _Append
