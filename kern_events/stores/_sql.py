@@ -10,16 +10,18 @@ import msgspec
 from kern_events._index import SessionInfo
 from kern_events._validate import check_sql_identifier
 from kern_events.errors import InvalidArgumentError
-from kern_events.records import StoredEvent
+from kern_events.records import Snapshot, StoredEvent
 
 __all__ = [
     "EVENT_COLUMNS",
     "INFO_COLUMNS",
     "SCHEMA_VERSION",
+    "SNAPSHOT_COLUMNS",
     "Row",
     "TableNames",
     "info_from_row",
     "quote",
+    "snapshot_from_row",
     "stored_from_row",
 ]
 
@@ -37,6 +39,17 @@ INFO_COLUMNS = (
     "run_count, version"
 )
 """The session-index columns, in the order :func:`info_from_row` expects."""
+
+
+SNAPSHOT_COLUMNS = "session_id, name, schema_version, version, data, created_at"
+"""The snapshot columns every snapshot read selects, in the order :func:`snapshot_from_row` expects."""
+
+
+def snapshot_from_row(row: Row) -> Snapshot:
+    """A snapshot from a row of :data:`SNAPSHOT_COLUMNS`."""
+    return Snapshot(
+        session_id=row[0], name=row[1], schema_version=row[2], version=row[3], data=row[4], created_at=row[5]
+    )
 
 
 def stored_from_row(row: Row, event_id: UUID) -> StoredEvent:

@@ -62,10 +62,12 @@ from kern_events.stores._sql import (
     EVENT_COLUMNS,
     INFO_COLUMNS,
     SCHEMA_VERSION,
+    SNAPSHOT_COLUMNS,
     Row,
     TableNames,
     info_from_row,
     quote,
+    snapshot_from_row,
     stored_from_row,
 )
 
@@ -568,10 +570,7 @@ class PostgresEventStore(BaseEventStore):
         )
         if not rows:
             return None
-        row = rows[0]
-        return Snapshot(
-            session_id=row[0], name=row[1], schema_version=row[2], version=row[3], data=row[4], created_at=row[5]
-        )
+        return snapshot_from_row(rows[0])
 
 
 class _Append:
@@ -890,7 +889,7 @@ DELETE FROM {snapshots} WHERE session_id = $1 AND name = $2 AND version NOT IN (
     ) AS kept ORDER BY version DESC LIMIT {SNAPSHOTS_KEPT}
 )"""
         self.snapshot_get = (
-            f"SELECT session_id, name, schema_version, version, data, created_at FROM {snapshots} "
+            f"SELECT {SNAPSHOT_COLUMNS} FROM {snapshots} "
             "WHERE session_id = $1 AND name = $2 AND ($3::integer IS NULL OR schema_version = $3) "
             "AND version <= $4 ORDER BY version DESC LIMIT 1"
         )

@@ -48,10 +48,12 @@ from kern_events.stores._sql import (
     EVENT_COLUMNS,
     INFO_COLUMNS,
     SCHEMA_VERSION,
+    SNAPSHOT_COLUMNS,
     Row,
     TableNames,
     info_from_row,
     quote,
+    snapshot_from_row,
     stored_from_row,
 )
 
@@ -143,7 +145,7 @@ class SqliteEventStore(BaseEventStore):
             f"ORDER BY version DESC LIMIT {SNAPSHOTS_KEPT})"
         )
         self._sql_snapshot_get = (
-            f"SELECT session_id, name, schema_version, version, data, created_at FROM {snapshots} "
+            f"SELECT {SNAPSHOT_COLUMNS} FROM {snapshots} "
             "WHERE session_id = ? AND name = ? AND (? IS NULL OR schema_version = ?) AND version <= ? "
             "ORDER BY version DESC LIMIT 1"
         )
@@ -487,15 +489,7 @@ class SqliteEventStore(BaseEventStore):
         )
         if not rows:
             return None
-        row = rows[0]
-        return Snapshot(
-            session_id=row[0],
-            name=row[1],
-            schema_version=row[2],
-            version=row[3],
-            data=row[4],
-            created_at=row[5],
-        )
+        return snapshot_from_row(rows[0])
 
 
 class _AppendRequest:
