@@ -42,6 +42,7 @@ __all__ = [
     "percentile",
     "render_table",
     "results_json",
+    "run_case_json",
     "session_ids",
     "temp_db",
 ]
@@ -218,12 +219,18 @@ def case_main(cases: Mapping[str, Callable[[argparse.Namespace], Sample]], parse
     print(json.dumps(asdict(sample)))
 
 
-def run_case(case: Case) -> Sample:
-    """Run one case in a fresh interpreter and return what it measured."""
+def run_case_json(case: Case) -> dict[str, Any]:
+    """Run one case in a fresh interpreter and return the JSON object its last line printed."""
     done = subprocess.run(case.argv(), cwd=_ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"case {case.describe()} failed with exit code {done.returncode}:\n{done.stderr}")
-    return Sample(**json.loads(done.stdout.splitlines()[-1]))
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def run_case(case: Case) -> Sample:
+    """Run one case in a fresh interpreter and return what it measured."""
+    return Sample(**run_case_json(case))
 
 
 def measure(comparisons: Sequence[Comparison], *, repeats: int, label: str) -> dict[Case, list[Sample]]:

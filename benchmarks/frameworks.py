@@ -23,19 +23,17 @@ import json
 import secrets
 import sqlite3
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import asyncpg
 
-from benchmarks._harness import analyze_postgres, temp_db
+from benchmarks._harness import Case, analyze_postgres, run_case_json, temp_db
 from benchmarks.peers._workload import Backend, Target, agent_runs
 
 __all__ = ["NOTES", "SYSTEMS", "TurnSample", "report", "run_cases"]
@@ -44,7 +42,6 @@ SYSTEMS = ("kern", "agno", "openai_agents", "langgraph", "adk")
 """Adapter modules under ``benchmarks.peers``, ours first."""
 
 _MODULE = "benchmarks.frameworks"
-_ROOT = Path(__file__).resolve().parent.parent
 _SESSION = "bench-session"
 
 NOTES = """\
@@ -169,40 +166,6 @@ async def _turns(args: argparse.Namespace) -> TurnSample:
 # -- the subject -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Case:
-    system: str
-    backend: Backend
-    runs: int
-    repeats: int
-
-    def argv(self, url: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            _MODULE,
-            "--case",
-            "turn",
-            "--system",
-            self.system,
-            "--backend",
-            self.backend,
-            "--runs",
-            str(self.runs),
-            "--repeats",
-            str(self.repeats),
-            "--url",
-            url,
-        ]
-
-
-def _run(case: _Case, url: str) -> TurnSample:
-    done = subprocess.run(case.argv(url), cwd=_ROOT, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"case {case} failed with exit code {done.returncode}:\n{done.stderr[-4000:]}")
-    return TurnSample(**json.loads(done.stdout.splitlines()[-1]))
-
-
 def sizes(quick: bool) -> tuple[int, ...]:
     """Session lengths N (runs already stored)."""
     return (10, 100) if quick else (10, 100, 1000)
@@ -214,7 +177,7 @@ def run_cases(
     """Every available system, backend and N: ``repeats`` fresh processes each; medians, and skip reasons."""
     turns = 5 if quick else 20
     skipped: list[str] = []
-    cases: list[_Case] = []
+    cases: list[Case] = []
     for system in systems:
         module = adapter(system)
         reason = module.unavailable()
@@ -222,16 +185,16 @@ def run_cases(
             skipped.append(f"{module.SYSTEM}: skipped: {reason}")
             continue
         cases += [
-            _Case(system, backend, runs, turns)
+            Case.of(_MODULE, "turn", system=system, backend=backend, runs=runs, repeats=turns, url=url)
             for backend in backends
             if backend in module.BACKENDS
             for runs in sizes(quick)
         ]
-    samples: dict[_Case, list[TurnSample]] = {case: [] for case in cases}
+    samples: dict[Case, list[TurnSample]] = {case: [] for case in cases}
     for repeat in range(repeats):
         print(f"{_MODULE}: repetition {repeat + 1}/{repeats} ({len(cases)} cases)", file=sys.stderr, flush=True)
         for case in cases:
-            samples[case].append(_run(case, url))
+            samples[case].append(TurnSample(**run_case_json(case)))
     medians = []
     for runs in samples.values():
         first = runs[0]
