@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import asyncpg
 
 from kern_events._index import IndexDelta, SessionInfo, index_delta
@@ -121,7 +122,7 @@ async def _connect_to_the_end(url: str) -> asyncpg.Connection:
     try:
         return await asyncio.shield(connecting)
     except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
             (await connecting).terminate()
         raise
 
