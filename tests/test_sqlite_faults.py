@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from kern_events import (
     ConcurrencyError,
+    CorruptRecordError,
     IdempotencyError,
     KernEventsError,
     MessageAdded,
@@ -26,7 +28,7 @@ from kern_events import (
 )
 from kern_events.codec import MsgpackCodec
 from kern_events.events import Event
-from kern_events.records import PendingEvent
+from kern_events.records import PendingEvent, Record
 
 
 def _message(text: str) -> MessageAdded:
@@ -135,3 +137,42 @@ async def test_a_failed_append_whose_rollback_fails_keeps_its_error_and_the_writ
             await store.append("s", [_message("stale")], expected_version=0)
         assert (await store.append("s", [_message("next")], expected_version=1)).to_version == 2
         assert [record.version async for record in store.read("s")] == [1, 2]
+
+
+async def _collect(records: AsyncIterator[Record], into: list[Record]) -> None:
+    async for record in records:
+        into.append(record)
+
+
+async def test_a_row_whose_session_id_is_not_utf8_is_reported_in_the_global_feed_and_skipped(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "damaged.db"
+    async with SqliteEventStore(path) as store:
+        written = [(await store.append(f"s{n}", [_message(str(n))])).positions[0] for n in range(5)]
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE kern_events SET session_id = CAST(x'73ff' AS TEXT) WHERE session_id = 's2'")
+    async with SqliteEventStore(path) as store:
+        seen: list[Record] = []
+        with pytest.raises(CorruptRecordError) as caught:
+            await _collect(store.read_all(), seen)
+        assert [record.position for record in seen] == written[:2]
+        assert (caught.value.position, caught.value.version) == (written[2], 1)
+        assert caught.value.session_id == "s\ufffd"
+        after = [record.position async for record in store.read_all(from_position=caught.value.position + 1)]
+        assert after == written[3:]
+
+
+async def test_a_backwards_read_gets_the_newer_good_records_before_the_damaged_one(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.db"
+    async with SqliteEventStore(path) as store:
+        await store.append("s", [_message(str(n)) for n in range(1, 11)])
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE kern_events SET data = CAST(x'ff' AS TEXT) WHERE version = 4")
+    async with SqliteEventStore(path) as store:
+        seen: list[Record] = []
+        with pytest.raises(CorruptRecordError) as caught:
+            await _collect(store.read("s", backwards=True), seen)
+        assert [record.version for record in seen] == [10, 9, 8, 7, 6, 5]
+        assert caught.value.version == 4
+        assert [record.version async for record in store.read("s", to_version=3, backwards=True)] == [3, 2, 1]

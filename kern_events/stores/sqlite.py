@@ -40,6 +40,7 @@ from kern_events.stores._base import (
     DEFAULT_MAX_EVENT_SIZE,
     SNAPSHOTS_KEPT,
     BaseEventStore,
+    Page,
     SessionFilter,
     check_expected,
     conflict,
@@ -47,12 +48,12 @@ from kern_events.stores._base import (
 )
 from kern_events.stores._group import GroupCommit, settle
 from kern_events.stores._sql import (
-    EVENT_COLUMNS,
     INFO_COLUMNS,
     SCHEMA_VERSION,
     SNAPSHOT_COLUMNS,
     Row,
     TableNames,
+    event_columns,
     info_from_row,
     quote,
     snapshot_from_row,
@@ -72,18 +73,52 @@ def _stored(row: Row) -> StoredEvent:
     return stored_from_row(row, UUID(bytes=row[3]))
 
 
-def _stored_page(rows: list[Any]) -> list[StoredEvent]:
-    """Rows of :data:`EVENT_COLUMNS` (tuples, ids as 16 bytes) as stored events, converted in one call;
-    a row whose envelope is damaged (an id that is not 16 bytes) raises :class:`CorruptRecordError`."""
+_COLUMNS = event_columns(as_blob=("data",))
+"""The columns a read selects. The payload is read as bytes even where a damaged row stored TEXT
+there, which SQLite would otherwise have to decode as UTF-8 (failing the whole page if it is not);
+measured: no difference in read time, the cast leaves a BLOB as it is."""
+_TEXT_AS_BYTES = event_columns(as_blob=("session_id", "type", "data"))
+"""The columns a page is read again with when SQLite cannot return it: text checked row by row."""
+
+
+def _stored_page(rows: Sequence[Any]) -> Page:
+    """Rows of :data:`_COLUMNS` (tuples, ids as 16 bytes) as stored events, converted in one call; a
+    damaged row (an id that is not 16 bytes, a value of the wrong type) ends the page as a
+    :class:`CorruptRecordError`, after the good rows before it."""
     try:
         return msgspec.convert(rows, list[StoredEvent])
-    except msgspec.ValidationError as exc:
-        for row in rows:
-            try:
-                msgspec.convert(row, StoredEvent)
-            except msgspec.ValidationError:
-                raise CorruptRecordError(row[0], row[1], row[4], f"malformed row: {exc}", position=row[2]) from exc
-        raise
+    except msgspec.ValidationError:
+        pass
+    page: list[StoredEvent | CorruptRecordError] = []
+    for row in rows:
+        try:
+            page.append(msgspec.convert(row, StoredEvent))
+        except msgspec.ValidationError as exc:
+            page.append(_damaged(row, str(exc)))
+            break
+    return page
+
+
+def _decoded_page(rows: list[Any]) -> Page:
+    """Rows of :data:`_TEXT_AS_BYTES` as :func:`_stored_page` returns them; a row whose text is not
+    UTF-8 is damaged too."""
+    decoded: list[tuple[Any, ...]] = []
+    for row in rows:
+        try:
+            decoded.append((row[0].decode(), row[1], row[2], row[3], row[4].decode(), *row[5:]))
+        except UnicodeDecodeError as exc:
+            page = list(_stored_page(decoded))
+            if not page or not isinstance(page[-1], CorruptRecordError):
+                page.append(_damaged(row, f"stored text is not UTF-8: {exc}"))
+            return page
+    return _stored_page(decoded)
+
+
+def _damaged(row: Row, detail: str) -> CorruptRecordError:
+    def text(value: object) -> Any:
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+    return CorruptRecordError(text(row[0]), row[1], text(row[4]), f"malformed row: {detail}", position=row[2])
 
 
 class SqliteEventStore(BaseEventStore):
@@ -130,12 +165,12 @@ class SqliteEventStore(BaseEventStore):
         self._sql_insert = (
             f"INSERT INTO {events} (session_id, version, event_id, type, schema_version, data, recorded_at) VALUES "
         )
-        self._sql_by_ids = f"SELECT {EVENT_COLUMNS} FROM {events} WHERE event_id IN "
+        self._sql_by_ids = f"SELECT {_COLUMNS} FROM {events} WHERE event_id IN "
         self._sql_page = (
-            f"SELECT {EVENT_COLUMNS} FROM {events} WHERE session_id = ? AND version BETWEEN ? AND ? "
+            f"SELECT {{columns}} FROM {events} WHERE session_id = ? AND version BETWEEN ? AND ? "
             "{typed}ORDER BY version {order} LIMIT ?"
         )
-        self._sql_all_page = f"SELECT {EVENT_COLUMNS} FROM {events} WHERE position >= ? ORDER BY position LIMIT ?"
+        self._sql_all_page = f"SELECT {{columns}} FROM {events} WHERE position >= ? ORDER BY position LIMIT ?"
         self._sql_version = f"SELECT version FROM {sessions} WHERE session_id = ?"
         self._sql_info = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE session_id = ? AND deleted = 0"
         self._sql_list = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE deleted = 0"
@@ -510,14 +545,28 @@ class SqliteEventStore(BaseEventStore):
 
     async def _read_page(
         self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
-    ) -> Sequence[StoredEvent]:
+    ) -> Page:
         typed = "" if types is None else f"AND type IN ({', '.join('?' for _ in types)}) "
-        sql = self._sql_page.format(typed=typed, order="DESC" if backwards else "ASC")
-        rows = await self._fetch(sql, (session_id, low, _MAX_VERSION if high is None else high, *(types or ()), limit))
-        return _stored_page(rows)
+        order = "DESC" if backwards else "ASC"
+        return await self._fetch_page(
+            lambda columns: self._sql_page.format(columns=columns, typed=typed, order=order),
+            (session_id, low, _MAX_VERSION if high is None else high, *(types or ()), limit),
+        )
 
-    async def _read_all_page(self, from_position: int, limit: int) -> Sequence[StoredEvent]:
-        rows = await self._fetch(self._sql_all_page, (from_position, limit))
+    async def _read_all_page(self, from_position: int, limit: int) -> Page:
+        return await self._fetch_page(self._sql_all_page.format, (from_position, limit))
+
+    async def _fetch_page(self, sql: Callable[..., str], params: Sequence[Any]) -> Page:
+        """A page of events; ``sql(columns=...)`` is its statement selecting ``columns``.
+
+        When SQLite cannot return the page at all (a damaged row's TEXT is not UTF-8: the driver
+        fails the whole fetch), it is read again with text as bytes and checked row by row, so the
+        good rows still arrive and the damaged one is reported as such; on that error path only.
+        """
+        try:
+            rows = await self._fetch(sql(columns=_COLUMNS), params)
+        except StorageError:
+            return _decoded_page(await self._fetch(sql(columns=_TEXT_AS_BYTES), params))
         return _stored_page(rows)
 
     async def _current_version(self, session_id: str) -> int:
