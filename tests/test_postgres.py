@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -259,58 +256,3 @@ async def test_a_subscription_survives_its_listen_connection_being_killed(schema
             assert not following.done()
             await writer.append("s", [_message("after")])  # only a NOTIFY can wake it within 5 s
             assert (await asyncio.wait_for(following, 5)).event == _message("after")
-
-
-def _restart_command() -> list[str] | None:
-    """How to crash-restart the local server (an immediate shutdown, then recovery), if we may."""
-    clusters = sorted(Path("/etc/postgresql").glob("*/main"))
-    if not clusters or shutil.which("pg_ctlcluster") is None or os.geteuid() != 0:
-        return None
-    version = clusters[-1].parent.name
-    return ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "--", "-m", "immediate"]
-
-
-@pytest.mark.heavy
-async def test_a_server_crash_and_restart_loses_no_acknowledged_append(schema: str, heavy_scale: int) -> None:
-    command = _restart_command()
-    if command is None:
-        pytest.skip("needs root and pg_ctlcluster to restart the local server")
-    acknowledged: list[uuid.UUID] = []
-    retries = 0
-    warmed_up = asyncio.Event()
-    restarted = asyncio.Event()
-    async with _store(schema, pool_size=2) as store:
-
-        async def append_until_acknowledged(n: int) -> None:
-            nonlocal retries
-            event_id = uuid.uuid4()
-            while True:
-                try:
-                    await store.append("s", [_message(f"{n}")], event_ids=[event_id])
-                except StorageUnavailableError:
-                    retries += 1
-                    await asyncio.sleep(0.1)
-                    continue
-                acknowledged.append(event_id)
-                return
-
-        async def writer() -> None:
-            n = 0
-            after_restart = 0
-            while after_restart < 50 * heavy_scale:  # keep writing through the restart, and past it
-                await append_until_acknowledged(n)
-                n += 1
-                if n == 50:
-                    warmed_up.set()
-                if restarted.is_set():
-                    after_restart += 1
-
-        writing = asyncio.create_task(writer())
-        await warmed_up.wait()
-        restart = await asyncio.create_subprocess_exec(*command)
-        assert await restart.wait() == 0
-        restarted.set()
-        await asyncio.wait_for(writing, 120)
-        stored = [record.event_id async for record in store.read("s")]
-    assert retries > 0, "the restart did interrupt the appends"
-    assert stored == acknowledged, "every acknowledged append is there once, in order"

@@ -43,6 +43,7 @@ from kern_events.codec import Codec
 from kern_events.errors import (
     IdempotencyError,
     InvalidArgumentError,
+    SchemaMissingError,
     SchemaVersionError,
     StorageError,
     StorageUnavailableError,
@@ -304,8 +305,10 @@ class PostgresEventStore(BaseEventStore):
                 found = await connection.fetchval(self._sql.schema_version, self.tables.events)
             except asyncpg.UndefinedTableError:
                 found = None
-        if found is None or found != SCHEMA_VERSION:
-            raise SchemaVersionError(found or 0, SCHEMA_VERSION)
+        if found is None:
+            raise SchemaMissingError(f"PostgreSQL schema {self.schema!r}", SCHEMA_VERSION)
+        if found != SCHEMA_VERSION:
+            raise SchemaVersionError(found, SCHEMA_VERSION)
 
     # -- notifications -----------------------------------------------------------------------------
 

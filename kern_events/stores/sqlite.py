@@ -14,23 +14,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 import aiosqlite
 import anyio
+import anyio.to_thread
 import msgspec
 
 from kern_events._index import SessionInfo, advance_index
 from kern_events.codec import Codec
 from kern_events.errors import (
     CorruptRecordError,
+    DatabaseOpenError,
     InvalidArgumentError,
     KernEventsError,
+    SchemaMissingError,
     SchemaVersionError,
     StorageError,
 )
@@ -126,6 +131,9 @@ class SqliteEventStore(BaseEventStore):
 
     ``synchronous="FULL"`` (the default) makes every acknowledged append survive a power cut;
     ``"NORMAL"`` survives a process crash but may lose the last commits on a power cut, and is faster.
+    ``read_only=True`` opens an existing file for reading only: it never creates the file or a table
+    (a file without kern-events tables is :class:`~kern_events.errors.SchemaMissingError`) and
+    refuses every write.
     """
 
     def __init__(
@@ -137,8 +145,10 @@ class SqliteEventStore(BaseEventStore):
         busy_timeout: float = 5.0,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        read_only: bool = False,
     ) -> None:
         super().__init__(codec=codec, max_event_size=max_event_size)
+        self.read_only = read_only
         if synchronous not in ("FULL", "NORMAL"):
             raise InvalidArgumentError("synchronous", f"expected 'FULL' or 'NORMAL', got {synchronous!r}")
         self.db_file = os.fspath(db_file)
@@ -193,17 +203,70 @@ class SqliteEventStore(BaseEventStore):
 
     async def _open(self) -> None:
         try:
-            self._writer = await aiosqlite.connect(self.db_file, isolation_level=None)
-            await self._call(self._writer, self._set_up)
+            if self.read_only:
+                self._reader = await self._connect(read_only=True)
+                await self._opening_call(self._reader, self._check_tables)
+                return
+            self._writer = await self._connect()
+            await self._opening_call(self._writer, self._set_up)
             if self.db_file == ":memory:" or self.db_file.startswith("file::memory:"):
                 self._reader = self._writer
             else:
-                self._reader = await aiosqlite.connect(self.db_file, isolation_level=None)
+                self._reader = await self._connect()
                 await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
                 await self._reader.execute("PRAGMA query_only = 1")
         except BaseException:
             await self._close()
             raise
+
+    @property
+    def _name(self) -> str:
+        return f"SQLite database {self.db_file!r}"
+
+    async def _connect(self, *, read_only: bool = False) -> aiosqlite.Connection:
+        """``aiosqlite.connect``; a failure names the file and why, and leaves no thread behind.
+
+        aiosqlite stops its thread after a failed connect but nobody waits for it, so it would
+        report back to an event loop that may be closed by then ("Event loop is closed").
+        """
+        if read_only:  # a URI, so that SQLite itself refuses to create or write anything
+            connection = aiosqlite.connect(_read_only_uri(self.db_file), isolation_level=None, uri=True)
+        else:
+            connection = aiosqlite.connect(self.db_file, isolation_level=None)
+        try:
+            return await connection
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(connection._thread.join)
+            if isinstance(exc, sqlite3.Error):
+                raise DatabaseOpenError(self._name, _open_failure(self.db_file, exc, read_only)) from exc
+            raise
+
+    async def _opening_call(self, connection: aiosqlite.Connection, function: Callable[[sqlite3.Connection], T]) -> T:
+        """The first call on a new connection: a file that is not an intact SQLite database is
+        :class:`DatabaseOpenError`, not a failure of some later statement."""
+        try:
+            return await self._call(connection, function)
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, sqlite3.DatabaseError) and not isinstance(
+                cause, sqlite3.OperationalError | sqlite3.IntegrityError
+            ):
+                raise DatabaseOpenError(self._name, f"it is not an intact SQLite database ({cause})") from cause
+            raise
+
+    def _check_tables(self, db: sqlite3.Connection) -> None:
+        """A read-only open: the kern-events tables must be there already, at a version we read."""
+        db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        t = self.tables
+        found = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {t.events, t.sessions, t.snapshots, t.schema} <= found:
+            raise SchemaMissingError(self._name, SCHEMA_VERSION)
+        row = db.execute(f"SELECT version FROM {quote(t.schema)} WHERE component = ?", (t.events,)).fetchone()
+        if row is None:
+            raise SchemaMissingError(self._name, SCHEMA_VERSION)
+        if row[0] != SCHEMA_VERSION:
+            raise SchemaVersionError(row[0], SCHEMA_VERSION)
 
     async def _close(self) -> None:
         reader, writer = self._reader, self._writer
@@ -222,6 +285,8 @@ class SqliteEventStore(BaseEventStore):
         queue as aiosqlite's own ``_execute`` does, without the task that wrapping ``_execute`` would
         cost (pinned by the dependency range; the conformance suite exercises it on every call).
         """
+        if connection is None and self.read_only and self._state == "open":
+            raise StorageError(f"{self._name} is open read-only")
         if connection is None or not connection._running or connection._connection is None:
             raise StorageError("the SQLite connection is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -647,6 +712,33 @@ class _AppendRequest:
         self.pending = pending
         self.expected = expected
         self.recorded_at = recorded_at
+
+
+def _read_only_uri(path: str) -> str:
+    """A ``file:`` URI that opens ``path`` read-only (``mode=ro``): SQLite creates and writes nothing."""
+    return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+
+
+def _open_failure(path: str, error: sqlite3.Error, read_only: bool) -> str:
+    """Why SQLite could not open ``path``, in the user's words where we can tell."""
+    file = os.path.abspath(path)
+    if os.path.isdir(file):
+        return "it is a directory"
+    if not os.path.isdir(os.path.dirname(file)):
+        return f"its directory {os.path.dirname(file)!r} does not exist"
+    if not os.path.exists(file):
+        if read_only:
+            return "the file does not exist"
+        if not os.access(os.path.dirname(file), os.W_OK | os.X_OK):
+            return "no permission to create it in its directory"
+    elif not os.access(file, os.R_OK if read_only else os.R_OK | os.W_OK):
+        return "permission denied"
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY))
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return "too many open files"
+    return str(error)
 
 
 def _fetchall(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
