@@ -4,8 +4,11 @@ Agent runtimes should not hand-assemble events. A :class:`Session` is one writer
 session: it knows the session's version and passes it as ``expected_version`` on every append, so a
 second writer on the same session surfaces as :class:`~kern_events.errors.ConcurrencyError`, never as
 a silent overwrite. A :class:`Run` stages the events of one run step and appends them together
-(atomic), so a crash never leaves half a step in the log. A :class:`StoragePolicy` decides what is
-stored at all: what it leaves out never reaches the log.
+(atomic), so a crash never leaves half a step in the log. Each step's events get their ids when it
+is first flushed; a flush that fails without a clear answer (the connection dropped, the caller was
+cancelled) keeps the step with those ids and its expected version, so flushing again stores it
+exactly once, whether or not the first attempt reached the log. A :class:`StoragePolicy` decides what
+is stored at all: what it leaves out never reaches the log.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from kern_events.events import (
     ToolCallStarted,
 )
 from kern_events.records import NO_STREAM, AppendResult
+from kern_events.stores._base import new_event_id
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -96,6 +100,27 @@ class StoragePolicy(msgspec.Struct, frozen=True, kw_only=True):
             if isinstance(event, MessageAdded) and event.media:
                 event = msgspec.structs.replace(event, media=())
         return event
+
+
+_RUN_ENDINGS = (RunCompleted, RunFailed, RunCancelled, RunPaused)
+
+
+class _Step:
+    """A step as it is appended: the events the policy admitted (an automatic name included) and their
+    ids, fixed at the first attempt so that every retry is the same append."""
+
+    __slots__ = ("auto_named", "event_ids", "events", "expected_version")
+
+    def __init__(self, events: list[Event], *, auto_named: bool) -> None:
+        self.events = events
+        self.event_ids = [new_event_id() for _ in events]
+        self.auto_named = auto_named
+        self.expected_version: int | None = None
+        """The version the last attempt expected, while its outcome is unknown; ``None`` when no
+        attempt can have stored it (never tried, or refused as a conflict): then the writer's version."""
+
+    def ends_run(self) -> bool:
+        return any(isinstance(event, _RUN_ENDINGS) for event in self.events)
 
 
 class Session:
@@ -173,15 +198,40 @@ class Session:
         )
 
     async def _append_admitted(self, kept: list[Event]) -> AppendResult | None:
+        step = self._step(kept)
+        return None if step is None else await self._append_step(step)
+
+    def _step(self, kept: list[Event]) -> _Step | None:
+        """The admitted events as one step, with the session's automatic name if this step gives it."""
+        auto_named = False
         if not self._named:
             first = next((e for e in kept if isinstance(e, MessageAdded) and e.role == "user"), None)
             if first is not None and isinstance(first.content, str) and first.content.strip():
                 kept.append(SessionRenamed(name=_auto_name(first.content)))
-                self._named = True
-        if not kept:
-            return None
-        result = await self.db.store.append(self.session_id, kept, expected_version=self.version)
-        self.version = result.to_version
+                self._named = auto_named = True
+        return _Step(kept, auto_named=auto_named) if kept else None
+
+    async def _append_step(self, step: _Step) -> AppendResult:
+        """Append ``step`` with its own ids. A retry expects the version its unanswered attempt
+        expected: if that attempt was stored, the store recognizes the ids and answers with the first
+        result, where a later version would have made it look like someone else's write."""
+        expected = self.version if step.expected_version is None else step.expected_version
+        step.expected_version = expected
+        try:
+            result = await self.db.store.append(
+                self.session_id, step.events, expected_version=expected, event_ids=step.event_ids
+            )
+        except ConcurrencyError:
+            step.expected_version = None  # the store found none of its ids: it is not stored
+            if expected == self.version:
+                raise
+            return await self._append_step(step)  # this writer moved on since that attempt: at its version
+        except InvalidArgumentError:
+            step.expected_version = None
+            if step.auto_named:
+                self._named = False
+            raise
+        self.version = max(self.version, result.to_version)
         every = self.db.checkpoint_every
         if every and result.to_version // every > (result.from_version - 1) // every:
             await self.db.save_checkpoint(self.session_id)  # crossed a multiple of checkpoint_every
@@ -318,6 +368,8 @@ class Run:
         self.session = session
         self.run_id = run_id
         self._staged: list[tuple[Event, bool]] = []
+        self._unsettled: _Step | None = None
+        """A flushed step whose append failed; the next flush appends it first, with the same ids."""
 
     def stage(self, event: Event, *, from_history: bool = False) -> None:
         """Add an event to the current step."""
@@ -375,17 +427,43 @@ class Run:
         )
 
     async def flush(self) -> AppendResult | None:
-        """Append the staged events as one step; nothing staged (or nothing kept) appends nothing."""
-        staged, self._staged = self._staged, []
+        """Append the staged events as one step; nothing staged (or nothing kept) appends nothing.
+
+        A step whose flush raised (a lost connection, a cancellation, a conflict) is kept as it was,
+        event ids included, and the next flush appends it first, then what was staged since as a
+        step of its own: a step that did reach the log is not stored twice. It returns the last
+        append's result. A step the store refuses as invalid (:class:`InvalidArgumentError`) is
+        dropped: it could never be stored.
+        """
         session = self.session
+        result = None
+        if self._unsettled is not None:
+            result = await self._settle(self._unsettled)
+        staged, self._staged = self._staged, []
         kept = [
             admitted for event, history in staged if (admitted := session.policy.admit(event, from_history=history))
         ]
+        step = self._unsettled = session._step(kept)
+        if step is not None:
+            result = await self._settle(step)
+        return result
+
+    async def _settle(self, step: _Step) -> AppendResult:
+        """Append ``step``; it stays unsettled if that raises, unless the store refused it as invalid."""
         try:
-            return await session._append_admitted(kept)
-        except BaseException:
-            self._staged = staged + self._staged  # nothing was stored: the step can be retried
+            result = await self.session._append_step(step)
+        except InvalidArgumentError:
+            self._unsettled = None
             raise
+        self._unsettled = None
+        return result
+
+    async def _end(self, ending: Event) -> AppendResult | None:
+        """Stage the event that ends the run and flush; if an earlier ending's step is still
+        unsettled (its flush raised), flush that instead: a run ends once."""
+        if self._unsettled is None or not self._unsettled.ends_run():
+            self.stage(ending)
+        return await self.flush()
 
     @asynccontextmanager
     async def step(self) -> AsyncIterator[Self]:
@@ -401,13 +479,11 @@ class Run:
 
     async def complete(self, output: Any = None, *, metrics: RunMetrics | None = None) -> AppendResult | None:
         """Finish the run successfully (with what is still staged, in one append)."""
-        self.stage(RunCompleted(run_id=self.run_id, output=output, metrics=metrics or RunMetrics()))
-        return await self.flush()
+        return await self._end(RunCompleted(run_id=self.run_id, output=output, metrics=metrics or RunMetrics()))
 
     async def fail(self, error: str, *, metrics: RunMetrics | None = None) -> AppendResult | None:
         """End the run with an error (with what is still staged, in one append)."""
-        self.stage(RunFailed(run_id=self.run_id, error=error, metrics=metrics))
-        return await self.flush()
+        return await self._end(RunFailed(run_id=self.run_id, error=error, metrics=metrics))
 
     async def pause(self, requirements: Sequence[Requirement]) -> AppendResult | None:
         """Stop the run until ``requirements`` are resolved (with what is still staged, in one append),
@@ -417,15 +493,13 @@ class Run:
         ids = [requirement.requirement_id for requirement in requirements]
         if len(set(ids)) != len(ids):
             raise InvalidArgumentError("requirements", f"requirement ids must be unique, got {ids}")
-        self.stage(RunPaused(run_id=self.run_id, requirements=tuple(requirements)))
-        result = await self.flush()
+        result = await self._end(RunPaused(run_id=self.run_id, requirements=tuple(requirements)))
         await self.session.db.save_checkpoint(self.session.session_id, paused_run_id=self.run_id)
         return result
 
     async def cancel(self, reason: str | None = None) -> AppendResult | None:
         """End the run as cancelled (with what is still staged, in one append)."""
-        self.stage(RunCancelled(run_id=self.run_id, reason=reason))
-        return await self.flush()
+        return await self._end(RunCancelled(run_id=self.run_id, reason=reason))
 
 
 def _auto_name(text: str) -> str:
