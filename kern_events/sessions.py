@@ -59,6 +59,7 @@ from kern_events.stores._base import new_event_id
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from kern_events._index import SessionInfo
     from kern_events.db import BaseDb
     from projections.runs import RunView
     from projections.session import SessionView
@@ -155,22 +156,30 @@ class Session:
         metadata: Mapping[str, Any] | None = None,
         session_state: Mapping[str, Any] | None = None,
         policy: StoragePolicy | None = None,
+        create: bool = True,
     ) -> Self:
-        """Continue the session if it exists, else start it with these ids and data.
+        """Continue the session if it exists, else start it with these ids and data (``create=False``:
+        raise :class:`SessionNotFoundError` instead).
 
-        Continuing a session of another user raises :class:`SessionNotFoundError` (never a leak).
+        Who may open a session is the rule the reads follow too (``db.get_session(..., user_id=)``):
+        a caller that gives a ``user_id`` reaches only the sessions started with that same user id;
+        a session of another user, or one started without a user, raises
+        :class:`SessionNotFoundError`, exactly as an unknown id does with ``create=False``. A caller
+        that gives no ``user_id`` is the application itself and reaches every session. Creating can
+        only tell that an id is taken (ids are one namespace); give new sessions unguessable ids, and
+        open existing ones with ``create=False`` so that a foreign id and an unknown one look the same.
         """
         check_identifier("session_id", session_id)
         check_optional_identifier("user_id", user_id)
         policy = policy if policy is not None else StoragePolicy()
         info = await db.store.get_session_info(session_id)
         if info is not None:
-            if user_id is not None and info.user_id not in (None, user_id):
+            if not _visible_to(info, user_id):
                 raise SessionNotFoundError(session_id)
             named = info.name is not None
-            return cls(
-                db, session_id, version=info.version, user_id=info.user_id or user_id, named=named, policy=policy
-            )
+            return cls(db, session_id, version=info.version, user_id=info.user_id, named=named, policy=policy)
+        if not create:
+            raise SessionNotFoundError(session_id)
         started = SessionStarted(
             session_type=session_type,
             agent_id=agent_id,
@@ -500,6 +509,11 @@ class Run:
     async def cancel(self, reason: str | None = None) -> AppendResult | None:
         """End the run as cancelled (with what is still staged, in one append)."""
         return await self._end(RunCancelled(run_id=self.run_id, reason=reason))
+
+
+def _visible_to(info: SessionInfo, user_id: str | None) -> bool:
+    """Whether a caller passing ``user_id`` may open or read the session (see :meth:`Session.open`)."""
+    return user_id is None or info.user_id == user_id
 
 
 def _auto_name(text: str) -> str:

@@ -267,3 +267,49 @@ async def test_a_flush_cancelled_after_the_commit_is_stored_once_when_flushed_ag
         await run.complete()
         types = await _records_of_run(db, "r1")
     assert types == ["run_started", "message_added", "message_added", "run_completed"]
+
+
+async def test_a_session_is_opened_and_read_by_the_same_callers(backend: Backend) -> None:
+    """One rule for writers and readers: a caller with a user id reaches only that user's sessions; a
+    caller without one (the application itself) reaches every session."""
+    async with backend.db() as db:
+        await db.open_session("alices", user_id="alice")
+        await db.open_session("nobodys")
+        versions = {name: await db.store.current_version(name) for name in ("alices", "nobodys")}
+        for session_id in ("alices", "nobodys"):
+            for caller in (None, "alice", "bob"):
+                try:
+                    await db.get_session(session_id, user_id=caller)
+                    readable = True
+                except SessionNotFoundError:
+                    readable = False
+                try:
+                    writer = await db.open_session(session_id, user_id=caller)
+                    await writer.update_state({"by": caller})
+                    writable = True
+                except SessionNotFoundError:
+                    writable = False
+                assert readable == writable, (session_id, caller)
+                assert readable == (caller is None or (session_id, caller) == ("alices", "alice")), (session_id, caller)
+        assert await db.store.current_version("alices") == versions["alices"] + 2, "alice and the application"
+        assert await db.store.current_version("nobodys") == versions["nobodys"] + 1, "the application only"
+
+
+async def test_a_refused_session_looks_like_an_unknown_one(backend: Backend) -> None:
+    async with backend.db() as db:
+        await db.open_session("alices", user_id="alice")
+        await db.open_session("nobodys")
+        refused: list[str] = []
+        for session_id in ("alices", "nobodys", "unknown"):
+            with pytest.raises(SessionNotFoundError) as caught:
+                await db.open_session(session_id, user_id="bob", create=False)
+            assert caught.value.session_id == session_id
+            refused.append(str(caught.value).replace(session_id, "<id>"))
+        assert len(set(refused)) == 1, refused
+        assert await db.store.get_session_info("unknown") is None, "create=False starts nothing"
+        own = await db.open_session("alices", user_id="alice", create=False)
+        assert own.user_id == "alice"
+        with pytest.raises(SessionNotFoundError):  # creating reveals no more: the id is taken
+            await db.open_session("alices", user_id="bob")
+        created = await db.open_session("bobs", user_id="bob")
+        assert (await db.get_session("bobs", user_id="bob")).user_id == created.user_id == "bob"
