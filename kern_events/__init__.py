@@ -76,7 +76,7 @@ from kern_events.records import (
     StoredEvent,
     UnknownEvent,
 )
-from kern_events.sessions import Run, Session, StoragePolicy, Summarizer
+from kern_events.sessions import Run, Session, StoragePolicy, Summarizer, retry_on_conflict
 from kern_events.store import EventStore
 from kern_events.stores._sql import TableNames
 
@@ -178,6 +178,7 @@ __all__ = [
     "UnknownEventTypeError",
     "UserInput",
     "Workflow",
+    "retry_on_conflict",
 ]
 
 

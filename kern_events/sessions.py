@@ -13,11 +13,14 @@ is stored at all: what it leaves out never reaches the log.
 
 from __future__ import annotations
 
+import random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+import anyio
 import msgspec
 
 from kern_events._validate import check_identifier, check_name, check_optional_identifier
@@ -57,14 +60,14 @@ from kern_events.records import NO_STREAM, AppendResult
 from kern_events.stores._base import new_event_id
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from kern_events._index import SessionInfo
     from kern_events.db import BaseDb
     from projections.runs import RunView
     from projections.session import SessionView
 
-__all__ = ["Run", "Session", "StoragePolicy", "Summarizer"]
+__all__ = ["Run", "Session", "StoragePolicy", "Summarizer", "retry_on_conflict"]
+
+T = TypeVar("T")
 
 AUTO_NAME_LENGTH = 60
 """Characters of the first user message that name a session that was given no name."""
@@ -509,6 +512,84 @@ class Run:
     async def cancel(self, reason: str | None = None) -> AppendResult | None:
         """End the run as cancelled (with what is still staged, in one append)."""
         return await self._end(RunCancelled(run_id=self.run_id, reason=reason))
+
+
+class _Turns:
+    """Writers of one db on one session take turns through :func:`retry_on_conflict`: they queue in
+    this process instead of colliding in the database, and each turn starts from the version the
+    last one left, so only writers in other processes are met by conflicts."""
+
+    __slots__ = ("lock", "users", "version")
+
+    def __init__(self) -> None:
+        self.lock = anyio.Lock(fast_acquire=True)
+        self.users = 0
+        self.version = 0
+
+
+_turns: weakref.WeakKeyDictionary[BaseDb, dict[str, _Turns]] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def _turn(session: Session) -> AsyncIterator[_Turns]:
+    turns = _turns.setdefault(session.db, {})
+    turn = turns.setdefault(session.session_id, _Turns())
+    turn.users += 1
+    try:
+        async with turn.lock:
+            yield turn
+    finally:
+        turn.users -= 1
+        if not turn.users:
+            del turns[session.session_id]
+
+
+async def retry_on_conflict(
+    session: Session,
+    operation: Callable[[], Awaitable[T]],
+    *,
+    attempts: int = 32,
+    base_delay: float = 0.005,
+    max_delay: float = 1.0,
+) -> T:
+    """Await ``operation`` (a write through ``session``), again each time another writer got there first.
+
+    Writers of the same db in this process that write to one session through this helper take turns
+    (first come, first served), each starting from the version the previous turn left: they do not
+    collide at all. Against writers elsewhere, a :class:`~kern_events.errors.ConcurrencyError` for
+    this session carries the session's version (``actual_version``): the writer takes it and calls
+    ``operation`` again at once. When that call conflicts too, the session is hot: before each
+    further call the writer sleeps a random time between 0 and ``min(max_delay, base_delay * 2**n)``
+    seconds (full jitter, ``n`` the sleeps so far, so colliding writers spread out) and reads the
+    version afresh (one taken before the sleep is stale after it, and a stale append costs more than
+    a read). After ``attempts`` calls the last conflict is raised.
+
+    For writes that do not depend on what the others wrote, as a run's steps: pass ``run.flush`` (a
+    failed flush keeps its step, so calling it again retries that very step), ``run.complete`` and
+    the other endings (a run ends once), or a function that builds its events anew on each call. A
+    write decided on the session's state must re-read it inside ``operation``.
+    """
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+        raise InvalidArgumentError("attempts", f"expected an integer >= 1, got {attempts!r}")
+    for argument, value in (("base_delay", base_delay), ("max_delay", max_delay)):
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+            raise InvalidArgumentError(argument, f"expected seconds >= 0, got {value!r}")
+    async with _turn(session) as turn:
+        session.version = max(session.version, turn.version)
+        for attempt in range(attempts):
+            try:
+                result = await operation()
+            except ConcurrencyError as error:
+                if error.session_id != session.session_id or attempt == attempts - 1:
+                    raise
+                session.version = error.actual_version
+            else:
+                turn.version = max(turn.version, session.version)
+                return result
+            if attempt > 0:
+                await anyio.sleep(random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1))))
+                session.version = await session.db.store.current_version(session.session_id)
+    raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
 
 
 def _visible_to(info: SessionInfo, user_id: str | None) -> bool:
