@@ -2,8 +2,9 @@
 
 * **writers**: ``--writers`` tasks, each with its own :class:`~kern_events.Session` writer, each
   flushing ``--steps`` one-message run steps through :func:`~kern_events.retry_on_conflict`, on
-  ``--sessions`` sessions (1: every writer on the same hot session, where all but one of the writers
-  that collide get a conflict and retry; ``--writers``: a session each, no conflicts at all).
+  ``--sessions`` sessions (1: every writer on the same hot session; ``--writers``: a session each,
+  no conflicts at all), through ``--dbs`` dbs on the same database (writers of one db take turns;
+  writers of different dbs, as of different processes, meet as conflicts and back off).
 
 Run one case with ``python -m benchmarks.contention --case writers …``; ``python -m benchmarks``
 runs them all.
@@ -26,9 +27,11 @@ _MODULE = "benchmarks.contention"
 NOTES = """\
 hot session rows: 64 tasks, each its own Session writer, each flushing one-message run steps
   (run.message, then retry_on_conflict(session, run.flush)) to ONE session; the reference is the same 64
-  writers each on a session of its own (no conflicts). A conflict answers with the session's version: the
-  writer retries at once with it, and when that loses too it sleeps (full jitter, 5 ms doubling to 1 s)
-  and re-reads the version. All 64 writers finish in every run; what a hot session costs is the ratio."""
+  writers each on a session of its own (no conflicts). In one db the writers take turns (a FIFO lock per
+  session: one append at a time, no conflict). "in 4 dbs": 16 writers in each of 4 dbs on the same
+  database, as 4 processes would be; writers of different dbs collide: a conflict answers with the
+  session's version, the writer retries at once with it, and when that loses too it sleeps (full jitter,
+  5 ms doubling to 1 s) and re-reads the version. All 64 writers finish in every run."""
 
 
 def _writers(args: argparse.Namespace) -> Sample:
@@ -37,20 +40,23 @@ def _writers(args: argparse.Namespace) -> Sample:
 
     async def run() -> Sample:
         async with AsyncExitStack() as stack:
-            db: BaseDb
+            dbs: list[BaseDb]
             if args.store == "postgres":
                 schema = await stack.enter_async_context(_fresh_schema(create_tables=False))
-                db = PostgresDb(URL, schema=schema, pool_size=4)
+                dbs = [PostgresDb(URL, schema=schema, pool_size=4) for _ in range(args.dbs)]
             else:
-                db = SqliteDb(stack.enter_context(temp_db()))
-            await stack.enter_async_context(db)
+                path = stack.enter_context(temp_db())
+                dbs = [SqliteDb(path) for _ in range(args.dbs)]
+            for db in dbs:
+                await stack.enter_async_context(db)
+            db = dbs[0]
             names = [f"session-{number % args.sessions:03d}" for number in range(args.writers)]
             for name in sorted(set(names)):
                 await db.open_session(name, name=name)
             latencies: list[float] = []
 
             async def writer(number: int) -> None:
-                session = await db.open_session(names[number])
+                session = await dbs[number % len(dbs)].open_session(names[number])
                 run = await session.start_run(f"writer-{number:03d}")
                 await retry_on_conflict(session, run.flush)  # untimed: the RunStarted step
                 for step in range(args.steps):
@@ -83,8 +89,12 @@ def comparisons(quick: bool) -> list[Comparison]:
     for store, label in (("sqlite", "SQLite"), ("postgres", "PostgreSQL")):
         hot = _case("writers", store=store, writers=64, sessions=1, steps=steps)
         spread = _case("writers", store=store, writers=64, sessions=64, steps=steps)
-        rows.append(Comparison(f"{label}, 64 writers on one hot session vs on 64 sessions", hot, spread))
-        rows.append(Comparison(f"{label}, 64 writers on one hot session vs on 64 sessions: p99", hot, spread, "p99"))
+        colliding = _case("writers", store=store, writers=64, sessions=1, steps=steps, dbs=4)
+        rows += [
+            Comparison(f"{label}, 64 writers on one hot session vs on 64 sessions", hot, spread),
+            Comparison(f"{label}, 64 writers on one hot session vs on 64 sessions: p99", hot, spread, "p99"),
+            Comparison(f"{label}, 64 writers in 4 dbs on one hot session vs on 64 sessions", colliding, spread),
+        ]
     return rows
 
 
@@ -102,6 +112,7 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=64, help="concurrent session writers")
     parser.add_argument("--sessions", type=int, default=1, help="sessions the writers share (round robin)")
     parser.add_argument("--steps", type=int, default=20, help="timed one-message steps per writer")
+    parser.add_argument("--dbs", type=int, default=1, help="dbs on the same database the writers are spread over")
     case_main({"writers": _writers}, parser)
 
 
