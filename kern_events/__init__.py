@@ -78,7 +78,7 @@ from kern_events.records import (
     StoredEvent,
     UnknownEvent,
 )
-from kern_events.sessions import Run, Session, StoragePolicy, Summarizer
+from kern_events.sessions import Run, Session, StoragePolicy, Summarizer, retry_on_conflict
 from kern_events.store import EventStore
 from kern_events.stores._sql import TableNames
 
@@ -182,6 +182,7 @@ __all__ = [
     "UnknownEventTypeError",
     "UserInput",
     "Workflow",
+    "retry_on_conflict",
 ]
 
 

@@ -29,7 +29,7 @@ from kern_events.events import (
     SessionType,
 )
 from kern_events.records import NO_STREAM, Record, Snapshot
-from kern_events.sessions import Session, StoragePolicy
+from kern_events.sessions import Session, StoragePolicy, _visible_to
 from kern_events.store import EventStore, SessionSort
 from kern_events.stores._base import DEFAULT_MAX_EVENT_SIZE
 from kern_events.stores._sql import TableNames
@@ -123,7 +123,7 @@ class BaseDb:
         check_identifier("session_id", session_id)
         check_optional_identifier("user_id", user_id)
         info = await self._store.get_session_info(session_id)
-        if info is None or (user_id is not None and info.user_id != user_id):
+        if info is None or not _visible_to(info, user_id):
             raise SessionNotFoundError(session_id)
         return info
 
