@@ -97,22 +97,44 @@ def _stored(row: Row) -> StoredEvent:
     return stored_from_row(row, row[3])
 
 
+_CONNECTION_LOST = (
+    OSError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # the protocol's state after a connection broke mid-call
+)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection (or the server) is gone, rather than this one statement failed."""
+    if isinstance(exc, _CONNECTION_LOST):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
+    return sqlstate is not None and sqlstate[:2] in ("08", "57")  # connection, operator intervention
+
+
 @contextlib.contextmanager
 def _translated_errors() -> Iterator[None]:
     """The one seam where asyncpg's errors become kern-events errors (by class and SQLSTATE)."""
     try:
         yield
-    except (
-        OSError,
-        asyncpg.ConnectionDoesNotExistError,
-        asyncpg.InterfaceError,
-        asyncpg.InternalClientError,  # the protocol's state after a connection broke mid-call
-    ) as exc:
+    except _CONNECTION_LOST as exc:
         raise StorageUnavailableError(f"PostgreSQL connection lost: {exc}") from exc
     except asyncpg.PostgresError as exc:
-        if exc.sqlstate is not None and exc.sqlstate[:2] in ("08", "57"):  # connection, operator intervention
+        if _connection_lost(exc):
             raise StorageUnavailableError(f"PostgreSQL unavailable: {exc}") from exc
         raise StorageError(f"PostgreSQL failed: {exc} (SQLSTATE {exc.sqlstate})") from exc
+    except (UnicodeError, OverflowError) as exc:  # a value the driver cannot encode
+        raise StorageError(f"PostgreSQL cannot take a value: {exc}") from exc
+
+
+def _translated(exc: Exception) -> Exception:
+    """``exc`` as the kern-events error :func:`_translated_errors` raises for it (itself if none)."""
+    try:
+        with _translated_errors():
+            raise exc
+    except Exception as translated:
+        return translated
 
 
 async def _connect_to_the_end(url: str) -> asyncpg.Connection:
@@ -421,18 +443,35 @@ class PostgresEventStore(BaseEventStore):
                 return [await self._append_alone(connection, batch[0])]
             try:
                 rows = await connection.fetch(self._sql.append_batch, *_batch_arguments(batch))
-            except asyncpg.UniqueViolationError:
-                rows = []  # an event id is already stored somewhere: let each append find out alone
+            except Exception as error:
+                if _connection_lost(error):
+                    raise
+                # An event id already stored, a value the server refuses, a deadlock with another
+                # process: the statement wrote nothing. Each append goes alone, so only its own
+                # caller learns of its failure.
+                rows = []
             placed: dict[str, list[tuple[int, int]]] = {}
             for row in rows:
                 placed.setdefault(row[0], []).append((row[1], row[2]))
             outcomes: list[AppendResult | Exception] = []
+            lost: Exception | None = None
             for request in batch:
                 numbered = placed.get(request.session_id)
-                if numbered is None:
-                    outcomes.append(await self._append_alone(connection, request))
-                else:
+                if numbered is not None:
                     outcomes.append(_result(request, sorted(numbered)))
+                    continue
+                if lost is not None:
+                    outcomes.append(lost)
+                    continue
+                try:
+                    outcomes.append(await self._append_alone(connection, request))
+                except Exception as error:
+                    failure = _translated(error)
+                    outcomes.append(failure)
+                    if _connection_lost(error):
+                        lost = failure
+            if lost is not None and connection is self._appender:
+                self._discard_appender(connection)
             return outcomes
 
     async def _append_held(self, appender: asyncpg.Connection, request: _Append) -> AppendResult | Exception:
@@ -494,10 +533,14 @@ class PostgresEventStore(BaseEventStore):
         return head, [found.get(new.event_id) for new in pending]
 
     async def _delete_session(self, session_id: str) -> bool:
+        """Lock the session row first: an append in flight (which holds the row until it commits)
+        finishes before the events are deleted, and a later one waits for the delete. Deleting the
+        events first would miss the rows of an append that commits meanwhile."""
         async with self._connection() as connection, connection.transaction():
+            await connection.execute(self._sql.lock_session, session_id)
+            tombstoned = await connection.fetchval(self._sql.tombstone, session_id)
             erased = await connection.fetchval(self._sql.delete_events, session_id)
             await connection.execute(self._sql.delete_snapshots, session_id)
-            tombstoned = await connection.fetchval(self._sql.tombstone, session_id)
         return bool(erased or tombstoned)
 
     async def _save_snapshot(self, snapshot: Snapshot) -> None:
@@ -798,9 +841,11 @@ INSERT INTO"""
         self.append_existing = lean + many
         self.append_existing_one = lean + one
         # The batch form: $1..$12 one entry per append (distinct sessions), $13..$19 one per event.
-        # Session rows are locked in session-id order first, so two batches (in any processes)
-        # never wait on each other in a cycle; an append whose row was not bumped or created is
-        # simply absent from the result, and its caller retries it alone.
+        # Existing session rows are locked in session-id order first, and new sessions' rows are
+        # inserted in session-id order too (an insert holds its key in the unique index until
+        # commit), so two batches (in any processes) rarely wait on each other in a cycle; if they
+        # do, the server aborts one and its appends go alone. An append whose row was not bumped
+        # or created is simply absent from the result, and its caller retries it alone.
         self.append_batch = f"""
 WITH request AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::boolean[], $5::text[], $6::text[],
@@ -835,6 +880,7 @@ WITH request AS (
     WHERE (r.wanted IS NULL OR r.wanted = 0)
       AND NOT EXISTS (SELECT 1 FROM bumped AS b WHERE b.session_id = r.session_id)
       AND (SELECT count(*) FROM locked) >= 0
+    ORDER BY r.session_id
     ON CONFLICT (session_id) DO NOTHING
     RETURNING session_id, 0::bigint AS base
 ), head AS (
@@ -865,6 +911,7 @@ RETURNING session_id, version, position"""
         self.version = f"SELECT version FROM {sessions} WHERE session_id = $1"
         self.info = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE session_id = $1 AND NOT deleted"
         self.list = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE NOT deleted"
+        self.lock_session = f"SELECT 1 FROM {sessions} WHERE session_id = $1 FOR UPDATE"
         self.delete_events = (
             f"WITH gone AS (DELETE FROM {events} WHERE session_id = $1 RETURNING 1) SELECT count(*) FROM gone"
         )
