@@ -19,9 +19,16 @@ Positions are unique and strictly increasing in the order transactions *started 
 reader stops below a visibility fence, ``pg_snapshot_xmin(pg_current_snapshot()) << 16``: every
 transaction older than the fence has finished, and no transaction that has not yet written can get
 an id below it. So everything below the fence is final, and readers never skip or reorder, while
-concurrent appends keep committing concurrently. The cost: the feed lags behind the oldest open
-writing transaction in the cluster (monitor long transactions), and an append holds at most 65,535
-events. Per-session reads need no fence: version k+1 can only be inserted once version k is visible.
+concurrent appends keep committing concurrently. An append holds at most 65,535 events. Per-session
+reads need no fence: version k+1 can only be inserted once version k is visible.
+
+**The price: the fence is cluster-wide.** ``pg_snapshot_xmin`` is the oldest transaction id still
+running anywhere on the server, in any database, by any client; while such a transaction stays
+open, ``read_all`` and subscriptions return nothing committed after it began, even appends that
+have long committed. :meth:`PostgresEventStore.feed_lag` shows it: the fence, how many committed
+events it holds back, and the transaction holding it (its process id, database and start time),
+for monitoring and alerting. A subscription that caught up while events were held back watches the
+fence and re-reads as soon as it moves.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from kern_events.errors import (
     StorageUnavailableError,
 )
 from kern_events.events import Event
-from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
+from kern_events.records import AppendResult, ExpectedVersion, FeedLag, PendingEvent, Snapshot, StoredEvent
 from kern_events.stores._base import (
     DEFAULT_MAX_EVENT_SIZE,
     MAX_EVENTS_PER_APPEND,
@@ -77,6 +84,8 @@ _ANY_RETRIES = 20
 _NOTIFY_DELAY = 0.01
 """Seconds a NOTIFY waits so that appends landing close together share one wake-up."""
 _LISTEN_READY_TIMEOUT = 5.0
+_FENCE_POLL = 0.1
+"""Longest wait (seconds) between two looks at a fence that holds committed events back."""
 _MAX_VERSION = 2**62
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -198,6 +207,7 @@ class PostgresEventStore(BaseEventStore):
         self._group = GroupCommit(self._commit_batch, take=_take_batch)
         self._listener_task: asyncio.Task[None] | None = None
         self._listeners = 0
+        self._fence_task: asyncio.Task[None] | None = None
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -228,20 +238,21 @@ class PostgresEventStore(BaseEventStore):
             if connection is not None:
                 await connection.close()
         self._notifier = self._appender = None
-        listener, self._listener_task = self._listener_task, None
-        if listener is not None:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+        for task in (self._listener_task, self._fence_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._listener_task = self._fence_task = None
         pool, self._pool = self._pool, None
         if pool is not None and self._owns_pool:
             await pool.close()
 
     def _abandon(self) -> None:
         """Drop every connection at once, without awaiting anything on the loop they belong to."""
-        for task in (self._notify_task, self._listener_task):
+        for task in (self._notify_task, self._listener_task, self._fence_task):
             if task is not None and not task.done():
                 task.cancel()
-        self._notify_task = self._listener_task = None
+        self._notify_task = self._listener_task = self._fence_task = None
         for connection in (self._notifier, self._appender):
             if connection is not None:
                 connection.terminate()
@@ -380,10 +391,12 @@ class PostgresEventStore(BaseEventStore):
             yield
         finally:
             self._listeners -= 1
-            if self._listeners == 0 and self._listener_task is not None:
-                task, self._listener_task = self._listener_task, None
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            if self._listeners == 0:
+                tasks = [task for task in (self._listener_task, self._fence_task) if task is not None]
+                self._listener_task = self._fence_task = None
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _listen_forever(self, ready: asyncio.Event) -> None:
         delay = 0.05
@@ -575,7 +588,43 @@ class PostgresEventStore(BaseEventStore):
         return [_stored(row) for row in rows]
 
     async def _read_all_page(self, from_position: int, limit: int) -> Sequence[StoredEvent]:
-        return [_stored(row) for row in await self._fetch(self._sql.all_page, from_position, limit)]
+        rows = await self._fetch(self._sql.all_page, from_position, limit)
+        if len(rows) < limit and self._listeners and self._on_own_loop():
+            await self._watch_fence()
+        return [_stored(row) for row in rows]
+
+    async def _watch_fence(self) -> None:
+        """A subscription caught up: if the fence holds committed events back, wake subscribers when
+        it moves. No append or NOTIFY announces that moment (the transaction holding the fence may
+        be anyone's), so without this they would wait for their next poll."""
+        if self._fence_task is not None and not self._fence_task.done():
+            return
+        ((newest, fence),) = await self._fetch(self._sql.feed_edge)
+        if newest is not None and newest >= fence:
+            self._fence_task = asyncio.create_task(self._wake_when_fence_moves(fence))
+
+    async def _wake_when_fence_moves(self, fence: int) -> None:
+        delay = 0.005
+        with contextlib.suppress(StorageError):
+            while True:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _FENCE_POLL)
+                ((_, now),) = await self._fetch(self._sql.feed_edge)
+                if now > fence:
+                    break
+        self.change_signal.fire()
+
+    async def feed_lag(self) -> FeedLag:
+        """Where the fence stands, how many committed events it holds back, and which transaction sets it.
+
+        The transaction is shown (``since``, ``holder_pid``, ``holder_database``) when
+        ``pg_stat_activity`` lets this role see it; a prepared transaction never shows there.
+        """
+        await self._ensure_open()
+        ((fence, held_back, pid, database, since),) = await self._fetch(self._sql.feed_lag)
+        if not held_back:
+            return FeedLag(fence=fence)
+        return FeedLag(fence=fence, held_back=held_back, since=since, holder_pid=pid, holder_database=database)
 
     async def _current_version(self, session_id: str) -> int:
         rows = await self._fetch(self._sql.version, session_id)
@@ -908,6 +957,24 @@ RETURNING session_id, version, position"""
             "AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) "
             "ORDER BY position LIMIT $2"
         )
+        # The newest stored position and the fence: the fence holds events back when newest >= fence.
+        self.feed_edge = (
+            f"SELECT (SELECT max(position) FROM {events}), pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16"
+        )
+        # The fence, the committed events at or above it, and the transaction that sets it: the one
+        # whose id is the snapshot's xmin (the oldest transaction id still running in the cluster).
+        self.feed_lag = f"""
+WITH fence AS (
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xid,
+           pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16 AS position
+)
+SELECT fence.position,
+       (SELECT count(*) FROM {events} WHERE position >= fence.position),
+       holder.pid, holder.datname::text, extract(epoch FROM holder.xact_start)::float8
+FROM fence LEFT JOIN LATERAL (
+    SELECT pid, datname, xact_start FROM pg_stat_activity
+    WHERE backend_xid = fence.xid::xid ORDER BY xact_start LIMIT 1
+) AS holder ON true"""
         self.version = f"SELECT version FROM {sessions} WHERE session_id = $1"
         self.info = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE session_id = $1 AND NOT deleted"
         self.list = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE NOT deleted"
