@@ -39,7 +39,15 @@ from kern_events.errors import (
     UnknownEventTypeError,
 )
 from kern_events.events import Event, SessionRenamed, SessionStarted, SessionType
-from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Record, Snapshot, StoredEvent
+from kern_events.records import (
+    AppendResult,
+    ExpectedVersion,
+    FeedLag,
+    PendingEvent,
+    Record,
+    Snapshot,
+    StoredEvent,
+)
 from kern_events.store import SessionSort
 from kern_events.subscription import ChangeSignal, Subscription
 
@@ -457,6 +465,14 @@ class BaseEventStore(abc.ABC):
         check_non_negative("max_version", max_version, allow_none=True)
         await self._ensure_open()
         return await self._load_snapshot(session_id, name, schema_version, max_version)
+
+    async def feed_lag(self) -> FeedLag:
+        """How far the global feed is held back behind committed appends (see :class:`FeedLag`).
+
+        The default has no fence: whatever has committed is readable at once.
+        """
+        await self._ensure_open()
+        return FeedLag()
 
     def subscribe(self, *, from_position: int = 0, poll_interval: float = 1.0) -> Subscription:
         """Every record from ``from_position`` on, then new ones as they land (see :class:`Subscription`).
