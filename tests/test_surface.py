@@ -22,6 +22,8 @@ PUBLIC_MODULES = [
     "kern_events.store",
     "kern_events.backend",
     "kern_events.db",
+    "kern_events.checkpoints",
+    "kern_events.timetravel",
     "kern_events.cli",
     "kern_events.stores.memory",
     "kern_events.stores.sqlite",
