@@ -127,6 +127,26 @@ async def test_a_writer_left_in_a_transaction_by_a_failed_rollback_is_reopened(t
         assert await store.delete_session("s")
 
 
+async def test_concurrent_writes_on_a_stuck_writer_fail_typed_and_the_writer_is_reopened(tmp_path: Path) -> None:
+    async with SqliteEventStore(tmp_path / "stuck.db") as store:
+        await store.append("gone", [_message("kept")])
+        stuck = store._writer
+        await _on_writer(store, _refuse("COMMIT", "ROLLBACK"))
+        outcomes = await asyncio.gather(
+            store.delete_session("gone"),
+            *(store.append(f"s{n}", [_message("a")]) for n in range(20)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(outcome, StorageError) for outcome in outcomes if isinstance(outcome, BaseException))
+        replacement = store._writer
+        assert replacement is not None and replacement is not stuck
+        await store.append("after", [_message("b")])
+        await store.delete_session("gone")
+        assert store._writer is replacement
+        assert await store.current_version("after") == 1
+        assert [record async for record in store.read("gone")] == []
+
+
 async def test_a_failed_append_whose_rollback_fails_keeps_its_error_and_the_writer_is_reopened(
     tmp_path: Path,
 ) -> None:
