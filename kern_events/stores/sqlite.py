@@ -337,10 +337,7 @@ class SqliteEventStore(BaseEventStore):
             stuck, self._writer = self._writer, None
             if stuck is not None:
                 await stuck.close()
-            try:
-                writer = await aiosqlite.connect(self.db_file, isolation_level=None)
-            except sqlite3.Error as exc:
-                raise StorageError(f"SQLite could not reopen {self.db_file!r}: {exc}") from exc
+            writer = await self._connect()
             try:
                 await self._call(writer, self._set_up)
             except BaseException:
