@@ -21,6 +21,7 @@ PUBLIC_MODULES = [
     "kern_events.codec",
     "kern_events.store",
     "kern_events.backend",
+    "kern_events.testing",
     "kern_events.db",
     "kern_events.checkpoints",
     "kern_events.timetravel",

@@ -24,9 +24,9 @@ from kern_events import (
     UnknownEventTypeError,
 )
 from kern_events.events import EVENT_TYPES
-from tests._backends import Backend
-from tests._feed import feed_settled
-from tests._samples import every_event_type
+from kern_events.testing._backend import Backend
+from kern_events.testing._feed import feed_settled
+from kern_events.testing._samples import every_event_type
 
 
 async def _events(store: EventStore, session_id: str) -> list[object]:
@@ -265,7 +265,7 @@ async def test_concurrent_appends_committed_together_fail_only_on_their_own_conf
             ).to_version
 
         outcomes = await asyncio.gather(*(contend(n) for n in range(20)), *(own_session(n) for n in range(40)))
-        assert sorted(outcomes[:20]) == ["conflict"] * 19 + ["won"]
+        assert sorted(map(str, outcomes[:20])) == ["conflict"] * 19 + ["won"]
         assert outcomes[20:] == [2] * 40
         await feed_settled(store)
         assert len([record async for record in store.read_all()]) == 1 + 80

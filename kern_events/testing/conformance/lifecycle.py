@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from kern_events import InvalidArgumentError, MessageAdded, SessionStarted, Snapshot, StoreClosedError
-from tests._backends import Backend
-from tests._feed import feed_settled
+from kern_events.testing._backend import Backend
+from kern_events.testing._feed import feed_settled
 
 
 def _message(n: int) -> MessageAdded:

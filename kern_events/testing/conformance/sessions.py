@@ -27,8 +27,8 @@ from kern_events import (
     ToolCallRequest,
     ToolCallStarted,
 )
+from kern_events.testing._backend import Backend
 from projections import SessionView, history_messages
-from tests._backends import Backend
 
 IMAGE = MediaReference(media_id="m1", kind="image", url="https://example.com/a.png")
 
