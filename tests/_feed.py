@@ -22,3 +22,15 @@ async def feed_reaches(store: BaseEventStore, position: int, *, within: float = 
             raise AssertionError(f"the feed stayed behind position {position} for {within} s: {lag}")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+async def feed_settled(store: BaseEventStore, *, within: float = 30.0) -> None:
+    """Return once the feed holds back none of the events committed so far."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    delay = 0.005
+    while (lag := await store.feed_lag()).held_back:
+        if loop.time() > deadline:
+            raise AssertionError(f"the feed stayed behind for {within} s: {lag}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
