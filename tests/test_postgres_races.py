@@ -71,7 +71,7 @@ async def _create_in_order(store: PostgresEventStore, sessions: list[str]) -> li
 async def test_batches_creating_the_same_new_sessions_in_opposite_order_never_fail(
     schema: str, heavy_scale: int
 ) -> None:
-    trials = 30 * heavy_scale
+    trials = 15 * heavy_scale
     failed: list[BaseException] = []
     async with _store(schema, pool_size=2) as first, _store(schema, pool_size=2) as second:
         await first.append("warm-up", [_message("tables")])
