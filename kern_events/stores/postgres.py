@@ -605,19 +605,23 @@ class PostgresEventStore(BaseEventStore):
         return [_stored(row) for row in rows]
 
     async def _read_all_page(self, from_position: int, limit: int) -> Sequence[StoredEvent]:
-        rows = await self._fetch(self._sql.all_page, from_position, limit)
-        if len(rows) < limit and self._listeners and self._on_own_loop():
-            await self._watch_fence()
-        return [_stored(row) for row in rows]
+        page = [_stored(row) for row in await self._fetch(self._sql.all_page, from_position, limit)]
+        if len(page) < limit and self._listeners and self._on_own_loop():
+            await self._watch_fence(page[-1].position + 1 if page else from_position)
+        return page
 
-    async def _watch_fence(self) -> None:
-        """A subscription caught up: if the fence holds committed events back, wake subscribers when
-        it moves. No append or NOTIFY announces that moment (the transaction holding the fence may
-        be anyone's), so without this they would wait for their next poll."""
-        if self._fence_task is not None and not self._fence_task.done():
-            return
+    async def _watch_fence(self, unread: int) -> None:
+        """A subscription caught up at ``unread``: if stored events lie beyond it, held back by the
+        fence, wake subscribers once they are readable. No append or NOTIFY announces that moment
+        (the transaction holding the fence may be anyone's), so without this they would wait for
+        their next poll. The fence is looked at again here, after the page was read: if it has
+        moved past them meanwhile, subscribers are woken at once."""
         ((newest, fence),) = await self._fetch(self._sql.feed_edge)
-        if newest is not None and newest >= fence:
+        if newest is None or newest < unread:
+            return
+        if newest < fence:
+            self.change_signal.fire()
+        elif self._fence_task is None or self._fence_task.done():
             self._fence_task = asyncio.create_task(self._wake_when_fence_moves(fence))
 
     async def _wake_when_fence_moves(self, fence: int) -> None:
