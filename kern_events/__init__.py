@@ -72,13 +72,14 @@ from kern_events.records import (
     NO_STREAM,
     AppendResult,
     ExpectedVersion,
+    FeedLag,
     PendingEvent,
     Record,
     Snapshot,
     StoredEvent,
     UnknownEvent,
 )
-from kern_events.sessions import Run, Session, StoragePolicy, Summarizer
+from kern_events.sessions import Run, Session, StoragePolicy, Summarizer, retry_on_conflict
 from kern_events.store import EventStore
 from kern_events.stores._sql import TableNames
 
@@ -120,6 +121,7 @@ __all__ = [
     "EventStore",
     "ExpectedVersion",
     "ExternalExecution",
+    "FeedLag",
     "IdempotencyError",
     "InMemoryDb",
     "InMemoryEventStore",
@@ -182,6 +184,7 @@ __all__ = [
     "UnknownEventTypeError",
     "UserInput",
     "Workflow",
+    "retry_on_conflict",
 ]
 
 

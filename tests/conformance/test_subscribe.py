@@ -9,6 +9,7 @@ import pytest
 from kern_events import InvalidArgumentError, MessageAdded, Record
 from kern_events.subscription import Subscription
 from tests._backends import Backend
+from tests._feed import feed_settled
 
 
 def _message(n: int) -> MessageAdded:
@@ -42,6 +43,7 @@ async def test_catch_up_then_live_delivery_without_gaps_or_duplicates(backend: B
             writing = asyncio.create_task(writer())
             rest = await _take(subscription, 20)
             await writing
+        await feed_settled(store)
         everything = [record async for record in store.read_all()]
     delivered = first + rest
     assert [record.position for record in delivered] == [record.position for record in everything]
