@@ -19,6 +19,7 @@ from kern_events.codec import Codec, MsgpackCodec
 from kern_events.errors import (
     ConcurrencyError,
     CorruptRecordError,
+    DatabaseOpenError,
     IdempotencyError,
     InvalidArgumentError,
     InvalidEventError,
@@ -29,6 +30,7 @@ from kern_events.errors import (
     RequirementNotFoundError,
     RunNotFoundError,
     RunStateError,
+    SchemaMissingError,
     SchemaVersionError,
     SessionNotFoundError,
     StorageError,
@@ -70,13 +72,14 @@ from kern_events.records import (
     NO_STREAM,
     AppendResult,
     ExpectedVersion,
+    FeedLag,
     PendingEvent,
     Record,
     Snapshot,
     StoredEvent,
     UnknownEvent,
 )
-from kern_events.sessions import Run, Session, StoragePolicy, Summarizer
+from kern_events.sessions import Run, Session, StoragePolicy, Summarizer, retry_on_conflict
 from kern_events.store import EventStore
 from kern_events.stores._sql import TableNames
 
@@ -113,10 +116,12 @@ __all__ = [
     "Codec",
     "ConcurrencyError",
     "CorruptRecordError",
+    "DatabaseOpenError",
     "Event",
     "EventStore",
     "ExpectedVersion",
     "ExternalExecution",
+    "FeedLag",
     "IdempotencyError",
     "InMemoryDb",
     "InMemoryEventStore",
@@ -150,6 +155,7 @@ __all__ = [
     "RunResumed",
     "RunStarted",
     "RunStateError",
+    "SchemaMissingError",
     "SchemaVersionError",
     "Session",
     "SessionInfo",
@@ -178,6 +184,7 @@ __all__ = [
     "UnknownEventTypeError",
     "UserInput",
     "Workflow",
+    "retry_on_conflict",
 ]
 
 

@@ -1,9 +1,13 @@
 """The ``kern-events`` command: a demo conversation that persists across processes, and read tools.
 
 ``demo`` writes the way a runtime would (one atomic ``store.append`` per run, guarded by the
-session's version); every other command only reads, through the session index (``sessions``), the
-session view (``show``) or the raw log (``events``, ``export``, ``verify``). All work on one SQLite
-file, and only ``demo`` may create it.
+session's version); ``migrate`` creates or upgrades the tables. Every other command only reads,
+through the session index (``sessions``, ``paused``), the session view (``show``) or the raw log
+(``events``, ``export``, ``verify``), and opens the database read-only: a SQLite file through a
+read-only connection, a PostgreSQL schema without DDL, so it never creates a file, a table or a
+schema. Audit tools (``export``, ``verify``) read each session's stream directly, never through
+the fenced global feed, so an open transaction elsewhere on the server hides nothing from them.
+Tables and progress bars are drawn with ``rich`` on a terminal; piped output is plain.
 """
 
 from __future__ import annotations
@@ -11,20 +15,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
+import importlib.metadata
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
+from kern_events._index import SessionInfo
 from kern_events.db import BaseDb, PostgresDb, SqliteDb
 from kern_events.errors import CorruptRecordError, InvalidArgumentError, KernEventsError, SessionNotFoundError
 from kern_events.events import ExternalExecution, Requirement, ToolConfirmation
 from kern_events.records import Record, UnknownEvent
 from kern_events.runtime import Agent, MemoryModel
+from kern_events.stores.sqlite import SqliteEventStore
 from projections.runs import RunView
 from projections.session import SessionView
 
@@ -58,10 +69,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("kern-events")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kern-events", description="Inspect kern-events SQLite databases, or run a demo conversation."
+        prog="kern-events",
+        description="Inspect kern-events databases (SQLite or PostgreSQL), or run a demo conversation.",
     )
+    parser.add_argument("--version", action="version", version=f"kern-events {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     database = argparse.ArgumentParser(add_help=False)
     database.add_argument(
@@ -79,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = command("demo", _demo, "Append the next turn of a scripted agent conversation and show the session.")
     demo.add_argument("--session-id", default=DEFAULT_SESSION_ID, help=f"default: {DEFAULT_SESSION_ID}")
+    demo.add_argument("--reset", action="store_true", help="erase the demo session and start the conversation over")
 
     sessions = command("sessions", _sessions, "List sessions from the session index, newest first.")
     sessions.add_argument("--user-id")
@@ -97,28 +118,36 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--from-version", type=int, default=1)
     events.add_argument("--to-version", type=int)
 
-    export = command("export", _export, "Dump every session's records as JSON lines, in global order.")
-    export.add_argument("--from-position", type=int, default=0)
+    export = command(
+        "export", _export, "Dump every session's records as JSON lines, session by session, oldest session first."
+    )
+    export.add_argument("--from-position", type=int, default=0, help="only records at this position or later")
 
     paused = command("paused", _paused, "List paused runs and what each is waiting for.")
     paused.add_argument("--session-id")
     paused.add_argument("--user-id")
     paused.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    command("verify", _verify, "Check the whole log: gapless versions, ordered positions, decodable records.")
+    command(
+        "verify",
+        _verify,
+        "Check every session's log: gapless versions up to the index's, ordered positions, decodable records.",
+    )
     command("migrate", _migrate, "Create or upgrade the tables (for deployments that forbid DDL at run time).")
     return parser
 
 
 def _open(path: str, *, create: bool = False, schema: str = "public") -> BaseDb:
-    """The database at ``path`` (a file or a PostgreSQL URL); a missing file is an error unless ``create``."""
+    """The database at ``path`` (a SQLite file or a PostgreSQL URL).
+
+    Without ``create`` it is opened read-only: a missing file, or a file or schema without
+    kern-events tables, is an error, and nothing is created or written.
+    """
     if path.startswith(("postgres://", "postgresql://", "postgresql+")):
-        return PostgresDb(path, schema=schema, pool_size=2)
-    if not create and not Path(path).exists():
-        raise InvalidArgumentError(
-            "--db", f"database file {path!r} does not exist (only `kern-events demo` creates one)"
-        )
-    return SqliteDb(path)
+        return PostgresDb(path, schema=schema, pool_size=2, create_schema=create)
+    if create:
+        return SqliteDb(path)
+    return BaseDb(SqliteEventStore(path, read_only=True))
 
 
 # -- demo --------------------------------------------------------------------------------------------
@@ -144,22 +173,30 @@ def book_flight(city: str, session_state: dict[str, Any]) -> str:
     return f"booked, seat 12A to {city}"
 
 
-def get_weather(city: str, session_state: dict[str, Any]) -> dict[str, Any]:
+def get_weather(city: str, session_state: dict[str, Any]) -> str:
     """The current weather in a city (a fixed answer: this is a demo)."""
     session_state["last_city"] = city
-    return {"city": city, "temperature_c": 18, "conditions": "sunny"}
+    return "sunny and 18 °C"
 
 
 async def _summarize(view: SessionView) -> tuple[str, list[str]]:
     """A summary of the session from its own messages (a model would write this in a real runtime)."""
     asked = [m.content for run in view.runs for m in run.messages if m.role == "user" and isinstance(m.content, str)]
-    return f"{len(view.runs)} runs; the user said: " + " / ".join(asked), ["introductions", "weather", "memory"]
+    return f"{_count(len(view.runs), 'run')}; the user said: " + " / ".join(asked), [
+        "introductions",
+        "weather",
+        "memory",
+    ]
 
 
 async def _demo(args: argparse.Namespace) -> int:
     session_id: str = args.session_id
     async with _open(args.db, create=True, schema=args.schema) as db:
         info = await db.store.get_session_info(session_id)
+        if info is not None and args.reset:
+            await db.delete_session(session_id)
+            print(f"erased session {session_id}; starting over")
+            info = None
         runs = 0 if info is None else info.run_count
         print(
             f"{'continuing' if info else 'starting'} session {session_id} in {args.db} ({_count(runs, 'run')} so far)"
@@ -185,8 +222,14 @@ async def _demo(args: argparse.Namespace) -> int:
                 await session.resolve(run.run_id, item.requirement_id, confirmed=True)
             output = await agent.acontinue_run(run.run_id)
             print(f"agent: {output.content}")
+        elif runs >= len(_TURNS):
+            print(
+                f"the conversation is complete: all {len(_TURNS)} scripted turns are done "
+                f"(run `kern-events demo --reset` to start over)"
+            )
+            return 0
         else:
-            question = _TURNS[runs % len(_TURNS)]
+            question = _TURNS[runs]
             print(f"user: {question}")
             output = await agent.arun(question)
             if output.status == "paused":
@@ -195,7 +238,7 @@ async def _demo(args: argparse.Namespace) -> int:
                 print("this process exits now; run the command again to confirm it in a new process")
             else:
                 print(f"agent: {output.content}")
-            if runs % len(_TURNS) == 2:
+            if runs == 2:
                 await (await db.open_session(session_id)).summarize(_summarize)
         view = await db.get_session(session_id)
         print()
@@ -210,6 +253,33 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 # -- readable output ---------------------------------------------------------------------------------
+
+
+def _print_table(table: Table) -> None:
+    """Print a table: with colour on a terminal; as plain, unwrapped columns when piped."""
+    if sys.stdout.isatty():
+        Console(highlight=False).print(table)
+        return
+    console = Console(highlight=False, no_color=True, width=100_000)
+    with console.capture() as captured:
+        console.print(table)
+    for line in captured.get().splitlines():
+        print(line.rstrip())
+
+
+def _table(*columns: str) -> Table:
+    """A table with these headings: ruled and bold on a terminal, bare columns when piped."""
+    boxed = sys.stdout.isatty()
+    table = Table(
+        box=box.SIMPLE_HEAD if boxed else None,
+        show_edge=False,
+        pad_edge=False,
+        header_style="bold cyan" if boxed else "",
+        padding=(0, 1),
+    )
+    for column in columns:
+        table.add_column(column, no_wrap=not boxed)
+    return table
 
 
 def _count(number: int, noun: str) -> str:
@@ -296,29 +366,34 @@ async def _sessions(args: argparse.Namespace) -> int:
     if not rows:
         print("no sessions")
         return 0
-    table = [("SESSION_ID", "TYPE", "OWNER", "USER_ID", "NAME", "RUNS", "VERSION", "UPDATED_AT")]
+    table = _table("SESSION_ID", "TYPE", "OWNER", "USER_ID", "NAME", "RUNS", "VERSION", "UPDATED_AT")
     for row in rows:
         owner = row.agent_id or row.team_id or row.workflow_id
-        table.append(
-            (
-                row.session_id,
-                row.session_type or "-",
-                owner or "-",
-                row.user_id or "-",
-                row.name or "-",
-                str(row.run_count),
-                str(row.version),
-                _when(row.updated_at),
-            )
+        table.add_row(
+            row.session_id,
+            row.session_type or "-",
+            owner or "-",
+            row.user_id or "-",
+            row.name or "-",
+            str(row.run_count),
+            str(row.version),
+            _when(row.updated_at),
         )
-    widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
-    for line in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    _print_table(table)
     return 0
 
 
 async def _show(args: argparse.Namespace) -> int:
     async with _open(args.db, schema=args.schema) as db:
+        if args.version is not None:
+            info = await db.store.get_session_info(args.session_id)
+            if info is None or (args.user_id is not None and info.user_id != args.user_id):
+                raise SessionNotFoundError(args.session_id)
+            if args.version > info.version:
+                raise InvalidArgumentError(
+                    "--version",
+                    f"session {args.session_id!r} is at version {info.version}; it has no version {args.version}",
+                )
         view = await db.get_session(args.session_id, user_id=args.user_id, version=args.version)
     if args.json:
         print(_json.encode(view).decode())
@@ -360,10 +435,52 @@ async def _events(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _sessions_oldest_first(db: BaseDb) -> AsyncIterator[SessionInfo]:
+    """Every session in the index, oldest first, fetched a page at a time."""
+    page_size, offset = 1000, 0
+    while True:
+        page = await db.store.list_sessions(sort_by="created_at", descending=False, limit=page_size, offset=offset)
+        for info in page:
+            yield info
+        if len(page) < page_size:
+            return
+        offset += len(page)
+
+
+@contextlib.contextmanager
+def _progress(description: str) -> Iterator[Progress]:
+    """A progress bar on stderr while a terminal watches; nothing at all when stderr is not one."""
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    with progress:
+        yield progress
+
+
+async def _events_to_expect(db: BaseDb, progress: Progress) -> int | None:
+    """How many events the sessions hold, from the index alone (only when a bar will show it)."""
+    if progress.disable:
+        return None
+    return sum([info.version async for info in _sessions_oldest_first(db)])
+
+
 async def _export(args: argparse.Namespace) -> int:
-    async with _open(args.db, schema=args.schema) as db:
-        async for record in db.store.read_all(from_position=args.from_position):
-            print(_record_line(record))
+    with _progress("exporting") as progress:
+        async with _open(args.db, schema=args.schema) as db:
+            task = progress.add_task("exporting", total=await _events_to_expect(db, progress))
+            progress.refresh()
+            async for info in _sessions_oldest_first(db):
+                async for record in db.store.read(info.session_id):
+                    if record.position >= args.from_position:
+                        print(_record_line(record))
+                progress.advance(task, info.version)
     return 0
 
 
@@ -371,52 +488,57 @@ async def _export(args: argparse.Namespace) -> int:
 
 
 class _Checker:
-    """Checks records in global order: positions increase, and each session's versions follow without gaps."""
+    """Checks one session's records in version order: versions follow without gaps up to the index's
+    head, and positions increase."""
 
     def __init__(self) -> None:
         self.events = 0
+        self.sessions = 0
         self.unknown: dict[str, int] = {}
         self.problems: list[str] = []
+        self._session = ""
         self._last_position = -1
-        self._last_version: dict[str, int] = {}
+        self._last_version = 0
 
-    @property
-    def sessions(self) -> int:
-        return len(self._last_version)
+    def start(self, session_id: str) -> None:
+        self.sessions += 1
+        self._session, self._last_position, self._last_version = session_id, -1, 0
 
-    def check(self, session_id: str, version: int, position: int) -> None:
+    def check(self, version: int, position: int) -> None:
         """Check one record's envelope (also of a record whose payload did not decode)."""
         self.events += 1
+        session_id, last = self._session, self._last_version
+        if version != last + 1:
+            kind = "a gap" if version > last + 1 else "out of order"
+            self.problems.append(f"session {session_id!r}: version {version} follows version {last} ({kind})")
         if position <= self._last_position:
             self.problems.append(
                 f"session {session_id!r} version {version}: position {position} does not follow "
                 f"position {self._last_position}"
             )
         self._last_position = max(self._last_position, position)
-        last = self._last_version.get(session_id)
-        if last is not None and version != last + 1:
-            kind = "a gap" if version > last + 1 else "out of order"
-            self.problems.append(f"session {session_id!r}: version {version} follows version {last} ({kind})")
-        self._last_version[session_id] = version if last is None else max(last, version)
+        self._last_version = max(last, version)
+
+    def finish(self, head: int) -> None:
+        """The log must reach the version the session index holds."""
+        if self._last_version < head:
+            self.problems.append(
+                f"session {self._session!r}: the index says version {head}, the log ends at version "
+                f"{self._last_version}"
+            )
 
 
 async def _verify(args: argparse.Namespace) -> int:
     checker = _Checker()
-    async with _open(args.db, schema=args.schema) as db:
-        store = db.store
-        position = 0
-        while True:
-            try:
-                async for record in store.read_all(from_position=position):
-                    checker.check(record.session_id, record.version, record.position)
-                    if isinstance(record.event, UnknownEvent):
-                        checker.unknown[record.type] = checker.unknown.get(record.type, 0) + 1
-                    position = record.position + 1
-                break
-            except CorruptRecordError as exc:
-                checker.problems.append(str(exc))
-                checker.check(exc.session_id, exc.version, exc.position)
-                position = exc.position + 1
+    with _progress("verifying") as progress:
+        async with _open(args.db, schema=args.schema) as db:
+            task = progress.add_task("verifying", total=await _events_to_expect(db, progress))
+            progress.refresh()
+            async for info in _sessions_oldest_first(db):
+                checker.start(info.session_id)
+                await _verify_session(db, info.session_id, checker)
+                checker.finish(info.version)
+                progress.advance(task, info.version)
     for problem in checker.problems:
         print(f"problem: {problem}")
     unknown = sum(checker.unknown.values())
@@ -426,6 +548,24 @@ async def _verify(args: argparse.Namespace) -> int:
     outcome = "ok" if not checker.problems else _count(len(checker.problems), "problem")
     print(f"verified {_count(checker.events, 'event')} in {_count(checker.sessions, 'session')}: {outcome}")
     return 0 if not checker.problems else 1
+
+
+async def _verify_session(db: BaseDb, session_id: str, checker: _Checker) -> None:
+    """Read the session's whole stream (per-session reads are not fenced); a corrupt record is a
+    problem, and reading carries on after it."""
+    version = 1
+    while True:
+        try:
+            async for record in db.store.read(session_id, from_version=version):
+                checker.check(record.version, record.position)
+                if isinstance(record.event, UnknownEvent):
+                    checker.unknown[record.type] = checker.unknown.get(record.type, 0) + 1
+                version = record.version + 1
+            return
+        except CorruptRecordError as exc:
+            checker.problems.append(str(exc))
+            checker.check(exc.version, exc.position)
+            version = exc.version + 1
 
 
 async def _migrate(args: argparse.Namespace) -> int:
@@ -441,17 +581,25 @@ async def _paused(args: argparse.Namespace) -> int:
     if not found:
         print("no paused runs")
         return 0
-    for session_id, run in found:
-        if args.json:
+    if args.json:
+        for session_id, run in found:
             print(_json.encode({"session_id": session_id, "run": msgspec.to_builtins(run)}).decode())
-            continue
-        print(f"session {session_id} run {run.run_id}, paused {_when(run.updated_at)}:")
+        return 0
+    table = _table("SESSION_ID", "RUN_ID", "PAUSED_AT", "REQUIREMENT", "WAITS FOR")
+    for session_id, run in found:
         for item in run.open_requirements:
             requirement = item.requirement
             detail = msgspec.to_builtins(requirement)
             kind = detail.pop("kind")
             detail.pop("requirement_id")
-            print(f"  {requirement.requirement_id}: {kind} {_json.encode(detail).decode()}")
+            table.add_row(
+                session_id,
+                run.run_id,
+                _when(run.updated_at),
+                requirement.requirement_id,
+                f"{kind} {_json.encode(detail).decode()}",
+            )
+    _print_table(table)
     return 0
 
 

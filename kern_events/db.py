@@ -36,9 +36,9 @@ from kern_events.events import (
     SessionType,
 )
 from kern_events.records import NO_STREAM, Record, Snapshot
-from kern_events.sessions import Session, StoragePolicy
-from kern_events.store import SessionSort
-from kern_events.stores._base import DEFAULT_MAX_EVENT_SIZE, BaseEventStore
+from kern_events.sessions import Session, StoragePolicy, _visible_to
+from kern_events.store import EventStore, SessionSort
+from kern_events.stores._base import DEFAULT_MAX_EVENT_SIZE
 from kern_events.stores._sql import TableNames
 from kern_events.stores.memory import InMemoryEventStore
 from kern_events.stores.sqlite import SqliteEventStore, Synchronous
@@ -88,7 +88,7 @@ class BaseDb:
 
     def __init__(
         self,
-        store: BaseEventStore,
+        store: EventStore,
         *,
         cache_size: int = 0,
         storage_policy: StoragePolicy | None = None,
@@ -106,7 +106,7 @@ class BaseDb:
         self._cache: OrderedDict[str, tuple[int, float, SessionView]] = OrderedDict()
 
     @property
-    def store(self) -> BaseEventStore:
+    def store(self) -> EventStore:
         """The event store underneath: append, read, read_all, snapshots."""
         return self._store
 
@@ -130,7 +130,7 @@ class BaseDb:
         check_identifier("session_id", session_id)
         check_optional_identifier("user_id", user_id)
         info = await self._store.get_session_info(session_id)
-        if info is None or (user_id is not None and info.user_id != user_id):
+        if info is None or not _visible_to(info, user_id):
             raise SessionNotFoundError(session_id)
         return info
 

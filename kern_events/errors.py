@@ -23,7 +23,10 @@ own exception never escapes raw: each backend translates it at one seam, keeping
     │   └── PayloadTooLargeError    an encoded event above the store's size limit
     ├── StorageError                the database failed in a way the caller cannot fix by changing input
     │   ├── StorageUnavailableError the database could not be reached, or the connection was lost
+    │   │   └── DatabaseOpenError   the database could not be opened at all (a directory, no such
+    │   │                           file, no permission, not a database, too many open files)
     │   └── SchemaVersionError      the schema is missing (and may not be created) or is newer
+    │       └── SchemaMissingError  no kern-events tables there, and this opening may not create them
     └── StoreClosedError            the store was used after ``aclose()``
 """
 
@@ -34,6 +37,7 @@ from uuid import UUID
 __all__ = [
     "ConcurrencyError",
     "CorruptRecordError",
+    "DatabaseOpenError",
     "IdempotencyError",
     "InvalidArgumentError",
     "InvalidEventError",
@@ -44,6 +48,7 @@ __all__ = [
     "RequirementNotFoundError",
     "RunNotFoundError",
     "RunStateError",
+    "SchemaMissingError",
     "SchemaVersionError",
     "SessionNotFoundError",
     "StorageError",
@@ -210,6 +215,28 @@ class SchemaVersionError(StorageError):
                 "creating tables at run time is off; run `kern-events migrate`"
             )
         super().__init__(message)
+
+
+class DatabaseOpenError(StorageUnavailableError):
+    """The database could not be opened: ``database`` names it, ``reason`` says why."""
+
+    def __init__(self, database: str, reason: str) -> None:
+        self.database = database
+        self.reason = reason
+        super().__init__(f"cannot open {database}: {reason}")
+
+
+class SchemaMissingError(SchemaVersionError):
+    """``database`` (a SQLite file, a PostgreSQL schema) has no kern-events tables, and it was opened
+    in a way that never creates them (read-only, or ``create_schema=False``)."""
+
+    def __init__(self, database: str, supported: int) -> None:
+        self.database = database
+        self.found = 0
+        self.supported = supported
+        StorageError.__init__(
+            self, f"{database} has no kern-events tables (`kern-events migrate` creates them, if it is the right one)"
+        )
 
 
 class StoreClosedError(KernEventsError):

@@ -20,6 +20,7 @@ __all__ = [
     "NO_STREAM",
     "AppendResult",
     "ExpectedVersion",
+    "FeedLag",
     "PendingEvent",
     "Record",
     "Snapshot",
@@ -123,3 +124,23 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     """The session version the state includes."""
     data: bytes
     created_at: float = 0.0
+
+
+class FeedLag(msgspec.Struct, frozen=True, kw_only=True):
+    """How far the global feed (``read_all``, subscriptions) is held back behind what has committed.
+
+    PostgreSQL's feed stops below a fence set by the oldest transaction still open *anywhere in the
+    cluster* (any database, any client), so that it never skips an event that commits late; one
+    long transaction therefore delays every global reader. Backends without a fence report none.
+    """
+
+    fence: int | None = None
+    """Positions below this are final and readable; ``None`` if the backend has no fence."""
+    held_back: int = 0
+    """Committed events at or above the fence: stored, but not yet delivered to global readers."""
+    since: float | None = None
+    """When the transaction that sets the fence began (unix seconds), if the server shows it."""
+    holder_pid: int | None = None
+    """The server process running that transaction (PostgreSQL ``pg_stat_activity.pid``), if shown."""
+    holder_database: str | None = None
+    """The database that transaction is connected to, which may be another one than the store's."""

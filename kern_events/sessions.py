@@ -4,17 +4,23 @@ Agent runtimes should not hand-assemble events. A :class:`Session` is one writer
 session: it knows the session's version and passes it as ``expected_version`` on every append, so a
 second writer on the same session surfaces as :class:`~kern_events.errors.ConcurrencyError`, never as
 a silent overwrite. A :class:`Run` stages the events of one run step and appends them together
-(atomic), so a crash never leaves half a step in the log. A :class:`StoragePolicy` decides what is
-stored at all: what it leaves out never reaches the log.
+(atomic), so a crash never leaves half a step in the log. Each step's events get their ids when it
+is first flushed; a flush that fails without a clear answer (the connection dropped, the caller was
+cancelled) keeps the step with those ids and its expected version, so flushing again stores it
+exactly once, whether or not the first attempt reached the log. A :class:`StoragePolicy` decides what
+is stored at all: what it leaves out never reaches the log.
 """
 
 from __future__ import annotations
 
+import random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+import anyio
 import msgspec
 
 from kern_events._validate import check_identifier, check_name, check_optional_identifier
@@ -51,15 +57,17 @@ from kern_events.events import (
     ToolCallStarted,
 )
 from kern_events.records import NO_STREAM, AppendResult
+from kern_events.stores._base import new_event_id
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
+    from kern_events._index import SessionInfo
     from kern_events.db import BaseDb
     from projections.runs import RunView
     from projections.session import SessionView
 
-__all__ = ["Run", "Session", "StoragePolicy", "Summarizer"]
+__all__ = ["Run", "Session", "StoragePolicy", "Summarizer", "retry_on_conflict"]
+
+T = TypeVar("T")
 
 AUTO_NAME_LENGTH = 60
 """Characters of the first user message that name a session that was given no name."""
@@ -98,6 +106,27 @@ class StoragePolicy(msgspec.Struct, frozen=True, kw_only=True):
         return event
 
 
+_RUN_ENDINGS = (RunCompleted, RunFailed, RunCancelled, RunPaused)
+
+
+class _Step:
+    """A step as it is appended: the events the policy admitted (an automatic name included) and their
+    ids, fixed at the first attempt so that every retry is the same append."""
+
+    __slots__ = ("auto_named", "event_ids", "events", "expected_version")
+
+    def __init__(self, events: list[Event], *, auto_named: bool) -> None:
+        self.events = events
+        self.event_ids = [new_event_id() for _ in events]
+        self.auto_named = auto_named
+        self.expected_version: int | None = None
+        """The version the last attempt expected, while its outcome is unknown; ``None`` when no
+        attempt can have stored it (never tried, or refused as a conflict): then the writer's version."""
+
+    def ends_run(self) -> bool:
+        return any(isinstance(event, _RUN_ENDINGS) for event in self.events)
+
+
 class Session:
     """One writer's handle on one session; get one with :meth:`open`."""
 
@@ -130,22 +159,30 @@ class Session:
         metadata: Mapping[str, Any] | None = None,
         session_state: Mapping[str, Any] | None = None,
         policy: StoragePolicy | None = None,
+        create: bool = True,
     ) -> Self:
-        """Continue the session if it exists, else start it with these ids and data.
+        """Continue the session if it exists, else start it with these ids and data (``create=False``:
+        raise :class:`SessionNotFoundError` instead).
 
-        Continuing a session of another user raises :class:`SessionNotFoundError` (never a leak).
+        Who may open a session is the rule the reads follow too (``db.get_session(..., user_id=)``):
+        a caller that gives a ``user_id`` reaches only the sessions started with that same user id;
+        a session of another user, or one started without a user, raises
+        :class:`SessionNotFoundError`, exactly as an unknown id does with ``create=False``. A caller
+        that gives no ``user_id`` is the application itself and reaches every session. Creating can
+        only tell that an id is taken (ids are one namespace); give new sessions unguessable ids, and
+        open existing ones with ``create=False`` so that a foreign id and an unknown one look the same.
         """
         check_identifier("session_id", session_id)
         check_optional_identifier("user_id", user_id)
         policy = policy if policy is not None else StoragePolicy()
         info = await db.store.get_session_info(session_id)
         if info is not None:
-            if user_id is not None and info.user_id not in (None, user_id):
+            if not _visible_to(info, user_id):
                 raise SessionNotFoundError(session_id)
             named = info.name is not None
-            return cls(
-                db, session_id, version=info.version, user_id=info.user_id or user_id, named=named, policy=policy
-            )
+            return cls(db, session_id, version=info.version, user_id=info.user_id, named=named, policy=policy)
+        if not create:
+            raise SessionNotFoundError(session_id)
         started = SessionStarted(
             session_type=session_type,
             agent_id=agent_id,
@@ -173,15 +210,40 @@ class Session:
         )
 
     async def _append_admitted(self, kept: list[Event]) -> AppendResult | None:
+        step = self._step(kept)
+        return None if step is None else await self._append_step(step)
+
+    def _step(self, kept: list[Event]) -> _Step | None:
+        """The admitted events as one step, with the session's automatic name if this step gives it."""
+        auto_named = False
         if not self._named:
             first = next((e for e in kept if isinstance(e, MessageAdded) and e.role == "user"), None)
             if first is not None and isinstance(first.content, str) and first.content.strip():
                 kept.append(SessionRenamed(name=_auto_name(first.content)))
-                self._named = True
-        if not kept:
-            return None
-        result = await self.db.store.append(self.session_id, kept, expected_version=self.version)
-        self.version = result.to_version
+                self._named = auto_named = True
+        return _Step(kept, auto_named=auto_named) if kept else None
+
+    async def _append_step(self, step: _Step) -> AppendResult:
+        """Append ``step`` with its own ids. A retry expects the version its unanswered attempt
+        expected: if that attempt was stored, the store recognizes the ids and answers with the first
+        result, where a later version would have made it look like someone else's write."""
+        expected = self.version if step.expected_version is None else step.expected_version
+        step.expected_version = expected
+        try:
+            result = await self.db.store.append(
+                self.session_id, step.events, expected_version=expected, event_ids=step.event_ids
+            )
+        except ConcurrencyError:
+            step.expected_version = None  # the store found none of its ids: it is not stored
+            if expected == self.version:
+                raise
+            return await self._append_step(step)  # this writer moved on since that attempt: at its version
+        except InvalidArgumentError:
+            step.expected_version = None
+            if step.auto_named:
+                self._named = False
+            raise
+        self.version = max(self.version, result.to_version)
         every = self.db.checkpoint_every
         if every and result.to_version // every > (result.from_version - 1) // every:
             await self.db.save_checkpoint(self.session_id)  # crossed a multiple of checkpoint_every
@@ -318,6 +380,8 @@ class Run:
         self.session = session
         self.run_id = run_id
         self._staged: list[tuple[Event, bool]] = []
+        self._unsettled: _Step | None = None
+        """A flushed step whose append failed; the next flush appends it first, with the same ids."""
 
     def stage(self, event: Event, *, from_history: bool = False) -> None:
         """Add an event to the current step."""
@@ -375,17 +439,43 @@ class Run:
         )
 
     async def flush(self) -> AppendResult | None:
-        """Append the staged events as one step; nothing staged (or nothing kept) appends nothing."""
-        staged, self._staged = self._staged, []
+        """Append the staged events as one step; nothing staged (or nothing kept) appends nothing.
+
+        A step whose flush raised (a lost connection, a cancellation, a conflict) is kept as it was,
+        event ids included, and the next flush appends it first, then what was staged since as a
+        step of its own: a step that did reach the log is not stored twice. It returns the last
+        append's result. A step the store refuses as invalid (:class:`InvalidArgumentError`) is
+        dropped: it could never be stored.
+        """
         session = self.session
+        result = None
+        if self._unsettled is not None:
+            result = await self._settle(self._unsettled)
+        staged, self._staged = self._staged, []
         kept = [
             admitted for event, history in staged if (admitted := session.policy.admit(event, from_history=history))
         ]
+        step = self._unsettled = session._step(kept)
+        if step is not None:
+            result = await self._settle(step)
+        return result
+
+    async def _settle(self, step: _Step) -> AppendResult:
+        """Append ``step``; it stays unsettled if that raises, unless the store refused it as invalid."""
         try:
-            return await session._append_admitted(kept)
-        except BaseException:
-            self._staged = staged + self._staged  # nothing was stored: the step can be retried
+            result = await self.session._append_step(step)
+        except InvalidArgumentError:
+            self._unsettled = None
             raise
+        self._unsettled = None
+        return result
+
+    async def _end(self, ending: Event) -> AppendResult | None:
+        """Stage the event that ends the run and flush; if an earlier ending's step is still
+        unsettled (its flush raised), flush that instead: a run ends once."""
+        if self._unsettled is None or not self._unsettled.ends_run():
+            self.stage(ending)
+        return await self.flush()
 
     @asynccontextmanager
     async def step(self) -> AsyncIterator[Self]:
@@ -401,13 +491,11 @@ class Run:
 
     async def complete(self, output: Any = None, *, metrics: RunMetrics | None = None) -> AppendResult | None:
         """Finish the run successfully (with what is still staged, in one append)."""
-        self.stage(RunCompleted(run_id=self.run_id, output=output, metrics=metrics or RunMetrics()))
-        return await self.flush()
+        return await self._end(RunCompleted(run_id=self.run_id, output=output, metrics=metrics or RunMetrics()))
 
     async def fail(self, error: str, *, metrics: RunMetrics | None = None) -> AppendResult | None:
         """End the run with an error (with what is still staged, in one append)."""
-        self.stage(RunFailed(run_id=self.run_id, error=error, metrics=metrics))
-        return await self.flush()
+        return await self._end(RunFailed(run_id=self.run_id, error=error, metrics=metrics))
 
     async def pause(self, requirements: Sequence[Requirement]) -> AppendResult | None:
         """Stop the run until ``requirements`` are resolved (with what is still staged, in one append),
@@ -417,15 +505,96 @@ class Run:
         ids = [requirement.requirement_id for requirement in requirements]
         if len(set(ids)) != len(ids):
             raise InvalidArgumentError("requirements", f"requirement ids must be unique, got {ids}")
-        self.stage(RunPaused(run_id=self.run_id, requirements=tuple(requirements)))
-        result = await self.flush()
+        result = await self._end(RunPaused(run_id=self.run_id, requirements=tuple(requirements)))
         await self.session.db.save_checkpoint(self.session.session_id, paused_run_id=self.run_id)
         return result
 
     async def cancel(self, reason: str | None = None) -> AppendResult | None:
         """End the run as cancelled (with what is still staged, in one append)."""
-        self.stage(RunCancelled(run_id=self.run_id, reason=reason))
-        return await self.flush()
+        return await self._end(RunCancelled(run_id=self.run_id, reason=reason))
+
+
+class _Turns:
+    """Writers of one db on one session take turns through :func:`retry_on_conflict`: they queue in
+    this process instead of colliding in the database, and each turn starts from the version the
+    last one left, so only writers in other processes are met by conflicts."""
+
+    __slots__ = ("lock", "users", "version")
+
+    def __init__(self) -> None:
+        self.lock = anyio.Lock(fast_acquire=True)
+        self.users = 0
+        self.version = 0
+
+
+_turns: weakref.WeakKeyDictionary[BaseDb, dict[str, _Turns]] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def _turn(session: Session) -> AsyncIterator[_Turns]:
+    turns = _turns.setdefault(session.db, {})
+    turn = turns.setdefault(session.session_id, _Turns())
+    turn.users += 1
+    try:
+        async with turn.lock:
+            yield turn
+    finally:
+        turn.users -= 1
+        if not turn.users:
+            del turns[session.session_id]
+
+
+async def retry_on_conflict(
+    session: Session,
+    operation: Callable[[], Awaitable[T]],
+    *,
+    attempts: int = 32,
+    base_delay: float = 0.005,
+    max_delay: float = 1.0,
+) -> T:
+    """Await ``operation`` (a write through ``session``), again each time another writer got there first.
+
+    Writers of the same db in this process that write to one session through this helper take turns
+    (first come, first served), each starting from the version the previous turn left: they do not
+    collide at all. Against writers elsewhere, a :class:`~kern_events.errors.ConcurrencyError` for
+    this session carries the session's version (``actual_version``): the writer takes it and calls
+    ``operation`` again at once. When that call conflicts too, the session is hot: before each
+    further call the writer sleeps a random time between 0 and ``min(max_delay, base_delay * 2**n)``
+    seconds (full jitter, ``n`` the sleeps so far, so colliding writers spread out) and reads the
+    version afresh (one taken before the sleep is stale after it, and a stale append costs more than
+    a read). After ``attempts`` calls the last conflict is raised.
+
+    For writes that do not depend on what the others wrote, as a run's steps: pass ``run.flush`` (a
+    failed flush keeps its step, so calling it again retries that very step), ``run.complete`` and
+    the other endings (a run ends once), or a function that builds its events anew on each call. A
+    write decided on the session's state must re-read it inside ``operation``.
+    """
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+        raise InvalidArgumentError("attempts", f"expected an integer >= 1, got {attempts!r}")
+    for argument, value in (("base_delay", base_delay), ("max_delay", max_delay)):
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+            raise InvalidArgumentError(argument, f"expected seconds >= 0, got {value!r}")
+    async with _turn(session) as turn:
+        session.version = max(session.version, turn.version)
+        for attempt in range(attempts):
+            try:
+                result = await operation()
+            except ConcurrencyError as error:
+                if error.session_id != session.session_id or attempt == attempts - 1:
+                    raise
+                session.version = error.actual_version
+            else:
+                turn.version = max(turn.version, session.version)
+                return result
+            if attempt > 0:
+                await anyio.sleep(random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1))))
+                session.version = await session.db.store.current_version(session.session_id)
+    raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
+
+
+def _visible_to(info: SessionInfo, user_id: str | None) -> bool:
+    """Whether a caller passing ``user_id`` may open or read the session (see :meth:`Session.open`)."""
+    return user_id is None or info.user_id == user_id
 
 
 def _auto_name(text: str) -> str:

@@ -8,6 +8,7 @@ reads stream records in version order, or across all sessions in global position
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Literal, Protocol, Self
 from uuid import UUID
@@ -15,7 +16,7 @@ from uuid import UUID
 from kern_events._index import SessionInfo
 from kern_events.events import Event, SessionType
 from kern_events.records import AppendResult, ExpectedVersion, Record, Snapshot
-from kern_events.subscription import Subscription
+from kern_events.subscription import ChangeSignal, Subscription
 
 __all__ = ["EventStore", "SessionSort"]
 
@@ -23,7 +24,15 @@ SessionSort = Literal["created_at", "updated_at"]
 
 
 class EventStore(Protocol):
-    """An async event store; use it as ``async with store: ...`` or call :meth:`aclose` when done."""
+    """An async event store; use it as ``async with store: ...`` or call :meth:`aclose` when done.
+
+    Backends implement it by subclassing :class:`kern_events.backend.BaseEventStore`, and prove it
+    with the conformance suite in :mod:`kern_events.testing`.
+    """
+
+    change_signal: ChangeSignal
+    """Fired after every append through this store, and, while :meth:`listen` is open, after appends
+    by other processes that the backend can observe; subscriptions wait on it."""
 
     async def append(
         self,
@@ -68,6 +77,11 @@ class EventStore(Protocol):
         """Catch up from ``from_position``, then follow new records live, in global order, without gaps
         or duplicates; use as ``async with store.subscribe(...) as subscription: async for record in
         subscription``."""
+        ...
+
+    def listen(self) -> AbstractAsyncContextManager[None]:
+        """While open, the backend turns other processes' appends into :attr:`change_signal` fires
+        (where it can; a backend without notifications yields at once and subscriptions poll)."""
         ...
 
     async def current_version(self, session_id: str) -> int:

@@ -45,3 +45,8 @@ def test_runs_are_distinct_and_percentiles_are_nearest_rank() -> None:
     assert agent_run(1).run_id != agent_run(2).run_id and agent_run(1).user != agent_run(2).user
     assert percentile([float(n) for n in range(1, 101)], 0.99) == 99.0
     assert percentile([5.0], 0.99) == 5.0
+
+
+def test_the_hot_session_case_stores_every_writers_steps() -> None:
+    sample = _case("benchmarks.contention", "--case", "writers", "--writers", "8", "--sessions", "1", "--steps", "2")
+    assert (sample["appends"], sample["events"]) == (16, 16), "the case itself checks the stored count"

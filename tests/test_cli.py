@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
+import pty
+import shutil
 import sqlite3
+import stat
+import struct
 import subprocess
 import sys
+import tempfile
+import termios
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from kern_events.cli import main
 from kern_events.db import SqliteDb
 from kern_events.events import SessionStarted, ToolConfirmation
+from tests import _pg, _pgcluster
+
+ROOT = Path(__file__).parent.parent
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -254,8 +267,13 @@ def test_paused_lists_what_each_paused_run_waits_for(tmp_path: Path, capsys: pyt
     asyncio.run(pause())
     code, out, _ = cli(capsys, "paused", "--db", str(path), "--user-id", "alice")
     assert code == 0
-    assert "session trip run r1" in out
-    assert 'q1: tool_confirmation {"tool_call_id":"c1","tool_name":"book","arguments":{"to":"Oslo"}}' in out
+    header, row = out.splitlines()
+    assert header.split()[:2] == ["SESSION_ID", "RUN_ID"]
+    assert row.split()[:2] == ["trip", "r1"]
+    assert row.split(maxsplit=6)[5:] == [
+        "q1",
+        'tool_confirmation {"tool_call_id":"c1","tool_name":"book","arguments":{"to":"Oslo"}}',
+    ]
     listed = json_lines(cli(capsys, "paused", "--db", str(path), "--json")[1])
     assert listed[0]["run"]["requirements"][0]["status"] == "open"
     assert cli(capsys, "paused", "--db", str(path), "--user-id", "bob")[1] == "no paused runs\n"
@@ -280,3 +298,297 @@ def test_demo_pauses_for_a_confirmation_and_a_new_process_finishes_the_run(
     assert view["runs"][-1]["status"] == "completed"
     assert view["session_data"]["session_state"]["booked"] == "Oslo"
     assert run_cli("paused", cwd=tmp_path).stdout == "no paused runs\n"
+
+
+# -- read-only commands, and one clear line for every database that cannot be used (#12.2, #12.3) ---
+
+READ_COMMANDS = [
+    ["sessions"],
+    ["show", "conversation_123"],
+    ["events", "conversation_123"],
+    ["export"],
+    ["paused"],
+    ["verify"],
+]
+WRITE_COMMANDS = [["demo"], ["migrate"]]
+
+
+def _one_error_line(code: int, out: str, err: str) -> str:
+    assert (code, out) == (2, ""), err
+    assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("args", READ_COMMANDS, ids=lambda args: args[0])
+@pytest.mark.parametrize("content", [b"", None], ids=["empty file", "another application's database"])
+def test_read_commands_never_write_to_a_file_without_kern_events_tables(
+    args: list[str], content: bytes | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "app.db"
+    if content is None:
+        with sqlite3.connect(path) as other:
+            other.execute("CREATE TABLE notes (body TEXT)")
+        other.close()
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+    err = _one_error_line(*cli(capsys, *args, "--db", str(path)))
+    assert "has no kern-events tables" in err and "app.db" in err
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["app.db"]
+
+
+@pytest.mark.parametrize("args", READ_COMMANDS, ids=lambda args: args[0])
+def test_read_commands_never_create_a_postgres_schema(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    _pg.require_postgres()
+    schema = _pg.new_schema()
+    try:
+        err = _one_error_line(*cli(capsys, *args, "--db", _pg.PG_URL, "--schema", schema))
+
+        async def exists() -> bool:
+            connection = await asyncpg.connect(_pg.PG_URL)
+            try:
+                return bool(await connection.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema))
+            finally:
+                await connection.close()
+
+        assert not _pg.run_sync(exists)
+    finally:
+        _pg.drop_schema(schema)
+    assert f"PostgreSQL schema {schema!r} has no kern-events tables" in err
+
+
+def _bad_database(kind: str, directory: Path) -> str:
+    """A --db value of this kind of trouble."""
+    if kind == "directory":
+        (directory / "a_directory").mkdir()
+        return str(directory / "a_directory")
+    if kind == "missing file":
+        return str(directory / "missing.db")
+    if kind == "not sqlite":
+        (directory / "notes.txt").write_text("not a database\n" * 200)
+        return str(directory / "notes.txt")
+    if kind == "truncated sqlite":
+        good = directory / "good.db"
+        assert main(["demo", "--db", str(good)]) == 0
+        (directory / "truncated.db").write_bytes(good.read_bytes()[:3000])
+        return str(directory / "truncated.db")
+    if kind == "unreachable postgres":
+        return "postgresql://postgres@127.0.0.1:1/test"
+    if kind == "misspelled postgres database":
+        return _pg.PG_URL.rsplit("/", 1)[0] + "/no_such_database_kern"
+    if kind == "misspelled postgres host":
+        return "postgresql://postgres@no-such-host.invalid/test"
+    raise AssertionError(kind)
+
+
+BAD_KINDS = [
+    "directory",
+    "missing file",
+    "not sqlite",
+    "truncated sqlite",
+    "unreachable postgres",
+    "misspelled postgres database",
+    "misspelled postgres host",
+]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_every_command_gets_one_clear_line_and_exit_code_2_for_a_bad_database(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = _bad_database(kind, tmp_path)
+    capsys.readouterr()
+    for args in READ_COMMANDS + WRITE_COMMANDS:
+        if kind == "missing file" and args in WRITE_COMMANDS:
+            continue  # demo and migrate create a missing file: that is what they are for
+        err = _one_error_line(*cli(capsys, *args, "--db", where))
+        assert "Traceback" not in err
+        if not where.startswith("postgresql://"):
+            assert os.path.basename(where) in err, err
+    if kind == "missing file":
+        assert not Path(where).exists()
+
+
+@pytest.fixture(scope="module")
+def password_cluster() -> Iterator[_pgcluster.Cluster]:
+    with _pgcluster.throwaway_cluster() as made:
+        yield made
+
+
+def test_a_wrong_postgres_password_is_one_clear_line(
+    password_cluster: _pgcluster.Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong = password_cluster.url.replace(_pgcluster.PASSWORD, "not-the-password")
+    for args in READ_COMMANDS + WRITE_COMMANDS:
+        err = _one_error_line(*cli(capsys, *args, "--db", wrong))
+        assert "password authentication failed" in err
+        assert "not-the-password" not in err
+
+
+def test_a_file_without_read_permission_is_one_clear_line(tmp_path: Path) -> None:
+    """Run as an unprivileged user when we are root (root reads any file)."""
+    directory = Path(tempfile.mkdtemp(prefix="kern-perm-"))
+    try:
+        os.chmod(directory, 0o755)
+        assert main(["demo", "--db", str(directory / "locked.db")]) == 0
+        os.chmod(directory / "locked.db", 0)
+        prefix: list[str] = []
+        if os.geteuid() == 0:  # root keeps its uid but loses the capabilities that bypass permissions
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                pytest.skip("running as root without setpriv to drop the permission-bypassing capabilities")
+            prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+        for args in READ_COMMANDS + WRITE_COMMANDS:
+            done = subprocess.run(
+                [*prefix, sys.executable, "-m", "kern_events", *args, "--db", str(directory / "locked.db")],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            err = _one_error_line(done.returncode, done.stdout, done.stderr)
+            assert "locked.db" in err and "permission denied" in err, err
+    finally:
+        os.chmod(directory / "locked.db", stat.S_IRUSR | stat.S_IWUSR)
+        shutil.rmtree(directory)
+
+
+# -- silent wrong answers (#12.4) -------------------------------------------------------------------
+
+
+def test_show_a_version_past_the_head_is_an_error_naming_the_head(
+    demo_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    head = json_lines(cli(capsys, "sessions", "--db", str(demo_db), "--json")[1])[0]["version"]
+    err = _one_error_line(*cli(capsys, "show", "conversation_123", "--db", str(demo_db), "--version", "9999"))
+    assert f"is at version {head}" in err and "9999" in err
+    assert cli(capsys, "show", "conversation_123", "--db", str(demo_db), "--version", str(head))[0] == 0
+
+
+# -- a CLI that looks like today's tools (#12.6) ----------------------------------------------------
+
+
+def test_version_prints_the_installed_release(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+
+    code, out, _ = cli(capsys, "--version")
+    assert (code, out) == (0, f"kern-events {importlib.metadata.version('kern-events')}\n")
+
+
+def _on_a_terminal(*args: str, cwd: Path) -> str:
+    """``kern-events ARGS`` with stdout and stderr on a pseudo-terminal: everything it drew."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+    env = {key: value for key, value in os.environ.items() if key not in ("NO_COLOR", "TERM")}
+    env["TERM"] = "xterm-256color"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kern_events", *args], cwd=cwd, stdout=follower, stderr=follower, env=env
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the pty closes when the process exits
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert process.wait(timeout=60) == 0
+    return b"".join(chunks).decode()
+
+
+def test_tables_have_colour_on_a_terminal_and_none_when_piped(demo_db: Path) -> None:
+    drawn = _on_a_terminal("sessions", "--db", str(demo_db), cwd=demo_db.parent)
+    assert "\x1b[" in drawn and "conversation_123" in drawn
+    piped = run_cli("sessions", "--db", str(demo_db), cwd=demo_db.parent)
+    assert "\x1b[" not in piped.stdout
+    assert piped.stdout.splitlines()[0].split()[:2] == ["SESSION_ID", "TYPE"]
+
+
+@pytest.mark.parametrize("command", ["export", "verify"])
+def test_export_and_verify_draw_a_progress_bar_on_a_terminal_only(command: str, demo_db: Path) -> None:
+    drawn = _on_a_terminal(command, "--db", str(demo_db), cwd=demo_db.parent)
+    assert ("exporting" if command == "export" else "verifying") in drawn
+    piped = run_cli(command, "--db", str(demo_db), cwd=demo_db.parent)
+    assert piped.stderr == ""
+    assert "\x1b[" not in piped.stdout
+
+
+def test_the_weather_answer_is_a_sentence_and_one_run_is_singular(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(tmp_path / "demo.db")
+    outs = [cli(capsys, "demo", "--db", path)[1] for _ in range(3)]
+    weather = next(line for line in outs[1].splitlines() if line.startswith("agent: "))
+    assert weather == "agent: The weather in Paris: sunny and 18 °C."
+    assert "(1 run so far)" in outs[1]
+    assert "summary:      3 runs; the user said:" in outs[2]
+    assert "1 runs" not in "".join(outs)
+
+
+# -- the demo ends instead of looping (#12.7) --------------------------------------------------------
+
+
+def test_after_the_booking_the_demo_says_it_is_complete_and_reset_starts_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(tmp_path / "demo.db")
+    for _ in range(5):  # four turns; the fourth pauses and the fifth confirms the booking
+        assert cli(capsys, "demo", "--db", path)[0] == 0
+    version = json_lines(cli(capsys, "sessions", "--db", path, "--json")[1])[0]["version"]
+    code, out, _ = cli(capsys, "demo", "--db", path)
+    assert code == 0
+    assert "the conversation is complete" in out and "kern-events demo --reset" in out
+    assert "user: Hi! My name is Alice." not in out
+    assert json_lines(cli(capsys, "sessions", "--db", path, "--json")[1])[0]["version"] == version, "nothing written"
+
+    code, out, _ = cli(capsys, "demo", "--db", path, "--reset")
+    assert code == 0
+    assert "user: Hi! My name is Alice." in out
+    assert "now has 1 run " in out
+
+
+# -- audit tools read each session, not the fenced feed (hardening #15, #16) -------------------------
+
+
+def test_verify_and_export_on_postgres_see_past_an_open_transaction_and_report_corruption(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _pg.require_postgres()
+    schema = _pg.new_schema()
+    where = ["--db", _pg.PG_URL, "--schema", schema]
+    try:
+        for _ in range(2):
+            assert cli(capsys, "demo", *where)[0] == 0
+        total = len(json_lines(cli(capsys, "events", "conversation_123", *where)[1]))
+
+        async def check() -> None:
+            holder = await asyncpg.connect(_pg.PG_URL)
+            try:
+                await holder.execute("BEGIN")
+                await holder.fetchval("SELECT pg_current_xact_id()")  # an open writing transaction
+                code, out, _ = await asyncio.to_thread(cli, capsys, "verify", *where)
+                assert (code, out) == (0, f"verified {total} events in 1 session: ok\n")
+                code, out, _ = await asyncio.to_thread(cli, capsys, "export", *where)
+                assert code == 0 and len(json_lines(out)) == total
+                corrupter = await asyncpg.connect(_pg.PG_URL)  # commits at once, unlike the holder
+                try:
+                    await corrupter.execute(
+                        f'UPDATE "{schema}".kern_events SET data = $1 WHERE version = 3', b"\xc1\xc1\xc1"
+                    )
+                finally:
+                    await corrupter.close()
+                code, out, _ = await asyncio.to_thread(cli, capsys, "verify", *where)
+                assert code == 1
+                assert "version 3: stored" in out and "cannot be decoded" in out
+                assert out.endswith(f"verified {total} events in 1 session: 1 problem\n")
+            finally:
+                await holder.close()
+
+        _pg.run_sync(check)
+    finally:
+        _pg.drop_schema(schema)

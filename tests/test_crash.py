@@ -1,5 +1,7 @@
-"""Processes killed (SIGKILL) right after pausing, and half way through a continued run: a fresh
-process sees a consistent session and finishes the run; nothing acknowledged is lost."""
+"""Processes killed (SIGKILL) right after pausing, between a pause and its checkpoint, and half way
+through a continued run: a fresh process sees a consistent session and finishes the run; nothing
+acknowledged is lost. A pause and its checkpoint are two writes: the checkpoint only saves reading
+work, so a pause whose checkpoint was never written reads from an older checkpoint and the log."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 
 from kern_events import Agent, MemoryModel
 from kern_events.db import BaseDb
+from projections import fold_records
 from tests import _pg
 from tests._backends import Backend
 
@@ -105,3 +108,76 @@ async def test_killed_after_pausing_and_killed_while_continuing_a_fresh_process_
     assert done.content == "Flight to Oslo: booked Oslo."
     assert finished.status == "completed"
     assert [requirement.status for requirement in finished.requirements] == ["resolved"]
+
+
+KILLED_BETWEEN_PAUSE_AND_CHECKPOINT = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    from kern_events import PostgresDb, SqliteDb, ToolConfirmation
+
+    def confirm(requirement_id, city):
+        return ToolConfirmation(requirement_id=requirement_id, tool_call_id=requirement_id, tool_name="book",
+                                arguments={"city": city})
+
+    async def main(kind, where, schema):
+        db = SqliteDb(where) if kind == "sqlite" else PostgresDb(where, schema=schema)
+        await db.__aenter__()
+        session = await db.open_session("trip")
+        run = await session.start_run("r1")
+        run.message("user", "Book Oslo, then Bergen")
+        await run.pause([confirm("q1", "Oslo")])  # the pause and its checkpoint, both written
+        await session.resolve("r1", "q1", confirmed=True)
+        run = await session.continue_run("r1")
+        run.message("assistant", "Oslo is booked")
+        checkpoint = db.save_checkpoint
+
+        async def killed_first(session_id, *, paused_run_id=None):
+            if paused_run_id is not None:
+                os.kill(os.getpid(), signal.SIGKILL)  # the pause is appended; its checkpoint never is
+            return await checkpoint(session_id, paused_run_id=paused_run_id)
+
+        db.save_checkpoint = killed_first
+        await run.pause([confirm("q2", "Bergen")])
+
+    asyncio.run(main(*sys.argv[1:]))
+    """
+)
+
+
+async def test_killed_between_a_pause_and_its_checkpoint_the_run_resumes_from_the_older_one(
+    durable: Backend,
+) -> None:
+    where = durable.db_file if durable.name == "sqlite" else _pg.PG_URL
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_BETWEEN_PAUSE_AND_CHECKPOINT, durable.name, where, durable.schema or "-"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
+    )
+    assert killed.returncode == -9, killed.stderr
+    async with durable.db() as db:
+        await _consistent(db)
+        records = [record async for record in db.store.read("trip")]
+        full = fold_records(records)
+        newest = await db.store.load_snapshot("trip", "run:r1")
+        assert newest is not None and newest.version < records[-1].version, "only the first pause's checkpoint"
+        assert await db.get_session("trip") == full
+        paused = full.get_run("r1")
+        assert paused is not None and [r.requirement_id for r in paused.open_requirements] == ["q2"]
+        assert await db.get_paused_runs(session_id="trip") == [("trip", paused)]
+        assert await db.get_run("trip", "r1") == paused
+        session = await db.open_session("trip")
+        await session.resolve("r1", "q2", confirmed=True)
+        run = await session.continue_run("r1")
+        run.message("assistant", "Bergen is booked too")
+        await run.complete("both booked")
+        done = await db.get_run("trip", "r1")
+        await _consistent(db)
+    assert done.status == "completed"
+    assert [(r.requirement_id, r.status, r.confirmed) for r in done.requirements] == [
+        ("q1", "resolved", True),
+        ("q2", "resolved", True),
+    ]
+    assert [m.content for m in done.messages] == ["Book Oslo, then Bergen", "Oslo is booked", "Bergen is booked too"]

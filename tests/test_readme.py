@@ -1,26 +1,124 @@
-"""The README's quick start runs as written, and continues the session in a second process."""
+"""Every block in the README runs exactly as printed, and its figures are those of benchmarks/RESULTS.md.
+
+Python blocks run in a fresh interpreter in an empty directory (``-W error``); the PostgreSQL block
+gets ``KERN_EVENTS_DB_URL``, which it reads itself, pointing at a database made for the test. The
+command-line block runs line by line in bash, after the demo, with ``.venv`` being this interpreter's
+environment. The set-up commands: the test one is what CI runs; the demo one is the same install.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
-import textwrap
+import uuid
 from pathlib import Path
 
-README = Path(__file__).parent.parent / "README.md"
+import asyncpg
+import pytest
+
+from tests import _pg
+
+ROOT = Path(__file__).parent.parent
+README = ROOT / "README.md"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+
+
+def _python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+
+
+def _block_after(heading: str, *, index: int = 0) -> str:
+    section = README.read_text().split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)[index]
+
+
+def _run_python(code: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    script = cwd / "block.py"
+    script.write_text(code)
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    return done.stdout
+
+
+def test_every_python_block_is_one_of_those_run_below() -> None:
+    blocks = _python_blocks()
+    tested = [
+        _block_after("Quick start"),
+        _block_after("Agents, teams and workflows"),
+        _block_after("Agents, teams and workflows", index=1),
+        _block_after("PostgreSQL: the production store"),
+    ]
+    assert blocks == tested
 
 
 def test_quick_start_runs_and_a_second_process_continues_the_session(tmp_path: Path) -> None:
-    text = README.read_text()
-    code = re.search(r"## Quick start\n\n```python\n(.*?)```", text, re.S)
-    assert code is not None, "the README has a Python quick start"
-    script = tmp_path / "quick_start.py"
-    script.write_text(code.group(1))
-    first = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, check=True)
-    second = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, check=True)
-    assert first.stdout == "1 runs; last answer: Nice to meet you, Alice!\n"
-    assert second.stdout.startswith("2 runs")
+    code = _block_after("Quick start")
+    assert _run_python(code, tmp_path) == "1 run; last answer: Nice to meet you, Alice!\n"
+    assert _run_python(code, tmp_path).startswith("2 runs; ")
+
+
+def test_the_agent_quick_start_runs_as_written(tmp_path: Path) -> None:
+    out = _run_python(_block_after("Agents, teams and workflows"), tmp_path)
+    assert out == "Your name is Alice.\nYou said: Hello!\n"
+
+
+def test_the_session_api_example_runs_as_written(tmp_path: Path) -> None:
+    out = _run_python(_block_after("Agents, teams and workflows", index=1), tmp_path)
+    assert out == "['user', 'assistant', 'tool', 'assistant'] {'city': 'Paris'}\n"
+
+
+def test_the_postgres_example_runs_as_written(tmp_path: Path) -> None:
+    _pg.require_postgres()
+    database = f"kt_readme_{uuid.uuid4().hex[:12]}"
+
+    async def admin(statement: str) -> None:
+        connection = await asyncpg.connect(_pg.PG_URL)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    _pg.run_sync(lambda: admin(f'CREATE DATABASE "{database}"'))
+    try:
+        url = _pg.PG_URL.rsplit("/", 1)[0] + f"/{database}"
+        out = _run_python(
+            _block_after("PostgreSQL: the production store"), tmp_path, env={**os.environ, "KERN_EVENTS_DB_URL": url}
+        )
+    finally:
+        _pg.run_sync(lambda: admin(f'DROP DATABASE IF EXISTS "{database}"'))
+    assert out == "[]\nTrue\n"
+
+
+def test_the_command_line_block_runs_as_written_and_lists_every_command(tmp_path: Path) -> None:
+    from kern_events.cli import _parser
+
+    section = README.read_text().split("## The command line\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```sh\n(.*?)\n```", section, re.S)
+    subcommands = next(action for action in _parser()._actions if action.dest == "command").choices
+    assert subcommands is not None
+    listed = set(re.findall(r"^kern-events (\w+)", block, re.M))
+    assert listed == set(subcommands)
+    assert "kern-events --version" in block
+
+    (tmp_path / ".venv").symlink_to(sys.prefix)
+    done = subprocess.run(
+        ["bash", "-e", "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "starting session conversation_123" in done.stdout
+    assert "as of version 6" in done.stdout
+    assert (tmp_path / "all.jsonl").read_text().count("\n") > 6
 
 
 def test_readme_has_exactly_two_set_up_commands_and_ci_runs_the_test_one() -> None:
@@ -28,40 +126,93 @@ def test_readme_has_exactly_two_set_up_commands_and_ci_runs_the_test_one() -> No
     setup = text.split("## Set up", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"```sh\n(.*?)\n```", setup, re.S)
     assert len(commands) == 2
-    assert "kern-events demo" in commands[0]
+    assert commands[0] == "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/kern-events demo"
     ci = (README.parent / ".ci" / "run").read_text()
     assert commands[1] in ci
 
 
-def test_the_agent_quick_start_runs_as_written(tmp_path: Path) -> None:
+def test_python_m_benchmarks_runs_as_the_readme_says_from_the_checkout() -> None:
     text = README.read_text()
-    code = re.search(r"## Agents, teams and workflows\n\n.*?```python\n(.*?)```", text, re.S)
-    assert code is not None
-    script = tmp_path / "agents.py"
-    script.write_text(code.group(1))
+    assert "`python -m benchmarks" not in text, "say .venv/bin/python: a bare python may not be the venv's"
+    assert "`.venv/bin/python -m benchmarks`" in text
     done = subprocess.run(
-        [sys.executable, "-W", "error", str(script)], cwd=tmp_path, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "benchmarks", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    assert done.stdout == "Your name is Alice.\nYou said: Hello!\n"
+    assert done.returncode == 0, done.stderr
 
 
-def test_the_session_api_example_runs(tmp_path: Path) -> None:
-    section = README.read_text().split("## Agents, teams and workflows", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 2
-    body = textwrap.indent(blocks[1], "    ")
-    script = tmp_path / "session_api.py"
-    script.write_text(
-        "import asyncio\n"
-        "from kern_events import InMemoryDb, RunMetrics, ToolCallRequest\n\n"
-        "async def main() -> None:\n"
-        "    db = InMemoryDb()\n"
-        f"{body}"
-        "    view = await db.get_session('conversation_123')\n"
-        "    print(view.session_state, [m.role for m in history], view.runs[0].tool_calls[0].result)\n\n"
-        "asyncio.run(main())\n"
+# -- figures -----------------------------------------------------------------------------------------
+
+
+def _results_rows() -> dict[str, list[str]]:
+    """RESULTS.md's table rows by their first cell (cells stripped)."""
+    rows: dict[str, list[str]] = {}
+    for line in RESULTS.read_text().splitlines():
+        if " | " in line and not line.startswith("-"):
+            cells = [cell.strip() for cell in line.split("|")]
+            rows.setdefault(cells[0], cells[1:])
+            rows[" / ".join(cells[:2])] = cells[2:]
+    return rows
+
+
+def _number(text: str) -> float:
+    return float(re.sub(r"[^\d.]", "", text))
+
+
+def _close(printed: str, measured: float) -> bool:
+    """The README rounds: to the digits it prints."""
+    digits = len(printed.split(".")[1]) if "." in printed else 0
+    return abs(_number(printed) - measured) <= 0.5 * 10**-digits + 1e-9
+
+
+def test_the_readme_ratios_are_those_in_results() -> None:
+    ratios = {cells[-1] for cells in _results_rows().values() if cells and re.fullmatch(r"\d+\.\d\d", cells[-1] or "")}
+    table = README.read_text().split("**Against the raw drivers**", 1)[1].split("\n\n", 2)[1]
+    rows = [row for row in table.splitlines()[2:] if "faster" not in row]  # the one "Nx faster" row: below
+    printed = [value for row in rows for value in row.split("|")[2].strip().split(" / ")]
+    printed = [re.match(r"[\d.]+", value).group(0) for value in printed]  # type: ignore[union-attr]
+    assert printed and set(printed) <= ratios, set(printed) - ratios
+    faster = re.search(r"with the checkpoint vs without \| ([\d,]+)x faster", README.read_text())
+    assert faster is not None
+    assert _close(faster.group(1), _number(_results_rows()["resume at 100,000 events: checkpoint vs none"][-1]))
+
+
+def test_the_readme_resume_figures_are_those_in_results() -> None:
+    found = re.search(
+        r"\(([\d.]+) ms at 100 events, ([\d.]+) ms at 100,000; ([\d,]+) ms without the checkpoint\)",
+        README.read_text().replace("\n", " "),
     )
-    done = subprocess.run(
-        [sys.executable, "-W", "error", str(script)], cwd=tmp_path, capture_output=True, text=True, check=True
-    )
-    assert done.stdout == "{'city': 'Paris'} ['user', 'assistant', 'tool', 'assistant'] {'temp': 21}\n"
+    assert found is not None
+    rows = _results_rows()
+    at_100 = _number(rows["resume at 100 events: checkpoint vs none"][0]) / 1000
+    at_100k = _number(rows["resume at 100,000 events: checkpoint vs none"][0]) / 1000
+    without = _number(rows["resume at 100,000 events: checkpoint vs none"][1]) / 1000
+    assert _close(found.group(1), at_100) and _close(found.group(2), at_100k) and _close(found.group(3), without)
+
+
+@pytest.mark.parametrize(
+    ("name", "system"),
+    [
+        ("kern-events", "kern-events"),
+        ("Agno", "agno"),
+        ("OpenAI Agents SDK", "openai-agents"),
+        ("LangGraph", "langgraph"),
+        ("Google ADK", "google-adk"),
+    ],
+)
+def test_the_readme_framework_figures_are_those_in_results(name: str, system: str) -> None:
+    text = README.read_text()
+    row = next(line for line in text.splitlines() if line.startswith(f"| {name} "))
+    load, persist, size = (cell.strip().split(" / ") for cell in row.split("|")[2:5])
+    rows = _results_rows()
+    header = next(cells for key, cells in rows.items() if key.startswith("system / backend"))
+    for backend, column in (("sqlite", 0), ("postgres", 1)):
+        measured = dict(zip(header, rows[f"{system} / {backend}"], strict=False))
+        assert _close(load[column].removesuffix(" ms"), _number(measured["load ms N=1,000"])), (backend, load)
+        assert _close(persist[column].removesuffix(" ms"), _number(measured["persist ms N=1,000"])), (backend, persist)
+        assert size[column].removesuffix(" B") == measured["bytes/run N=1,000"], (backend, size)

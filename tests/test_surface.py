@@ -20,6 +20,7 @@ PUBLIC_MODULES = [
     "kern_events.errors",
     "kern_events.codec",
     "kern_events.store",
+    "kern_events.backend",
     "kern_events.db",
     "kern_events.cli",
     "kern_events.stores.memory",
@@ -34,7 +35,18 @@ PUBLIC_MODULES = [
     "projections.history",
 ]
 # The write side's foundation: it must never need the read side.
-FOUNDATION = ["events", "records", "errors", "codec", "store", "subscription", "_index", "_validate", "stores"]
+FOUNDATION = [
+    "events",
+    "records",
+    "errors",
+    "codec",
+    "store",
+    "backend",
+    "subscription",
+    "_index",
+    "_validate",
+    "stores",
+]
 
 
 @pytest.mark.parametrize("package", [kern_events, projections])

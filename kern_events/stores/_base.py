@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Self, get_args
+from typing import Self, cast, get_args
 from uuid import UUID
 
 import anyio
@@ -35,6 +35,7 @@ from kern_events._validate import (
 from kern_events.codec import Codec, MsgpackCodec
 from kern_events.errors import (
     ConcurrencyError,
+    CorruptRecordError,
     IdempotencyError,
     InvalidArgumentError,
     InvalidEventError,
@@ -43,7 +44,15 @@ from kern_events.errors import (
     UnknownEventTypeError,
 )
 from kern_events.events import Event, SessionRenamed, SessionStarted, SessionType
-from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Record, Snapshot, StoredEvent
+from kern_events.records import (
+    AppendResult,
+    ExpectedVersion,
+    FeedLag,
+    PendingEvent,
+    Record,
+    Snapshot,
+    StoredEvent,
+)
 from kern_events.store import SessionSort
 from kern_events.subscription import ChangeSignal, Subscription
 
@@ -52,6 +61,7 @@ __all__ = [
     "MAX_EVENTS_PER_APPEND",
     "SNAPSHOTS_KEPT",
     "BaseEventStore",
+    "Page",
     "SessionFilter",
     "check_expected",
     "conflict",
@@ -163,6 +173,20 @@ def _check_snapshot(snapshot: object) -> None:
     if not isinstance(snapshot.data, bytes):
         raise InvalidArgumentError("snapshot.data", f"expected bytes, got {type(snapshot.data).__qualname__}")
     check_seconds("snapshot.created_at", snapshot.created_at, finite=True)
+
+
+Page = Sequence[StoredEvent | CorruptRecordError]
+"""What a backend's page read returns: stored events in read order. A row the backend cannot turn
+into a stored event (a damaged envelope) ends the page as a :class:`CorruptRecordError` naming its
+session, version and position, after every good row before it; readers get those rows, then the
+error, and resume after it (``from_version=error.version + 1``, ``from_position=error.position + 1``)."""
+
+
+def _split(page: Page) -> tuple[Sequence[StoredEvent], CorruptRecordError | None]:
+    """A page's good rows and the error that ends it, if one does (checked once per page, not per row)."""
+    if page and isinstance(page[-1], CorruptRecordError):
+        return cast(Sequence[StoredEvent], page[:-1]), page[-1]
+    return cast(Sequence[StoredEvent], page), None
 
 
 def check_expected(expected: int | ExpectedVersion, head: int) -> bool:
@@ -372,9 +396,11 @@ class BaseEventStore(abc.ABC):
         while remaining is None or remaining > 0:
             size = page_size if remaining is None else min(page_size, remaining)
             page_size = min(page_size * 2, self.read_page_size)
-            page = await self._read_page(session_id, low, high, size, backwards, wanted)
+            page, damaged = _split(await self._read_page(session_id, low, high, size, backwards, wanted))
             for stored in page:
                 yield self._codec.decode(stored)
+            if damaged is not None:
+                raise damaged
             if len(page) < size:
                 return
             if remaining is not None:
@@ -392,9 +418,11 @@ class BaseEventStore(abc.ABC):
         position, remaining = from_position, limit
         while remaining is None or remaining > 0:
             size = self.read_page_size if remaining is None else min(self.read_page_size, remaining)
-            page = await self._read_all_page(position, size)
+            page, damaged = _split(await self._read_all_page(position, size))
             for stored in page:
                 yield self._codec.decode(stored)
+            if damaged is not None:
+                raise damaged
             if len(page) < size:
                 return
             if remaining is not None:
@@ -457,6 +485,14 @@ class BaseEventStore(abc.ABC):
         await self._ensure_open()
         return await self._load_snapshot(session_id, name, schema_version, max_version)
 
+    async def feed_lag(self) -> FeedLag:
+        """How far the global feed is held back behind committed appends (see :class:`FeedLag`).
+
+        The default has no fence: whatever has committed is readable at once.
+        """
+        await self._ensure_open()
+        return FeedLag()
+
     def subscribe(self, *, from_position: int = 0, poll_interval: float = 1.0) -> Subscription:
         """Every record from ``from_position`` on, then new ones as they land (see :class:`Subscription`).
 
@@ -502,13 +538,13 @@ class BaseEventStore(abc.ABC):
     @abc.abstractmethod
     async def _read_page(
         self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
-    ) -> Sequence[StoredEvent]:
+    ) -> Page:
         """Up to ``limit`` rows with ``low <= version <= high`` (and a type in ``types``, if given),
-        ordered by version."""
+        ordered by version; a :data:`Page`."""
 
     @abc.abstractmethod
-    async def _read_all_page(self, from_position: int, limit: int) -> Sequence[StoredEvent]:
-        """Up to ``limit`` rows with ``position >= from_position``, in position order."""
+    async def _read_all_page(self, from_position: int, limit: int) -> Page:
+        """Up to ``limit`` rows with ``position >= from_position``, in position order; a :data:`Page`."""
 
     @abc.abstractmethod
     async def _current_version(self, session_id: str) -> int: ...

@@ -15,6 +15,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+import anyio
+
 from kern_events.records import AppendResult
 
 __all__ = ["GroupCommit", "settle"]
@@ -29,15 +31,26 @@ TakeBatch = Callable[[list[R]], tuple[list[R], list[R]]]
 
 async def settle(call: asyncio.Future[T]) -> tuple[T, asyncio.CancelledError | None]:
     """Wait for ``call`` to finish even if the waiter is cancelled; return its result and the
-    cancellation (if any) for the caller to re-raise once its own bookkeeping is done."""
-    cancelled: asyncio.CancelledError | None = None
-    while not call.done():
-        try:
-            await asyncio.shield(call)
-        except asyncio.CancelledError as error:
-            if call.done() and call.cancelled():
-                raise
-            cancelled = error
+    cancellation (if any) for the caller to re-raise once its own bookkeeping is done.
+
+    Once cancelled, the rest of the wait runs in a shielded anyio cancel scope: an anyio scope
+    re-delivers its cancellation on every loop turn, so a bare ``asyncio.shield`` would be woken
+    (and spin) thousands of times a second while a slow commit finishes.
+    """
+    try:
+        return await asyncio.shield(call), None
+    except asyncio.CancelledError as error:
+        if call.cancelled():
+            raise
+        cancelled = error
+    with anyio.CancelScope(shield=True):
+        while not call.done():
+            try:
+                await asyncio.shield(call)
+            except asyncio.CancelledError as error:  # a plain task.cancel() still reaches a shielded scope
+                if call.cancelled():
+                    raise
+                cancelled = error
     return call.result(), cancelled
 
 

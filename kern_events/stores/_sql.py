@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -19,6 +20,7 @@ __all__ = [
     "SNAPSHOT_COLUMNS",
     "Row",
     "TableNames",
+    "event_columns",
     "info_from_row",
     "quote",
     "snapshot_from_row",
@@ -32,7 +34,16 @@ class Row(Protocol):
     def __getitem__(self, index: int, /) -> Any: ...
 
 
-EVENT_COLUMNS = "session_id, version, position, event_id, type, schema_version, data, recorded_at"
+_EVENT_COLUMN_NAMES = ("session_id", "version", "position", "event_id", "type", "schema_version", "data", "recorded_at")
+
+
+def event_columns(*, as_blob: Collection[str] = ()) -> str:
+    """The events columns every read selects, in the order :func:`stored_from_row` expects, with
+    those named in ``as_blob`` read as bytes (SQLite: whatever type a damaged row stored there)."""
+    return ", ".join(f"CAST({name} AS BLOB)" if name in as_blob else name for name in _EVENT_COLUMN_NAMES)
+
+
+EVENT_COLUMNS = event_columns()
 """The events columns every read selects, in the order :func:`stored_from_row` expects."""
 INFO_COLUMNS = (
     "session_id, session_type, agent_id, team_id, workflow_id, user_id, name, created_at, updated_at, "

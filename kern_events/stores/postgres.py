@@ -19,9 +19,16 @@ Positions are unique and strictly increasing in the order transactions *started 
 reader stops below a visibility fence, ``pg_snapshot_xmin(pg_current_snapshot()) << 16``: every
 transaction older than the fence has finished, and no transaction that has not yet written can get
 an id below it. So everything below the fence is final, and readers never skip or reorder, while
-concurrent appends keep committing concurrently. The cost: the feed lags behind the oldest open
-writing transaction in the cluster (monitor long transactions), and an append holds at most 65,535
-events. Per-session reads need no fence: version k+1 can only be inserted once version k is visible.
+concurrent appends keep committing concurrently. An append holds at most 65,535 events. Per-session
+reads need no fence: version k+1 can only be inserted once version k is visible.
+
+**The price: the fence is cluster-wide.** ``pg_snapshot_xmin`` is the oldest transaction id still
+running anywhere on the server, in any database, by any client; while such a transaction stays
+open, ``read_all`` and subscriptions return nothing committed after it began, even appends that
+have long committed. :meth:`PostgresEventStore.feed_lag` shows it: the fence, how many committed
+events it holds back, and the transaction holding it (its process id, database and start time),
+for monitoring and alerting. A subscription that caught up while events were held back watches the
+fence and re-reads as soon as it moves.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import asyncpg
 
 from kern_events._index import IndexDelta, SessionInfo, index_delta
@@ -42,12 +50,13 @@ from kern_events.codec import Codec
 from kern_events.errors import (
     IdempotencyError,
     InvalidArgumentError,
+    SchemaMissingError,
     SchemaVersionError,
     StorageError,
     StorageUnavailableError,
 )
 from kern_events.events import Event
-from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
+from kern_events.records import AppendResult, ExpectedVersion, FeedLag, PendingEvent, Snapshot, StoredEvent
 from kern_events.stores._base import (
     DEFAULT_MAX_EVENT_SIZE,
     MAX_EVENTS_PER_APPEND,
@@ -77,6 +86,8 @@ _ANY_RETRIES = 20
 _NOTIFY_DELAY = 0.01
 """Seconds a NOTIFY waits so that appends landing close together share one wake-up."""
 _LISTEN_READY_TIMEOUT = 5.0
+_FENCE_POLL = 0.1
+"""Longest wait (seconds) between two looks at a fence that holds committed events back."""
 _MAX_VERSION = 2**62
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -97,22 +108,44 @@ def _stored(row: Row) -> StoredEvent:
     return stored_from_row(row, row[3])
 
 
+_CONNECTION_LOST = (
+    OSError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # the protocol's state after a connection broke mid-call
+)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection (or the server) is gone, rather than this one statement failed."""
+    if isinstance(exc, _CONNECTION_LOST):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
+    return sqlstate is not None and sqlstate[:2] in ("08", "57")  # connection, operator intervention
+
+
 @contextlib.contextmanager
 def _translated_errors() -> Iterator[None]:
     """The one seam where asyncpg's errors become kern-events errors (by class and SQLSTATE)."""
     try:
         yield
-    except (
-        OSError,
-        asyncpg.ConnectionDoesNotExistError,
-        asyncpg.InterfaceError,
-        asyncpg.InternalClientError,  # the protocol's state after a connection broke mid-call
-    ) as exc:
+    except _CONNECTION_LOST as exc:
         raise StorageUnavailableError(f"PostgreSQL connection lost: {exc}") from exc
     except asyncpg.PostgresError as exc:
-        if exc.sqlstate is not None and exc.sqlstate[:2] in ("08", "57"):  # connection, operator intervention
+        if _connection_lost(exc):
             raise StorageUnavailableError(f"PostgreSQL unavailable: {exc}") from exc
         raise StorageError(f"PostgreSQL failed: {exc} (SQLSTATE {exc.sqlstate})") from exc
+    except (UnicodeError, OverflowError) as exc:  # a value the driver cannot encode
+        raise StorageError(f"PostgreSQL cannot take a value: {exc}") from exc
+
+
+def _translated(exc: Exception) -> Exception:
+    """``exc`` as the kern-events error :func:`_translated_errors` raises for it (itself if none)."""
+    try:
+        with _translated_errors():
+            raise exc
+    except Exception as translated:
+        return translated
 
 
 async def _connect_to_the_end(url: str) -> asyncpg.Connection:
@@ -121,7 +154,7 @@ async def _connect_to_the_end(url: str) -> asyncpg.Connection:
     try:
         return await asyncio.shield(connecting)
     except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
             (await connecting).terminate()
         raise
 
@@ -176,6 +209,7 @@ class PostgresEventStore(BaseEventStore):
         self._group = GroupCommit(self._commit_batch, take=_take_batch)
         self._listener_task: asyncio.Task[None] | None = None
         self._listeners = 0
+        self._fence_task: asyncio.Task[None] | None = None
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -206,20 +240,21 @@ class PostgresEventStore(BaseEventStore):
             if connection is not None:
                 await connection.close()
         self._notifier = self._appender = None
-        listener, self._listener_task = self._listener_task, None
-        if listener is not None:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+        for task in (self._listener_task, self._fence_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._listener_task = self._fence_task = None
         pool, self._pool = self._pool, None
         if pool is not None and self._owns_pool:
             await pool.close()
 
     def _abandon(self) -> None:
         """Drop every connection at once, without awaiting anything on the loop they belong to."""
-        for task in (self._notify_task, self._listener_task):
+        for task in (self._notify_task, self._listener_task, self._fence_task):
             if task is not None and not task.done():
                 task.cancel()
-        self._notify_task = self._listener_task = None
+        self._notify_task = self._listener_task = self._fence_task = None
         for connection in (self._notifier, self._appender):
             if connection is not None:
                 connection.terminate()
@@ -303,8 +338,10 @@ class PostgresEventStore(BaseEventStore):
                 found = await connection.fetchval(self._sql.schema_version, self.tables.events)
             except asyncpg.UndefinedTableError:
                 found = None
-        if found is None or found != SCHEMA_VERSION:
-            raise SchemaVersionError(found or 0, SCHEMA_VERSION)
+        if found is None:
+            raise SchemaMissingError(f"PostgreSQL schema {self.schema!r}", SCHEMA_VERSION)
+        if found != SCHEMA_VERSION:
+            raise SchemaVersionError(found, SCHEMA_VERSION)
 
     # -- notifications -----------------------------------------------------------------------------
 
@@ -358,10 +395,12 @@ class PostgresEventStore(BaseEventStore):
             yield
         finally:
             self._listeners -= 1
-            if self._listeners == 0 and self._listener_task is not None:
-                task, self._listener_task = self._listener_task, None
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            if self._listeners == 0:
+                tasks = [task for task in (self._listener_task, self._fence_task) if task is not None]
+                self._listener_task = self._fence_task = None
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _listen_forever(self, ready: asyncio.Event) -> None:
         delay = 0.05
@@ -421,18 +460,35 @@ class PostgresEventStore(BaseEventStore):
                 return [await self._append_alone(connection, batch[0])]
             try:
                 rows = await connection.fetch(self._sql.append_batch, *_batch_arguments(batch))
-            except asyncpg.UniqueViolationError:
-                rows = []  # an event id is already stored somewhere: let each append find out alone
+            except Exception as error:
+                if _connection_lost(error):
+                    raise
+                # An event id already stored, a value the server refuses, a deadlock with another
+                # process: the statement wrote nothing. Each append goes alone, so only its own
+                # caller learns of its failure.
+                rows = []
             placed: dict[str, list[tuple[int, int]]] = {}
             for row in rows:
                 placed.setdefault(row[0], []).append((row[1], row[2]))
             outcomes: list[AppendResult | Exception] = []
+            lost: Exception | None = None
             for request in batch:
                 numbered = placed.get(request.session_id)
-                if numbered is None:
-                    outcomes.append(await self._append_alone(connection, request))
-                else:
+                if numbered is not None:
                     outcomes.append(_result(request, sorted(numbered)))
+                    continue
+                if lost is not None:
+                    outcomes.append(lost)
+                    continue
+                try:
+                    outcomes.append(await self._append_alone(connection, request))
+                except Exception as error:
+                    failure = _translated(error)
+                    outcomes.append(failure)
+                    if _connection_lost(error):
+                        lost = failure
+            if lost is not None and connection is self._appender:
+                self._discard_appender(connection)
             return outcomes
 
     async def _append_held(self, appender: asyncpg.Connection, request: _Append) -> AppendResult | Exception:
@@ -494,10 +550,14 @@ class PostgresEventStore(BaseEventStore):
         return head, [found.get(new.event_id) for new in pending]
 
     async def _delete_session(self, session_id: str) -> bool:
+        """Lock the session row first: an append in flight (which holds the row until it commits)
+        finishes before the events are deleted, and a later one waits for the delete. Deleting the
+        events first would miss the rows of an append that commits meanwhile."""
         async with self._connection() as connection, connection.transaction():
+            await connection.execute(self._sql.lock_session, session_id)
+            tombstoned = await connection.fetchval(self._sql.tombstone, session_id)
             erased = await connection.fetchval(self._sql.delete_events, session_id)
             await connection.execute(self._sql.delete_snapshots, session_id)
-            tombstoned = await connection.fetchval(self._sql.tombstone, session_id)
         return bool(erased or tombstoned)
 
     async def _save_snapshot(self, snapshot: Snapshot) -> None:
@@ -532,7 +592,43 @@ class PostgresEventStore(BaseEventStore):
         return [_stored(row) for row in rows]
 
     async def _read_all_page(self, from_position: int, limit: int) -> Sequence[StoredEvent]:
-        return [_stored(row) for row in await self._fetch(self._sql.all_page, from_position, limit)]
+        rows = await self._fetch(self._sql.all_page, from_position, limit)
+        if len(rows) < limit and self._listeners and self._on_own_loop():
+            await self._watch_fence()
+        return [_stored(row) for row in rows]
+
+    async def _watch_fence(self) -> None:
+        """A subscription caught up: if the fence holds committed events back, wake subscribers when
+        it moves. No append or NOTIFY announces that moment (the transaction holding the fence may
+        be anyone's), so without this they would wait for their next poll."""
+        if self._fence_task is not None and not self._fence_task.done():
+            return
+        ((newest, fence),) = await self._fetch(self._sql.feed_edge)
+        if newest is not None and newest >= fence:
+            self._fence_task = asyncio.create_task(self._wake_when_fence_moves(fence))
+
+    async def _wake_when_fence_moves(self, fence: int) -> None:
+        delay = 0.005
+        with contextlib.suppress(StorageError):
+            while True:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _FENCE_POLL)
+                ((_, now),) = await self._fetch(self._sql.feed_edge)
+                if now > fence:
+                    break
+        self.change_signal.fire()
+
+    async def feed_lag(self) -> FeedLag:
+        """Where the fence stands, how many committed events it holds back, and which transaction sets it.
+
+        The transaction is shown (``since``, ``holder_pid``, ``holder_database``) when
+        ``pg_stat_activity`` lets this role see it; a prepared transaction never shows there.
+        """
+        await self._ensure_open()
+        ((fence, held_back, pid, database, since),) = await self._fetch(self._sql.feed_lag)
+        if not held_back:
+            return FeedLag(fence=fence)
+        return FeedLag(fence=fence, held_back=held_back, since=since, holder_pid=pid, holder_database=database)
 
     async def _current_version(self, session_id: str) -> int:
         rows = await self._fetch(self._sql.version, session_id)
@@ -798,9 +894,11 @@ INSERT INTO"""
         self.append_existing = lean + many
         self.append_existing_one = lean + one
         # The batch form: $1..$12 one entry per append (distinct sessions), $13..$19 one per event.
-        # Session rows are locked in session-id order first, so two batches (in any processes)
-        # never wait on each other in a cycle; an append whose row was not bumped or created is
-        # simply absent from the result, and its caller retries it alone.
+        # Existing session rows are locked in session-id order first, and new sessions' rows are
+        # inserted in session-id order too (an insert holds its key in the unique index until
+        # commit), so two batches (in any processes) rarely wait on each other in a cycle; if they
+        # do, the server aborts one and its appends go alone. An append whose row was not bumped
+        # or created is simply absent from the result, and its caller retries it alone.
         self.append_batch = f"""
 WITH request AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::boolean[], $5::text[], $6::text[],
@@ -835,6 +933,7 @@ WITH request AS (
     WHERE (r.wanted IS NULL OR r.wanted = 0)
       AND NOT EXISTS (SELECT 1 FROM bumped AS b WHERE b.session_id = r.session_id)
       AND (SELECT count(*) FROM locked) >= 0
+    ORDER BY r.session_id
     ON CONFLICT (session_id) DO NOTHING
     RETURNING session_id, 0::bigint AS base
 ), head AS (
@@ -862,9 +961,28 @@ RETURNING session_id, version, position"""
             "AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) "
             "ORDER BY position LIMIT $2"
         )
+        # The newest stored position and the fence: the fence holds events back when newest >= fence.
+        self.feed_edge = (
+            f"SELECT (SELECT max(position) FROM {events}), pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16"
+        )
+        # The fence, the committed events at or above it, and the transaction that sets it: the one
+        # whose id is the snapshot's xmin (the oldest transaction id still running in the cluster).
+        self.feed_lag = f"""
+WITH fence AS (
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xid,
+           pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16 AS position
+)
+SELECT fence.position,
+       (SELECT count(*) FROM {events} WHERE position >= fence.position),
+       holder.pid, holder.datname::text, extract(epoch FROM holder.xact_start)::float8
+FROM fence LEFT JOIN LATERAL (
+    SELECT pid, datname, xact_start FROM pg_stat_activity
+    WHERE backend_xid = fence.xid::xid ORDER BY xact_start LIMIT 1
+) AS holder ON true"""
         self.version = f"SELECT version FROM {sessions} WHERE session_id = $1"
         self.info = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE session_id = $1 AND NOT deleted"
         self.list = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE NOT deleted"
+        self.lock_session = f"SELECT 1 FROM {sessions} WHERE session_id = $1 FOR UPDATE"
         self.delete_events = (
             f"WITH gone AS (DELETE FROM {events} WHERE session_id = $1 RETURNING 1) SELECT count(*) FROM gone"
         )

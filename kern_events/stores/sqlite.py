@@ -13,22 +13,29 @@ a reader that follows positions never skips an event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import functools
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 import aiosqlite
+import anyio
+import anyio.to_thread
 import msgspec
 
 from kern_events._index import SessionInfo, advance_index
 from kern_events.codec import Codec
 from kern_events.errors import (
     CorruptRecordError,
+    DatabaseOpenError,
     InvalidArgumentError,
     KernEventsError,
+    SchemaMissingError,
     SchemaVersionError,
     StorageError,
 )
@@ -38,6 +45,7 @@ from kern_events.stores._base import (
     DEFAULT_MAX_EVENT_SIZE,
     SNAPSHOTS_KEPT,
     BaseEventStore,
+    Page,
     SessionFilter,
     check_expected,
     conflict,
@@ -45,12 +53,12 @@ from kern_events.stores._base import (
 )
 from kern_events.stores._group import GroupCommit, settle
 from kern_events.stores._sql import (
-    EVENT_COLUMNS,
     INFO_COLUMNS,
     SCHEMA_VERSION,
     SNAPSHOT_COLUMNS,
     Row,
     TableNames,
+    event_columns,
     info_from_row,
     quote,
     snapshot_from_row,
@@ -70,18 +78,52 @@ def _stored(row: Row) -> StoredEvent:
     return stored_from_row(row, UUID(bytes=row[3]))
 
 
-def _stored_page(rows: list[Any]) -> list[StoredEvent]:
-    """Rows of :data:`EVENT_COLUMNS` (tuples, ids as 16 bytes) as stored events, converted in one call;
-    a row whose envelope is damaged (an id that is not 16 bytes) raises :class:`CorruptRecordError`."""
+_COLUMNS = event_columns(as_blob=("data",))
+"""The columns a read selects. The payload is read as bytes even where a damaged row stored TEXT
+there, which SQLite would otherwise have to decode as UTF-8 (failing the whole page if it is not);
+measured: no difference in read time, the cast leaves a BLOB as it is."""
+_TEXT_AS_BYTES = event_columns(as_blob=("session_id", "type", "data"))
+"""The columns a page is read again with when SQLite cannot return it: text checked row by row."""
+
+
+def _stored_page(rows: Sequence[Any]) -> Page:
+    """Rows of :data:`_COLUMNS` (tuples, ids as 16 bytes) as stored events, converted in one call; a
+    damaged row (an id that is not 16 bytes, a value of the wrong type) ends the page as a
+    :class:`CorruptRecordError`, after the good rows before it."""
     try:
         return msgspec.convert(rows, list[StoredEvent])
-    except msgspec.ValidationError as exc:
-        for row in rows:
-            try:
-                msgspec.convert(row, StoredEvent)
-            except msgspec.ValidationError:
-                raise CorruptRecordError(row[0], row[1], row[4], f"malformed row: {exc}", position=row[2]) from exc
-        raise
+    except msgspec.ValidationError:
+        pass
+    page: list[StoredEvent | CorruptRecordError] = []
+    for row in rows:
+        try:
+            page.append(msgspec.convert(row, StoredEvent))
+        except msgspec.ValidationError as exc:
+            page.append(_damaged(row, str(exc)))
+            break
+    return page
+
+
+def _decoded_page(rows: list[Any]) -> Page:
+    """Rows of :data:`_TEXT_AS_BYTES` as :func:`_stored_page` returns them; a row whose text is not
+    UTF-8 is damaged too."""
+    decoded: list[tuple[Any, ...]] = []
+    for row in rows:
+        try:
+            decoded.append((row[0].decode(), row[1], row[2], row[3], row[4].decode(), *row[5:]))
+        except UnicodeDecodeError as exc:
+            page = list(_stored_page(decoded))
+            if not page or not isinstance(page[-1], CorruptRecordError):
+                page.append(_damaged(row, f"stored text is not UTF-8: {exc}"))
+            return page
+    return _stored_page(decoded)
+
+
+def _damaged(row: Row, detail: str) -> CorruptRecordError:
+    def text(value: object) -> Any:
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+    return CorruptRecordError(text(row[0]), row[1], text(row[4]), f"malformed row: {detail}", position=row[2])
 
 
 class SqliteEventStore(BaseEventStore):
@@ -89,6 +131,9 @@ class SqliteEventStore(BaseEventStore):
 
     ``synchronous="FULL"`` (the default) makes every acknowledged append survive a power cut;
     ``"NORMAL"`` survives a process crash but may lose the last commits on a power cut, and is faster.
+    ``read_only=True`` opens an existing file for reading only: it never creates the file or a table
+    (a file without kern-events tables is :class:`~kern_events.errors.SchemaMissingError`) and
+    refuses every write.
     """
 
     def __init__(
@@ -100,8 +145,10 @@ class SqliteEventStore(BaseEventStore):
         busy_timeout: float = 5.0,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        read_only: bool = False,
     ) -> None:
         super().__init__(codec=codec, max_event_size=max_event_size)
+        self.read_only = read_only
         if synchronous not in ("FULL", "NORMAL"):
             raise InvalidArgumentError("synchronous", f"expected 'FULL' or 'NORMAL', got {synchronous!r}")
         self.db_file = os.fspath(db_file)
@@ -109,6 +156,8 @@ class SqliteEventStore(BaseEventStore):
         self._synchronous = synchronous
         self._busy_ms = int(busy_timeout * 1000)
         self._writer: aiosqlite.Connection | None = None
+        self._writer_stuck = False  # set on the writer's thread when a ROLLBACK failed; see _write
+        self._reopen_lock = anyio.Lock()
         self._group = GroupCommit(self._commit_batch)
         self._reader: aiosqlite.Connection | None = None
         events, sessions = quote(self.tables.events), quote(self.tables.sessions)
@@ -126,12 +175,12 @@ class SqliteEventStore(BaseEventStore):
         self._sql_insert = (
             f"INSERT INTO {events} (session_id, version, event_id, type, schema_version, data, recorded_at) VALUES "
         )
-        self._sql_by_ids = f"SELECT {EVENT_COLUMNS} FROM {events} WHERE event_id IN "
+        self._sql_by_ids = f"SELECT {_COLUMNS} FROM {events} WHERE event_id IN "
         self._sql_page = (
-            f"SELECT {EVENT_COLUMNS} FROM {events} WHERE session_id = ? AND version BETWEEN ? AND ? "
+            f"SELECT {{columns}} FROM {events} WHERE session_id = ? AND version BETWEEN ? AND ? "
             "{typed}ORDER BY version {order} LIMIT ?"
         )
-        self._sql_all_page = f"SELECT {EVENT_COLUMNS} FROM {events} WHERE position >= ? ORDER BY position LIMIT ?"
+        self._sql_all_page = f"SELECT {{columns}} FROM {events} WHERE position >= ? ORDER BY position LIMIT ?"
         self._sql_version = f"SELECT version FROM {sessions} WHERE session_id = ?"
         self._sql_info = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE session_id = ? AND deleted = 0"
         self._sql_list = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE deleted = 0"
@@ -154,17 +203,70 @@ class SqliteEventStore(BaseEventStore):
 
     async def _open(self) -> None:
         try:
-            self._writer = await aiosqlite.connect(self.db_file, isolation_level=None)
-            await self._call(self._writer, self._set_up)
+            if self.read_only:
+                self._reader = await self._connect(read_only=True)
+                await self._opening_call(self._reader, self._check_tables)
+                return
+            self._writer = await self._connect()
+            await self._opening_call(self._writer, self._set_up)
             if self.db_file == ":memory:" or self.db_file.startswith("file::memory:"):
                 self._reader = self._writer
             else:
-                self._reader = await aiosqlite.connect(self.db_file, isolation_level=None)
+                self._reader = await self._connect()
                 await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
                 await self._reader.execute("PRAGMA query_only = 1")
         except BaseException:
             await self._close()
             raise
+
+    @property
+    def _name(self) -> str:
+        return f"SQLite database {self.db_file!r}"
+
+    async def _connect(self, *, read_only: bool = False) -> aiosqlite.Connection:
+        """``aiosqlite.connect``; a failure names the file and why, and leaves no thread behind.
+
+        aiosqlite stops its thread after a failed connect but nobody waits for it, so it would
+        report back to an event loop that may be closed by then ("Event loop is closed").
+        """
+        if read_only:  # a URI, so that SQLite itself refuses to create or write anything
+            connection = aiosqlite.connect(_read_only_uri(self.db_file), isolation_level=None, uri=True)
+        else:
+            connection = aiosqlite.connect(self.db_file, isolation_level=None)
+        try:
+            return await connection
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(connection._thread.join)
+            if isinstance(exc, sqlite3.Error):
+                raise DatabaseOpenError(self._name, _open_failure(self.db_file, exc, read_only)) from exc
+            raise
+
+    async def _opening_call(self, connection: aiosqlite.Connection, function: Callable[[sqlite3.Connection], T]) -> T:
+        """The first call on a new connection: a file that is not an intact SQLite database is
+        :class:`DatabaseOpenError`, not a failure of some later statement."""
+        try:
+            return await self._call(connection, function)
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, sqlite3.DatabaseError) and not isinstance(
+                cause, sqlite3.OperationalError | sqlite3.IntegrityError
+            ):
+                raise DatabaseOpenError(self._name, f"it is not an intact SQLite database ({cause})") from cause
+            raise
+
+    def _check_tables(self, db: sqlite3.Connection) -> None:
+        """A read-only open: the kern-events tables must be there already, at a version we read."""
+        db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        t = self.tables
+        found = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {t.events, t.sessions, t.snapshots, t.schema} <= found:
+            raise SchemaMissingError(self._name, SCHEMA_VERSION)
+        row = db.execute(f"SELECT version FROM {quote(t.schema)} WHERE component = ?", (t.events,)).fetchone()
+        if row is None:
+            raise SchemaMissingError(self._name, SCHEMA_VERSION)
+        if row[0] != SCHEMA_VERSION:
+            raise SchemaVersionError(row[0], SCHEMA_VERSION)
 
     async def _close(self) -> None:
         reader, writer = self._reader, self._writer
@@ -183,6 +285,8 @@ class SqliteEventStore(BaseEventStore):
         queue as aiosqlite's own ``_execute`` does, without the task that wrapping ``_execute`` would
         cost (pinned by the dependency range; the conformance suite exercises it on every call).
         """
+        if connection is None and self.read_only and self._state == "open":
+            raise StorageError(f"{self._name} is open read-only")
         if connection is None or not connection._running or connection._connection is None:
             raise StorageError("the SQLite connection is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -202,6 +306,43 @@ class SqliteEventStore(BaseEventStore):
         if cancelled is not None:
             raise cancelled
         return result
+
+    async def _write(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a write transaction on the writer's thread; reopen the writer if it was left stuck.
+
+        A connection whose ``ROLLBACK`` failed is still inside its transaction, holding SQLite's write
+        lock, and every later ``BEGIN`` on it would fail. Closing it rolls that transaction back
+        (SQLite does so on close, and a later opener recovers the file if even that fails); a new
+        connection takes its place.
+        """
+        try:
+            return await self._call(self._writer, function, *args)
+        finally:
+            if self._writer_stuck:
+                with anyio.CancelScope(shield=True):
+                    await self._reopen_writer()
+
+    async def _reopen_writer(self) -> None:
+        async with self._reopen_lock:
+            stuck, self._writer = self._writer, None
+            if not self._writer_stuck or stuck is None:
+                self._writer = stuck
+                return
+            self._writer_stuck = False
+            if self._reader is stuck:  # an in-memory database lives and dies with its one connection
+                self._writer = stuck
+                return
+            await stuck.close()
+            writer = await aiosqlite.connect(self.db_file, isolation_level=None)
+            try:
+                await self._call(writer, self._set_up)
+            except BaseException:
+                await writer.close()
+                raise
+            if self._reader is None:  # the store was closed meanwhile
+                await writer.close()
+                return
+            self._writer = writer
 
     def _set_up(self, db: sqlite3.Connection) -> None:
         """Pragmas, tables and indexes; idempotent, and safe when several processes start at once."""
@@ -279,31 +420,59 @@ class SqliteEventStore(BaseEventStore):
         return await self._group.submit(_AppendRequest(session_id, events, pending, expected, recorded_at))
 
     async def _commit_batch(self, batch: Sequence[_AppendRequest]) -> list[AppendResult | Exception]:
-        return await self._call(self._writer, self._append_batch_in_thread, batch)
+        return await self._write(self._append_batch_in_thread, batch)
 
     def _append_batch_in_thread(
         self, db: sqlite3.Connection, batch: Sequence[_AppendRequest]
     ) -> list[AppendResult | Exception]:
+        """Commit the batch in one transaction; an append that fails leaves nothing behind.
+
+        In a batch of several, each append runs inside its own savepoint, so one that fails part way
+        (a reused id in its 4,001st row, a value the driver cannot bind) is rolled back alone and the
+        others commit. A lone append needs no savepoint: if it fails, the whole transaction is rolled
+        back. Its caller gets a typed error either way; an error that ends SQLite's transaction
+        itself (a full disk, an I/O error) fails the whole batch.
+        """
         outcomes: list[AppendResult | Exception] = []
+        alone = len(batch) == 1
         db.execute("BEGIN IMMEDIATE")
         try:
             for request in batch:
+                if not alone:
+                    db.execute("SAVEPOINT kern_append")
                 try:
                     outcomes.append(self._append_one(db, request))
-                except KernEventsError as error:
-                    outcomes.append(error)
+                except Exception as exc:
+                    if not db.in_transaction:
+                        raise
+                    if alone:
+                        self._rollback(db)
+                        return [_append_error(request, exc)]
+                    db.execute("ROLLBACK TO kern_append")
+                    outcomes.append(_append_error(request, exc))
+                if not alone:
+                    db.execute("RELEASE kern_append")
             db.execute("COMMIT")
         except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            self._rollback(db)
             raise
         return outcomes
 
-    def _append_one(self, db: sqlite3.Connection, request: _AppendRequest) -> AppendResult:
-        """One append inside the batch's transaction; it writes nothing unless it succeeds.
+    def _rollback(self, db: sqlite3.Connection) -> None:
+        """End the writer's failed transaction; if even ``ROLLBACK`` fails, the connection is still in
+        it and every later ``BEGIN`` would fail, so it is marked for :meth:`_write` to reopen."""
+        if not db.in_transaction:
+            return
+        with contextlib.suppress(sqlite3.Error):  # the caller's own error is the one to report
+            db.execute("ROLLBACK")
+        if db.in_transaction:
+            self._writer_stuck = True
 
-        The conflict and retry checks come before any write, and a multi-row INSERT that hits a
-        unique index is undone by SQLite as a whole statement, so no savepoint is needed.
+    def _append_one(self, db: sqlite3.Connection, request: _AppendRequest) -> AppendResult:
+        """One append inside the batch's transaction; the caller undoes its writes if it fails.
+
+        The conflict and retry checks come before any write; the INSERT may be several statements
+        (at most 4,000 rows each), so a reused id in a later one fails after earlier rows were written.
         """
         session_id, pending, expected = request.session_id, request.pending, request.expected
         row = db.execute(self._sql_head, (session_id,)).fetchone()
@@ -385,7 +554,7 @@ class SqliteEventStore(BaseEventStore):
         return [found.get(new.event_id) for new in pending]
 
     async def _delete_session(self, session_id: str) -> bool:
-        return await self._call(self._writer, self._delete_in_thread, session_id)
+        return await self._write(self._delete_in_thread, session_id)
 
     def _delete_in_thread(self, db: sqlite3.Connection, session_id: str) -> bool:
         t = self.tables
@@ -401,13 +570,12 @@ class SqliteEventStore(BaseEventStore):
             ).rowcount
             db.execute("COMMIT")
         except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            self._rollback(db)
             raise
         return bool(erased or tombstoned)
 
     async def _save_snapshot(self, snapshot: Snapshot) -> None:
-        await self._call(self._writer, self._save_snapshot_in_thread, snapshot)
+        await self._write(self._save_snapshot_in_thread, snapshot)
 
     def _save_snapshot_in_thread(self, db: sqlite3.Connection, snapshot: Snapshot) -> None:
         db.execute("BEGIN IMMEDIATE")
@@ -427,8 +595,7 @@ class SqliteEventStore(BaseEventStore):
             db.execute(self._sql_snapshot_prune, key + key)
             db.execute("COMMIT")
         except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            self._rollback(db)
             raise
 
     # -- reading -----------------------------------------------------------------------------------
@@ -443,14 +610,28 @@ class SqliteEventStore(BaseEventStore):
 
     async def _read_page(
         self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
-    ) -> Sequence[StoredEvent]:
+    ) -> Page:
         typed = "" if types is None else f"AND type IN ({', '.join('?' for _ in types)}) "
-        sql = self._sql_page.format(typed=typed, order="DESC" if backwards else "ASC")
-        rows = await self._fetch(sql, (session_id, low, _MAX_VERSION if high is None else high, *(types or ()), limit))
-        return _stored_page(rows)
+        order = "DESC" if backwards else "ASC"
+        return await self._fetch_page(
+            lambda columns: self._sql_page.format(columns=columns, typed=typed, order=order),
+            (session_id, low, _MAX_VERSION if high is None else high, *(types or ()), limit),
+        )
 
-    async def _read_all_page(self, from_position: int, limit: int) -> Sequence[StoredEvent]:
-        rows = await self._fetch(self._sql_all_page, (from_position, limit))
+    async def _read_all_page(self, from_position: int, limit: int) -> Page:
+        return await self._fetch_page(self._sql_all_page.format, (from_position, limit))
+
+    async def _fetch_page(self, sql: Callable[..., str], params: Sequence[Any]) -> Page:
+        """A page of events; ``sql(columns=...)`` is its statement selecting ``columns``.
+
+        When SQLite cannot return the page at all (a damaged row's TEXT is not UTF-8: the driver
+        fails the whole fetch), it is read again with text as bytes and checked row by row, so the
+        good rows still arrive and the damaged one is reported as such; on that error path only.
+        """
+        try:
+            rows = await self._fetch(sql(columns=_COLUMNS), params)
+        except StorageError:
+            return _decoded_page(await self._fetch(sql(columns=_TEXT_AS_BYTES), params))
         return _stored_page(rows)
 
     async def _current_version(self, session_id: str) -> int:
@@ -492,6 +673,27 @@ class SqliteEventStore(BaseEventStore):
         return snapshot_from_row(rows[0])
 
 
+def _append_error(request: _AppendRequest, exc: Exception) -> KernEventsError:
+    """The typed error for one append that failed inside a batch (its writes already undone).
+
+    Input that passed validation but that SQLite cannot take (a lone surrogate in a string, a value
+    of a type it cannot bind) is the caller's to fix; any other driver error is a storage failure.
+    """
+    if isinstance(exc, KernEventsError):
+        return exc
+    error: KernEventsError
+    if isinstance(exc, ValueError | OverflowError | TypeError | sqlite3.InterfaceError | sqlite3.ProgrammingError):
+        unencodable = isinstance(exc, UnicodeEncodeError) and exc.object == request.session_id
+        error = InvalidArgumentError(
+            "session_id" if unencodable else "events",
+            f"SQLite cannot store this append to session {request.session_id!r}: {type(exc).__name__}: {exc}",
+        )
+    else:
+        error = StorageError(f"SQLite failed appending to session {request.session_id!r}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
 class _AppendRequest:
     """One append on its way through the group committer."""
 
@@ -510,6 +712,33 @@ class _AppendRequest:
         self.pending = pending
         self.expected = expected
         self.recorded_at = recorded_at
+
+
+def _read_only_uri(path: str) -> str:
+    """A ``file:`` URI that opens ``path`` read-only (``mode=ro``): SQLite creates and writes nothing."""
+    return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+
+
+def _open_failure(path: str, error: sqlite3.Error, read_only: bool) -> str:
+    """Why SQLite could not open ``path``, in the user's words where we can tell."""
+    file = os.path.abspath(path)
+    if os.path.isdir(file):
+        return "it is a directory"
+    if not os.path.isdir(os.path.dirname(file)):
+        return f"its directory {os.path.dirname(file)!r} does not exist"
+    if not os.path.exists(file):
+        if read_only:
+            return "the file does not exist"
+        if not os.access(os.path.dirname(file), os.W_OK | os.X_OK):
+            return "no permission to create it in its directory"
+    elif not os.access(file, os.R_OK if read_only else os.R_OK | os.W_OK):
+        return "permission denied"
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY))
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return "too many open files"
+    return str(error)
 
 
 def _fetchall(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:

@@ -17,6 +17,7 @@ from kern_events import (
 from projections import fold_records
 from tests._backends import Backend
 from tests._codecs import CorruptingCodec, FutureCodec
+from tests._feed import feed_reaches
 
 
 def _message(n: int) -> MessageAdded:
@@ -83,6 +84,7 @@ async def test_read_all_interleaves_sessions_in_global_order(backend: Backend) -
             session = f"s{n % 4}"
             result = await store.append(session, [_message(n)])
             written.append((session, result.positions[0]))
+        await feed_reaches(store, written[-1][1])
         records = [record async for record in store.read_all()]
         assert [(record.session_id, record.position) for record in records] == written
         middle = written[7][1]
@@ -94,12 +96,22 @@ async def test_read_all_interleaves_sessions_in_global_order(backend: Backend) -
         ]
 
 
+async def test_the_feed_lag_is_zero_once_the_feed_has_passed_every_append(backend: Backend) -> None:
+    async with backend.store() as store:
+        result = await store.append("s", [_message(1), _message(2)])
+        await feed_reaches(store, result.positions[-1])
+        lag = await store.feed_lag()
+    assert lag.held_back == 0 and lag.since is None and lag.holder_pid is None
+    assert lag.fence is None if backend.name != "postgres" else lag.fence > result.positions[-1]
+
+
 async def test_an_unknown_event_type_is_returned_raw_and_skipped_by_projections(backend: Backend) -> None:
     async with backend.store(codec=FutureCodec()) as store:
-        await store.append(
+        written = await store.append(
             "s", [SessionStarted(session_type="agent", user_id="u"), SessionRenamed(name="x"), _message(1)]
         )
         records = [record async for record in store.read("s")]
+        await feed_reaches(store, written.positions[-1])
         everything = [record async for record in store.read_all()]
     unknown = records[1].event
     assert isinstance(unknown, UnknownEvent)

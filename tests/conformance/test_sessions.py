@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from kern_events import (
+    AppendResult,
+    BaseDb,
     ConcurrencyError,
     MediaReference,
     MessageAdded,
     RunMetrics,
     Session,
     SessionNotFoundError,
+    SessionRenamed,
     Snapshot,
     StoragePolicy,
+    StorageUnavailableError,
     ToolCallCompleted,
     ToolCallRequest,
     ToolCallStarted,
@@ -196,3 +203,113 @@ async def test_state_read_from_its_checkpoint_equals_the_state_in_the_view(backe
         stale = Snapshot(session_id="s", name="state", schema_version=1, version=session.version, data=b"\xc1")
         await db.store.save_snapshot(stale)
         assert await db.get_session_state("s") == {"k0": 0, "k3": 3, "k6": 6}
+
+
+async def _records_of_run(db: BaseDb, run_id: str) -> list[str]:
+    return [
+        record.type
+        async for record in db.store.read("s")
+        if getattr(record.event, "run_id", None) == run_id or isinstance(record.event, SessionRenamed)
+    ]
+
+
+async def test_a_step_whose_answer_was_lost_after_commit_is_stored_once_when_flushed_again(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with backend.db() as db:
+        session = await db.open_session("s")
+        run = await session.start_run("r1")
+        run.message("user", "what is the weather?")  # the step also names the session
+        committed = db.store.append
+
+        async def answer_lost(*args: Any, **options: Any) -> AppendResult:
+            await committed(*args, **options)  # stored for real; only the answer never arrives
+            raise StorageUnavailableError("PostgreSQL connection lost: after the commit")
+
+        monkeypatch.setattr(db.store, "append", answer_lost)
+        with pytest.raises(StorageUnavailableError):
+            await run.flush()
+        monkeypatch.undo()
+        stored = await db.store.current_version("s")
+        again = await run.flush()
+        assert again is not None and again.to_version == stored, "the first call's result, nothing new"
+        assert session.version == stored
+        run.message("assistant", "sunny")
+        await run.complete()
+        types = await _records_of_run(db, "r1")
+        assert session.version == await db.store.current_version("s")
+    assert types == ["run_started", "message_added", "session_renamed", "message_added", "run_completed"]
+
+
+async def test_a_flush_cancelled_after_the_commit_is_stored_once_when_flushed_again(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with backend.db() as db:
+        session = await db.open_session("s", name="named")
+        run = await session.start_run("r1")
+        await run.flush()
+        run.message("assistant", "part one")
+        committed = db.store.append
+        with anyio.CancelScope() as scope:
+
+            async def cancelled_after_commit(*args: Any, **options: Any) -> AppendResult:
+                result = await committed(*args, **options)
+                scope.cancel()
+                await anyio.lowlevel.checkpoint()  # the cancellation lands here, after the commit
+                return result
+
+            monkeypatch.setattr(db.store, "append", cancelled_after_commit)
+            await run.flush()
+        assert scope.cancelled_caught
+        monkeypatch.undo()
+        run.message("assistant", "part two")
+        await run.flush()  # the cancelled step first (same ids: nothing new), then this one
+        await run.complete()
+        types = await _records_of_run(db, "r1")
+    assert types == ["run_started", "message_added", "message_added", "run_completed"]
+
+
+async def test_a_session_is_opened_and_read_by_the_same_callers(backend: Backend) -> None:
+    """One rule for writers and readers: a caller with a user id reaches only that user's sessions; a
+    caller without one (the application itself) reaches every session."""
+    async with backend.db() as db:
+        await db.open_session("alices", user_id="alice")
+        await db.open_session("nobodys")
+        versions = {name: await db.store.current_version(name) for name in ("alices", "nobodys")}
+        for session_id in ("alices", "nobodys"):
+            for caller in (None, "alice", "bob"):
+                try:
+                    await db.get_session(session_id, user_id=caller)
+                    readable = True
+                except SessionNotFoundError:
+                    readable = False
+                try:
+                    writer = await db.open_session(session_id, user_id=caller)
+                    await writer.update_state({"by": caller})
+                    writable = True
+                except SessionNotFoundError:
+                    writable = False
+                assert readable == writable, (session_id, caller)
+                assert readable == (caller is None or (session_id, caller) == ("alices", "alice")), (session_id, caller)
+        assert await db.store.current_version("alices") == versions["alices"] + 2, "alice and the application"
+        assert await db.store.current_version("nobodys") == versions["nobodys"] + 1, "the application only"
+
+
+async def test_a_refused_session_looks_like_an_unknown_one(backend: Backend) -> None:
+    async with backend.db() as db:
+        await db.open_session("alices", user_id="alice")
+        await db.open_session("nobodys")
+        refused: list[str] = []
+        for session_id in ("alices", "nobodys", "unknown"):
+            with pytest.raises(SessionNotFoundError) as caught:
+                await db.open_session(session_id, user_id="bob", create=False)
+            assert caught.value.session_id == session_id
+            refused.append(str(caught.value).replace(session_id, "<id>"))
+        assert len(set(refused)) == 1, refused
+        assert await db.store.get_session_info("unknown") is None, "create=False starts nothing"
+        own = await db.open_session("alices", user_id="alice", create=False)
+        assert own.user_id == "alice"
+        with pytest.raises(SessionNotFoundError):  # creating reveals no more: the id is taken
+            await db.open_session("alices", user_id="bob")
+        created = await db.open_session("bobs", user_id="bob")
+        assert (await db.get_session("bobs", user_id="bob")).user_id == created.user_id == "bob"

@@ -1,0 +1,76 @@
+"""The backend kit: everything a store of your own builds on, public and documented.
+
+A backend is a subclass of :class:`BaseEventStore` that implements its underscore hooks over some
+storage. The base class does the rest once for every backend: argument checks, encoding (a backend
+stores and returns :class:`StoredEvent` rows and never sees the codec), paging, the lifecycle
+(``async with``, :meth:`~BaseEventStore.aclose`), subscriptions and change signals. The rules that
+decide between "conflict", "idempotent retry" and "reused id" are functions here
+(:func:`check_expected`, :func:`conflict`, :func:`match_retry`), and so is the session-index rule
+(:func:`advance_index`, or :func:`index_delta` + :func:`apply_delta` for a backend that applies it in
+its own query language), so that every backend answers the same way.
+
+The hooks, each called only with checked arguments on an open store:
+
+==========================  ======================================================================
+``_open`` / ``_close``      connect and create tables on first use / release it all (optional)
+``_append``                 store pending events atomically after checking the expected version,
+                            and advance the session index in the same atomic step
+``_read_page``              up to ``limit`` rows of one session by version, optionally by type
+``_read_all_page``          up to ``limit`` rows of every session in global position order
+``_current_version``        the session's head version (kept after deletion as a tombstone)
+``_get_session_info``       the session's index row, ``None`` if absent or deleted
+``_list_sessions``          index rows matching a :class:`SessionFilter`
+``_delete_session``         erase events, snapshots and the index row, keep the version
+``_save_snapshot``          store a checkpoint, keeping the newest :data:`SNAPSHOTS_KEPT`
+``_load_snapshot``          the newest matching checkpoint
+``listen`` / ``_announce``  cross-process wake-ups for subscriptions (optional; else they poll)
+==========================  ======================================================================
+
+A backend is done when it passes the conformance suite, :mod:`kern_events.testing`.
+:class:`GroupCommit` is there for backends that gain from committing concurrent appends together.
+"""
+
+from __future__ import annotations
+
+from kern_events._index import IndexDelta, SessionInfo, advance_index, apply_delta, index_delta
+from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
+from kern_events.store import EventStore, SessionSort
+from kern_events.stores._base import (
+    DEFAULT_MAX_EVENT_SIZE,
+    MAX_EVENTS_PER_APPEND,
+    SNAPSHOTS_KEPT,
+    BaseEventStore,
+    SessionFilter,
+    check_expected,
+    conflict,
+    match_retry,
+    new_event_id,
+)
+from kern_events.stores._group import GroupCommit
+from kern_events.subscription import ChangeSignal
+
+__all__ = [
+    "DEFAULT_MAX_EVENT_SIZE",
+    "MAX_EVENTS_PER_APPEND",
+    "SNAPSHOTS_KEPT",
+    "AppendResult",
+    "BaseEventStore",
+    "ChangeSignal",
+    "EventStore",
+    "ExpectedVersion",
+    "GroupCommit",
+    "IndexDelta",
+    "PendingEvent",
+    "SessionFilter",
+    "SessionInfo",
+    "SessionSort",
+    "Snapshot",
+    "StoredEvent",
+    "advance_index",
+    "apply_delta",
+    "check_expected",
+    "conflict",
+    "index_delta",
+    "match_retry",
+    "new_event_id",
+]

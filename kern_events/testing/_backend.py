@@ -1,0 +1,47 @@
+"""The one thing a backend under test provides: how to open stores (and dbs) on one database."""
+
+from __future__ import annotations
+
+import abc
+
+from kern_events.codec import Codec
+from kern_events.db import BaseDb
+from kern_events.sessions import StoragePolicy
+from kern_events.store import EventStore
+
+__all__ = ["Backend"]
+
+
+class Backend(abc.ABC):
+    """One database of the backend under test; the conformance suite's ``backend`` fixture returns one.
+
+    Every store :meth:`store` opens is on this same database. Subclass it, implement :meth:`store`,
+    set the two capability flags, and put whatever must be dropped afterwards in :meth:`cleanup`.
+    """
+
+    name: str = "backend"
+    """Shown in failure messages."""
+    persistent: bool = True
+    """Whether a second store opened by :meth:`store` sees what the first one wrote, as a store in
+    another process would (the tests for two writers, reopening and cross-store delivery need it)."""
+    streams_from_storage: bool = True
+    """Whether reads hold a page, not the whole session, in memory (false for in-memory stores)."""
+
+    @abc.abstractmethod
+    def store(self, *, codec: Codec | None = None) -> EventStore:
+        """A new, unopened store on this backend's database, with ``codec`` if one is given."""
+
+    def db(
+        self,
+        *,
+        cache_size: int = 0,
+        storage_policy: StoragePolicy | None = None,
+        checkpoint_every: int | None = 1000,
+    ) -> BaseDb:
+        """A new, unopened db on a new store of this database (override to test your own db class)."""
+        return BaseDb(
+            self.store(), cache_size=cache_size, storage_policy=storage_policy, checkpoint_every=checkpoint_every
+        )
+
+    def cleanup(self) -> None:  # noqa: B027 - optional hook
+        """Drop what this database left outside the test's temporary directory."""

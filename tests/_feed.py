@@ -1,0 +1,24 @@
+"""Waiting for the global feed: a test that reads ``read_all`` right after appending waits until the
+feed's fence has passed its appends, because on a shared PostgreSQL server anyone's open transaction
+holds the fence back for a while (see :class:`kern_events.FeedLag`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from kern_events.stores._base import BaseEventStore
+
+
+async def feed_reaches(store: BaseEventStore, position: int, *, within: float = 30.0) -> None:
+    """Return once every event at or below ``position`` is readable through the global feed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    delay = 0.005
+    while True:
+        lag = await store.feed_lag()
+        if lag.fence is None or lag.fence > position:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"the feed stayed behind position {position} for {within} s: {lag}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)

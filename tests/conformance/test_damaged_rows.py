@@ -1,0 +1,117 @@
+"""Damaged rows: a reader gets every good record, and a ``CorruptRecordError`` for each bad one in order.
+
+Rows are damaged behind the store's back with raw SQL, as a disk, a bug or a manual edit would. A
+reader that meets a :class:`CorruptRecordError` resumes right after it (``from_version=error.version
++ 1`` or ``from_position=error.position + 1``) and misses no good record, wherever the bad row sits in
+a page.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import anyio
+import asyncpg
+import pytest
+
+from kern_events import CorruptRecordError, EventStore, MessageAdded
+from tests import _pg
+from tests._backends import Backend
+
+SIZE = 30
+PAGE = 10
+DAMAGED = [1, 5, 11, 12, 20, 21, 30]
+"""First row, mid-page, two in a row across a page boundary, and the last row."""
+
+_SQLITE_DAMAGE = [
+    "UPDATE kern_events SET event_id = randomblob(3) WHERE session_id = ? AND version = ?",
+    "UPDATE kern_events SET data = x'c1ff' WHERE session_id = ? AND version = ?",
+    "UPDATE kern_events SET data = CAST(x'ff00fe' AS TEXT) WHERE session_id = ? AND version = ?",
+    "UPDATE kern_events SET type = CAST(x'6dff' AS TEXT) WHERE session_id = ? AND version = ?",
+]
+"""Each damaged SQLite row gets one of these in turn: an id of the wrong length, bytes that are not an
+event, a payload stored as TEXT that is not UTF-8, and a type name that is not UTF-8."""
+
+
+async def _damage(backend: Backend, session_id: str, versions: list[int]) -> None:
+    if backend.name == "sqlite":
+        with sqlite3.connect(backend.db_file) as raw:
+            for n, version in enumerate(versions):
+                raw.execute(_SQLITE_DAMAGE[n % len(_SQLITE_DAMAGE)], (session_id, version))
+    elif backend.name == "postgres":
+        connection = await asyncpg.connect(_pg.PG_URL)
+        try:
+            await connection.execute(
+                f'UPDATE "{backend.schema}".kern_events SET data = $3 WHERE session_id = $1 AND version = ANY($2)',
+                session_id,
+                versions,
+                b"\xc1\xff",
+            )
+        finally:
+            await connection.close()
+    else:
+        pytest.skip("the in-memory store has no storage to damage behind its back")
+
+
+async def _read_past_damage(store: EventStore, session_id: str) -> tuple[list[int], list[int]]:
+    good: list[int] = []
+    bad: list[int] = []
+    start = 1
+    while True:
+        try:
+            async for record in store.read(session_id, from_version=start):
+                good.append(record.version)
+        except CorruptRecordError as error:
+            assert error.session_id == session_id
+            bad.append(error.version)
+            start = error.version + 1
+        else:
+            return good, bad
+
+
+async def _read_all_past_damage(store: EventStore) -> tuple[list[int], list[CorruptRecordError]]:
+    good: list[int] = []
+    bad: list[CorruptRecordError] = []
+    start = 0
+    while True:
+        try:
+            async for record in store.read_all(from_position=start):
+                good.append(record.position)
+        except CorruptRecordError as error:
+            bad.append(error)
+            start = error.position + 1
+        else:
+            return good, bad
+
+
+async def _until_the_feed_reaches(store: EventStore, position: int) -> None:
+    """Wait until ``position`` (an undamaged row) is in the global feed: PostgreSQL's feed lags behind
+    the oldest transaction open on the server, which other clients of a shared server may hold."""
+    # No event to wait on: the fence moves when someone else's transaction ends.
+    while not [record async for record in store.read_all(from_position=position)]:  # noqa: ASYNC110
+        await anyio.sleep(0.05)
+
+
+def _messages(session_id: str) -> list[MessageAdded]:
+    return [MessageAdded(run_id="r", role="user", content=f"{session_id}-{n}") for n in range(1, SIZE + 1)]
+
+
+async def test_a_reader_gets_every_good_record_and_an_error_for_each_damaged_one(backend: Backend) -> None:
+    written: list[int] = []
+    async with backend.store() as store:
+        for start in range(0, SIZE, 3):  # two sessions interleaved in the global feed
+            for session_id in ("a", "b"):
+                written += (await store.append(session_id, _messages(session_id)[start : start + 3])).positions
+    await _damage(backend, "a", DAMAGED)
+    async with backend.store() as store:
+        store.read_page_size = PAGE  # type: ignore[attr-defined]
+        good, bad = await _read_past_damage(store, "a")
+        assert bad == DAMAGED
+        assert good == [version for version in range(1, SIZE + 1) if version not in DAMAGED]
+        assert await _read_past_damage(store, "b") == (list(range(1, SIZE + 1)), [])
+
+        await _until_the_feed_reaches(store, written[-1])
+        positions, errors = await _read_all_past_damage(store)
+        assert [(error.session_id, error.version) for error in errors] == [("a", version) for version in DAMAGED]
+        assert len(positions) == 2 * SIZE - len(DAMAGED)
+        assert sorted([*positions, *(error.position for error in errors)]) == written

@@ -1,0 +1,114 @@
+"""PostgreSQL under concurrency: deletes racing appends, batches of new sessions, poisoned batches, conflicts.
+
+Each scenario runs many short trials against the real server, because each race shows only in a
+fraction of them; the sizes are small by default and grow with ``KERN_HEAVY_SCALE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from kern_events import ConcurrencyError, KernEventsError, MessageAdded, PostgresEventStore
+from tests import _pg
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    _pg.require_postgres()
+    name = _pg.new_schema()
+    try:
+        yield name
+    finally:
+        _pg.drop_schema(name)
+
+
+def _message(text: str) -> MessageAdded:
+    return MessageAdded(run_id="r", role="user", content=text)
+
+
+def _store(schema: str, **options: object) -> PostgresEventStore:
+    return PostgresEventStore(_pg.PG_URL, schema=schema, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.heavy
+async def test_after_a_delete_returns_no_event_of_the_deleted_session_is_readable(
+    schema: str, heavy_scale: int
+) -> None:
+    """A delete racing appends either erases them or precedes them; never a tombstone over live events."""
+    trials = 200 * heavy_scale
+    leaked: list[tuple[int, list[int]]] = []
+    async with _store(schema, pool_size=6) as store, _store(schema, pool_size=6) as writer:
+        for trial in range(trials):
+            session = f"s{trial}"
+            await store.append(session, [_message("first")])
+            appends = [asyncio.ensure_future(writer.append(session, [_message(f"racing {n}")])) for n in range(4)]
+            await asyncio.sleep(0)  # the appends are on their way to the server
+            await store.delete_session(session)
+            await asyncio.gather(*appends)
+            if await store.get_session_info(session) is not None:
+                continue  # an append landed after the delete: a new incarnation, legitimately readable
+            readable = [record.version async for record in store.read(session)]
+            readable += [record.version async for record in store.read(session, backwards=True)]
+            everywhere = [record.version async for record in store.read_all() if record.session_id == session]
+            if readable or everywhere:
+                leaked.append((trial, readable + everywhere))
+    assert leaked == [], f"{len(leaked)} of {trials} deletes left events readable behind the tombstone"
+
+
+async def _create_in_order(store: PostgresEventStore, sessions: list[str]) -> list[BaseException | object]:
+    """One append per session, all at once, so the group committer batches them in this order."""
+    results = await asyncio.gather(
+        *(store.append(session, [_message(session)]) for session in sessions), return_exceptions=True
+    )
+    return list(results)
+
+
+@pytest.mark.heavy
+async def test_batches_creating_the_same_new_sessions_in_opposite_order_never_fail(
+    schema: str, heavy_scale: int
+) -> None:
+    trials = 30 * heavy_scale
+    failed: list[BaseException] = []
+    async with _store(schema, pool_size=2) as first, _store(schema, pool_size=2) as second:
+        await first.append("warm-up", [_message("tables")])
+        await second.append("warm-up", [_message("connections")])
+        for trial in range(trials):
+            sessions = [f"t{trial}-{n:03d}" for n in range(200)]
+            outcomes = await asyncio.gather(_create_in_order(first, sessions), _create_in_order(second, sessions[::-1]))
+            failed += [outcome for results in outcomes for outcome in results if isinstance(outcome, BaseException)]
+        counts = await first._fetch(f'SELECT count(*) FROM "{schema}".kern_events WHERE session_id LIKE $1', "t%")
+    assert failed == [], f"{len(failed)} appends failed, e.g. {failed[0]!r}"
+    assert counts[0][0] == trials * 200 * 2
+
+
+async def test_a_poisoned_append_fails_alone_and_its_batch_commits(schema: str) -> None:
+    """Five appends the server cannot take among 500 concurrent ones: only their callers see an error."""
+    poisoned = set(range(3, 500, 100))
+    async with _store(schema, pool_size=2) as store:
+        for n in sorted(poisoned):
+            await store.append(f"p{n}", [_message("exists")])
+
+        async def append(n: int) -> object:
+            if n in poisoned:
+                return await store.append(f"p{n}", [_message("poison")], expected_version=2**63)
+            return await store.append(f"p{n}", [_message(f"innocent {n}")])
+
+        outcomes = await asyncio.gather(*(append(n) for n in range(500)), return_exceptions=True)
+        stored = await store._fetch(f'SELECT count(*) FROM "{schema}".kern_events WHERE data <> $1', b"")
+    errors = {n: outcome for n, outcome in enumerate(outcomes) if isinstance(outcome, BaseException)}
+    assert set(errors) == poisoned, f"{len(errors)} appends failed: {sorted(errors)[:10]}…"
+    assert all(isinstance(error, KernEventsError) for error in errors.values()), errors
+    assert stored[0][0] == 495 + len(poisoned), "the innocent appends, and the poisoned sessions' first events"
+
+
+async def test_a_conflict_carries_the_current_version_so_the_retry_needs_no_read(schema: str) -> None:
+    async with _store(schema) as store:
+        await store.append("hot", [_message("one"), _message("two")])
+        with pytest.raises(ConcurrencyError) as caught:
+            await store.append("hot", [_message("stale")], expected_version=1)
+        assert (caught.value.expected_version, caught.value.actual_version) == (1, 2)
+        result = await store.append("hot", [_message("retried")], expected_version=caught.value.actual_version)
+        assert result.to_version == 3
