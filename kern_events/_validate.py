@@ -1,21 +1,44 @@
-"""Argument checks shared by every entry point, so bad input fails the same way on every backend."""
+"""Argument checks shared by every entry point, so bad input fails the same way on every backend.
+
+They also refuse what some driver could not bind (a lone surrogate in a string, an integer beyond
+64 bits): such a value must fail here, as an :class:`InvalidArgumentError` before anything runs,
+never as a driver error inside a batch it shares with other callers' appends.
+"""
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Mapping
+from typing import TypeVar
+
+import msgspec
 
 from kern_events.errors import InvalidArgumentError, InvalidIdentifierError
 from kern_events.events import EVENT_TYPES
 
 __all__ = [
+    "MAX_INT32",
+    "MAX_INT64",
+    "check_choice",
     "check_event_types",
+    "check_flag",
     "check_identifier",
+    "check_items",
     "check_name",
     "check_non_negative",
     "check_optional_identifier",
+    "check_seconds",
     "check_sql_identifier",
 ]
+
+MAX_INT64 = 2**63 - 1
+"""The largest version, position, limit or offset: both SQL backends store them as signed 64 bits."""
+
+MAX_INT32 = 2**31 - 1
+"""The largest snapshot schema version (PostgreSQL stores it as ``integer``)."""
+
+T = TypeVar("T")
 
 MAX_NAME_LENGTH = 1024
 
@@ -34,7 +57,20 @@ def check_identifier(argument: str, value: object) -> str:
         raise InvalidIdentifierError(argument, value, f"it is longer than {MAX_ID_LENGTH} characters")
     if _CONTROL.search(value):
         raise InvalidIdentifierError(argument, value, "it contains a control character")
+    if not _is_utf8(value):
+        raise InvalidIdentifierError(argument, value, "it is not valid UTF-8 (it holds a lone surrogate)")
     return value
+
+
+def _is_utf8(value: str) -> bool:
+    """Whether ``value`` encodes to UTF-8 (no lone surrogates), which every driver needs to bind it."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_optional_identifier(argument: str, value: object) -> str | None:
@@ -50,6 +86,8 @@ def check_name(argument: str, value: object) -> str:
         raise InvalidArgumentError(argument, "a name must not contain NUL characters")
     if len(value) > MAX_NAME_LENGTH:
         raise InvalidArgumentError(argument, f"a name is at most {MAX_NAME_LENGTH} characters")
+    if not _is_utf8(value):
+        raise InvalidArgumentError(argument, "a name must be valid UTF-8 (it holds a lone surrogate)")
     return value
 
 
@@ -66,12 +104,49 @@ def check_sql_identifier(argument: str, value: object) -> str:
     return value
 
 
-def check_non_negative(argument: str, value: object, *, allow_none: bool = False) -> None:
-    """An integer >= 0 (``None`` too, if allowed)."""
+def check_non_negative(argument: str, value: object, *, allow_none: bool = False, maximum: int = MAX_INT64) -> None:
+    """An integer from 0 to ``maximum`` (64-bit signed by default; ``None`` too, if allowed)."""
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidArgumentError(argument, f"expected an integer >= 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise InvalidArgumentError(argument, f"expected an integer from 0 to {maximum}, got {value!r}")
+
+
+def check_flag(argument: str, value: object) -> bool:
+    """A ``bool`` (not merely something truthy: ``backwards="no"`` is a mistake, not a yes)."""
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(argument, f"expected True or False, got {value!r}")
+    return value
+
+
+def check_seconds(argument: str, value: object, *, finite: bool = False) -> float:
+    """A time or duration in seconds (unix time for a timestamp) as a float: an int or float, never
+    NaN (and, if ``finite``, not infinite either)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentError(argument, f"expected a number of seconds, got {value!r}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if math.isnan(seconds) or (finite and math.isinf(seconds)):
+        raise InvalidArgumentError(
+            argument, f"expected a {'finite ' if finite else ''}number of seconds, got {value!r}"
+        )
+    return seconds
+
+
+def check_choice(argument: str, value: object, choices: Collection[str]) -> str:
+    """One of ``choices`` (a string; anything else, hashable or not, is refused)."""
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidArgumentError(argument, f"expected one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def check_items(argument: str, value: Iterable[T]) -> list[T]:
+    """A sequence of items as a list: refuses ``None``, a string, a mapping or a single item."""
+    if isinstance(value, str | bytes | bytearray | Mapping | msgspec.Struct) or not isinstance(value, Iterable):
+        raise InvalidArgumentError(argument, f"expected a sequence, got {type(value).__qualname__}")
+    return list(value)
 
 
 def check_event_types(argument: str, value: Collection[str] | None) -> tuple[str, ...] | None:

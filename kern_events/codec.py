@@ -5,11 +5,21 @@ Decoding never guesses: a type tag this release does not know becomes an
 :class:`~kern_events.records.UnknownEvent` (so audit tools can still read a log written by a newer
 release), and bytes of a known type that do not decode raise
 :class:`~kern_events.errors.CorruptRecordError` naming the session and version.
+
+Encoding is strict: msgspec does not check field types when a Struct is built, so every encoded
+event is decoded back and compared with the event given. An event that would read back different
+(a dict where ``RunMetrics`` is declared, a list where a tuple is, a set or tuple inside an ``Any``
+field) is refused with :class:`~kern_events.errors.InvalidEventError` naming the field, as is one
+the encoder cannot take at all (too deep, self-referencing, an integer beyond 64 bits, a lone
+surrogate). NaN reads back as NaN and is accepted; so is a value that reads back *equal* but of a
+plainer type (an ``IntEnum`` member as its int, ``bytearray`` as ``bytes``, an int as a declared float).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import math
+import re
+from typing import Any, Protocol
 from uuid import UUID
 
 import msgspec
@@ -43,16 +53,50 @@ class MsgpackCodec:
     def encode(self, event: Event, event_id: UUID) -> PendingEvent:
         """Encode one event (its type tag is part of the bytes and also kept beside them).
 
-        The bytes are decoded once more before they are handed out: msgspec does not check field
-        types when a Struct is built, and an event that would not decode must never be stored.
+        The bytes are decoded once more and compared with ``event`` before they are handed out: an
+        event that would not read back exactly as given must never be stored.
         """
         event_type = _tag_of(event)
         try:
             data = self._encoder.encode(event)
-            self._decoders[event_type].decode(data)
-        except (TypeError, msgspec.EncodeError, msgspec.ValidationError) as exc:
-            raise InvalidEventError("event", event_type, str(exc)) from exc
+            decoded = self._decoders[event_type].decode(data)
+            same = decoded == event
+        except _ENCODE_ERRORS as exc:
+            raise InvalidEventError("event", event_type, _describe(exc), field=self._failing_field(event, exc)) from exc
+        if not same:
+            try:
+                difference = _difference(event, decoded, "")
+            except RecursionError as exc:  # deeper than Python frames allow, though msgspec coped (3.12+)
+                raise InvalidEventError("event", event_type, _describe(exc), field=_deep_field(event, decoded)) from exc
+            if difference is not None:
+                raise InvalidEventError("event", event_type, difference[1], field=difference[0] or None)
         return PendingEvent(event_id=event_id, type=event_type, schema_version=event.schema_version, data=data)
+
+    def _failing_field(self, event: msgspec.Struct, exc: BaseException, prefix: str = "") -> str | None:
+        """The path of the field that made encoding fail: from msgspec's message where it gives one,
+        else by encoding field after field (into nested Structs, a few levels deep) until one fails."""
+        if isinstance(exc, msgspec.ValidationError):
+            at = _AT.search(str(exc))
+            return (at.group(1).lstrip(".") or None) if at else None
+        if prefix.count(".") >= _FIELD_SEARCH_DEPTH:  # a Struct that contains itself through a list
+            return None
+        for name in event.__struct_fields__:
+            value = getattr(event, name)
+            try:
+                self._encoder.encode(value)
+            except _ENCODE_ERRORS:
+                path = f"{prefix}{name}"
+                if isinstance(value, msgspec.Struct):
+                    return self._failing_field(value, exc, f"{path}.") or path
+                if isinstance(value, tuple | list):
+                    for index, item in enumerate(value):
+                        if isinstance(item, msgspec.Struct):
+                            try:
+                                self._encoder.encode(item)
+                            except _ENCODE_ERRORS:
+                                return self._failing_field(item, exc, f"{path}[{index}].") or f"{path}[{index}]"
+                return path
+        return None
 
     def decode(self, stored: StoredEvent) -> Record:
         """Decode one stored event; an unknown type is returned as raw bytes, never dropped."""
@@ -84,3 +128,84 @@ def _tag_of(event: object) -> str:
     if not isinstance(tag, str) or EVENT_TYPES.get(tag) is not cls:
         raise UnknownEventTypeError("events", event)
     return tag
+
+
+_ENCODE_ERRORS = (TypeError, ValueError, ArithmeticError, RecursionError, msgspec.MsgspecError)
+"""What msgspec raises for a value it cannot take: an unsupported type, a lone surrogate
+(UnicodeEncodeError), an integer beyond 64 bits (OverflowError), nesting beyond the recursion limit
+or a self-reference (RecursionError), a field of the wrong type on the way back (ValidationError)."""
+
+_FIELD_SEARCH_DEPTH = 4
+
+_AT = re.compile(r" - at `\$([^`]*)`$")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply, or refers to itself"
+    if isinstance(exc, UnicodeError):
+        return f"a string is not valid UTF-8 ({exc})"
+    if isinstance(exc, OverflowError):
+        return f"an integer is out of the 64-bit range ({exc})"
+    return str(exc)
+
+
+def _show(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else f"{shown[:77]}..."
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _deep_field(given: msgspec.Struct, back: msgspec.Struct) -> str | None:
+    """The first top-level field whose value differs, or is too deep to compare."""
+    for name in given.__struct_fields__:
+        try:
+            if getattr(given, name) != getattr(back, name):
+                return name
+        except RecursionError:
+            return name
+    return None
+
+
+def _difference(given: Any, back: Any, path: str) -> tuple[str, str] | None:
+    """Where ``back`` (what the log would return) differs from ``given``, as (path, what), or ``None``
+    when they differ only in ways the module docstring accepts (NaNs, equal values of plainer types)."""
+    if type(given) is not type(back):
+        if given == back:
+            return None
+        return path, (
+            f"a {type(given).__qualname__} would be stored and read back as a {type(back).__qualname__} "
+            f"({_show(given)} -> {_show(back)}); give the declared type"
+        )
+    if isinstance(given, msgspec.Struct):
+        for name in given.__struct_fields__:
+            found = _difference(getattr(given, name), getattr(back, name), _join(path, name))
+            if found is not None:
+                return found
+        return None
+    if isinstance(given, float):
+        same = given == back or (math.isnan(given) and math.isnan(back))
+        return None if same else (path, f"{given!r} would read back as {back!r}")
+    if isinstance(given, list | tuple):
+        if len(given) != len(back):
+            return path, f"{len(given)} items would read back as {len(back)}"
+        for index, (item, item_back) in enumerate(zip(given, back, strict=True)):
+            found = _difference(item, item_back, f"{path}[{index}]")
+            if found is not None:
+                return found
+        return None
+    if isinstance(given, dict):
+        if len(given) != len(back):
+            return path, f"{len(given)} keys would read back as {len(back)} (keys that read back equal collapse)"
+        for key, key_back in zip(given, back, strict=True):
+            inner = _join(path, key) if isinstance(key, str) else f"{path}[{key!r}]"
+            if type(key) is not type(key_back) or key != key_back:
+                return inner, f"the key {_show(key)} would read back as {_show(key_back)}"
+            found = _difference(given[key], back[key_back], inner)
+            if found is not None:
+                return found
+        return None
+    return None if given == back else (path, f"{_show(given)} would read back as {_show(back)}")

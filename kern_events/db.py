@@ -14,7 +14,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from kern_events._index import SessionInfo
-from kern_events._validate import check_identifier, check_name, check_non_negative, check_optional_identifier
+from kern_events._validate import (
+    check_flag,
+    check_identifier,
+    check_name,
+    check_non_negative,
+    check_optional_identifier,
+    check_seconds,
+)
 from kern_events.checkpoints import Checkpoints
 from kern_events.codec import Codec
 from kern_events.errors import ConcurrencyError, RunNotFoundError, SessionNotFoundError
@@ -109,6 +116,7 @@ class BaseDb:
         """
         check_non_negative("version", version, allow_none=True)
         if as_of is not None:
+            check_seconds("as_of", as_of)
             version = await self.version_at(session_id, as_of, user_id=user_id)
             if version == 0:
                 raise SessionNotFoundError(session_id)  # it did not exist yet
@@ -162,6 +170,7 @@ class BaseDb:
         """
         check_non_negative("num_history_runs", num_history_runs, allow_none=True)
         check_non_negative("num_history_messages", num_history_messages, allow_none=True)
+        check_flag("include_tool_messages", include_tool_messages)
         info = await self._visible_info(session_id, user_id)
         window = HistoryWindow(
             num_history_runs=num_history_runs,
@@ -178,6 +187,9 @@ class BaseDb:
     ) -> list[tuple[str, RunView]]:
         """Paused runs (with their requirements) of one session, or of a user's sessions, as
         ``(session_id, run)`` pairs; newest sessions first."""
+        check_optional_identifier("session_id", session_id)
+        check_optional_identifier("user_id", user_id)
+        check_non_negative("limit", limit)
         if session_id is not None:
             sessions = [session_id]
         else:
@@ -198,6 +210,7 @@ class BaseDb:
     async def version_at(self, session_id: str, timestamp: float, *, user_id: str | None = None) -> int:
         """The session's version at unix time ``timestamp`` (0 if it had no event yet); reads back
         from the newest event, so recent times are cheap."""
+        check_seconds("timestamp", timestamp)
         info = await self._visible_info(session_id, user_id)
         return await version_at(self._store, session_id, timestamp, head=info.version)
 
@@ -208,6 +221,7 @@ class BaseDb:
         to there are copied (with new ids), and the original is left untouched. For "edit an earlier
         turn and try again", or replaying a run against another model."""
         check_identifier("new_session_id", new_session_id)
+        check_non_negative("version", version, allow_none=True)
         info = await self._visible_info(session_id, user_id)
         until = info.version if version is None else min(version, info.version)
         await fork(self._store, session_id, new_session_id, until=until)
@@ -222,6 +236,7 @@ class BaseDb:
         With ``paused_run_id``, that run's view is checkpointed too, on its own: resuming it then
         reads the run's checkpoint and the events after it, whatever the session's length.
         """
+        check_optional_identifier("paused_run_id", paused_run_id)
         info = await self._visible_info(session_id, None)
         snapshot = await self._checkpoints.save(
             session_id, await self._checkpoints.fold_to(session_id, info.version), paused_run_id=paused_run_id
@@ -236,6 +251,7 @@ class BaseDb:
         """One run's view, from its own checkpoint (written when it paused) plus the events after it,
         or from the session view when it has none."""
         check_identifier("run_id", run_id)
+        check_non_negative("version", version, allow_none=True)
         info = await self._visible_info(session_id, user_id)
         target = info.version if version is None else min(version, info.version)
         run = await self._checkpoints.run(session_id, run_id, target)

@@ -164,11 +164,17 @@ class UnknownEventTypeError(InvalidArgumentError):
 
 
 class InvalidEventError(InvalidArgumentError):
-    """An event whose fields do not match their declared types (it could never be read back)."""
+    """An event that could not be stored and read back as given: a field without its declared type,
+    or a value the codec cannot encode (too deep, self-referencing, an integer beyond 64 bits, a lone
+    surrogate); ``field`` is its path in the event (``"metrics.input_tokens"``) where it is known."""
 
-    def __init__(self, argument: str, event_type: str, detail: str) -> None:
+    def __init__(self, argument: str, event_type: str, detail: str, *, field: str | None = None) -> None:
         self.event_type = event_type
-        super().__init__(argument, f"{event_type!r} event is invalid: {detail}")
+        self.detail = detail
+        self.field = field
+        shown = field if field is None or len(field) <= 120 else f"{field[:117]}..."
+        at = f" (field {shown})" if shown is not None else ""
+        super().__init__(argument, f"{event_type!r} event is invalid{at}: {detail}")
 
 
 class PayloadTooLargeError(InvalidArgumentError):

@@ -21,11 +21,16 @@ import anyio
 
 from kern_events._index import SessionInfo
 from kern_events._validate import (
+    MAX_INT32,
+    check_choice,
     check_event_types,
+    check_flag,
     check_identifier,
+    check_items,
     check_name,
     check_non_negative,
     check_optional_identifier,
+    check_seconds,
 )
 from kern_events.codec import Codec, MsgpackCodec
 from kern_events.errors import (
@@ -111,13 +116,12 @@ class SessionFilter:
         self.agent_id = check_optional_identifier("agent_id", agent_id)
         self.team_id = check_optional_identifier("team_id", team_id)
         self.workflow_id = check_optional_identifier("workflow_id", workflow_id)
-        if session_type is not None and session_type not in _SESSION_TYPES:
-            raise InvalidArgumentError("session_type", f"expected one of {sorted(_SESSION_TYPES)}")
+        if session_type is not None:
+            check_choice("session_type", session_type, _SESSION_TYPES)
         self.session_type = session_type
-        if sort_by not in _SORTS:
-            raise InvalidArgumentError("sort_by", f"expected one of {sorted(_SORTS)}, got {sort_by!r}")
+        check_choice("sort_by", sort_by, _SORTS)
         self.sort_by: SessionSort = sort_by
-        self.descending = bool(descending)
+        self.descending = check_flag("descending", descending)
         check_non_negative("limit", limit, allow_none=True)
         check_non_negative("offset", offset)
         self.limit = limit
@@ -156,6 +160,19 @@ def _check_indexed_fields(events: Sequence[Event]) -> None:
                 check_name(f"events[{index}].name", event.name)
         elif isinstance(event, SessionRenamed):
             check_name(f"events[{index}].name", event.name)
+
+
+def _check_snapshot(snapshot: object) -> None:
+    """Every field of a snapshot must be of its declared type and bindable by every backend."""
+    if not isinstance(snapshot, Snapshot):
+        raise InvalidArgumentError("snapshot", f"expected a Snapshot, got {type(snapshot).__qualname__}")
+    check_identifier("snapshot.session_id", snapshot.session_id)
+    check_identifier("snapshot.name", snapshot.name)
+    check_non_negative("snapshot.schema_version", snapshot.schema_version, maximum=MAX_INT32)
+    check_non_negative("snapshot.version", snapshot.version)
+    if not isinstance(snapshot.data, bytes):
+        raise InvalidArgumentError("snapshot.data", f"expected bytes, got {type(snapshot.data).__qualname__}")
+    check_seconds("snapshot.created_at", snapshot.created_at, finite=True)
 
 
 Page = Sequence[StoredEvent | CorruptRecordError]
@@ -281,7 +298,7 @@ class BaseEventStore(abc.ABC):
         check_identifier("session_id", session_id)
         if not isinstance(expected_version, ExpectedVersion):
             check_non_negative("expected_version", expected_version)
-        events = list(events)
+        events = check_items("events", events)
         if not events:
             raise InvalidArgumentError("events", "at least one event is required")
         if len(events) > MAX_EVENTS_PER_APPEND:
@@ -300,7 +317,7 @@ class BaseEventStore(abc.ABC):
         if event_ids is None:
             ids = [new_event_id() for _ in events]
         else:
-            ids = list(event_ids)
+            ids = check_items("event_ids", event_ids)
             if len(ids) != len(events):
                 raise InvalidArgumentError(
                     "event_ids", f"got {len(ids)} ids for {len(events)} events; give one id per event"
@@ -317,7 +334,9 @@ class BaseEventStore(abc.ABC):
             except UnknownEventTypeError:
                 raise UnknownEventTypeError(f"events[{index}]", event) from None
             except InvalidEventError as error:
-                raise InvalidEventError(f"events[{index}]", error.event_type, str(error.__cause__)) from None
+                raise InvalidEventError(
+                    f"events[{index}]", error.event_type, error.detail, field=error.field
+                ) from error.__cause__
             if len(encoded.data) > self._max_event_size:
                 raise PayloadTooLargeError(f"events[{index}]", encoded.type, len(encoded.data), self._max_event_size)
             pending.append(encoded)
@@ -331,9 +350,7 @@ class BaseEventStore(abc.ABC):
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         """Store a checkpoint of a projection's state for a session at a version."""
-        check_identifier("snapshot.session_id", snapshot.session_id)
-        check_identifier("snapshot.name", snapshot.name)
-        check_non_negative("snapshot.version", snapshot.version)
+        _check_snapshot(snapshot)
         await self._ensure_open()
         head = await self._current_version(snapshot.session_id)
         if snapshot.version > head:
@@ -370,6 +387,7 @@ class BaseEventStore(abc.ABC):
         check_non_negative("from_version", from_version)
         check_non_negative("to_version", to_version, allow_none=True)
         check_non_negative("limit", limit, allow_none=True)
+        check_flag("backwards", backwards)
         await self._ensure_open()
         low, high, remaining = from_version, to_version, limit
         # A backwards read is usually a tail read that stops early (history for the next run): its
@@ -462,6 +480,7 @@ class BaseEventStore(abc.ABC):
         """The newest matching snapshot, or ``None``."""
         check_identifier("session_id", session_id)
         check_identifier("name", name)
+        check_non_negative("schema_version", schema_version, allow_none=True, maximum=MAX_INT32)
         check_non_negative("max_version", max_version, allow_none=True)
         await self._ensure_open()
         return await self._load_snapshot(session_id, name, schema_version, max_version)
@@ -481,7 +500,7 @@ class BaseEventStore(abc.ABC):
         seen through the backend's notifications where it has them, else within ``poll_interval``.
         """
         check_non_negative("from_position", from_position)
-        if not isinstance(poll_interval, int | float) or poll_interval <= 0:
+        if check_seconds("poll_interval", poll_interval, finite=True) <= 0:
             raise InvalidArgumentError("poll_interval", f"expected seconds > 0, got {poll_interval!r}")
         return Subscription(self, from_position=from_position, poll_interval=poll_interval)
 

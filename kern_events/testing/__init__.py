@@ -51,6 +51,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     sessions,
     streaming,
     subscribe,
+    validation,
 )
 
 __all__ = [
@@ -96,7 +97,8 @@ def _adopt(suite: type, *modules: ModuleType) -> None:
 
 
 class AppendTests(_Suite):
-    """Appends: atomic, ordered, idempotent on retry, guarded by optimistic concurrency."""
+    """Appends: atomic, ordered, idempotent on retry, guarded by optimistic concurrency; bad input
+    refused with a typed error before anything is stored."""
 
 
 class ReadTests(_Suite):
@@ -127,7 +129,7 @@ class RuntimeTests(_Suite):
     """The reference runtimes (Agent, Team, Workflow) recording their turns on the store."""
 
 
-_adopt(AppendTests, append, append_atomicity)
+_adopt(AppendTests, append, append_atomicity, validation)
 _adopt(ReadTests, read, streaming)
 _adopt(SubscriptionTests, subscribe)
 _adopt(LifecycleTests, lifecycle)
