@@ -155,3 +155,31 @@ async def test_an_open_transaction_in_another_database_holds_the_feed_back_and_f
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}"')
         await admin.close()
+
+
+async def test_a_subscription_held_back_by_the_fence_resumes_when_it_moves_not_at_its_next_poll(
+    schema: str,
+) -> None:
+    """Nothing announces that an unrelated transaction ended: the store watches the fence itself."""
+    holder = await asyncpg.connect(_pg.PG_URL)
+    try:
+        async with _store(schema) as reader, _store(schema) as writer:
+            await writer.append("s", [_message("before")])
+            async with reader.subscribe(poll_interval=60) as subscription:
+                records = subscription.__aiter__()
+                assert (await asyncio.wait_for(anext(records), 10)).event == _message("before")
+                transaction = holder.transaction()
+                await transaction.start()
+                await holder.fetchval("SELECT pg_current_xact_id()")  # an open transaction with an id
+                following = asyncio.create_task(anext(records))
+                await writer.append("s", [_message("held back")])
+
+                async def held_back_and_watched() -> bool:
+                    return (await reader.feed_lag()).held_back == 1 and reader._fence_task is not None
+
+                await _until(held_back_and_watched, "the subscription read while the fence held the event back")
+                assert not following.done()
+                await transaction.rollback()
+                assert (await asyncio.wait_for(following, 5)).event == _message("held back")
+    finally:
+        await holder.close()
