@@ -101,3 +101,14 @@ def test_the_write_side_foundation_never_imports_the_read_side() -> None:
 def test_projections_import_kern_events_submodules_never_the_root() -> None:
     for path in sorted((ROOT / "projections").rglob("*.py")):
         assert "kern_events" not in _imports(path), f"{path.relative_to(ROOT)} imports the kern_events root"
+
+
+def test_our_backends_build_on_the_public_backend_kit() -> None:
+    """What a third party may not import, our own backends do not import either: the in-memory
+    store uses public modules only; the SQL ones add only their shared SQL and driver helpers."""
+    memory = _imports(ROOT / "kern_events" / "stores" / "memory.py")
+    assert not {module for module in memory if "._" in module}, memory
+    for name in ("sqlite", "postgres"):
+        imported = _imports(ROOT / "kern_events" / "stores" / f"{name}.py")
+        assert "kern_events.backend" in imported
+        assert not imported & {"kern_events._index", "kern_events.stores._base"}, f"{name}: {imported}"

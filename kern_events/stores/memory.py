@@ -12,19 +12,20 @@ from uuid import UUID
 
 import anyio.lowlevel
 
-from kern_events._index import SessionInfo, advance_index
-from kern_events.codec import Codec
-from kern_events.events import Event
-from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
-from kern_events.stores._base import (
+from kern_events.backend import (
     DEFAULT_MAX_EVENT_SIZE,
     SNAPSHOTS_KEPT,
     BaseEventStore,
     SessionFilter,
+    SessionInfo,
+    advance_index,
     check_expected,
     conflict,
     match_retry,
 )
+from kern_events.codec import Codec
+from kern_events.events import Event
+from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
 
 __all__ = ["InMemoryEventStore"]
 

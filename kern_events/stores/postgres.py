@@ -46,8 +46,20 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import asyncpg
 
-from kern_events._index import IndexDelta, SessionInfo, index_delta
 from kern_events._validate import check_sql_identifier
+from kern_events.backend import (
+    DEFAULT_MAX_EVENT_SIZE,
+    MAX_EVENTS_PER_APPEND,
+    SNAPSHOTS_KEPT,
+    BaseEventStore,
+    GroupCommit,
+    IndexDelta,
+    SessionFilter,
+    SessionInfo,
+    conflict,
+    index_delta,
+    match_retry,
+)
 from kern_events.codec import Codec
 from kern_events.errors import (
     IdempotencyError,
@@ -59,16 +71,6 @@ from kern_events.errors import (
 )
 from kern_events.events import Event
 from kern_events.records import AppendResult, ExpectedVersion, FeedLag, PendingEvent, Snapshot, StoredEvent
-from kern_events.stores._base import (
-    DEFAULT_MAX_EVENT_SIZE,
-    MAX_EVENTS_PER_APPEND,
-    SNAPSHOTS_KEPT,
-    BaseEventStore,
-    SessionFilter,
-    conflict,
-    match_retry,
-)
-from kern_events.stores._group import GroupCommit
 from kern_events.stores._sql import (
     EVENT_COLUMNS,
     INFO_COLUMNS,

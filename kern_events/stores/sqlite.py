@@ -31,7 +31,19 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from kern_events._index import SessionInfo, advance_index
+from kern_events.backend import (
+    DEFAULT_MAX_EVENT_SIZE,
+    SNAPSHOTS_KEPT,
+    BaseEventStore,
+    GroupCommit,
+    Page,
+    SessionFilter,
+    SessionInfo,
+    advance_index,
+    check_expected,
+    conflict,
+    match_retry,
+)
 from kern_events.codec import Codec
 from kern_events.errors import (
     CorruptRecordError,
@@ -44,17 +56,7 @@ from kern_events.errors import (
 )
 from kern_events.events import Event
 from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
-from kern_events.stores._base import (
-    DEFAULT_MAX_EVENT_SIZE,
-    SNAPSHOTS_KEPT,
-    BaseEventStore,
-    Page,
-    SessionFilter,
-    check_expected,
-    conflict,
-    match_retry,
-)
-from kern_events.stores._group import GroupCommit, settle
+from kern_events.stores._group import settle
 from kern_events.stores._sql import (
     INFO_COLUMNS,
     SCHEMA_VERSION,
