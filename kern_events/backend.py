@@ -17,6 +17,7 @@ The hooks, each called only with checked arguments on an open store:
                             and advance the session index in the same atomic step
 ``_read_page``              up to ``limit`` rows of one session by version, optionally by type
 ``_read_all_page``          up to ``limit`` rows of every session in global position order
+                            (both a :data:`Page`: a damaged row ends it as a ``CorruptRecordError``)
 ``_current_version``        the session's head version (kept after deletion as a tombstone)
 ``_get_session_info``       the session's index row, ``None`` if absent or deleted
 ``_list_sessions``          index rows matching a :class:`SessionFilter`
@@ -40,6 +41,7 @@ from kern_events.stores._base import (
     MAX_EVENTS_PER_APPEND,
     SNAPSHOTS_KEPT,
     BaseEventStore,
+    Page,
     SessionFilter,
     check_expected,
     conflict,
@@ -60,6 +62,7 @@ __all__ = [
     "ExpectedVersion",
     "GroupCommit",
     "IndexDelta",
+    "Page",
     "PendingEvent",
     "SessionFilter",
     "SessionInfo",

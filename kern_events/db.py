@@ -1,19 +1,17 @@
-"""The storage objects users pass to agent runtimes: a store plus the session view on top of it.
+"""The storage objects users pass to agent runtimes: a store plus the session views on top of it.
 
-``InMemoryDb()``, ``SqliteDb(db_file=...)`` (and ``PostgresDb`` in its own module) all offer the same
-surface: the raw log through :attr:`BaseDb.store`, and session-level reads and edits that return
-views. Reading a session loads its newest compatible checkpoint and folds only the events after it.
+``InMemoryDb()``, ``SqliteDb(db_file=...)`` and ``PostgresDb(db_url=...)`` offer the same surface:
+the raw log through :attr:`BaseDb.store`, writers (:meth:`BaseDb.open_session`), and session-level
+reads that return views. The work behind them lives where its name says: checkpoints in
+``checkpoints``, history windows in ``projections.history``, time travel and forks in ``timetravel``.
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
-
-import msgspec
+from typing import TYPE_CHECKING, Any, Self
 
 from kern_events._index import SessionInfo
 from kern_events._validate import (
@@ -24,37 +22,21 @@ from kern_events._validate import (
     check_optional_identifier,
     check_seconds,
 )
+from kern_events.checkpoints import Checkpoints
 from kern_events.codec import Codec
 from kern_events.errors import ConcurrencyError, RunNotFoundError, SessionNotFoundError
-from kern_events.events import (
-    Event,
-    MessageAdded,
-    MetadataUpdated,
-    RunCompleted,
-    RunStarted,
-    SessionRenamed,
-    SessionType,
-)
-from kern_events.records import NO_STREAM, Record, Snapshot
+from kern_events.events import SessionRenamed, SessionType
+from kern_events.records import Snapshot
 from kern_events.sessions import Session, StoragePolicy, _visible_to
 from kern_events.store import EventStore, SessionSort
 from kern_events.stores._base import DEFAULT_MAX_EVENT_SIZE
 from kern_events.stores._sql import TableNames
 from kern_events.stores.memory import InMemoryEventStore
 from kern_events.stores.sqlite import SqliteEventStore, Synchronous
-from projections.history import counts_in_history, history_messages
-from projections.runs import RUN_SCHEMA_VERSION, MessageView, RunView, apply_to_run, decode_run, encode_run, new_run
-from projections.session import (
-    SESSION_PROJECTION,
-    SESSION_SCHEMA_VERSION,
-    STATE_EVENT_TYPES,
-    SessionFold,
-    SessionSummary,
-    SessionView,
-    decode_view,
-    encode_view,
-    fold_state,
-)
+from kern_events.timetravel import fork, version_at
+from projections.history import HistoryWindow
+from projections.runs import MessageView, RunView
+from projections.session import SessionFold, SessionSummary, SessionView
 
 __all__ = ["BaseDb", "InMemoryDb", "PostgresDb", "SqliteDb"]
 
@@ -62,22 +44,6 @@ if TYPE_CHECKING:
     import asyncpg
 
 _RENAME_ATTEMPTS = 5
-
-
-T = TypeVar("T")
-
-_STATE_CHECKPOINT = "state"
-"""The snapshot name of the session state's own checkpoint, written with every session checkpoint."""
-_STATE_SCHEMA_VERSION = 1
-_state_decoder = msgspec.msgpack.Decoder(dict[str, Any])
-
-
-def _run_checkpoint(run_id: str) -> str:
-    """The snapshot name of one run's own checkpoint."""
-    return f"run:{run_id}"
-
-
-_FORK_BATCH = 10_000
 
 
 class BaseDb:
@@ -97,6 +63,7 @@ class BaseDb:
         check_non_negative("cache_size", cache_size)
         check_non_negative("checkpoint_every", checkpoint_every, allow_none=True)
         self._store = store
+        self._checkpoints = Checkpoints(store)
         self.checkpoint_every = checkpoint_every or None
         """Sessions written through this db are checkpointed every this many events (and at each
         pause), so loading one folds at most this many events; ``None`` turns the periodic ones off."""
@@ -162,7 +129,7 @@ class BaseDb:
                 self._cache.move_to_end(session_id)
                 return cached[2]
             start = SessionFold(cached[2], version=cached[0])  # the cache is a checkpoint too
-        accumulator = await self._fold_to(session_id, target, start)
+        accumulator = await self._checkpoints.fold_to(session_id, target, start)
         view = accumulator.view()
         if view is None:
             raise SessionNotFoundError(session_id)
@@ -180,14 +147,7 @@ class BaseDb:
         rest), not from the whole session view: its cost does not grow with the session.
         """
         info = await self._visible_info(session_id, user_id)
-        checkpoint = await self._load_checkpoint(
-            session_id, _STATE_CHECKPOINT, _STATE_SCHEMA_VERSION, info.version, _state_decoder.decode
-        )
-        state, at = checkpoint if checkpoint is not None else ({}, 0)
-        tail = self._store.read(session_id, from_version=at + 1, to_version=info.version, types=STATE_EVENT_TYPES)
-        async for record in tail:
-            state = fold_state(state, record.event)
-        return state
+        return await self._checkpoints.state(session_id, info.version)
 
     async def get_session_summary(self, session_id: str, *, user_id: str | None = None) -> SessionSummary | None:
         """The session's latest summary, if it has one."""
@@ -212,36 +172,15 @@ class BaseDb:
         check_non_negative("num_history_messages", num_history_messages, allow_none=True)
         check_flag("include_tool_messages", include_tool_messages)
         info = await self._visible_info(session_id, user_id)
-        tail: list[Record] = []
-        completed: set[str] = set()
-        runs = messages = 0
-        counted: dict[str, int] = {}
-        async for record in self._store.read(session_id, to_version=info.version, backwards=True):
-            tail.append(record)
-            event = record.event
-            if isinstance(event, RunCompleted):
-                completed.add(event.run_id)
-            elif isinstance(event, MessageAdded) and counts_in_history(
-                event.role, event.content, event.tool_calls, include_tool_messages
-            ):
-                counted[event.run_id] = counted.get(event.run_id, 0) + 1
-            elif isinstance(event, RunStarted) and event.parent_run_id is None and event.run_id in completed:
-                runs += 1
-                messages += counted.get(event.run_id, 0)
-                enough_runs = num_history_runs is not None and runs >= num_history_runs
-                # one message more than the window, so a tool result cut off from its call is seen as such
-                enough_messages = num_history_messages is not None and messages > num_history_messages
-                if enough_runs or (num_history_runs is None and enough_messages):
-                    break
-        accumulator = SessionFold()
-        accumulator.extend(reversed(tail))
-        view = accumulator.view()
-        return history_messages(
-            view.runs if view is not None else (),
+        window = HistoryWindow(
             num_history_runs=num_history_runs,
             num_history_messages=num_history_messages,
             include_tool_messages=include_tool_messages,
         )
+        async for record in self._store.read(session_id, to_version=info.version, backwards=True):
+            if window.take(record):
+                break
+        return window.messages()
 
     async def get_paused_runs(
         self, *, session_id: str | None = None, user_id: str | None = None, limit: int = 100
@@ -273,10 +212,7 @@ class BaseDb:
         from the newest event, so recent times are cheap."""
         check_seconds("timestamp", timestamp)
         info = await self._visible_info(session_id, user_id)
-        async for record in self._store.read(session_id, to_version=info.version, backwards=True):
-            if record.recorded_at <= timestamp:
-                return record.version
-        return 0
+        return await version_at(self._store, session_id, timestamp, head=info.version)
 
     async def fork_session(
         self, session_id: str, new_session_id: str, *, version: int | None = None, user_id: str | None = None
@@ -288,50 +224,11 @@ class BaseDb:
         check_non_negative("version", version, allow_none=True)
         info = await self._visible_info(session_id, user_id)
         until = info.version if version is None else min(version, info.version)
-        copied = 0
-        batch: list[Event] = []
-        async for record in self._store.read(session_id, to_version=until):
-            if isinstance(record.event, Event):
-                batch.append(record.event)
-            if len(batch) == _FORK_BATCH:
-                copied = await self._copy(new_session_id, batch, copied)
-                batch = []
-        batch.append(MetadataUpdated(set={"forked_from": session_id, "forked_at_version": until}))
-        await self._copy(new_session_id, batch, copied)
+        await fork(self._store, session_id, new_session_id, until=until)
         forked = await self._store.get_session_info(new_session_id)
         if forked is None:  # pragma: no cover - it was just written
             raise SessionNotFoundError(new_session_id)
         return forked
-
-    async def _copy(self, session_id: str, events: list[Event], version: int) -> int:
-        expected = version if version else NO_STREAM  # a fork never lands on an existing session
-        return (await self._store.append(session_id, events, expected_version=expected)).to_version
-
-    async def _load_checkpoint(
-        self, session_id: str, name: str, schema_version: int, max_version: int, decode: Callable[[bytes], T]
-    ) -> tuple[T, int] | None:
-        """The newest checkpoint ``name`` at or below ``max_version``, decoded, with its version; a
-        missing one, or one that no longer decodes (an older release's shape), is ``None``."""
-        snapshot = await self._store.load_snapshot(
-            session_id, name, schema_version=schema_version, max_version=max_version
-        )
-        if snapshot is None:
-            return None
-        try:
-            return decode(snapshot.data), snapshot.version
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return None
-
-    async def _fold_to(self, session_id: str, target: int, start: SessionFold | None = None) -> SessionFold:
-        """The session fold at ``target``: from ``start`` (or the newest usable checkpoint) plus the tail."""
-        if start is None:
-            checkpoint = await self._load_checkpoint(
-                session_id, SESSION_PROJECTION, SESSION_SCHEMA_VERSION, target, decode_view
-            )
-            start = SessionFold() if checkpoint is None else SessionFold(checkpoint[0], version=checkpoint[1])
-        async for record in self._store.read(session_id, from_version=start.version + 1, to_version=target):
-            start.apply(record)
-        return start
 
     async def save_checkpoint(self, session_id: str, *, paused_run_id: str | None = None) -> Snapshot:
         """Snapshot the session view at its current version, so later reads fold only what follows.
@@ -341,38 +238,11 @@ class BaseDb:
         """
         check_optional_identifier("paused_run_id", paused_run_id)
         info = await self._visible_info(session_id, None)
-        accumulator = await self._fold_to(session_id, info.version)
-        view = accumulator.view()
-        if view is None:
+        snapshot = await self._checkpoints.save(
+            session_id, await self._checkpoints.fold_to(session_id, info.version), paused_run_id=paused_run_id
+        )
+        if snapshot is None:
             raise SessionNotFoundError(session_id)
-        snapshot = Snapshot(
-            session_id=session_id,
-            name=SESSION_PROJECTION,
-            schema_version=SESSION_SCHEMA_VERSION,
-            version=accumulator.version,
-            data=encode_view(view),
-        )
-        await self._store.save_snapshot(snapshot)
-        await self._store.save_snapshot(
-            Snapshot(
-                session_id=session_id,
-                name=_STATE_CHECKPOINT,
-                schema_version=_STATE_SCHEMA_VERSION,
-                version=accumulator.version,
-                data=msgspec.msgpack.encode(view.session_state),
-            )
-        )
-        run = view.get_run(paused_run_id) if paused_run_id is not None else None
-        if run is not None:
-            await self._store.save_snapshot(
-                Snapshot(
-                    session_id=session_id,
-                    name=_run_checkpoint(run.run_id),
-                    schema_version=RUN_SCHEMA_VERSION,
-                    version=accumulator.version,
-                    data=encode_run(run),
-                )
-            )
         return snapshot
 
     async def get_run(
@@ -384,21 +254,11 @@ class BaseDb:
         check_non_negative("version", version, allow_none=True)
         info = await self._visible_info(session_id, user_id)
         target = info.version if version is None else min(version, info.version)
-        checkpoint = await self._load_checkpoint(
-            session_id, _run_checkpoint(run_id), RUN_SCHEMA_VERSION, target, decode_run
-        )
-        if checkpoint is None:
-            found = (await self.get_session(session_id, user_id=user_id, version=target)).get_run(run_id)
-            if found is None:
+        run = await self._checkpoints.run(session_id, run_id, target)
+        if run is None:
+            run = (await self.get_session(session_id, user_id=user_id, version=target)).get_run(run_id)
+            if run is None:
                 raise RunNotFoundError(session_id, run_id)
-            return found
-        run, at = checkpoint
-        async for record in self._store.read(session_id, from_version=at + 1, to_version=target):
-            event = record.event
-            if isinstance(event, RunStarted) and event.run_id == run_id:
-                run = new_run(event, int(record.recorded_at))
-            elif getattr(event, "run_id", None) == run_id and isinstance(event, Event):
-                run = apply_to_run(run, event, int(record.recorded_at))
         return run
 
     async def get_sessions(

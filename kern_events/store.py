@@ -15,7 +15,7 @@ from uuid import UUID
 
 from kern_events._index import SessionInfo
 from kern_events.events import Event, SessionType
-from kern_events.records import AppendResult, ExpectedVersion, Record, Snapshot
+from kern_events.records import AppendResult, ExpectedVersion, FeedLag, Record, Snapshot
 from kern_events.subscription import ChangeSignal, Subscription
 
 __all__ = ["EventStore", "SessionSort"]
@@ -77,6 +77,11 @@ class EventStore(Protocol):
         """Catch up from ``from_position``, then follow new records live, in global order, without gaps
         or duplicates; use as ``async with store.subscribe(...) as subscription: async for record in
         subscription``."""
+        ...
+
+    async def feed_lag(self) -> FeedLag:
+        """How far the global feed (``read_all``, subscriptions) is held back behind committed
+        appends; a backend without a visibility fence reports none."""
         ...
 
     def listen(self) -> AbstractAsyncContextManager[None]:

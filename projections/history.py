@@ -13,9 +13,12 @@ from typing import Any
 
 import msgspec
 
+from kern_events.events import MessageAdded, RunCompleted, RunStarted
+from kern_events.records import Record
 from projections.runs import MessageView, RunStatus, RunView
+from projections.session import SessionFold
 
-__all__ = ["counts_in_history", "history_messages", "last_messages", "runs_for_history"]
+__all__ = ["HistoryWindow", "counts_in_history", "history_messages", "last_messages", "runs_for_history"]
 
 DEFAULT_STATUSES: tuple[RunStatus, ...] = ("completed",)
 
@@ -99,3 +102,59 @@ def history_messages(
     chosen = runs_for_history(runs, num_history_runs=num_history_runs, statuses=statuses, exclude_run_id=exclude_run_id)
     messages = [message for run in chosen for message in run.messages]
     return last_messages(messages, num_history_messages, include_tool_messages=include_tool_messages)
+
+
+class HistoryWindow:
+    """Chooses how far back a session's tail must be read for a history window, and builds it.
+
+    Feed it the session's records newest first (a backwards read); :meth:`take` says when the window
+    is covered, so the read stops there and its cost follows the window, not the session's length.
+    Whole runs are taken, and one message more than a message window, so that a tool result cut off
+    from its call is seen as such.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_history_runs: int | None = None,
+        num_history_messages: int | None = None,
+        include_tool_messages: bool = True,
+    ) -> None:
+        self.num_history_runs = num_history_runs
+        self.num_history_messages = num_history_messages
+        self.include_tool_messages = include_tool_messages
+        self._tail: list[Record] = []
+        self._completed: set[str] = set()
+        self._counted: dict[str, int] = {}
+        self._runs = 0
+        self._messages = 0
+
+    def take(self, record: Record) -> bool:
+        """Add the next older record; ``True`` once the records taken cover the window."""
+        self._tail.append(record)
+        event = record.event
+        if isinstance(event, RunCompleted):
+            self._completed.add(event.run_id)
+        elif isinstance(event, MessageAdded) and counts_in_history(
+            event.role, event.content, event.tool_calls, self.include_tool_messages
+        ):
+            self._counted[event.run_id] = self._counted.get(event.run_id, 0) + 1
+        elif isinstance(event, RunStarted) and event.parent_run_id is None and event.run_id in self._completed:
+            self._runs += 1
+            self._messages += self._counted.get(event.run_id, 0)
+            if self.num_history_runs is not None:
+                return self._runs >= self.num_history_runs
+            return self.num_history_messages is not None and self._messages > self.num_history_messages
+        return False
+
+    def messages(self) -> list[MessageView]:
+        """The window's messages, oldest first, from the records taken."""
+        accumulator = SessionFold()
+        accumulator.extend(reversed(self._tail))
+        view = accumulator.view()
+        return history_messages(
+            view.runs if view is not None else (),
+            num_history_runs=self.num_history_runs,
+            num_history_messages=self.num_history_messages,
+            include_tool_messages=self.include_tool_messages,
+        )

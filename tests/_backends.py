@@ -16,18 +16,20 @@ from kern_events.stores._base import BaseEventStore
 from kern_events.stores.memory import InMemoryEventStore
 from kern_events.stores.postgres import PostgresEventStore
 from kern_events.stores.sqlite import SqliteEventStore
+from kern_events.testing import _backend as kit
 from tests import _pg
 
 BACKENDS = ["memory", "sqlite", "postgres"]
 
 
-class Backend:
-    """Opens stores of one backend on one database."""
+class Backend(kit.Backend):
+    """Opens stores of one of our backends on one database."""
 
     def __init__(self, name: str, directory: Path) -> None:
         self.name = name
         self.directory = directory
-        self.persistent = name != "memory"
+        self.persistent = self.streams_from_storage = name != "memory"
+        self.notifies = name == "postgres"
         self.schema = _pg.new_schema() if name == "postgres" else None
         if name == "postgres":
             _pg.require_postgres()

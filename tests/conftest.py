@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from kern_events.testing import heavy_scale
 from tests._backends import BACKENDS, Backend
 
 
@@ -19,7 +19,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         backend.cleanup()
 
 
-@pytest.fixture
-def heavy_scale() -> int:
+@pytest.fixture(name="heavy_scale")
+def heavy_scale_fixture() -> int:
     """Multiplier for heavy scenarios: 1 by default (and in CI), larger with KERN_HEAVY_SCALE=n."""
-    return max(1, int(os.environ.get("KERN_HEAVY_SCALE", "1")))
+    return heavy_scale()

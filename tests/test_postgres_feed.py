@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 
 from kern_events import MessageAdded, PostgresEventStore
+from kern_events.testing._feed import feed_reaches
 from tests import _pg
-from tests._feed import feed_reaches
 
 
 @pytest.fixture

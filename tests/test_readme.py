@@ -58,6 +58,7 @@ def test_every_python_block_is_one_of_those_run_below() -> None:
         _block_after("Agents, teams and workflows"),
         _block_after("Agents, teams and workflows", index=1),
         _block_after("PostgreSQL: the production store"),
+        _block_after("Your own backend"),
     ]
     assert blocks == tested
 
@@ -216,3 +217,17 @@ def test_the_readme_framework_figures_are_those_in_results(name: str, system: st
         assert _close(load[column].removesuffix(" ms"), _number(measured["load ms N=1,000"])), (backend, load)
         assert _close(persist[column].removesuffix(" ms"), _number(measured["persist ms N=1,000"])), (backend, persist)
         assert size[column].removesuffix(" B") == measured["bytes/run N=1,000"], (backend, size)
+
+
+def test_the_own_backend_example_runs_the_conformance_suite_as_written(tmp_path: Path) -> None:
+    (tmp_path / "test_my_store.py").write_text(_block_after("Your own backend"))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto", "test_my_store.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert re.search(r"\b[1-9]\d+ passed", done.stdout), done.stdout[-500:]

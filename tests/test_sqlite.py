@@ -13,13 +13,13 @@ import pytest
 
 from kern_events import CorruptRecordError, MessageAdded, SchemaVersionError, SqliteDb, SqliteEventStore, TableNames
 from kern_events.errors import InvalidIdentifierError
-from tests._samples import conversation
+from kern_events.testing._samples import conversation
 
 WRITER = textwrap.dedent(
     """
     import asyncio, sys
     from kern_events import SqliteDb
-    from tests._samples import conversation
+    from kern_events.testing._samples import conversation
 
     async def main(path):
         async with SqliteDb(path) as db:

@@ -62,6 +62,32 @@ async def test_a_large_append_failing_in_a_group_commit_rolls_back_alone(tmp_pat
         assert (result.from_version, result.to_version) == (1, 3)
 
 
+async def test_a_batch_whose_savepoint_cannot_be_rolled_back_fails_whole_and_stores_nothing(tmp_path: Path) -> None:
+    taken = uuid.uuid4()
+    big = [_message(f"m{n}") for n in range(4_500)]
+    ids = [uuid.uuid4() for _ in big]
+    ids[4_200] = taken
+
+    def refuse_rollback_to(action: int, argument: str | None, *_: object) -> int:
+        refused = action == sqlite3.SQLITE_SAVEPOINT and argument == "ROLLBACK"
+        return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+    async with SqliteEventStore(tmp_path / "batch.db") as store:
+        await store.append("owner", [_message("owner")], event_ids=[taken])
+        await _on_writer(store, refuse_rollback_to)
+        outcomes = await asyncio.gather(
+            store.append("first", [_message("alone")]),
+            store.append("big", big, event_ids=ids),
+            *(store.append(f"small-{n}", [_message("a")]) for n in range(5)),
+            return_exceptions=True,
+        )
+        assert not isinstance(outcomes[0], BaseException)
+        assert all(isinstance(outcome, StorageError) for outcome in outcomes[1:]), outcomes
+        assert [record.session_id async for record in store.read_all()] == ["owner", "first"]
+        assert await store.current_version("big") == 0
+        assert (await store.append("big", big[:2], expected_version=0)).to_version == 2
+
+
 class _PoisonCodec(MsgpackCodec):
     """Encodes some messages as what SQLite cannot bind: a payload of the wrong type, a type name with
     a lone surrogate. Validation cannot see these: the codec is trusted to produce bytes and a name."""
@@ -125,6 +151,26 @@ async def test_a_writer_left_in_a_transaction_by_a_failed_rollback_is_reopened(t
         assert (await store.append("s", [_message("next")], expected_version=1)).to_version == 2
         assert [record.event async for record in store.read("s")] == [_message("kept"), _message("next")]
         assert await store.delete_session("s")
+
+
+async def test_concurrent_writes_on_a_stuck_writer_fail_typed_and_the_writer_is_reopened(tmp_path: Path) -> None:
+    async with SqliteEventStore(tmp_path / "stuck.db") as store:
+        await store.append("gone", [_message("kept")])
+        stuck = store._writer
+        await _on_writer(store, _refuse("COMMIT", "ROLLBACK"))
+        outcomes = await asyncio.gather(
+            store.delete_session("gone"),
+            *(store.append(f"s{n}", [_message("a")]) for n in range(20)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(outcome, StorageError) for outcome in outcomes if isinstance(outcome, BaseException))
+        replacement = store._writer
+        assert replacement is not None and replacement is not stuck
+        await store.append("after", [_message("b")])
+        await store.delete_session("gone")
+        assert store._writer is replacement
+        assert await store.current_version("after") == 1
+        assert [record async for record in store.read("gone")] == []
 
 
 async def test_a_failed_append_whose_rollback_fails_keeps_its_error_and_the_writer_is_reopened(

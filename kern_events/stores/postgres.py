@@ -5,8 +5,10 @@ session-index upsert are one ``WITH … INSERT … INSERT … ON CONFLICT`` stat
 round trip, no explicit transaction (measured here, BEGIN / INSERT / COMMIT costs two more round
 trips and ~40 % of the throughput). The statement only inserts if the session's head equals the
 expected version; the primary key ``(session_id, version)`` catches a concurrent writer that got
-there first, and the unique ``event_id`` makes retries exact. Only on those error paths does a
-second query read what is stored, to tell an idempotent retry from a conflict.
+there first, and the unique ``event_id`` makes retries exact. Only when nothing was written does a
+second query run: one round trip that returns the session's current version (which a conflict
+carries, so the caller can retry at once) and whether any of the event ids is already stored;
+only then does a third read what is stored, to tell an idempotent retry from a conflict.
 
 **A global feed that never skips.** An identity or sequence value is taken when a row is inserted
 but becomes visible at commit, so a reader that follows "position > last seen" can miss an event
@@ -504,12 +506,20 @@ class PostgresEventStore(BaseEventStore):
     async def _append_alone(
         self, connection: asyncpg.Connection | _Connection, request: _Append
     ) -> AppendResult | Exception:
-        """The single-append statement, with the error paths that tell a retry from a conflict."""
+        """The single-append statement, with the error paths that tell a retry from a conflict.
+
+        A conflict costs one round trip after the statement that wrote nothing: :meth:`_missed`
+        answers with the current version. The happy path stays one statement.
+        """
         session_id, pending, expected = request.session_id, request.pending, request.expected
         for _ in range(_ANY_RETRIES):
             try:
                 rows = await self._try_lean(connection, request)
-                if not rows:
+                if not rows and _lean_applies(request):
+                    head, deleted, stored = await self._missed(connection, request)
+                    if head is not None and not deleted and not stored:
+                        return conflict(session_id, expected, head)
+                if not rows:  # not lean; or a tombstone, a session not visible yet, an id already stored
                     sql = self._sql.append_one if len(pending) == 1 else self._sql.append
                     rows = await connection.fetch(sql, *_single_arguments(request))
             except asyncpg.UniqueViolationError:
@@ -518,36 +528,43 @@ class PostgresEventStore(BaseEventStore):
                 return _result(request, sorted((row[0], row[1]) for row in rows))
             # Nothing was written: the head did not match, a new session was created by another
             # writer at the same moment, or an event id is already stored.
-            head, found = await self._stored_for(connection, session_id, pending)
+            head, _, stored = await self._missed(connection, request)
+            if not stored:
+                if head is not None and expected is not ExpectedVersion.ANY:
+                    return conflict(session_id, expected, head)
+                continue
+            rows = await connection.fetch(self._sql.by_ids, [new.event_id for new in pending])
+            found = {row[3]: _stored(row) for row in rows}
             try:
-                retry = match_retry(session_id, pending, found)
+                retry = match_retry(session_id, pending, [found.get(new.event_id) for new in pending])
             except IdempotencyError as error:
                 return error
             if retry is not None:
                 return retry
             if expected is not ExpectedVersion.ANY:
-                return conflict(session_id, expected, head)
+                return conflict(session_id, expected, head or 0)
         return conflict(session_id, expected, await self._current_version(session_id))
+
+    async def _missed(
+        self, connection: asyncpg.Connection | _Connection, request: _Append
+    ) -> tuple[int | None, bool, bool]:
+        """After a statement that wrote nothing: the session's version (``None``: no row), whether it
+        is a tombstone, and whether any of the append's event ids is stored. One round trip, on a
+        fresh snapshot, so it sees what a racing writer just committed."""
+        row = await connection.fetchrow(self._sql.missed, request.session_id, [new.event_id for new in request.pending])
+        assert row is not None
+        return row[0], bool(row[1]), bool(row[2])
 
     async def _try_lean(self, connection: _AnyConnection, request: _Append) -> list[asyncpg.Record]:
         """The lean statement where it applies (see ``_Statements.append_existing``), else nothing."""
         wanted, delta, pending = request.wanted, request.delta, request.pending
-        if wanted is None or wanted == 0 or delta.started is not None or delta.name is not None:
+        if not _lean_applies(request):
             return []
         sql = self._sql.append_existing_one if len(pending) == 1 else self._sql.append_existing
         events = _event_arguments(pending)
         arguments = (request.session_id, wanted, *events, request.recorded_at, delta.runs_started, len(pending))
         rows: list[asyncpg.Record] = await connection.fetch(sql, *arguments)
         return rows
-
-    async def _stored_for(
-        self, connection: _AnyConnection, session_id: str, pending: Sequence[PendingEvent]
-    ) -> tuple[int, list[StoredEvent | None]]:
-        """The session's head and the stored events carrying ``pending``'s ids (the error path only)."""
-        head = await connection.fetchval(self._sql.version, session_id) or 0
-        rows = await connection.fetch(self._sql.by_ids, [new.event_id for new in pending])
-        found = {row[3]: _stored(row) for row in rows}
-        return head, [found.get(new.event_id) for new in pending]
 
     async def _delete_session(self, session_id: str) -> bool:
         """Lock the session row first: an append in flight (which holds the row until it commits)
@@ -592,19 +609,23 @@ class PostgresEventStore(BaseEventStore):
         return [_stored(row) for row in rows]
 
     async def _read_all_page(self, from_position: int, limit: int) -> Sequence[StoredEvent]:
-        rows = await self._fetch(self._sql.all_page, from_position, limit)
-        if len(rows) < limit and self._listeners and self._on_own_loop():
-            await self._watch_fence()
-        return [_stored(row) for row in rows]
+        page = [_stored(row) for row in await self._fetch(self._sql.all_page, from_position, limit)]
+        if len(page) < limit and self._listeners and self._on_own_loop():
+            await self._watch_fence(page[-1].position + 1 if page else from_position)
+        return page
 
-    async def _watch_fence(self) -> None:
-        """A subscription caught up: if the fence holds committed events back, wake subscribers when
-        it moves. No append or NOTIFY announces that moment (the transaction holding the fence may
-        be anyone's), so without this they would wait for their next poll."""
-        if self._fence_task is not None and not self._fence_task.done():
-            return
+    async def _watch_fence(self, unread: int) -> None:
+        """A subscription caught up at ``unread``: if stored events lie beyond it, held back by the
+        fence, wake subscribers once they are readable. No append or NOTIFY announces that moment
+        (the transaction holding the fence may be anyone's), so without this they would wait for
+        their next poll. The fence is looked at again here, after the page was read: if it has
+        moved past them meanwhile, subscribers are woken at once."""
         ((newest, fence),) = await self._fetch(self._sql.feed_edge)
-        if newest is not None and newest >= fence:
+        if newest is None or newest < unread:
+            return
+        if newest < fence:
+            self.change_signal.fire()
+        elif self._fence_task is None or self._fence_task.done():
             self._fence_task = asyncio.create_task(self._wake_when_fence_moves(fence))
 
     async def _wake_when_fence_moves(self, fence: int) -> None:
@@ -694,6 +715,12 @@ class _Append:
         if self.expected is ExpectedVersion.ANY:
             return None
         return 0 if self.expected is ExpectedVersion.NO_STREAM else self.expected
+
+
+def _lean_applies(request: _Append) -> bool:
+    """Whether the lean statement can take the append: an exact head, no session start, no rename."""
+    wanted, delta = request.wanted, request.delta
+    return wanted is not None and wanted != 0 and delta.started is None and delta.name is None
 
 
 def _started_fields(delta: IndexDelta) -> tuple[str | None, ...]:
@@ -949,6 +976,11 @@ JOIN request AS r USING (session_id)
 ORDER BY e.serial
 RETURNING session_id, version, position"""
         self.by_ids = f"SELECT {EVENT_COLUMNS} FROM {events} WHERE event_id = ANY($1::uuid[])"
+        # After an append statement wrote nothing: the session's version and tombstone flag (NULLs
+        # if it has no row) and whether any of the append's event ids ($2) is already stored.
+        self.missed = f"""
+SELECT s.version, s.deleted, EXISTS (SELECT 1 FROM {events} WHERE event_id = ANY($2::uuid[]))
+FROM (SELECT 1) AS one LEFT JOIN {sessions} AS s ON s.session_id = $1"""
         self.page = (
             f"SELECT {EVENT_COLUMNS} FROM {events} WHERE session_id = $1 AND version BETWEEN $2 AND $3 "
             "ORDER BY version LIMIT $4"

@@ -8,6 +8,9 @@ takes SQLite's write lock up front, so the head read inside the transaction is t
 extends, also against other processes. Because writers are serialized by that lock, positions are
 assigned in commit order, and ``AUTOINCREMENT`` keeps a deleted last position from being reused:
 a reader that follows positions never skips an event.
+
+Concurrent appends share one transaction (group commit); in a batch of several, each append runs
+in its own ``SAVEPOINT``, so one that fails is rolled back alone and the others commit.
 """
 
 from __future__ import annotations
@@ -323,17 +326,18 @@ class SqliteEventStore(BaseEventStore):
                     await self._reopen_writer()
 
     async def _reopen_writer(self) -> None:
+        """Replace the stuck writer with a new connection (once, however many writes saw it stuck);
+        if opening fails, the next write tries again."""
         async with self._reopen_lock:
+            if not self._writer_stuck or self._reader is None:  # repaired meanwhile, or the store is closed
+                return
+            if self._reader is self._writer:  # an in-memory database lives and dies with its one connection
+                self._writer_stuck = False
+                return
             stuck, self._writer = self._writer, None
-            if not self._writer_stuck or stuck is None:
-                self._writer = stuck
-                return
-            self._writer_stuck = False
-            if self._reader is stuck:  # an in-memory database lives and dies with its one connection
-                self._writer = stuck
-                return
-            await stuck.close()
-            writer = await aiosqlite.connect(self.db_file, isolation_level=None)
+            if stuck is not None:
+                await stuck.close()
+            writer = await self._connect()
             try:
                 await self._call(writer, self._set_up)
             except BaseException:
@@ -342,7 +346,7 @@ class SqliteEventStore(BaseEventStore):
             if self._reader is None:  # the store was closed meanwhile
                 await writer.close()
                 return
-            self._writer = writer
+            self._writer, self._writer_stuck = writer, False
 
     def _set_up(self, db: sqlite3.Connection) -> None:
         """Pragmas, tables and indexes; idempotent, and safe when several processes start at once."""

@@ -7,7 +7,7 @@ import abc
 from kern_events.codec import Codec
 from kern_events.db import BaseDb
 from kern_events.sessions import StoragePolicy
-from kern_events.store import EventStore
+from kern_events.stores._base import BaseEventStore
 
 __all__ = ["Backend"]
 
@@ -16,7 +16,7 @@ class Backend(abc.ABC):
     """One database of the backend under test; the conformance suite's ``backend`` fixture returns one.
 
     Every store :meth:`store` opens is on this same database. Subclass it, implement :meth:`store`,
-    set the two capability flags, and put whatever must be dropped afterwards in :meth:`cleanup`.
+    set the capability flags that differ, and put whatever must be dropped afterwards in :meth:`cleanup`.
     """
 
     name: str = "backend"
@@ -26,10 +26,14 @@ class Backend(abc.ABC):
     another process would (the tests for two writers, reopening and cross-store delivery need it)."""
     streams_from_storage: bool = True
     """Whether reads hold a page, not the whole session, in memory (false for in-memory stores)."""
+    notifies: bool = False
+    """Whether a store wakes its subscriptions when another store on the database appends (through
+    :meth:`~kern_events.store.EventStore.listen`), instead of only by polling."""
 
     @abc.abstractmethod
-    def store(self, *, codec: Codec | None = None) -> EventStore:
-        """A new, unopened store on this backend's database, with ``codec`` if one is given."""
+    def store(self, *, codec: Codec | None = None) -> BaseEventStore:
+        """A new, unopened store on this backend's database, with ``codec`` if one is given (the suite
+        also sets :attr:`~kern_events.backend.BaseEventStore.read_page_size` to force paging)."""
 
     def db(
         self,

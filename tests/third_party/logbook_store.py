@@ -29,6 +29,7 @@ from kern_events.backend import (
     conflict,
     match_retry,
 )
+from kern_events.codec import Codec
 from kern_events.events import Event
 
 __all__ = ["Logbook", "LogbookStore"]
@@ -50,8 +51,8 @@ class Logbook:
 class LogbookStore(BaseEventStore):
     """An event store on a :class:`Logbook` (a new one unless given)."""
 
-    def __init__(self, logbook: Logbook | None = None) -> None:
-        super().__init__()
+    def __init__(self, logbook: Logbook | None = None, *, codec: Codec | None = None) -> None:
+        super().__init__(codec=codec)
         self.logbook = logbook if logbook is not None else Logbook()
 
     async def _append(

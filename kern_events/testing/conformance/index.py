@@ -15,7 +15,7 @@ from kern_events import (
     SessionRenamed,
     SessionStarted,
 )
-from tests._backends import Backend
+from kern_events.testing._backend import Backend
 
 
 async def test_index_row_follows_each_append(backend: Backend) -> None:

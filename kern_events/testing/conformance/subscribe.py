@@ -8,7 +8,8 @@ import pytest
 
 from kern_events import InvalidArgumentError, MessageAdded, Record
 from kern_events.subscription import Subscription
-from tests._backends import Backend
+from kern_events.testing._backend import Backend
+from kern_events.testing._feed import feed_settled
 
 
 def _message(n: int) -> MessageAdded:
@@ -42,6 +43,7 @@ async def test_catch_up_then_live_delivery_without_gaps_or_duplicates(backend: B
             writing = asyncio.create_task(writer())
             rest = await _take(subscription, 20)
             await writing
+        await feed_settled(store)
         everything = [record async for record in store.read_all()]
     delivered = first + rest
     assert [record.position for record in delivered] == [record.position for record in everything]
@@ -61,8 +63,8 @@ async def test_a_subscription_resumes_from_a_position(backend: Backend) -> None:
 async def test_appends_from_another_store_on_the_same_database_are_delivered(backend: Backend) -> None:
     if not backend.persistent:
         pytest.skip("in-memory stores do not share a database")
-    # PostgreSQL must deliver through NOTIFY (the poll would take a minute); SQLite polls.
-    poll_interval = 60.0 if backend.name == "postgres" else 0.05
+    # A backend with notifications must deliver through them (the poll would take a minute).
+    poll_interval = 60.0 if backend.notifies else 0.05
     async with backend.store() as reader, backend.store() as writer:
         await writer.append("s", [_message(0)])
         async with reader.subscribe(poll_interval=poll_interval) as subscription:

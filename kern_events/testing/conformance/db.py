@@ -14,10 +14,10 @@ from kern_events import (
     Snapshot,
     UnknownEvent,
 )
+from kern_events.testing._backend import Backend
+from kern_events.testing._codecs import FutureCodec
+from kern_events.testing._samples import conversation
 from projections import SessionView, fold_records
-from tests._backends import Backend
-from tests._codecs import FutureCodec
-from tests._samples import conversation
 
 SEED_FIELDS = [
     "session_id",

@@ -23,8 +23,8 @@ from kern_events import (
     ToolConfirmation,
     UserInput,
 )
+from kern_events.testing._backend import Backend
 from projections import fold_records
-from tests._backends import Backend
 
 REQUIREMENTS = (
     ToolConfirmation(requirement_id="q1", tool_call_id="c1", tool_name="book_flight", arguments={"to": "Oslo"}),

@@ -31,7 +31,7 @@ from kern_events import (
 )
 from kern_events.events import Event
 from kern_events.store import EventStore
-from tests._backends import Backend
+from kern_events.testing._backend import Backend
 
 MAX_INT64 = 2**63 - 1
 

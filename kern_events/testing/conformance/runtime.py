@@ -9,8 +9,8 @@ import pytest
 
 from kern_events import Agent, MemoryModel, StoragePolicy, Team, ToolCallRequest, Workflow
 from kern_events.runtime import ModelMessage, ModelResponse, ToolSpec, run_sync
+from kern_events.testing._backend import Backend
 from projections import SessionView
-from tests._backends import Backend
 
 
 async def get_weather(city: str) -> dict[str, Any]:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import tempfile
-from pathlib import Path
+import uuid
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,8 +37,8 @@ from kern_events import (
     ToolConfirmation,
     UserInput,
 )
+from kern_events.testing._backend import Backend
 from projections import fold_records
-from tests._backends import BACKENDS, Backend
 
 names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=8)
 identifiers = st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), min_size=1, max_size=8).filter(
@@ -114,15 +112,15 @@ starts = st.builds(
 
 
 async def _write_then_reopen(
-    backend: Backend, batches: list[list[Event]], checkpoint_after: int | None
+    backend: Backend, session_id: str, batches: list[list[Event]], checkpoint_after: int | None
 ) -> tuple[Any, Any]:
     records: list[Record] = []
     async with backend.db() as db:
         for index, batch in enumerate(batches):
-            result = await db.store.append("s", batch, expected_version=len(records))
+            result = await db.store.append(session_id, batch, expected_version=len(records))
             records += [
                 Record(
-                    session_id="s",
+                    session_id=session_id,
                     version=version,
                     position=position,
                     event_id=event_id,
@@ -138,15 +136,18 @@ async def _write_then_reopen(
                 )
             ]
             if index == checkpoint_after:
-                await db.save_checkpoint("s")
+                await db.save_checkpoint(session_id)
         if not backend.persistent:
-            return fold_records(records), await db.get_session("s")
+            return fold_records(records), await db.get_session(session_id)
     async with backend.db() as reopened:
-        return fold_records(records), await reopened.get_session("s")
+        return fold_records(records), await reopened.get_session(session_id)
 
 
-@pytest.mark.parametrize("backend_name", BACKENDS)
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     start=starts,
     body=st.lists(events, max_size=30),
@@ -154,15 +155,11 @@ async def _write_then_reopen(
     checkpoint=st.none() | st.integers(0, 3),
 )
 def test_folded_view_equals_the_view_read_back_after_reopening(
-    backend_name: str, start: Event, body: list[Event], cuts: list[int], checkpoint: int | None
+    backend: Backend, start: Event, body: list[Event], cuts: list[int], checkpoint: int | None
 ) -> None:
     sequence = [start, RunStarted(run_id="r1"), *body]
     bounds = sorted({0, len(sequence), *(cut for cut in cuts if cut < len(sequence))})
     batches = [sequence[low:high] for low, high in itertools.pairwise(bounds)]
-    with tempfile.TemporaryDirectory() as directory:
-        backend = Backend(backend_name, Path(directory))
-        try:
-            expected, actual = asyncio.run(_write_then_reopen(backend, batches, checkpoint))
-        finally:
-            backend.cleanup()
+    session_id = f"s-{uuid.uuid4().hex}"  # each example on a session of its own, in the one database
+    expected, actual = asyncio.run(_write_then_reopen(backend, session_id, batches, checkpoint))
     assert actual == expected

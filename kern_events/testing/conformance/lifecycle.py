@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from kern_events import InvalidArgumentError, MessageAdded, SessionStarted, Snapshot, StoreClosedError
-from tests._backends import Backend
+from kern_events.testing._backend import Backend
+from kern_events.testing._feed import feed_settled
 
 
 def _message(n: int) -> MessageAdded:
@@ -32,6 +33,7 @@ async def test_delete_erases_events_snapshots_and_index_row_of_that_session_only
         await store.save_snapshot(_snapshot("kept", 2))
         assert await store.delete_session("gone") is True
         assert [record async for record in store.read("gone")] == []
+        await feed_settled(store)
         assert [record.session_id async for record in store.read_all()] == ["kept", "kept"]
         assert await store.load_snapshot("gone", "session") is None
         assert await store.get_session_info("gone") is None

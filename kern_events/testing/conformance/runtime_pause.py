@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kern_events import Agent, ExternalExecution, MemoryModel, RunStateError, ToolConfirmation, UserInput
-from tests._backends import Backend
+from kern_events.testing._backend import Backend
 
 booked: list[str] = []
 

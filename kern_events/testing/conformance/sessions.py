@@ -13,6 +13,7 @@ from kern_events import (
     AppendResult,
     BaseDb,
     ConcurrencyError,
+    InvalidArgumentError,
     MediaReference,
     MessageAdded,
     RunMetrics,
@@ -26,8 +27,8 @@ from kern_events import (
     ToolCallRequest,
     ToolCallStarted,
 )
+from kern_events.testing._backend import Backend
 from projections import SessionView, history_messages
-from tests._backends import Backend
 
 IMAGE = MediaReference(media_id="m1", kind="image", url="https://example.com/a.png")
 
@@ -313,3 +314,16 @@ async def test_a_refused_session_looks_like_an_unknown_one(backend: Backend) -> 
             await db.open_session("alices", user_id="bob")
         created = await db.open_session("bobs", user_id="bob")
         assert (await db.get_session("bobs", user_id="bob")).user_id == created.user_id == "bob"
+
+
+async def test_a_step_refused_as_invalid_is_dropped_and_the_run_can_still_end(backend: Backend) -> None:
+    async with backend.db() as db:
+        session = await db.open_session("s", name="named")
+        run = await session.start_run("r1")
+        await run.flush()
+        run.message("assistant", object())  # msgpack cannot encode it: never storable
+        with pytest.raises(InvalidArgumentError):
+            await run.flush()
+        await run.fail("the model returned something unstorable")
+        types = await _records_of_run(db, "r1")
+    assert types == ["run_started", "run_failed"]

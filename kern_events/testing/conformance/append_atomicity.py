@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from kern_events import IdempotencyError, MessageAdded
-from tests._backends import Backend
+from kern_events.testing._backend import Backend
 
 
 @pytest.mark.parametrize("size", [4_500, 50_000])

@@ -16,21 +16,20 @@ from kern_events import (
     AppendResult,
     BaseDb,
     ConcurrencyError,
-    InMemoryEventStore,
     InvalidArgumentError,
     MessageAdded,
     Run,
     retry_on_conflict,
 )
-from tests._backends import Backend
+from kern_events.testing._backend import Backend
 
 
 @asynccontextmanager
 async def _dbs(backend: Backend, count: int) -> AsyncIterator[list[BaseDb]]:
     """``count`` open dbs on one database: separate stores, as separate processes would have."""
-    shared = InMemoryEventStore()
+    shared = backend.store()  # a backend whose stores do not share a database shares one store
     async with AsyncExitStack() as stack:
-        dbs = [BaseDb(shared) if backend.name == "memory" else backend.db() for _ in range(count)]
+        dbs = [backend.db() if backend.persistent else BaseDb(shared) for _ in range(count)]
         for db in dbs:
             await stack.enter_async_context(db)
         yield dbs
@@ -127,4 +126,4 @@ async def test_retry_on_conflict_gives_up_after_its_attempts_with_the_conflict(b
         assert await mine.get_session_state("s") == {"k": 3}
         for options in ({"attempts": 0}, {"base_delay": -1.0}, {"max_delay": float("nan")}):
             with pytest.raises(InvalidArgumentError):
-                await retry_on_conflict(second, stale_write, **options)  # type: ignore[arg-type]
+                await retry_on_conflict(second, stale_write, **options)
