@@ -20,6 +20,7 @@ from kern_events.events import EVENT_TYPES
 __all__ = [
     "MAX_INT32",
     "MAX_INT64",
+    "MAX_SNAPSHOT_NAME_LENGTH",
     "check_choice",
     "check_event_types",
     "check_flag",
@@ -43,18 +44,21 @@ T = TypeVar("T")
 MAX_NAME_LENGTH = 1024
 
 MAX_ID_LENGTH = 255
+
+MAX_SNAPSHOT_NAME_LENGTH = 2 * MAX_ID_LENGTH
+"""Snapshot names hold an id after a prefix (a run's checkpoint is ``"run:" + run_id``)."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SQL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
 
 
-def check_identifier(argument: str, value: object) -> str:
+def check_identifier(argument: str, value: object, *, max_length: int = MAX_ID_LENGTH) -> str:
     """A session, user, agent, team or workflow id: a non-empty string without control characters."""
     if not isinstance(value, str):
         raise InvalidIdentifierError(argument, value, "it must be a string")
     if not value or value.strip() == "":
         raise InvalidIdentifierError(argument, value, "it must not be empty or blank")
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidIdentifierError(argument, value, f"it is longer than {MAX_ID_LENGTH} characters")
+    if len(value) > max_length:
+        raise InvalidIdentifierError(argument, value, f"it is longer than {max_length} characters")
     if _CONTROL.search(value):
         raise InvalidIdentifierError(argument, value, "it contains a control character")
     if not _is_utf8(value):

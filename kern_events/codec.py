@@ -35,7 +35,8 @@ class Codec(Protocol):
     """Turns events into bytes and stored bytes back into records."""
 
     def encode(self, event: Event, event_id: UUID) -> PendingEvent:
-        """Encode one event; raise :class:`UnknownEventTypeError` for anything that is not an event."""
+        """Encode one event; raise :class:`UnknownEventTypeError` for anything that is not an event, and
+        :class:`InvalidEventError` for one that could not be stored and read back exactly as given."""
         ...
 
     def decode(self, stored: StoredEvent) -> Record:

@@ -19,7 +19,8 @@ own exception never escapes raw: each backend translates it at one seam, keeping
     ├── InvalidArgumentError        bad input, rejected before anything is written (also a ValueError)
     │   ├── InvalidIdentifierError  a session id or table name that is not allowed
     │   ├── UnknownEventTypeError   an object that is not a kern-events event
-    │   ├── InvalidEventError       an event whose fields do not have their declared types
+    │   ├── InvalidEventError       an event that would not read back as given (a field without its
+    │   │                           declared type, or a value the codec cannot encode)
     │   └── PayloadTooLargeError    an encoded event above the store's size limit
     ├── StorageError                the database failed in a way the caller cannot fix by changing input
     │   ├── StorageUnavailableError the database could not be reached, or the connection was lost

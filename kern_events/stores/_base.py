@@ -22,6 +22,7 @@ import anyio
 from kern_events._index import SessionInfo
 from kern_events._validate import (
     MAX_INT32,
+    MAX_SNAPSHOT_NAME_LENGTH,
     check_choice,
     check_event_types,
     check_flag,
@@ -167,7 +168,7 @@ def _check_snapshot(snapshot: object) -> None:
     if not isinstance(snapshot, Snapshot):
         raise InvalidArgumentError("snapshot", f"expected a Snapshot, got {type(snapshot).__qualname__}")
     check_identifier("snapshot.session_id", snapshot.session_id)
-    check_identifier("snapshot.name", snapshot.name)
+    check_identifier("snapshot.name", snapshot.name, max_length=MAX_SNAPSHOT_NAME_LENGTH)
     check_non_negative("snapshot.schema_version", snapshot.schema_version, maximum=MAX_INT32)
     check_non_negative("snapshot.version", snapshot.version)
     if not isinstance(snapshot.data, bytes):
@@ -479,7 +480,7 @@ class BaseEventStore(abc.ABC):
     ) -> Snapshot | None:
         """The newest matching snapshot, or ``None``."""
         check_identifier("session_id", session_id)
-        check_identifier("name", name)
+        check_identifier("name", name, max_length=MAX_SNAPSHOT_NAME_LENGTH)
         check_non_negative("schema_version", schema_version, allow_none=True, maximum=MAX_INT32)
         check_non_negative("max_version", max_version, allow_none=True)
         await self._ensure_open()

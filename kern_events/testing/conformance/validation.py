@@ -242,3 +242,12 @@ async def test_event_ids_of_the_wrong_type_are_refused(backend: Backend) -> None
         with pytest.raises(InvalidArgumentError, match=r"event_ids\[0\]"):
             await store.append("s", [RunStarted(run_id="r")], event_ids=[str(uuid.uuid4())])  # type: ignore[list-item]
         assert await store.current_version("s") == 0
+
+
+async def test_a_run_id_of_the_longest_allowed_length_can_be_checkpointed_and_read(backend: Backend) -> None:
+    run_id = "r" * 255  # its checkpoint's name ("run:" + run_id) is longer than an id may be
+    async with backend.db() as db:
+        await db.store.append("s", [SessionStarted(session_type="agent"), RunStarted(run_id=run_id)])
+        await db.save_checkpoint("s", paused_run_id=run_id)
+        assert (await db.get_run("s", run_id)).run_id == run_id
+        assert await db.store.load_snapshot("s", f"run:{run_id}") is not None
