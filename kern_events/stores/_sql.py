@@ -1,24 +1,31 @@
-"""What the SQL backends share: validated, quoted table names and the schema version they write."""
+"""What the SQL backends share: validated, quoted table names, the schema version they write, the
+row shapes they read, the statements both run unchanged, and the append request their group
+committers carry."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
 import msgspec
 
-from kern_events._index import SessionInfo
 from kern_events._validate import check_sql_identifier
+from kern_events.backend import IndexDelta, SessionFilter, SessionInfo, index_delta
 from kern_events.errors import InvalidArgumentError
-from kern_events.records import Snapshot, StoredEvent
+from kern_events.events import Event
+from kern_events.records import ExpectedVersion, PendingEvent, Snapshot, StoredEvent
 
 __all__ = [
     "EVENT_COLUMNS",
     "INFO_COLUMNS",
     "SCHEMA_VERSION",
     "SNAPSHOT_COLUMNS",
+    "TOMBSTONE",
+    "AppendRequest",
+    "Placeholder",
     "Row",
+    "SessionStatements",
     "TableNames",
     "event_columns",
     "info_from_row",
@@ -126,3 +133,73 @@ class TableNames(msgspec.Struct, frozen=True, kw_only=True):
         names = [getattr(self, field) for field in self.__struct_fields__]
         if len({name.lower() for name in names}) != len(names):
             raise InvalidArgumentError("table names", f"each table needs its own name, got {names}")
+
+
+TOMBSTONE = (
+    "deleted = true, session_type = NULL, agent_id = NULL, team_id = NULL, workflow_id = NULL, "
+    "user_id = NULL, name = NULL, run_count = 0"
+)
+"""What deleting a session leaves of its index row: the version (so that it is never reused) and
+the times; everything that identified it is gone."""
+
+Placeholder = Callable[[int], str]
+"""The marker of the n-th statement parameter: ``?n`` on SQLite, ``$n`` on PostgreSQL."""
+
+
+class SessionStatements:
+    """The statements on the session index and the snapshots that both SQL backends run unchanged,
+    written once with numbered parameters."""
+
+    def __init__(self, sessions: str, snapshots: str, param: Placeholder) -> None:
+        self._param = param
+        self.version = f"SELECT version FROM {sessions} WHERE session_id = {param(1)}"
+        self.info = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE session_id = {param(1)} AND NOT deleted"
+        self.tombstone = f"UPDATE {sessions} SET {TOMBSTONE} WHERE session_id = {param(1)} AND NOT deleted"
+        self.snapshot_get = (
+            f"SELECT {SNAPSHOT_COLUMNS} FROM {snapshots} WHERE session_id = {param(1)} AND name = {param(2)} "
+            f"AND (CAST({param(3)} AS integer) IS NULL OR schema_version = {param(3)}) AND version <= {param(4)} "
+            "ORDER BY version DESC LIMIT 1"
+        )
+        self._list = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE NOT deleted"
+
+    def list_sessions(self, query: SessionFilter, *, no_limit: int | None) -> tuple[str, list[Any]]:
+        """The listing for ``query`` and its parameters; ``no_limit`` is what the backend's ``LIMIT``
+        takes for "all" (SQLite -1, PostgreSQL NULL)."""
+        sql, parameters = self._list, []
+        for column in ("user_id", "session_type", "agent_id", "team_id", "workflow_id"):
+            value = getattr(query, column)
+            if value is not None:
+                parameters.append(value)
+                sql += f" AND {column} = {self._param(len(parameters))}"
+        order = "DESC" if query.descending else "ASC"
+        parameters += (no_limit if query.limit is None else query.limit, query.offset)
+        limit, offset = self._param(len(parameters) - 1), self._param(len(parameters))
+        return f"{sql} ORDER BY {query.sort_by} {order}, session_id {order} LIMIT {limit} OFFSET {offset}", parameters
+
+
+class AppendRequest:
+    """One append on its way through a SQL backend's group committer."""
+
+    __slots__ = ("delta", "expected", "pending", "recorded_at", "session_id")
+
+    def __init__(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        pending: Sequence[PendingEvent],
+        expected: int | ExpectedVersion,
+        recorded_at: float,
+    ) -> None:
+        self.session_id = session_id
+        self.pending = pending
+        self.expected = expected
+        self.delta: IndexDelta = index_delta(events)
+        """What the append changes in the session's index row."""
+        self.recorded_at = recorded_at
+
+    @property
+    def wanted(self) -> int | None:
+        """The head the append requires, or ``None`` for any."""
+        if self.expected is ExpectedVersion.ANY:
+            return None
+        return 0 if self.expected is ExpectedVersion.NO_STREAM else self.expected

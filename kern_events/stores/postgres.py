@@ -57,7 +57,6 @@ from kern_events.backend import (
     SessionFilter,
     SessionInfo,
     conflict,
-    index_delta,
     match_retry,
 )
 from kern_events.codec import Codec
@@ -75,8 +74,9 @@ from kern_events.stores._sql import (
     EVENT_COLUMNS,
     INFO_COLUMNS,
     SCHEMA_VERSION,
-    SNAPSHOT_COLUMNS,
+    AppendRequest,
     Row,
+    SessionStatements,
     TableNames,
     info_from_row,
     quote,
@@ -452,9 +452,9 @@ class PostgresEventStore(BaseEventStore):
     ) -> AppendResult:
         """Commit through the group committer: a lone append is one statement; appends that arrive
         while others are being committed go together in one multi-session statement."""
-        return await self._group.submit(_Append(session_id, pending, expected, index_delta(events), recorded_at))
+        return await self._group.submit(AppendRequest(session_id, events, pending, expected, recorded_at))
 
-    async def _commit_batch(self, batch: Sequence[_Append]) -> list[AppendResult | Exception]:
+    async def _commit_batch(self, batch: Sequence[AppendRequest]) -> list[AppendResult | Exception]:
         """One statement for the batch; an append it could not place goes through the single path."""
         appender = self._appender
         if len(batch) == 1 and appender is not None and self._loop is asyncio.get_running_loop():
@@ -495,7 +495,7 @@ class PostgresEventStore(BaseEventStore):
                 self._discard_appender(connection)
             return outcomes
 
-    async def _append_held(self, appender: asyncpg.Connection, request: _Append) -> AppendResult | Exception:
+    async def _append_held(self, appender: asyncpg.Connection, request: AppendRequest) -> AppendResult | Exception:
         """A lone append on the held appending connection: the hot path, flat (each layer of context
         managers costs microseconds here); the same error handling as :meth:`_appending_connection`."""
         try:
@@ -506,7 +506,7 @@ class PostgresEventStore(BaseEventStore):
                 raise
 
     async def _append_alone(
-        self, connection: asyncpg.Connection | _Connection, request: _Append
+        self, connection: asyncpg.Connection | _Connection, request: AppendRequest
     ) -> AppendResult | Exception:
         """The single-append statement, with the error paths that tell a retry from a conflict.
 
@@ -548,7 +548,7 @@ class PostgresEventStore(BaseEventStore):
         return conflict(session_id, expected, await self._current_version(session_id))
 
     async def _missed(
-        self, connection: asyncpg.Connection | _Connection, request: _Append
+        self, connection: asyncpg.Connection | _Connection, request: AppendRequest
     ) -> tuple[int | None, bool, bool]:
         """After a statement that wrote nothing: the session's version (``None``: no row), whether it
         is a tombstone, and whether any of the append's event ids is stored. One round trip, on a
@@ -557,7 +557,7 @@ class PostgresEventStore(BaseEventStore):
         assert row is not None
         return row[0], bool(row[1]), bool(row[2])
 
-    async def _try_lean(self, connection: _AnyConnection, request: _Append) -> list[asyncpg.Record]:
+    async def _try_lean(self, connection: _AnyConnection, request: AppendRequest) -> list[asyncpg.Record]:
         """The lean statement where it applies (see ``_Statements.append_existing``), else nothing."""
         wanted, delta, pending = request.wanted, request.delta, request.pending
         if not _lean_applies(request):
@@ -654,34 +654,22 @@ class PostgresEventStore(BaseEventStore):
         return FeedLag(fence=fence, held_back=held_back, since=since, holder_pid=pid, holder_database=database)
 
     async def _current_version(self, session_id: str) -> int:
-        rows = await self._fetch(self._sql.version, session_id)
+        rows = await self._fetch(self._sql.shared.version, session_id)
         return int(rows[0][0]) if rows else 0
 
     async def _get_session_info(self, session_id: str) -> SessionInfo | None:
-        rows = await self._fetch(self._sql.info, session_id)
+        rows = await self._fetch(self._sql.shared.info, session_id)
         return info_from_row(rows[0]) if rows else None
 
     async def _list_sessions(self, query: SessionFilter) -> list[SessionInfo]:
-        sql = self._sql.list
-        arguments: list[Any] = []
-        for column in ("user_id", "session_type", "agent_id", "team_id", "workflow_id"):
-            value = getattr(query, column)
-            if value is not None:
-                arguments.append(value)
-                sql += f" AND {column} = ${len(arguments)}"
-        order = "DESC" if query.descending else "ASC"
-        arguments += (query.limit, query.offset)
-        sql += (
-            f" ORDER BY {query.sort_by} {order}, session_id {order} "
-            f"LIMIT ${len(arguments) - 1} OFFSET ${len(arguments)}"
-        )
+        sql, arguments = self._sql.shared.list_sessions(query, no_limit=None)
         return [info_from_row(row) for row in await self._fetch(sql, *arguments)]
 
     async def _load_snapshot(
         self, session_id: str, name: str, schema_version: int | None, max_version: int | None
     ) -> Snapshot | None:
         rows = await self._fetch(
-            self._sql.snapshot_get,
+            self._sql.shared.snapshot_get,
             session_id,
             name,
             schema_version,
@@ -692,37 +680,32 @@ class PostgresEventStore(BaseEventStore):
         return snapshot_from_row(rows[0])
 
 
-class _Append:
-    """One append on its way through the group committer."""
-
-    __slots__ = ("delta", "expected", "pending", "recorded_at", "session_id")
-
-    def __init__(
-        self,
-        session_id: str,
-        pending: Sequence[PendingEvent],
-        expected: int | ExpectedVersion,
-        delta: IndexDelta,
-        recorded_at: float,
-    ) -> None:
-        self.session_id = session_id
-        self.pending = pending
-        self.expected = expected
-        self.delta = delta
-        self.recorded_at = recorded_at
-
-    @property
-    def wanted(self) -> int | None:
-        """The head the append requires, or ``None`` for any."""
-        if self.expected is ExpectedVersion.ANY:
-            return None
-        return 0 if self.expected is ExpectedVersion.NO_STREAM else self.expected
-
-
-def _lean_applies(request: _Append) -> bool:
+def _lean_applies(request: AppendRequest) -> bool:
     """Whether the lean statement can take the append: an exact head, no session start, no rename."""
     wanted, delta = request.wanted, request.delta
     return wanted is not None and wanted != 0 and delta.started is None and delta.name is None
+
+
+def _index_assignments(
+    *, n: str, has_start: str, started: tuple[str, str, str, str, str], name: str, at: str, runs: str
+) -> str:
+    """The session-index rule (``kern_events.backend.apply_delta``) as the SET list of an UPDATE of
+    the row ``s``, over the given SQL expressions: a SessionStarted replaces the type, ids and user;
+    a name replaces the name; a tombstoned row starts afresh (created now, no runs) but keeps counting
+    versions; every append moves the version, the time and the run count."""
+    session_type, agent_id, team_id, workflow_id, user_id = started
+    return f"""
+        version = s.version + {n},
+        session_type = CASE WHEN {has_start} THEN {session_type} ELSE s.session_type END,
+        agent_id = CASE WHEN {has_start} THEN {agent_id} ELSE s.agent_id END,
+        team_id = CASE WHEN {has_start} THEN {team_id} ELSE s.team_id END,
+        workflow_id = CASE WHEN {has_start} THEN {workflow_id} ELSE s.workflow_id END,
+        user_id = CASE WHEN {has_start} THEN {user_id} ELSE s.user_id END,
+        name = COALESCE({name}, s.name),
+        created_at = CASE WHEN s.deleted THEN {at} ELSE s.created_at END,
+        updated_at = {at},
+        run_count = CASE WHEN s.deleted THEN 0 ELSE s.run_count END + {runs},
+        deleted = false"""
 
 
 def _started_fields(delta: IndexDelta) -> tuple[str | None, ...]:
@@ -745,7 +728,7 @@ def _event_arguments(pending: Sequence[PendingEvent]) -> tuple[Any, ...]:
     )
 
 
-def _single_arguments(request: _Append) -> tuple[Any, ...]:
+def _single_arguments(request: AppendRequest) -> tuple[Any, ...]:
     pending = request.pending
     return (
         request.session_id,
@@ -760,7 +743,7 @@ def _single_arguments(request: _Append) -> tuple[Any, ...]:
     )
 
 
-def _batch_arguments(batch: Sequence[_Append]) -> tuple[list[Any], ...]:
+def _batch_arguments(batch: Sequence[AppendRequest]) -> tuple[list[Any], ...]:
     """Column arrays: one entry per append (sessions are distinct in a batch), then one per event."""
     columns: tuple[list[Any], ...] = tuple([] for _ in range(20))
     (session, wanted, count, has_start, kind, agent, team, workflow, user, name, runs, at) = columns[:12]
@@ -789,10 +772,10 @@ def _batch_arguments(batch: Sequence[_Append]) -> tuple[list[Any], ...]:
     return columns[:19]
 
 
-def _take_batch(queue: list[_Append]) -> tuple[list[_Append], list[_Append]]:
+def _take_batch(queue: list[AppendRequest]) -> tuple[list[AppendRequest], list[AppendRequest]]:
     """Queued appends for one statement: one per session, and at most 65,535 events in all."""
-    batch: list[_Append] = []
-    rest: list[_Append] = []
+    batch: list[AppendRequest] = []
+    rest: list[AppendRequest] = []
     sessions: set[str] = set()
     events = 0
     for request in queue:
@@ -805,7 +788,7 @@ def _take_batch(queue: list[_Append]) -> tuple[list[_Append], list[_Append]]:
     return batch, rest
 
 
-def _result(request: _Append, numbered: Sequence[tuple[int, int]]) -> AppendResult:
+def _result(request: AppendRequest, numbered: Sequence[tuple[int, int]]) -> AppendResult:
     return AppendResult(
         session_id=request.session_id,
         from_version=numbered[0][0],
@@ -860,26 +843,36 @@ class _Statements:
             f"INSERT INTO {versions} (component, version) VALUES ($1, $2) "
             "ON CONFLICT (component) DO UPDATE SET version = excluded.version"
         )
-        # $1 session, $2 expected head (NULL = any), $3..$6 event arrays, $7 recorded_at,
-        # $8 has SessionStarted, $9..$13 its type and ids, $14 new name (NULL = keep), $15 runs started,
+        insert_events = (
+            f"INSERT INTO {events} (position, session_id, version, event_id, type, schema_version, data, recorded_at)"
+        )
+        # The events of one append, numbered from the head the CTE ``head`` found: from four arrays
+        # ($3..$6), or, for one event (the common case), from plain parameters, which saves encoding
+        # four arrays and the unnest (~25 us per append measured here).
+        from_arrays = f"""{insert_events}
+SELECT (pg_current_xact_id()::text::bigint << 16) + e.ordinal, $1, head.base + e.ordinal,
+       e.event_id, e.type, e.schema_version, e.data, $7
+FROM head, unnest($3::uuid[], $4::text[], $5::integer[], $6::bytea[])
+     WITH ORDINALITY AS e(event_id, type, schema_version, data, ordinal)
+ORDER BY e.ordinal
+RETURNING version, position"""
+        from_parameters = f"""{insert_events}
+SELECT (pg_current_xact_id()::text::bigint << 16) + 1, $1, head.base + 1, $3::uuid, $4::text, $5::integer, $6::bytea, $7
+FROM head
+RETURNING version, position"""
+        # $1 session, $2 expected head (NULL = any), $3..$6 the events, $7 recorded_at, $8 has
+        # SessionStarted, $9..$13 its type and ids, $14 new name (NULL = keep), $15 runs started,
         # $16 number of events. The session row is the lock: bumping its version only where it equals
         # the expectation makes a racing writer wait, re-check and find nothing to update, instead of
         # failing on the events' unique index; a new session's row is inserted (or, if another writer
         # just created it, not) in the same statement. No row bumped or created: nothing is written.
-        self.append = f"""
+        any_session = f"""
 WITH bumped AS (
-    UPDATE {sessions} AS s SET
-        version = s.version + $16,
-        session_type = CASE WHEN $8 THEN $9 ELSE s.session_type END,
-        agent_id = CASE WHEN $8 THEN $10 ELSE s.agent_id END,
-        team_id = CASE WHEN $8 THEN $11 ELSE s.team_id END,
-        workflow_id = CASE WHEN $8 THEN $12 ELSE s.workflow_id END,
-        user_id = CASE WHEN $8 THEN $13 ELSE s.user_id END,
-        name = COALESCE($14, s.name),
-        created_at = CASE WHEN s.deleted THEN $7 ELSE s.created_at END,
-        updated_at = $7,
-        run_count = CASE WHEN s.deleted THEN 0 ELSE s.run_count END + $15,
-        deleted = false
+    UPDATE {sessions} AS s SET {
+            _index_assignments(
+                n="$16", has_start="$8", started=("$9", "$10", "$11", "$12", "$13"), name="$14", at="$7", runs="$15"
+            )
+        }
     WHERE s.session_id = $1 AND ($2::bigint IS NULL OR s.version = $2::bigint)
     RETURNING s.version - $16 AS base
 ), created AS (
@@ -891,37 +884,23 @@ WITH bumped AS (
 ), head AS (
     SELECT base FROM bumped UNION ALL SELECT base FROM created
 )
-INSERT INTO {events} (position, session_id, version, event_id, type, schema_version, data, recorded_at)
-SELECT (pg_current_xact_id()::text::bigint << 16) + e.ordinal, $1, head.base + e.ordinal,
-       e.event_id, e.type, e.schema_version, e.data, $7
-FROM head, unnest($3::uuid[], $4::text[], $5::integer[], $6::bytea[])
-     WITH ORDINALITY AS e(event_id, type, schema_version, data, ordinal)
-ORDER BY e.ordinal
-RETURNING version, position"""
-        # One event (the common case): the same statement with plain parameters instead of arrays,
-        # which saves encoding four arrays and the unnest (~25 us per append measured here).
-        ctes, many = self.append.rsplit("INSERT INTO", 1)
-        columns = many.split("\n", 1)[0]
-        one = f"""{columns}
-SELECT (pg_current_xact_id()::text::bigint << 16) + 1, $1, head.base + 1,
-       $3::uuid, $4::text, $5::integer, $6::bytea, $7
-FROM head
-RETURNING version, position"""
-        # One event (the common case): plain parameters instead of arrays, which saves encoding
-        # four arrays and the unnest (~25 us per append measured here).
-        self.append_one = f"{ctes}INSERT INTO{one}"
+"""
+        self.append = any_session + from_arrays
+        self.append_one = any_session + from_parameters
         # An existing session whose index row changes only in version, time and run count (most
-        # appends: messages, tool calls, run outcomes): no INSERT branch for a new session row and
-        # no CASE per column, ~20 us less. $8 runs started, $9 number of events. Nothing returned
-        # (a tombstone, or the head moved): the caller runs the full statement, which decides.
-        lean = f"""WITH head AS (
+        # appends: messages, tool calls, run outcomes): the index rule above with no session start,
+        # no name and no tombstone, so no INSERT branch and no CASE per column, ~20 us less.
+        # $8 runs started, $9 number of events. Nothing returned (a tombstone, or the head moved):
+        # the caller runs the full statement, which decides.
+        existing_session = f"""
+WITH head AS (
     UPDATE {sessions} AS s SET version = s.version + $9, updated_at = $7, run_count = s.run_count + $8
     WHERE s.session_id = $1 AND s.version = $2::bigint AND NOT s.deleted
     RETURNING s.version - $9 AS base
 )
-INSERT INTO"""
-        self.append_existing = lean + many
-        self.append_existing_one = lean + one
+"""
+        self.append_existing = existing_session + from_arrays
+        self.append_existing_one = existing_session + from_parameters
         # The batch form: $1..$12 one entry per append (distinct sessions), $13..$19 one per event.
         # Existing session rows are locked in session-id order first, and new sessions' rows are
         # inserted in session-id order too (an insert holds its key in the unique index until
@@ -938,18 +917,16 @@ WITH request AS (
     WHERE s.session_id IN (SELECT session_id FROM request)
     ORDER BY s.session_id FOR UPDATE
 ), bumped AS (
-    UPDATE {sessions} AS s SET
-        version = s.version + r.n,
-        session_type = CASE WHEN r.has_start THEN r.session_type ELSE s.session_type END,
-        agent_id = CASE WHEN r.has_start THEN r.agent_id ELSE s.agent_id END,
-        team_id = CASE WHEN r.has_start THEN r.team_id ELSE s.team_id END,
-        workflow_id = CASE WHEN r.has_start THEN r.workflow_id ELSE s.workflow_id END,
-        user_id = CASE WHEN r.has_start THEN r.user_id ELSE s.user_id END,
-        name = COALESCE(r.name, s.name),
-        created_at = CASE WHEN s.deleted THEN r.at ELSE s.created_at END,
-        updated_at = r.at,
-        run_count = CASE WHEN s.deleted THEN 0 ELSE s.run_count END + r.runs,
-        deleted = false
+    UPDATE {sessions} AS s SET {
+            _index_assignments(
+                n="r.n",
+                has_start="r.has_start",
+                started=("r.session_type", "r.agent_id", "r.team_id", "r.workflow_id", "r.user_id"),
+                name="r.name",
+                at="r.at",
+                runs="r.runs",
+            )
+        }
     FROM request AS r
     WHERE s.session_id = r.session_id AND (r.wanted IS NULL OR s.version = r.wanted)
       AND (SELECT count(*) FROM locked) >= 0
@@ -968,7 +945,7 @@ WITH request AS (
 ), head AS (
     SELECT session_id, base FROM bumped UNION ALL SELECT session_id, base FROM created
 )
-INSERT INTO {events} (position, session_id, version, event_id, type, schema_version, data, recorded_at)
+{insert_events}
 SELECT (pg_current_xact_id()::text::bigint << 16) + e.serial, e.session_id, head.base + e.ordinal,
        e.event_id, e.type, e.schema_version, e.data, r.at
 FROM unnest($13::text[], $14::bigint[], $15::bigint[], $16::uuid[], $17::text[], $18::integer[], $19::bytea[])
@@ -983,13 +960,12 @@ RETURNING session_id, version, position"""
         self.missed = f"""
 SELECT s.version, s.deleted, EXISTS (SELECT 1 FROM {events} WHERE event_id = ANY($2::uuid[]))
 FROM (SELECT 1) AS one LEFT JOIN {sessions} AS s ON s.session_id = $1"""
-        self.page = (
-            f"SELECT {EVENT_COLUMNS} FROM {events} WHERE session_id = $1 AND version BETWEEN $2 AND $3 "
-            "ORDER BY version LIMIT $4"
+        self.page, self.page_backwards, self.typed_page, self.typed_page_backwards = (
+            f"SELECT {EVENT_COLUMNS} FROM {events} WHERE session_id = $1 AND version BETWEEN $2 AND $3"
+            f"{typed} ORDER BY version{order} LIMIT $4"
+            for typed in ("", " AND type = ANY($5::text[])")
+            for order in ("", " DESC")
         )
-        self.page_backwards = self.page.replace("ORDER BY version", "ORDER BY version DESC")
-        self.typed_page = self.page.replace("ORDER BY", "AND type = ANY($5::text[]) ORDER BY")
-        self.typed_page_backwards = self.page_backwards.replace("ORDER BY", "AND type = ANY($5::text[]) ORDER BY")
         self.all_page = (
             f"SELECT {EVENT_COLUMNS} FROM {events} WHERE position >= $1 "
             "AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) "
@@ -1013,19 +989,13 @@ FROM fence LEFT JOIN LATERAL (
     SELECT pid, datname, xact_start FROM pg_stat_activity
     WHERE backend_xid = fence.xid::xid ORDER BY xact_start LIMIT 1
 ) AS holder ON true"""
-        self.version = f"SELECT version FROM {sessions} WHERE session_id = $1"
-        self.info = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE session_id = $1 AND NOT deleted"
-        self.list = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE NOT deleted"
+        self.shared = SessionStatements(sessions, snapshots, lambda number: f"${number}")
         self.lock_session = f"SELECT 1 FROM {sessions} WHERE session_id = $1 FOR UPDATE"
         self.delete_events = (
             f"WITH gone AS (DELETE FROM {events} WHERE session_id = $1 RETURNING 1) SELECT count(*) FROM gone"
         )
         self.delete_snapshots = f"DELETE FROM {snapshots} WHERE session_id = $1"
-        self.tombstone = (
-            f"WITH marked AS (UPDATE {sessions} SET deleted = true, session_type = NULL, agent_id = NULL, "
-            "team_id = NULL, workflow_id = NULL, user_id = NULL, name = NULL, run_count = 0 "
-            "WHERE session_id = $1 AND NOT deleted RETURNING 1) SELECT count(*) FROM marked"
-        )
+        self.tombstone = f"WITH marked AS ({self.shared.tombstone} RETURNING 1) SELECT count(*) FROM marked"
         self.snapshot_put = f"""
 WITH saved AS (
     INSERT INTO {snapshots} (session_id, name, version, schema_version, data, created_at)
@@ -1040,8 +1010,3 @@ DELETE FROM {snapshots} WHERE session_id = $1 AND name = $2 AND version NOT IN (
         UNION SELECT version FROM saved
     ) AS kept ORDER BY version DESC LIMIT {SNAPSHOTS_KEPT}
 )"""
-        self.snapshot_get = (
-            f"SELECT {SNAPSHOT_COLUMNS} FROM {snapshots} "
-            "WHERE session_id = $1 AND name = $2 AND ($3::integer IS NULL OR schema_version = $3) "
-            "AND version <= $4 ORDER BY version DESC LIMIT 1"
-        )

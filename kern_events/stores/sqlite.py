@@ -39,7 +39,7 @@ from kern_events.backend import (
     Page,
     SessionFilter,
     SessionInfo,
-    advance_index,
+    apply_delta,
     check_expected,
     conflict,
     match_retry,
@@ -60,8 +60,9 @@ from kern_events.stores._group import settle
 from kern_events.stores._sql import (
     INFO_COLUMNS,
     SCHEMA_VERSION,
-    SNAPSHOT_COLUMNS,
+    AppendRequest,
     Row,
+    SessionStatements,
     TableNames,
     event_columns,
     info_from_row,
@@ -186,9 +187,9 @@ class SqliteEventStore(BaseEventStore):
             "{typed}ORDER BY version {order} LIMIT ?"
         )
         self._sql_all_page = f"SELECT {{columns}} FROM {events} WHERE position >= ? ORDER BY position LIMIT ?"
-        self._sql_version = f"SELECT version FROM {sessions} WHERE session_id = ?"
-        self._sql_info = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE session_id = ? AND deleted = 0"
-        self._sql_list = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE deleted = 0"
+        self._sql = SessionStatements(sessions, snapshots, lambda number: f"?{number}")
+        self._sql_delete_events = f"DELETE FROM {events} WHERE session_id = ?"
+        self._sql_delete_snapshots = f"DELETE FROM {snapshots} WHERE session_id = ?"
         self._sql_snapshot_put = (
             f"INSERT OR REPLACE INTO {snapshots} (session_id, name, version, schema_version, data, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?)"
@@ -197,11 +198,6 @@ class SqliteEventStore(BaseEventStore):
             f"DELETE FROM {snapshots} WHERE session_id = ? AND name = ? AND version NOT IN "
             f"(SELECT version FROM {snapshots} WHERE session_id = ? AND name = ? "
             f"ORDER BY version DESC LIMIT {SNAPSHOTS_KEPT})"
-        )
-        self._sql_snapshot_get = (
-            f"SELECT {SNAPSHOT_COLUMNS} FROM {snapshots} "
-            "WHERE session_id = ? AND name = ? AND (? IS NULL OR schema_version = ?) AND version <= ? "
-            "ORDER BY version DESC LIMIT 1"
         )
 
     # -- connections -------------------------------------------------------------------------------
@@ -423,13 +419,13 @@ class SqliteEventStore(BaseEventStore):
     ) -> AppendResult:
         """Commit through the group committer: appends that arrive while a transaction is on the
         writer's thread share the next one (one fsync for all), each checked on its own."""
-        return await self._group.submit(_AppendRequest(session_id, events, pending, expected, recorded_at))
+        return await self._group.submit(AppendRequest(session_id, events, pending, expected, recorded_at))
 
-    async def _commit_batch(self, batch: Sequence[_AppendRequest]) -> list[AppendResult | Exception]:
+    async def _commit_batch(self, batch: Sequence[AppendRequest]) -> list[AppendResult | Exception]:
         return await self._write(self._append_batch_in_thread, batch)
 
     def _append_batch_in_thread(
-        self, db: sqlite3.Connection, batch: Sequence[_AppendRequest]
+        self, db: sqlite3.Connection, batch: Sequence[AppendRequest]
     ) -> list[AppendResult | Exception]:
         """Commit the batch in one transaction; an append that fails leaves nothing behind.
 
@@ -474,7 +470,7 @@ class SqliteEventStore(BaseEventStore):
         if db.in_transaction:
             self._writer_stuck = True
 
-    def _append_one(self, db: sqlite3.Connection, request: _AppendRequest) -> AppendResult:
+    def _append_one(self, db: sqlite3.Connection, request: AppendRequest) -> AppendResult:
         """One append inside the batch's transaction; the caller undoes its writes if it fails.
 
         The conflict and retry checks come before any write; the INSERT may be several statements
@@ -496,7 +492,7 @@ class SqliteEventStore(BaseEventStore):
                 raise conflict(session_id, expected, head) from None
             return retry
         info = None if row is None or row[11] else info_from_row(row)
-        new = advance_index(info, session_id, request.events, head + len(pending), request.recorded_at)
+        new = apply_delta(info, session_id, request.delta, head + len(pending), request.recorded_at)
         db.execute(
             self._sql_upsert,
             (
@@ -563,17 +559,11 @@ class SqliteEventStore(BaseEventStore):
         return await self._write(self._delete_in_thread, session_id)
 
     def _delete_in_thread(self, db: sqlite3.Connection, session_id: str) -> bool:
-        t = self.tables
         db.execute("BEGIN IMMEDIATE")
         try:
-            erased = db.execute(f"DELETE FROM {quote(t.events)} WHERE session_id = ?", (session_id,)).rowcount
-            db.execute(f"DELETE FROM {quote(t.snapshots)} WHERE session_id = ?", (session_id,))
-            tombstoned = db.execute(
-                f"UPDATE {quote(t.sessions)} SET deleted = 1, session_type = NULL, agent_id = NULL, "
-                "team_id = NULL, workflow_id = NULL, user_id = NULL, name = NULL, run_count = 0 "
-                "WHERE session_id = ? AND deleted = 0",
-                (session_id,),
-            ).rowcount
+            erased = db.execute(self._sql_delete_events, (session_id,)).rowcount
+            db.execute(self._sql_delete_snapshots, (session_id,))
+            tombstoned = db.execute(self._sql.tombstone, (session_id,)).rowcount
             db.execute("COMMIT")
         except BaseException:
             self._rollback(db)
@@ -641,45 +631,30 @@ class SqliteEventStore(BaseEventStore):
         return _stored_page(rows)
 
     async def _current_version(self, session_id: str) -> int:
-        rows = await self._fetch(self._sql_version, (session_id,))
+        rows = await self._fetch(self._sql.version, (session_id,))
         return int(rows[0][0]) if rows else 0
 
     async def _get_session_info(self, session_id: str) -> SessionInfo | None:
-        rows = await self._fetch(self._sql_info, (session_id,))
+        rows = await self._fetch(self._sql.info, (session_id,))
         return info_from_row(rows[0]) if rows else None
 
     async def _list_sessions(self, query: SessionFilter) -> list[SessionInfo]:
-        sql = self._sql_list
-        params: list[Any] = []
-        for column in ("user_id", "session_type", "agent_id", "team_id", "workflow_id"):
-            value = getattr(query, column)
-            if value is not None:
-                sql += f" AND {column} = ?"
-                params.append(value)
-        order = "DESC" if query.descending else "ASC"
-        sql += f" ORDER BY {query.sort_by} {order}, session_id {order} LIMIT ? OFFSET ?"
-        params += (-1 if query.limit is None else query.limit, query.offset)
+        sql, params = self._sql.list_sessions(query, no_limit=-1)
         return [info_from_row(row) for row in await self._fetch(sql, params)]
 
     async def _load_snapshot(
         self, session_id: str, name: str, schema_version: int | None, max_version: int | None
     ) -> Snapshot | None:
         rows = await self._fetch(
-            self._sql_snapshot_get,
-            (
-                session_id,
-                name,
-                schema_version,
-                schema_version,
-                _MAX_VERSION if max_version is None else max_version,
-            ),
+            self._sql.snapshot_get,
+            (session_id, name, schema_version, _MAX_VERSION if max_version is None else max_version),
         )
         if not rows:
             return None
         return snapshot_from_row(rows[0])
 
 
-def _append_error(request: _AppendRequest, exc: Exception) -> KernEventsError:
+def _append_error(request: AppendRequest, exc: Exception) -> KernEventsError:
     """The typed error for one append that failed inside a batch (its writes already undone).
 
     Input that passed validation but that SQLite cannot take (a lone surrogate in a string, a value
@@ -698,26 +673,6 @@ def _append_error(request: _AppendRequest, exc: Exception) -> KernEventsError:
         error = StorageError(f"SQLite failed appending to session {request.session_id!r}: {exc}")
     error.__cause__ = exc
     return error
-
-
-class _AppendRequest:
-    """One append on its way through the group committer."""
-
-    __slots__ = ("events", "expected", "pending", "recorded_at", "session_id")
-
-    def __init__(
-        self,
-        session_id: str,
-        events: Sequence[Event],
-        pending: Sequence[PendingEvent],
-        expected: int | ExpectedVersion,
-        recorded_at: float,
-    ) -> None:
-        self.session_id = session_id
-        self.events = events
-        self.pending = pending
-        self.expected = expected
-        self.recorded_at = recorded_at
 
 
 def _read_only_uri(path: str) -> str:
