@@ -148,6 +148,10 @@ def _open(path: str, *, create: bool = False, schema: str = "public") -> BaseDb:
         return PostgresDb(path, schema=schema, pool_size=2, create_schema=create)
     if create:
         return SqliteDb(path)
+    if not os.path.lexists(path):  # the store would say so too; the CLI also says what creates one
+        raise InvalidArgumentError(
+            "--db", f"database file {path!r} does not exist (`kern-events demo` or `kern-events migrate` creates one)"
+        )
     return BaseDb(SqliteEventStore(path, read_only=True))
 
 
