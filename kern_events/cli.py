@@ -35,6 +35,7 @@ from kern_events.errors import CorruptRecordError, InvalidArgumentError, KernEve
 from kern_events.events import ExternalExecution, Requirement, ToolConfirmation
 from kern_events.records import Record, UnknownEvent
 from kern_events.runtime import Agent, MemoryModel
+from kern_events.stores._base import BaseEventStore
 from kern_events.stores.sqlite import SqliteEventStore
 from projections.runs import RunView
 from projections.session import SessionView
@@ -147,6 +148,10 @@ def _open(path: str, *, create: bool = False, schema: str = "public") -> BaseDb:
         return PostgresDb(path, schema=schema, pool_size=2, create_schema=create)
     if create:
         return SqliteDb(path)
+    if not os.path.lexists(path):  # the store would say so too; the CLI also says what creates one
+        raise InvalidArgumentError(
+            "--db", f"database file {path!r} does not exist (`kern-events demo` or `kern-events migrate` creates one)"
+        )
     return BaseDb(SqliteEventStore(path, read_only=True))
 
 
@@ -481,7 +486,28 @@ async def _export(args: argparse.Namespace) -> int:
                     if record.position >= args.from_position:
                         print(_record_line(record))
                 progress.advance(task, info.version)
+            held_back = await _held_back(db)
+    if held_back:
+        print(f"note: {held_back}; export read each session directly, so it has them", file=sys.stderr)
     return 0
+
+
+async def _held_back(db: BaseDb) -> str | None:
+    """What the global feed (``read_all``, subscriptions) holds back right now, in a sentence, or ``None``."""
+    store = db.store
+    if not isinstance(store, BaseEventStore):  # a third-party store without the fence report
+        return None
+    lag = await store.feed_lag()
+    if not lag.held_back:
+        return None
+    holder = ""
+    if lag.holder_pid is not None:
+        since = "" if lag.since is None else f", open since {_when(lag.since)}"
+        holder = f" (server process {lag.holder_pid} in database {lag.holder_database!r}{since})"
+    return (
+        f"the global feed (read_all, subscriptions) is holding back {_count(lag.held_back, 'committed event')} "
+        f"behind an open transaction{holder}"
+    )
 
 
 # -- verify ------------------------------------------------------------------------------------------
@@ -539,6 +565,9 @@ async def _verify(args: argparse.Namespace) -> int:
                 await _verify_session(db, info.session_id, checker)
                 checker.finish(info.version)
                 progress.advance(task, info.version)
+            held_back = await _held_back(db)
+    if held_back:
+        print(f"note: {held_back}; verify read each session directly, so it checked them")
     for problem in checker.problems:
         print(f"problem: {problem}")
     unknown = sum(checker.unknown.values())

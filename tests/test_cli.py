@@ -564,17 +564,23 @@ def test_verify_and_export_on_postgres_see_past_an_open_transaction_and_report_c
     try:
         for _ in range(2):
             assert cli(capsys, "demo", *where)[0] == 0
-        total = len(json_lines(cli(capsys, "events", "conversation_123", *where)[1]))
 
         async def check() -> None:
             holder = await asyncpg.connect(_pg.PG_URL)
             try:
                 await holder.execute("BEGIN")
-                await holder.fetchval("SELECT pg_current_xact_id()")  # an open writing transaction
+                pid = await holder.fetchval("SELECT pg_current_xact_id()::text::bigint, pg_backend_pid()", column=1)
+                code, _, _ = await asyncio.to_thread(cli, capsys, "demo", *where)  # committed behind the fence
+                assert code == 0
+                total = len(json_lines((await asyncio.to_thread(cli, capsys, "events", "conversation_123", *where))[1]))
                 code, out, _ = await asyncio.to_thread(cli, capsys, "verify", *where)
-                assert (code, out) == (0, f"verified {total} events in 1 session: ok\n")
-                code, out, _ = await asyncio.to_thread(cli, capsys, "export", *where)
+                note, summary = out.splitlines()
+                assert (code, summary) == (0, f"verified {total} events in 1 session: ok")
+                assert note.startswith("note: the global feed (read_all, subscriptions) is holding back ")
+                assert f"server process {pid} in database 'test'" in note
+                code, out, err = await asyncio.to_thread(cli, capsys, "export", *where)
                 assert code == 0 and len(json_lines(out)) == total
+                assert err.startswith("note: the global feed")
                 corrupter = await asyncpg.connect(_pg.PG_URL)  # commits at once, unlike the holder
                 try:
                     await corrupter.execute(

@@ -3,13 +3,15 @@
 Python blocks run in a fresh interpreter in an empty directory (``-W error``); the PostgreSQL block
 gets ``KERN_EVENTS_DB_URL``, which it reads itself, pointing at a database made for the test. The
 command-line block runs line by line in bash, after the demo, with ``.venv`` being this interpreter's
-environment. The set-up commands: the test one is what CI runs; the demo one is the same install.
+environment. The set-up commands: the test one is what CI runs; the demo one runs in a fresh copy of
+the checkout, with a new virtual environment (heavy: about 15 s).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -130,6 +132,22 @@ def test_readme_has_exactly_two_set_up_commands_and_ci_runs_the_test_one() -> No
     assert commands[0] == "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/kern-events demo"
     ci = (README.parent / ".ci" / "run").read_text()
     assert commands[1] in ci
+
+
+@pytest.mark.heavy
+def test_the_demo_set_up_command_runs_as_written_in_a_fresh_copy(tmp_path: Path) -> None:
+    """A new virtual environment, a plain install (no extras) and the demo, as a new user types it."""
+    text = README.read_text()
+    command = re.findall(r"```sh\n(.*?)\n```", text.split("## Set up", 1)[1].split("\n## ", 1)[0], re.S)[0]
+    checkout = tmp_path / "kern-events"
+    ignored = shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info", "*.db", "*.db-*", ".*_cache")
+    shutil.copytree(ROOT, checkout, ignore=ignored)
+    done = subprocess.run(
+        ["bash", "-e", "-c", command], cwd=checkout, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "starting session conversation_123" in done.stdout
+    assert "agent: Nice to meet you, Alice!" in done.stdout
 
 
 def test_python_m_benchmarks_runs_as_the_readme_says_from_the_checkout() -> None:
