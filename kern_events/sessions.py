@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import anyio
 import msgspec
 
-from kern_events._validate import check_identifier, check_name, check_optional_identifier
+from kern_events._validate import check_flag, check_identifier, check_name, check_optional_identifier
 from kern_events.errors import (
     ConcurrencyError,
     InvalidArgumentError,
@@ -174,7 +174,20 @@ class Session:
         """
         check_identifier("session_id", session_id)
         check_optional_identifier("user_id", user_id)
+        check_flag("create", create)
+        if policy is not None and not isinstance(policy, StoragePolicy):
+            raise InvalidArgumentError("policy", f"expected a StoragePolicy, got {policy!r}")
         policy = policy if policy is not None else StoragePolicy()
+        data = {
+            argument: _optional_dict(argument, value)
+            for argument, value in (
+                ("agent_data", agent_data),
+                ("team_data", team_data),
+                ("workflow_data", workflow_data),
+                ("metadata", metadata),
+                ("session_state", session_state),
+            )
+        }
         info = await db.store.get_session_info(session_id)
         if info is not None:
             if not _visible_to(info, user_id):
@@ -190,11 +203,11 @@ class Session:
             workflow_id=workflow_id,
             user_id=user_id,
             name=name,
-            agent_data=dict(agent_data) if agent_data is not None else None,
-            team_data=dict(team_data) if team_data is not None else None,
-            workflow_data=dict(workflow_data) if workflow_data is not None else None,
-            metadata=dict(metadata) if metadata is not None else None,
-            session_data={"session_state": dict(session_state)} if session_state else None,
+            agent_data=data["agent_data"],
+            team_data=data["team_data"],
+            workflow_data=data["workflow_data"],
+            metadata=data["metadata"],
+            session_data={"session_state": data["session_state"]} if data["session_state"] else None,
         )
         head = await db.store.current_version(session_id)  # a deleted session keeps its versions
         try:
@@ -595,6 +608,15 @@ async def retry_on_conflict(
 def _visible_to(info: SessionInfo, user_id: str | None) -> bool:
     """Whether a caller passing ``user_id`` may open or read the session (see :meth:`Session.open`)."""
     return user_id is None or info.user_id == user_id
+
+
+def _optional_dict(argument: str, value: object) -> dict[str, Any] | None:
+    """A caller's mapping copied into a dict (``None`` stays ``None``); anything else is refused."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidArgumentError(argument, f"expected a mapping, got {type(value).__name__}")
+    return dict(value)
 
 
 def _auto_name(text: str) -> str:

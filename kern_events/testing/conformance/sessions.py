@@ -327,3 +327,25 @@ async def test_a_step_refused_as_invalid_is_dropped_and_the_run_can_still_end(ba
         await run.fail("the model returned something unstorable")
         types = await _records_of_run(db, "r1")
     assert types == ["run_started", "run_failed"]
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("agent_data", 5),
+        ("team_data", "text"),
+        ("workflow_data", [1]),
+        ("metadata", 3.5),
+        ("session_state", [1]),
+        ("policy", 5),
+        ("create", "yes"),
+    ],
+)
+async def test_open_session_refuses_an_argument_of_the_wrong_type_and_stores_nothing(
+    backend: Backend, argument: str, value: object
+) -> None:
+    async with backend.db() as db:
+        with pytest.raises(InvalidArgumentError) as caught:
+            await db.open_session("s", **{argument: value})
+        assert caught.value.argument == argument
+        assert await db.store.current_version("s") == 0
