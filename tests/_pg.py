@@ -13,10 +13,12 @@ import functools
 import os
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
+
+from kern_events.stores.postgres import PostgresEventStore
 
 PG_URL = os.environ.get("KERN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 T = TypeVar("T")
@@ -73,3 +75,8 @@ def drop_schema(schema: str) -> None:
             await connection.close()
 
     run_sync(drop)
+
+
+def store(schema: str, **options: Any) -> PostgresEventStore:
+    """A new, unopened store on the test server, in ``schema``."""
+    return PostgresEventStore(PG_URL, schema=schema, **options)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from kern_events.testing import heavy_scale
+from tests import _pg
 from tests._backends import BACKENDS, Backend
 
 
@@ -23,3 +24,14 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 def heavy_scale_fixture() -> int:
     """Multiplier for heavy scenarios: 1 by default (and in CI), larger with KERN_HEAVY_SCALE=n."""
     return heavy_scale()
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    """A PostgreSQL schema of the test's own on the test server, dropped afterwards."""
+    _pg.require_postgres()
+    name = _pg.new_schema()
+    try:
+        yield name
+    finally:
+        _pg.drop_schema(name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 
 import asyncpg
 import pytest
@@ -26,22 +25,8 @@ from kern_events.stores.postgres import normalize_url
 from tests import _pg
 
 
-@pytest.fixture
-def schema() -> Iterator[str]:
-    _pg.require_postgres()
-    name = _pg.new_schema()
-    try:
-        yield name
-    finally:
-        _pg.drop_schema(name)
-
-
 def _message(text: str) -> MessageAdded:
     return MessageAdded(run_id="r", role="user", content=text)
-
-
-def _store(schema: str, **options: object) -> PostgresEventStore:
-    return PostgresEventStore(_pg.PG_URL, schema=schema, **options)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -89,7 +74,7 @@ async def test_an_existing_pool_is_used_and_left_open(schema: str) -> None:
 
 async def test_custom_table_names_isolate_two_workloads_in_one_schema(schema: str) -> None:
     other = TableNames(events="b_events", sessions="b_sessions", snapshots="b_snapshots", schema="b_schema")
-    async with _store(schema) as first, _store(schema, tables=other) as second:
+    async with _pg.store(schema) as first, _pg.store(schema, tables=other) as second:
         await first.append("s", [_message("first")])
         await second.append("s", [_message("second")], expected_version=NO_STREAM)
         assert [r.event async for r in first.read("s")] == [_message("first")]
@@ -97,7 +82,7 @@ async def test_custom_table_names_isolate_two_workloads_in_one_schema(schema: st
 
 
 async def test_many_processes_starting_at_once_create_the_schema_without_errors(schema: str) -> None:
-    stores = [_store(schema, pool_size=1) for _ in range(8)]
+    stores = [_pg.store(schema, pool_size=1) for _ in range(8)]
     try:
         await asyncio.gather(*(store.append(f"s{n}", [_message("hi")]) for n, store in enumerate(stores)))
     finally:
@@ -106,16 +91,16 @@ async def test_many_processes_starting_at_once_create_the_schema_without_errors(
 
 async def test_without_runtime_ddl_a_missing_schema_is_refused_until_migrated(schema: str) -> None:
     with pytest.raises(SchemaVersionError, match="kern-events migrate"):
-        async with _store(schema, create_schema=False):
+        async with _pg.store(schema, create_schema=False):
             pass
-    async with _store(schema) as creator:
+    async with _pg.store(schema) as creator:
         await creator.migrate()
-    async with _store(schema, create_schema=False) as store:
+    async with _pg.store(schema, create_schema=False) as store:
         await store.append("s", [_message("works")])
 
 
 async def test_a_schema_from_a_newer_release_is_refused(schema: str) -> None:
-    async with _store(schema) as store:
+    async with _pg.store(schema) as store:
         await store.append("s", [_message("kept")])
     connection = await asyncpg.connect(_pg.PG_URL)
     try:
@@ -123,13 +108,13 @@ async def test_a_schema_from_a_newer_release_is_refused(schema: str) -> None:
     finally:
         await connection.close()
     with pytest.raises(SchemaVersionError, match="99"):
-        async with _store(schema):
+        async with _pg.store(schema):
             pass
 
 
 async def test_sixteen_concurrent_writers_on_one_session_lose_nothing(schema: str) -> None:
     per_writer = 12
-    async with _store(schema, pool_size=16) as store:
+    async with _pg.store(schema, pool_size=16) as store:
 
         async def writer(n: int) -> int:
             conflicts = 0
@@ -154,7 +139,7 @@ async def test_sixteen_concurrent_writers_on_one_session_lose_nothing(schema: st
 @pytest.fixture
 async def slow_inserts(schema: str) -> str:
     """The store's tables, with a trigger that holds any append to session 'slow' open for a while."""
-    async with _store(schema) as store:
+    async with _pg.store(schema) as store:
         await store.append("warm-up", [_message("creates the tables")])
     connection = await asyncpg.connect(_pg.PG_URL)
     try:
@@ -177,7 +162,7 @@ async def slow_inserts(schema: str) -> str:
 async def test_a_connection_killed_mid_append_leaves_nothing_and_the_retry_lands_once(slow_inserts: str) -> None:
     ids = [uuid.uuid4() for _ in range(3)]
     batch = [_message("a"), _message("b"), _message("c")]
-    async with _store(slow_inserts) as store:
+    async with _pg.store(slow_inserts) as store:
         append = asyncio.create_task(store.append("slow", batch, event_ids=ids))
         await asyncio.sleep(0.2)
         killer = await asyncpg.connect(_pg.PG_URL)
@@ -213,7 +198,7 @@ def test_kern_events_migrate_prepares_a_database_that_forbids_runtime_ddl(schema
 
 
 async def test_a_subscription_survives_its_listen_connection_being_killed(schema: str) -> None:
-    async with _store(schema) as reader, _store(schema) as writer:
+    async with _pg.store(schema) as reader, _pg.store(schema) as writer:
         await writer.append("s", [_message("before")])
         async with reader.subscribe(poll_interval=60) as subscription:
             records = subscription.__aiter__()

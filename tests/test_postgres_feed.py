@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -20,22 +20,8 @@ from kern_events.testing._feed import feed_reaches
 from tests import _pg
 
 
-@pytest.fixture
-def schema() -> Iterator[str]:
-    _pg.require_postgres()
-    name = _pg.new_schema()
-    try:
-        yield name
-    finally:
-        _pg.drop_schema(name)
-
-
 def _message(text: str) -> MessageAdded:
     return MessageAdded(run_id="r", role="user", content=text)
-
-
-def _store(schema: str, **options: object) -> PostgresEventStore:
-    return PostgresEventStore(_pg.PG_URL, schema=schema, **options)  # type: ignore[arg-type]
 
 
 async def _until(condition: Callable[[], Awaitable[bool]], what: str, *, within: float = 10.0) -> None:
@@ -53,7 +39,7 @@ async def gated(schema: str) -> tuple[str, int]:
     """The store's tables, with a trigger that makes any insert into session 'late' wait for an
     advisory lock (key returned): the test holds the lock to keep that append's transaction open."""
     key = random.randrange(1, 2**31)
-    async with _store(schema) as store:
+    async with _pg.store(schema) as store:
         await store.append("late", [_message("the session exists")])
     connection = await asyncpg.connect(_pg.PG_URL)
     try:
@@ -86,7 +72,7 @@ async def test_a_tailing_reader_never_skips_an_event_whose_transaction_commits_l
     gate = await asyncpg.connect(_pg.PG_URL)
     try:
         await gate.execute("SELECT pg_advisory_lock($1::bigint)", key)
-        async with _store(schema) as late_writer, _store(schema) as fast_writer, _store(schema) as reader:
+        async with _pg.store(schema) as late_writer, _pg.store(schema) as fast_writer, _pg.store(schema) as reader:
             (first,) = [record async for record in late_writer.read("late")]
             await feed_reaches(reader, first.position)
             seen: list[tuple[int, str]] = []
@@ -131,7 +117,7 @@ async def test_an_open_transaction_in_another_database_holds_the_feed_back_and_f
         await admin.execute(f'CREATE DATABASE "{database}"')
         other = await asyncpg.connect(_pg.PG_URL.rsplit("/", 1)[0] + "/" + database)
         try:
-            async with _store(schema) as store:
+            async with _pg.store(schema) as store:
                 before = await store.append("s", [_message("before")])
                 await feed_reaches(store, before.positions[-1])
                 transaction = other.transaction()
@@ -163,7 +149,7 @@ async def test_a_subscription_held_back_by_the_fence_resumes_when_it_moves_not_a
     """Nothing announces that an unrelated transaction ended: the store watches the fence itself."""
     holder = await asyncpg.connect(_pg.PG_URL)
     try:
-        async with _store(schema) as reader, _store(schema) as writer:
+        async with _pg.store(schema) as reader, _pg.store(schema) as writer:
             await writer.append("s", [_message("before")])
             async with reader.subscribe(poll_interval=60) as subscription:
                 records = subscription.__aiter__()

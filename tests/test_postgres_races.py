@@ -7,7 +7,6 @@ fraction of them; the sizes are small by default and grow with ``KERN_HEAVY_SCAL
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import asyncpg
 import pytest
@@ -16,22 +15,8 @@ from kern_events import ConcurrencyError, KernEventsError, MessageAdded, Postgre
 from tests import _pg
 
 
-@pytest.fixture
-def schema() -> Iterator[str]:
-    _pg.require_postgres()
-    name = _pg.new_schema()
-    try:
-        yield name
-    finally:
-        _pg.drop_schema(name)
-
-
 def _message(text: str) -> MessageAdded:
     return MessageAdded(run_id="r", role="user", content=text)
-
-
-def _store(schema: str, **options: object) -> PostgresEventStore:
-    return PostgresEventStore(_pg.PG_URL, schema=schema, **options)  # type: ignore[arg-type]
 
 
 @pytest.mark.heavy
@@ -41,7 +26,7 @@ async def test_after_a_delete_returns_no_event_of_the_deleted_session_is_readabl
     """A delete racing appends either erases them or precedes them; never a tombstone over live events."""
     trials = 200 * heavy_scale
     leaked: list[tuple[int, list[int]]] = []
-    async with _store(schema, pool_size=6) as store, _store(schema, pool_size=6) as writer:
+    async with _pg.store(schema, pool_size=6) as store, _pg.store(schema, pool_size=6) as writer:
         for trial in range(trials):
             session = f"s{trial}"
             await store.append(session, [_message("first")])
@@ -73,7 +58,7 @@ async def test_batches_creating_the_same_new_sessions_in_opposite_order_never_fa
 ) -> None:
     trials = 15 * heavy_scale
     failed: list[BaseException] = []
-    async with _store(schema, pool_size=2) as first, _store(schema, pool_size=2) as second:
+    async with _pg.store(schema, pool_size=2) as first, _pg.store(schema, pool_size=2) as second:
         await first.append("warm-up", [_message("tables")])
         await second.append("warm-up", [_message("connections")])
         for trial in range(trials):
@@ -88,7 +73,7 @@ async def test_batches_creating_the_same_new_sessions_in_opposite_order_never_fa
 async def test_a_poisoned_append_fails_alone_and_its_batch_commits(schema: str) -> None:
     """Five appends the server cannot take among 500 concurrent ones: only their callers see an error."""
     poisoned = set(range(3, 500, 100))
-    async with _store(schema, pool_size=2) as store:
+    async with _pg.store(schema, pool_size=2) as store:
         for n in sorted(poisoned):
             await store.append(f"p{n}", [_message("exists")])
 
@@ -108,7 +93,7 @@ async def test_a_poisoned_append_fails_alone_and_its_batch_commits(schema: str) 
 async def test_a_conflict_costs_one_query_after_the_append_and_carries_the_current_version(schema: str) -> None:
     """On a hot session every writer but one conflicts: the append that wrote nothing is followed by
     one query only, and the error says where the session is, so the writer retries at once."""
-    async with _store(schema) as store:
+    async with _pg.store(schema) as store:
         await store.append("hot", [_message("one"), _message("two")])
         await store.append("new-ish", [_message("warms up the full statement too")])
         appender = store._appender
@@ -136,7 +121,7 @@ async def test_a_conflict_costs_one_query_after_the_append_and_carries_the_curre
 async def test_many_writers_retrying_on_one_session_lose_nothing(schema: str) -> None:
     """Writers that retry from the conflict's ``actual_version`` alone, never reading the head."""
     writers, each = 16, 8
-    async with _store(schema, pool_size=4) as first, _store(schema, pool_size=4) as second:
+    async with _pg.store(schema, pool_size=4) as first, _pg.store(schema, pool_size=4) as second:
 
         async def writer(n: int) -> int:
             store, head, conflicts = (first, second)[n % 2], 0, 0

@@ -3,7 +3,6 @@ step exactly once. A real server, behind a proxy that drops the answer (see ``te
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -18,14 +17,6 @@ def _through(port: int) -> str:
     parts = urlsplit(_pg.PG_URL)
     user = f"{parts.username}@" if parts.username else ""
     return urlunsplit((parts.scheme, f"{user}127.0.0.1:{port}", parts.path, "sslmode=disable", ""))
-
-
-@pytest.fixture
-def schema() -> Iterator[str]:
-    _pg.require_postgres()
-    name = _pg.new_schema()
-    yield name
-    _pg.drop_schema(name)
 
 
 async def test_a_step_committed_but_unanswered_is_stored_exactly_once_when_flushed_again(schema: str) -> None:
