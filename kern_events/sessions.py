@@ -484,9 +484,13 @@ class Run:
         return result
 
     async def _end(self, ending: Event) -> AppendResult | None:
-        """Stage the event that ends the run and flush; if an earlier ending's step is still
-        unsettled (its flush raised), flush that instead: a run ends once."""
-        if self._unsettled is None or not self._unsettled.ends_run():
+        """Stage the event that ends the run and flush; if an earlier ending is still waiting (its
+        step unsettled, or staged behind an unsettled step whose retry raised), flush that instead:
+        a run ends once."""
+        pending = (self._unsettled is not None and self._unsettled.ends_run()) or any(
+            isinstance(event, _RUN_ENDINGS) for event, _ in self._staged
+        )
+        if not pending:
             self.stage(ending)
         return await self.flush()
 

@@ -26,6 +26,7 @@ from kern_events import (
     ToolCallCompleted,
     ToolCallRequest,
     ToolCallStarted,
+    retry_on_conflict,
 )
 from kern_events.testing._backend import Backend
 from projections import SessionView, history_messages
@@ -349,3 +350,18 @@ async def test_open_session_refuses_an_argument_of_the_wrong_type_and_stores_not
             await db.open_session("s", **{argument: value})
         assert caught.value.argument == argument
         assert await db.store.current_version("s") == 0
+
+
+async def test_a_run_ending_retried_after_conflicts_is_stored_once(backend: Backend) -> None:
+    async with backend.db() as db:
+        mine = await db.open_session("s", name="named")
+        other = await db.open_session("s")
+        run = await mine.start_run("r1")
+        run.message("user", "question")
+        await other.update_state({"k": 1})
+        with pytest.raises(ConcurrencyError):
+            await run.flush()  # the step stays unsettled
+        await other.update_state({"k": 2})
+        await retry_on_conflict(mine, run.complete)  # the first attempt fails again, then it lands
+        types = await _records_of_run(db, "r1")
+    assert types == ["run_started", "message_added", "run_completed"]
