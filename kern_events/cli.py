@@ -4,8 +4,8 @@
 session's version); ``migrate`` creates or upgrades the tables. Every other command only reads,
 through the session index (``sessions``, ``paused``), the session view (``show``) or the raw log
 (``events``, ``export``, ``verify``), and opens the database read-only: a SQLite file through a
-read-only connection, a PostgreSQL schema without DDL, so it never creates a file, a table or a
-schema. Audit tools (``export``, ``verify``) read each session's stream directly, never through
+read-only connection, a PostgreSQL schema without DDL, so it never creates or writes a database, a
+table or a schema (SQLite may leave its own ``-wal``/``-shm`` files beside a WAL database). Audit tools (``export``, ``verify``) read each session's stream directly, never through
 the fenced global feed, so an open transaction elsewhere on the server hides nothing from them.
 Tables and progress bars are drawn with ``rich`` on a terminal; piped output is plain.
 """
@@ -524,17 +524,19 @@ class _Checker:
         self.problems: list[str] = []
         self._session = ""
         self._last_position = -1
-        self._last_version = 0
+        self._last_version: int | None = None
+        """None before a session's first record: a session started again after its deletion goes
+        on from its tombstone's version, so its first version may be above 1."""
 
     def start(self, session_id: str) -> None:
         self.sessions += 1
-        self._session, self._last_position, self._last_version = session_id, -1, 0
+        self._session, self._last_position, self._last_version = session_id, -1, None
 
     def check(self, version: int, position: int) -> None:
         """Check one record's envelope (also of a record whose payload did not decode)."""
         self.events += 1
         session_id, last = self._session, self._last_version
-        if version != last + 1:
+        if last is not None and version != last + 1:
             kind = "a gap" if version > last + 1 else "out of order"
             self.problems.append(f"session {session_id!r}: version {version} follows version {last} ({kind})")
         if position <= self._last_position:
@@ -543,14 +545,14 @@ class _Checker:
                 f"position {self._last_position}"
             )
         self._last_position = max(self._last_position, position)
-        self._last_version = max(last, version)
+        self._last_version = version if last is None else max(last, version)
 
     def finish(self, head: int) -> None:
         """The log must reach the version the session index holds."""
-        if self._last_version < head:
+        reached = self._last_version or 0
+        if reached < head:
             self.problems.append(
-                f"session {self._session!r}: the index says version {head}, the log ends at version "
-                f"{self._last_version}"
+                f"session {self._session!r}: the index says version {head}, the log ends at version {reached}"
             )
 
 

@@ -220,6 +220,20 @@ def test_verify_reports_a_missing_version(demo_db: Path, capsys: pytest.CaptureF
     assert "problem: session 'conversation_123': version 5 follows version 3 (a gap)" in out
 
 
+def test_verify_accepts_a_session_deleted_and_started_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def write() -> None:
+        async with SqliteDb(tmp_path / "kern.db") as db:
+            session = await db.open_session("s1")
+            await session.update_state({"k": 1})
+            await db.delete_session("s1")
+            again = await db.open_session("s1")  # its versions go on from the tombstone's
+            await again.update_state({"k": 2})
+
+    asyncio.run(write())
+    code, out, _ = cli(capsys, "verify", "--db", str(tmp_path / "kern.db"))
+    assert (code, out) == (0, "verified 2 events in 1 session: ok\n")
+
+
 def test_a_missing_session_is_exit_code_2_with_a_clear_message(tmp_path: Path) -> None:
     assert run_cli("demo", cwd=tmp_path).returncode == 0
     for args in (["show", "no_such_session"], ["events", "no_such_session"]):
