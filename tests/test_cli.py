@@ -393,6 +393,12 @@ def _bad_database(kind: str, directory: Path) -> str:
         return _pg.PG_URL.rsplit("/", 1)[0] + "/no_such_database_kern"
     if kind == "misspelled postgres host":
         return "postgresql://postgres@no-such-host.invalid/test"
+    if kind == "malformed postgres url":
+        return "postgresql://postgres@127.0.0.1:notaport/test"
+    if kind == "postgres port out of range":
+        return "postgresql://postgres@127.0.0.1:99999/test"
+    if kind == "malformed postgres host":
+        return "postgresql://[bad/test"
     raise AssertionError(kind)
 
 
@@ -404,6 +410,9 @@ BAD_KINDS = [
     "unreachable postgres",
     "misspelled postgres database",
     "misspelled postgres host",
+    "malformed postgres url",
+    "postgres port out of range",
+    "malformed postgres host",
 ]
 
 

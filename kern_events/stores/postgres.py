@@ -224,6 +224,8 @@ class PostgresEventStore(BaseEventStore):
                 self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=self._pool_size, reset=_no_reset)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 raise StorageUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
+            except (ValueError, OverflowError) as exc:  # asyncpg's URL parsing: a bad port or host
+                raise InvalidArgumentError("db_url", f"not a usable PostgreSQL URL: {exc}") from exc
         try:
             if self._create_schema:
                 await self.migrate()
