@@ -240,7 +240,18 @@ def test_the_readme_framework_figures_are_those_in_results(name: str, system: st
 def test_the_own_backend_example_runs_the_conformance_suite_as_written(tmp_path: Path) -> None:
     (tmp_path / "test_my_store.py").write_text(_block_after("Your own backend"))
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto", "test_my_store.py"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "asyncio_mode=auto",
+            "--strict-markers",
+            "test_my_store.py",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

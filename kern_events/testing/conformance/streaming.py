@@ -9,8 +9,6 @@ import pytest
 from kern_events import MessageAdded
 from kern_events.testing._backend import Backend
 
-pytestmark = pytest.mark.heavy
-
 
 async def _peak_while_reading(backend: Backend, session_id: str, events: int) -> tuple[int, int]:
     """Write ``events`` events to a session, then return (events read, peak bytes allocated while reading)."""
