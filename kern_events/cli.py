@@ -5,8 +5,9 @@ session's version); ``migrate`` creates or upgrades the tables. Every other comm
 through the session index (``sessions``, ``paused``), the session view (``show``) or the raw log
 (``events``, ``export``, ``verify``), and opens the database read-only: a SQLite file through a
 read-only connection, a PostgreSQL schema without DDL, so it never creates or writes a database, a
-table or a schema (SQLite may leave its own ``-wal``/``-shm`` files beside a WAL database). Audit tools (``export``, ``verify``) read each session's stream directly, never through
-the fenced global feed, so an open transaction elsewhere on the server hides nothing from them.
+table or a schema (SQLite may leave its own ``-wal``/``-shm`` files beside a WAL database).
+Audit tools (``export``, ``verify``) read each session's stream directly, never through the fenced
+global feed, so an open transaction elsewhere on the server hides nothing from them.
 Tables and progress bars are drawn with ``rich`` on a terminal; piped output is plain.
 """
 
