@@ -118,6 +118,37 @@ async def test_a_conflict_costs_one_query_after_the_append_and_carries_the_curre
         assert result.to_version == 3
 
 
+async def test_a_missing_session_and_a_retry_answer_in_as_few_queries(schema: str) -> None:
+    """An exact version on a session that has no row is a conflict at version 0 (the append that
+    wrote nothing, then one query); a retry of a stored append reads the stored ids once more."""
+    async with _pg.store(schema) as store:
+        await store.append("hot", [_message("one")])
+        with pytest.raises(ConcurrencyError):  # the driver learns the error path's types once
+            await store.append("hot", [_message("stale")], expected_version=5)
+        second = await store.append("hot", [_message("two")], expected_version=1)
+        appender = store._appender
+        assert appender is not None
+        statements: list[str] = []
+
+        def log(record: asyncpg.connection.LoggedQuery) -> None:
+            statements.append(record.query)
+
+        appender.add_query_logger(log)
+        try:
+            with pytest.raises(ConcurrencyError) as caught:
+                await store.append("nowhere", [_message("lost")], expected_version=3)
+            assert (caught.value.expected_version, caught.value.actual_version) == (3, 0)
+            await asyncio.sleep(0)
+            assert len(statements) == 2, statements
+            statements.clear()
+            again = await store.append("hot", [_message("two")], expected_version=1, event_ids=second.event_ids)
+            assert again == second
+            await asyncio.sleep(0)
+            assert len(statements) == 3, statements  # the append, the look at what is stored, the ids
+        finally:
+            appender.remove_query_logger(log)
+
+
 async def test_many_writers_retrying_on_one_session_lose_nothing(schema: str) -> None:
     """Writers that retry from the conflict's ``actual_version`` alone, never reading the head."""
     writers, each = 16, 8

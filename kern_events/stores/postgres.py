@@ -517,13 +517,16 @@ class PostgresEventStore(BaseEventStore):
         """
         session_id, pending, expected = request.session_id, request.pending, request.expected
         for _ in range(_ANY_RETRIES):
+            missed: tuple[int | None, bool, bool] | None = None
             try:
                 rows = await self._try_lean(connection, request)
                 if not rows and _lean_applies(request):
-                    head, deleted, stored = await self._missed(connection, request)
-                    if head is not None and not deleted and not stored:
-                        return conflict(session_id, expected, head)
-                if not rows:  # not lean; or a tombstone, a session not visible yet, an id already stored
+                    missed = head, deleted, stored = await self._missed(connection, request)
+                    if not deleted and not stored:  # an exact version >= 1 the session is not at
+                        return conflict(session_id, expected, head or 0)
+                if not rows and (missed is None or missed[1]):
+                    # not lean, or a tombstone: the full statement decides (a stored id needs no try)
+                    missed = None
                     sql = self._sql.append_one if len(pending) == 1 else self._sql.append
                     rows = await connection.fetch(sql, *_single_arguments(request))
             except asyncpg.UniqueViolationError:
@@ -532,11 +535,11 @@ class PostgresEventStore(BaseEventStore):
                 return _result(request, sorted((row[0], row[1]) for row in rows))
             # Nothing was written: the head did not match, a new session was created by another
             # writer at the same moment, or an event id is already stored.
-            head, _, stored = await self._missed(connection, request)
+            head, _, stored = missed if missed is not None else await self._missed(connection, request)
             if not stored:
-                if head is not None and expected is not ExpectedVersion.ANY:
-                    return conflict(session_id, expected, head)
-                continue
+                if expected is not ExpectedVersion.ANY and (head is not None or request.wanted != 0):
+                    return conflict(session_id, expected, head or 0)
+                continue  # any version, or a new session another writer is creating: try again
             rows = await connection.fetch(self._sql.by_ids, [new.event_id for new in pending])
             found = {row[3]: _stored(row) for row in rows}
             try:
@@ -629,7 +632,9 @@ class PostgresEventStore(BaseEventStore):
             return
         if newest < fence:
             self.change_signal.fire()
-        elif self._fence_task is None or self._fence_task.done():
+        elif self._listeners and (self._fence_task is None or self._fence_task.done()):
+            # (re-checked: the last subscription may have closed during the query above, and its
+            # close cancels only a task that exists by then)
             self._fence_task = asyncio.create_task(self._wake_when_fence_moves(fence))
 
     async def _wake_when_fence_moves(self, fence: int) -> None:
