@@ -24,7 +24,7 @@ from kern_events._validate import (
 )
 from kern_events.checkpoints import Checkpoints
 from kern_events.codec import Codec
-from kern_events.errors import ConcurrencyError, RunNotFoundError, SessionNotFoundError
+from kern_events.errors import ConcurrencyError, InvalidArgumentError, RunNotFoundError, SessionNotFoundError
 from kern_events.events import SessionRenamed, SessionType
 from kern_events.records import Snapshot
 from kern_events.sessions import Session, StoragePolicy, _visible_to
@@ -222,6 +222,8 @@ class BaseDb:
         turn and try again", or replaying a run against another model."""
         check_identifier("new_session_id", new_session_id)
         check_non_negative("version", version, allow_none=True)
+        if version == 0:
+            raise InvalidArgumentError("version", "a fork starts from version 1 or later")
         info = await self._visible_info(session_id, user_id)
         until = info.version if version is None else min(version, info.version)
         await fork(self._store, session_id, new_session_id, until=until)

@@ -3,8 +3,9 @@ earlier version of another (to edit a turn and try again, or replay a run agains
 
 from __future__ import annotations
 
+from kern_events.errors import ConcurrencyError
 from kern_events.events import Event, MetadataUpdated
-from kern_events.records import NO_STREAM
+from kern_events.records import NO_STREAM, ExpectedVersion
 from kern_events.store import EventStore
 
 __all__ = ["fork", "version_at"]
@@ -24,8 +25,11 @@ async def version_at(store: EventStore, session_id: str, timestamp: float, *, he
 
 async def fork(store: EventStore, session_id: str, new_session_id: str, *, until: int) -> None:
     """Copy the session's events up to version ``until`` (with new ids) to ``new_session_id``, which
-    must not exist, and record where it came from; the original is left untouched."""
-    copied = 0
+    must not exist (a deleted one may: the copy goes on from its tombstone's version, as a session
+    started again does), and record where it came from; the original is left untouched."""
+    copied = await store.current_version(new_session_id)
+    if copied and await store.get_session_info(new_session_id) is not None:
+        raise ConcurrencyError(new_session_id, ExpectedVersion.NO_STREAM.value, copied)
     batch: list[Event] = []
     async for record in store.read(session_id, to_version=until):
         if isinstance(record.event, Event):
@@ -38,5 +42,5 @@ async def fork(store: EventStore, session_id: str, new_session_id: str, *, until
 
 
 async def _copy(store: EventStore, session_id: str, events: list[Event], version: int) -> int:
-    expected = version if version else NO_STREAM  # a fork never lands on an existing session
+    expected = version if version else NO_STREAM  # a fork never lands on a live session
     return (await store.append(session_id, events, expected_version=expected)).to_version

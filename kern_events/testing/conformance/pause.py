@@ -14,6 +14,7 @@ from kern_events import (
     Event,
     ExternalExecution,
     InputField,
+    InvalidArgumentError,
     RequirementNotFoundError,
     RunNotFoundError,
     RunResumed,
@@ -167,6 +168,26 @@ async def test_time_travel_by_timestamp_and_forks(backend: Backend) -> None:
     assert [run.run_id for run in fork_view.runs] == ["r1", "r2-edited"]
     assert fork_view.metadata == {"forked_from": "s", "forked_at_version": cut}
     assert [run.run_id for run in original.runs] == ["r1", "r2"], "the original is untouched"
+
+
+async def test_a_fork_may_land_on_a_deleted_id_but_not_on_a_live_session_or_before_version_1(
+    backend: Backend,
+) -> None:
+    async with backend.db() as db:
+        source = await db.open_session("s")
+        await source.update_state({"k": 1})
+        taken = await db.open_session("taken")
+        await db.open_session("gone")
+        await db.delete_session("gone")
+        forked = await db.fork_session("s", "gone")
+        assert (await db.get_session_state("gone")) == {"k": 1}
+        assert forked.version == 1 + 2 + 1  # after the tombstone: the two copied events and the fork's note
+        with pytest.raises(ConcurrencyError):
+            await db.fork_session("s", "taken")
+        assert await db.store.current_version("taken") == taken.version
+        with pytest.raises(InvalidArgumentError) as caught:
+            await db.fork_session("s", "t", version=0)
+        assert caught.value.argument == "version"
 
 
 async def test_a_run_checkpoint_that_no_longer_decodes_is_rebuilt_from_the_log(backend: Backend) -> None:
