@@ -139,8 +139,6 @@ def _translated_errors() -> Iterator[None]:
         if _connection_lost(exc):
             raise StorageUnavailableError(f"PostgreSQL unavailable: {exc}") from exc
         raise StorageError(f"PostgreSQL failed: {exc} (SQLSTATE {exc.sqlstate})") from exc
-    except (UnicodeError, OverflowError) as exc:  # a value the driver cannot encode
-        raise StorageError(f"PostgreSQL cannot take a value: {exc}") from exc
 
 
 def _translated(exc: Exception) -> Exception:
@@ -222,7 +220,7 @@ class PostgresEventStore(BaseEventStore):
         if self._owns_pool:
             try:
                 self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=self._pool_size, reset=_no_reset)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (*_CONNECTION_LOST, asyncpg.PostgresError) as exc:
                 raise StorageUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
             except (ValueError, OverflowError) as exc:  # asyncpg's URL parsing: a bad port or host
                 raise InvalidArgumentError("db_url", f"not a usable PostgreSQL URL: {exc}") from exc
@@ -382,7 +380,7 @@ class PostgresEventStore(BaseEventStore):
             if self._notifier is None or self._notifier.is_closed():
                 self._notifier = await _connect_to_the_end(self._url)
             await self._notifier.execute("SELECT pg_notify($1, '')", self._sql.channel)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError):
+        except (*_CONNECTION_LOST, asyncpg.PostgresError):
             notifier, self._notifier = self._notifier, None  # subscribers fall back to polling meanwhile
             if notifier is not None:
                 notifier.terminate()
@@ -420,7 +418,7 @@ class PostgresEventStore(BaseEventStore):
                     ready.set()
                     delay = 0.05
                     await lost.wait()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, StorageError):
+            except (*_CONNECTION_LOST, asyncpg.PostgresError, StorageError):
                 pass
             self.change_signal.fire()
             await asyncio.sleep(delay)

@@ -24,8 +24,10 @@ from kern_events import (
     ToolConfirmation,
     UserInput,
 )
+from kern_events.checkpoints import run_checkpoint
 from kern_events.testing._backend import Backend
 from projections import fold_records
+from projections.runs import RUN_SCHEMA_VERSION
 
 REQUIREMENTS = (
     ToolConfirmation(requirement_id="q1", tool_call_id="c1", tool_name="book_flight", arguments={"to": "Oslo"}),
@@ -195,7 +197,13 @@ async def test_a_run_checkpoint_that_no_longer_decodes_is_rebuilt_from_the_log(b
         session = await db.open_session("s")
         run = await session.start_run("r1")
         await run.pause(REQUIREMENTS[:1])
-        stale = Snapshot(session_id="s", name="run:r1", schema_version=1, version=session.version, data=b"\xc1")
+        stale = Snapshot(
+            session_id="s",
+            name=run_checkpoint("r1"),
+            schema_version=RUN_SCHEMA_VERSION,
+            version=session.version,
+            data=b"\xc1",
+        )
         await db.store.save_snapshot(stale)
         await session.resolve("r1", "q1", confirmed=True)
         checked = await db.get_run("s", "r1")

@@ -28,6 +28,7 @@ from kern_events import (
     ToolCallStarted,
     retry_on_conflict,
 )
+from kern_events.checkpoints import STATE_CHECKPOINT, STATE_SCHEMA_VERSION
 from kern_events.testing._backend import Backend
 from projections import SessionView, history_messages
 
@@ -201,8 +202,14 @@ async def test_state_read_from_its_checkpoint_equals_the_state_in_the_view(backe
             else:
                 await _turn(session, step)
             assert await db.get_session_state("s") == (await db.get_session("s")).session_state
-        assert await db.store.load_snapshot("s", "state") is not None
-        stale = Snapshot(session_id="s", name="state", schema_version=1, version=session.version, data=b"\xc1")
+        assert await db.store.load_snapshot("s", STATE_CHECKPOINT) is not None
+        stale = Snapshot(
+            session_id="s",
+            name=STATE_CHECKPOINT,
+            schema_version=STATE_SCHEMA_VERSION,
+            version=session.version,
+            data=b"\xc1",
+        )
         await db.store.save_snapshot(stale)
         assert await db.get_session_state("s") == {"k0": 0, "k3": 3, "k6": 6}
 
