@@ -391,15 +391,6 @@ async def _sessions(args: argparse.Namespace) -> int:
 
 async def _show(args: argparse.Namespace) -> int:
     async with _open(args.db, schema=args.schema) as db:
-        if args.version is not None:
-            info = await db.store.get_session_info(args.session_id)
-            if info is None or (args.user_id is not None and info.user_id != args.user_id):
-                raise SessionNotFoundError(args.session_id)
-            if args.version > info.version:
-                raise InvalidArgumentError(
-                    "--version",
-                    f"session {args.session_id!r} is at version {info.version}; it has no version {args.version}",
-                )
         view = await db.get_session(args.session_id, user_id=args.user_id, version=args.version)
     if args.json:
         print(_json.encode(view).decode())

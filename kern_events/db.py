@@ -46,6 +46,17 @@ if TYPE_CHECKING:
 _RENAME_ATTEMPTS = 5
 
 
+def _version_asked(info: SessionInfo, version: int | None) -> int:
+    """The version a read asks for: the head by default; one past the head is an error naming it."""
+    if version is None:
+        return info.version
+    if version > info.version:
+        raise InvalidArgumentError(
+            "version", f"session {info.session_id!r} is at version {info.version}; it has no version {version}"
+        )
+    return version
+
+
 class BaseDb:
     """A store and the default projections; use as ``async with db:`` or call :meth:`aclose`.
 
@@ -121,7 +132,7 @@ class BaseDb:
             if version == 0:
                 raise SessionNotFoundError(session_id)  # it did not exist yet
         info = await self._visible_info(session_id, user_id)
-        target = info.version if version is None else min(version, info.version)
+        target = _version_asked(info, version)
         cached = self._cache.get(session_id) if version is None else None
         start = None
         if cached is not None and cached[1] == info.created_at and cached[0] <= target:
@@ -225,7 +236,7 @@ class BaseDb:
         if version == 0:
             raise InvalidArgumentError("version", "a fork starts from version 1 or later")
         info = await self._visible_info(session_id, user_id)
-        until = info.version if version is None else min(version, info.version)
+        until = _version_asked(info, version)
         await fork(self._store, session_id, new_session_id, until=until)
         forked = await self._store.get_session_info(new_session_id)
         if forked is None:  # pragma: no cover - it was just written
@@ -255,7 +266,7 @@ class BaseDb:
         check_identifier("run_id", run_id)
         check_non_negative("version", version, allow_none=True)
         info = await self._visible_info(session_id, user_id)
-        target = info.version if version is None else min(version, info.version)
+        target = _version_asked(info, version)
         run = await self._checkpoints.run(session_id, run_id, target)
         if run is None:
             run = (await self.get_session(session_id, user_id=user_id, version=target)).get_run(run_id)

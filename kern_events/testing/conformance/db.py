@@ -86,7 +86,10 @@ async def test_a_session_reads_as_of_any_version(backend: Backend) -> None:
         assert at_6 == fold_records(records)
         assert [run.run_id for run in at_6.runs] == ["run-1"]
         assert at_6.session_state == {"turns": 1}
-        assert (await db.get_session("s", version=10_000)) == await db.get_session("s")
+        head = await db.store.current_version("s")
+        with pytest.raises(InvalidArgumentError, match=f"is at version {head};") as caught:
+            await db.get_session("s", version=10_000)  # past the head: an error naming it, not the head
+        assert caught.value.argument == "version"
 
 
 async def test_checkpoint_plus_tail_equals_the_full_fold(backend: Backend) -> None:
