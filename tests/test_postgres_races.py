@@ -7,6 +7,8 @@ fraction of them; the sizes are small by default and grow with ``KERN_HEAVY_SCAL
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
 import asyncpg
 import pytest
@@ -90,21 +92,31 @@ async def test_a_poisoned_append_fails_alone_and_its_batch_commits(schema: str) 
     assert stored[0][0] == 495 + len(poisoned), "the innocent appends, and the poisoned sessions' first events"
 
 
+@contextlib.contextmanager
+def _statements_sent(store: PostgresEventStore) -> Iterator[list[str]]:
+    """The statements the store's appending connection sends while the block runs (the driver
+    reports each soon after it ran: yield to the loop once before counting)."""
+    appender = store._appender
+    assert appender is not None
+    statements: list[str] = []
+
+    def log(record: asyncpg.connection.LoggedQuery) -> None:
+        statements.append(record.query)
+
+    appender.add_query_logger(log)
+    try:
+        yield statements
+    finally:
+        appender.remove_query_logger(log)
+
+
 async def test_a_conflict_costs_one_query_after_the_append_and_carries_the_current_version(schema: str) -> None:
     """On a hot session every writer but one conflicts: the append that wrote nothing is followed by
     one query only, and the error says where the session is, so the writer retries at once."""
     async with _pg.store(schema) as store:
         await store.append("hot", [_message("one"), _message("two")])
         await store.append("new-ish", [_message("warms up the full statement too")])
-        appender = store._appender
-        assert appender is not None
-        statements: list[str] = []
-
-        def log(record: asyncpg.connection.LoggedQuery) -> None:
-            statements.append(record.query)
-
-        appender.add_query_logger(log)
-        try:
+        with _statements_sent(store) as statements:
             for stale, events in ((1, [_message("stale")]), (0, [_message("a"), _message("b")])):
                 statements.clear()
                 with pytest.raises(ConcurrencyError) as caught:
@@ -112,8 +124,6 @@ async def test_a_conflict_costs_one_query_after_the_append_and_carries_the_curre
                 assert (caught.value.expected_version, caught.value.actual_version) == (stale, 2)
                 await asyncio.sleep(0)  # the driver calls its query loggers soon after each query
                 assert len(statements) == 2, statements
-        finally:
-            appender.remove_query_logger(log)
         result = await store.append("hot", [_message("retried")], expected_version=caught.value.actual_version)
         assert result.to_version == 3
 
@@ -126,15 +136,7 @@ async def test_a_missing_session_and_a_retry_answer_in_as_few_queries(schema: st
         with pytest.raises(ConcurrencyError):  # the driver learns the error path's types once
             await store.append("hot", [_message("stale")], expected_version=5)
         second = await store.append("hot", [_message("two")], expected_version=1)
-        appender = store._appender
-        assert appender is not None
-        statements: list[str] = []
-
-        def log(record: asyncpg.connection.LoggedQuery) -> None:
-            statements.append(record.query)
-
-        appender.add_query_logger(log)
-        try:
+        with _statements_sent(store) as statements:
             with pytest.raises(ConcurrencyError) as caught:
                 await store.append("nowhere", [_message("lost")], expected_version=3)
             assert (caught.value.expected_version, caught.value.actual_version) == (3, 0)
@@ -145,8 +147,6 @@ async def test_a_missing_session_and_a_retry_answer_in_as_few_queries(schema: st
             assert again == second
             await asyncio.sleep(0)
             assert len(statements) == 3, statements  # the append, the look at what is stored, the ids
-        finally:
-            appender.remove_query_logger(log)
 
 
 async def test_many_writers_retrying_on_one_session_lose_nothing(schema: str) -> None:
