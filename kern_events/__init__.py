@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from kern_events._index import SessionInfo
+from kern_events._registry import register_event_type, registered_event_types
 from kern_events.codec import Codec, MsgpackCodec
 from kern_events.errors import (
     ConcurrencyError,
@@ -184,6 +185,8 @@ __all__ = [
     "UnknownEventTypeError",
     "UserInput",
     "Workflow",
+    "register_event_type",
+    "registered_event_types",
     "retry_on_conflict",
 ]
 

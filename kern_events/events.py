@@ -44,7 +44,10 @@ __all__ = [
     "UserInput",
 ]
 
-SessionType = Literal["agent", "team", "workflow"]
+SessionType = str
+"""What kind of session this is: ``"agent"``, ``"team"`` or ``"workflow"`` for the reference runtimes, or
+any identifier an integration chooses (``"langgraph"``, ``"openai-agents"``): a non-blank string without
+control characters, 255 characters at most, checked when the session is started and when listing."""
 Role = Literal["system", "user", "assistant", "tool"]
 MediaKind = Literal["image", "audio", "video", "file"]
 

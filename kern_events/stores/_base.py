@@ -81,7 +81,6 @@ _FIRST_TAIL_PAGE = 32
 SNAPSHOTS_KEPT = 3
 """Snapshots kept per session and projection name; older ones are pruned when a new one is saved."""
 
-_SESSION_TYPES = frozenset(get_args(SessionType))
 _SORTS = frozenset(get_args(SessionSort))
 
 
@@ -117,9 +116,7 @@ class SessionFilter:
         self.agent_id = check_optional_identifier("agent_id", agent_id)
         self.team_id = check_optional_identifier("team_id", team_id)
         self.workflow_id = check_optional_identifier("workflow_id", workflow_id)
-        if session_type is not None:
-            check_choice("session_type", session_type, _SESSION_TYPES)
-        self.session_type = session_type
+        self.session_type = check_optional_identifier("session_type", session_type)
         check_choice("sort_by", sort_by, _SORTS)
         self.sort_by: SessionSort = sort_by
         self.descending = check_flag("descending", descending)
@@ -155,6 +152,7 @@ def _check_indexed_fields(events: Sequence[Event]) -> None:
     """The fields the session index stores as text must be valid ids and names in every backend."""
     for index, event in enumerate(events):
         if isinstance(event, SessionStarted):
+            check_identifier(f"events[{index}].session_type", event.session_type)
             for field in ("agent_id", "team_id", "workflow_id", "user_id"):
                 check_optional_identifier(f"events[{index}].{field}", getattr(event, field))
             if event.name is not None:
