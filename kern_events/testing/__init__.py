@@ -50,6 +50,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     runtime,
     runtime_pause,
     sessions,
+    skip_existing,
     streaming,
     subscribe,
     validation,
@@ -135,7 +136,7 @@ class RuntimeTests(_Suite):
     """The reference runtimes (Agent, Team, Workflow) recording their turns on the store."""
 
 
-_adopt(AppendTests, append, append_atomicity, validation)
+_adopt(AppendTests, append, append_atomicity, validation, skip_existing)
 _adopt(ReadTests, read, streaming)
 _adopt(SubscriptionTests, subscribe)
 _adopt(LifecycleTests, lifecycle)
