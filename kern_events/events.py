@@ -3,6 +3,8 @@
 Events are immutable msgspec Structs in one tagged union: the tag (``type``) names the event in the
 log, so it must never change once released. Events carry facts only; when they were recorded is the
 store's business (each record carries ``recorded_at``), which keeps folds free of clocks.
+Integrations add event types of their own (tags ``"vendor.name"``) with
+:func:`kern_events.register_event_type`; ``EVENT_TYPES`` and ``AnyEvent`` are the built-in ones only.
 """
 
 from __future__ import annotations
