@@ -60,6 +60,7 @@ def test_every_python_block_is_one_of_those_run_below() -> None:
         _block_after("Agents, teams and workflows"),
         _block_after("Agents, teams and workflows", index=1),
         _block_after("Extension events and idempotency keys"),
+        _block_after("Use it from your framework"),
         _block_after("PostgreSQL: the production store"),
         _block_after("Your own backend"),
     ]
@@ -85,6 +86,11 @@ def test_the_session_api_example_runs_as_written(tmp_path: Path) -> None:
 def test_the_extension_events_example_runs_as_written(tmp_path: Path) -> None:
     out = _run_python(_block_after("Extension events and idempotency keys"), tmp_path)
     assert out == "wrote version 4; votes {'yes': 2, 'no': 1}; 1 poll session\n"
+def test_the_langgraph_example_runs_as_written_and_a_second_process_continues_the_thread(tmp_path: Path) -> None:
+    pytest.importorskip("langgraph", reason="needs the langgraph extra")
+    code = _block_after("Use it from your framework")
+    assert _run_python(code, tmp_path) == "2 turns; reply to hello\n"
+    assert _run_python(code, tmp_path) == "4 turns; reply to hello\n"
 
 
 def test_the_postgres_example_runs_as_written(tmp_path: Path) -> None:
