@@ -86,6 +86,8 @@ def test_the_session_api_example_runs_as_written(tmp_path: Path) -> None:
 def test_the_extension_events_example_runs_as_written(tmp_path: Path) -> None:
     out = _run_python(_block_after("Extension events and idempotency keys"), tmp_path)
     assert out == "wrote version 4; votes {'yes': 2, 'no': 1}; 1 poll session\n"
+
+
 def test_the_langgraph_example_runs_as_written_and_a_second_process_continues_the_thread(tmp_path: Path) -> None:
     pytest.importorskip("langgraph", reason="needs the langgraph extra")
     code = _block_after("Use it from your framework")
