@@ -224,17 +224,11 @@ class KernEventsSaver(BaseCheckpointSaver[str]):
 
     @staticmethod
     def _session(thread_id: object) -> str:
-        session = _THREAD_PREFIX + str(thread_id)
-        if len(session) > MAX_ID_LENGTH:
-            session = _THREAD_PREFIX + "sha256:" + hashlib.sha256(str(thread_id).encode()).hexdigest()
-        return session
+        return _stream_id(_THREAD_PREFIX, str(thread_id))
 
     @staticmethod
     def _run_session(run_id: str) -> str:
-        session = _RUN_PREFIX + run_id
-        if len(session) > MAX_ID_LENGTH:
-            session = _RUN_PREFIX + "sha256:" + hashlib.sha256(run_id.encode()).hexdigest()
-        return session
+        return _stream_id(_RUN_PREFIX, run_id)
 
     def _typed(self, value: Any) -> TypedValue:
         kind, data = self.serde.dumps_typed(value)
@@ -708,6 +702,14 @@ class KernEventsSaver(BaseCheckpointSaver[str]):
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Sync :meth:`acopy_thread`."""
         self._sync(lambda: self.acopy_thread(source_thread_id, target_thread_id))
+
+
+def _stream_id(prefix: str, key: str) -> str:
+    """The session id of a thread's or a run's stream; a key too long for an id is hashed."""
+    session = prefix + key
+    if len(session) > MAX_ID_LENGTH:
+        session = prefix + "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return session
 
 
 def _starts_with(value: list[Any], prefix: list[Any]) -> bool:
