@@ -120,6 +120,36 @@ async def test_a_tasks_regular_writes_keep_the_first_value_and_errors_the_last(b
         assert found.pending_writes == [("task", ERROR, "second error"), ("task", "x", "first")]
 
 
+class _CountingStore:
+    """A store that counts the records its reads return."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.records_read = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def read(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async for record in self._store.read(*args, **kwargs):
+            self.records_read += 1
+            yield record
+
+
+async def test_reads_fold_the_tail_after_the_index_snapshot_not_the_whole_thread(backend: Backend) -> None:
+    async with backend.db() as db:
+        writer = KernEventsSaver(db, snapshot_every=16)
+        parent = None
+        for step in range(100):
+            parent = await _put(writer, "t", parent, {"x": step}, {"x": writer.get_next_version(str(step), None)})
+            await writer.aget_tuple(_config("t"))
+        counting = _CountingStore(db.store)
+        found = await KernEventsSaver(counting, snapshot_every=16).aget_tuple(_config("t"))
+        assert found is not None and found.checkpoint["channel_values"] == {"x": 99}
+        assert counting.records_read <= 16 + 2, "the index snapshot, its tail, then the checkpoint and its blobs"
+        assert await db.store.current_version("langgraph:t") > 200
+
+
 async def _grow(saver: KernEventsSaver, thread_id: str, turns: int) -> list[Any]:
     """A thread whose ``messages`` list channel gains two items a step, as a chat's history does."""
     parent, messages, version, configs = None, [], None, []
