@@ -24,6 +24,10 @@ The hooks, each called only with checked arguments on an open store:
 ``_delete_session``         erase events, snapshots and the index row, keep the version
 ``_save_snapshot``          store a checkpoint, keeping the newest :data:`SNAPSHOTS_KEPT`
 ``_load_snapshot``          the newest matching checkpoint
+``_append_many``            several sessions' :class:`PendingAppend` parts, all or nothing (optional:
+                            without it ``append_many`` raises :class:`UnsupportedError`)
+``_truncate_before``        delete a session's events below a version and save the snapshots given,
+                            atomically, after :func:`check_truncation` (optional, likewise)
 ``listen`` / ``_announce``  cross-process wake-ups for subscriptions (optional; else they poll)
 ==========================  ======================================================================
 
@@ -34,7 +38,8 @@ A backend is done when it passes the conformance suite, :mod:`kern_events.testin
 from __future__ import annotations
 
 from kern_events._index import IndexDelta, SessionInfo, advance_index, apply_delta, index_delta
-from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
+from kern_events.errors import UnsupportedError
+from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, SessionAppend, Snapshot, StoredEvent
 from kern_events.store import EventStore, SessionSort
 from kern_events.stores._base import (
     DEFAULT_MAX_EVENT_SIZE,
@@ -42,8 +47,10 @@ from kern_events.stores._base import (
     SNAPSHOTS_KEPT,
     BaseEventStore,
     Page,
+    PendingAppend,
     SessionFilter,
     check_expected,
+    check_truncation,
     conflict,
     match_retry,
     new_event_id,
@@ -63,15 +70,19 @@ __all__ = [
     "GroupCommit",
     "IndexDelta",
     "Page",
+    "PendingAppend",
     "PendingEvent",
+    "SessionAppend",
     "SessionFilter",
     "SessionInfo",
     "SessionSort",
     "Snapshot",
     "StoredEvent",
+    "UnsupportedError",
     "advance_index",
     "apply_delta",
     "check_expected",
+    "check_truncation",
     "conflict",
     "index_delta",
     "match_retry",

@@ -43,6 +43,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     db,
     index,
     lifecycle,
+    multi_append,
     pause,
     property,
     read,
@@ -60,6 +61,7 @@ __all__ = [
     "ConformanceSuite",
     "DbTests",
     "LifecycleTests",
+    "MultiAppendTests",
     "PauseTests",
     "ReadTests",
     "RuntimeTests",
@@ -101,6 +103,11 @@ class AppendTests(_Suite):
     refused with a typed error before anything is stored."""
 
 
+class MultiAppendTests(_Suite):
+    """``append_many``: several sessions' appends all or nothing, whole on the global feed (the
+    capability ``appends_many`` of :class:`Backend`)."""
+
+
 class ReadTests(_Suite):
     """Reads of one session and of the global feed, streaming in bounded memory."""
 
@@ -130,6 +137,7 @@ class RuntimeTests(_Suite):
 
 
 _adopt(AppendTests, append, append_atomicity, validation)
+_adopt(MultiAppendTests, multi_append)
 _adopt(ReadTests, read, streaming)
 _adopt(SubscriptionTests, subscribe)
 _adopt(LifecycleTests, lifecycle)
@@ -140,6 +148,14 @@ _adopt(RuntimeTests, runtime, runtime_pause)
 
 
 class ConformanceSuite(
-    AppendTests, ReadTests, SubscriptionTests, LifecycleTests, DbTests, SessionTests, PauseTests, RuntimeTests
+    AppendTests,
+    MultiAppendTests,
+    ReadTests,
+    SubscriptionTests,
+    LifecycleTests,
+    DbTests,
+    SessionTests,
+    PauseTests,
+    RuntimeTests,
 ):
     """The whole conformance suite; subclass it and provide a ``backend`` fixture (see the module)."""
