@@ -110,7 +110,7 @@ class TruncatedError(NotFoundError):
         self.session_id = session_id
         self.first_version = first_version
         super().__init__(
-            f"session {session_id!r}: {asked} lies before its truncation point; "
+            f"session {session_id!r}: {asked} needs events that were truncated; "
             f"the first readable version is {first_version}"
         )
 

@@ -11,7 +11,8 @@ import random
 
 import pytest
 
-from kern_events import MessageAdded, SessionAppend
+from kern_events import ConcurrencyError, MessageAdded, SessionAppend
+from kern_events.testing import feed_settled
 from tests import _pg
 
 
@@ -81,3 +82,49 @@ async def test_the_global_feed_never_shows_part_of_an_append_many(schema: str, h
             await watcher
     assert reads > 1
     assert torn == [], f"{len(torn)} reads showed part of a call, e.g. {torn[:3]}"
+
+
+@pytest.mark.heavy
+async def test_appends_racing_a_truncation_are_never_lost(schema: str, heavy_scale: int) -> None:
+    """A truncation racing appends on other connections: every append lands, above the truncation
+    point, and the log reads gapless from it to the head, in the session and on the feed."""
+    trials = 40 * heavy_scale
+    wrong: list[tuple[int, list[int]]] = []
+    async with _pg.store(schema, pool_size=4) as store, _pg.store(schema, pool_size=6) as writer:
+        for trial in range(trials):
+            session = f"s{trial}"
+            await store.append(session, [_message(str(n)) for n in range(10)])
+            appends = [asyncio.ensure_future(writer.append(session, [_message(f"racing {n}")])) for n in range(5)]
+            await asyncio.sleep(0)  # the appends are on their way to the server
+            removed = await store.truncate_before(session, 6)
+            await asyncio.gather(*appends)
+            versions = [record.version async for record in store.read(session)]
+            await feed_settled(store)
+            fed = [r.version async for r in store.read_all() if r.session_id == session]
+            if removed != 5 or versions != list(range(6, 16)) or fed != versions:
+                wrong.append((removed, versions))
+    assert wrong == [], f"{len(wrong)} of {trials} trials lost or kept the wrong events: {wrong[:3]}"
+
+
+@pytest.mark.heavy
+async def test_a_truncation_expecting_a_version_never_passes_a_concurrent_append(schema: str, heavy_scale: int) -> None:
+    """A truncation that states the head it saw either runs before the racing append or fails with
+    a conflict naming the new head: it never removes events it did not expect."""
+    trials = 40 * heavy_scale
+    outcomes: dict[str, int] = {}
+    async with _pg.store(schema, pool_size=4) as store, _pg.store(schema, pool_size=4) as writer:
+        for trial in range(trials):
+            session = f"s{trial}"
+            await store.append(session, [_message(str(n)) for n in range(4)])
+            append = asyncio.ensure_future(writer.append(session, [_message("racing")], expected_version=4))
+            await asyncio.sleep(0)
+            try:
+                await store.truncate_before(session, 5, expected_version=4)
+                outcome, expected = "truncated first", [5]
+            except ConcurrencyError as error:
+                assert error.actual_version == 5
+                outcome, expected = "conflict", [1, 2, 3, 4, 5]
+            await append
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            assert [r.version async for r in store.read(session)] == expected
+    assert sum(outcomes.values()) == trials, outcomes

@@ -52,6 +52,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     sessions,
     streaming,
     subscribe,
+    truncation,
     validation,
 )
 
@@ -67,6 +68,7 @@ __all__ = [
     "RuntimeTests",
     "SessionTests",
     "SubscriptionTests",
+    "TruncationTests",
     "feed_reaches",
     "feed_settled",
     "heavy_scale",
@@ -116,6 +118,11 @@ class SubscriptionTests(_Suite):
     """Subscriptions: catch up, then follow live appends without gaps or duplicates."""
 
 
+class TruncationTests(_Suite):
+    """``truncate_before``: a session's prefix removed behind a snapshot, atomically, with reads,
+    the feed, views and time travel agreeing (the capability ``truncates`` of :class:`Backend`)."""
+
+
 class LifecycleTests(_Suite):
     """Opening, closing, cancellation, deletion and snapshots."""
 
@@ -141,6 +148,7 @@ _adopt(MultiAppendTests, multi_append)
 _adopt(ReadTests, read, streaming)
 _adopt(SubscriptionTests, subscribe)
 _adopt(LifecycleTests, lifecycle)
+_adopt(TruncationTests, truncation)
 _adopt(DbTests, db, index, property)
 _adopt(SessionTests, sessions, contention)
 _adopt(PauseTests, pause)
@@ -153,6 +161,7 @@ class ConformanceSuite(
     ReadTests,
     SubscriptionTests,
     LifecycleTests,
+    TruncationTests,
     DbTests,
     SessionTests,
     PauseTests,
