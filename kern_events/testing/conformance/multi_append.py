@@ -52,6 +52,7 @@ async def test_append_many_stores_every_part_and_answers_in_input_order(backend:
         assert info_b is not None and (info_b.version, info_b.session_type, info_b.team_id) == (2, "team", "t")
         positions = [position for result in results for position in result.positions]
         assert len(set(positions)) == 4
+        await feed_settled(store)
         records = {(r.session_id, r.version): r.position async for r in store.read_all()}
         assert all(records[(result.session_id, result.from_version)] == result.positions[0] for result in results)
 
