@@ -31,6 +31,17 @@ The hooks, each called only with checked arguments on an open store:
 ``listen`` / ``_announce``  cross-process wake-ups for subscriptions (optional; else they poll)
 ==========================  ======================================================================
 
+``_append_many`` and ``_truncate_before`` have no default, because a sequence of plain appends or
+deletes is not one atomic step. What storage can offer them: any SQL database (one transaction;
+lock the sessions in one canonical order, as ours do, so that two calls never deadlock); DynamoDB's
+``TransactWriteItems`` (a condition per session item, at most 100 items per call); NATS JetStream's
+atomic batches (ADR-50, server 2.11 or newer, at most 1,000 messages, within one stream). A store
+that shards sessions over independent logs cannot, and should leave the hooks out: the calls then
+raise :class:`UnsupportedError`, and its conformance ``Backend`` declares ``appends_many = False``
+or ``truncates = False``. Truncation uses :func:`check_truncation` for its rule, and records where
+the log starts as the snapshot :data:`~kern_events.records.TRUNCATION_SNAPSHOT` that the kit hands
+the hook with the caller's.
+
 A backend is done when it passes the conformance suite, :mod:`kern_events.testing`.
 :class:`GroupCommit` is there for backends that gain from committing concurrent appends together.
 """
