@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 
 import pytest
 
@@ -128,3 +129,37 @@ async def test_a_truncation_expecting_a_version_never_passes_a_concurrent_append
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             assert [r.version async for r in store.read(session)] == expected
     assert sum(outcomes.values()) == trials, outcomes
+
+
+@pytest.mark.heavy
+async def test_the_same_append_many_sent_twice_at_once_is_stored_once(schema: str, heavy_scale: int) -> None:
+    """A retry racing the original call (a lost reply, resent at once): one stores, the other finds
+    the ids stored and answers with the same results."""
+    trials = 30 * heavy_scale
+    async with _pg.store(schema, pool_size=4) as first, _pg.store(schema, pool_size=4) as second:
+        await first.append("warm-up", [_message("tables")])
+        for trial in range(trials):
+            ids = [[uuid.uuid4(), uuid.uuid4()], [uuid.uuid4()]]
+            call = [
+                SessionAppend(f"a{trial}", [_message("a1"), _message("a2")], event_ids=ids[0]),
+                SessionAppend(f"b{trial}", [_message("b1")], event_ids=ids[1]),
+            ]
+            one, other = await asyncio.gather(first.append_many(call), second.append_many(call))
+            assert one == other
+            assert [await first.current_version(f"{s}{trial}") for s in "ab"] == [2, 1]
+
+
+@pytest.mark.heavy
+async def test_calls_creating_the_same_new_sessions_at_once_all_land(schema: str, heavy_scale: int) -> None:
+    """Two calls that both create a session (any version): the one that finds it being created by
+    the other waits, then tries again on the row it finds; neither fails."""
+    trials = 30 * heavy_scale
+    async with _pg.store(schema, pool_size=4) as first, _pg.store(schema, pool_size=4) as second:
+        await first.append("warm-up", [_message("tables")])
+        for trial in range(trials):
+            sessions = [f"n{trial}-{k}" for k in range(3)]
+            await asyncio.gather(
+                first.append_many([SessionAppend(s, [_message("first")]) for s in sessions]),
+                second.append_many([SessionAppend(s, [_message("second")]) for s in reversed(sessions)]),
+            )
+            assert [await first.current_version(s) for s in sessions] == [2, 2, 2]
