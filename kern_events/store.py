@@ -80,7 +80,8 @@ class EventStore(Protocol):
         ``version`` past ``head + 1`` is an :class:`~kern_events.errors.InvalidArgumentError` naming
         the head; ``expected_version`` guards against a concurrent writer; truncating an already
         truncated prefix removes and saves nothing and returns 0. Where the log now starts is kept as
-        the snapshot :data:`~kern_events.records.TRUNCATION_SNAPSHOT`.
+        the snapshot :data:`~kern_events.records.TRUNCATION_SNAPSHOT`. The removed events' ids are
+        forgotten with them: a retry of an append that old would be stored again.
         """
         ...
 

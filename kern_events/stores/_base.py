@@ -454,7 +454,9 @@ class BaseEventStore(abc.ABC):
                     f"got {snapshot.version}",
                 )
             if snapshot.name == TRUNCATION_SNAPSHOT:
-                raise InvalidArgumentError("snapshot.name", f"{TRUNCATION_SNAPSHOT!r} is the store's own name")
+                raise InvalidArgumentError(
+                    "snapshot.name", f"{TRUNCATION_SNAPSHOT!r} is written by truncate_before only"
+                )
             saved.append(_stamped(snapshot, now))
         await self._ensure_open()
         return await self._truncate_before(session_id, version, expected_version, saved)
@@ -497,6 +499,8 @@ class BaseEventStore(abc.ABC):
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         """Store a checkpoint of a projection's state for a session at a version."""
         _check_snapshot(snapshot)
+        if snapshot.name == TRUNCATION_SNAPSHOT:
+            raise InvalidArgumentError("snapshot.name", f"{TRUNCATION_SNAPSHOT!r} is written by truncate_before only")
         await self._ensure_open()
         head = await self._current_version(snapshot.session_id)
         if snapshot.version > head:

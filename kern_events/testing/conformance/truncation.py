@@ -103,6 +103,9 @@ async def test_truncate_before_refuses_a_snapshot_that_does_not_fit(backend: Bac
                 await store.truncate_before("s", version)
             assert raised.value.argument == "version"
         assert await _versions(store, "s") == [1, 2, 3, 4, 5]
+        with pytest.raises(InvalidArgumentError) as raised:  # nor can a plain save fake a truncation
+            await store.save_snapshot(cases[2][0])
+        assert raised.value.argument == "snapshot.name"
         assert await store.load_snapshot("s", TRUNCATION_SNAPSHOT) is None
 
 
