@@ -32,7 +32,9 @@ CAPABILITY_TESTS = {
     "get_tuple": 10,
     "list": 16,
     "delete_thread": 5,
+    "delete_for_runs": 7,
     "copy_thread": 8,
+    "prune": 8,
 }
 
 
@@ -205,6 +207,30 @@ async def test_a_delta_never_rests_on_its_own_version(backend: Backend) -> None:
         async for record in db.store.read("langgraph:t", types=["langgraph.blobs"]):
             assert isinstance(record.event, BlobsPut)
             assert all(blob.base != blob.version for blob in record.event.blobs)
+
+
+async def test_prune_and_copy_keep_delta_channels_whole(backend: Backend) -> None:
+    async with backend.db() as db:
+        saver = KernEventsSaver(db, full_every=10)
+        configs = await _grow(saver, "t", 25)
+        await saver.acopy_thread("t", "copy")
+        for config, messages in configs:
+            copied = await saver.aget_tuple({"configurable": {**config["configurable"], "thread_id": "copy"}})
+            assert copied is not None and copied.checkpoint["channel_values"]["messages"] == messages
+        await saver.aprune(["t"], strategy="keep_latest")
+        latest = await KernEventsSaver(db).aget_tuple(_config("t"))
+        assert latest is not None and latest.checkpoint["channel_values"]["messages"] == configs[-1][1]
+        blobs = [
+            blob
+            async for record in db.store.read("langgraph:t", types=["langgraph.blobs"])
+            if isinstance(record.event, BlobsPut)
+            for blob in record.event.blobs
+        ]
+        assert all(blob.base is None for blob in blobs)
+        # The thread goes on from the kept checkpoint, with deltas against it.
+        await _put(saver, "t", latest.config, {"messages": [*configs[-1][1], "more"]}, {"messages": "99"})
+        found = await KernEventsSaver(db).aget_tuple(_config("t"))
+        assert found is not None and found.checkpoint["channel_values"]["messages"] == [*configs[-1][1], "more"]
 
 
 async def test_sync_methods_run_on_the_savers_loop_from_another_thread(backend: Backend) -> None:

@@ -44,6 +44,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from kern_events import Event, EventStore, SessionStarted, Snapshot, event_id_for, register_event_type
 from kern_events._validate import MAX_ID_LENGTH
 from kern_events.db import BaseDb
+from kern_events.errors import InvalidArgumentError
 from kern_events.records import NO_STREAM
 
 __all__ = [
@@ -624,6 +625,118 @@ class KernEventsSaver(BaseCheckpointSaver[str]):
         if batch:
             await self._append(target_thread_id, batch, run_ids=run_ids)
 
+    async def _rewrite(self, thread_id: str, keep: Callable[[_Index], set[int]]) -> None:
+        """Keep only the checkpoints whose event versions ``keep`` picks from the index (with their winning
+        writes and the blobs they show), appended again after the head, then cut the thread before them: the
+        rest is erased."""
+        session = self._session(thread_id)
+        async with self._lock(session):
+            index, head = await self._load(session)
+            keep_versions = keep(index)
+            kept = sorted(
+                (
+                    (entry.version, ns, checkpoint_id, entry)
+                    for ns, entries in index.checkpoints.items()
+                    for checkpoint_id, entry in entries.items()
+                    if entry.version in keep_versions
+                ),
+                key=lambda item: item[0],
+            )
+            total = sum(len(entries) for entries in index.checkpoints.values())
+            if len(kept) == total:
+                return
+            if not kept:
+                await self.store.delete_session(session)
+                self._forget(session)
+                return
+            events: list[Event] = []
+            emitted: set[tuple[str, str, str]] = set()
+            for _, ns, checkpoint_id, entry in kept:
+                stored = await self._fetch(session, [entry.version])
+                put = stored[entry.version]
+                assert isinstance(put, CheckpointPut)
+                checkpoint: Checkpoint = self._load_typed(put.checkpoint)
+                wanted = [(ch, str(v)) for ch, v in checkpoint["channel_versions"].items()]
+                blobs = await self._blobs(session, index, ns, wanted, stored)
+                new_blobs: list[Blob] = []
+                for channel, version in wanted:
+                    blob = blobs.get((channel, version))
+                    if blob is None or (ns, channel, version) in emitted:
+                        continue
+                    if blob.base is not None and (ns, channel, blob.base) not in emitted:
+                        present, value = self._value(blobs, channel, version)
+                        blob = Blob(channel, version, self._typed(value) if present else None)
+                    new_blobs.append(blob)
+                    emitted.add((ns, channel, version))
+                if new_blobs:
+                    events.append(BlobsPut(checkpoint_ns=ns, blobs=tuple(new_blobs)))
+                events.append(
+                    msgspec.structs.replace(
+                        put, blobs=tuple((blob.channel, blob.version, blob.base) for blob in new_blobs)
+                    )
+                )
+                winners: dict[int, list[int]] = {}
+                for place in index.writes.get(ns, {}).get(checkpoint_id, {}).values():
+                    winners.setdefault(place.version, []).append(place.position)
+                written = await self._fetch(session, winners)
+                for at in sorted(winners):
+                    event = written[at]
+                    assert isinstance(event, WritesPut)
+                    positions = sorted(winners[at])
+                    events.append(msgspec.structs.replace(event, writes=tuple(event.writes[p] for p in positions)))
+            result = await self.store.append(session, events, expected_version=head)
+            # Behind the cut, an empty index: the events kept are folded again from where the log now starts.
+            await self.store.truncate_before(
+                session,
+                result.from_version,
+                snapshot=Snapshot(
+                    session_id=session,
+                    name=_INDEX,
+                    schema_version=_INDEX_SCHEMA,
+                    version=result.from_version - 1,
+                    data=_encode_index(_Index()),
+                ),
+                expected_version=result.to_version,
+            )
+            self._forget(session)
+            self._saw(session, result.to_version)
+            self._started.add(session)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """``"keep_latest"``: keep each namespace's latest checkpoint (its values stored whole again, so no
+        delta rests on what is cut); ``"delete"``: erase the threads."""
+        self._enter()
+        for thread_id in thread_ids:
+            if strategy == "delete":
+                await self.adelete_thread(thread_id)
+                continue
+            if strategy != "keep_latest":
+                raise InvalidArgumentError("strategy", f"expected 'keep_latest' or 'delete', got {strategy!r}")
+            await self._rewrite(thread_id, _latest_per_namespace)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Erase the checkpoints (and their writes) of these runs, visiting only the threads they wrote to."""
+        self._enter()
+        doomed = {str(run_id) for run_id in run_ids}
+        threads: set[str] = set()
+        for run_id in doomed:
+            async for record in self.store.read(self._run_session(run_id)):
+                if isinstance(record.event, RunWroteThread):
+                    threads.add(record.event.thread_id)
+        for thread_id in sorted(threads):
+            await self._rewrite(
+                thread_id,
+                lambda index: {
+                    entry.version
+                    for entries in index.checkpoints.values()
+                    for entry in entries.values()
+                    if entry.run_id not in doomed
+                },
+            )
+        for run_id in doomed:
+            await self.store.delete_session(self._run_session(run_id))
+            self._runs_indexed = {pair for pair in self._runs_indexed if pair[0] != run_id}
+
     def get_next_version(self, current: str | None, channel: None) -> str:
         """A version that sorts after ``current`` and is unique across branches (a random fraction after the
         counter): a fork's blob never lands on another branch's version."""
@@ -703,6 +816,14 @@ class KernEventsSaver(BaseCheckpointSaver[str]):
         """Sync :meth:`acopy_thread`."""
         self._sync(lambda: self.acopy_thread(source_thread_id, target_thread_id))
 
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """Sync :meth:`aprune`."""
+        self._sync(lambda: self.aprune(thread_ids, strategy=strategy))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Sync :meth:`adelete_for_runs`."""
+        self._sync(lambda: self.adelete_for_runs(run_ids))
+
 
 def _stream_id(prefix: str, key: str) -> str:
     """The session id of a thread's or a run's stream; a key too long for an id is hashed."""
@@ -716,6 +837,10 @@ def _starts_with(value: list[Any], prefix: list[Any]) -> bool:
     """Whether ``value`` begins with ``prefix``; the same objects (what reducers such as ``add_messages``
     carry over) are checked by identity, cheaply, before falling back to equality."""
     return all(a is b or a == b for a, b in zip(value, prefix, strict=False))
+
+
+def _latest_per_namespace(index: _Index) -> set[int]:
+    return {entries[max(entries)].version for entries in index.checkpoints.values() if entries}
 
 
 async def _awaited(call: Callable[[], Awaitable[T]]) -> T:
