@@ -241,6 +241,7 @@ def test_the_readme_resume_figures_are_those_in_results() -> None:
         ("Agno", "agno"),
         ("OpenAI Agents SDK", "openai-agents"),
         ("LangGraph", "langgraph"),
+        ("KernEventsSaver", "kern-events langgraph"),
         ("Google ADK", "google-adk"),
     ],
 )
