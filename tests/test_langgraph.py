@@ -101,6 +101,44 @@ async def test_second_writer_going_on_from_a_stale_state_is_rejected(backend: Ba
         await _put(first, "t", latest.config, {"x": 3}, {"x": first.get_next_version("2", None)})
 
 
+async def test_two_graphs_going_on_from_one_checkpoint_fork_no_chain_the_late_one_fails(backend: Backend) -> None:
+    """langchain-ai/langgraph#8796: worker A stalls inside a node, worker B runs the same thread on; when A
+    wakes, its writes are refused instead of forking the thread's chain."""
+    from langgraph.graph import START, StateGraph
+
+    stalled, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(state: dict[str, Any]) -> dict[str, Any]:
+        stalled.set()
+        await release.wait()
+        return {"turns": [*state["turns"], "a"]}
+
+    async def quick(state: dict[str, Any]) -> dict[str, Any]:
+        return {"turns": [*state["turns"], "b"]}
+
+    def graph(node: Any, saver: KernEventsSaver) -> Any:
+        from typing import TypedDict
+
+        class State(TypedDict):
+            turns: list[str]
+
+        return StateGraph(State).add_node("reply", node).add_edge(START, "reply").compile(checkpointer=saver)
+
+    async with backend.db() as db:
+        a, b = graph(slow, KernEventsSaver(db)), graph(quick, KernEventsSaver(db))
+        config = {"configurable": {"thread_id": "t"}}
+        worker_a = asyncio.create_task(a.ainvoke({"turns": ["hello"]}, config, durability="sync"))
+        await stalled.wait()
+        assert (await b.ainvoke(None, config, durability="sync"))["turns"] == ["hello", "b"]
+        release.set()
+        with pytest.raises(ConcurrencyError):
+            await worker_a
+        history = [item async for item in KernEventsSaver(db).alist(_config("t"))]
+        parents = [item.parent_config["configurable"]["checkpoint_id"] for item in history if item.parent_config]
+        assert len(parents) == len(set(parents)), "no checkpoint has two children"
+        assert history[0].checkpoint["channel_values"]["turns"] == ["hello", "b"]
+
+
 async def test_one_writers_concurrent_writes_do_not_fence_each_other(backend: Backend) -> None:
     async with backend.db() as db:
         saver = KernEventsSaver(db)
