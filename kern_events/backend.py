@@ -21,11 +21,23 @@ The hooks, each called only with checked arguments on an open store:
 ``_current_version``        the session's head version (kept after deletion as a tombstone)
 ``_get_session_info``       the session's index row, ``None`` if absent or deleted
 ``_list_sessions``          index rows matching a :class:`SessionFilter`
-``_delete_session``         erase events, snapshots and the index row, keep the version
+``_delete_session``         erase events (with their chunks), snapshots and the index row, keep the version
 ``_save_snapshot``          store a checkpoint, keeping the newest :data:`SNAPSHOTS_KEPT`
 ``_load_snapshot``          the newest matching checkpoint
 ``listen`` / ``_announce``  cross-process wake-ups for subscriptions (optional; else they poll)
+``_read_chunks``            the chunks of out-of-line payloads for a page's events, in one round trip
+                            (only for a backend that sets ``inline_limit``)
 ==========================  ======================================================================
+
+**Large payloads.** Any event up to ``max_event_size`` (:data:`DEFAULT_MAX_EVENT_SIZE`) is accepted.
+A backend whose rows are small (a message or item size limit) sets the class attribute
+:attr:`BaseEventStore.inline_limit`: a payload above it reaches ``_append`` as a small manifest in
+``PendingEvent.data`` and the payload cut into ``PendingEvent.chunks`` (each at most ``inline_limit``
+bytes), which the backend stores keyed by (event id, part) in the same atomic step as the event, and
+removes with the event whenever it erases one (a SQL foreign key ``ON DELETE CASCADE`` does both for
+any delete). Reads find the manifests, fetch their chunks through ``_read_chunks`` once per page and
+check them against the manifest's length and SHA-256 (a mismatch is a ``CorruptRecordError``); the
+backend never reassembles anything itself.
 
 A backend is done when it passes the conformance suite, :mod:`kern_events.testing`.
 :class:`GroupCommit` is there for backends that gain from committing concurrent appends together.

@@ -42,6 +42,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     contention,
     db,
     index,
+    large,
     lifecycle,
     pause,
     property,
@@ -130,7 +131,7 @@ class RuntimeTests(_Suite):
 
 
 _adopt(AppendTests, append, append_atomicity, validation)
-_adopt(ReadTests, read, streaming)
+_adopt(ReadTests, read, streaming, large)
 _adopt(SubscriptionTests, subscribe)
 _adopt(LifecycleTests, lifecycle)
 _adopt(DbTests, db, index, property)
