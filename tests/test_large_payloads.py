@@ -21,11 +21,13 @@ from kern_events import (
     CorruptRecordError,
     InMemoryEventStore,
     MessageAdded,
+    PayloadTooLargeError,
     PostgresEventStore,
     SchemaVersionError,
     SqliteEventStore,
     StorageError,
 )
+from kern_events.backend import BaseEventStore
 from tests import _pg
 
 ROOT = Path(__file__).parent.parent
@@ -119,6 +121,23 @@ async def test_a_chunk_missing_from_postgres_is_a_corrupt_record(schema: str) ->
         with pytest.raises(CorruptRecordError, match="4 of its 5 chunks") as caught:
             _ = [record async for record in store.read("s")]
     assert (caught.value.session_id, caught.value.version) == ("s", 1)
+
+
+class _RowLimited(InMemoryEventStore):
+    """A backend with a row limit that stores no chunks (it does not implement ``_read_chunks``)."""
+
+    inline_limit = 4096
+    _read_chunks = BaseEventStore._read_chunks
+
+
+async def test_a_row_limit_without_chunk_storage_is_a_hard_limit() -> None:
+    async with _RowLimited() as store:
+        fits = MessageAdded(run_id="r", role="user", content="x" * 4000)
+        await store.append("s", [fits])
+        with pytest.raises(PayloadTooLargeError, match=r"events\[1\]") as caught:
+            await store.append("s", [fits, _big("a", 5000)])
+        assert caught.value.limit == 4096
+        assert [record.event async for record in store.read("s")] == [fits]
 
 
 # -- all or nothing ----------------------------------------------------------------------------------

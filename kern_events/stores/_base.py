@@ -326,8 +326,9 @@ class BaseEventStore(abc.ABC):
     """The largest encoded payload a row of this backend holds; a larger one is stored out of line, in
     chunks of at most this many bytes that :meth:`_append` writes with the event (``PendingEvent.chunks``)
     and :meth:`_read_chunks` returns. ``None``: every payload is stored inline. A backend whose rows
-    are small (a message or item size limit) sets it, and must then implement :meth:`_read_chunks`
-    (at least 46 bytes, so that a manifest fits)."""
+    are small (a message or item size limit) sets it (at least 46 bytes, so that a manifest fits) and
+    implements :meth:`_read_chunks`; without that hook, a payload above the limit is refused
+    (:class:`PayloadTooLargeError`) instead of being cut into chunks nobody would store."""
 
     def __init__(self, *, codec: Codec | None = None, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
         check_non_negative("max_event_size", max_event_size)
@@ -437,6 +438,8 @@ class BaseEventStore(abc.ABC):
             if len(encoded.data) > self._max_event_size:
                 raise PayloadTooLargeError(f"events[{index}]", encoded.type, len(encoded.data), self._max_event_size)
             if inline_limit is not None and (len(encoded.data) > inline_limit or encoded.data[:1] == MANIFEST_MARK):
+                if not self._stores_chunks:  # a row limit but no chunk table: the limit is a hard one
+                    raise PayloadTooLargeError(f"events[{index}]", encoded.type, len(encoded.data), inline_limit)
                 encoded = _out_of_line(encoded, inline_limit)
             pending.append(encoded)
         return pending
