@@ -8,7 +8,9 @@ expected version; the primary key ``(session_id, version)`` catches a concurrent
 there first, and the unique ``event_id`` makes retries exact. Only when nothing was written does a
 second query run: one round trip that returns the session's current version (which a conflict
 carries, so the caller can retry at once) and whether any of the event ids is already stored;
-only then does a third read what is stored, to tell an idempotent retry from a conflict.
+only then does a third read what is stored, to tell an idempotent retry from a conflict. An append
+carrying a payload above :attr:`~PostgresEventStore.inline_limit` is the exception: its statement and
+the insert of its chunks share a transaction (large payloads are rare, and their transfer dwarfs it).
 
 **A global feed that never skips.** An identity or sequence value is taken when a row is inserted
 but becomes visible at commit, so a reader that follows "position > last seen" can miss an event

@@ -77,12 +77,16 @@ async def test_large_payloads_round_trip_through_every_read(backend: Backend) ->
         await feed_settled(store)
         feed = [record.event async for record in store.read_all()]
         assert feed == [SummaryUpdated(summary="first"), *events, _sized(limit * 3, "other")]
+        delivered: list[object] = []
         async with store.subscribe(poll_interval=0.05) as subscription:
-            delivered = []
-            async for record in subscription:
-                delivered.append(record.event)
-                if len(delivered) == len(feed):
-                    break
+
+            async def follow() -> None:
+                async for record in subscription:
+                    delivered.append(record.event)
+                    if len(delivered) == len(feed):
+                        return
+
+            await asyncio.wait_for(follow(), 30)
         assert delivered == feed
 
 
