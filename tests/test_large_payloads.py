@@ -12,6 +12,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -28,6 +30,7 @@ from kern_events import (
     StorageError,
 )
 from kern_events.backend import BaseEventStore
+from kern_events.stores import _base
 from tests import _pg
 
 ROOT = Path(__file__).parent.parent
@@ -138,6 +141,26 @@ async def test_a_row_limit_without_chunk_storage_is_a_hard_limit() -> None:
             await store.append("s", [fits, _big("a", 5000)])
         assert caught.value.limit == 4096
         assert [record.event async for record in store.read("s")] == [fits]
+
+
+async def test_a_page_whose_chunks_exceed_the_budget_fetches_them_in_budget_sized_round_trips(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_base, "_ASSEMBLY_BUDGET", 25_000)
+    async with InMemoryEventStore() as store:
+        store.inline_limit = 4096
+        events = [_big(str(n), 10_000) for n in range(5)]
+        await store.append("s", events)
+        calls: list[int] = []
+        read_chunks = store._read_chunks
+
+        async def counted(event_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, Sequence[bytes]]:
+            calls.append(len(event_ids))
+            return await read_chunks(event_ids)
+
+        store._read_chunks = counted  # type: ignore[method-assign]
+        assert [record.event async for record in store.read("s")] == events
+        assert calls == [2, 2, 1]
 
 
 # -- all or nothing ----------------------------------------------------------------------------------
