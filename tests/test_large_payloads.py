@@ -28,8 +28,11 @@ from kern_events import (
     SchemaVersionError,
     SqliteEventStore,
     StorageError,
+    SummaryUpdated,
 )
-from kern_events.backend import BaseEventStore
+from kern_events.backend import BaseEventStore, PendingEvent
+from kern_events.codec import MsgpackCodec
+from kern_events.events import Event
 from kern_events.stores import _base
 from tests import _pg
 
@@ -161,6 +164,25 @@ async def test_a_page_whose_chunks_exceed_the_budget_fetches_them_in_budget_size
         store._read_chunks = counted  # type: ignore[method-assign]
         assert [record.event async for record in store.read("s")] == events
         assert calls == [2, 2, 1]
+
+
+class _EmptyingCodec(MsgpackCodec):
+    """Stores ``SummaryUpdated`` events as no bytes at all (a codec of someone else's may)."""
+
+    def encode(self, event: Event, event_id: uuid.UUID) -> PendingEvent:
+        pending = super().encode(event, event_id)
+        if pending.type == "summary_updated":
+            return PendingEvent(event_id=event_id, type=pending.type, schema_version=1, data=b"")
+        return pending
+
+
+async def test_a_page_with_an_empty_payload_is_read_like_any_other(tmp_path: Path) -> None:
+    async with SqliteEventStore(tmp_path / "empty.db", codec=_EmptyingCodec()) as store:
+        await store.append("s", [_big("a"), SummaryUpdated(summary="gone")])
+        records = store.read("s")
+        assert (await anext(records)).event == _big("a")
+        with pytest.raises(CorruptRecordError):
+            await anext(records)
 
 
 # -- all or nothing ----------------------------------------------------------------------------------

@@ -84,6 +84,7 @@ MANIFEST_MARK = b"\xc1"
 with it. (A payload of another codec that does is stored out of line too, so that every row starting
 with it is a manifest.)"""
 
+_MARK_BYTE = MANIFEST_MARK[0]
 _MANIFEST = struct.Struct(">cBQI32s")
 """A chunk manifest, the row an out-of-line payload leaves in the event's place: the mark, the format
 (1), the payload's length, its number of chunks and its SHA-256. Deterministic from the content, so
@@ -269,6 +270,14 @@ def _parse_manifest(data: bytes) -> tuple[int, int, bytes] | None:
     if mark != MANIFEST_MARK or version != _MANIFEST_FORMAT:
         return None
     return length, count, digest
+
+
+def _has_manifest(page: Sequence[StoredEvent]) -> bool:
+    """Whether a row of the page is a chunk manifest: one pass over first bytes, ~50 ns a row."""
+    try:
+        return _MARK_BYTE in [stored.data[0] for stored in page]
+    except IndexError:  # an empty payload (another codec's): no first byte to look at
+        return MANIFEST_MARK in [stored.data[:1] for stored in page]
 
 
 def _same_payload(stored: bytes, new: bytes) -> bool:
@@ -499,7 +508,7 @@ class BaseEventStore(abc.ABC):
             size = page_size if remaining is None else min(page_size, remaining)
             page_size = min(page_size * 2, self.read_page_size)
             page, damaged = _split(await self._read_page(session_id, low, high, size, backwards, wanted))
-            if self._stores_chunks and MANIFEST_MARK in [stored.data[:1] for stored in page]:
+            if self._stores_chunks and _has_manifest(page):
                 async for record in self._assembled(page):
                     yield record
             else:
@@ -525,7 +534,7 @@ class BaseEventStore(abc.ABC):
         while remaining is None or remaining > 0:
             size = self.read_page_size if remaining is None else min(self.read_page_size, remaining)
             page, damaged = _split(await self._read_all_page(position, size))
-            if self._stores_chunks and MANIFEST_MARK in [stored.data[:1] for stored in page]:
+            if self._stores_chunks and _has_manifest(page):
                 async for record in self._assembled(page):
                     yield record
             else:
