@@ -624,6 +624,11 @@ class PostgresEventStore(BaseEventStore):
             rows: list[asyncpg.Record] = await connection.fetch(sql, *arguments)
         return rows
 
+    async def _find_events(self, event_ids: Sequence[UUID]) -> Sequence[StoredEvent | None]:
+        rows = await self._fetch(self._sql.by_ids, list(event_ids))
+        found = {row[3]: _stored(row) for row in rows}
+        return [found.get(event_id) for event_id in event_ids]
+
     async def _read_page(
         self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
     ) -> Sequence[StoredEvent]:

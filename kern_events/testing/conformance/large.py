@@ -231,3 +231,14 @@ async def test_concurrent_appends_of_large_events_each_land_whole(backend: Backe
         for n in range(12):
             expected = [_sized(limit * 2 + n, f"{n}")]
             assert [record.event async for record in store.read(f"s{n}")][-1:] == expected
+
+
+async def test_skip_existing_keeps_a_stored_large_event_and_appends_new_ones_whole(backend: Backend) -> None:
+    async with _store(backend) as store:
+        limit, ids = _limit(store), [uuid.uuid4() for _ in range(3)]
+        first = [_sized(limit * 2, "first"), _sized(limit + 1, "second")]
+        await store.append("s", first, event_ids=ids[:2])
+        again = [_sized(limit * 3, "other content"), _sized(limit + 1, "second"), _sized(_FIVE_MB, "third")]
+        result = await store.append("s", again, event_ids=ids, skip_existing=True)
+        assert (result.from_version, result.to_version) == (3, 3)
+        assert [record.event async for record in store.read("s")] == [*first, again[2]]
