@@ -108,6 +108,15 @@ async def test_the_memory_store_forgets_the_chunks_of_a_deleted_session() -> Non
         assert len(store._chunks) == 1
 
 
+async def test_the_memory_store_forgets_the_chunks_of_a_truncated_prefix() -> None:
+    async with InMemoryEventStore() as store:
+        store.inline_limit = 4096
+        await store.append("s", [_big("a", 10_000), _big("b", 10_000)])
+        assert len(store._chunks) == 2
+        assert await store.truncate_before("s", 2) == 1
+        assert len(store._chunks) == 1
+
+
 async def test_a_chunk_changed_in_the_sqlite_file_is_a_corrupt_record(tmp_path: Path) -> None:
     path = tmp_path / "tampered.db"
     async with SqliteEventStore(path) as store:

@@ -135,7 +135,7 @@ class InMemoryEventStore(BaseEventStore):
         del stream[: len(removed)]
         gone = {stored.position for stored in removed}
         for stored in removed:
-            del self._by_id[stored.event_id]
+            self._forget(stored)
         self._all = [stored for stored in self._all if stored.position not in gone]
         self._positions = [stored.position for stored in self._all]
         for snapshot in snapshots:

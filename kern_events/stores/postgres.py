@@ -555,6 +555,9 @@ class PostgresEventStore(BaseEventStore):
                 placed.setdefault(row[0], []).append((row[1], row[2]))
             if any(request.session_id not in placed for request in todo):
                 raise _Unplaced()
+            chunked = [new for request in todo for new in request.pending if new.chunks]
+            if chunked:  # out-of-line payloads, in the same transaction as their events
+                await connection.execute(self._sql.chunk_put, *_chunk_arguments(chunked))
         return [
             retry if retry is not None else _result(request, sorted(placed[request.session_id]))
             for request, retry in zip(requests, retries, strict=True)

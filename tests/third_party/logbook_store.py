@@ -106,6 +106,7 @@ class LogbookStore(BaseEventStore):
             stored = book.log[slot]
             if stored is not None and stored.version < version:
                 del book.ids[stored.event_id]
+                book.chunks.pop(stored.event_id, None)
                 book.log[slot] = None
                 removed += 1
         if removed:
