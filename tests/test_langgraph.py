@@ -160,6 +160,17 @@ async def test_a_tasks_regular_writes_keep_the_first_value_and_errors_the_last(b
         assert found.pending_writes == [("task", ERROR, "second error"), ("task", "x", "first")]
 
 
+async def test_a_five_megabyte_channel_value_round_trips(backend: Backend) -> None:
+    async with backend.db() as db:
+        saver = KernEventsSaver(db)
+        big = "x" * (5 * 2**20)
+        stored = await _put(saver, "t", None, {"document": big}, {"document": "1"})
+        await saver.aput_writes(stored, [("document", big + "!")], "task")
+        found = await KernEventsSaver(db).aget_tuple(_config("t"))
+        assert found is not None and found.checkpoint["channel_values"]["document"] == big
+        assert found.pending_writes == [("task", "document", big + "!")]
+
+
 class _CountingStore:
     """A store that counts the records its reads return."""
 
