@@ -21,7 +21,7 @@ from langgraph.checkpoint.base.id import uuid6
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.serde.types import ERROR
 
-from kern_events import ConcurrencyError
+from kern_events import ConcurrencyError, SessionStarted
 from kern_events.adapters.langgraph import BlobsPut, KernEventsSaver
 from kern_events.db import BaseDb
 from tests._backends import Backend
@@ -169,6 +169,23 @@ async def test_a_five_megabyte_channel_value_round_trips(backend: Backend) -> No
         found = await KernEventsSaver(db).aget_tuple(_config("t"))
         assert found is not None and found.checkpoint["channel_values"]["document"] == big
         assert found.pending_writes == [("task", "document", big + "!")]
+
+
+async def test_listing_without_a_thread_lists_every_threads_checkpoints(backend: Backend) -> None:
+    async with backend.db() as db:
+        saver = KernEventsSaver(db)
+        first = await _put(saver, "one", None, {"x": 1}, {"x": "1"})
+        await _put(saver, "one", first, {"x": 2}, {"x": "2"})
+        await _put(saver, "two", None, {"x": 3}, {"x": "1"})
+        # Another kind of session, named like a thread, is no thread: it is not listed again.
+        await db.store.append("agent-session", [SessionStarted(session_type="agent", name="one")])
+        found = [
+            (item.config["configurable"]["thread_id"], item.checkpoint["channel_values"]["x"])
+            async for item in KernEventsSaver(db).alist(None)
+        ]
+        assert sorted(found) == [("one", 1), ("one", 2), ("two", 3)]
+        limited = [item async for item in saver.alist(None, filter={"source": "loop"}, limit=2)]
+        assert len(limited) == 2
 
 
 class _CountingStore:
