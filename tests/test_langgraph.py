@@ -21,7 +21,7 @@ from langgraph.checkpoint.base.id import uuid6
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.serde.types import ERROR
 
-from kern_events import ConcurrencyError, SessionStarted
+from kern_events import ConcurrencyError, InMemoryDb, InvalidArgumentError, SessionStarted
 from kern_events.adapters.langgraph import BlobsPut, KernEventsSaver
 from kern_events.db import BaseDb
 from tests._backends import Backend
@@ -186,6 +186,13 @@ async def test_listing_without_a_thread_lists_every_threads_checkpoints(backend:
         assert sorted(found) == [("one", 1), ("one", 2), ("two", 3)]
         limited = [item async for item in saver.alist(None, filter={"source": "loop"}, limit=2)]
         assert len(limited) == 2
+
+
+@pytest.mark.parametrize(("argument", "value"), [("snapshot_every", 0), ("full_every", 0), ("full_every", "50")])
+def test_bad_saver_options_are_refused_naming_them(argument: str, value: Any) -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        KernEventsSaver(InMemoryDb(), **{argument: value})
+    assert raised.value.argument == argument
 
 
 class _CountingStore:

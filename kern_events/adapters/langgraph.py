@@ -42,7 +42,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from kern_events import Event, EventStore, SessionStarted, Snapshot, event_id_for, register_event_type
-from kern_events._validate import MAX_ID_LENGTH
+from kern_events._validate import MAX_ID_LENGTH, check_non_negative
 from kern_events.db import BaseDb
 from kern_events.errors import InvalidArgumentError
 from kern_events.records import NO_STREAM
@@ -211,9 +211,14 @@ class KernEventsSaver(BaseCheckpointSaver[str]):
         full_every: int = 50,
     ) -> None:
         super().__init__(serde=serde)
+        for argument, value in (("snapshot_every", snapshot_every), ("full_every", full_every)):
+            check_non_negative(argument, value)
+            if value < 1:
+                raise InvalidArgumentError(argument, f"expected an integer of at least 1, got {value!r}")
         self.store: EventStore = db.store if isinstance(db, BaseDb) else db
         self.snapshot_every = snapshot_every
         self.full_every = full_every
+        """A full copy of a list channel after this many deltas (1: never a delta)."""
         self._seen: dict[str, int] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._runs_indexed: set[tuple[str, str]] = set()
