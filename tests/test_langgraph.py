@@ -22,6 +22,7 @@ from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.serde.types import ERROR
 
 from kern_events import ConcurrencyError, InMemoryDb, InvalidArgumentError, SessionStarted
+from kern_events.adapters import langgraph as langgraph_adapter
 from kern_events.adapters.langgraph import BlobsPut, KernEventsSaver
 from kern_events.db import BaseDb
 from tests._backends import Backend
@@ -304,6 +305,31 @@ async def test_prune_and_copy_keep_delta_channels_whole(backend: Backend) -> Non
         await _put(saver, "t", latest.config, {"messages": [*configs[-1][1], "more"]}, {"messages": "99"})
         found = await KernEventsSaver(db).aget_tuple(_config("t"))
         assert found is not None and found.checkpoint["channel_values"]["messages"] == [*configs[-1][1], "more"]
+
+
+async def test_deleting_a_runs_checkpoints_keeps_the_others_whole_across_several_appends(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(langgraph_adapter, "_REWRITE_BATCH", 5)
+    async with backend.db() as db:
+        saver = KernEventsSaver(db, full_every=4)
+        parent, messages, kept = None, [], []
+        for step in range(30):
+            messages = [*messages, f"message {step}"]
+            config = parent if parent is not None else _config("t")
+            checkpoint = _checkpoint({"messages": messages}, {"messages": f"{step + 1:05}"})
+            run_id = "doomed" if step % 3 == 0 else "kept"
+            parent = await saver.aput(config, checkpoint, {"run_id": run_id}, {"messages": f"{step + 1:05}"})
+            await saver.aput_writes(parent, [("messages", [f"pending {step}"])], f"task-{step}")
+            if run_id == "kept":
+                kept.append((parent, list(messages), step))
+        await saver.adelete_for_runs(["doomed"])
+        listed = [item async for item in KernEventsSaver(db).alist(_config("t"))]
+        assert len(listed) == len(kept) == 20
+        for config, values, step in kept:
+            found = await KernEventsSaver(db).aget_tuple(config)
+            assert found is not None and found.checkpoint["channel_values"]["messages"] == values
+            assert found.pending_writes == [(f"task-{step}", "messages", [f"pending {step}"])]
 
 
 async def test_sync_methods_run_on_the_savers_loop_from_another_thread(backend: Backend) -> None:

@@ -66,6 +66,8 @@ _RUN_PREFIX: Final = "langgraph-run:"
 _INDEX: Final = "langgraph.index"
 _INDEX_SCHEMA: Final = 1
 _PAGE: Final = 256
+_REWRITE_BATCH: Final = 1024
+"""Events per append when a thread's kept checkpoints are written again (prune, delete_for_runs)."""
 _SCATTERED: Final = 4
 """More events than this to fetch for blobs are read in one span rather than one read each."""
 
@@ -689,22 +691,25 @@ class KernEventsSaver(BaseCheckpointSaver[str]):
                     assert isinstance(event, WritesPut)
                     positions = sorted(winners[at])
                     events.append(msgspec.structs.replace(event, writes=tuple(event.writes[p] for p in positions)))
-            result = await self.store.append(session, events, expected_version=head)
+            # In appends of a bounded size; one cut off halfway leaves copies that fold to the same index.
+            first, new_head = head + 1, head
+            for batch in _batches(events, _REWRITE_BATCH):
+                new_head = (await self.store.append(session, batch, expected_version=new_head)).to_version
             # Behind the cut, an empty index: the events kept are folded again from where the log now starts.
             await self.store.truncate_before(
                 session,
-                result.from_version,
+                first,
                 snapshot=Snapshot(
                     session_id=session,
                     name=_INDEX,
                     schema_version=_INDEX_SCHEMA,
-                    version=result.from_version - 1,
+                    version=first - 1,
                     data=_encode_index(_Index()),
                 ),
-                expected_version=result.to_version,
+                expected_version=new_head,
             )
             self._forget(session)
-            self._saw(session, result.to_version)
+            self._saw(session, new_head)
             self._started.add(session)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
@@ -828,6 +833,18 @@ class KernEventsSaver(BaseCheckpointSaver[str]):
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Sync :meth:`adelete_for_runs`."""
         self._sync(lambda: self.adelete_for_runs(run_ids))
+
+
+def _batches(events: Sequence[Event], size: int) -> Iterator[list[Event]]:
+    """``events`` in runs of about ``size``; a blobs event stays in the run of the checkpoint after it."""
+    batch: list[Event] = []
+    for event in events:
+        batch.append(event)
+        if len(batch) >= size and not isinstance(event, BlobsPut):
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _stream_id(prefix: str, key: str) -> str:
