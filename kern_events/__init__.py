@@ -15,8 +15,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from kern_events._index import SessionInfo
+from kern_events._loops import run_blocking
 from kern_events.codec import Codec, MsgpackCodec
 from kern_events.errors import (
+    BlockingCallError,
     ConcurrencyError,
     CorruptRecordError,
     DatabaseOpenError,
@@ -113,6 +115,7 @@ __all__ = [
     "AnyEvent",
     "AppendResult",
     "BaseDb",
+    "BlockingCallError",
     "Codec",
     "ConcurrencyError",
     "CorruptRecordError",
@@ -185,6 +188,7 @@ __all__ = [
     "UserInput",
     "Workflow",
     "retry_on_conflict",
+    "run_blocking",
 ]
 
 

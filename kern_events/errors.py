@@ -28,7 +28,9 @@ own exception never escapes raw: each backend translates it at one seam, keeping
     │   │                           file, no permission, not a database, too many open files)
     │   └── SchemaVersionError      the schema is missing (and may not be created) or is newer
     │       └── SchemaMissingError  no kern-events tables there, and this opening may not create them
-    └── StoreClosedError            the store was used after ``aclose()``
+    ├── StoreClosedError            the store was used after ``aclose()``
+    └── BlockingCallError           a blocking call (``run_blocking``) on a thread whose event loop
+                                    is running, where it would stall that loop
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 from uuid import UUID
 
 __all__ = [
+    "BlockingCallError",
     "ConcurrencyError",
     "CorruptRecordError",
     "DatabaseOpenError",
@@ -245,3 +248,18 @@ class StoreClosedError(KernEventsError):
 
     def __init__(self) -> None:
         super().__init__("the store is closed")
+
+
+class BlockingCallError(KernEventsError, RuntimeError):
+    """A synchronous bridge (``run_blocking``) was called on a thread whose event loop is running.
+
+    Blocking there would stall every task of that loop, and deadlock if the call needed the loop:
+    ``await`` the coroutine function ``function`` (its name) instead, or call it from a worker thread.
+    """
+
+    def __init__(self, function: str) -> None:
+        self.function = function
+        super().__init__(
+            f"run_blocking({function}) called from a running event loop; await it instead, "
+            "or call it from a thread without one"
+        )
