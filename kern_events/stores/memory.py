@@ -1,12 +1,13 @@
 """The in-memory backend: for tests and demos; everything is gone when the process exits.
 
-Appends run without an await between the check and the write, so on one event loop they are atomic
-and serialized without a lock.
+Appends run without an await between the check and the write, so on one event loop they are atomic;
+a thread lock around that step keeps them so when several threads' loops share the store.
 """
 
 from __future__ import annotations
 
 import bisect
+import threading
 from collections.abc import Sequence
 from uuid import UUID
 
@@ -43,6 +44,7 @@ class InMemoryEventStore(BaseEventStore):
         self._all: list[StoredEvent] = []
         self._last_position = 0
         self._snapshots: dict[tuple[str, str], list[Snapshot]] = {}
+        self._mutex = threading.Lock()  # writes from several threads' event loops never interleave
 
     async def _append(
         self,
@@ -53,44 +55,45 @@ class InMemoryEventStore(BaseEventStore):
         recorded_at: float,
     ) -> AppendResult:
         await anyio.lowlevel.checkpoint()
-        head = self._heads.get(session_id, 0)
-        retry = match_retry(session_id, pending, [self._by_id.get(p.event_id) for p in pending])
-        if retry is not None:
-            return retry
-        if not check_expected(expected, head):
-            raise conflict(session_id, expected, head)
-        stream = self._streams.setdefault(session_id, [])
-        stored_events = []
-        for offset, new in enumerate(pending, start=1):
-            self._last_position += 1
-            stored = StoredEvent(
+        with self._mutex:
+            head = self._heads.get(session_id, 0)
+            retry = match_retry(session_id, pending, [self._by_id.get(p.event_id) for p in pending])
+            if retry is not None:
+                return retry
+            if not check_expected(expected, head):
+                raise conflict(session_id, expected, head)
+            stream = self._streams.setdefault(session_id, [])
+            stored_events = []
+            for offset, new in enumerate(pending, start=1):
+                self._last_position += 1
+                stored = StoredEvent(
+                    session_id=session_id,
+                    version=head + offset,
+                    position=self._last_position,
+                    event_id=new.event_id,
+                    type=new.type,
+                    schema_version=new.schema_version,
+                    data=new.data,
+                    recorded_at=recorded_at,
+                )
+                stored_events.append(stored)
+                stream.append(stored)
+                self._by_id[new.event_id] = stored
+                self._positions.append(stored.position)
+                self._all.append(stored)
+            to_version = head + len(pending)
+            self._heads[session_id] = to_version
+            self._index[session_id] = advance_index(
+                self._index.get(session_id), session_id, events, to_version, recorded_at
+            )
+            return AppendResult(
                 session_id=session_id,
-                version=head + offset,
-                position=self._last_position,
-                event_id=new.event_id,
-                type=new.type,
-                schema_version=new.schema_version,
-                data=new.data,
+                from_version=head + 1,
+                to_version=to_version,
+                positions=tuple(stored.position for stored in stored_events),
+                event_ids=tuple(stored.event_id for stored in stored_events),
                 recorded_at=recorded_at,
             )
-            stored_events.append(stored)
-            stream.append(stored)
-            self._by_id[new.event_id] = stored
-            self._positions.append(stored.position)
-            self._all.append(stored)
-        to_version = head + len(pending)
-        self._heads[session_id] = to_version
-        self._index[session_id] = advance_index(
-            self._index.get(session_id), session_id, events, to_version, recorded_at
-        )
-        return AppendResult(
-            session_id=session_id,
-            from_version=head + 1,
-            to_version=to_version,
-            positions=tuple(stored.position for stored in stored_events),
-            event_ids=tuple(stored.event_id for stored in stored_events),
-            recorded_at=recorded_at,
-        )
 
     async def _read_page(
         self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
@@ -132,24 +135,26 @@ class InMemoryEventStore(BaseEventStore):
 
     async def _delete_session(self, session_id: str) -> bool:
         await anyio.lowlevel.checkpoint()
-        stream = self._streams.pop(session_id, [])
-        for key in [key for key in self._snapshots if key[0] == session_id]:
-            del self._snapshots[key]
-        existed = self._index.pop(session_id, None) is not None or bool(stream)
-        if stream:
-            gone = {stored.position for stored in stream}
-            for stored in stream:
-                del self._by_id[stored.event_id]
-            self._all = [stored for stored in self._all if stored.position not in gone]
-            self._positions = [stored.position for stored in self._all]
-        return existed
+        with self._mutex:
+            stream = self._streams.pop(session_id, [])
+            for key in [key for key in self._snapshots if key[0] == session_id]:
+                del self._snapshots[key]
+            existed = self._index.pop(session_id, None) is not None or bool(stream)
+            if stream:
+                gone = {stored.position for stored in stream}
+                for stored in stream:
+                    del self._by_id[stored.event_id]
+                self._all = [stored for stored in self._all if stored.position not in gone]
+                self._positions = [stored.position for stored in self._all]
+            return existed
 
     async def _save_snapshot(self, snapshot: Snapshot) -> None:
-        kept = self._snapshots.setdefault((snapshot.session_id, snapshot.name), [])
-        kept[:] = [item for item in kept if item.version != snapshot.version]
-        kept.append(snapshot)
-        kept.sort(key=lambda item: item.version)
-        del kept[:-SNAPSHOTS_KEPT]
+        with self._mutex:
+            kept = self._snapshots.setdefault((snapshot.session_id, snapshot.name), [])
+            kept[:] = [item for item in kept if item.version != snapshot.version]
+            kept.append(snapshot)
+            kept.sort(key=lambda item: item.version)
+            del kept[:-SNAPSHOTS_KEPT]
 
     async def _load_snapshot(
         self, session_id: str, name: str, schema_version: int | None, max_version: int | None
