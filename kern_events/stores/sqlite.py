@@ -231,6 +231,9 @@ class SqliteEventStore(BaseEventStore):
         aiosqlite stops its thread after a failed connect but nobody waits for it, so it would
         report back to an event loop that may be closed by then ("Event loop is closed").
         """
+        # Made before connecting: anyio imports its backend on first use, and a connect that failed
+        # for want of file descriptors leaves none to import it with.
+        shield = anyio.CancelScope(shield=True)
         if read_only:  # a URI, so that SQLite itself refuses to create or write anything
             connection = aiosqlite.connect(_read_only_uri(self.db_file), isolation_level=None, uri=True)
         else:
@@ -243,7 +246,7 @@ class SqliteEventStore(BaseEventStore):
         try:
             return await connection
         except BaseException as exc:
-            with anyio.CancelScope(shield=True):
+            with shield:
                 await anyio.to_thread.run_sync(connection._thread.join)
             if isinstance(exc, sqlite3.Error):
                 raise DatabaseOpenError(self._name, _open_failure(self.db_file, exc, read_only)) from exc
