@@ -43,6 +43,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     db,
     index,
     lifecycle,
+    loops,
     pause,
     property,
     read,
@@ -110,7 +111,7 @@ class SubscriptionTests(_Suite):
 
 
 class LifecycleTests(_Suite):
-    """Opening, closing, cancellation, deletion and snapshots."""
+    """Opening, closing, cancellation, deletion and snapshots; one store used from several event loops."""
 
 
 class DbTests(_Suite):
@@ -132,7 +133,7 @@ class RuntimeTests(_Suite):
 _adopt(AppendTests, append, append_atomicity, validation)
 _adopt(ReadTests, read, streaming)
 _adopt(SubscriptionTests, subscribe)
-_adopt(LifecycleTests, lifecycle)
+_adopt(LifecycleTests, lifecycle, loops)
 _adopt(DbTests, db, index, property)
 _adopt(SessionTests, sessions, contention)
 _adopt(PauseTests, pause)
