@@ -32,11 +32,12 @@ class Change:
     a store used from several threads' loops wakes the subscribers on every one of them.
     """
 
-    __slots__ = ("_fired", "_mutex", "_waiters")
+    __slots__ = ("_fired", "_mutex", "_taken", "_waiters")
 
     def __init__(self, mutex: threading.Lock) -> None:
         self._mutex = mutex
         self._fired = False
+        self._taken = False
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[bool]]] | None = None
 
     def is_set(self) -> bool:
@@ -90,10 +91,16 @@ class ChangeSignal:
 
     def current(self) -> Change:
         """The change the next :meth:`fire` sets; take it *before* reading, so no change is missed."""
-        return self._change
+        change = self._change
+        change._taken = True
+        return change
 
     def fire(self) -> None:
         """Wake everyone waiting on the current change."""
+        if not self._change._taken:
+            # Nobody took it, so nobody waits on it: whoever takes it later reads after this
+            # append committed. The common case (no subscriber) costs one look.
+            return
         with self._mutex:  # taken and replaced at once: a concurrent fire never drops a change
             change, self._change = self._change, Change(self._mutex)
             change._fired = True
