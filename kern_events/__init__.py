@@ -14,8 +14,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from kern_events._ids import event_id_for
 from kern_events._index import SessionInfo
 from kern_events._loops import run_blocking
+from kern_events._registry import register_event_type, registered_event_types
 from kern_events.codec import Codec, MsgpackCodec
 from kern_events.errors import (
     BlockingCallError,
@@ -38,7 +40,9 @@ from kern_events.errors import (
     StorageError,
     StorageUnavailableError,
     StoreClosedError,
+    TruncatedError,
     UnknownEventTypeError,
+    UnsupportedError,
 )
 from kern_events.events import (
     AnyEvent,
@@ -72,11 +76,13 @@ from kern_events.events import (
 from kern_events.records import (
     ANY,
     NO_STREAM,
+    TRUNCATION_SNAPSHOT,
     AppendResult,
     ExpectedVersion,
     FeedLag,
     PendingEvent,
     Record,
+    SessionAppend,
     Snapshot,
     StoredEvent,
     UnknownEvent,
@@ -111,6 +117,7 @@ _LAZY = {
 __all__ = [
     "ANY",
     "NO_STREAM",
+    "TRUNCATION_SNAPSHOT",
     "Agent",
     "AnyEvent",
     "AppendResult",
@@ -161,6 +168,7 @@ __all__ = [
     "SchemaMissingError",
     "SchemaVersionError",
     "Session",
+    "SessionAppend",
     "SessionInfo",
     "SessionNotFoundError",
     "SessionRenamed",
@@ -183,10 +191,15 @@ __all__ = [
     "ToolCallRequest",
     "ToolCallStarted",
     "ToolConfirmation",
+    "TruncatedError",
     "UnknownEvent",
     "UnknownEventTypeError",
+    "UnsupportedError",
     "UserInput",
     "Workflow",
+    "event_id_for",
+    "register_event_type",
+    "registered_event_types",
     "retry_on_conflict",
     "run_blocking",
 ]

@@ -5,7 +5,8 @@ storage. The base class does the rest once for every backend: argument checks, e
 stores and returns :class:`StoredEvent` rows and never sees the codec), paging, the lifecycle
 (``async with``, :meth:`~BaseEventStore.aclose`), subscriptions and change signals. The rules that
 decide between "conflict", "idempotent retry" and "reused id" are functions here
-(:func:`check_expected`, :func:`conflict`, :func:`match_retry`), and so is the session-index rule
+(:func:`check_expected`, :func:`conflict`, :func:`match_retry`; for ``skip_existing``,
+:func:`split_stored` and :func:`stored_result`, applied by the base class), and so is the session-index rule
 (:func:`advance_index`, or :func:`index_delta` + :func:`apply_delta` for a backend that applies it in
 its own query language), so that every backend answers the same way.
 
@@ -18,14 +19,31 @@ The hooks, each called only with checked arguments on an open store:
 ``_read_page``              up to ``limit`` rows of one session by version, optionally by type
 ``_read_all_page``          up to ``limit`` rows of every session in global position order
                             (both a :data:`Page`: a damaged row ends it as a ``CorruptRecordError``)
+``_find_events``            the stored event of each of some event ids, in any session (only
+                            ``append(..., skip_existing=True)`` needs it; without it that fails)
 ``_current_version``        the session's head version (kept after deletion as a tombstone)
 ``_get_session_info``       the session's index row, ``None`` if absent or deleted
 ``_list_sessions``          index rows matching a :class:`SessionFilter`
 ``_delete_session``         erase events, snapshots and the index row, keep the version
 ``_save_snapshot``          store a checkpoint, keeping the newest :data:`SNAPSHOTS_KEPT`
 ``_load_snapshot``          the newest matching checkpoint
+``_append_many``            several sessions' :class:`PendingAppend` parts, all or nothing (optional:
+                            without it ``append_many`` raises :class:`UnsupportedError`)
+``_truncate_before``        delete a session's events below a version and save the snapshots given,
+                            atomically, after :func:`check_truncation` (optional, likewise)
 ``listen`` / ``_announce``  cross-process wake-ups for subscriptions (optional; else they poll)
 ==========================  ======================================================================
+
+``_append_many`` and ``_truncate_before`` have no default, because a sequence of plain appends or
+deletes is not one atomic step. What storage can offer them: any SQL database (one transaction;
+lock the sessions in one canonical order, as ours do, so that two calls never deadlock); DynamoDB's
+``TransactWriteItems`` (a condition per session item, at most 100 items per call); NATS JetStream's
+atomic batches (ADR-50, server 2.11 or newer, at most 1,000 messages, within one stream). A store
+that shards sessions over independent logs cannot, and should leave the hooks out: the calls then
+raise :class:`UnsupportedError`, and its conformance ``Backend`` declares ``appends_many = False``
+or ``truncates = False``. Truncation uses :func:`check_truncation` for its rule, and records where
+the log starts as the snapshot :data:`~kern_events.records.TRUNCATION_SNAPSHOT` that the kit hands
+the hook with the caller's.
 
 A backend is done when it passes the conformance suite, :mod:`kern_events.testing`.
 :class:`GroupCommit` is there for backends that gain from committing concurrent appends together.
@@ -34,7 +52,8 @@ A backend is done when it passes the conformance suite, :mod:`kern_events.testin
 from __future__ import annotations
 
 from kern_events._index import IndexDelta, SessionInfo, advance_index, apply_delta, index_delta
-from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
+from kern_events.errors import UnsupportedError
+from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, SessionAppend, Snapshot, StoredEvent
 from kern_events.store import EventStore, SessionSort
 from kern_events.stores._base import (
     DEFAULT_MAX_EVENT_SIZE,
@@ -42,11 +61,15 @@ from kern_events.stores._base import (
     SNAPSHOTS_KEPT,
     BaseEventStore,
     Page,
+    PendingAppend,
     SessionFilter,
     check_expected,
+    check_truncation,
     conflict,
     match_retry,
     new_event_id,
+    split_stored,
+    stored_result,
 )
 from kern_events.stores._group import GroupCommit
 from kern_events.subscription import ChangeSignal
@@ -63,17 +86,23 @@ __all__ = [
     "GroupCommit",
     "IndexDelta",
     "Page",
+    "PendingAppend",
     "PendingEvent",
+    "SessionAppend",
     "SessionFilter",
     "SessionInfo",
     "SessionSort",
     "Snapshot",
     "StoredEvent",
+    "UnsupportedError",
     "advance_index",
     "apply_delta",
     "check_expected",
+    "check_truncation",
     "conflict",
     "index_delta",
     "match_retry",
     "new_event_id",
+    "split_stored",
+    "stored_result",
 ]

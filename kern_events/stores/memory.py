@@ -17,10 +17,12 @@ from kern_events.backend import (
     DEFAULT_MAX_EVENT_SIZE,
     SNAPSHOTS_KEPT,
     BaseEventStore,
+    PendingAppend,
     SessionFilter,
     SessionInfo,
     advance_index,
     check_expected,
+    check_truncation,
     conflict,
     match_retry,
 )
@@ -44,7 +46,7 @@ class InMemoryEventStore(BaseEventStore):
         self._all: list[StoredEvent] = []
         self._last_position = 0
         self._snapshots: dict[tuple[str, str], list[Snapshot]] = {}
-        self._mutex = threading.Lock()  # writes from several threads' event loops never interleave
+        self._mutex = threading.RLock()  # writes from several threads' event loops never interleave
 
     async def _append(
         self,
@@ -62,38 +64,84 @@ class InMemoryEventStore(BaseEventStore):
                 return retry
             if not check_expected(expected, head):
                 raise conflict(session_id, expected, head)
-            stream = self._streams.setdefault(session_id, [])
-            stored_events = []
-            for offset, new in enumerate(pending, start=1):
-                self._last_position += 1
-                stored = StoredEvent(
-                    session_id=session_id,
-                    version=head + offset,
-                    position=self._last_position,
-                    event_id=new.event_id,
-                    type=new.type,
-                    schema_version=new.schema_version,
-                    data=new.data,
-                    recorded_at=recorded_at,
-                )
-                stored_events.append(stored)
-                stream.append(stored)
-                self._by_id[new.event_id] = stored
-                self._positions.append(stored.position)
-                self._all.append(stored)
-            to_version = head + len(pending)
-            self._heads[session_id] = to_version
-            self._index[session_id] = advance_index(
-                self._index.get(session_id), session_id, events, to_version, recorded_at
-            )
-            return AppendResult(
+            return self._store(session_id, events, pending, recorded_at)
+
+    async def _append_many(self, parts: Sequence[PendingAppend], recorded_at: float) -> list[AppendResult]:
+        """Every part is checked before any is stored, with no await in between: all or nothing."""
+        await anyio.lowlevel.checkpoint()
+        with self._mutex:
+            retries = []
+            for part in parts:
+                retry = match_retry(part.session_id, part.pending, [self._by_id.get(p.event_id) for p in part.pending])
+                head = self._heads.get(part.session_id, 0)
+                if retry is None and not check_expected(part.expected, head):
+                    raise conflict(part.session_id, part.expected, head)
+                retries.append(retry)
+            return [
+                retry if retry is not None else self._store(part.session_id, part.events, part.pending, recorded_at)
+                for part, retry in zip(parts, retries, strict=True)
+            ]
+
+    def _store(
+        self, session_id: str, events: Sequence[Event], pending: Sequence[PendingEvent], recorded_at: float
+    ) -> AppendResult:
+        head = self._heads.get(session_id, 0)
+        stream = self._streams.setdefault(session_id, [])
+        stored_events = []
+        for offset, new in enumerate(pending, start=1):
+            self._last_position += 1
+            stored = StoredEvent(
                 session_id=session_id,
-                from_version=head + 1,
-                to_version=to_version,
-                positions=tuple(stored.position for stored in stored_events),
-                event_ids=tuple(stored.event_id for stored in stored_events),
+                version=head + offset,
+                position=self._last_position,
+                event_id=new.event_id,
+                type=new.type,
+                schema_version=new.schema_version,
+                data=new.data,
                 recorded_at=recorded_at,
             )
+            stored_events.append(stored)
+            stream.append(stored)
+            self._by_id[new.event_id] = stored
+            self._positions.append(stored.position)
+            self._all.append(stored)
+        to_version = head + len(pending)
+        self._heads[session_id] = to_version
+        self._index[session_id] = advance_index(
+            self._index.get(session_id), session_id, events, to_version, recorded_at
+        )
+        return AppendResult(
+            session_id=session_id,
+            from_version=head + 1,
+            to_version=to_version,
+            positions=tuple(stored.position for stored in stored_events),
+            event_ids=tuple(stored.event_id for stored in stored_events),
+            recorded_at=recorded_at,
+        )
+
+    async def _find_events(self, event_ids: Sequence[UUID]) -> Sequence[StoredEvent | None]:
+        await anyio.lowlevel.checkpoint()
+        return [self._by_id.get(event_id) for event_id in event_ids]
+
+    async def _truncate_before(
+        self, session_id: str, version: int, expected: int | ExpectedVersion, snapshots: Sequence[Snapshot]
+    ) -> int:
+        await anyio.lowlevel.checkpoint()
+        with self._mutex:
+            check_truncation(session_id, version, expected, self._heads.get(session_id, 0))
+            stream = self._streams.get(session_id, [])
+            removed = [stored for stored in stream if stored.version < version]
+            if not removed:
+                return 0
+            del stream[: len(removed)]
+            gone = {stored.position for stored in removed}
+            for stored in removed:
+                del self._by_id[stored.event_id]
+            self._all = [stored for stored in self._all if stored.position not in gone]
+            self._positions = [stored.position for stored in self._all]
+            for snapshot in snapshots:
+                await self._save_snapshot(snapshot)
+            return len(removed)
 
     async def _read_page(
         self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None

@@ -41,17 +41,21 @@ from kern_events.testing.conformance import (  # noqa: E402
     append_atomicity,
     contention,
     db,
+    extensions,
     index,
     lifecycle,
     loops,
+    multi_append,
     pause,
     property,
     read,
     runtime,
     runtime_pause,
     sessions,
+    skip_existing,
     streaming,
     subscribe,
+    truncation,
     validation,
 )
 
@@ -60,12 +64,15 @@ __all__ = [
     "Backend",
     "ConformanceSuite",
     "DbTests",
+    "ExtensionTests",
     "LifecycleTests",
+    "MultiAppendTests",
     "PauseTests",
     "ReadTests",
     "RuntimeTests",
     "SessionTests",
     "SubscriptionTests",
+    "TruncationTests",
     "feed_reaches",
     "feed_settled",
     "heavy_scale",
@@ -102,12 +109,22 @@ class AppendTests(_Suite):
     refused with a typed error before anything is stored."""
 
 
+class MultiAppendTests(_Suite):
+    """``append_many``: several sessions' appends all or nothing, whole on the global feed (the
+    capability ``appends_many`` of :class:`Backend`)."""
+
+
 class ReadTests(_Suite):
     """Reads of one session and of the global feed, streaming in bounded memory."""
 
 
 class SubscriptionTests(_Suite):
     """Subscriptions: catch up, then follow live appends without gaps or duplicates."""
+
+
+class TruncationTests(_Suite):
+    """``truncate_before``: a session's prefix removed behind a snapshot, atomically, with reads,
+    the feed, views and time travel agreeing (the capability ``truncates`` of :class:`Backend`)."""
 
 
 class LifecycleTests(_Suite):
@@ -126,21 +143,38 @@ class PauseTests(_Suite):
     """Paused runs: pause with requirements, resolve, continue in any process."""
 
 
+class ExtensionTests(_Suite):
+    """Extension event types (``vendor.name`` tags) and session types of an integration's own."""
+
+
 class RuntimeTests(_Suite):
     """The reference runtimes (Agent, Team, Workflow) recording their turns on the store."""
 
 
-_adopt(AppendTests, append, append_atomicity, validation)
+_adopt(AppendTests, append, append_atomicity, validation, skip_existing)
+_adopt(MultiAppendTests, multi_append)
 _adopt(ReadTests, read, streaming)
 _adopt(SubscriptionTests, subscribe)
 _adopt(LifecycleTests, lifecycle, loops)
+_adopt(TruncationTests, truncation)
 _adopt(DbTests, db, index, property)
 _adopt(SessionTests, sessions, contention)
 _adopt(PauseTests, pause)
 _adopt(RuntimeTests, runtime, runtime_pause)
+_adopt(ExtensionTests, extensions)
 
 
 class ConformanceSuite(
-    AppendTests, ReadTests, SubscriptionTests, LifecycleTests, DbTests, SessionTests, PauseTests, RuntimeTests
+    AppendTests,
+    MultiAppendTests,
+    ReadTests,
+    SubscriptionTests,
+    LifecycleTests,
+    TruncationTests,
+    DbTests,
+    SessionTests,
+    PauseTests,
+    RuntimeTests,
+    ExtensionTests,
 ):
     """The whole conformance suite; subclass it and provide a ``backend`` fixture (see the module)."""
