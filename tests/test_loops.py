@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
+from kern_events import BaseDb, retry_on_conflict
 from kern_events._loops import AnyLoopLock
 from kern_events.events import MessageAdded
 from kern_events.stores._base import BaseEventStore
@@ -233,6 +234,7 @@ def test_an_append_on_one_loop_wakes_a_subscriber_on_another(backend: Backend) -
 _NEVER_CLOSED = """
 import asyncio, sys
 from kern_events import {db_class}
+from kern_events import BaseDb, retry_on_conflict
 from kern_events._loops import AnyLoopLock
 from kern_events.events import MessageAdded
 
@@ -363,3 +365,35 @@ def test_closing_from_another_loop_disconnects_every_loops_postgres_connections(
         closed.set()
         for thread in threads:
             thread.join(30)
+
+
+def test_threads_writing_one_session_through_one_db_take_turns(backend: Backend) -> None:
+    """The OpenAI Agents SDK's concurrent-access test, through the session API: threads, each running
+    its own loop, add runs to one session of one db; writers of one db take turns (a lock shared by
+    every loop), so every run lands."""
+    db = backend.db()
+    asyncio.run(_open_hot_session(db))
+
+    def work(n: int) -> None:
+        async def main() -> None:
+            session = await db.open_session("hot")
+            run = await session.start_run(f"writer-{n}")
+            for step in range(3):
+                run.message("assistant", f"{n}:{step}")
+                await retry_on_conflict(session, run.flush)
+            await retry_on_conflict(session, run.complete)
+
+        asyncio.run(main())
+
+    async def runs() -> list[str]:
+        return sorted(run.run_id for run in (await db.get_session("hot")).runs if run.status == "completed")
+
+    try:
+        _in_threads(_THREADS, work)
+        assert asyncio.run(runs()) == [f"writer-{n}" for n in range(_THREADS)]
+    finally:
+        asyncio.run(db.aclose())
+
+
+async def _open_hot_session(db: BaseDb) -> None:
+    await db.open_session("hot", name="hot")
