@@ -18,12 +18,11 @@ List channels (message histories) are stored as deltas against their previous ve
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import random
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Any, Final, TypeVar, cast
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
+from typing import Any, Final, ParamSpec, TypeVar, cast
 
 import msgspec
 from langchain_core.runnables import RunnableConfig
@@ -41,7 +40,16 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from kern_events import Event, EventStore, SessionStarted, Snapshot, event_id_for, register_event_type
+from kern_events import (
+    BlockingCallError,
+    Event,
+    EventStore,
+    SessionStarted,
+    Snapshot,
+    event_id_for,
+    register_event_type,
+    run_blocking,
+)
 from kern_events._validate import MAX_ID_LENGTH, check_non_negative
 from kern_events.db import BaseDb
 from kern_events.errors import InvalidArgumentError
@@ -59,6 +67,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 SESSION_TYPE: Final = "langgraph"
 _THREAD_PREFIX: Final = "langgraph:"
@@ -760,28 +769,35 @@ class KernEventsSaver(BaseCheckpointSaver[str]):
 
     # -- sync methods -----------------------------------------------------------------------------------
 
-    def _sync(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run an async method from synchronous code: on the loop the saver is used on, from another thread."""
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
+    def _sync(self, function: Callable[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run an async method from synchronous code. While the loop the saver is used on runs (LangGraph
+        calls sync methods from worker threads of async graphs), on that loop, so one thread's writes stay
+        in one order; otherwise with :func:`~kern_events.run_blocking`. On that loop's own thread, where
+        waiting would deadlock, :class:`~kern_events.BlockingCallError`."""
         loop = self._loop
         if loop is not None and loop.is_running():
+            try:
+                running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
             if running is loop:
-                raise RuntimeError(
-                    "a sync KernEventsSaver method was called on the thread of the event loop it uses, where "
-                    "waiting would deadlock; use the async method (aget_tuple, aput, ...)"
-                )
-            return asyncio.run_coroutine_threadsafe(_awaited(call), loop).result()
-        if running is not None:
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                return pool.submit(asyncio.run, _awaited(call)).result()
-        return asyncio.run(_awaited(call))
+                raise BlockingCallError(f"KernEventsSaver.{function.__name__}")
+            return asyncio.run_coroutine_threadsafe(function(*args, **kwargs), loop).result()
+        return run_blocking(function, *args, **kwargs)
+
+    async def _alist_all(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> list[CheckpointTuple]:
+        return [item async for item in self.alist(config, filter=filter, before=before, limit=limit)]
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """Sync :meth:`aget_tuple`."""
-        return self._sync(lambda: self.aget_tuple(config))
+        return self._sync(self.aget_tuple, config)
 
     def list(
         self,
@@ -793,10 +809,7 @@ class KernEventsSaver(BaseCheckpointSaver[str]):
     ) -> Iterator[CheckpointTuple]:
         """Sync :meth:`alist`."""
 
-        async def collect() -> list[CheckpointTuple]:
-            return [item async for item in self.alist(config, filter=filter, before=before, limit=limit)]
-
-        return iter(self._sync(collect))
+        return iter(self._sync(self._alist_all, config, filter=filter, before=before, limit=limit))
 
     def put(
         self,
@@ -806,7 +819,7 @@ class KernEventsSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Sync :meth:`aput`."""
-        return self._sync(lambda: self.aput(config, checkpoint, metadata, new_versions))
+        return self._sync(self.aput, config, checkpoint, metadata, new_versions)
 
     def put_writes(
         self,
@@ -816,23 +829,23 @@ class KernEventsSaver(BaseCheckpointSaver[str]):
         task_path: str = "",
     ) -> None:
         """Sync :meth:`aput_writes`."""
-        self._sync(lambda: self.aput_writes(config, writes, task_id, task_path))
+        self._sync(self.aput_writes, config, writes, task_id, task_path)
 
     def delete_thread(self, thread_id: str) -> None:
         """Sync :meth:`adelete_thread`."""
-        self._sync(lambda: self.adelete_thread(thread_id))
+        self._sync(self.adelete_thread, thread_id)
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Sync :meth:`acopy_thread`."""
-        self._sync(lambda: self.acopy_thread(source_thread_id, target_thread_id))
+        self._sync(self.acopy_thread, source_thread_id, target_thread_id)
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Sync :meth:`aprune`."""
-        self._sync(lambda: self.aprune(thread_ids, strategy=strategy))
+        self._sync(self.aprune, thread_ids, strategy=strategy)
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Sync :meth:`adelete_for_runs`."""
-        self._sync(lambda: self.adelete_for_runs(run_ids))
+        self._sync(self.adelete_for_runs, run_ids)
 
 
 def _batches(events: Sequence[Event], size: int) -> Iterator[list[Event]]:
@@ -863,7 +876,3 @@ def _starts_with(value: list[Any], prefix: list[Any]) -> bool:
 
 def _latest_per_namespace(index: _Index) -> set[int]:
     return {entries[max(entries)].version for entries in index.checkpoints.values() if entries}
-
-
-async def _awaited(call: Callable[[], Awaitable[T]]) -> T:
-    return await call()
