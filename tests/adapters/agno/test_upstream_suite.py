@@ -1,0 +1,68 @@
+"""Agno's own session db tests, unchanged, against ``KernEventsDb`` on each kern-events backend.
+
+They run in a pytest of their own per backend, with the plugin ``kern_agno_shim`` providing their
+``sqlite_db_real`` fixture; this test reads the outcome of each of their 43 items from a JUnit report.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tests import _pg
+from tests.adapters.agno import _upstream
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent.parent
+_PYTEST = (sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "kern_agno_shim")
+
+
+def _outcomes(report: Path) -> dict[str, str]:
+    """Each test case of a JUnit report: name -> passed | skipped | failed."""
+    outcomes: dict[str, str] = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        outcome = "passed"
+        for child in case:
+            if child.tag in {"skipped", "failure", "error"}:
+                outcome = "skipped" if child.tag == "skipped" else "failed"
+        outcomes[f"{case.get('classname')}::{case.get('name')}"] = outcome
+    return outcomes
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "postgres"])
+def test_agnos_own_session_tests_pass_against_kern_events_db(backend: str, tmp_path: Path) -> None:
+    _upstream.require_agno()
+    if backend == "postgres":
+        _pg.require_postgres()
+    files = _upstream.test_files()
+    report = tmp_path / "report.xml"
+    path = os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "KERN_AGNO_BACKEND": backend}
+    done = subprocess.run(
+        [
+            *_PYTEST,
+            "-o",
+            "timeout=60",
+            f"--rootdir={files}",
+            "-c",
+            os.devnull,
+            f"--junitxml={report}",
+            *(Path(name).name for name in _upstream.FILES),
+        ],
+        cwd=files,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    outcomes = _outcomes(report) if report.exists() else {}
+    failed = sorted(name for name, outcome in outcomes.items() if outcome != "passed")
+    assert not failed, done.stdout[-6000:]
+    assert len(outcomes) == _upstream.COUNT, done.stdout[-6000:] + done.stderr[-2000:]
+    assert done.returncode == 0, done.stdout[-6000:]
