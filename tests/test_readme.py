@@ -61,6 +61,7 @@ def test_every_python_block_is_one_of_those_run_below() -> None:
         _block_after("Agents, teams and workflows", index=1),
         _block_after("Several sessions at once; truncating a log"),
         _block_after("Extension events and idempotency keys"),
+        _block_after("Use it from your framework"),
         _block_after("PostgreSQL: the production store"),
         _block_after("Your own backend"),
     ]
@@ -91,6 +92,12 @@ def test_the_multi_session_and_truncation_example_runs_as_written(tmp_path: Path
 def test_the_extension_events_example_runs_as_written(tmp_path: Path) -> None:
     out = _run_python(_block_after("Extension events and idempotency keys"), tmp_path)
     assert out == "wrote version 4; votes {'yes': 2, 'no': 1}; 1 poll session\n"
+
+
+def test_the_agno_switch_runs_as_written(tmp_path: Path) -> None:
+    pytest.importorskip("agno", reason="the agno extra is not installed")
+    out = _run_python(_block_after("Use it from your framework"), tmp_path)
+    assert out == "{'n': 2} 1\n"
 
 
 def test_the_postgres_example_runs_as_written(tmp_path: Path) -> None:

@@ -65,7 +65,12 @@ def test_files() -> Path:
         local = target / Path(path).name
         if local.exists() and hashlib.sha256(local.read_bytes()).hexdigest() == sha256:
             continue
-        data = _fetch(path)
+        try:
+            data = _fetch(path)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            if os.environ.get("CI"):
+                raise
+            pytest.skip(f"Agno's tests at {COMMIT[:12]} cannot be fetched ({exc}); set KERN_AGNO_REPO to a clone")
         digest = hashlib.sha256(data).hexdigest()
         if digest != sha256:
             raise RuntimeError(f"{path} at {COMMIT}: sha256 {digest}, expected {sha256}")
