@@ -25,6 +25,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -56,6 +57,7 @@ __all__ = [
 T = TypeVar("T")
 
 _ATTEMPTS = 32
+_CACHE_SIZE = 256
 _TYPES = ("agent", "team", "workflow")
 _COMPONENT = {"agent": "agent_id", "team": "team_id", "workflow": "workflow_id"}
 _DATA = {"agent": "agent_data", "team": "team_data", "workflow": "workflow_data"}
@@ -107,9 +109,10 @@ class _Stored(msgspec.Struct, kw_only=True):
     version: int
 
 
-def _fold(records: Sequence[Record]) -> _Stored | None:
-    """The Agno session a stream's records describe (``None`` if they hold no session start)."""
-    stored: _Stored | None = None
+def _fold(records: Sequence[Record], start: _Stored | None = None) -> _Stored | None:
+    """The Agno session a stream's records describe, folded onto ``start`` (a copy of it) if given;
+    ``None`` if no session start was folded."""
+    stored = None if start is None else _Stored(fields=dict(start.fields), runs=dict(start.runs), version=start.version)
     for record in records:
         event = record.event
         at = int(record.recorded_at)
@@ -220,10 +223,13 @@ class KernEventsDb(AgnoBaseDb):
         self.agno_db = agno_db
         self._store: EventStore = db.store if isinstance(db, BaseDb) else db
         self._loop = _Loop()
+        self._cache: OrderedDict[str, tuple[float, _Stored]] = OrderedDict()
+        """session_id -> (its index row's created_at, the session folded at some version): reads
+        fold only the events after it. Only this object's loop thread touches it."""
 
     def __getattr__(self, name: str) -> Any:
         # Attributes of the wrapped db that BaseDb does not declare (``Session``, table names, ...).
-        if name in {"agno_db", "kern_db", "_store", "_loop"}:
+        if name in {"agno_db", "kern_db", "_store", "_loop", "_cache"}:
             raise AttributeError(name)
         return getattr(self.agno_db, name)
 
@@ -417,8 +423,24 @@ class KernEventsDb(AgnoBaseDb):
         return await self._read_at(info)
 
     async def _read_at(self, info: SessionInfo) -> _Stored | None:
-        records = [record async for record in self._store.read(info.session_id, to_version=info.version)]
-        return _fold(records)
+        """The session at ``info.version``: from the cache, plus the events after the cached version."""
+        cached = self._cache.get(info.session_id)
+        start = None
+        if cached is not None and cached[0] == info.created_at and cached[1].version <= info.version:
+            if cached[1].version == info.version:
+                return cached[1]
+            start = cached[1]
+        first = 1 if start is None else start.version + 1
+        records = [
+            record async for record in self._store.read(info.session_id, from_version=first, to_version=info.version)
+        ]
+        stored = _fold(records, start)
+        if stored is not None:
+            self._cache[info.session_id] = (info.created_at, stored)
+            self._cache.move_to_end(info.session_id)
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return stored
 
     async def _list(self, kind: str | None, user_id: str | None, component_id: str | None) -> list[_Stored]:
         infos: list[SessionInfo] = []
@@ -641,7 +663,7 @@ def _fold_onto(stored: _Stored | None, records: list[Record]) -> _Stored:
 
 def _raw(stored: _Stored, *, runs_limit: int | None = None, include_runs: bool = True) -> dict[str, Any]:
     """The session as Agno's SQL dbs return it with ``deserialize=False``."""
-    raw = dict(stored.fields)
+    raw: dict[str, Any] = _plain(stored.fields)
     runs = [data for _, data, _ in stored.runs.values()]
     if runs_limit is not None:
         runs = filter_context_runs(runs)[-runs_limit:] if runs_limit > 0 else []
