@@ -10,9 +10,11 @@ Everything else Agno keeps in its db (memories, knowledge, evals, traces, metric
 schedules, ...) is delegated unchanged to the wrapped Agno db, so every Agno feature keeps working.
 
 ``upsert_session`` receives whole sessions; it diffs them against the stored session and appends only
-what changed, at the exact version it read, re-reading and diffing again on a conflict: two runs
-written concurrently into one session are both stored (a run missing from a stale whole session is
-never taken as deleted). A write refused because the session belongs to another user raises
+what changed (fields, name, runs it does not hold yet), at the exact version it read, re-reading and
+diffing again on a conflict: two runs written concurrently into one session are both stored (a run
+missing from a stale whole session is never taken as deleted). A stored run changes through
+``upsert_run``, as Agno 3 writes it (its own dbs' ``upsert_session`` writes no runs at all). A write
+refused because the session belongs to another user raises
 :class:`SessionOwnerError` instead of returning ``None``, and storage errors propagate. Reads keep
 Agno's contract: another user's session reads as ``None``. Agno's db API is synchronous; each call
 runs on an event loop that this object owns, in a thread of its own. Tested against agno 3.1.10
@@ -154,6 +156,21 @@ def _plain(value: Any) -> Any:
     return msgspec.json.decode(msgspec.json.encode(value))
 
 
+def _normal(value: Any) -> Any:
+    """``value`` without the keys whose value is empty (``None``, ``[]``, ``{}``), at every depth."""
+    if isinstance(value, dict):
+        return {key: _normal(item) for key, item in value.items() if item is not None and item != [] and item != {}}
+    if isinstance(value, list):
+        return [_normal(item) for item in value]
+    return value
+
+
+def _same(stored: dict[str, Any], incoming: dict[str, Any]) -> bool:
+    """Whether a run is unchanged: Agno's ``to_dict`` of a run read back differs from the first one
+    only in keys it leaves out when empty (``events: []`` or absent), which is no change."""
+    return stored == incoming or _normal(stored) == _normal(incoming)
+
+
 def _session_type(session: Session) -> str:
     from agno.session import AgentSession, TeamSession
 
@@ -164,16 +181,23 @@ def _session_type(session: Session) -> str:
     return "workflow"
 
 
-def _session_fields(session: Session) -> tuple[str, dict[str, Any], list[tuple[str, str, dict[str, Any]]]]:
-    """The session's type, its dict without runs, and its runs as (run_id, run_type, dict)."""
+def _session_fields(session: Session) -> tuple[str, dict[str, Any], list[tuple[str, Any]]]:
+    """The session's type, its dict without runs, and its runs as (run_id, run)."""
     kind = _session_type(session)
     fields = _plain(session.to_dict(include_runs=False))
     fields["session_type"] = kind
     runs = []
     for run in session.runs or []:
-        data = _plain(run if isinstance(run, dict) else run.to_dict())
-        runs.append((str(data["run_id"]), get_run_type(run), data))
+        run_id = run.get("run_id") if isinstance(run, dict) else run.run_id
+        if run_id is None:
+            raise InvalidArgumentError("session.runs", "a run must have a run_id")
+        runs.append((str(run_id), run))
     return kind, fields, runs
+
+
+def _run_event(run: Any, user_id: str | None) -> RunStored:
+    data = _plain(run if isinstance(run, dict) else run.to_dict())
+    return RunStored(run_id=str(data["run_id"]), run_type=get_run_type(run), run=data, user_id=user_id)
 
 
 class _Loop:
@@ -305,7 +329,8 @@ class KernEventsDb(AgnoBaseDb):
 
     def upsert_session(self, session: Session, deserialize: bool | None = True) -> Session | dict[str, Any] | None:
         """Store the session: a new one whole, a stored one by appending only what changed (fields,
-        name, new or changed runs). Another user's session raises :class:`SessionOwnerError`."""
+        name, runs not stored yet; a stored run changes through :meth:`upsert_run`). Another user's
+        session raises :class:`SessionOwnerError`."""
         stored = self._loop.run(lambda: self._upsert([session]))[0]
         raw = _raw(stored)
         return _deserialized(None, raw) if deserialize else raw
@@ -493,7 +518,7 @@ class KernEventsDb(AgnoBaseDb):
         session_id: str,
         kind: str,
         fields: dict[str, Any],
-        runs: list[tuple[str, str, dict[str, Any]]],
+        runs: list[tuple[str, Any]],
         info: SessionInfo | None,
         stored: _Stored | None,
     ) -> tuple[list[Event], int | ExpectedVersion]:
@@ -522,10 +547,7 @@ class KernEventsDb(AgnoBaseDb):
             }
             rest.update(created_at=created, updated_at=fields.get("updated_at") or created)
             events: list[Event] = [started]
-            events += [
-                RunStored(run_id=run_id, run_type=run_type, run=data, user_id=user_id)
-                for run_id, run_type, data in runs
-            ]
+            events += [_run_event(run, user_id) for _, run in runs]
             events.append(SessionFieldsChanged(fields=rest))
             return events, head if head else NO_STREAM
         owner = stored.fields.get("user_id")
@@ -543,10 +565,9 @@ class KernEventsDb(AgnoBaseDb):
             events.append(SessionRenamed(name=new_name))
         if changed:
             events.append(SessionFieldsChanged(fields=changed))
-        for run_id, run_type, data in runs:
-            known = stored.runs.get(run_id)
-            if known is None or known[1] != data:
-                events.append(RunStored(run_id=run_id, run_type=run_type, run=data, user_id=user_id))
+        for run_id, run in runs:
+            if run_id not in stored.runs:  # a stored run changes through upsert_run, as Agno 3 writes it
+                events.append(_run_event(run, user_id))
         return events, info.version
 
     async def _rename(self, session_id: str, name: str, user_id: str | None) -> _Stored | None:
@@ -575,7 +596,11 @@ class KernEventsDb(AgnoBaseDb):
             if user_id is not None and info.user_id is not None and info.user_id != user_id:
                 raise SessionOwnerError(session_id, user_id)
             stored = await self._read_at(info)
-            if stored is not None and (known := stored.runs.get(event.run_id)) is not None and known[1] == event.run:
+            if (
+                stored is not None
+                and (known := stored.runs.get(event.run_id)) is not None
+                and _same(known[1], event.run)
+            ):
                 return
             try:
                 await self._store.append(session_id, [event], expected_version=info.version)
@@ -672,7 +697,8 @@ def _raw(stored: _Stored, *, runs_limit: int | None = None, include_runs: bool =
 
 
 def _deserialized(session_type: SessionType | None, raw: dict[str, Any]) -> Session:
-    return deserialize_session(session_type, _plain(raw))
+    """``raw`` (a fresh copy, see :func:`_raw`) as Agno's session object."""
+    return deserialize_session(session_type, raw)
 
 
 _NIL = uuid.UUID(int=0)
