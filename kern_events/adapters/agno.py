@@ -250,10 +250,12 @@ class KernEventsDb(AgnoBaseDb):
         self._cache: OrderedDict[str, tuple[float, _Stored]] = OrderedDict()
         """session_id -> (its index row's created_at, the session folded at some version): reads
         fold only the events after it. Only this object's loop thread touches it."""
+        self._objects: dict[str, dict[str, tuple[dict[str, Any], Any]]] = {}
+        """session_id -> run_id -> (the stored run dict, Agno's run object decoded from it)."""
 
     def __getattr__(self, name: str) -> Any:
         # Attributes of the wrapped db that BaseDb does not declare (``Session``, table names, ...).
-        if name in {"agno_db", "kern_db", "_store", "_loop", "_cache"}:
+        if name in {"agno_db", "kern_db", "_store", "_loop", "_cache", "_objects"}:
             raise AttributeError(name)
         return getattr(self.agno_db, name)
 
@@ -280,8 +282,9 @@ class KernEventsDb(AgnoBaseDb):
         stored = self._loop.run(lambda: self._read(session_id))
         if stored is None or not _visible(stored.fields, user_id):
             return None
-        raw = _raw(stored, runs_limit=runs_limit)
-        return _deserialized(session_type, raw) if deserialize else raw
+        if deserialize:
+            return self._session_object(session_type, stored, runs_limit=runs_limit)
+        return _raw(stored, runs_limit=runs_limit)
 
     def get_sessions(
         self,
@@ -332,16 +335,14 @@ class KernEventsDb(AgnoBaseDb):
         name, runs not stored yet; a stored run changes through :meth:`upsert_run`). Another user's
         session raises :class:`SessionOwnerError`."""
         stored = self._loop.run(lambda: self._upsert([session]))[0]
-        raw = _raw(stored)
-        return _deserialized(None, raw) if deserialize else raw
+        return self._session_object(None, stored) if deserialize else _raw(stored)
 
     def upsert_sessions(
         self, sessions: list[Session], deserialize: bool | None = True, preserve_updated_at: bool = False
     ) -> list[Session | dict[str, Any]]:
         """Store several sessions in one atomic append (see :meth:`upsert_session`)."""
         stored = self._loop.run(lambda: self._upsert(sessions))
-        raws = [_raw(one) for one in stored]
-        return [_deserialized(None, raw) for raw in raws] if deserialize else list(raws)
+        return [self._session_object(None, one) if deserialize else _raw(one) for one in stored]
 
     def rename_session(
         self,
@@ -370,6 +371,29 @@ class KernEventsDb(AgnoBaseDb):
                 await self._delete(session_id, user_id)
 
         self._loop.run(delete_all)
+
+    def _session_object(
+        self, session_type: SessionType | None, stored: _Stored, *, runs_limit: int | None = None
+    ) -> Session:
+        """Agno's session object for ``stored``; its runs are decoded once per stored version of each
+        run and shared between reads, as Agno's own SQL dbs share them (their run-object cache)."""
+        session = _deserialized(session_type, _raw(stored, include_runs=False))
+        entries = [(run_id, entry) for run_id, entry in stored.runs.items()]
+        if runs_limit is not None:
+            entries = [item for item in entries if _in_context(item[1][1])]
+            entries = entries[len(entries) - min(runs_limit, len(entries)) :]
+        objects = self._objects.setdefault(str(stored.fields["session_id"]), {})
+        runs = []
+        for run_id, (run_type, data, _) in entries:
+            known = objects.get(run_id)
+            if known is None or known[0] is not data:
+                known = (data, deserialize_run(run_type, _plain(data)))
+                objects[run_id] = known
+            runs.append(known[1])
+        if len(self._objects) > _CACHE_SIZE:
+            self._objects.pop(next(iter(self._objects)))
+        session.runs = runs
+        return session
 
     # -- runs ------------------------------------------------------------------------------------
 
@@ -684,6 +708,11 @@ def _fold_onto(stored: _Stored | None, records: list[Record]) -> _Stored:
             copy.runs[event.run_id] = (event.run_type, event.run, event.user_id)
         copy.fields["updated_at"] = int(record.recorded_at)
     return copy
+
+
+def _in_context(run: dict[str, Any]) -> bool:
+    """Whether a run is one Agno's history uses (top level, not skipped by its status)."""
+    return bool(filter_context_runs([run]))
 
 
 def _raw(stored: _Stored, *, runs_limit: int | None = None, include_runs: bool = True) -> dict[str, Any]:

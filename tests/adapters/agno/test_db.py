@@ -245,3 +245,15 @@ async def test_an_async_caller_can_use_it(tmp_path: Path) -> None:
         assert db.get_session("s1") is not None
     finally:
         db.close()
+
+
+def test_a_read_decodes_a_run_again_only_when_it_changed(db: KernEventsDb) -> None:
+    db.upsert_session(_session(_run("r1", "one"), _run("r2", "two")))
+    first = db.get_session("s1", SessionType.AGENT)
+    db.upsert_run(_run("r2", "two, edited"), session_id="s1")
+    second = db.get_session("s1", SessionType.AGENT)
+    assert isinstance(first, AgentSession) and isinstance(second, AgentSession)
+    assert first.runs is not None and second.runs is not None
+    assert second.runs[0] is first.runs[0]  # unchanged: the same object, as Agno's own dbs share it
+    assert second.runs[1].content == "two, edited"
+    assert db.get_session("s1", deserialize=False)["runs"][1]["content"] == "two, edited"  # type: ignore[index]
