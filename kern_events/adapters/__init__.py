@@ -1,0 +1,5 @@
+"""Adapters that let agent frameworks keep their sessions in kern-events.
+
+Each adapter is one module that imports its framework and nothing else imports it; install it with
+the framework's extra (``pip install 'kern-events[adk]'``), pinned to the release it is tested against.
+"""
