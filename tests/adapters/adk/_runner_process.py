@@ -1,9 +1,11 @@
 """One process, one turn: ADK's ``Runner`` with a scripted model on ``KernEventsSessionService``.
 
-``python -m tests.adapters.adk._runner_process DB_FILE TEXT`` runs one turn of the session ``trip``
+``python -m tests.adapters.adk._runner_process DB_FILE TEXT [sync]`` runs one turn of the session ``trip``
 (created if it is not there) and prints the answer, the session's event count and its state. The
 scripted model calls the ``remember`` tool with the user's text, then answers with every name it
 finds in the conversation it was handed, so a second process shows what the first one stored.
+With ``sync`` the turn is ``Runner.run``, ADK's synchronous entry point, which drives the service
+from an event loop of its own in another thread.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from google.adk.runners import Runner
 from google.adk.tools.tool_context import ToolContext
 from google.genai import types
 
-from kern_events import SqliteDb
+from kern_events import SqliteDb, run_blocking
 from kern_events.adapters.adk import KernEventsSessionService
 
 
@@ -72,5 +74,28 @@ async def main(db_file: str, text: str) -> None:
         print(json.dumps({"answer": answer, "events": len(session.events), "state": session.state}))
 
 
+def main_sync(db_file: str, text: str) -> None:
+    """The same turn through ``Runner.run``; the db is opened on this thread and used from ADK's."""
+    agent = LlmAgent(name="helper", model=ScriptedModel(), tools=[remember], output_key="last_answer")
+    db = SqliteDb(db_file=db_file)
+    session_service = KernEventsSessionService(db)
+    get = session_service.get_session
+    if run_blocking(lambda: get(app_name="trips", user_id="alice", session_id="trip")) is None:
+        run_blocking(lambda: session_service.create_session(app_name="trips", user_id="alice", session_id="trip"))
+    runner = Runner(agent=agent, app_name="trips", session_service=session_service)
+    answer = ""
+    message = types.Content(role="user", parts=[types.Part(text=text)])
+    for event in runner.run(user_id="alice", session_id="trip", new_message=message):
+        if event.content and event.content.parts and event.content.parts[0].text:
+            answer = event.content.parts[0].text
+    session = run_blocking(lambda: get(app_name="trips", user_id="alice", session_id="trip"))
+    assert session is not None
+    run_blocking(db.aclose)
+    print(json.dumps({"answer": answer, "events": len(session.events), "state": session.state}))
+
+
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    if sys.argv[3:] == ["sync"]:
+        main_sync(sys.argv[1], sys.argv[2])
+    else:
+        asyncio.run(main(sys.argv[1], sys.argv[2]))

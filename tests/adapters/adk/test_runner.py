@@ -15,9 +15,9 @@ _adk.require_adk()
 ROOT = Path(__file__).parent.parent.parent.parent
 
 
-def _turn(db_file: Path, text: str) -> dict[str, object]:
+def _turn(db_file: Path, text: str, *mode: str) -> dict[str, object]:
     done = subprocess.run(
-        [sys.executable, "-m", "tests.adapters.adk._runner_process", str(db_file), text],
+        [sys.executable, "-m", "tests.adapters.adk._runner_process", str(db_file), text, *mode],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -30,6 +30,8 @@ def _turn(db_file: Path, text: str) -> dict[str, object]:
 
 
 def test_a_second_process_runs_the_next_turn_on_what_the_first_stored(tmp_path: Path) -> None:
+    """The first turn is ``Runner.run_async``; the second ``Runner.run``, the synchronous entry point,
+    which runs the service on an event loop of its own in another thread."""
     db_file = tmp_path / "adk.db"
     first = _turn(db_file, "Alice")
     assert first == {
@@ -37,7 +39,7 @@ def test_a_second_process_runs_the_next_turn_on_what_the_first_stored(tmp_path: 
         "events": 4,  # the user's message, the tool call, its response, the answer
         "state": {"last_answer": "I know Alice", "user:names": ["Alice"]},
     }
-    second = _turn(db_file, "Bob")
+    second = _turn(db_file, "Bob", "sync")
     assert second == {
         "answer": "I know Alice, Bob",
         "events": 8,
