@@ -38,7 +38,7 @@ from kern_events._ids import event_id_for
 from kern_events._registry import register_event_type
 from kern_events._validate import MAX_ID_LENGTH, check_non_negative
 from kern_events.db import BaseDb
-from kern_events.errors import ConcurrencyError
+from kern_events.errors import ConcurrencyError, InvalidArgumentError
 from kern_events.events import Event, SessionStarted
 from kern_events.records import NO_STREAM, ExpectedVersion, Record, SessionAppend, Snapshot
 from kern_events.store import EventStore
@@ -113,6 +113,7 @@ def _normalized_id(session_id: str) -> str:
 
 
 def _fold(state: dict[str, Any], record: Record) -> None:
+    """Apply one record's state change (a creation's initial state, an event's or a shared delta)."""
     event = record.event
     if isinstance(event, AdkSessionCreated):
         state.update(event.state)
@@ -132,8 +133,10 @@ class KernEventsSessionService(BaseSessionService):
 
     def __init__(self, db: BaseDb | EventStore, *, state_checkpoint_every: int = 100) -> None:
         check_non_negative("state_checkpoint_every", state_checkpoint_every)
+        if state_checkpoint_every < 1:
+            raise InvalidArgumentError("state_checkpoint_every", "it must be at least 1")
         self._store: EventStore = db.store if isinstance(db, BaseDb) else db
-        self.state_checkpoint_every = max(1, state_checkpoint_every)
+        self.state_checkpoint_every = state_checkpoint_every
 
     # -- BaseSessionService ----------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from kern_events import InMemoryDb, PostgresDb, SqliteDb
+from kern_events import InMemoryDb, InvalidArgumentError, PostgresDb, SqliteDb
 from kern_events.db import BaseDb
 from tests import _pg
 from tests.adapters.adk import _adk
@@ -364,6 +364,12 @@ async def test_reading_a_long_session_reads_its_window_and_the_states_checkpoint
         assert got.state == {**{f"k{j}": max(i for i in range(130) if i % 7 == j) for j in range(7)}, "user:n": 129}
         # 6 window records (one more to see it is full) + at most 20 state deltas per stream, not 130.
         assert counting.records <= 6 + 20 + 20, counting.records
+
+
+def test_a_checkpoint_interval_below_one_is_refused() -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        KernEventsSessionService(InMemoryDb(), state_checkpoint_every=0)
+    assert raised.value.argument == "state_checkpoint_every"
 
 
 def session_id_of(session: Any) -> str:
