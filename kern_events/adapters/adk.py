@@ -193,7 +193,12 @@ class KernEventsSessionService(BaseSessionService):
         session_id: str,
         config: GetSessionConfig | None = None,
     ) -> Session | None:
-        """The session with its state and the events ``config`` asks for (a tail read), or ``None``."""
+        """The session with its state and the events ``config`` asks for, or ``None``.
+
+        The events are one backward read of the tail: it stops after ``num_recent_events`` or at the
+        first event older than ``after_timestamp`` (events are kept in the order they were appended,
+        whose timestamps ADK's runner makes non-decreasing). The state never comes from that window.
+        """
         session_id = _normalized_id(session_id)
         if not session_id:
             return None
