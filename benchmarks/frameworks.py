@@ -38,7 +38,7 @@ from benchmarks.peers._workload import Backend, Target, agent_runs
 
 __all__ = ["NOTES", "SYSTEMS", "TurnSample", "report", "run_cases"]
 
-SYSTEMS = ("kern", "agno", "openai_agents", "langgraph", "adk", "adk_kern")
+SYSTEMS = ("kern", "agno", "openai_agents", "langgraph", "adk", "adk_kern", "adk_recent", "adk_kern_recent")
 """Adapter modules under ``benchmarks.peers``, ours first."""
 
 _MODULE = "benchmarks.frameworks"
@@ -63,7 +63,8 @@ langgraph: Async{Sqlite,Postgres}Saver driven as a ReAct graph's Pregel loop dri
   tools, agent) aput_writes and an aput whose messages channel holds the whole list.
 google-adk: load = DatabaseSessionService.get_session (every event by default); persist = four
   append_event calls. "google-adk on kern-events" makes the same calls on KernEventsSessionService (the
-  adk extra's one-line switch): every event too, the state from its checkpoint.
+  adk extra's one-line switch): every event too, the state from its checkpoint. The ", last 12 events"
+  rows load with GetSessionConfig(num_recent_events=12), a LIMIT in ADK's service and a tail read in ours.
 On PostgreSQL the database is ANALYZEd after the prefill (as autovacuum keeps a live server), for all.
 growth = cost at the largest N / cost at N = 10: near 1.0 is flat."""
 

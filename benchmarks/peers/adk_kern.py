@@ -34,9 +34,10 @@ def unavailable() -> str | None:
 
 
 class _KernAdkStore:
-    def __init__(self, service: KernEventsSessionService, session: Session) -> None:
+    def __init__(self, service: KernEventsSessionService, session: Session, recent_events: int | None = None) -> None:
         self._service = service
         self._session = session
+        self._recent_events = recent_events
 
     async def prefill(self, runs: Sequence[AgentRun]) -> None:
         """``append_event`` per event, as for ADK's own service."""
@@ -49,8 +50,13 @@ class _KernAdkStore:
             await self._service.append_event(self._session, event)
 
     async def load(self) -> int:
-        """``get_session`` with no config: the session, its merged state and every event."""
-        session = await self._service.get_session(app_name=APP_NAME, user_id=USER_ID, session_id=self._session.id)
+        """``get_session``: the session, its merged state and every event (or the last ``recent_events``)."""
+        from google.adk.sessions.base_session_service import GetSessionConfig
+
+        config = None if self._recent_events is None else GetSessionConfig(num_recent_events=self._recent_events)
+        session = await self._service.get_session(
+            app_name=APP_NAME, user_id=USER_ID, session_id=self._session.id, config=config
+        )
         if session is None:
             raise RuntimeError(f"kern-events lost ADK session {self._session.id!r}")
         self._session = session
@@ -58,7 +64,7 @@ class _KernAdkStore:
 
 
 @asynccontextmanager
-async def open_store(target: Target, session_id: str) -> AsyncIterator[PeerStore]:
+async def open_store(target: Target, session_id: str, *, recent_events: int | None = None) -> AsyncIterator[PeerStore]:
     """``SqliteDb`` (its default ``synchronous=FULL``) or ``PostgresDb`` on the target, and a new session."""
     from kern_events.adapters.adk import KernEventsSessionService
 
@@ -70,4 +76,4 @@ async def open_store(target: Target, session_id: str) -> AsyncIterator[PeerStore
     async with db:
         service = KernEventsSessionService(db)
         session = await service.create_session(app_name=APP_NAME, user_id=USER_ID, session_id=session_id)
-        yield _KernAdkStore(service, session)
+        yield _KernAdkStore(service, session, recent_events)
