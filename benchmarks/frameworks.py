@@ -39,7 +39,18 @@ from benchmarks.peers.kern_langgraph import SYSTEM as _KERN_LANGGRAPH
 
 __all__ = ["NOTES", "SYSTEMS", "TurnSample", "report", "run_cases"]
 
-SYSTEMS = ("kern", "agno", "agno_kern", "openai_agents", "langgraph", "kern_langgraph", "adk")
+SYSTEMS = (
+    "kern",
+    "agno",
+    "agno_kern",
+    "openai_agents",
+    "langgraph",
+    "kern_langgraph",
+    "adk",
+    "adk_kern",
+    "adk_recent",
+    "adk_kern_recent",
+)
 """Adapter modules under ``benchmarks.peers``, ours first."""
 
 _MODULE = "benchmarks.frameworks"
@@ -67,7 +78,9 @@ langgraph: Async{Sqlite,Postgres}Saver driven as a ReAct graph's Pregel loop dri
 kern-events langgraph: our KernEventsSaver (kern_events.adapters.langgraph) on SqliteDb / PostgresDb, called
   exactly as the langgraph rows call LangGraph's savers; list channels are stored as deltas.
 google-adk: load = DatabaseSessionService.get_session (every event by default); persist = four
-  append_event calls.
+  append_event calls. "google-adk on kern-events" makes the same calls on KernEventsSessionService (the
+  adk extra's one-line switch): every event too, the state from its checkpoint. The ", last 12 events"
+  rows load with GetSessionConfig(num_recent_events=12), a LIMIT in ADK's service and a tail read in ours.
 On PostgreSQL the database is ANALYZEd after the prefill (as autovacuum keeps a live server), for all.
 growth = cost at the largest N / cost at N = 10: near 1.0 is flat."""
 

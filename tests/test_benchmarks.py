@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks._harness import percentile
 from benchmarks.peers._workload import agent_run, missing
 
@@ -63,3 +65,12 @@ def test_runs_are_distinct_and_percentiles_are_nearest_rank() -> None:
 def test_the_hot_session_case_stores_every_writers_steps() -> None:
     sample = _case("benchmarks.contention", "--case", "writers", "--writers", "8", "--sessions", "1", "--steps", "2")
     assert (sample["appends"], sample["events"]) == (16, 16), "the case itself checks the stored count"
+
+
+def test_the_adk_adapter_runs_the_agent_workload_as_adks_own_service_does() -> None:
+    if missing("google-adk", ("google.adk.sessions",)) is not None:
+        pytest.skip("the adk extra is not installed")
+    sample = _case("benchmarks.frameworks", "--case", "turn", "--system", "adk_kern", "--runs", "4", "--repeats", "2")
+    assert sample["system"] == "google-adk on kern-events"
+    assert sample["loaded"] in (16, 20), "get_session with no config: every event of the runs stored before the load"
+    assert isinstance(sample["bytes_per_run"], float) and sample["bytes_per_run"] > 1000

@@ -76,9 +76,10 @@ def _events(run: AgentRun) -> list[Event]:
 
 
 class _AdkStore:
-    def __init__(self, service: DatabaseSessionService, session: Session) -> None:
+    def __init__(self, service: DatabaseSessionService, session: Session, recent_events: int | None = None) -> None:
         self._service = service
         self._session = session
+        self._recent_events = recent_events
 
     async def prefill(self, runs: Sequence[AgentRun]) -> None:
         """``append_event`` per event: ADK has no bulk append (one transaction per event)."""
@@ -91,8 +92,13 @@ class _AdkStore:
             await self._service.append_event(self._session, event)
 
     async def load(self) -> int:
-        """``get_session`` with no config: the session, its merged state and every event."""
-        session = await self._service.get_session(app_name=APP_NAME, user_id=USER_ID, session_id=self._session.id)
+        """``get_session``: the session, its merged state and every event (or the last ``recent_events``)."""
+        from google.adk.sessions.base_session_service import GetSessionConfig
+
+        config = None if self._recent_events is None else GetSessionConfig(num_recent_events=self._recent_events)
+        session = await self._service.get_session(
+            app_name=APP_NAME, user_id=USER_ID, session_id=self._session.id, config=config
+        )
         if session is None:
             raise RuntimeError(f"ADK lost session {self._session.id!r}")
         self._session = session
@@ -114,11 +120,11 @@ def _db_url(target: Target) -> str:
 
 
 @asynccontextmanager
-async def open_store(target: Target, session_id: str) -> AsyncIterator[PeerStore]:
+async def open_store(target: Target, session_id: str, *, recent_events: int | None = None) -> AsyncIterator[PeerStore]:
     """``DatabaseSessionService`` on the target (its default engine options) and a new session."""
     from google.adk.sessions import DatabaseSessionService
 
     async with DatabaseSessionService(db_url=_db_url(target)) as service:
         await service.prepare_tables()
         session = await service.create_session(app_name=APP_NAME, user_id=USER_ID, session_id=session_id)
-        yield _AdkStore(service, session)
+        yield _AdkStore(service, session, recent_events)
