@@ -14,7 +14,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from kern_events._ids import event_id_for
 from kern_events._index import SessionInfo
+from kern_events._registry import register_event_type, registered_event_types
 from kern_events.codec import Codec, MsgpackCodec
 from kern_events.errors import (
     ConcurrencyError,
@@ -184,6 +186,9 @@ __all__ = [
     "UnknownEventTypeError",
     "UserInput",
     "Workflow",
+    "event_id_for",
+    "register_event_type",
+    "registered_event_types",
     "retry_on_conflict",
 ]
 

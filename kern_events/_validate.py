@@ -14,8 +14,8 @@ from typing import TypeVar
 
 import msgspec
 
+from kern_events._registry import event_type, registered_event_types
 from kern_events.errors import InvalidArgumentError, InvalidIdentifierError
-from kern_events.events import EVENT_TYPES
 
 __all__ = [
     "MAX_INT32",
@@ -154,17 +154,18 @@ def check_items(argument: str, value: Iterable[T]) -> list[T]:
 
 
 def check_event_types(argument: str, value: Collection[str] | None) -> tuple[str, ...] | None:
-    """Event type names (keys of ``EVENT_TYPES``), deduplicated and sorted; ``None`` passes through.
+    """Event type names (built-in tags, or registered extension tags), deduplicated and sorted;
+    ``None`` passes through.
 
-    A name this release does not know is refused rather than matching nothing, so a typo fails loudly.
+    A name nobody registered is refused rather than matching nothing, so a typo fails loudly.
     """
     if value is None:
         return None
     if isinstance(value, str) or not isinstance(value, Collection):
         raise InvalidArgumentError(argument, f"expected a collection of event type names, got {value!r}")
-    unknown = sorted(repr(name) for name in value if not isinstance(name, str) or name not in EVENT_TYPES)
+    unknown = sorted(repr(name) for name in value if not isinstance(name, str) or event_type(name) is None)
     if unknown:
-        known = ", ".join(sorted(EVENT_TYPES))
+        known = ", ".join(sorted(registered_event_types()))
         raise InvalidArgumentError(argument, f"unknown event type names {', '.join(unknown)} (known: {known})")
     if not value:
         raise InvalidArgumentError(argument, "expected at least one event type name")

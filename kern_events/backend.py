@@ -5,7 +5,8 @@ storage. The base class does the rest once for every backend: argument checks, e
 stores and returns :class:`StoredEvent` rows and never sees the codec), paging, the lifecycle
 (``async with``, :meth:`~BaseEventStore.aclose`), subscriptions and change signals. The rules that
 decide between "conflict", "idempotent retry" and "reused id" are functions here
-(:func:`check_expected`, :func:`conflict`, :func:`match_retry`), and so is the session-index rule
+(:func:`check_expected`, :func:`conflict`, :func:`match_retry`; for ``skip_existing``,
+:func:`split_stored` and :func:`stored_result`, applied by the base class), and so is the session-index rule
 (:func:`advance_index`, or :func:`index_delta` + :func:`apply_delta` for a backend that applies it in
 its own query language), so that every backend answers the same way.
 
@@ -18,6 +19,8 @@ The hooks, each called only with checked arguments on an open store:
 ``_read_page``              up to ``limit`` rows of one session by version, optionally by type
 ``_read_all_page``          up to ``limit`` rows of every session in global position order
                             (both a :data:`Page`: a damaged row ends it as a ``CorruptRecordError``)
+``_find_events``            the stored event of each of some event ids, in any session (only
+                            ``append(..., skip_existing=True)`` needs it; without it that fails)
 ``_current_version``        the session's head version (kept after deletion as a tombstone)
 ``_get_session_info``       the session's index row, ``None`` if absent or deleted
 ``_list_sessions``          index rows matching a :class:`SessionFilter`
@@ -47,6 +50,8 @@ from kern_events.stores._base import (
     conflict,
     match_retry,
     new_event_id,
+    split_stored,
+    stored_result,
 )
 from kern_events.stores._group import GroupCommit
 from kern_events.subscription import ChangeSignal
@@ -76,4 +81,6 @@ __all__ = [
     "index_delta",
     "match_retry",
     "new_event_id",
+    "split_stored",
+    "stored_result",
 ]

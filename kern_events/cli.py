@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sessions = command("sessions", _sessions, "List sessions from the session index, newest first.")
     sessions.add_argument("--user-id")
-    sessions.add_argument("--type", dest="session_type", choices=["agent", "team", "workflow"])
+    sessions.add_argument("--type", dest="session_type", help="agent, team, workflow or an integration's own")
     sessions.add_argument("--limit", type=int, default=100, help="default: 100")
     sessions.add_argument("--json", action="store_true", help="one JSON object per line")
 

@@ -24,6 +24,8 @@ from uuid import UUID
 
 import msgspec
 
+from kern_events._registry import event_type as registered_type
+from kern_events._registry import tag_of
 from kern_events.errors import CorruptRecordError, InvalidEventError, UnknownEventTypeError
 from kern_events.events import EVENT_TYPES, Event
 from kern_events.records import PendingEvent, Record, StoredEvent, UnknownEvent
@@ -49,7 +51,20 @@ class MsgpackCodec:
 
     def __init__(self) -> None:
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoders = {tag: msgspec.msgpack.Decoder(cls) for tag, cls in EVENT_TYPES.items()}
+        self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {
+            tag: msgspec.msgpack.Decoder(cls) for tag, cls in EVENT_TYPES.items()
+        }
+
+    def _decoder(self, tag: str) -> msgspec.msgpack.Decoder[Any] | None:
+        """The decoder for ``tag``, built on first use for an extension type registered at any time
+        (before or after this codec was made), or ``None`` for a tag nobody registered."""
+        decoder = self._decoders.get(tag)
+        if decoder is None:
+            cls = registered_type(tag)
+            if cls is None:
+                return None
+            decoder = self._decoders[tag] = msgspec.msgpack.Decoder(cls)
+        return decoder
 
     def encode(self, event: Event, event_id: UUID) -> PendingEvent:
         """Encode one event (its type tag is part of the bytes and also kept beside them).
@@ -58,9 +73,11 @@ class MsgpackCodec:
         event that would not read back exactly as given must never be stored.
         """
         event_type = _tag_of(event)
+        decoder = self._decoder(event_type)
+        assert decoder is not None, "a registered tag always has a decoder"
         try:
             data = self._encoder.encode(event)
-            decoded = self._decoders[event_type].decode(data)
+            decoded = decoder.decode(data)
             same = decoded == event
         except _ENCODE_ERRORS as exc:
             raise InvalidEventError("event", event_type, _describe(exc), field=self._failing_field(event, exc)) from exc
@@ -101,7 +118,7 @@ class MsgpackCodec:
 
     def decode(self, stored: StoredEvent) -> Record:
         """Decode one stored event; an unknown type is returned as raw bytes, never dropped."""
-        decoder = self._decoders.get(stored.type)
+        decoder = self._decoder(stored.type)
         event: Event | UnknownEvent
         if decoder is None:
             event = UnknownEvent(type=stored.type, schema_version=stored.schema_version, data=stored.data)
@@ -124,9 +141,8 @@ class MsgpackCodec:
 
 def _tag_of(event: object) -> str:
     """The registered tag of an event, or a typed error for anything else (subclasses included)."""
-    cls = type(event)
-    tag = getattr(getattr(cls, "__struct_config__", None), "tag", None)
-    if not isinstance(tag, str) or EVENT_TYPES.get(tag) is not cls:
+    tag = tag_of(event)
+    if tag is None:
         raise UnknownEventTypeError("events", event)
     return tag
 

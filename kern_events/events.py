@@ -3,6 +3,8 @@
 Events are immutable msgspec Structs in one tagged union: the tag (``type``) names the event in the
 log, so it must never change once released. Events carry facts only; when they were recorded is the
 store's business (each record carries ``recorded_at``), which keeps folds free of clocks.
+Integrations add event types of their own (tags ``"vendor.name"``) with
+:func:`kern_events.register_event_type`; ``EVENT_TYPES`` and ``AnyEvent`` are the built-in ones only.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ __all__ = [
     "UserInput",
 ]
 
-SessionType = Literal["agent", "team", "workflow"]
+SessionType = str
+"""What kind of session this is: ``"agent"``, ``"team"`` or ``"workflow"`` for the reference runtimes, or
+any identifier an integration chooses (``"langgraph"``, ``"openai-agents"``): a non-blank string without
+control characters, 255 characters at most, checked when the session is started and when listing."""
 Role = Literal["system", "user", "assistant", "tool"]
 MediaKind = Literal["image", "audio", "video", "file"]
 

@@ -41,6 +41,7 @@ class EventStore(Protocol):
         *,
         expected_version: int | ExpectedVersion = ExpectedVersion.ANY,
         event_ids: Sequence[UUID] | None = None,
+        skip_existing: bool = False,
     ) -> AppendResult:
         """Append ``events`` to the session atomically, all or none.
 
@@ -49,6 +50,16 @@ class EventStore(Protocol):
         again with the same ``event_ids`` (a retry after a lost reply) stores nothing and returns the
         first call's result; reusing an id for other content raises
         :class:`~kern_events.errors.IdempotencyError`.
+
+        ``skip_existing=True`` (it needs ``event_ids``, e.g. from :func:`~kern_events.event_id_for`)
+        makes the call first-write-wins per event: events whose ids are already stored in this session
+        are left as stored, whatever the new content, and the others are appended atomically, in one
+        append checked against ``expected_version``; the result describes what this call wrote. If
+        every id is stored already, nothing is written and the result describes the stored events
+        (lowest to highest version, positions and ids in the call's order), without checking
+        ``expected_version``, as for an exact retry. An id stored in another session is still an
+        :class:`~kern_events.errors.IdempotencyError`. Of two racing calls with the same ids, exactly
+        one stores each event.
         """
         ...
 

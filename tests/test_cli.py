@@ -263,7 +263,7 @@ def test_read_commands_never_create_a_missing_database(
 def test_usage_errors_and_help_return_exit_codes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert cli(capsys, "--help")[0] == 0
     assert cli(capsys)[0] == 2
-    assert cli(capsys, "sessions", "--type", "robot")[0] == 2
+    assert cli(capsys, "sessions", "--limit", "many")[0] == 2
     assert run_cli("--help", cwd=tmp_path).returncode == 0
 
 

@@ -48,6 +48,7 @@ FOUNDATION = [
     "subscription",
     "_index",
     "_validate",
+    "_registry",
     "stores",
 ]
 

@@ -68,6 +68,8 @@ __all__ = [
     "conflict",
     "match_retry",
     "new_event_id",
+    "split_stored",
+    "stored_result",
 ]
 
 DEFAULT_MAX_EVENT_SIZE = 4 * 1024 * 1024
@@ -81,7 +83,6 @@ _FIRST_TAIL_PAGE = 32
 SNAPSHOTS_KEPT = 3
 """Snapshots kept per session and projection name; older ones are pruned when a new one is saved."""
 
-_SESSION_TYPES = frozenset(get_args(SessionType))
 _SORTS = frozenset(get_args(SessionSort))
 
 
@@ -117,9 +118,7 @@ class SessionFilter:
         self.agent_id = check_optional_identifier("agent_id", agent_id)
         self.team_id = check_optional_identifier("team_id", team_id)
         self.workflow_id = check_optional_identifier("workflow_id", workflow_id)
-        if session_type is not None:
-            check_choice("session_type", session_type, _SESSION_TYPES)
-        self.session_type = session_type
+        self.session_type = check_optional_identifier("session_type", session_type)
         check_choice("sort_by", sort_by, _SORTS)
         self.sort_by: SessionSort = sort_by
         self.descending = check_flag("descending", descending)
@@ -155,6 +154,7 @@ def _check_indexed_fields(events: Sequence[Event]) -> None:
     """The fields the session index stores as text must be valid ids and names in every backend."""
     for index, event in enumerate(events):
         if isinstance(event, SessionStarted):
+            check_identifier(f"events[{index}].session_type", event.session_type)
             for field in ("agent_id", "team_id", "workflow_id", "user_id"):
                 check_optional_identifier(f"events[{index}].{field}", getattr(event, field))
             if event.name is not None:
@@ -227,15 +227,34 @@ def match_retry(
             raise IdempotencyError(session_id, new.event_id, "was already stored with different content")
         if first is None or stored.version != first.version + index:
             raise IdempotencyError(session_id, new.event_id, "was stored in a different batch")
-    stored_events = [stored for stored in found if stored is not None]
+    return stored_result(session_id, [stored for stored in found if stored is not None])
+
+
+def stored_result(session_id: str, stored: Sequence[StoredEvent]) -> AppendResult:
+    """The result of an append that wrote nothing because its events are ``stored`` already (in the
+    call's order): their lowest and highest versions, and their positions and ids."""
+    versions = [event.version for event in stored]
     return AppendResult(
         session_id=session_id,
-        from_version=stored_events[0].version,
-        to_version=stored_events[-1].version,
-        positions=tuple(stored.position for stored in stored_events),
-        event_ids=tuple(stored.event_id for stored in stored_events),
-        recorded_at=stored_events[0].recorded_at,
+        from_version=min(versions),
+        to_version=max(versions),
+        positions=tuple(event.position for event in stored),
+        event_ids=tuple(event.event_id for event in stored),
+        recorded_at=stored[0].recorded_at,
     )
+
+
+def split_stored(session_id: str, pending: Sequence[PendingEvent], found: Sequence[StoredEvent | None]) -> list[int]:
+    """For an append with ``skip_existing=True``: the indexes of the events still to write.
+
+    ``found[i]`` is the stored event whose id is ``pending[i].event_id``, or ``None``. An id stored in
+    this session is skipped whatever its content (first write wins); an id stored in another session
+    raises :class:`IdempotencyError`, as it does without ``skip_existing``.
+    """
+    for new, stored in zip(pending, found, strict=True):
+        if stored is not None and stored.session_id != session_id:
+            raise IdempotencyError(session_id, new.event_id, "is already used by another session")
+    return [index for index, stored in enumerate(found) if stored is None]
 
 
 class BaseEventStore(abc.ABC):
@@ -294,9 +313,14 @@ class BaseEventStore(abc.ABC):
         *,
         expected_version: int | ExpectedVersion = ExpectedVersion.ANY,
         event_ids: Sequence[UUID] | None = None,
+        skip_existing: bool = False,
     ) -> AppendResult:
         """Append ``events`` atomically; see :meth:`kern_events.store.EventStore.append`."""
         check_identifier("session_id", session_id)
+        if check_flag("skip_existing", skip_existing) and event_ids is None:
+            raise InvalidArgumentError(
+                "skip_existing", "needs event_ids (fresh ids are never stored already): derive them with event_id_for"
+            )
         if not isinstance(expected_version, ExpectedVersion):
             check_non_negative("expected_version", expected_version)
         events = check_items("events", events)
@@ -309,10 +333,50 @@ class BaseEventStore(abc.ABC):
         _check_indexed_fields(events)
         pending = self._encode(events, event_ids)
         await self._ensure_open()
-        result = await self._append(session_id, events, pending, expected_version, time.time())
+        if skip_existing:
+            result = await self._append_new(session_id, events, pending, expected_version, time.time())
+        else:
+            result = await self._append(session_id, events, pending, expected_version, time.time())
         self.change_signal.fire()
         self._announce()
         return result
+
+    async def _append_new(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        pending: Sequence[PendingEvent],
+        expected: int | ExpectedVersion,
+        recorded_at: float,
+    ) -> AppendResult:
+        """``skip_existing``: append the events whose ids are not stored yet, in one append.
+
+        The first try is a plain append: when no id is stored (the usual case) it costs nothing more,
+        and when all are stored as an exact retry it answers like one. An :class:`IdempotencyError`
+        means some id is stored: look them up, leave those out (:func:`split_stored`) and append the
+        rest, checking ``expected`` against the head; if a racing writer stores some of the rest
+        first, look again. Each turn of the loop finds at least one more id stored, so it ends.
+        """
+        try:
+            return await self._append(session_id, events, pending, expected, recorded_at)
+        except IdempotencyError:
+            pass
+        for _ in range(len(pending) + 1):
+            found = await self._find_events([new.event_id for new in pending])
+            missing = split_stored(session_id, pending, found)
+            if not missing:
+                return stored_result(session_id, [stored for stored in found if stored is not None])
+            try:
+                return await self._append(
+                    session_id,
+                    [events[index] for index in missing],
+                    [pending[index] for index in missing],
+                    expected,
+                    recorded_at,
+                )
+            except IdempotencyError:
+                continue  # another writer stored some of them meanwhile
+        raise AssertionError("unreachable: every IdempotencyError means one more id is stored")  # pragma: no cover
 
     def _encode(self, events: Sequence[Event], event_ids: Sequence[UUID] | None) -> list[PendingEvent]:
         if event_ids is None:
@@ -535,6 +599,13 @@ class BaseEventStore(abc.ABC):
         recorded_at: float,
     ) -> AppendResult:
         """Store ``pending`` atomically after checking ``expected`` and advance the session index."""
+
+    async def _find_events(self, event_ids: Sequence[UUID]) -> Sequence[StoredEvent | None]:
+        """The stored event of each id (in any session), or ``None`` for an id not stored; needed by
+        ``append(..., skip_existing=True)`` only, and only after an append found some id stored."""
+        raise InvalidArgumentError(
+            "skip_existing", f"{type(self).__qualname__} does not implement _find_events, which skip_existing needs"
+        )
 
     @abc.abstractmethod
     async def _read_page(

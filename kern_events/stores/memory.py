@@ -92,6 +92,10 @@ class InMemoryEventStore(BaseEventStore):
             recorded_at=recorded_at,
         )
 
+    async def _find_events(self, event_ids: Sequence[UUID]) -> Sequence[StoredEvent | None]:
+        await anyio.lowlevel.checkpoint()
+        return [self._by_id.get(event_id) for event_id in event_ids]
+
     async def _read_page(
         self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
     ) -> Sequence[StoredEvent]:

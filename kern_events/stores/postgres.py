@@ -42,6 +42,7 @@ import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import anyio
 import asyncpg
@@ -600,6 +601,11 @@ class PostgresEventStore(BaseEventStore):
         async with self._connection() as connection:
             rows: list[asyncpg.Record] = await connection.fetch(sql, *arguments)
         return rows
+
+    async def _find_events(self, event_ids: Sequence[UUID]) -> Sequence[StoredEvent | None]:
+        rows = await self._fetch(self._sql.by_ids, list(event_ids))
+        found = {row[3]: _stored(row) for row in rows}
+        return [found.get(event_id) for event_id in event_ids]
 
     async def _read_page(
         self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None

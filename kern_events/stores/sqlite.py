@@ -80,6 +80,10 @@ _MAX_VERSION = 2**62
 _ROWS_PER_INSERT = 4000  # 7 parameters a row stays under SQLite's 32766-variable limit
 
 
+_IDS_PER_SELECT = 30000
+"""Event ids looked up per statement (below SQLite's limit of 32,766 bound parameters)."""
+
+
 def _stored(row: Row) -> StoredEvent:
     return stored_from_row(row, UUID(bytes=row[3]))
 
@@ -547,13 +551,24 @@ class SqliteEventStore(BaseEventStore):
 
     def _find_ids(self, db: sqlite3.Connection, pending: Sequence[PendingEvent]) -> list[StoredEvent | None]:
         found: dict[UUID, StoredEvent] = {}
-        for start in range(0, len(pending), 30000):
-            chunk = pending[start : start + 30000]
-            sql = self._sql_by_ids + "(" + ", ".join("?" * len(chunk)) + ")"
-            for row in db.execute(sql, [new.event_id.bytes for new in chunk]):
+        for start in range(0, len(pending), _IDS_PER_SELECT):
+            chunk = pending[start : start + _IDS_PER_SELECT]
+            for row in db.execute(self._by_ids(len(chunk)), [new.event_id.bytes for new in chunk]):
                 stored = _stored(row)
                 found[stored.event_id] = stored
         return [found.get(new.event_id) for new in pending]
+
+    def _by_ids(self, count: int) -> str:
+        return self._sql_by_ids + "(" + ", ".join("?" * count) + ")"
+
+    async def _find_events(self, event_ids: Sequence[UUID]) -> Sequence[StoredEvent | None]:
+        found: dict[UUID, StoredEvent] = {}
+        for start in range(0, len(event_ids), _IDS_PER_SELECT):
+            chunk = event_ids[start : start + _IDS_PER_SELECT]
+            for row in await self._fetch(self._by_ids(len(chunk)), [event_id.bytes for event_id in chunk]):
+                stored = _stored(row)
+                found[stored.event_id] = stored
+        return [found.get(event_id) for event_id in event_ids]
 
     async def _delete_session(self, session_id: str) -> bool:
         return await self._write(self._delete_in_thread, session_id)

@@ -41,6 +41,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     append_atomicity,
     contention,
     db,
+    extensions,
     index,
     lifecycle,
     pause,
@@ -49,6 +50,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     runtime,
     runtime_pause,
     sessions,
+    skip_existing,
     streaming,
     subscribe,
     validation,
@@ -59,6 +61,7 @@ __all__ = [
     "Backend",
     "ConformanceSuite",
     "DbTests",
+    "ExtensionTests",
     "LifecycleTests",
     "PauseTests",
     "ReadTests",
@@ -125,11 +128,15 @@ class PauseTests(_Suite):
     """Paused runs: pause with requirements, resolve, continue in any process."""
 
 
+class ExtensionTests(_Suite):
+    """Extension event types (``vendor.name`` tags) and session types of an integration's own."""
+
+
 class RuntimeTests(_Suite):
     """The reference runtimes (Agent, Team, Workflow) recording their turns on the store."""
 
 
-_adopt(AppendTests, append, append_atomicity, validation)
+_adopt(AppendTests, append, append_atomicity, validation, skip_existing)
 _adopt(ReadTests, read, streaming)
 _adopt(SubscriptionTests, subscribe)
 _adopt(LifecycleTests, lifecycle)
@@ -137,9 +144,18 @@ _adopt(DbTests, db, index, property)
 _adopt(SessionTests, sessions, contention)
 _adopt(PauseTests, pause)
 _adopt(RuntimeTests, runtime, runtime_pause)
+_adopt(ExtensionTests, extensions)
 
 
 class ConformanceSuite(
-    AppendTests, ReadTests, SubscriptionTests, LifecycleTests, DbTests, SessionTests, PauseTests, RuntimeTests
+    AppendTests,
+    ReadTests,
+    SubscriptionTests,
+    LifecycleTests,
+    DbTests,
+    SessionTests,
+    PauseTests,
+    RuntimeTests,
+    ExtensionTests,
 ):
     """The whole conformance suite; subclass it and provide a ``backend`` fixture (see the module)."""

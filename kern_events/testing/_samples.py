@@ -1,7 +1,9 @@
-"""Sample events: one of every type with every field set, and a small scripted conversation."""
+"""Sample events: one of every type with every field set, a small scripted conversation, and
+extension event types (tags ``conformance.*``, registered when the kit is imported)."""
 
 from __future__ import annotations
 
+from kern_events._registry import register_event_type
 from kern_events.events import (
     Event,
     ExternalExecution,
@@ -125,3 +127,20 @@ def conversation(user_id: str = "alice@example.com", runs: int = 2) -> list[list
             ]
         )
     return batches
+
+
+@register_event_type
+class ConformanceNote(Event, tag="conformance.note", frozen=True):
+    """An extension event as a third party declares one: namespaced tag, nested values, a run id."""
+
+    text: str
+    tags: tuple[str, ...] = ()
+    detail: dict[str, int] = {}  # noqa: RUF012 - msgspec copies mutable defaults
+    run_id: str | None = None
+
+
+@register_event_type
+class ConformanceCounter(Event, tag="conformance.counter", frozen=True):
+    """A second extension event type, to filter reads by one of two."""
+
+    by: int = 1

@@ -101,6 +101,11 @@ class LogbookStore(BaseEventStore):
             recorded_at=recorded_at,
         )
 
+    async def _find_events(self, event_ids: Sequence[UUID]) -> Sequence[StoredEvent | None]:
+        await anyio.lowlevel.checkpoint()
+        book = self.logbook
+        return [book.log[book.ids[event_id]] if event_id in book.ids else None for event_id in event_ids]
+
     def _session_events(self, session_id: str) -> list[StoredEvent]:
         log = self.logbook.log
         return [stored for slot in self.logbook.slots.get(session_id, []) if (stored := log[slot]) is not None]

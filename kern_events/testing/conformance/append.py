@@ -218,8 +218,10 @@ async def test_bad_input_gets_a_typed_error_and_changes_nothing(backend: Backend
             await store.append("s", [_message("a"), SessionStarted(session_type="agent", user_id="a\x00b")])
         with pytest.raises(InvalidArgumentError, match=r"events\[0\]\.name"):
             await store.append("s", [SessionRenamed(name="nul\x00name")])
-        with pytest.raises(InvalidEventError, match=r"events\[0\].*session_started.*session_type"):
-            await store.append("s", [SessionStarted(session_type="robot")])  # type: ignore[arg-type]
+        with pytest.raises(InvalidIdentifierError, match=r"events\[0\]\.session_type"):
+            await store.append("s", [SessionStarted(session_type=" ")])
+        with pytest.raises(InvalidIdentifierError, match=r"events\[0\]\.session_type"):
+            await store.append("s", [SessionStarted(session_type=7)])  # type: ignore[arg-type]
         with pytest.raises(InvalidEventError, match=r"events\[0\].*message_added"):
             await store.append("s", [MessageAdded(run_id="r", role="user", content=object())])
         with pytest.raises(InvalidArgumentError, match="at least one"):
