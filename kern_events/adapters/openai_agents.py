@@ -26,10 +26,11 @@ import anyio
 import msgspec
 from agents.memory.session_settings import SessionSettings, coerce_session_settings, resolve_session_limit
 
+from kern_events._registry import register_event_type
 from kern_events._validate import check_identifier, check_non_negative, check_optional_identifier
 from kern_events.db import BaseDb
 from kern_events.errors import ConcurrencyError, SessionNotFoundError, StoreClosedError
-from kern_events.events import EVENT_TYPES, Event, SessionStarted
+from kern_events.events import Event, SessionStarted
 from kern_events.records import NO_STREAM, AppendResult, ExpectedVersion, Record
 
 if TYPE_CHECKING:
@@ -40,37 +41,32 @@ if TYPE_CHECKING:
     from kern_events._index import SessionInfo
     from kern_events.store import EventStore
 
-__all__ = ["ItemAdded", "ItemRemoved", "KernEventsSession", "RunStateSaved", "SessionClosedError"]
+__all__ = ["SESSION_TYPE", "ItemAdded", "ItemRemoved", "KernEventsSession", "RunStateSaved", "SessionClosedError"]
 
 
-def _register(cls: type[Event]) -> type[Event]:
-    """Prototype of ``register_event_type`` (branch ext) until it lands: make the codec know ``cls``."""
-    EVENT_TYPES.setdefault(str(cls.__struct_config__.tag), cls)
-    return cls
-
-
-@_register
+@register_event_type
 class ItemAdded(Event, tag="openai_agents.item", frozen=True):
     """One conversation item, as the SDK gave it (a JSON-like dict)."""
 
     item: dict[str, Any]
 
 
-@_register
+@register_event_type
 class ItemRemoved(Event, tag="openai_agents.item_removed", frozen=True):
     """``pop_item`` removed the item stored at ``version``."""
 
     version: int
 
 
-@_register
+@register_event_type
 class RunStateSaved(Event, tag="openai_agents.run_state", frozen=True):
     """A paused run's ``RunState.to_json()``; ``None`` records that no run is paused any more."""
 
     state: dict[str, Any] | None
 
 
-_SESSION_TYPE: Any = "agent"  # "openai-agents" once SessionStarted takes any identifier (branch ext)
+SESSION_TYPE = "openai-agents"
+"""The ``session_type`` of the sessions this adapter starts (``db.get_sessions(session_type=...)``)."""
 _ITEM_TYPES = frozenset({"openai_agents.item", "openai_agents.item_removed"})
 _ATTEMPTS = 64
 _MAX_BACKOFF = 0.25
@@ -334,7 +330,7 @@ class KernEventsSession:
             expected: int | ExpectedVersion
             if info is None:
                 head = await self._store.current_version(self.session_id)  # a deleted session's tombstone
-                batch.insert(0, SessionStarted(session_type=_SESSION_TYPE, user_id=self.user_id))
+                batch.insert(0, SessionStarted(session_type=SESSION_TYPE, user_id=self.user_id))
                 expected = head if head else NO_STREAM
             else:
                 expected = info.version
