@@ -255,3 +255,12 @@ def test_a_paused_run_is_stored_with_its_items_in_one_append_and_resumed_in_anot
 
 def test_the_adapter_imports_first_in_a_fresh_interpreter() -> None:
     subprocess.run([sys.executable, "-c", "import kern_events.adapters.openai_agents"], check=True, cwd=ROOT)
+
+
+def test_the_readme_example_runs_and_a_second_process_continues_the_conversation(tmp_path: Path) -> None:
+    from tests.test_readme import _block_after, _run_python
+
+    env = {**os.environ, "OPENAI_AGENTS_DISABLE_TRACING": "1"}
+    code = _block_after("Use it from your framework")
+    assert _run_python(code, tmp_path, env) == "Hello Alice! 2 items\n"
+    assert _run_python(code, tmp_path, env) == "Hello Alice! 4 items\n"
