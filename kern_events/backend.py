@@ -27,8 +27,23 @@ The hooks, each called only with checked arguments on an open store:
 ``_delete_session``         erase events, snapshots and the index row, keep the version
 ``_save_snapshot``          store a checkpoint, keeping the newest :data:`SNAPSHOTS_KEPT`
 ``_load_snapshot``          the newest matching checkpoint
+``_append_many``            several sessions' :class:`PendingAppend` parts, all or nothing (optional:
+                            without it ``append_many`` raises :class:`UnsupportedError`)
+``_truncate_before``        delete a session's events below a version and save the snapshots given,
+                            atomically, after :func:`check_truncation` (optional, likewise)
 ``listen`` / ``_announce``  cross-process wake-ups for subscriptions (optional; else they poll)
 ==========================  ======================================================================
+
+``_append_many`` and ``_truncate_before`` have no default, because a sequence of plain appends or
+deletes is not one atomic step. What storage can offer them: any SQL database (one transaction;
+lock the sessions in one canonical order, as ours do, so that two calls never deadlock); DynamoDB's
+``TransactWriteItems`` (a condition per session item, at most 100 items per call); NATS JetStream's
+atomic batches (ADR-50, server 2.11 or newer, at most 1,000 messages, within one stream). A store
+that shards sessions over independent logs cannot, and should leave the hooks out: the calls then
+raise :class:`UnsupportedError`, and its conformance ``Backend`` declares ``appends_many = False``
+or ``truncates = False``. Truncation uses :func:`check_truncation` for its rule, and records where
+the log starts as the snapshot :data:`~kern_events.records.TRUNCATION_SNAPSHOT` that the kit hands
+the hook with the caller's.
 
 A backend is done when it passes the conformance suite, :mod:`kern_events.testing`.
 :class:`GroupCommit` is there for backends that gain from committing concurrent appends together.
@@ -37,7 +52,8 @@ A backend is done when it passes the conformance suite, :mod:`kern_events.testin
 from __future__ import annotations
 
 from kern_events._index import IndexDelta, SessionInfo, advance_index, apply_delta, index_delta
-from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
+from kern_events.errors import UnsupportedError
+from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, SessionAppend, Snapshot, StoredEvent
 from kern_events.store import EventStore, SessionSort
 from kern_events.stores._base import (
     DEFAULT_MAX_EVENT_SIZE,
@@ -45,8 +61,10 @@ from kern_events.stores._base import (
     SNAPSHOTS_KEPT,
     BaseEventStore,
     Page,
+    PendingAppend,
     SessionFilter,
     check_expected,
+    check_truncation,
     conflict,
     match_retry,
     new_event_id,
@@ -68,15 +86,19 @@ __all__ = [
     "GroupCommit",
     "IndexDelta",
     "Page",
+    "PendingAppend",
     "PendingEvent",
+    "SessionAppend",
     "SessionFilter",
     "SessionInfo",
     "SessionSort",
     "Snapshot",
     "StoredEvent",
+    "UnsupportedError",
     "advance_index",
     "apply_delta",
     "check_expected",
+    "check_truncation",
     "conflict",
     "index_delta",
     "match_retry",

@@ -9,14 +9,16 @@ never correctness.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import msgspec
 
+from kern_events.errors import TruncatedError
 from kern_events.events import Event, RunStarted
-from kern_events.records import Snapshot
+from kern_events.records import Record, Snapshot
 from kern_events.store import EventStore
+from kern_events.timetravel import first_version
 from projections.runs import RUN_SCHEMA_VERSION, RunView, apply_to_run, decode_run, encode_run, new_run
 from projections.session import (
     SESSION_PROJECTION,
@@ -69,14 +71,35 @@ class Checkpoints:
         if start is None:
             checkpoint = await self.load(session_id, SESSION_PROJECTION, SESSION_SCHEMA_VERSION, target, decode_view)
             start = SessionFold() if checkpoint is None else SessionFold(checkpoint[0], version=checkpoint[1])
-        async for record in self._store.read(session_id, from_version=start.version + 1, to_version=target):
+        async for record in self._from(session_id, start.version + 1, target):
             start.apply(record)
         return start
+
+    async def _from(self, session_id: str, low: int, target: int) -> AsyncIterator[Record]:
+        """The records ``low`` to ``target``; if the log does not start at ``low`` (nothing read
+        where something should be, or a first version above it), a truncation may have removed what
+        the fold needs: then that is a :class:`TruncatedError`, never a silently partial view. (A
+        session started again after its deletion also starts above 1, and is no error.)"""
+        expected: int | None = low
+        async for record in self._store.read(session_id, from_version=low, to_version=target):
+            if expected is not None and record.version != expected:
+                await self._check_readable(session_id, low, target)
+            expected = None
+            yield record
+        if expected is not None and target >= low:
+            await self._check_readable(session_id, low, target)
+
+    async def _check_readable(self, session_id: str, low: int, target: int) -> None:
+        first = await first_version(self._store, session_id)
+        if low < first:
+            raise TruncatedError(session_id, first, f"version {target}")
 
     async def state(self, session_id: str, target: int) -> dict[str, Any]:
         """The session's key/value state at ``target``: the state's own checkpoint plus the state
         events after it (the database skips the rest), so its cost does not grow with the session."""
         checkpoint = await self.load(session_id, STATE_CHECKPOINT, STATE_SCHEMA_VERSION, target, _state_decoder.decode)
+        if checkpoint is None:
+            await self._check_readable(session_id, 1, target)
         state, at = checkpoint if checkpoint is not None else ({}, 0)
         async for record in self._store.read(
             session_id, from_version=at + 1, to_version=target, types=STATE_EVENT_TYPES
@@ -91,7 +114,7 @@ class Checkpoints:
         if checkpoint is None:
             return None
         run, at = checkpoint
-        async for record in self._store.read(session_id, from_version=at + 1, to_version=target):
+        async for record in self._from(session_id, at + 1, target):
             event = record.event
             if isinstance(event, RunStarted) and event.run_id == run_id:
                 run = new_run(event, int(record.recorded_at))

@@ -38,6 +38,7 @@ from kern_events.records import Record, UnknownEvent
 from kern_events.runtime import Agent, MemoryModel
 from kern_events.stores._base import BaseEventStore
 from kern_events.stores.sqlite import SqliteEventStore
+from kern_events.timetravel import first_version
 from projections.runs import RunView
 from projections.session import SessionView
 
@@ -516,18 +517,26 @@ class _Checker:
         self.problems: list[str] = []
         self._session = ""
         self._last_position = -1
+        self._first_version = 1
         self._last_version: int | None = None
         """None before a session's first record: a session started again after its deletion goes
         on from its tombstone's version, so its first version may be above 1."""
 
-    def start(self, session_id: str) -> None:
+    def start(self, session_id: str, first_version: int = 1) -> None:
+        """Begin a session whose log starts at ``first_version`` (above 1 after ``truncate_before``)."""
         self.sessions += 1
         self._session, self._last_position, self._last_version = session_id, -1, None
+        self._first_version = first_version
 
     def check(self, version: int, position: int) -> None:
         """Check one record's envelope (also of a record whose payload did not decode)."""
         self.events += 1
         session_id, last = self._session, self._last_version
+        if last is None and self._first_version > 1 and version != self._first_version:
+            self.problems.append(
+                f"session {session_id!r}: its log starts at version {version}, but it was truncated "
+                f"before version {self._first_version}"
+            )
         if last is not None and version != last + 1:
             kind = "a gap" if version > last + 1 else "out of order"
             self.problems.append(f"session {session_id!r}: version {version} follows version {last} ({kind})")
@@ -541,7 +550,7 @@ class _Checker:
 
     def finish(self, head: int) -> None:
         """The log must reach the version the session index holds."""
-        reached = self._last_version or 0
+        reached = self._last_version if self._last_version is not None else self._first_version - 1
         if reached < head:
             self.problems.append(
                 f"session {self._session!r}: the index says version {head}, the log ends at version {reached}"
@@ -555,7 +564,7 @@ async def _verify(args: argparse.Namespace) -> int:
             task = progress.add_task("verifying", total=await _events_to_expect(db, progress))
             progress.refresh()
             async for info in _sessions_oldest_first(db):
-                checker.start(info.session_id)
+                checker.start(info.session_id, await first_version(db.store, info.session_id))
                 await _verify_session(db, info.session_id, checker)
                 checker.finish(info.version)
                 progress.advance(task, info.version)

@@ -33,8 +33,8 @@ from kern_events.stores._base import DEFAULT_MAX_EVENT_SIZE
 from kern_events.stores._sql import TableNames
 from kern_events.stores.memory import InMemoryEventStore
 from kern_events.stores.sqlite import SqliteEventStore, Synchronous
-from kern_events.timetravel import fork, version_at
-from projections.history import HistoryWindow
+from kern_events.timetravel import first_version, fork, version_at
+from projections.history import HistoryWindow, history_messages
 from projections.runs import MessageView, RunView
 from projections.session import SessionFold, SessionSummary, SessionView
 
@@ -188,9 +188,21 @@ class BaseDb:
             num_history_messages=num_history_messages,
             include_tool_messages=include_tool_messages,
         )
+        oldest = info.version + 1
         async for record in self._store.read(session_id, to_version=info.version, backwards=True):
+            oldest = record.version
             if window.take(record):
-                break
+                return window.messages()
+        if oldest > 1 and await first_version(self._store, session_id) > 1:
+            # The whole log was read and its start is truncated: the runs before it live in the
+            # session view's checkpoint, so the window is built from the view.
+            view = await self.get_session(session_id, user_id=user_id)
+            return history_messages(
+                view.runs,
+                num_history_runs=num_history_runs,
+                num_history_messages=num_history_messages,
+                include_tool_messages=include_tool_messages,
+            )
         return window.messages()
 
     async def get_paused_runs(

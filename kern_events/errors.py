@@ -12,7 +12,8 @@ own exception never escapes raw: each backend translates it at one seam, keeping
     ├── NotFoundError
     │   ├── SessionNotFoundError    no such session (or not visible to this user)
     │   ├── RunNotFoundError        no such run in the session
-    │   └── RequirementNotFoundError  no such requirement in the paused run
+    │   ├── RequirementNotFoundError  no such requirement in the paused run
+    │   └── TruncatedError          the version asked for was removed by ``truncate_before``
     ├── RunStateError               the run is not in a state that allows this (not paused, already
     │                               resolved, requirements still open)
     ├── CorruptRecordError          stored bytes that cannot be decoded
@@ -28,7 +29,8 @@ own exception never escapes raw: each backend translates it at one seam, keeping
     │   │                           file, no permission, not a database, too many open files)
     │   └── SchemaVersionError      the schema is missing (and may not be created) or is newer
     │       └── SchemaMissingError  no kern-events tables there, and this opening may not create them
-    └── StoreClosedError            the store was used after ``aclose()``
+    ├── StoreClosedError            the store was used after ``aclose()``
+    └── UnsupportedError            the backend lacks a capability (``append_many``, ``truncate_before``)
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ __all__ = [
     "StorageError",
     "StorageUnavailableError",
     "StoreClosedError",
+    "TruncatedError",
     "UnknownEventTypeError",
+    "UnsupportedError",
 ]
 
 
@@ -96,6 +100,19 @@ class SessionNotFoundError(NotFoundError):
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
         super().__init__(f"session {session_id!r} not found")
+
+
+class TruncatedError(NotFoundError):
+    """What was asked for lies before the session's truncation point (see ``truncate_before``):
+    those events are gone; ``first_version`` is the first version still readable."""
+
+    def __init__(self, session_id: str, first_version: int, asked: str) -> None:
+        self.session_id = session_id
+        self.first_version = first_version
+        super().__init__(
+            f"session {session_id!r}: {asked} needs events that were truncated; "
+            f"the first readable version is {first_version}"
+        )
 
 
 class RunNotFoundError(NotFoundError):
@@ -245,3 +262,11 @@ class StoreClosedError(KernEventsError):
 
     def __init__(self) -> None:
         super().__init__("the store is closed")
+
+
+class UnsupportedError(KernEventsError):
+    """The backend cannot do this atomically, so it does not do it at all; ``capability`` names it."""
+
+    def __init__(self, capability: str, backend: str) -> None:
+        self.capability = capability
+        super().__init__(f"{backend} does not support {capability}")

@@ -8,6 +8,7 @@ a :class:`Record` whose ``event`` is either a known :class:`~kern_events.events.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Final
 from uuid import UUID
 
@@ -18,11 +19,13 @@ from kern_events.events import Event
 __all__ = [
     "ANY",
     "NO_STREAM",
+    "TRUNCATION_SNAPSHOT",
     "AppendResult",
     "ExpectedVersion",
     "FeedLag",
     "PendingEvent",
     "Record",
+    "SessionAppend",
     "Snapshot",
     "StoredEvent",
     "UnknownEvent",
@@ -110,6 +113,22 @@ class AppendResult(msgspec.Struct, frozen=True, kw_only=True):
     positions: tuple[int, ...]
     event_ids: tuple[UUID, ...]
     recorded_at: float
+
+
+class SessionAppend(msgspec.Struct, frozen=True):
+    """One session's part of :meth:`~kern_events.store.EventStore.append_many`: what ``append`` takes,
+    as one value, so that several sessions' appends can be committed all or nothing."""
+
+    session_id: str
+    events: Sequence[Event]
+    expected_version: int | ExpectedVersion = ExpectedVersion.ANY
+    event_ids: Sequence[UUID] | None = None
+
+
+TRUNCATION_SNAPSHOT: Final = "kern-events:truncated"
+"""The snapshot name under which ``truncate_before`` records where a session's log now starts: its
+version is the last removed one, so the first readable version is ``version + 1``. It is saved in
+the truncation's own transaction and erased with the session, so no backend needs another table."""
 
 
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):

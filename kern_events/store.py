@@ -15,7 +15,7 @@ from uuid import UUID
 
 from kern_events._index import SessionInfo
 from kern_events.events import Event, SessionType
-from kern_events.records import AppendResult, ExpectedVersion, FeedLag, Record, Snapshot
+from kern_events.records import AppendResult, ExpectedVersion, FeedLag, Record, SessionAppend, Snapshot
 from kern_events.subscription import ChangeSignal, Subscription
 
 __all__ = ["EventStore", "SessionSort"]
@@ -60,6 +60,39 @@ class EventStore(Protocol):
         ``expected_version``, as for an exact retry. An id stored in another session is still an
         :class:`~kern_events.errors.IdempotencyError`. Of two racing calls with the same ids, exactly
         one stores each event.
+        """
+        ...
+
+    async def append_many(self, appends: Sequence[SessionAppend]) -> list[AppendResult]:
+        """Append to several sessions at once, all or nothing; one result per part, in input order.
+
+        Each part is checked, encoded and retried by its ids as :meth:`append` would; a session may
+        appear in one part only. A conflict in any part raises
+        :class:`~kern_events.errors.ConcurrencyError` naming that session and stores nothing in any;
+        the global feed shows all of the call's events or none. SQL backends commit it as one
+        transaction; a backend that cannot do it atomically raises
+        :class:`~kern_events.errors.UnsupportedError` instead.
+        """
+        ...
+
+    async def truncate_before(
+        self,
+        session_id: str,
+        version: int,
+        *,
+        snapshot: Snapshot | None = None,
+        expected_version: int | ExpectedVersion = ExpectedVersion.ANY,
+    ) -> int:
+        """Remove the session's events with a version below ``version`` and save ``snapshot`` (of this
+        session, at ``version - 1``) in one atomic step; the number of events removed.
+
+        The head, the index row and version numbering stay as they are: reads from version 1 start at
+        ``version``, ``read_all`` no longer returns the removed events, and appends carry on. A
+        ``version`` past ``head + 1`` is an :class:`~kern_events.errors.InvalidArgumentError` naming
+        the head; ``expected_version`` guards against a concurrent writer; truncating an already
+        truncated prefix removes and saves nothing and returns 0. Where the log now starts is kept as
+        the snapshot :data:`~kern_events.records.TRUNCATION_SNAPSHOT`. The removed events' ids are
+        forgotten with them: a retry of an append that old would be stored again.
         """
         ...
 

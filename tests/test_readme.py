@@ -59,6 +59,7 @@ def test_every_python_block_is_one_of_those_run_below() -> None:
         _block_after("Quick start"),
         _block_after("Agents, teams and workflows"),
         _block_after("Agents, teams and workflows", index=1),
+        _block_after("Several sessions at once; truncating a log"),
         _block_after("Extension events and idempotency keys"),
         _block_after("Use it from your framework"),
         _block_after("PostgreSQL: the production store"),
@@ -81,6 +82,11 @@ def test_the_agent_quick_start_runs_as_written(tmp_path: Path) -> None:
 def test_the_session_api_example_runs_as_written(tmp_path: Path) -> None:
     out = _run_python(_block_after("Agents, teams and workflows", index=1), tmp_path)
     assert out == "['user', 'assistant', 'tool', 'assistant'] {'city': 'Paris'}\n"
+
+
+def test_the_multi_session_and_truncation_example_runs_as_written(tmp_path: Path) -> None:
+    out = _run_python(_block_after("Several sessions at once; truncating a log"), tmp_path)
+    assert out == "4 [5] alice\n"
 
 
 def test_the_extension_events_example_runs_as_written(tmp_path: Path) -> None:

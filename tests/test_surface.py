@@ -113,3 +113,14 @@ def test_our_backends_build_on_the_public_backend_kit() -> None:
         imported = _imports(ROOT / "kern_events" / "stores" / f"{name}.py")
         assert "kern_events.backend" in imported
         assert not imported & {"kern_events._index", "kern_events.stores._base"}, f"{name}: {imported}"
+
+
+def test_the_backend_kit_and_the_conformance_kit_carry_the_optional_capabilities() -> None:
+    """What a third party needs for append_many and truncate_before is public: the hooks' part type,
+    the truncation rule and the error, and the suite's parts and capability flags."""
+    from kern_events import backend, testing
+
+    assert {"PendingAppend", "SessionAppend", "check_truncation", "UnsupportedError"} <= set(backend.__all__)
+    assert {"MultiAppendTests", "TruncationTests"} <= set(testing.__all__)
+    assert testing.Backend.appends_many is True and testing.Backend.truncates is True
+    assert {"SessionAppend", "TruncatedError", "UnsupportedError", "TRUNCATION_SNAPSHOT"} <= set(kern_events.__all__)

@@ -18,6 +18,7 @@ from typing import Self, cast, get_args
 from uuid import UUID
 
 import anyio
+import msgspec
 
 from kern_events._index import SessionInfo
 from kern_events._validate import (
@@ -43,14 +44,17 @@ from kern_events.errors import (
     PayloadTooLargeError,
     StoreClosedError,
     UnknownEventTypeError,
+    UnsupportedError,
 )
 from kern_events.events import Event, SessionRenamed, SessionStarted, SessionType
 from kern_events.records import (
+    TRUNCATION_SNAPSHOT,
     AppendResult,
     ExpectedVersion,
     FeedLag,
     PendingEvent,
     Record,
+    SessionAppend,
     Snapshot,
     StoredEvent,
 )
@@ -63,8 +67,10 @@ __all__ = [
     "SNAPSHOTS_KEPT",
     "BaseEventStore",
     "Page",
+    "PendingAppend",
     "SessionFilter",
     "check_expected",
+    "check_truncation",
     "conflict",
     "match_retry",
     "new_event_id",
@@ -161,6 +167,42 @@ def _check_indexed_fields(events: Sequence[Event]) -> None:
                 check_name(f"events[{index}].name", event.name)
         elif isinstance(event, SessionRenamed):
             check_name(f"events[{index}].name", event.name)
+
+
+def check_truncation(session_id: str, version: int, expected: int | ExpectedVersion, head: int) -> None:
+    """The rule a truncation is checked by, against the session's head read in its own transaction:
+    the expected version must hold, and ``version`` may be at most ``head + 1`` (remove everything)."""
+    if not check_expected(expected, head):
+        raise conflict(session_id, expected, head)
+    if version > head + 1:
+        raise InvalidArgumentError(
+            "version",
+            f"session {session_id!r} is at version {head}; truncating before {version} is past it "
+            f"(at most {head + 1}, which removes every event)",
+        )
+
+
+def _within(error: InvalidArgumentError, prefix: str) -> InvalidArgumentError:
+    """``error`` (of its own type, with its own facts) naming its argument inside a part of a call."""
+    error.argument = prefix + error.argument
+    error.args = (prefix + str(error),)
+    return error
+
+
+def _stamped(snapshot: Snapshot, now: float) -> Snapshot:
+    """The snapshot with its creation time set, if the caller left it unset."""
+    if snapshot.created_at != 0.0:
+        return snapshot
+    return msgspec.structs.replace(snapshot, created_at=now)
+
+
+class PendingAppend(msgspec.Struct, frozen=True, kw_only=True):
+    """One checked, encoded part of an ``append_many`` on its way into a backend."""
+
+    session_id: str
+    events: Sequence[Event]
+    pending: Sequence[PendingEvent]
+    expected: int | ExpectedVersion
 
 
 def _check_snapshot(snapshot: object) -> None:
@@ -316,11 +358,29 @@ class BaseEventStore(abc.ABC):
         skip_existing: bool = False,
     ) -> AppendResult:
         """Append ``events`` atomically; see :meth:`kern_events.store.EventStore.append`."""
-        check_identifier("session_id", session_id)
         if check_flag("skip_existing", skip_existing) and event_ids is None:
             raise InvalidArgumentError(
                 "skip_existing", "needs event_ids (fresh ids are never stored already): derive them with event_id_for"
             )
+        events, pending = self._checked_append(session_id, events, expected_version, event_ids)
+        await self._ensure_open()
+        if skip_existing:
+            result = await self._append_new(session_id, events, pending, expected_version, time.time())
+        else:
+            result = await self._append(session_id, events, pending, expected_version, time.time())
+        self.change_signal.fire()
+        self._announce()
+        return result
+
+    def _checked_append(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        expected_version: int | ExpectedVersion,
+        event_ids: Sequence[UUID] | None,
+    ) -> tuple[Sequence[Event], list[PendingEvent]]:
+        """The checks every append passes (alone or as part of :meth:`append_many`), and its encoding."""
+        check_identifier("session_id", session_id)
         if not isinstance(expected_version, ExpectedVersion):
             check_non_negative("expected_version", expected_version)
         events = check_items("events", events)
@@ -331,15 +391,102 @@ class BaseEventStore(abc.ABC):
                 "events", f"{len(events)} events in one append; at most {MAX_EVENTS_PER_APPEND} are allowed"
             )
         _check_indexed_fields(events)
-        pending = self._encode(events, event_ids)
+        return events, self._encode(events, event_ids)
+
+    async def append_many(self, appends: Sequence[SessionAppend]) -> list[AppendResult]:
+        """Append to several sessions all or nothing; see :meth:`kern_events.store.EventStore.append_many`."""
+        parts = check_items("appends", appends)
+        if not parts:
+            raise InvalidArgumentError("appends", "at least one append is required")
+        checked: list[PendingAppend] = []
+        where: dict[str, int] = {}
+        ids: dict[UUID, int] = {}
+        total = 0
+        for index, part in enumerate(parts):
+            if not isinstance(part, SessionAppend):
+                raise InvalidArgumentError(
+                    f"appends[{index}]", f"expected a SessionAppend, got {type(part).__qualname__}"
+                )
+            try:
+                events, pending = self._checked_append(
+                    part.session_id, part.events, part.expected_version, part.event_ids
+                )
+            except InvalidArgumentError as error:
+                raise _within(error, f"appends[{index}].") from error.__cause__
+            if part.session_id in where:
+                raise InvalidArgumentError(
+                    f"appends[{index}].session_id",
+                    f"session {part.session_id!r} is already appended to by appends[{where[part.session_id]}]; "
+                    "give each session one part",
+                )
+            where[part.session_id] = index
+            for new in pending:
+                if ids.setdefault(new.event_id, index) != index:
+                    raise InvalidArgumentError(
+                        f"appends[{index}].event_ids", f"id {new.event_id} is also used by appends[{ids[new.event_id]}]"
+                    )
+            total += len(pending)
+            checked.append(
+                PendingAppend(
+                    session_id=part.session_id, events=events, pending=pending, expected=part.expected_version
+                )
+            )
+        if total > MAX_EVENTS_PER_APPEND:
+            raise InvalidArgumentError(
+                "appends", f"{total} events in one call; at most {MAX_EVENTS_PER_APPEND} are allowed"
+            )
         await self._ensure_open()
-        if skip_existing:
-            result = await self._append_new(session_id, events, pending, expected_version, time.time())
-        else:
-            result = await self._append(session_id, events, pending, expected_version, time.time())
+        results = await self._append_many(checked, time.time())
         self.change_signal.fire()
         self._announce()
-        return result
+        return results
+
+    async def truncate_before(
+        self,
+        session_id: str,
+        version: int,
+        *,
+        snapshot: Snapshot | None = None,
+        expected_version: int | ExpectedVersion = ExpectedVersion.ANY,
+    ) -> int:
+        """Remove the session's events below ``version`` behind ``snapshot``, atomically; see
+        :meth:`kern_events.store.EventStore.truncate_before`."""
+        check_identifier("session_id", session_id)
+        check_non_negative("version", version)
+        if version < 1:
+            raise InvalidArgumentError("version", f"expected a version >= 1, got {version}")
+        if not isinstance(expected_version, ExpectedVersion):
+            check_non_negative("expected_version", expected_version)
+        now = time.time()
+        saved = [
+            Snapshot(
+                session_id=session_id,
+                name=TRUNCATION_SNAPSHOT,
+                schema_version=0,
+                version=version - 1,
+                data=b"",
+                created_at=now,
+            )
+        ]
+        if snapshot is not None:
+            _check_snapshot(snapshot)
+            if snapshot.session_id != session_id:
+                raise InvalidArgumentError(
+                    "snapshot.session_id", f"the snapshot is of session {snapshot.session_id!r}, not {session_id!r}"
+                )
+            if snapshot.version != version - 1:
+                raise InvalidArgumentError(
+                    "snapshot.version",
+                    f"a snapshot behind a truncation before version {version} must be at version {version - 1}, "
+                    f"got {snapshot.version}",
+                )
+            if snapshot.name == TRUNCATION_SNAPSHOT:
+                raise InvalidArgumentError(
+                    "snapshot.name", f"{TRUNCATION_SNAPSHOT!r} is written by truncate_before only"
+                )
+            saved.append(_stamped(snapshot, now))
+        await self._ensure_open()
+        return await self._truncate_before(session_id, version, expected_version, saved)
 
     async def _append_new(
         self,
@@ -416,6 +563,8 @@ class BaseEventStore(abc.ABC):
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         """Store a checkpoint of a projection's state for a session at a version."""
         _check_snapshot(snapshot)
+        if snapshot.name == TRUNCATION_SNAPSHOT:
+            raise InvalidArgumentError("snapshot.name", f"{TRUNCATION_SNAPSHOT!r} is written by truncate_before only")
         await self._ensure_open()
         head = await self._current_version(snapshot.session_id)
         if snapshot.version > head:
@@ -423,16 +572,7 @@ class BaseEventStore(abc.ABC):
                 "snapshot.version",
                 f"{snapshot.version} is ahead of session {snapshot.session_id!r} (version {head})",
             )
-        if snapshot.created_at == 0.0:
-            snapshot = Snapshot(
-                session_id=snapshot.session_id,
-                name=snapshot.name,
-                schema_version=snapshot.schema_version,
-                version=snapshot.version,
-                data=snapshot.data,
-                created_at=time.time(),
-            )
-        await self._save_snapshot(snapshot)
+        await self._save_snapshot(_stamped(snapshot, time.time()))
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -606,6 +746,26 @@ class BaseEventStore(abc.ABC):
         raise InvalidArgumentError(
             "skip_existing", f"{type(self).__qualname__} does not implement _find_events, which skip_existing needs"
         )
+
+    async def _append_many(self, parts: Sequence[PendingAppend], recorded_at: float) -> list[AppendResult]:
+        """Store every part as :meth:`_append` would, all or nothing, in one atomic step; results in
+        input order. Sessions are distinct. A conflict or a reused id in any part stores nothing.
+
+        There is no default: one built from several ``_append`` calls would not be atomic. A backend
+        that cannot do it leaves this as it is, and ``append_many`` raises :class:`UnsupportedError`.
+        """
+        raise UnsupportedError("append_many", type(self).__name__)
+
+    async def _truncate_before(
+        self, session_id: str, version: int, expected: int | ExpectedVersion, snapshots: Sequence[Snapshot]
+    ) -> int:
+        """In one atomic step: check :func:`check_truncation` against the session's head, delete the
+        events with a version below ``version``, and, if any was deleted, save ``snapshots`` (the
+        truncation marker and the caller's snapshot); the number of events deleted.
+
+        No default, for the same reason as :meth:`_append_many`.
+        """
+        raise UnsupportedError("truncate_before", type(self).__name__)
 
     @abc.abstractmethod
     async def _read_page(

@@ -16,10 +16,12 @@ from kern_events.backend import (
     DEFAULT_MAX_EVENT_SIZE,
     SNAPSHOTS_KEPT,
     BaseEventStore,
+    PendingAppend,
     SessionFilter,
     SessionInfo,
     advance_index,
     check_expected,
+    check_truncation,
     conflict,
     match_retry,
 )
@@ -59,6 +61,27 @@ class InMemoryEventStore(BaseEventStore):
             return retry
         if not check_expected(expected, head):
             raise conflict(session_id, expected, head)
+        return self._store(session_id, events, pending, recorded_at)
+
+    async def _append_many(self, parts: Sequence[PendingAppend], recorded_at: float) -> list[AppendResult]:
+        """Every part is checked before any is stored, with no await in between: all or nothing."""
+        await anyio.lowlevel.checkpoint()
+        retries = []
+        for part in parts:
+            retry = match_retry(part.session_id, part.pending, [self._by_id.get(p.event_id) for p in part.pending])
+            head = self._heads.get(part.session_id, 0)
+            if retry is None and not check_expected(part.expected, head):
+                raise conflict(part.session_id, part.expected, head)
+            retries.append(retry)
+        return [
+            retry if retry is not None else self._store(part.session_id, part.events, part.pending, recorded_at)
+            for part, retry in zip(parts, retries, strict=True)
+        ]
+
+    def _store(
+        self, session_id: str, events: Sequence[Event], pending: Sequence[PendingEvent], recorded_at: float
+    ) -> AppendResult:
+        head = self._heads.get(session_id, 0)
         stream = self._streams.setdefault(session_id, [])
         stored_events = []
         for offset, new in enumerate(pending, start=1):
@@ -95,6 +118,25 @@ class InMemoryEventStore(BaseEventStore):
     async def _find_events(self, event_ids: Sequence[UUID]) -> Sequence[StoredEvent | None]:
         await anyio.lowlevel.checkpoint()
         return [self._by_id.get(event_id) for event_id in event_ids]
+
+    async def _truncate_before(
+        self, session_id: str, version: int, expected: int | ExpectedVersion, snapshots: Sequence[Snapshot]
+    ) -> int:
+        await anyio.lowlevel.checkpoint()
+        check_truncation(session_id, version, expected, self._heads.get(session_id, 0))
+        stream = self._streams.get(session_id, [])
+        removed = [stored for stored in stream if stored.version < version]
+        if not removed:
+            return 0
+        del stream[: len(removed)]
+        gone = {stored.position for stored in removed}
+        for stored in removed:
+            del self._by_id[stored.event_id]
+        self._all = [stored for stored in self._all if stored.position not in gone]
+        self._positions = [stored.position for stored in self._all]
+        for snapshot in snapshots:
+            await self._save_snapshot(snapshot)
+        return len(removed)
 
     async def _read_page(
         self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None

@@ -55,8 +55,11 @@ from kern_events.backend import (
     BaseEventStore,
     GroupCommit,
     IndexDelta,
+    PendingAppend,
     SessionFilter,
     SessionInfo,
+    check_expected,
+    check_truncation,
     conflict,
     match_retry,
 )
@@ -496,6 +499,72 @@ class PostgresEventStore(BaseEventStore):
                 self._discard_appender(connection)
             return outcomes
 
+    async def _append_many(self, parts: Sequence[PendingAppend], recorded_at: float) -> list[AppendResult]:
+        """One transaction for every part, its events inserted by the batch statement.
+
+        Atomic on the global feed too: every row takes its position from the one transaction's id
+        (numbered across all parts, so at most 65,535 events in all), and the fence lets readers see
+        a transaction's rows all at once, once it has committed. Sessions are locked in one
+        canonical order (the server's ``ORDER BY session_id``), existing rows first and new rows
+        inserted in that order after, as the group committer's batches do, so two calls naming the
+        same sessions in different orders wait for each other instead of deadlocking.
+        """
+        requests = [AppendRequest(p.session_id, p.events, p.pending, p.expected, recorded_at) for p in parts]
+        ids = [new.event_id for request in requests for new in request.pending]
+        async with self._connection() as connection:
+            for _ in range(_ANY_RETRIES):
+                try:
+                    async with connection.transaction():
+                        return await self._append_many_in(connection, requests, ids)
+                except asyncpg.UniqueViolationError:
+                    continue  # an id was stored meanwhile (a racing retry of this call): look again
+                except _Unplaced:
+                    continue  # another writer was creating one of the sessions: look again
+            head = await connection.fetchval(self._sql.shared.version, requests[0].session_id)
+        raise conflict(requests[0].session_id, requests[0].expected, head or 0)
+
+    async def _append_many_in(
+        self, connection: _AnyConnection, requests: Sequence[AppendRequest], ids: list[UUID]
+    ) -> list[AppendResult]:
+        """Inside the transaction: parts already stored with these ids are retries; the others are
+        checked against their locked heads and inserted by one statement, or nothing is."""
+        found = {row[3]: _stored(row) for row in await connection.fetch(self._sql.by_ids, ids)}
+        retries = [
+            match_retry(request.session_id, request.pending, [found.get(new.event_id) for new in request.pending])
+            for request in requests
+        ]
+        todo = [request for request, retry in zip(requests, retries, strict=True) if retry is None]
+        placed: dict[str, list[tuple[int, int]]] = {}
+        if todo:
+            locked = await connection.fetch(self._sql.lock_sessions, [request.session_id for request in todo])
+            heads = {row[0]: row[1] for row in locked}
+            for request in todo:
+                head = heads.get(request.session_id, 0)
+                if not check_expected(request.expected, head):
+                    raise conflict(request.session_id, request.expected, head)
+            for row in await connection.fetch(self._sql.append_batch, *_batch_arguments(todo)):
+                placed.setdefault(row[0], []).append((row[1], row[2]))
+            if any(request.session_id not in placed for request in todo):
+                raise _Unplaced()
+        return [
+            retry if retry is not None else _result(request, sorted(placed[request.session_id]))
+            for request, retry in zip(requests, retries, strict=True)
+        ]
+
+    async def _truncate_before(
+        self, session_id: str, version: int, expected: int | ExpectedVersion, snapshots: Sequence[Snapshot]
+    ) -> int:
+        """Lock the session row, as a delete does: an append in flight finishes first (and its events
+        are above the truncation point), a later one waits and then lands untouched."""
+        async with self._connection() as connection, connection.transaction():
+            head = await connection.fetchval(self._sql.lock_head, session_id)
+            check_truncation(session_id, version, expected, head or 0)
+            removed: int = await connection.fetchval(self._sql.truncate, session_id, version)
+            if removed:
+                for snapshot in snapshots:
+                    await self._put_snapshot(connection, snapshot)
+        return removed
+
     async def _append_held(self, appender: asyncpg.Connection, request: AppendRequest) -> AppendResult | Exception:
         """A lone append on the held appending connection: the hot path, flat (each layer of context
         managers costs microseconds here); the same error handling as :meth:`_appending_connection`."""
@@ -585,15 +654,18 @@ class PostgresEventStore(BaseEventStore):
 
     async def _save_snapshot(self, snapshot: Snapshot) -> None:
         async with self._connection() as connection:
-            await connection.execute(
-                self._sql.snapshot_put,
-                snapshot.session_id,
-                snapshot.name,
-                snapshot.version,
-                snapshot.schema_version,
-                snapshot.data,
-                snapshot.created_at,
-            )
+            await self._put_snapshot(connection, snapshot)
+
+    async def _put_snapshot(self, connection: _AnyConnection, snapshot: Snapshot) -> None:
+        await connection.execute(
+            self._sql.snapshot_put,
+            snapshot.session_id,
+            snapshot.name,
+            snapshot.version,
+            snapshot.schema_version,
+            snapshot.data,
+            snapshot.created_at,
+        )
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -689,6 +761,11 @@ class PostgresEventStore(BaseEventStore):
         if not rows:
             return None
         return snapshot_from_row(rows[0])
+
+
+class _Unplaced(Exception):
+    """Inside ``append_many``'s transaction: a part's session row was being created by another
+    writer, so the statement placed nothing for it; the transaction is rolled back and tried again."""
 
 
 def _lean_applies(request: AppendRequest) -> bool:
@@ -1002,6 +1079,16 @@ FROM fence LEFT JOIN LATERAL (
 ) AS holder ON true"""
         self.shared = SessionStatements(sessions, snapshots, lambda number: f"${number}")
         self.lock_session = f"SELECT 1 FROM {sessions} WHERE session_id = $1 FOR UPDATE"
+        self.lock_head = f"SELECT version FROM {sessions} WHERE session_id = $1 FOR UPDATE"
+        # The rows are locked in the order they are returned, after the sort: one canonical order.
+        self.lock_sessions = (
+            f"SELECT session_id, version FROM {sessions} WHERE session_id = ANY($1::text[]) "
+            "ORDER BY session_id FOR UPDATE"
+        )
+        self.truncate = (
+            f"WITH gone AS (DELETE FROM {events} WHERE session_id = $1 AND version < $2 RETURNING 1) "
+            "SELECT count(*) FROM gone"
+        )
         self.delete_events = (
             f"WITH gone AS (DELETE FROM {events} WHERE session_id = $1 RETURNING 1) SELECT count(*) FROM gone"
         )

@@ -37,10 +37,12 @@ from kern_events.backend import (
     BaseEventStore,
     GroupCommit,
     Page,
+    PendingAppend,
     SessionFilter,
     SessionInfo,
     apply_delta,
     check_expected,
+    check_truncation,
     conflict,
     match_retry,
 )
@@ -194,6 +196,7 @@ class SqliteEventStore(BaseEventStore):
         self._sql = SessionStatements(sessions, snapshots, lambda number: f"?{number}")
         self._sql_delete_events = f"DELETE FROM {events} WHERE session_id = ?"
         self._sql_delete_snapshots = f"DELETE FROM {snapshots} WHERE session_id = ?"
+        self._sql_truncate = f"DELETE FROM {events} WHERE session_id = ? AND version < ?"
         self._sql_snapshot_put = (
             f"INSERT OR REPLACE INTO {snapshots} (session_id, name, version, schema_version, data, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?)"
@@ -425,11 +428,21 @@ class SqliteEventStore(BaseEventStore):
         writer's thread share the next one (one fsync for all), each checked on its own."""
         return await self._group.submit(AppendRequest(session_id, events, pending, expected, recorded_at))
 
-    async def _commit_batch(self, batch: Sequence[AppendRequest]) -> list[AppendResult | Exception]:
+    async def _append_many(self, parts: Sequence[PendingAppend], recorded_at: float) -> list[AppendResult]:
+        """One ticket of the group committer, so it shares the writer's transaction discipline: all
+        its parts go in one savepoint of the batch's transaction (or the whole transaction, alone),
+        and a part that fails rolls every part back."""
+        request = _ManyRequest(
+            [AppendRequest(p.session_id, p.events, p.pending, p.expected, recorded_at) for p in parts]
+        )
+        await self._group.submit(request)
+        return request.results
+
+    async def _commit_batch(self, batch: Sequence[AppendRequest | _ManyRequest]) -> list[AppendResult | Exception]:
         return await self._write(self._append_batch_in_thread, batch)
 
     def _append_batch_in_thread(
-        self, db: sqlite3.Connection, batch: Sequence[AppendRequest]
+        self, db: sqlite3.Connection, batch: Sequence[AppendRequest | _ManyRequest]
     ) -> list[AppendResult | Exception]:
         """Commit the batch in one transaction; an append that fails leaves nothing behind.
 
@@ -447,7 +460,7 @@ class SqliteEventStore(BaseEventStore):
                 if not alone:
                     db.execute("SAVEPOINT kern_append")
                 try:
-                    outcomes.append(self._append_one(db, request))
+                    outcomes.append(self._append_request(db, request))
                 except Exception as exc:
                     if not db.in_transaction:
                         raise
@@ -473,6 +486,25 @@ class SqliteEventStore(BaseEventStore):
             db.execute("ROLLBACK")
         if db.in_transaction:
             self._writer_stuck = True
+
+    def _append_request(self, db: sqlite3.Connection, request: AppendRequest | _ManyRequest) -> AppendResult:
+        """One ticket: an append, or every part of an ``append_many`` (its results kept on it, its
+        first one answering the ticket); the caller undoes all of it if any part fails."""
+        if isinstance(request, AppendRequest):
+            return self._append_one(db, request)
+        results = []
+        for part in request.parts:
+            try:
+                results.append(self._append_one(db, part))
+            except Exception as exc:
+                if not db.in_transaction:
+                    raise
+                error = _append_error(part, exc)
+                if error is exc:
+                    raise
+                raise error from exc
+        request.results = results
+        return results[0]
 
     def _append_one(self, db: sqlite3.Connection, request: AppendRequest) -> AppendResult:
         """One append inside the batch's transaction; the caller undoes its writes if it fails.
@@ -591,23 +623,55 @@ class SqliteEventStore(BaseEventStore):
     def _save_snapshot_in_thread(self, db: sqlite3.Connection, snapshot: Snapshot) -> None:
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(
-                self._sql_snapshot_put,
-                (
-                    snapshot.session_id,
-                    snapshot.name,
-                    snapshot.version,
-                    snapshot.schema_version,
-                    snapshot.data,
-                    snapshot.created_at,
-                ),
-            )
-            key = (snapshot.session_id, snapshot.name)
-            db.execute(self._sql_snapshot_prune, key + key)
+            self._put_snapshot(db, snapshot)
             db.execute("COMMIT")
         except BaseException:
             self._rollback(db)
             raise
+
+    def _put_snapshot(self, db: sqlite3.Connection, snapshot: Snapshot) -> None:
+        db.execute(
+            self._sql_snapshot_put,
+            (
+                snapshot.session_id,
+                snapshot.name,
+                snapshot.version,
+                snapshot.schema_version,
+                snapshot.data,
+                snapshot.created_at,
+            ),
+        )
+        key = (snapshot.session_id, snapshot.name)
+        db.execute(self._sql_snapshot_prune, key + key)
+
+    async def _truncate_before(
+        self, session_id: str, version: int, expected: int | ExpectedVersion, snapshots: Sequence[Snapshot]
+    ) -> int:
+        return await self._write(self._truncate_in_thread, session_id, version, expected, snapshots)
+
+    def _truncate_in_thread(
+        self,
+        db: sqlite3.Connection,
+        session_id: str,
+        version: int,
+        expected: int | ExpectedVersion,
+        snapshots: Sequence[Snapshot],
+    ) -> int:
+        """Under the write lock (``BEGIN IMMEDIATE``): no append can move the head between the check
+        and the delete, and an append waiting for the lock lands after the truncation, untouched."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(self._sql.version, (session_id,)).fetchone()
+            check_truncation(session_id, version, expected, 0 if row is None else row[0])
+            removed: int = db.execute(self._sql_truncate, (session_id, version)).rowcount
+            if removed:
+                for snapshot in snapshots:
+                    self._put_snapshot(db, snapshot)
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback(db)
+            raise
+        return removed
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -669,7 +733,18 @@ class SqliteEventStore(BaseEventStore):
         return snapshot_from_row(rows[0])
 
 
-def _append_error(request: AppendRequest, exc: Exception) -> KernEventsError:
+class _ManyRequest:
+    """An ``append_many`` on its way through the group committer, as one ticket."""
+
+    __slots__ = ("parts", "results", "session_id")
+
+    def __init__(self, parts: list[AppendRequest]) -> None:
+        self.parts = parts
+        self.session_id = parts[0].session_id
+        self.results: list[AppendResult] = []
+
+
+def _append_error(request: AppendRequest | _ManyRequest, exc: Exception) -> KernEventsError:
     """The typed error for one append that failed inside a batch (its writes already undone).
 
     Input that passed validation but that SQLite cannot take (a lone surrogate in a string, a value

@@ -44,6 +44,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     extensions,
     index,
     lifecycle,
+    multi_append,
     pause,
     property,
     read,
@@ -53,6 +54,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     skip_existing,
     streaming,
     subscribe,
+    truncation,
     validation,
 )
 
@@ -63,11 +65,13 @@ __all__ = [
     "DbTests",
     "ExtensionTests",
     "LifecycleTests",
+    "MultiAppendTests",
     "PauseTests",
     "ReadTests",
     "RuntimeTests",
     "SessionTests",
     "SubscriptionTests",
+    "TruncationTests",
     "feed_reaches",
     "feed_settled",
     "heavy_scale",
@@ -104,12 +108,22 @@ class AppendTests(_Suite):
     refused with a typed error before anything is stored."""
 
 
+class MultiAppendTests(_Suite):
+    """``append_many``: several sessions' appends all or nothing, whole on the global feed (the
+    capability ``appends_many`` of :class:`Backend`)."""
+
+
 class ReadTests(_Suite):
     """Reads of one session and of the global feed, streaming in bounded memory."""
 
 
 class SubscriptionTests(_Suite):
     """Subscriptions: catch up, then follow live appends without gaps or duplicates."""
+
+
+class TruncationTests(_Suite):
+    """``truncate_before``: a session's prefix removed behind a snapshot, atomically, with reads,
+    the feed, views and time travel agreeing (the capability ``truncates`` of :class:`Backend`)."""
 
 
 class LifecycleTests(_Suite):
@@ -137,9 +151,11 @@ class RuntimeTests(_Suite):
 
 
 _adopt(AppendTests, append, append_atomicity, validation, skip_existing)
+_adopt(MultiAppendTests, multi_append)
 _adopt(ReadTests, read, streaming)
 _adopt(SubscriptionTests, subscribe)
 _adopt(LifecycleTests, lifecycle)
+_adopt(TruncationTests, truncation)
 _adopt(DbTests, db, index, property)
 _adopt(SessionTests, sessions, contention)
 _adopt(PauseTests, pause)
@@ -149,9 +165,11 @@ _adopt(ExtensionTests, extensions)
 
 class ConformanceSuite(
     AppendTests,
+    MultiAppendTests,
     ReadTests,
     SubscriptionTests,
     LifecycleTests,
+    TruncationTests,
     DbTests,
     SessionTests,
     PauseTests,

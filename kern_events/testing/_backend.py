@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import abc
 
+import pytest
+
 from kern_events.codec import Codec
 from kern_events.db import BaseDb
 from kern_events.sessions import StoragePolicy
@@ -29,6 +31,19 @@ class Backend(abc.ABC):
     notifies: bool = False
     """Whether a store wakes its subscriptions when another store on the database appends (through
     :meth:`~kern_events.store.EventStore.listen`), instead of only by polling."""
+
+    appends_many: bool = True
+    """Whether the store implements :meth:`~kern_events.store.EventStore.append_many` (the kit's
+    ``_append_many`` hook). If not, the suite skips the tests of that capability, naming it, and
+    checks only that the call raises :class:`~kern_events.errors.UnsupportedError`."""
+    truncates: bool = True
+    """Whether the store implements :meth:`~kern_events.store.EventStore.truncate_before` (the kit's
+    ``_truncate_before`` hook); skipped and checked the same way if not."""
+
+    def require(self, capability: str) -> None:
+        """Skip the calling test, naming the capability, if this backend lacks it."""
+        if not getattr(self, capability):
+            pytest.skip(f"{self.name} lacks the capability {capability!r}")
 
     @abc.abstractmethod
     def store(self, *, codec: Codec | None = None) -> BaseEventStore:

@@ -19,6 +19,7 @@ from kern_events.backend import (
     AppendResult,
     BaseEventStore,
     ExpectedVersion,
+    PendingAppend,
     PendingEvent,
     SessionFilter,
     SessionInfo,
@@ -26,6 +27,7 @@ from kern_events.backend import (
     StoredEvent,
     advance_index,
     check_expected,
+    check_truncation,
     conflict,
     match_retry,
 )
@@ -72,6 +74,48 @@ class LogbookStore(BaseEventStore):
         head = book.heads.get(session_id, 0)
         if not check_expected(expected, head):
             raise conflict(session_id, expected, head)
+        return self._write(session_id, events, pending, recorded_at)
+
+    async def _append_many(self, parts: Sequence[PendingAppend], recorded_at: float) -> list[AppendResult]:
+        """All parts are checked, then all written, with no await in between: all or nothing."""
+        await anyio.lowlevel.checkpoint()
+        book = self.logbook
+        retries = []
+        for part in parts:
+            found = [book.log[book.ids[new.event_id]] if new.event_id in book.ids else None for new in part.pending]
+            retry = match_retry(part.session_id, part.pending, found)
+            head = book.heads.get(part.session_id, 0)
+            if retry is None and not check_expected(part.expected, head):
+                raise conflict(part.session_id, part.expected, head)
+            retries.append(retry)
+        return [
+            retry or self._write(part.session_id, part.events, part.pending, recorded_at)
+            for part, retry in zip(parts, retries, strict=True)
+        ]
+
+    async def _truncate_before(
+        self, session_id: str, version: int, expected: int | ExpectedVersion, snapshots: Sequence[Snapshot]
+    ) -> int:
+        await anyio.lowlevel.checkpoint()
+        book = self.logbook
+        check_truncation(session_id, version, expected, book.heads.get(session_id, 0))
+        removed = 0
+        for slot in book.slots.get(session_id, []):
+            stored = book.log[slot]
+            if stored is not None and stored.version < version:
+                del book.ids[stored.event_id]
+                book.log[slot] = None
+                removed += 1
+        if removed:
+            for snapshot in snapshots:
+                await self._save_snapshot(snapshot)
+        return removed
+
+    def _write(
+        self, session_id: str, events: Sequence[Event], pending: Sequence[PendingEvent], recorded_at: float
+    ) -> AppendResult:
+        book = self.logbook
+        head = book.heads.get(session_id, 0)
         first_position = len(book.log) + 1
         for version, new in enumerate(pending, start=head + 1):
             book.ids[new.event_id] = len(book.log)

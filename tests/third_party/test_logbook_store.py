@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from kern_events.backend import BaseEventStore
 from kern_events.codec import Codec
-from kern_events.testing import Backend, ConformanceSuite
+from kern_events.testing import Backend, ConformanceSuite, MultiAppendTests, TruncationTests
 from tests.third_party.logbook_store import Logbook, LogbookStore
 
 PUBLIC_MODULES = {
@@ -39,6 +40,36 @@ class TestLogbookStore(ConformanceSuite):
     @pytest.fixture
     def backend(self) -> Iterator[Backend]:
         backend = LogbookBackend()
+        yield backend
+        backend.cleanup()
+
+
+class _EarlierLogbookStore(LogbookStore):
+    """The logbook store as shipped before it could append to several sessions or truncate: the
+    kit's hooks, which refuse rather than fake atomicity."""
+
+    _append_many = BaseEventStore._append_many
+    _truncate_before = BaseEventStore._truncate_before
+
+
+class EarlierLogbookBackend(LogbookBackend):
+    """Declares the two capabilities missing, as a third party's backend would."""
+
+    name = "earlier logbook"
+    appends_many = False
+    truncates = False
+
+    def store(self, *, codec: Codec | None = None) -> LogbookStore:
+        return _EarlierLogbookStore(self.logbook, codec=codec)
+
+
+class TestEarlierLogbookStore(MultiAppendTests, TruncationTests):
+    """A backend without the capabilities: their tests are skipped naming them, and the calls raise
+    a typed error instead of appending part by part."""
+
+    @pytest.fixture
+    def backend(self) -> Iterator[Backend]:
+        backend = EarlierLogbookBackend()
         yield backend
         backend.cleanup()
 
