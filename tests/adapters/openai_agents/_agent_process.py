@@ -2,11 +2,15 @@
 SQLite file; the two-process tests run it and read what it prints (one JSON object).
 
 Usage: ``python _agent_process.py COMMAND DB_FILE SESSION_ID [TEXT ANSWER]`` with COMMAND one of
-``run``, ``run_sync``, ``run_streamed`` (one turn answered with ANSWER), ``pause`` (a turn whose tool
-needs approval, saved with its run state in one append) or ``resume`` (approve and finish it).
+``turn`` (one turn answered with ANSWER through each of ``Runner.run``, ``run_streamed`` and
+``run_sync``, on the sessions SESSION_ID-run, -run_streamed and -run_sync), ``pause`` (a turn whose
+tool needs approval, saved with its run state in one append) or ``resume`` (approve and finish it).
+The adapter is imported before the SDK and the rest of kern-events: it must import first.
 """
 
 from __future__ import annotations
+
+from kern_events.adapters.openai_agents import KernEventsSession  # isort: skip
 
 import asyncio
 import json
@@ -17,7 +21,6 @@ from agents import Agent, Runner, function_tool
 from agents.testing import ModelStep, ScriptedModel, assistant_message, function_call
 
 from kern_events import SqliteDb
-from kern_events.adapters.openai_agents import KernEventsSession
 
 USER = "alice@example.com"
 
@@ -85,12 +88,15 @@ async def _resume(db_file: str, session_id: str) -> dict[str, Any]:
         return _report(model, result)
 
 
+_ASYNC = ("run", "run_streamed")
+
+
 def main(argv: list[str]) -> None:
     command, db_file, session_id, *rest = argv
-    if command == "run_sync":
-        out = _one_sync_turn(db_file, session_id, *rest)
-    elif command in {"run", "run_streamed"}:
-        out = asyncio.run(_one_turn(command, db_file, session_id, *rest))
+    out: dict[str, Any]
+    if command == "turn":
+        out = {method: asyncio.run(_one_turn(method, db_file, f"{session_id}-{method}", *rest)) for method in _ASYNC}
+        out["run_sync"] = _one_sync_turn(db_file, f"{session_id}-run_sync", *rest)
     elif command == "pause":
         out = asyncio.run(_pause(db_file, session_id))
     else:
