@@ -234,22 +234,31 @@ class KernEventsSession:
             return
         await self._append_owned([event])
 
-    async def load_run_state(self, agent: Agent[Any], **options: Any) -> RunState[Any] | None:
+    async def load_run_state(self, agent: Agent[Any], *, claim: bool = False, **options: Any) -> RunState[Any] | None:
         """The paused run saved last, rebuilt for ``agent`` (``options`` go to ``RunState.from_json``);
-        ``None`` if none is saved, or the last save said no run is paused."""
+        ``None`` if none is saved, or the last save said no run is paused.
+
+        With ``claim=True`` the state is also marked taken, in an append at the version it was read
+        at: of several processes claiming one paused run, one gets it, the others a
+        :class:`~kern_events.errors.ConcurrencyError`, before any of them runs an approved tool.
+        """
         from agents.run_state import RunState
 
         self._check_open()
         info = await self._owned_info()
         if info is None:
             return None
+        saved: RunStateSaved | None = None
         async for record in self._store.read(
             self.session_id, to_version=info.version, backwards=True, limit=1, types=["openai_agents.run_state"]
         ):
-            event = record.event
-            if isinstance(event, RunStateSaved) and event.state is not None:
-                return await RunState.from_json(agent, event.state, **options)
-        return None
+            saved = record.event if isinstance(record.event, RunStateSaved) else None
+        if saved is None or saved.state is None:
+            return None
+        state = await RunState.from_json(agent, saved.state, **options)
+        if claim:
+            await self._store.append(self.session_id, [RunStateSaved(state=None)], expected_version=info.version)
+        return state
 
     @asynccontextmanager
     async def atomic(self) -> AsyncIterator[None]:

@@ -78,7 +78,7 @@ async def _resume(db_file: str, session_id: str) -> dict[str, Any]:
     agent = Agent(name="helper", model=model, tools=[book_flight])
     async with SqliteDb(db_file=db_file) as db:
         session = KernEventsSession(session_id, db, user_id=USER)
-        state = await session.load_run_state(agent)
+        state = await session.load_run_state(agent, claim=True)
         assert state is not None, "no paused run saved"
         for interruption in state.get_interruptions():
             state.approve(interruption)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kern_events import InMemoryDb, PostgresDb, SessionNotFoundError, SqliteDb
+from kern_events import ConcurrencyError, InMemoryDb, PostgresDb, SessionNotFoundError, SqliteDb
 from kern_events.db import BaseDb
 from tests import _pg
 from tests.adapters.openai_agents import _sdk
@@ -261,3 +261,48 @@ def test_the_readme_example_runs_and_a_second_process_continues_the_conversation
     code = _block_after("Use it from your framework")
     assert _run_python(code, tmp_path, env) == "Hello Alice! 2 items\n"
     assert _run_python(code, tmp_path, env) == "Hello Alice! 4 items\n"
+
+
+async def test_of_two_processes_claiming_one_paused_run_exactly_one_gets_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents import Agent, RunConfig, Runner, function_tool
+    from agents.run_state import RunState
+    from agents.testing import ModelStep, ScriptedModel, function_call
+
+    @function_tool(needs_approval=True)
+    def book_flight(destination: str) -> str:
+        return destination
+
+    model = ScriptedModel([ModelStep(output=[function_call("book_flight", {"destination": "Rome"}, call_id="c1")])])
+    agent = Agent(name="helper", model=model, tools=[book_flight])
+    async with InMemoryDb() as db:
+        session = KernEventsSession("trip", db)
+        async with session.atomic():
+            result = await Runner.run(agent, "Book Rome", session=session, run_config=RunConfig(tracing_disabled=True))
+            await session.save_run_state(result.to_state())
+
+        both_read = anyio.Event()
+        readers = 0
+        from_json = RunState.from_json
+
+        async def from_json_after_both_read(*args: Any, **kwargs: Any) -> Any:
+            nonlocal readers
+            readers += 1
+            if readers == 2:
+                both_read.set()
+            await both_read.wait()  # both have read the paused state before either claims it
+            return await from_json(*args, **kwargs)
+
+        monkeypatch.setattr(RunState, "from_json", staticmethod(from_json_after_both_read))
+        outcomes: list[object] = []
+
+        async def claim() -> None:
+            try:
+                outcomes.append(await KernEventsSession("trip", db).load_run_state(agent, claim=True))
+            except ConcurrencyError as error:
+                outcomes.append(error)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(claim)
+            group.start_soon(claim)
+        assert sorted(type(outcome).__name__ for outcome in outcomes) == ["ConcurrencyError", "RunState"]
+        assert await session.load_run_state(agent) is None  # claimed: no run is paused any more
