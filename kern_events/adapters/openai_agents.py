@@ -207,7 +207,10 @@ class KernEventsSession:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def clear_session(self) -> None:
-        """Erase the session (its items and any saved run state); adding items afterwards starts it anew."""
+        """Erase the session (its items and any saved run state); adding items afterwards starts it anew.
+
+        Erasing is never held: inside :meth:`atomic` it happens at once and drops what the block held.
+        """
         self._check_open()
         held = self._held()
         if held is not None:
