@@ -306,3 +306,27 @@ async def test_of_two_processes_claiming_one_paused_run_exactly_one_gets_it(monk
             group.start_soon(claim)
         assert sorted(type(outcome).__name__ for outcome in outcomes) == ["ConcurrencyError", "RunState"]
         assert await session.load_run_state(agent) is None  # claimed: no run is paused any more
+
+
+async def test_a_limit_never_hands_the_model_a_tool_output_without_its_call() -> None:
+    """``get_items(limit)`` keeps the SDK's exact count (their own test pins it); the runner then
+    drops outputs whose calls fell outside the window, here two parallel ones (#4322)."""
+    from agents import Agent, RunConfig, Runner, SessionSettings
+    from agents.testing import ModelStep, ScriptedModel, assistant_message
+
+    calls = [{"type": "function_call", "call_id": f"c{i}", "name": "f", "arguments": "{}"} for i in (1, 2)]
+    outputs = [{"type": "function_call_output", "call_id": f"c{i}", "output": "ok"} for i in (1, 2)]
+    answer = {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "ok", "annotations": []}],
+    }
+    history = [_item("go"), *calls, *outputs, answer]
+    async with InMemoryDb() as db:
+        session = KernEventsSession("s", db)
+        await session.add_items(history)  # type: ignore[arg-type]
+        assert await session.get_items(3) == history[-3:]
+        model = ScriptedModel([ModelStep(output=[assistant_message("done")])])
+        config = RunConfig(session_settings=SessionSettings(limit=3), tracing_disabled=True)
+        await Runner.run(Agent(name="a", model=model), "next", session=session, run_config=config)
+        assert model.calls[-1].input == [answer, _item("next")]
