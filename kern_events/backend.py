@@ -24,7 +24,7 @@ The hooks, each called only with checked arguments on an open store:
 ``_current_version``        the session's head version (kept after deletion as a tombstone)
 ``_get_session_info``       the session's index row, ``None`` if absent or deleted
 ``_list_sessions``          index rows matching a :class:`SessionFilter`
-``_delete_session``         erase events, snapshots and the index row, keep the version
+``_delete_session``         erase events (with their chunks), snapshots and the index row, keep the version
 ``_save_snapshot``          store a checkpoint, keeping the newest :data:`SNAPSHOTS_KEPT`
 ``_load_snapshot``          the newest matching checkpoint
 ``_append_many``            several sessions' :class:`PendingAppend` parts, all or nothing (optional:
@@ -32,6 +32,8 @@ The hooks, each called only with checked arguments on an open store:
 ``_truncate_before``        delete a session's events below a version and save the snapshots given,
                             atomically, after :func:`check_truncation` (optional, likewise)
 ``listen`` / ``_announce``  cross-process wake-ups for subscriptions (optional; else they poll)
+``_read_chunks``            the chunks of out-of-line payloads for a page's events, in one round trip
+                            (only for a backend that sets ``inline_limit``)
 ==========================  ======================================================================
 
 ``_append_many`` and ``_truncate_before`` have no default, because a sequence of plain appends or
@@ -44,6 +46,16 @@ raise :class:`UnsupportedError`, and its conformance ``Backend`` declares ``appe
 or ``truncates = False``. Truncation uses :func:`check_truncation` for its rule, and records where
 the log starts as the snapshot :data:`~kern_events.records.TRUNCATION_SNAPSHOT` that the kit hands
 the hook with the caller's.
+
+**Large payloads.** Any event up to ``max_event_size`` (:data:`DEFAULT_MAX_EVENT_SIZE`) is accepted.
+A backend whose rows are small (a message or item size limit) sets the class attribute
+:attr:`BaseEventStore.inline_limit`: a payload above it reaches ``_append`` as a small manifest in
+``PendingEvent.data`` and the payload cut into ``PendingEvent.chunks`` (each at most ``inline_limit``
+bytes), which the backend stores keyed by (event id, part) in the same atomic step as the event, and
+removes with the event whenever it erases one (a SQL foreign key ``ON DELETE CASCADE`` does both for
+any delete). Reads find the manifests, fetch their chunks through ``_read_chunks`` once per page and
+check them against the manifest's length and SHA-256 (a mismatch is a ``CorruptRecordError``); the
+backend never reassembles anything itself.
 
 A backend is done when it passes the conformance suite, :mod:`kern_events.testing`.
 :class:`GroupCommit` is there for backends that gain from committing concurrent appends together.

@@ -57,12 +57,18 @@ class UnknownEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PendingEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """An encoded event on its way into a backend."""
+    """An encoded event on its way into a backend.
+
+    A payload above the backend's ``inline_limit`` arrives as a small manifest in ``data`` and the
+    payload itself in ``chunks``, which the backend stores with the event, in the same atomic step,
+    keyed by event id and part number (0, 1, ...).
+    """
 
     event_id: UUID
     type: str
     schema_version: int
     data: bytes
+    chunks: tuple[bytes, ...] = ()
 
 
 class StoredEvent(msgspec.Struct, frozen=True, kw_only=True, array_like=True):

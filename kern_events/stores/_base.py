@@ -9,9 +9,11 @@ that decide between "conflict", "idempotent retry" and "reused id" live here onc
 from __future__ import annotations
 
 import abc
+import hashlib
 import os
+import struct
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Self, cast, get_args
@@ -63,6 +65,7 @@ from kern_events.subscription import ChangeSignal, Subscription
 
 __all__ = [
     "DEFAULT_MAX_EVENT_SIZE",
+    "MANIFEST_MARK",
     "MAX_EVENTS_PER_APPEND",
     "SNAPSHOTS_KEPT",
     "BaseEventStore",
@@ -78,8 +81,28 @@ __all__ = [
     "stored_result",
 ]
 
-DEFAULT_MAX_EVENT_SIZE = 4 * 1024 * 1024
-"""Largest encoded event accepted by default (4 MiB): media belong elsewhere, referenced by url."""
+DEFAULT_MAX_EVENT_SIZE = 64 * 1024 * 1024
+"""Largest encoded event accepted by default (64 MiB): a big channel value or tool result fits; media
+belong elsewhere, referenced by url. Payloads above a backend's :attr:`BaseEventStore.inline_limit`
+are stored out of line, in chunks."""
+
+MANIFEST_MARK = b"\xc1"
+"""The first byte of a chunk manifest: a byte msgpack never uses, so no event msgpack encodes starts
+with it. (A payload of another codec that does is stored out of line too, so that every row starting
+with it is a manifest.)"""
+
+_MARK_BYTE = MANIFEST_MARK[0]
+_MANIFEST = struct.Struct(">cBQI32s")
+"""A chunk manifest, the row an out-of-line payload leaves in the event's place: the mark, the format
+(1), the payload's length, its number of chunks and its SHA-256. Deterministic from the content, so
+an idempotent retry writes the same row."""
+_MANIFEST_FORMAT = 1
+_MIN_INLINE_LIMIT = _MANIFEST.size
+
+_ASSEMBLY_BUDGET = 16 * 1024 * 1024
+"""Out-of-line bytes fetched in one round trip while reading a page: a page's chunks come in one
+``_read_chunks`` call unless they add up to more, so a reader holds about this much (or one event,
+if larger) beyond the page, however many large events the page has."""
 
 MAX_EVENTS_PER_APPEND = 65_535
 """Most events one append may carry (PostgreSQL numbers a transaction's events in 16 bits)."""
@@ -265,7 +288,7 @@ def match_retry(
             raise IdempotencyError(session_id, new.event_id, "was not stored, but other event ids of this batch were")
         if stored.session_id != session_id:
             raise IdempotencyError(session_id, new.event_id, "is already used by another session")
-        if stored.type != new.type or stored.data != new.data:
+        if stored.type != new.type or (stored.data != new.data and not _same_payload(stored.data, new.data)):
             raise IdempotencyError(session_id, new.event_id, "was already stored with different content")
         if first is None or stored.version != first.version + index:
             raise IdempotencyError(session_id, new.event_id, "was stored in a different batch")
@@ -299,19 +322,96 @@ def split_stored(session_id: str, pending: Sequence[PendingEvent], found: Sequen
     return [index for index, stored in enumerate(found) if stored is None]
 
 
+def _parse_manifest(data: bytes) -> tuple[int, int, bytes] | None:
+    """The length, chunk count and SHA-256 a manifest row records; ``None`` if it is not one."""
+    if len(data) != _MANIFEST.size:
+        return None
+    mark, version, length, count, digest = _MANIFEST.unpack(data)
+    if mark != MANIFEST_MARK or version != _MANIFEST_FORMAT:
+        return None
+    return length, count, digest
+
+
+def _has_manifest(page: Sequence[StoredEvent]) -> bool:
+    """Whether a row of the page is a chunk manifest: one pass over first bytes, ~50 ns a row."""
+    try:
+        return _MARK_BYTE in [stored.data[0] for stored in page]
+    except IndexError:  # an empty payload (another codec's): no first byte to look at
+        return MANIFEST_MARK in [stored.data[:1] for stored in page]
+
+
+def _same_payload(stored: bytes, new: bytes) -> bool:
+    """Whether two rows that differ as bytes still hold the same payload: one inline and one out of
+    line, or out of line in chunks of another size (the store's inline limit changed in between)."""
+    digests = []
+    for data in (stored, new):
+        manifest = _parse_manifest(data) if data[:1] == MANIFEST_MARK else None
+        digests.append((len(data), hashlib.sha256(data).digest()) if manifest is None else manifest[::2])
+    return digests[0] == digests[1]
+
+
+def _out_of_line(pending: PendingEvent, chunk_size: int) -> PendingEvent:
+    """``pending`` with its payload cut into chunks of ``chunk_size`` bytes, and a manifest in its place."""
+    data = pending.data
+    chunks = tuple(data[start : start + chunk_size] for start in range(0, len(data), chunk_size))
+    manifest = _MANIFEST.pack(MANIFEST_MARK, _MANIFEST_FORMAT, len(data), len(chunks), hashlib.sha256(data).digest())
+    return PendingEvent(
+        event_id=pending.event_id,
+        type=pending.type,
+        schema_version=pending.schema_version,
+        data=manifest,
+        chunks=chunks,
+    )
+
+
+def _joined(stored: StoredEvent, chunks: Sequence[bytes]) -> StoredEvent:
+    """The stored event of a manifest row with its payload put back together from ``chunks`` (in
+    part order), checked against the manifest's length and SHA-256."""
+
+    def damaged(detail: str) -> CorruptRecordError:
+        return CorruptRecordError(stored.session_id, stored.version, stored.type, detail, position=stored.position)
+
+    manifest = _parse_manifest(stored.data)
+    if manifest is None:
+        raise damaged("the row starts like a chunk manifest but is not one")
+    length, count, digest = manifest
+    if len(chunks) != count:
+        raise damaged(f"{len(chunks)} of its {count} chunks are stored")
+    data = b"".join(chunks)
+    if len(data) != length:
+        raise damaged(f"its chunks hold {len(data)} bytes, the manifest says {length}")
+    if hashlib.sha256(data).digest() != digest:
+        raise damaged("its chunks do not match the manifest's SHA-256")
+    return msgspec.structs.replace(stored, data=data)
+
+
 class BaseEventStore(abc.ABC):
     """The shared half of every backend; see the module docstring."""
 
     read_page_size = 1000
     """Rows fetched per round trip while streaming; reads hold no cursor open between pages."""
 
+    inline_limit: int | None = None
+    """The largest encoded payload a row of this backend holds; a larger one is stored out of line, in
+    chunks of at most this many bytes that :meth:`_append` writes with the event (``PendingEvent.chunks``)
+    and :meth:`_read_chunks` returns. ``None``: every payload is stored inline. A backend whose rows
+    are small (a message or item size limit) sets it (at least 46 bytes, so that a manifest fits) and
+    implements :meth:`_read_chunks`; without that hook, a payload above the limit is refused
+    (:class:`PayloadTooLargeError`) instead of being cut into chunks nobody would store."""
+
     def __init__(self, *, codec: Codec | None = None, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
         check_non_negative("max_event_size", max_event_size)
         self.change_signal = ChangeSignal()
+        self._stores_chunks = type(self)._read_chunks is not BaseEventStore._read_chunks
         self._codec: Codec = codec if codec is not None else MsgpackCodec()
         self._max_event_size = max_event_size
         self._state = "new"
         self._open_lock = anyio.Lock(fast_acquire=True)
+
+    @property
+    def max_event_size(self) -> int:
+        """The largest encoded event this store accepts; a larger one is :class:`PayloadTooLargeError`."""
+        return self._max_event_size
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -540,6 +640,11 @@ class BaseEventStore(abc.ABC):
             if len(set(ids)) != len(ids):
                 raise InvalidArgumentError("event_ids", "an id appears twice in one append")
         pending = []
+        inline_limit = self.inline_limit
+        if inline_limit is not None and (isinstance(inline_limit, bool) or inline_limit < _MIN_INLINE_LIMIT):
+            raise InvalidArgumentError(
+                "inline_limit", f"expected at least {_MIN_INLINE_LIMIT} bytes, got {inline_limit!r}"
+            )
         for index, (event, event_id) in enumerate(zip(events, ids, strict=True)):
             try:
                 encoded = self._codec.encode(event, event_id)
@@ -551,6 +656,10 @@ class BaseEventStore(abc.ABC):
                 ) from error.__cause__
             if len(encoded.data) > self._max_event_size:
                 raise PayloadTooLargeError(f"events[{index}]", encoded.type, len(encoded.data), self._max_event_size)
+            if inline_limit is not None and (len(encoded.data) > inline_limit or encoded.data[:1] == MANIFEST_MARK):
+                if not self._stores_chunks:  # a row limit but no chunk table: the limit is a hard one
+                    raise PayloadTooLargeError(f"events[{index}]", encoded.type, len(encoded.data), inline_limit)
+                encoded = _out_of_line(encoded, inline_limit)
             pending.append(encoded)
         return pending
 
@@ -602,8 +711,12 @@ class BaseEventStore(abc.ABC):
             size = page_size if remaining is None else min(page_size, remaining)
             page_size = min(page_size * 2, self.read_page_size)
             page, damaged = _split(await self._read_page(session_id, low, high, size, backwards, wanted))
-            for stored in page:
-                yield self._codec.decode(stored)
+            if self._stores_chunks and _has_manifest(page):
+                async for record in self._assembled(page):
+                    yield record
+            else:
+                for stored in page:
+                    yield self._codec.decode(stored)
             if damaged is not None:
                 raise damaged
             if len(page) < size:
@@ -624,8 +737,12 @@ class BaseEventStore(abc.ABC):
         while remaining is None or remaining > 0:
             size = self.read_page_size if remaining is None else min(self.read_page_size, remaining)
             page, damaged = _split(await self._read_all_page(position, size))
-            for stored in page:
-                yield self._codec.decode(stored)
+            if self._stores_chunks and _has_manifest(page):
+                async for record in self._assembled(page):
+                    yield record
+            else:
+                for stored in page:
+                    yield self._codec.decode(stored)
             if damaged is not None:
                 raise damaged
             if len(page) < size:
@@ -633,6 +750,30 @@ class BaseEventStore(abc.ABC):
             if remaining is not None:
                 remaining -= len(page)
             position = page[-1].position + 1
+
+    async def _assembled(self, page: Sequence[StoredEvent]) -> AsyncIterator[Record]:
+        """The page's records, out-of-line payloads put back together: the chunks of the page's
+        manifests come in one :meth:`_read_chunks` round trip (more only past :data:`_ASSEMBLY_BUDGET`
+        bytes), and each chunk list is dropped as soon as its event is rebuilt."""
+        start = 0
+        while start < len(page):
+            wanted: list[UUID] = []
+            end, total = start, 0
+            while end < len(page):
+                data = page[end].data
+                manifest = _parse_manifest(data) if data[:1] == MANIFEST_MARK else None
+                if manifest is not None:
+                    if wanted and total + manifest[0] > _ASSEMBLY_BUDGET:
+                        break
+                    wanted.append(page[end].event_id)
+                    total += manifest[0]
+                end += 1
+            chunks = dict(await self._read_chunks(wanted)) if wanted else {}
+            for stored in page[start:end]:
+                if stored.data[:1] == MANIFEST_MARK:
+                    stored = _joined(stored, chunks.pop(stored.event_id, ()))
+                yield self._codec.decode(stored)
+            start = end
 
     async def current_version(self, session_id: str) -> int:
         """The session's version (0 if it never had an event; kept after deletion)."""
@@ -777,6 +918,11 @@ class BaseEventStore(abc.ABC):
     @abc.abstractmethod
     async def _read_all_page(self, from_position: int, limit: int) -> Page:
         """Up to ``limit`` rows with ``position >= from_position``, in position order; a :data:`Page`."""
+
+    async def _read_chunks(self, event_ids: Sequence[UUID]) -> Mapping[UUID, Sequence[bytes]]:
+        """The chunks of out-of-line payloads, in part order, for each of ``event_ids`` that has any;
+        one round trip. Only a backend that sets :attr:`inline_limit` needs it."""
+        raise NotImplementedError(f"{type(self).__qualname__} stores no chunks")
 
     @abc.abstractmethod
     async def _current_version(self, session_id: str) -> int: ...

@@ -101,8 +101,9 @@ def info_from_row(row: Row) -> SessionInfo:
     )
 
 
-SCHEMA_VERSION = 1
-"""The layout this release writes; a database recording a higher one is refused, a lower one migrated."""
+SCHEMA_VERSION = 2
+"""The layout this release writes; a database recording a higher one is refused, a lower one migrated.
+2 added the chunk table (:attr:`TableNames.chunks`), which a release that knows only 1 cannot read."""
 
 
 def quote(identifier: str) -> str:
@@ -127,10 +128,16 @@ class TableNames(msgspec.Struct, frozen=True, kw_only=True):
     snapshots: str = "kern_snapshots"
     schema: str = "kern_schema"
 
+    @property
+    def chunks(self) -> str:
+        """The table of out-of-line payloads, named after the events table (it belongs to it; at most
+        55 characters, within PostgreSQL's 63)."""
+        return self.events + "_chunks"
+
     def __post_init__(self) -> None:
         for field in self.__struct_fields__:
             check_sql_identifier(_ARGUMENT[field], getattr(self, field))
-        names = [getattr(self, field) for field in self.__struct_fields__]
+        names = [getattr(self, field) for field in self.__struct_fields__] + [self.chunks]
         if len({name.lower() for name in names}) != len(names):
             raise InvalidArgumentError("table names", f"each table needs its own name, got {names}")
 

@@ -7,7 +7,7 @@ and serialized without a lock.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from uuid import UUID
 
 import anyio.lowlevel
@@ -45,6 +45,8 @@ class InMemoryEventStore(BaseEventStore):
         self._all: list[StoredEvent] = []
         self._last_position = 0
         self._snapshots: dict[tuple[str, str], list[Snapshot]] = {}
+        self._chunks: dict[UUID, tuple[bytes, ...]] = {}
+        """Out-of-line payloads, by event id (only when :attr:`inline_limit` is set: memory has no row limit)."""
 
     async def _append(
         self,
@@ -99,6 +101,8 @@ class InMemoryEventStore(BaseEventStore):
             stored_events.append(stored)
             stream.append(stored)
             self._by_id[new.event_id] = stored
+            if new.chunks:
+                self._chunks[new.event_id] = new.chunks
             self._positions.append(stored.position)
             self._all.append(stored)
         to_version = head + len(pending)
@@ -131,7 +135,7 @@ class InMemoryEventStore(BaseEventStore):
         del stream[: len(removed)]
         gone = {stored.position for stored in removed}
         for stored in removed:
-            del self._by_id[stored.event_id]
+            self._forget(stored)
         self._all = [stored for stored in self._all if stored.position not in gone]
         self._positions = [stored.position for stored in self._all]
         for snapshot in snapshots:
@@ -185,10 +189,19 @@ class InMemoryEventStore(BaseEventStore):
         if stream:
             gone = {stored.position for stored in stream}
             for stored in stream:
-                del self._by_id[stored.event_id]
+                self._forget(stored)
             self._all = [stored for stored in self._all if stored.position not in gone]
             self._positions = [stored.position for stored in self._all]
         return existed
+
+    def _forget(self, stored: StoredEvent) -> None:
+        """Drop an erased event's id and its out-of-line chunks (every removal of events goes through here)."""
+        del self._by_id[stored.event_id]
+        self._chunks.pop(stored.event_id, None)
+
+    async def _read_chunks(self, event_ids: Sequence[UUID]) -> Mapping[UUID, Sequence[bytes]]:
+        await anyio.lowlevel.checkpoint()
+        return {event_id: self._chunks[event_id] for event_id in event_ids if event_id in self._chunks}
 
     async def _save_snapshot(self, snapshot: Snapshot) -> None:
         kept = self._snapshots.setdefault((snapshot.session_id, snapshot.name), [])

@@ -8,7 +8,9 @@ expected version; the primary key ``(session_id, version)`` catches a concurrent
 there first, and the unique ``event_id`` makes retries exact. Only when nothing was written does a
 second query run: one round trip that returns the session's current version (which a conflict
 carries, so the caller can retry at once) and whether any of the event ids is already stored;
-only then does a third read what is stored, to tell an idempotent retry from a conflict.
+only then does a third read what is stored, to tell an idempotent retry from a conflict. An append
+carrying a payload above :attr:`~PostgresEventStore.inline_limit` is the exception: its statement and
+the insert of its chunks share a transaction (large payloads are rare, and their transfer dwarfs it).
 
 **A global feed that never skips.** An identity or sequence value is taken when a row is inserted
 but becomes visible at commit, so a reader that follows "position > last seen" can miss an event
@@ -39,7 +41,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -180,7 +182,12 @@ class PostgresEventStore(BaseEventStore):
     asyncpg ``pool`` (which it then never closes). ``schema`` and ``tables`` isolate workloads that
     share a database. With ``create_schema=False`` the store never runs DDL and refuses a database
     whose schema is missing or older: create it with :meth:`migrate` (``kern-events migrate``).
+
+    A payload above :attr:`inline_limit` (1 MiB) is stored out of line, in a chunk table written in
+    the append's transaction (such an append takes a transaction instead of one autocommit statement).
     """
+
+    inline_limit = 1024 * 1024
 
     def __init__(
         self,
@@ -466,8 +473,10 @@ class PostgresEventStore(BaseEventStore):
         async with self._appending_connection() as connection:
             if len(batch) == 1:
                 return [await self._append_alone(connection, batch[0])]
+            # Appends with out-of-line payloads are left out of the statement: they go alone, below.
+            together = [request for request in batch if not _has_chunks(request)]
             try:
-                rows = await connection.fetch(self._sql.append_batch, *_batch_arguments(batch))
+                rows = await connection.fetch(self._sql.append_batch, *_batch_arguments(together)) if together else []
             except Exception as error:
                 if _connection_lost(error):
                     raise
@@ -546,6 +555,9 @@ class PostgresEventStore(BaseEventStore):
                 placed.setdefault(row[0], []).append((row[1], row[2]))
             if any(request.session_id not in placed for request in todo):
                 raise _Unplaced()
+            chunked = [new for request in todo for new in request.pending if new.chunks]
+            if chunked:  # out-of-line payloads, in the same transaction as their events
+                await connection.execute(self._sql.chunk_put, *_chunk_arguments(chunked))
         return [
             retry if retry is not None else _result(request, sorted(placed[request.session_id]))
             for request, retry in zip(requests, retries, strict=True)
@@ -595,8 +607,7 @@ class PostgresEventStore(BaseEventStore):
                 if not rows and (missed is None or missed[1]):
                     # not lean, or a tombstone: the full statement decides (a stored id needs no try)
                     missed = None
-                    sql = self._sql.append_one if len(pending) == 1 else self._sql.append
-                    rows = await connection.fetch(sql, *_single_arguments(request))
+                    rows = await self._append_statement(connection, request)
             except asyncpg.UniqueViolationError:
                 rows = []
             if rows:
@@ -619,6 +630,20 @@ class PostgresEventStore(BaseEventStore):
             if expected is not ExpectedVersion.ANY:
                 return conflict(session_id, expected, head or 0)
         return conflict(session_id, expected, await self._current_version(session_id))
+
+    async def _append_statement(self, connection: _AnyConnection, request: AppendRequest) -> list[asyncpg.Record]:
+        """The full single-append statement; an append with out-of-line payloads runs it in a
+        transaction with the insert of its chunks, so the event and its chunks land together or not
+        at all (nothing is inserted if the statement placed no event)."""
+        sql = self._sql.append_one if len(request.pending) == 1 else self._sql.append
+        if not _has_chunks(request):
+            rows: list[asyncpg.Record] = await connection.fetch(sql, *_single_arguments(request))
+            return rows
+        async with connection.transaction():
+            rows = await connection.fetch(sql, *_single_arguments(request))
+            if rows:
+                await connection.execute(self._sql.chunk_put, *_chunk_arguments(request.pending))
+        return rows
 
     async def _missed(
         self, connection: asyncpg.Connection | _Connection, request: AppendRequest
@@ -736,6 +761,12 @@ class PostgresEventStore(BaseEventStore):
             return FeedLag(fence=fence)
         return FeedLag(fence=fence, held_back=held_back, since=since, holder_pid=pid, holder_database=database)
 
+    async def _read_chunks(self, event_ids: Sequence[UUID]) -> Mapping[UUID, Sequence[bytes]]:
+        found: dict[UUID, list[bytes]] = {}
+        for event_id, chunk in await self._fetch(self._sql.chunks, list(event_ids)):
+            found.setdefault(event_id, []).append(chunk)
+        return found
+
     async def _current_version(self, session_id: str) -> int:
         rows = await self._fetch(self._sql.shared.version, session_id)
         return int(rows[0][0]) if rows else 0
@@ -769,9 +800,23 @@ class _Unplaced(Exception):
 
 
 def _lean_applies(request: AppendRequest) -> bool:
-    """Whether the lean statement can take the append: an exact head, no session start, no rename."""
+    """Whether the lean statement can take the append: an exact head, no session start, no rename,
+    no out-of-line payload."""
     wanted, delta = request.wanted, request.delta
-    return wanted is not None and wanted != 0 and delta.started is None and delta.name is None
+    return (
+        wanted is not None and wanted != 0 and delta.started is None and delta.name is None and not _has_chunks(request)
+    )
+
+
+def _has_chunks(request: AppendRequest) -> bool:
+    """Whether an append carries out-of-line payloads (then it needs a transaction)."""
+    return any(new.chunks for new in request.pending)
+
+
+def _chunk_arguments(pending: Sequence[PendingEvent]) -> tuple[list[UUID], list[int], list[bytes]]:
+    """The chunks of ``pending`` as three column arrays: event id, part, bytes."""
+    rows = [(new.event_id, part, chunk) for new in pending for part, chunk in enumerate(new.chunks)]
+    return [row[0] for row in rows], [row[1] for row in rows], [row[2] for row in rows]
 
 
 def _index_assignments(
@@ -896,6 +941,7 @@ class _Statements:
 
         events, sessions = table(tables.events), table(tables.sessions)
         snapshots, versions = table(tables.snapshots), table(tables.schema)
+        chunks = table(tables.chunks)
         self.lock_key = f"kern_events:{schema}.{tables.events}"
         self.channel = "kern_events_" + hashlib.sha256(self.lock_key.encode()).hexdigest()[:24]
         self.ddl = [
@@ -925,6 +971,13 @@ class _Statements:
             "session_id text NOT NULL, name text NOT NULL, version bigint NOT NULL, "
             "schema_version integer NOT NULL, data bytea NOT NULL, created_at double precision NOT NULL, "
             "PRIMARY KEY (session_id, name, version))",
+            # Out-of-line payloads, one row per chunk (a schema of version 1 gains the table here).
+            # The foreign key takes them away with their event, whatever statement deletes it.
+            f"CREATE TABLE IF NOT EXISTS {chunks} ("
+            "event_id uuid NOT NULL, part integer NOT NULL, data bytea NOT NULL, "
+            f"CONSTRAINT {quote(tables.events + '_chunks_pkey')} PRIMARY KEY (event_id, part), "
+            f"CONSTRAINT {quote(tables.events + '_chunks_event')} FOREIGN KEY (event_id) "
+            f"REFERENCES {events} (event_id) ON DELETE CASCADE)",
         ]
         self.schema_version = f"SELECT version FROM {versions} WHERE component = $1"
         self.set_schema_version = (
@@ -1093,6 +1146,10 @@ FROM fence LEFT JOIN LATERAL (
             f"WITH gone AS (DELETE FROM {events} WHERE session_id = $1 RETURNING 1) SELECT count(*) FROM gone"
         )
         self.delete_snapshots = f"DELETE FROM {snapshots} WHERE session_id = $1"
+        self.chunk_put = (
+            f"INSERT INTO {chunks} (event_id, part, data) SELECT * FROM unnest($1::uuid[], $2::integer[], $3::bytea[])"
+        )
+        self.chunks = f"SELECT event_id, data FROM {chunks} WHERE event_id = ANY($1::uuid[]) ORDER BY event_id, part"
         self.tombstone = f"WITH marked AS ({self.shared.tombstone} RETURNING 1) SELECT count(*) FROM marked"
         self.snapshot_put = f"""
 WITH saved AS (

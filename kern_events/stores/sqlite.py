@@ -22,7 +22,7 @@ import functools
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 from uuid import UUID
 
@@ -146,7 +146,12 @@ class SqliteEventStore(BaseEventStore):
     ``read_only=True`` opens an existing file for reading only: it never creates the file or a table
     (a file without kern-events tables is :class:`~kern_events.errors.SchemaMissingError`) and
     refuses every write.
+
+    A payload above :attr:`inline_limit` (1 MiB) is stored out of line, in a chunk table written in
+    the append's transaction; rows stay small, so a page read holds little however large the events.
     """
+
+    inline_limit = 1024 * 1024
 
     def __init__(
         self,
@@ -194,6 +199,11 @@ class SqliteEventStore(BaseEventStore):
         )
         self._sql_all_page = f"SELECT {{columns}} FROM {events} WHERE position >= ? ORDER BY position LIMIT ?"
         self._sql = SessionStatements(sessions, snapshots, lambda number: f"?{number}")
+        chunks = quote(self.tables.chunks)
+        self._sql_chunk_put = f"INSERT INTO {chunks} (event_id, part, data) VALUES (?, ?, ?)"
+        self._sql_chunks = f"SELECT event_id, data FROM {chunks} WHERE event_id IN ({{ids}}) ORDER BY event_id, part"
+        # The chunks go with their event through the foreign key (ON DELETE CASCADE): deleting a
+        # session, or any prefix of it, removes them in the same statement.
         self._sql_delete_events = f"DELETE FROM {events} WHERE session_id = ?"
         self._sql_delete_snapshots = f"DELETE FROM {snapshots} WHERE session_id = ?"
         self._sql_truncate = f"DELETE FROM {events} WHERE session_id = ? AND version < ?"
@@ -273,7 +283,7 @@ class SqliteEventStore(BaseEventStore):
         row = db.execute(f"SELECT version FROM {quote(t.schema)} WHERE component = ?", (t.events,)).fetchone()
         if row is None:
             raise SchemaMissingError(self._name, SCHEMA_VERSION)
-        if row[0] != SCHEMA_VERSION:
+        if row[0] > SCHEMA_VERSION:  # an older layout reads as it is (version 1 has no chunks yet)
             raise SchemaVersionError(row[0], SCHEMA_VERSION)
 
     async def _close(self) -> None:
@@ -404,6 +414,12 @@ class SqliteEventStore(BaseEventStore):
                 "schema_version INTEGER NOT NULL, data BLOB NOT NULL, created_at REAL NOT NULL, "
                 "PRIMARY KEY (session_id, name, version))"
             )
+            # Out-of-line payloads, one row per chunk; a file of version 1 gains the table here.
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {quote(t.chunks)} ("
+                f"event_id BLOB NOT NULL REFERENCES {events} (event_id) ON DELETE CASCADE, "
+                "part INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (event_id, part))"
+            )
             db.execute(
                 f"INSERT INTO {schema} (component, version) VALUES (?, ?) "
                 "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
@@ -527,6 +543,11 @@ class SqliteEventStore(BaseEventStore):
             if retry is None:  # pragma: no cover - the write lock makes this unreachable
                 raise conflict(session_id, expected, head) from None
             return retry
+        if any(new.chunks for new in pending):  # after the retry check: an IntegrityError here is a failure
+            db.executemany(
+                self._sql_chunk_put,
+                [(new.event_id.bytes, part, chunk) for new in pending for part, chunk in enumerate(new.chunks)],
+            )
         info = None if row is None or row[11] else info_from_row(row)
         new = apply_delta(info, session_id, request.delta, head + len(pending), request.recorded_at)
         db.execute(
@@ -708,6 +729,13 @@ class SqliteEventStore(BaseEventStore):
         except StorageError:
             return _decoded_page(await self._fetch(sql(columns=_TEXT_AS_BYTES), params))
         return _stored_page(rows)
+
+    async def _read_chunks(self, event_ids: Sequence[UUID]) -> Mapping[UUID, Sequence[bytes]]:
+        found: dict[UUID, list[bytes]] = {}
+        sql = self._sql_chunks.format(ids=", ".join("?" * len(event_ids)))
+        for event_id, chunk in await self._fetch(sql, [event_id.bytes for event_id in event_ids]):
+            found.setdefault(UUID(bytes=event_id), []).append(chunk)
+        return found
 
     async def _current_version(self, session_id: str) -> int:
         rows = await self._fetch(self._sql.version, (session_id,))

@@ -43,6 +43,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     db,
     extensions,
     index,
+    large,
     lifecycle,
     multi_append,
     pause,
@@ -152,7 +153,7 @@ class RuntimeTests(_Suite):
 
 _adopt(AppendTests, append, append_atomicity, validation, skip_existing)
 _adopt(MultiAppendTests, multi_append)
-_adopt(ReadTests, read, streaming)
+_adopt(ReadTests, read, streaming, large)
 _adopt(SubscriptionTests, subscribe)
 _adopt(LifecycleTests, lifecycle)
 _adopt(TruncationTests, truncation)

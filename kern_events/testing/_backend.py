@@ -28,6 +28,10 @@ class Backend(abc.ABC):
     another process would (the tests for two writers, reopening and cross-store delivery need it)."""
     streams_from_storage: bool = True
     """Whether reads hold a page, not the whole session, in memory (false for in-memory stores)."""
+    inline_limit: int | None = 4096
+    """The :attr:`~kern_events.backend.BaseEventStore.inline_limit` the large-payload tests set on the
+    stores they open: small, so that chunking is exercised cheaply. ``None`` leaves the backend's own,
+    for a backend that stores every payload inline (it does not implement ``_read_chunks``)."""
     notifies: bool = False
     """Whether a store wakes its subscriptions when another store on the database appends (through
     :meth:`~kern_events.store.EventStore.listen`), instead of only by polling."""

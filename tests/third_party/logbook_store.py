@@ -9,7 +9,7 @@ suite in ``tests/test_surface.py`` checks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from uuid import UUID
 
 import anyio.lowlevel
@@ -48,6 +48,8 @@ class Logbook:
         self.rows: dict[str, SessionInfo] = {}
         self.ids: dict[UUID, int] = {}
         self.snapshots: dict[tuple[str, str], dict[int, Snapshot]] = {}
+        self.chunks: dict[UUID, tuple[bytes, ...]] = {}
+        """Out-of-line payloads by event id (the kit cuts payloads above ``inline_limit`` into them)."""
 
 
 class LogbookStore(BaseEventStore):
@@ -104,6 +106,7 @@ class LogbookStore(BaseEventStore):
             stored = book.log[slot]
             if stored is not None and stored.version < version:
                 del book.ids[stored.event_id]
+                book.chunks.pop(stored.event_id, None)
                 book.log[slot] = None
                 removed += 1
         if removed:
@@ -119,6 +122,8 @@ class LogbookStore(BaseEventStore):
         first_position = len(book.log) + 1
         for version, new in enumerate(pending, start=head + 1):
             book.ids[new.event_id] = len(book.log)
+            if new.chunks:
+                book.chunks[new.event_id] = new.chunks
             book.slots.setdefault(session_id, []).append(len(book.log))
             book.log.append(
                 StoredEvent(
@@ -177,6 +182,10 @@ class LogbookStore(BaseEventStore):
                     break
         return page
 
+    async def _read_chunks(self, event_ids: Sequence[UUID]) -> Mapping[UUID, Sequence[bytes]]:
+        await anyio.lowlevel.checkpoint()
+        return {event_id: self.logbook.chunks[event_id] for event_id in event_ids if event_id in self.logbook.chunks}
+
     async def _current_version(self, session_id: str) -> int:
         return self.logbook.heads.get(session_id, 0)
 
@@ -200,6 +209,7 @@ class LogbookStore(BaseEventStore):
             stored = book.log[slot]
             if stored is not None:
                 del book.ids[stored.event_id]
+                book.chunks.pop(stored.event_id, None)
                 book.log[slot] = None
                 existed = True
         for key in [key for key in book.snapshots if key[0] == session_id]:

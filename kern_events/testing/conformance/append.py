@@ -234,7 +234,7 @@ async def test_bad_input_gets_a_typed_error_and_changes_nothing(backend: Backend
         with pytest.raises(InvalidArgumentError, match="twice"):
             await store.append("s", [_message("a"), _message("b")], event_ids=[same, same])
         with pytest.raises(PayloadTooLargeError, match=r"events\[0\].*message_added") as caught:
-            await store.append("s", [_message("x" * (5 * 1024 * 1024))])
+            await store.append("s", [_message("x" * store.max_event_size)])
         assert await _events(store, "s") == [_message("kept")]
     assert caught.value.size > caught.value.limit
 
