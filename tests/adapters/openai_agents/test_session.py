@@ -330,3 +330,14 @@ async def test_a_limit_never_hands_the_model_a_tool_output_without_its_call() ->
         config = RunConfig(session_settings=SessionSettings(limit=3), tracing_disabled=True)
         await Runner.run(Agent(name="a", model=model), "next", session=session, run_config=config)
         assert model.calls[-1].input == [answer, _item("next")]
+
+
+async def test_an_item_of_five_megabytes_round_trips(db_kind: tuple[str, str], tmp_path: Path) -> None:
+    """A pasted document or a large tool output is one item; the store keeps it out of line."""
+    big = _item("x" * 5_000_000)
+    async with _open(db_kind, tmp_path) as db:
+        session = KernEventsSession("s", db)
+        await session.add_items([_item("before"), big])
+        assert await session.get_items(1) == [big]
+        assert await session.pop_item() == big
+        assert await session.get_items() == [_item("before")]
