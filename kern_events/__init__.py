@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from kern_events._ids import event_id_for
 from kern_events._index import SessionInfo
+from kern_events._loops import run_blocking
 from kern_events._registry import register_event_type, registered_event_types
 from kern_events.codec import Codec, MsgpackCodec
 from kern_events.errors import (
+    BlockingCallError,
     ConcurrencyError,
     CorruptRecordError,
     DatabaseOpenError,
@@ -120,6 +122,7 @@ __all__ = [
     "AnyEvent",
     "AppendResult",
     "BaseDb",
+    "BlockingCallError",
     "Codec",
     "ConcurrencyError",
     "CorruptRecordError",
@@ -198,6 +201,7 @@ __all__ = [
     "register_event_type",
     "registered_event_types",
     "retry_on_conflict",
+    "run_blocking",
 ]
 
 

@@ -30,7 +30,9 @@ own exception never escapes raw: each backend translates it at one seam, keeping
     │   └── SchemaVersionError      the schema is missing (and may not be created) or is newer
     │       └── SchemaMissingError  no kern-events tables there, and this opening may not create them
     ├── StoreClosedError            the store was used after ``aclose()``
-    └── UnsupportedError            the backend lacks a capability (``append_many``, ``truncate_before``)
+    ├── UnsupportedError            the backend lacks a capability (``append_many``, ``truncate_before``)
+    └── BlockingCallError           a blocking call (``run_blocking``) on a thread whose event loop
+                                    is running, where it would stall that loop
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 from uuid import UUID
 
 __all__ = [
+    "BlockingCallError",
     "ConcurrencyError",
     "CorruptRecordError",
     "DatabaseOpenError",
@@ -270,3 +273,18 @@ class UnsupportedError(KernEventsError):
     def __init__(self, capability: str, backend: str) -> None:
         self.capability = capability
         super().__init__(f"{backend} does not support {capability}")
+
+
+class BlockingCallError(KernEventsError, RuntimeError):
+    """A synchronous bridge (``run_blocking``) was called on a thread whose event loop is running.
+
+    Blocking there would stall every task of that loop, and deadlock if the call needed the loop:
+    ``await`` the coroutine function ``function`` (its name) instead, or call it from a worker thread.
+    """
+
+    def __init__(self, function: str) -> None:
+        self.function = function
+        super().__init__(
+            f"run_blocking({function}) called from a running event loop; await it instead, "
+            "or call it from a thread without one"
+        )

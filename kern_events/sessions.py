@@ -14,6 +14,7 @@ is stored at all: what it leaves out never reaches the log.
 from __future__ import annotations
 
 import random
+import threading
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import anyio
 import msgspec
 
+from kern_events._loops import AnyLoopLock
 from kern_events._validate import check_flag, check_identifier, check_name, check_optional_identifier
 from kern_events.errors import (
     ConcurrencyError,
@@ -539,26 +541,29 @@ class _Turns:
     __slots__ = ("lock", "users", "version")
 
     def __init__(self) -> None:
-        self.lock = anyio.Lock(fast_acquire=True)
+        self.lock = AnyLoopLock()  # writers may run on several threads' event loops
         self.users = 0
         self.version = 0
 
 
 _turns: weakref.WeakKeyDictionary[BaseDb, dict[str, _Turns]] = weakref.WeakKeyDictionary()
+_turns_mutex = threading.Lock()
 
 
 @asynccontextmanager
 async def _turn(session: Session) -> AsyncIterator[_Turns]:
-    turns = _turns.setdefault(session.db, {})
-    turn = turns.setdefault(session.session_id, _Turns())
-    turn.users += 1
+    with _turns_mutex:
+        turns = _turns.setdefault(session.db, {})
+        turn = turns.setdefault(session.session_id, _Turns())
+        turn.users += 1
     try:
         async with turn.lock:
             yield turn
     finally:
-        turn.users -= 1
-        if not turn.users:
-            del turns[session.session_id]
+        with _turns_mutex:
+            turn.users -= 1
+            if not turn.users:
+                del turns[session.session_id]
 
 
 async def retry_on_conflict(

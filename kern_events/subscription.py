@@ -12,31 +12,102 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol, Self
 
+from kern_events._loops import call_soon_on
 from kern_events.errors import StorageUnavailableError
 from kern_events.records import Record
 
-__all__ = ["ChangeSignal", "Subscription"]
+__all__ = ["Change", "ChangeSignal", "Subscription"]
+
+
+class Change:
+    """One change to wait for: set by the :meth:`ChangeSignal.fire` after it was taken.
+
+    Like an ``asyncio.Event`` that is set once, but waitable from any event loop on any thread:
+    a store used from several threads' loops wakes the subscribers on every one of them.
+    """
+
+    __slots__ = ("_fired", "_mutex", "_taken", "_waiters")
+
+    def __init__(self, mutex: threading.Lock) -> None:
+        self._mutex = mutex
+        self._fired = False
+        self._taken = False
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[bool]]] | None = None
+
+    def is_set(self) -> bool:
+        """Whether the change has happened."""
+        return self._fired
+
+    def set(self) -> None:
+        """Mark the change as happened and wake every waiter, on whatever loop it waits."""
+        with self._mutex:
+            self._fired = True
+            waiters, self._waiters = self._waiters, None
+        if waiters:
+            for loop, waiter in waiters:
+                call_soon_on(loop, _wake, waiter)
+
+    async def wait(self) -> bool:
+        """Return once the change has happened (at once if it has)."""
+        if self._fired:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        with self._mutex:
+            if self._fired:
+                return True
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append((loop, waiter))
+        try:
+            return await waiter
+        finally:
+            if not waiter.done() or waiter.cancelled():  # given up (a poll timeout): forget the waiter
+                with self._mutex:
+                    if self._waiters is not None and (loop, waiter) in self._waiters:
+                        self._waiters.remove((loop, waiter))
+
+
+def _wake(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(True)
 
 
 class ChangeSignal:
-    """A broadcast "something was appended": take :meth:`current` before reading, then wait on it."""
+    """A broadcast "something was appended": take :meth:`current` before reading, then wait on it.
+
+    Fired and waited on from any event loop and thread.
+    """
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        self._mutex = threading.Lock()
+        self._change = Change(self._mutex)
 
-    def current(self) -> asyncio.Event:
-        """The event the next :meth:`fire` sets; take it *before* reading, so no change is missed."""
-        return self._event
+    def current(self) -> Change:
+        """The change the next :meth:`fire` sets; take it *before* reading, so no change is missed."""
+        change = self._change
+        change._taken = True
+        return change
 
     def fire(self) -> None:
-        """Wake everyone waiting on the current event."""
-        self._event.set()
-        self._event = asyncio.Event()
+        """Wake everyone waiting on the current change."""
+        if not self._change._taken:
+            # Nobody took it, so nobody waits on it: whoever takes it later reads after this
+            # append committed. The common case (no subscriber) costs one look.
+            return
+        with self._mutex:  # taken and replaced at once: a concurrent fire never drops a change
+            change, self._change = self._change, Change(self._mutex)
+            change._fired = True
+            waiters, change._waiters = change._waiters, None
+        if waiters:
+            for loop, waiter in waiters:
+                call_soon_on(loop, _wake, waiter)
 
 
 class _Feed(Protocol):

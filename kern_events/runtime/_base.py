@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import uuid
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
+from kern_events._loops import home_loop
 from kern_events.events import Requirement, RunMetrics, SessionStateChanged
 from kern_events.sessions import Run, StoragePolicy
 from projections.runs import RunStatus
@@ -104,27 +104,8 @@ class Runtime:
         return run_sync(self.aprint_response(input, session_id=session_id, user_id=user_id))
 
 
-_background: asyncio.AbstractEventLoop | None = None
-_background_lock = threading.Lock()
-
-
-def _background_loop() -> asyncio.AbstractEventLoop:
-    """The event loop (on a daemon thread) that every synchronous call runs on.
-
-    One loop for all sync calls keeps a database's connections usable from one call to the next
-    (an asyncpg pool belongs to the loop that made it), also when the sync call comes from inside
-    async code, whose own loop cannot be re-entered.
-    """
-    global _background
-    with _background_lock:
-        if _background is None:
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="kern-events-sync", daemon=True).start()
-            _background = loop
-        return _background
-
-
 def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` to completion from synchronous code, on the shared background loop
-    (close a db used this way with ``run_sync(db.aclose())``)."""
-    return asyncio.run_coroutine_threadsafe(coroutine, _background_loop()).result()
+    """Run ``coroutine`` to completion from synchronous code, on kern-events' home loop (see
+    :func:`kern_events.run_blocking`), also from inside async code, whose own loop cannot be
+    re-entered (close a db used this way with ``run_sync(db.aclose())``)."""
+    return asyncio.run_coroutine_threadsafe(coroutine, home_loop()).result()

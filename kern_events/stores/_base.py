@@ -23,6 +23,7 @@ import anyio
 import msgspec
 
 from kern_events._index import SessionInfo
+from kern_events._loops import AnyLoopLock
 from kern_events._validate import (
     MAX_INT32,
     MAX_SNAPSHOT_NAME_LENGTH,
@@ -406,7 +407,7 @@ class BaseEventStore(abc.ABC):
         self._codec: Codec = codec if codec is not None else MsgpackCodec()
         self._max_event_size = max_event_size
         self._state = "new"
-        self._open_lock = anyio.Lock(fast_acquire=True)
+        self._open_lock = AnyLoopLock()  # opening and closing may come from any thread's event loop
 
     @property
     def max_event_size(self) -> int:

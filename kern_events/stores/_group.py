@@ -12,6 +12,8 @@ one still in the queue is simply removed.
 from __future__ import annotations
 
 import asyncio
+import threading
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -63,74 +65,104 @@ class _Ticket(Generic[R]):
         self.outcome: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
 
 
+class _Lane(Generic[R]):
+    """The queue and in-flight count of one event loop's appends."""
+
+    __slots__ = ("inflight", "queue")
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.queue: list[_Ticket[R]] = []
+
+
 class GroupCommit(Generic[R]):
-    """Commits appends in batches through ``commit``; ``take`` picks each batch from the queue."""
+    """Commits appends in batches through ``commit``; ``take`` picks each batch from the queue.
+
+    Appends are grouped per event loop: a store used from several threads' loops commits each loop's
+    appends in batches of their own (the futures a batch answers belong to one loop), and ``commit``
+    may then run on several loops at once.
+    """
 
     def __init__(self, commit: CommitBatch[R], *, take: TakeBatch[R] | None = None, max_inflight: int = 1) -> None:
         self._commit = commit
         self._take = take
         self._max_inflight = max_inflight
-        self._inflight = 0
-        self._queue: list[_Ticket[R]] = []
+        self._last: tuple[asyncio.AbstractEventLoop | None, _Lane[R]] = (None, _Lane())
+        self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane[R]] = weakref.WeakKeyDictionary()
+        self._lanes_lock = threading.Lock()
+
+    def _here(self) -> _Lane[R]:
+        """The running loop's lane: the last one used, unless the loop changed."""
+        loop = asyncio.get_running_loop()
+        last = self._last  # one tuple, replaced whole: never a loop paired with another loop's lane
+        if last[0] is loop:
+            return last[1]
+        with self._lanes_lock:
+            lane = self._lanes.get(loop)
+            if lane is None:
+                lane = self._lanes[loop] = _Lane()
+        self._last = (loop, lane)
+        return lane
 
     async def submit(self, request: R) -> AppendResult:
         """Queue one append and return its result once the commit that holds it is done."""
-        if self._inflight < self._max_inflight and not self._queue:
-            return await self._alone(request)
+        lane = self._here()
+        if lane.inflight < self._max_inflight and not lane.queue:
+            return await self._alone(lane, request)
         ticket = _Ticket(request)
-        self._queue.append(ticket)
-        if self._inflight < self._max_inflight:
-            await self._lead(ticket)
+        lane.queue.append(ticket)
+        if lane.inflight < self._max_inflight:
+            await self._lead(lane, ticket)
             if ticket.outcome.done() and not ticket.outcome.cancelled():
                 return ticket.outcome.result()  # the common case: committed by this very call
         try:
             return await asyncio.shield(ticket.outcome)
         except asyncio.CancelledError:
             if not ticket.taken:
-                self._queue.remove(ticket)
+                lane.queue.remove(ticket)
                 raise
             await settle(ticket.outcome)  # it is being committed: wait, then honour the cancellation
             raise
 
-    async def _alone(self, request: R) -> AppendResult:
+    async def _alone(self, lane: _Lane[R], request: R) -> AppendResult:
         """Nothing queued and a slot free: commit this append directly, with no ticket to wait on.
 
         Appends that queue meanwhile are led afterwards by this same call (before it returns or
         re-raises), exactly as a leader serves the queue: none is ever left without a leader.
         """
-        self._inflight += 1
+        lane.inflight += 1
         try:
             (outcome,) = await self._commit([request])
         finally:
-            self._inflight -= 1
-            if self._queue and self._inflight < self._max_inflight:
-                await self._lead(None)
+            lane.inflight -= 1
+            if lane.queue and lane.inflight < self._max_inflight:
+                await self._lead(lane, None)
         if isinstance(outcome, AppendResult):
             return outcome
         raise outcome
 
-    def _next_batch(self) -> list[_Ticket[R]]:
-        if self._take is None or len(self._queue) == 1:
-            batch, self._queue = self._queue, []
+    def _next_batch(self, lane: _Lane[R]) -> list[_Ticket[R]]:
+        if self._take is None or len(lane.queue) == 1:
+            batch, lane.queue = lane.queue, []
             return batch
-        requests = [ticket.request for ticket in self._queue]
+        requests = [ticket.request for ticket in lane.queue]
         chosen, _ = self._take(requests)
         chosen_ids = {id(request) for request in chosen}
-        batch = [ticket for ticket in self._queue if id(ticket.request) in chosen_ids]
-        self._queue = [ticket for ticket in self._queue if id(ticket.request) not in chosen_ids]
+        batch = [ticket for ticket in lane.queue if id(ticket.request) in chosen_ids]
+        lane.queue = [ticket for ticket in lane.queue if id(ticket.request) not in chosen_ids]
         return batch
 
-    async def _lead(self, own: _Ticket[R] | None) -> None:
+    async def _lead(self, lane: _Lane[R], own: _Ticket[R] | None) -> None:
         """Commit queued batches until none is left, even if the leader is cancelled meanwhile.
 
         A batch holding only the leader's own append is committed inline (no task, fewer loop
         turns): a cancellation then concerns that append alone and reaches it directly.
         """
-        self._inflight += 1
+        lane.inflight += 1
         cancelled: asyncio.CancelledError | None = None
         try:
-            while self._queue:
-                batch = self._next_batch()
+            while lane.queue:
+                batch = self._next_batch(lane)
                 for ticket in batch:
                     ticket.taken = True
                 cancelled_now: asyncio.CancelledError | None = None
@@ -154,6 +186,6 @@ class GroupCommit(Generic[R]):
                     else:
                         ticket.outcome.set_exception(outcome)
         finally:
-            self._inflight -= 1
+            lane.inflight -= 1
         if cancelled is not None:
             raise cancelled

@@ -1,12 +1,13 @@
 """The in-memory backend: for tests and demos; everything is gone when the process exits.
 
-Appends run without an await between the check and the write, so on one event loop they are atomic
-and serialized without a lock.
+Appends run without an await between the check and the write, so on one event loop they are atomic;
+a thread lock around that step keeps them so when several threads' loops share the store.
 """
 
 from __future__ import annotations
 
 import bisect
+import threading
 from collections.abc import Mapping, Sequence
 from uuid import UUID
 
@@ -47,6 +48,7 @@ class InMemoryEventStore(BaseEventStore):
         self._snapshots: dict[tuple[str, str], list[Snapshot]] = {}
         self._chunks: dict[UUID, tuple[bytes, ...]] = {}
         """Out-of-line payloads, by event id (only when :attr:`inline_limit` is set: memory has no row limit)."""
+        self._mutex = threading.RLock()  # writes from several threads' event loops never interleave
 
     async def _append(
         self,
@@ -57,28 +59,30 @@ class InMemoryEventStore(BaseEventStore):
         recorded_at: float,
     ) -> AppendResult:
         await anyio.lowlevel.checkpoint()
-        head = self._heads.get(session_id, 0)
-        retry = match_retry(session_id, pending, [self._by_id.get(p.event_id) for p in pending])
-        if retry is not None:
-            return retry
-        if not check_expected(expected, head):
-            raise conflict(session_id, expected, head)
-        return self._store(session_id, events, pending, recorded_at)
+        with self._mutex:
+            head = self._heads.get(session_id, 0)
+            retry = match_retry(session_id, pending, [self._by_id.get(p.event_id) for p in pending])
+            if retry is not None:
+                return retry
+            if not check_expected(expected, head):
+                raise conflict(session_id, expected, head)
+            return self._store(session_id, events, pending, recorded_at)
 
     async def _append_many(self, parts: Sequence[PendingAppend], recorded_at: float) -> list[AppendResult]:
         """Every part is checked before any is stored, with no await in between: all or nothing."""
         await anyio.lowlevel.checkpoint()
-        retries = []
-        for part in parts:
-            retry = match_retry(part.session_id, part.pending, [self._by_id.get(p.event_id) for p in part.pending])
-            head = self._heads.get(part.session_id, 0)
-            if retry is None and not check_expected(part.expected, head):
-                raise conflict(part.session_id, part.expected, head)
-            retries.append(retry)
-        return [
-            retry if retry is not None else self._store(part.session_id, part.events, part.pending, recorded_at)
-            for part, retry in zip(parts, retries, strict=True)
-        ]
+        with self._mutex:
+            retries = []
+            for part in parts:
+                retry = match_retry(part.session_id, part.pending, [self._by_id.get(p.event_id) for p in part.pending])
+                head = self._heads.get(part.session_id, 0)
+                if retry is None and not check_expected(part.expected, head):
+                    raise conflict(part.session_id, part.expected, head)
+                retries.append(retry)
+            return [
+                retry if retry is not None else self._store(part.session_id, part.events, part.pending, recorded_at)
+                for part, retry in zip(parts, retries, strict=True)
+            ]
 
     def _store(
         self, session_id: str, events: Sequence[Event], pending: Sequence[PendingEvent], recorded_at: float
@@ -127,20 +131,21 @@ class InMemoryEventStore(BaseEventStore):
         self, session_id: str, version: int, expected: int | ExpectedVersion, snapshots: Sequence[Snapshot]
     ) -> int:
         await anyio.lowlevel.checkpoint()
-        check_truncation(session_id, version, expected, self._heads.get(session_id, 0))
-        stream = self._streams.get(session_id, [])
-        removed = [stored for stored in stream if stored.version < version]
-        if not removed:
-            return 0
-        del stream[: len(removed)]
-        gone = {stored.position for stored in removed}
-        for stored in removed:
-            self._forget(stored)
-        self._all = [stored for stored in self._all if stored.position not in gone]
-        self._positions = [stored.position for stored in self._all]
-        for snapshot in snapshots:
-            await self._save_snapshot(snapshot)
-        return len(removed)
+        with self._mutex:
+            check_truncation(session_id, version, expected, self._heads.get(session_id, 0))
+            stream = self._streams.get(session_id, [])
+            removed = [stored for stored in stream if stored.version < version]
+            if not removed:
+                return 0
+            del stream[: len(removed)]
+            gone = {stored.position for stored in removed}
+            for stored in removed:
+                self._forget(stored)
+            self._all = [stored for stored in self._all if stored.position not in gone]
+            self._positions = [stored.position for stored in self._all]
+            for snapshot in snapshots:
+                await self._save_snapshot(snapshot)
+            return len(removed)
 
     async def _read_page(
         self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
@@ -182,17 +187,18 @@ class InMemoryEventStore(BaseEventStore):
 
     async def _delete_session(self, session_id: str) -> bool:
         await anyio.lowlevel.checkpoint()
-        stream = self._streams.pop(session_id, [])
-        for key in [key for key in self._snapshots if key[0] == session_id]:
-            del self._snapshots[key]
-        existed = self._index.pop(session_id, None) is not None or bool(stream)
-        if stream:
-            gone = {stored.position for stored in stream}
-            for stored in stream:
-                self._forget(stored)
-            self._all = [stored for stored in self._all if stored.position not in gone]
-            self._positions = [stored.position for stored in self._all]
-        return existed
+        with self._mutex:
+            stream = self._streams.pop(session_id, [])
+            for key in [key for key in self._snapshots if key[0] == session_id]:
+                del self._snapshots[key]
+            existed = self._index.pop(session_id, None) is not None or bool(stream)
+            if stream:
+                gone = {stored.position for stored in stream}
+                for stored in stream:
+                    self._forget(stored)
+                self._all = [stored for stored in self._all if stored.position not in gone]
+                self._positions = [stored.position for stored in self._all]
+            return existed
 
     def _forget(self, stored: StoredEvent) -> None:
         """Drop an erased event's id and its out-of-line chunks (every removal of events goes through here)."""
@@ -204,11 +210,12 @@ class InMemoryEventStore(BaseEventStore):
         return {event_id: self._chunks[event_id] for event_id in event_ids if event_id in self._chunks}
 
     async def _save_snapshot(self, snapshot: Snapshot) -> None:
-        kept = self._snapshots.setdefault((snapshot.session_id, snapshot.name), [])
-        kept[:] = [item for item in kept if item.version != snapshot.version]
-        kept.append(snapshot)
-        kept.sort(key=lambda item: item.version)
-        del kept[:-SNAPSHOTS_KEPT]
+        with self._mutex:
+            kept = self._snapshots.setdefault((snapshot.session_id, snapshot.name), [])
+            kept[:] = [item for item in kept if item.version != snapshot.version]
+            kept.append(snapshot)
+            kept.sort(key=lambda item: item.version)
+            del kept[:-SNAPSHOTS_KEPT]
 
     async def _load_snapshot(
         self, session_id: str, name: str, schema_version: int | None, max_version: int | None

@@ -41,7 +41,8 @@ import asyncio
 import contextlib
 import hashlib
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -49,6 +50,7 @@ from uuid import UUID
 import anyio
 import asyncpg
 
+from kern_events._loops import AnyLoopLock, on_loop_end
 from kern_events._validate import check_sql_identifier
 from kern_events.backend import (
     DEFAULT_MAX_EVENT_SIZE,
@@ -223,18 +225,19 @@ class PostgresEventStore(BaseEventStore):
         self._listener_task: asyncio.Task[None] | None = None
         self._listeners = 0
         self._fence_task: asyncio.Task[None] | None = None
+        self._home_ends: Callable[[], None] | None = None
+        self._homing = AnyLoopLock()
+        self._guests: dict[asyncio.AbstractEventLoop, asyncio.Task[asyncpg.Pool]] = {}
+        self._guest_ends: dict[asyncio.AbstractEventLoop, Callable[[], None]] = {}
+        self._guests_lock = threading.Lock()
 
     # -- connections -------------------------------------------------------------------------------
 
     async def _open(self) -> None:
-        self._loop = asyncio.get_running_loop()
         if self._owns_pool:
-            try:
-                self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=self._pool_size, reset=_no_reset)
-            except (*_CONNECTION_LOST, asyncpg.PostgresError) as exc:
-                raise StorageUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
-            except (ValueError, OverflowError) as exc:  # asyncpg's URL parsing: a bad port or host
-                raise InvalidArgumentError("db_url", f"not a usable PostgreSQL URL: {exc}") from exc
+            await self._make_home()
+        else:
+            self._loop = asyncio.get_running_loop()  # the caller's pool belongs to the loop opening the store
         try:
             if self._create_schema:
                 await self.migrate()
@@ -244,10 +247,124 @@ class PostgresEventStore(BaseEventStore):
             await self._close()
             raise
 
+    async def _make_home(self) -> None:
+        """Make the running loop the store's home: its pool, held connections and tasks live there.
+
+        They are closed when that loop ends (``asyncio.run`` returning: see :func:`on_loop_end`), and
+        the next loop that uses the store becomes its home; meanwhile other loops (other threads)
+        get a pool of their own (:meth:`_guest_pool`).
+        """
+        pool = await self._new_pool()
+        self._pool, self._loop = pool, asyncio.get_running_loop()
+        self._home_ends = on_loop_end(self._home_ended)
+
+    async def _new_pool(self) -> asyncpg.Pool:
+        try:
+            return await asyncpg.create_pool(self._url, min_size=1, max_size=self._pool_size, reset=_no_reset)
+        except (*_CONNECTION_LOST, asyncpg.PostgresError) as exc:
+            raise StorageUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
+        except (ValueError, OverflowError) as exc:  # asyncpg's URL parsing: a bad port or host
+            raise InvalidArgumentError("db_url", f"not a usable PostgreSQL URL: {exc}") from exc
+
+    async def _guest_pool(self) -> asyncpg.Pool:
+        """A pool of the running loop's own, while another loop is home (another thread's
+        ``asyncio.run``, ``run_blocking``'s loop): made on the loop's first operation, closed when the
+        loop ends or the store closes."""
+        loop = asyncio.get_running_loop()
+        with self._guests_lock:
+            making = self._guests.get(loop)
+            if making is None:
+                making = self._guests[loop] = loop.create_task(self._make_guest(loop))
+        try:
+            return await asyncio.shield(making)  # a cancelled caller leaves the pool to the next one
+        except Exception:
+            with self._guests_lock:
+                if self._guests.get(loop) is making:
+                    del self._guests[loop]  # the next operation tries again
+            raise
+
+    async def _make_guest(self, loop: asyncio.AbstractEventLoop) -> asyncpg.Pool:
+        pool = await self._new_pool()
+
+        async def close_at_loop_end() -> None:
+            with self._guests_lock:
+                self._guests.pop(loop, None)
+                self._guest_ends.pop(loop, None)
+            await pool.close()
+
+        with self._guests_lock:
+            self._guest_ends[loop] = on_loop_end(close_at_loop_end)
+        return pool
+
+    async def _close_guests(self) -> None:
+        """Close every guest pool: on its own loop, from whichever loop closes the store."""
+        with self._guests_lock:
+            guests, self._guests = self._guests, {}
+            ends, self._guest_ends = self._guest_ends, {}
+        for loop, making in guests.items():
+            here = loop is asyncio.get_running_loop()
+            if here:
+                await asyncio.gather(making, return_exceptions=True)
+            elif loop.is_running():
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_settled(making), loop))
+            if not making.done() or making.cancelled() or making.exception() is not None:
+                continue
+            with self._guests_lock:
+                cancel = self._guest_ends.pop(loop, None) or ends.get(loop)
+            pool = making.result()
+            if here:
+                if cancel is not None:
+                    cancel()
+                await pool.close()
+            elif loop.is_running():
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_closed(pool, cancel), loop))
+            else:
+                if cancel is not None:
+                    cancel()
+                with contextlib.suppress(RuntimeError):
+                    pool.terminate()
+
+    async def _home_pool(self) -> asyncpg.Pool | None:
+        """The pool, if the running loop is the store's home or can become it (the last home ended);
+        ``None`` on a loop other than a live home."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return self._pool
+        if not self._owns_pool:
+            return self._pool if self._loop is None else None
+        if self._loop is not None and not self._loop.is_closed():
+            return None
+        async with self._homing:
+            if self._loop is not None and self._loop.is_closed():  # closed without ending politely
+                self._abandon()
+            if self._loop is None and self._state == "open":
+                await self._make_home()
+        return self._pool if self._loop is loop else None
+
+    async def _home_ended(self) -> None:
+        """The home loop is ending: close what lives on it, so that the next loop can be home."""
+        self._home_ends = None
+        await self._close_home()
+
     async def _close(self) -> None:
-        if not self._on_own_loop():  # its loop is gone (sync use): nothing can be awaited there
+        """Close everything, from whichever loop: on each loop itself if it is running elsewhere."""
+        await self._close_guests()
+        home = self._loop
+        if home is None or home is asyncio.get_running_loop():
+            await self._close_home()
+        elif home.is_running():
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close_home(), home))
+        else:  # its loop is not running (sync use) or has closed: nothing can be awaited there
             self._abandon()
-            return
+
+    async def _close_home(self) -> None:
+        """Close the home loop's connections and tasks; on that loop."""
+        cancel, self._home_ends = self._home_ends, None
+        if cancel is not None:
+            cancel()
         notify, self._notify_task = self._notify_task, None
         if notify is not None:
             await asyncio.gather(notify, return_exceptions=True)  # the last appends' wake-up still goes out
@@ -260,49 +377,59 @@ class PostgresEventStore(BaseEventStore):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._listener_task = self._fence_task = None
-        pool, self._pool = self._pool, None
-        if pool is not None and self._owns_pool:
-            await pool.close()
+        if self._owns_pool:
+            pool, self._pool, self._loop = self._pool, None, None
+            if pool is not None:
+                await pool.close()
 
     def _abandon(self) -> None:
         """Drop every connection at once, without awaiting anything on the loop they belong to."""
-        for task in (self._notify_task, self._listener_task, self._fence_task):
-            if task is not None and not task.done():
-                task.cancel()
+        cancel, self._home_ends = self._home_ends, None
+        if cancel is not None:
+            cancel()
+        with contextlib.suppress(RuntimeError):  # a closed loop can no longer schedule the clean-up
+            for task in (self._notify_task, self._listener_task, self._fence_task):
+                if task is not None and not task.done():
+                    task.cancel()
         self._notify_task = self._listener_task = self._fence_task = None
         for connection in (self._notifier, self._appender):
             if connection is not None:
-                connection.terminate()
+                with contextlib.suppress(RuntimeError):
+                    connection.terminate()
         self._notifier = self._appender = None
-        pool, self._pool = self._pool, None
-        if pool is not None and self._owns_pool:
-            pool.terminate()
+        if self._owns_pool:
+            pool, self._pool, self._loop = self._pool, None, None
+            if pool is not None:
+                with contextlib.suppress(RuntimeError):
+                    pool.terminate()
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[_AnyConnection]:
         """A pooled connection for one operation, with driver errors translated.
 
-        The pool belongs to the event loop that opened the store. Called from another loop (a sync
-        ``print_response`` inside async code runs on a helper thread's loop), the operation gets
-        a connection of its own instead, which needs the store's URL.
+        The pool belongs to the store's home loop. Called from another loop (another thread's
+        ``asyncio.run``, ``run_blocking``), the operation takes one from that loop's own pool, which
+        needs the store's URL.
         """
-        if self._pool is None:
+        pool = self._pool
+        if self._loop is not asyncio.get_running_loop():
+            pool = await self._home_pool()
+            if pool is None and self._state != "open" and self._loop is None:
+                raise StorageError("the PostgreSQL pool is not open")
+        elif pool is None:
             raise StorageError("the PostgreSQL pool is not open")
         with _translated_errors():
-            if self._on_own_loop():
-                async with self._pool.acquire() as connection:
+            if pool is not None:
+                async with pool.acquire() as connection:
                     yield connection
                 return
             if self._url is None:
                 raise StorageError("a store built on a caller's pool can only be used from that pool's event loop")
-            own = await _connect_to_the_end(self._url)
-            try:
-                yield own
-            finally:
-                await own.close()
+            async with (await self._guest_pool()).acquire() as connection:
+                yield connection
 
     def _on_own_loop(self) -> bool:
-        return self._loop is None or asyncio.get_running_loop() is self._loop
+        return asyncio.get_running_loop() is self._loop
 
     @asynccontextmanager
     async def _appending_connection(self) -> AsyncIterator[_AnyConnection]:
@@ -312,7 +439,7 @@ class PostgresEventStore(BaseEventStore):
         appends instead of checking one out of the pool per batch (a checkout costs ~55 us here);
         a broken one is replaced on the next append. With the caller's pool, it checks one out.
         """
-        if self._url is None or not self._on_own_loop():
+        if self._url is None or (not self._on_own_loop() and await self._home_pool() is None):
             async with self._connection() as pooled:
                 yield pooled
             return
@@ -335,7 +462,7 @@ class PostgresEventStore(BaseEventStore):
 
     async def migrate(self) -> None:
         """Create or upgrade the tables and indexes; idempotent, and safe from many processes at once."""
-        if self._pool is None:
+        if self._pool is None and self._state != "open":  # not opening yet: opening migrates
             await self._ensure_open()
             return
         async with self._connection() as connection, connection.transaction():
@@ -398,8 +525,15 @@ class PostgresEventStore(BaseEventStore):
 
     @asynccontextmanager
     async def listen(self) -> AsyncIterator[None]:
-        """Keep a LISTEN connection (reconnecting if it drops) while any subscription is open."""
+        """Keep a LISTEN connection (reconnecting if it drops) while any subscription is open.
+
+        The connection lives on the store's home loop; a subscription on another loop is woken by
+        this process's appends at once and by other processes' within its poll interval.
+        """
         await self._ensure_open()
+        if not self._on_own_loop() and await self._home_pool() is None:
+            yield
+            return
         self._listeners += 1
         if self._listener_task is None:
             ready = asyncio.Event()
@@ -792,6 +926,16 @@ class PostgresEventStore(BaseEventStore):
         if not rows:
             return None
         return snapshot_from_row(rows[0])
+
+
+async def _settled(task: asyncio.Task[Any]) -> None:
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _closed(pool: asyncpg.Pool, cancel_loop_end: Callable[[], None] | None) -> None:
+    if cancel_loop_end is not None:
+        cancel_loop_end()
+    await pool.close()
 
 
 class _Unplaced(Exception):

@@ -31,6 +31,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
+from kern_events._loops import AnyLoopLock, call_soon_on
 from kern_events.backend import (
     DEFAULT_MAX_EVENT_SIZE,
     SNAPSHOTS_KEPT,
@@ -174,7 +175,7 @@ class SqliteEventStore(BaseEventStore):
         self._busy_ms = int(busy_timeout * 1000)
         self._writer: aiosqlite.Connection | None = None
         self._writer_stuck = False  # set on the writer's thread when a ROLLBACK failed; see _write
-        self._reopen_lock = anyio.Lock()
+        self._reopen_lock = AnyLoopLock()
         self._group = GroupCommit(self._commit_batch)
         self._reader: aiosqlite.Connection | None = None
         events, sessions = quote(self.tables.events), quote(self.tables.sessions)
@@ -247,14 +248,22 @@ class SqliteEventStore(BaseEventStore):
         aiosqlite stops its thread after a failed connect but nobody waits for it, so it would
         report back to an event loop that may be closed by then ("Event loop is closed").
         """
+        # Made before connecting: anyio imports its backend on first use, and a connect that failed
+        # for want of file descriptors leaves none to import it with.
+        shield = anyio.CancelScope(shield=True)
         if read_only:  # a URI, so that SQLite itself refuses to create or write anything
             connection = aiosqlite.connect(_read_only_uri(self.db_file), isolation_level=None, uri=True)
         else:
             connection = aiosqlite.connect(self.db_file, isolation_level=None)
+        # A daemon thread: a store nobody closed must not keep the process from exiting. Nothing
+        # acknowledged is lost when the thread stops with the process: an append is answered only
+        # after its COMMIT returned, and SQLite rolls back whatever was not committed.
+        connection._thread.daemon = True
+        connection._thread.name = f"kern-events-sqlite {self.db_file}"
         try:
             return await connection
         except BaseException as exc:
-            with anyio.CancelScope(shield=True):
+            with shield:
                 await anyio.to_thread.run_sync(connection._thread.join)
             if isinstance(exc, sqlite3.Error):
                 raise DatabaseOpenError(self._name, _open_failure(self.db_file, exc, read_only)) from exc
@@ -302,13 +311,19 @@ class SqliteEventStore(BaseEventStore):
         aiosqlite has no public way to run a function on its thread, so this puts it on the worker's
         queue as aiosqlite's own ``_execute`` does, without the task that wrapping ``_execute`` would
         cost (pinned by the dependency range; the conformance suite exercises it on every call).
+        The answer goes to the caller's loop, whichever thread runs it; if that loop has closed
+        meanwhile (an ``asyncio.run`` that finished during a cancelled read), it is dropped, where
+        aiosqlite's own delivery would kill the connection's thread.
         """
         if connection is None and self.read_only and self._state == "open":
             raise StorageError(f"{self._name} is open read-only")
         if connection is None or not connection._running or connection._connection is None:
             raise StorageError("the SQLite connection is not open")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        connection._tx.put_nowait((future, functools.partial(function, connection._connection, *args)))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        connection._tx.put_nowait(
+            (None, functools.partial(_answer, loop, future, function, connection._connection, args))
+        )
         return future
 
     async def _call(self, connection: aiosqlite.Connection | None, function: Callable[..., T], *args: Any) -> T:
@@ -818,6 +833,32 @@ def _open_failure(path: str, error: sqlite3.Error, read_only: bool) -> str:
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             return "too many open files"
     return str(error)
+
+
+def _answer(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[T],
+    function: Callable[..., T],
+    db: sqlite3.Connection,
+    args: tuple[Any, ...],
+) -> None:
+    """Run on the connection's thread: call ``function`` and hand its outcome to ``future``'s loop."""
+    try:
+        result = function(db, *args)
+    except BaseException as exc:
+        call_soon_on(loop, _set_exception, future, exc)
+    else:
+        call_soon_on(loop, _set_result, future, result)
+
+
+def _set_result(future: asyncio.Future[T], result: T) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 def _fetchall(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:

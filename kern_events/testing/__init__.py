@@ -45,6 +45,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     index,
     large,
     lifecycle,
+    loops,
     multi_append,
     pause,
     property,
@@ -128,7 +129,7 @@ class TruncationTests(_Suite):
 
 
 class LifecycleTests(_Suite):
-    """Opening, closing, cancellation, deletion and snapshots."""
+    """Opening, closing, cancellation, deletion and snapshots; one store used from several event loops."""
 
 
 class DbTests(_Suite):
@@ -155,7 +156,7 @@ _adopt(AppendTests, append, append_atomicity, validation, skip_existing)
 _adopt(MultiAppendTests, multi_append)
 _adopt(ReadTests, read, streaming, large)
 _adopt(SubscriptionTests, subscribe)
-_adopt(LifecycleTests, lifecycle)
+_adopt(LifecycleTests, lifecycle, loops)
 _adopt(TruncationTests, truncation)
 _adopt(DbTests, db, index, property)
 _adopt(SessionTests, sessions, contention)

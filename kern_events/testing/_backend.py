@@ -35,6 +35,10 @@ class Backend(abc.ABC):
     notifies: bool = False
     """Whether a store wakes its subscriptions when another store on the database appends (through
     :meth:`~kern_events.store.EventStore.listen`), instead of only by polling."""
+    thread_safe: bool = True
+    """Whether one store may be used from several threads, each running its own event loop, at once
+    (the base class makes opening, closing and change signals safe for that; the backend's own
+    writes must be too)."""
 
     appends_many: bool = True
     """Whether the store implements :meth:`~kern_events.store.EventStore.append_many` (the kit's

@@ -28,6 +28,7 @@ class LogbookBackend(Backend):
 
     name = "logbook"
     streams_from_storage = False
+    thread_safe = False  # its appends are atomic on one event loop only (no lock across threads)
 
     def __init__(self) -> None:
         self.logbook = Logbook()
