@@ -20,7 +20,7 @@ from typing import Any
 from agents import Agent, Runner, function_tool
 from agents.testing import ModelStep, ScriptedModel, assistant_message, function_call
 
-from kern_events import SqliteDb
+from kern_events import SqliteDb, run_blocking
 
 USER = "alice@example.com"
 
@@ -58,7 +58,7 @@ def _one_sync_turn(db_file: str, session_id: str, text: str, answer: str) -> dic
     agent = Agent(name="helper", model=model)
     db = SqliteDb(db_file=db_file)
     result = Runner.run_sync(agent, text, session=KernEventsSession(session_id, db, user_id=USER))
-    asyncio.get_event_loop().run_until_complete(db.aclose())  # run_sync's loop, which the db was opened on
+    run_blocking(db.aclose)  # from synchronous code, as a run_sync application would
     return _report(model, result)
 
 

@@ -19,10 +19,6 @@ from tests.adapters.openai_agents import _sdk
 
 HERE = Path(__file__).parent
 _PYTEST = (sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "kern_openai_agents_shim")
-PENDING: dict[str, str] = {
-    "test_sqlite_session_concurrent_access": "five threads with their own loops on one SqliteDb: needs branch loops",
-}
-"""Their tests that wait for an engine feature (deselected until it lands)."""
 
 
 def _outcomes(report: Path) -> dict[str, tuple[str, str]]:
@@ -45,10 +41,9 @@ def test_the_sdks_own_session_tests_pass_against_kern_events_session(tmp_path: P
 
     sdist = _sdk.unpacked_sdist()
     report = tmp_path / "report.xml"
-    deselect = [f"--deselect={_sdk.SUITE[0]}::{name}" for name in PENDING]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
-        [*_PYTEST, "-o", "timeout=60", f"--junitxml={report}", *deselect, *_sdk.SUITE],
+        [*_PYTEST, "-o", "timeout=60", f"--junitxml={report}", *_sdk.SUITE],
         cwd=sdist,
         env=env,
         capture_output=True,
@@ -62,6 +57,6 @@ def test_the_sdks_own_session_tests_pass_against_kern_events_session(tmp_path: P
     assert skipped == set(NOT_APPLICABLE)
     assert all(message.startswith("not applicable: ") for outcome, message in outcomes.values() if outcome == "skipped")
     counts = {outcome: sum(1 for o, _ in outcomes.values() if o == outcome) for outcome in ("passed", "skipped")}
-    assert len(outcomes) + len(PENDING) == 71
-    assert counts == {"passed": 71 - 17 - len(PENDING), "skipped": 17}, counts
+    assert len(outcomes) == 71
+    assert counts == {"passed": 54, "skipped": 17}, counts  # test_sqlite_session_concurrent_access among the 54
     assert done.returncode == 0, done.stdout[-5000:]
