@@ -35,10 +35,11 @@ import asyncpg
 
 from benchmarks._harness import Case, analyze_postgres, run_case_json, temp_db
 from benchmarks.peers._workload import Backend, Target, agent_runs
+from benchmarks.peers.kern_langgraph import SYSTEM as _KERN_LANGGRAPH
 
 __all__ = ["NOTES", "SYSTEMS", "TurnSample", "report", "run_cases"]
 
-SYSTEMS = ("kern", "agno", "openai_agents", "langgraph", "adk")
+SYSTEMS = ("kern", "agno", "openai_agents", "langgraph", "kern_langgraph", "adk")
 """Adapter modules under ``benchmarks.peers``, ours first."""
 
 _MODULE = "benchmarks.frameworks"
@@ -61,6 +62,8 @@ openai-agents: load = session.get_items() (every item: Runner's default limit is
 langgraph: Async{Sqlite,Postgres}Saver driven as a ReAct graph's Pregel loop drives it: load = aget_tuple
   of the thread's latest checkpoint; persist = the input checkpoint, then per super-step (start, agent,
   tools, agent) aput_writes and an aput whose messages channel holds the whole list.
+kern-events langgraph: our KernEventsSaver (kern_events.adapters.langgraph) on SqliteDb / PostgresDb, called
+  exactly as the langgraph rows call LangGraph's savers; list channels are stored as deltas.
 google-adk: load = DatabaseSessionService.get_session (every event by default); persist = four
   append_event calls.
 On PostgreSQL the database is ANALYZEd after the prefill (as autovacuum keeps a live server), for all.
@@ -251,12 +254,24 @@ def ratios(samples: Sequence[TurnSample]) -> str:
     lines = [f"at N = {largest:,} runs, peer time / kern-events time (higher = kern-events faster):"]
     for sample in samples:
         base = ours.get(sample.backend)
-        if sample.runs != largest or sample.system == "kern-events" or base is None:
+        if sample.runs != largest or sample.system in ("kern-events", _KERN_LANGGRAPH) or base is None:
             continue
         lines.append(
             f"  {sample.system} on {sample.backend}: load {sample.load_seconds / base.load_seconds:.1f}x, "
             f"persist {sample.persist_seconds / base.persist_seconds:.1f}x, "
             f"bytes/run {sample.bytes_per_run / base.bytes_per_run:.2f}x"
+        )
+    # LangGraph's own savers against ours, called the same way (the graph's checkpointer switched).
+    saver = {(s.backend, s.runs): s for s in samples if s.system == _KERN_LANGGRAPH}
+    theirs = [s for s in samples if s.system == "langgraph" and (s.backend, s.runs) in saver]
+    if theirs:
+        lines.append("LangGraph's saver time / KernEventsSaver time on the same calls (higher = ours faster):")
+    for sample in theirs:
+        base = saver[(sample.backend, sample.runs)]
+        lines.append(
+            f"  {sample.backend}, N = {sample.runs:,}: load {sample.load_seconds / base.load_seconds:.2f}x, "
+            f"persist {sample.persist_seconds / base.persist_seconds:.2f}x, "
+            f"bytes/run {sample.bytes_per_run / base.bytes_per_run:.1f}x"
         )
     return "\n".join(lines)
 

@@ -62,6 +62,7 @@ def test_every_python_block_is_one_of_those_run_below() -> None:
         _block_after("Several sessions at once; truncating a log"),
         _block_after("Extension events and idempotency keys"),
         _block_after("Use it from your framework"),
+        _block_after("Use it from your framework", index=1),
         _block_after("PostgreSQL: the production store"),
         _block_after("Your own backend"),
     ]
@@ -92,6 +93,13 @@ def test_the_multi_session_and_truncation_example_runs_as_written(tmp_path: Path
 def test_the_extension_events_example_runs_as_written(tmp_path: Path) -> None:
     out = _run_python(_block_after("Extension events and idempotency keys"), tmp_path)
     assert out == "wrote version 4; votes {'yes': 2, 'no': 1}; 1 poll session\n"
+
+
+def test_the_langgraph_example_runs_as_written_and_a_second_process_continues_the_thread(tmp_path: Path) -> None:
+    pytest.importorskip("langgraph", reason="needs the langgraph extra")
+    code = _block_after("Use it from your framework")
+    assert _run_python(code, tmp_path) == "2 turns; reply to hello\n"
+    assert _run_python(code, tmp_path) == "4 turns; reply to hello\n"
 
 
 def test_the_postgres_example_runs_as_written(tmp_path: Path) -> None:
@@ -234,6 +242,7 @@ def test_the_readme_resume_figures_are_those_in_results() -> None:
         ("Agno", "agno"),
         ("OpenAI Agents SDK", "openai-agents"),
         ("LangGraph", "langgraph"),
+        ("KernEventsSaver", "kern-events langgraph"),
         ("Google ADK", "google-adk"),
     ],
 )
