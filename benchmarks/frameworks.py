@@ -39,7 +39,7 @@ from benchmarks.peers.kern_langgraph import SYSTEM as _KERN_LANGGRAPH
 
 __all__ = ["NOTES", "SYSTEMS", "TurnSample", "report", "run_cases"]
 
-SYSTEMS = ("kern", "agno", "openai_agents", "langgraph", "kern_langgraph", "adk")
+SYSTEMS = ("kern", "agno", "agno_kern", "openai_agents", "langgraph", "kern_langgraph", "adk")
 """Adapter modules under ``benchmarks.peers``, ours first."""
 
 _MODULE = "benchmarks.frameworks"
@@ -56,6 +56,8 @@ kern-events: load = get_history(num_history_runs=3) + get_session_state (a tail 
 agno: Async{Sqlite,Postgres}Db as Agent.arun uses them. load = get_session (the session row and every run
   row; Agno caches decoded runs per db object, so a warm process decodes only new ones); persist = what
   acleanup_and_store does: upsert_session, upsert_run, update_approval_run_status.
+agno on kern-events: the same calls on KernEventsDb (kern_events.adapters.agno, sync as Agent.arun calls it)
+  over kern-events' SqliteDb/PostgresDb, wrapping Agno's sync db on the same file/database for the rest.
 openai-agents: load = session.get_items() (every item: Runner's default limit is None); persist = the
   Runner's three add_items calls (user message; function_call + output; answer). SQLiteSession on SQLite,
   SQLAlchemySession on PostgreSQL. Usage metrics are not stored in the session.

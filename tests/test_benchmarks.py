@@ -29,6 +29,19 @@ def test_the_agent_workload_case_loads_our_history_window_and_counts_bytes_per_r
     assert isinstance(sample["bytes_per_run"], float) and sample["bytes_per_run"] > 1000
 
 
+def test_the_agno_adapter_case_loads_the_whole_session_as_agno_does() -> None:
+    import pytest
+
+    pytest.importorskip("agno", reason="the agno extra is not installed")
+    reason = missing("agno", ("psycopg",))
+    if reason is not None:
+        pytest.skip(reason)
+    sample = _case("benchmarks.frameworks", "--case", "turn", "--system", "agno_kern", "--runs", "4", "--repeats", "2")
+    assert sample["system"] == "agno on kern-events"
+    assert sample["loaded"] == 5 * 4, "every message of the five runs stored before the last load (Agno reads all)"
+    assert isinstance(sample["bytes_per_run"], float) and sample["bytes_per_run"] > 1000
+
+
 def test_the_streaming_case_reports_its_peak_memory() -> None:
     sample = _case("benchmarks.engine", "--case", "stream", "--length", "300")
     assert sample["events"] == 300

@@ -63,6 +63,7 @@ def test_every_python_block_is_one_of_those_run_below() -> None:
         _block_after("Extension events and idempotency keys"),
         _block_after("Use it from your framework"),
         _block_after("Use it from your framework", index=1),
+        _block_after("Use it from your framework", index=2),
         _block_after("PostgreSQL: the production store"),
         _block_after("Your own backend"),
     ]
@@ -100,6 +101,12 @@ def test_the_langgraph_example_runs_as_written_and_a_second_process_continues_th
     code = _block_after("Use it from your framework")
     assert _run_python(code, tmp_path) == "2 turns; reply to hello\n"
     assert _run_python(code, tmp_path) == "4 turns; reply to hello\n"
+
+
+def test_the_agno_switch_runs_as_written(tmp_path: Path) -> None:
+    pytest.importorskip("agno", reason="the agno extra is not installed")
+    out = _run_python(_block_after("Use it from your framework", index=1), tmp_path)
+    assert out == "{'n': 2} 1\n"
 
 
 def test_the_postgres_example_runs_as_written(tmp_path: Path) -> None:

@@ -258,7 +258,7 @@ def test_the_readme_example_runs_and_a_second_process_continues_the_conversation
     from tests.test_readme import _block_after, _run_python
 
     env = {**os.environ, "OPENAI_AGENTS_DISABLE_TRACING": "1"}
-    code = _block_after("Use it from your framework", index=1)
+    code = _block_after("Use it from your framework", index=2)
     assert _run_python(code, tmp_path, env) == "Hello Alice! 2 items\n"
     assert _run_python(code, tmp_path, env) == "Hello Alice! 4 items\n"
 
