@@ -64,6 +64,7 @@ def test_every_python_block_is_one_of_those_run_below() -> None:
         _block_after("Use it from your framework"),
         _block_after("Use it from your framework", index=1),
         _block_after("Use it from your framework", index=2),
+        _block_after("Use it from your framework", index=3),
         _block_after("PostgreSQL: the production store"),
         _block_after("Your own backend"),
     ]

@@ -50,6 +50,6 @@ def test_a_second_process_runs_the_next_turn_on_what_the_first_stored(tmp_path: 
 def test_the_readme_switch_runs_as_written(tmp_path: Path) -> None:
     from tests.test_readme import _block_after, _run_python
 
-    code = _block_after("Use it from your framework", index=2)
+    code = _block_after("Use it from your framework", index=3)
     assert _run_python(code, tmp_path) == "1 {'turns': 1}\n"
     assert _run_python(code, tmp_path) == "2 {'turns': 2}\n"
