@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from kern_events import InMemoryDb, InvalidArgumentError, PostgresDb, SqliteDb
-from kern_events.db import BaseDb
-from tests import _pg
+from kern_events import InMemoryDb, InvalidArgumentError
+from tests.adapters._dbs import open_db as _open
 from tests.adapters.adk import _adk
 
 _adk.require_adk()
@@ -32,34 +29,6 @@ from google.genai import types  # noqa: E402
 from kern_events.adapters.adk import SESSION_TYPE, STATE_SNAPSHOT, KernEventsSessionService  # noqa: E402
 
 APP, USER = "app", "u1"
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def db_kind(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
-    """Which db to open, and where (a file or a PostgreSQL schema of the test's own)."""
-    if request.param != "postgres":
-        yield request.param, ""
-        return
-    _pg.require_postgres()
-    schema = _pg.new_schema()
-    try:
-        yield "postgres", schema
-    finally:
-        _pg.drop_schema(schema)
-
-
-@asynccontextmanager
-async def _open(kind: tuple[str, str], tmp_path: Path) -> AsyncIterator[BaseDb]:
-    name, schema = kind
-    db: BaseDb
-    if name == "memory":
-        db = InMemoryDb()
-    elif name == "sqlite":
-        db = SqliteDb(db_file=tmp_path / "s.db")
-    else:
-        db = PostgresDb(db_url=_pg.PG_URL, schema=schema)
-    async with db:
-        yield db
 
 
 def _event(delta: dict[str, Any] | None = None, **fields: Any) -> Event:

@@ -7,8 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kern_events import ConcurrencyError, InMemoryDb, PostgresDb, SessionNotFoundError, SqliteDb
-from kern_events.db import BaseDb
-from tests import _pg
+from kern_events import ConcurrencyError, InMemoryDb, SessionNotFoundError, SqliteDb
+from tests.adapters._dbs import open_db as _open
 from tests.adapters.openai_agents import _sdk
 
 _sdk.require_sdk()
@@ -36,34 +34,6 @@ ROOT = HERE.parent.parent.parent
 
 def _item(text: str) -> dict[str, Any]:
     return {"role": "user", "content": text}
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def db_kind(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
-    """Which db to open, and where (a file or a PostgreSQL schema of the test's own)."""
-    if request.param != "postgres":
-        yield request.param, ""
-        return
-    _pg.require_postgres()
-    schema = _pg.new_schema()
-    try:
-        yield "postgres", schema
-    finally:
-        _pg.drop_schema(schema)
-
-
-@asynccontextmanager
-async def _open(kind: tuple[str, str], tmp_path: Path) -> AsyncIterator[BaseDb]:
-    name, schema = kind
-    db: BaseDb
-    if name == "memory":
-        db = InMemoryDb()
-    elif name == "sqlite":
-        db = SqliteDb(db_file=tmp_path / "s.db")
-    else:
-        db = PostgresDb(db_url=_pg.PG_URL, schema=schema)
-    async with db:
-        yield db
 
 
 async def test_concurrent_pops_never_return_the_same_item(db_kind: tuple[str, str], tmp_path: Path) -> None:
