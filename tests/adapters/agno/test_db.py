@@ -37,23 +37,10 @@ def _kern_db(kind: str, tmp_path: Path, schema: str) -> BaseDb:
     return PostgresDb(db_url=_pg.PG_URL, schema=schema, pool_size=2)
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def kind(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
-    if request.param != "postgres":
-        yield request.param, ""
-        return
-    _pg.require_postgres()
-    schema = _pg.new_schema()
-    try:
-        yield "postgres", schema
-    finally:
-        _pg.drop_schema(schema)
-
-
 @pytest.fixture
-def db(kind: tuple[str, str], tmp_path: Path) -> Iterator[KernEventsDb]:
+def db(db_kind: tuple[str, str], tmp_path: Path) -> Iterator[KernEventsDb]:
     agno_db = AgnoSqliteDb(db_file=str(tmp_path / "agno.db"))
-    adapter = KernEventsDb(_kern_db(kind[0], tmp_path, kind[1]), agno_db)
+    adapter = KernEventsDb(_kern_db(db_kind[0], tmp_path, db_kind[1]), agno_db)
     try:
         yield adapter
     finally:
@@ -192,13 +179,13 @@ def test_everything_else_is_the_wrapped_agno_dbs(db: KernEventsDb) -> None:
     assert db.agno_db.get_sessions() == []  # sessions never reach the wrapped db
 
 
-def test_concurrent_runs_on_one_session_are_both_stored(kind: tuple[str, str], tmp_path: Path) -> None:
+def test_concurrent_runs_on_one_session_are_both_stored(db_kind: tuple[str, str], tmp_path: Path) -> None:
     """Two writers (two dbs, as two processes would have) add a run each to the same session from a
     stale copy of it, then eight at once: every run is stored, none overwrites another."""
-    if kind[0] == "memory":
+    if db_kind[0] == "memory":
         pytest.skip("two writers of one store need a shared database")
-    dbs = [KernEventsDb(_kern_db(*kind[:1], tmp_path, kind[1]), AgnoSqliteDb(db_file=str(tmp_path / "a.db")))]
-    dbs.append(KernEventsDb(_kern_db(*kind[:1], tmp_path, kind[1]), AgnoSqliteDb(db_file=str(tmp_path / "a.db"))))
+    dbs = [KernEventsDb(_kern_db(db_kind[0], tmp_path, db_kind[1]), AgnoSqliteDb(db_file=str(tmp_path / "a.db")))]
+    dbs.append(KernEventsDb(_kern_db(db_kind[0], tmp_path, db_kind[1]), AgnoSqliteDb(db_file=str(tmp_path / "a.db"))))
     try:
         dbs[0].upsert_session(_session(_run("r0")))
         first, second = (db.get_session("s1", SessionType.AGENT) for db in dbs)
