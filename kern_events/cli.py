@@ -137,6 +137,16 @@ def _parser() -> argparse.ArgumentParser:
         "Check every session's log: gapless versions up to the index's, ordered positions, decodable records.",
     )
     command("migrate", _migrate, "Create or upgrade the tables (for deployments that forbid DDL at run time).")
+
+    replay = command("replay", _replay, "Tell a session's log as the conversation happened, event by event.")
+    replay.add_argument("session_id", metavar="SESSION_ID")
+    replay.add_argument("--to-version", type=int, help="stop at this version")
+    replay.add_argument("--json", action="store_true", help="one JSON object per step, then the token totals")
+
+    ui = command("ui", _ui, "Serve a local page to browse sessions (needs the extra: pip install 'kern-events[ui]').")
+    ui.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+    ui.add_argument("--port", type=int, default=8000, help="default: 8000")
+    ui.add_argument("--allow-writes", action="store_true", help="let the page rename and delete sessions")
     return parser
 
 
@@ -641,3 +651,40 @@ def _requirement_text(requirement: Requirement) -> str:
         kind = "confirmation of" if isinstance(requirement, ToolConfirmation) else "an outside result for"
         return f"{kind} {requirement.tool_name}({_json.encode(requirement.arguments).decode()})"
     return f"input: {', '.join(field.name for field in requirement.fields)}"
+
+
+# -- replay and ui -----------------------------------------------------------------------------------
+
+
+async def _replay(args: argparse.Namespace) -> int:
+    from kern_events.replay import TokenTotals, render, replay
+
+    async with _open(args.db, schema=args.schema) as db:
+        info = await db.store.get_session_info(args.session_id)
+        if info is None:
+            raise SessionNotFoundError(args.session_id)
+        if args.to_version is not None and not 0 <= args.to_version <= info.version:
+            raise InvalidArgumentError(
+                "--to-version", f"session {args.session_id!r} is at version {info.version}; got {args.to_version}"
+            )
+        steps = replay(db.store, args.session_id, to_version=args.to_version)
+        if not args.json:
+            await render(steps, Console(highlight=False, soft_wrap=not sys.stdout.isatty()))
+            return 0
+        totals = TokenTotals()
+        async for step in steps:
+            print(_json.encode(step).decode())
+            totals = step.totals or totals
+        print(_json.encode({"kind": "totals", **msgspec.to_builtins(totals)}).decode())
+    return 0
+
+
+async def _ui(args: argparse.Namespace) -> int:
+    try:
+        from kern_events.ui import serve
+    except ImportError as exc:
+        raise InvalidArgumentError(
+            "ui", f"the sessions page needs the ui extra ({exc.name} is missing): pip install 'kern-events[ui]'"
+        ) from None
+    await serve(_open(args.db, schema=args.schema), host=args.host, port=args.port, allow_writes=args.allow_writes)
+    return 0

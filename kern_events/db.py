@@ -298,8 +298,11 @@ class BaseDb:
         descending: bool = True,
         limit: int | None = 100,
         offset: int = 0,
+        updated_since: float | None = None,
+        after: tuple[float, str] | None = None,
     ) -> list[SessionInfo]:
-        """Sessions from the index (no log is folded), filtered, sorted and paged."""
+        """Sessions from the index (no log is folded), filtered, sorted and paged (``after``: the
+        keyset cursor of :meth:`EventStore.list_sessions`, for deep pages)."""
         return await self._store.list_sessions(
             user_id=user_id,
             session_type=session_type,
@@ -310,6 +313,8 @@ class BaseDb:
             descending=descending,
             limit=limit,
             offset=offset,
+            updated_since=updated_since,
+            after=after,
         )
 
     async def rename_session(self, session_id: str, name: str, *, user_id: str | None = None) -> SessionInfo:

@@ -153,8 +153,16 @@ class EventStore(Protocol):
         descending: bool = True,
         limit: int | None = None,
         offset: int = 0,
+        updated_since: float | None = None,
+        after: tuple[float, str] | None = None,
     ) -> list[SessionInfo]:
-        """Index rows matching every given filter, sorted (ties broken by session id), paged."""
+        """Index rows matching every given filter, sorted (ties broken by session id), paged.
+
+        ``updated_since`` keeps sessions updated at or after that unix time. ``after`` is a keyset
+        cursor, ``(sort value, session_id)`` of the last row of the previous page (e.g.
+        ``(row.updated_at, row.session_id)``): the page starts right after it, so a deep page costs
+        what the first one does, where ``offset`` makes the database step over every earlier row.
+        """
         ...
 
     async def delete_session(self, session_id: str) -> bool:

@@ -25,6 +25,8 @@ PUBLIC_MODULES = [
     "kern_events.db",
     "kern_events.checkpoints",
     "kern_events.timetravel",
+    "kern_events.replay",
+    "kern_events.ui",
     "kern_events.cli",
     "kern_events.stores.memory",
     "kern_events.stores.sqlite",

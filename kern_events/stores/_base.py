@@ -120,6 +120,7 @@ class SessionFilter:
     """A checked ``list_sessions`` query, handed to a backend as one object."""
 
     __slots__ = (
+        "after",
         "agent_id",
         "descending",
         "limit",
@@ -127,6 +128,7 @@ class SessionFilter:
         "session_type",
         "sort_by",
         "team_id",
+        "updated_since",
         "user_id",
         "workflow_id",
     )
@@ -143,6 +145,8 @@ class SessionFilter:
         descending: bool,
         limit: int | None,
         offset: int,
+        updated_since: float | None = None,
+        after: tuple[float, str] | None = None,
     ) -> None:
         self.user_id = check_optional_identifier("user_id", user_id)
         self.agent_id = check_optional_identifier("agent_id", agent_id)
@@ -156,11 +160,24 @@ class SessionFilter:
         check_non_negative("offset", offset)
         self.limit = limit
         self.offset = offset
+        self.updated_since = None if updated_since is None else check_seconds("updated_since", updated_since)
+        self.after: tuple[float, str] | None = None
+        """The keyset cursor: only rows sorting after ``(sort value, session_id)`` in this order."""
+        if after is not None:
+            if not isinstance(after, tuple) or len(after) != 2:
+                raise InvalidArgumentError("after", f"expected a (sort value, session id) pair, got {after!r}")
+            self.after = (check_seconds("after", after[0]), check_identifier("after", after[1]))
 
     def matches(self, info: SessionInfo) -> bool:
-        """Whether an index row passes every filter (for backends that filter in Python)."""
+        """Whether an index row passes every filter and lies past the cursor (for backends that
+        filter in Python)."""
+        if self.after is not None:
+            key = (getattr(info, self.sort_by), info.session_id)
+            if (key <= self.after) if not self.descending else (key >= self.after):
+                return False
         return (
-            (self.user_id is None or info.user_id == self.user_id)
+            (self.updated_since is None or info.updated_at >= self.updated_since)
+            and (self.user_id is None or info.user_id == self.user_id)
             and (self.session_type is None or info.session_type == self.session_type)
             and (self.agent_id is None or info.agent_id == self.agent_id)
             and (self.team_id is None or info.team_id == self.team_id)
@@ -800,6 +817,8 @@ class BaseEventStore(abc.ABC):
         descending: bool = True,
         limit: int | None = None,
         offset: int = 0,
+        updated_since: float | None = None,
+        after: tuple[float, str] | None = None,
     ) -> list[SessionInfo]:
         """Index rows matching every given filter, sorted (ties broken by session id), paged."""
         query = SessionFilter(
@@ -812,6 +831,8 @@ class BaseEventStore(abc.ABC):
             descending=descending,
             limit=limit,
             offset=offset,
+            updated_since=updated_since,
+            after=after,
         )
         await self._ensure_open()
         return await self._list_sessions(query)

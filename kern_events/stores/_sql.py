@@ -178,6 +178,14 @@ class SessionStatements:
             if value is not None:
                 parameters.append(value)
                 sql += f" AND {column} = {self._param(len(parameters))}"
+        if query.updated_since is not None:
+            parameters.append(query.updated_since)
+            sql += f" AND updated_at >= {self._param(len(parameters))}"
+        if query.after is not None:
+            parameters += query.after
+            past = "<" if query.descending else ">"
+            first, second = self._param(len(parameters) - 1), self._param(len(parameters))
+            sql += f" AND ({query.sort_by}, session_id) {past} ({first}, {second})"
         order = "DESC" if query.descending else "ASC"
         parameters += (no_limit if query.limit is None else query.limit, query.offset)
         limit, offset = self._param(len(parameters) - 1), self._param(len(parameters))

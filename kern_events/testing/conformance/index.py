@@ -107,3 +107,40 @@ async def test_list_sessions_filters_sorts_and_pages(backend: Backend) -> None:
         assert await ids(session_type="robot") == []
         with pytest.raises(InvalidArgumentError, match="offset"):
             await ids(offset=-1)
+
+
+async def test_list_sessions_pages_by_keyset_cursor_and_filters_by_update_time(backend: Backend) -> None:
+    async with backend.store() as store:
+        await _seed(store)
+        for sort_by in ("updated_at", "created_at"):
+            for descending in (True, False):
+                everything = await store.list_sessions(sort_by=sort_by, descending=descending)
+                paged: list[str] = []
+                after: tuple[float, str] | None = None
+                while True:
+                    page = await store.list_sessions(
+                        sort_by=sort_by,
+                        descending=descending,
+                        limit=2,
+                        after=after,
+                    )
+                    paged += [info.session_id for info in page]
+                    if len(page) < 2:
+                        break
+                    after = (getattr(page[-1], sort_by), page[-1].session_id)
+                assert paged == [info.session_id for info in everything], (sort_by, descending)
+        alice = await store.list_sessions(user_id="alice")
+        assert [
+            info.session_id
+            for info in await store.list_sessions(user_id="alice", after=(alice[1].updated_at, alice[1].session_id))
+        ] == [info.session_id for info in alice[2:]]
+        newest = await store.list_sessions()
+        since = newest[1].updated_at
+        assert [info.session_id for info in await store.list_sessions(updated_since=since)] == [
+            info.session_id for info in newest if info.updated_at >= since
+        ]
+        assert await store.list_sessions(updated_since=newest[0].updated_at + 1) == []
+        with pytest.raises(InvalidArgumentError, match="after"):
+            await store.list_sessions(after=("x", "s1"))  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match="updated_since"):
+            await store.list_sessions(updated_since=float("nan"))
