@@ -686,5 +686,5 @@ async def _ui(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(
             "ui", f"the sessions page needs the ui extra ({exc.name} is missing): pip install 'kern-events[ui]'"
         ) from None
-    await serve(_open(args.db, schema=args.schema), host=args.host, port=args.port, allow_writes=args.allow_writes)
+    await serve(args.db, schema=args.schema, host=args.host, port=args.port, allow_writes=args.allow_writes)
     return 0

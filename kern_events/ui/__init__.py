@@ -34,7 +34,7 @@ from kern_events.events import ExternalExecution, MediaReference, ToolConfirmati
 from kern_events.replay import describe
 from projections.runs import RunView
 
-__all__ = ["RUNS_PER_PAGE", "SESSIONS_PER_PAGE", "create_app", "serve"]
+__all__ = ["RUNS_PER_PAGE", "SESSIONS_PER_PAGE", "bind", "create_app", "open_db", "serve"]
 
 SESSIONS_PER_PAGE = 50
 RUNS_PER_PAGE = 20
@@ -285,11 +285,23 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(db: BaseDb, *, host: str = "127.0.0.1", port: int = 8000, allow_writes: bool = False) -> None:
-    """Open ``db`` (a damaged or foreign database fails here, before anything listens) and serve
-    the page until interrupted."""
-    async with db:
+async def open_db(path: str, *, schema: str = "public", allow_writes: bool = False) -> BaseDb:
+    """The database the page shows, checked: opened read-only first (a missing, foreign or damaged
+    database is an error here, and nothing is created); with ``allow_writes`` then reopened for
+    writing. Not yet entered: the caller uses it as ``async with``."""
+    from kern_events.cli import _open
+
+    async with _open(path, schema=schema) as db:
         await db.store.list_sessions(limit=1)
+    return _open(path, create=True, schema=schema) if allow_writes else _open(path, schema=schema)
+
+
+async def serve(
+    path: str, *, schema: str = "public", host: str = "127.0.0.1", port: int = 8000, allow_writes: bool = False
+) -> None:
+    """Open the database at ``path`` (a bad one fails before anything listens) and serve the page
+    until interrupted."""
+    async with await open_db(path, schema=schema, allow_writes=allow_writes) as db:
         sock = bind(host, port)
         bound = sock.getsockname()[1]
         mode = "rename and delete allowed" if allow_writes else "read-only"
