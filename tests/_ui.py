@@ -28,7 +28,9 @@ FILLERS = 70
 
 
 def make_db(path: Path) -> Path:
-    """The demo played to its end (four runs; the booking paused and resumed), and more sessions."""
+    """Filler sessions, then the demo played to its end (four runs; the booking paused and resumed),
+    the XSS session and the long one (newest first in the list)."""
+    asyncio.run(_fillers(path))
     for _ in range(5):
         assert main(["demo", "--db", str(path)]) == 0
     asyncio.run(_more(path))
@@ -57,6 +59,10 @@ async def _more(path: Path) -> None:
                 RunCompleted(run_id=run, metrics=RunMetrics(total_tokens=1)),
             ]
         await db.store.append("long", long)
+
+
+async def _fillers(path: Path) -> None:
+    async with SqliteDb(path) as db:
         for number in range(FILLERS):
             await db.store.append(
                 f"filler{number:03}",

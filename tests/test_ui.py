@@ -158,3 +158,28 @@ def test_a_database_the_page_cannot_use_is_one_line(tmp_path: Path, kind: str) -
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+def test_ui_right_after_the_demo_serves_the_demos_database(tmp_path: Path) -> None:
+    """What the README says: `kern-events demo`, then `kern-events ui` in the same directory."""
+    demo = subprocess.run(
+        [sys.executable, "-m", "kern_events", "demo"], cwd=tmp_path, capture_output=True, timeout=60, check=False
+    )
+    assert demo.returncode == 0
+    with subprocess.Popen(
+        [sys.executable, "-m", "kern_events", "ui", "--port", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as server:
+        assert server.stdout is not None and server.stderr is not None
+        try:
+            first = server.stdout.readline()
+            found = re.search(r"on (http://127\.0\.0\.1:\d+/) \(read-only\)", first)
+            assert found, first
+            assert session_ids(get(found[1])[1]) == ["conversation_123"]
+        finally:
+            server.terminate()
+            server.wait(30)
+        assert "Traceback" not in server.stderr.read()
