@@ -74,3 +74,11 @@ def test_the_adk_adapter_runs_the_agent_workload_as_adks_own_service_does() -> N
     assert sample["system"] == "google-adk on kern-events"
     assert sample["loaded"] in (16, 20), "get_session with no config: every event of the runs stored before the load"
     assert isinstance(sample["bytes_per_run"], float) and sample["bytes_per_run"] > 1000
+
+
+def test_the_ui_cases_open_a_session_page_and_a_deep_list_page() -> None:
+    pytest.importorskip("starlette", reason="the ui extra is not installed")
+    assert _case("benchmarks.ui", "--case", "session", "--runs", "30", "--repeats", "2")["appends"] == 2
+    for paging in ("keyset", "offset"):
+        sample = _case("benchmarks.ui", "--case", "list", "--sessions", "300", "--depth", "250", "--paging", paging)
+        assert sample["appends"] == 10
