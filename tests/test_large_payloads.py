@@ -329,6 +329,7 @@ def _as_previous_release(path: Path) -> None:
     """Turn a file into what the previous release left: schema version 1 and no chunk table."""
     with sqlite3.connect(path) as db:
         db.execute("DROP TABLE kern_events_chunks")
+        db.execute("DROP TABLE kern_schema_migrations")  # that release recorded no steps
         db.execute("UPDATE kern_schema SET version = 1")
 
 
@@ -352,7 +353,10 @@ async def test_a_postgres_schema_of_the_previous_release_is_migrated_on_open(sch
     async with PostgresEventStore(_pg.PG_URL, schema=schema, pool_size=2) as store:
         await store.append("s", [MessageAdded(run_id="r", role="user", content="old")])
     await _pg_execute(
-        schema, 'DROP TABLE "{schema}".kern_events_chunks', 'UPDATE "{schema}".kern_schema SET version = 1'
+        schema,
+        'DROP TABLE "{schema}".kern_events_chunks',
+        'DROP TABLE "{schema}".kern_schema_migrations',  # that release recorded no steps
+        'UPDATE "{schema}".kern_schema SET version = 1',
     )
     without_ddl = PostgresEventStore(_pg.PG_URL, schema=schema, pool_size=1, create_schema=False)
     with pytest.raises(SchemaVersionError, match="kern-events migrate"):

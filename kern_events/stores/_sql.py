@@ -23,14 +23,17 @@ __all__ = [
     "SNAPSHOT_COLUMNS",
     "TOMBSTONE",
     "AppendRequest",
+    "MigrationStep",
     "Placeholder",
     "Row",
     "SessionStatements",
     "TableNames",
     "event_columns",
     "info_from_row",
+    "migrations_ddl",
     "quote",
     "snapshot_from_row",
+    "steps_after",
     "stored_from_row",
 ]
 
@@ -106,6 +109,31 @@ SCHEMA_VERSION = 2
 2 added the chunk table (:attr:`TableNames.chunks`), which a release that knows only 1 cannot read."""
 
 
+class MigrationStep(msgspec.Struct, frozen=True):
+    """One schema version's change: the statements that take a database from ``version - 1`` to
+    ``version``, run in one transaction that also records the step (see :func:`steps_after`)."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+def steps_after(steps: Sequence[MigrationStep], found: int) -> list[MigrationStep]:
+    """The steps a database at version ``found`` still needs, in order; ``steps`` must number
+    1 … :data:`SCHEMA_VERSION` without gaps (a backend's list that does not is a bug, said here)."""
+    if [step.version for step in steps] != list(range(1, SCHEMA_VERSION + 1)):
+        raise AssertionError(f"migration steps must be numbered 1..{SCHEMA_VERSION}")
+    return [step for step in steps if step.version > found]
+
+
+def migrations_ddl(table: str, text: str, real: str) -> str:
+    """The table that records each migration step once, when it ran (``table`` already quoted)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} (component {text} NOT NULL, version integer NOT NULL, "
+        f"description {text} NOT NULL, applied_at {real} NOT NULL, PRIMARY KEY (component, version))"
+    )
+
+
 def quote(identifier: str) -> str:
     """Quote an already-validated identifier for SQL (doubling any quote, though validation forbids it)."""
     return '"' + identifier.replace('"', '""') + '"'
@@ -134,10 +162,16 @@ class TableNames(msgspec.Struct, frozen=True, kw_only=True):
         55 characters, within PostgreSQL's 63)."""
         return self.events + "_chunks"
 
+    @property
+    def migrations(self) -> str:
+        """The record of migration steps run, named after the schema-version table (one row per
+        events table and version)."""
+        return self.schema + "_migrations"
+
     def __post_init__(self) -> None:
         for field in self.__struct_fields__:
             check_sql_identifier(_ARGUMENT[field], getattr(self, field))
-        names = [getattr(self, field) for field in self.__struct_fields__] + [self.chunks]
+        names = [getattr(self, field) for field in self.__struct_fields__] + [self.chunks, self.migrations]
         if len({name.lower() for name in names}) != len(names):
             raise InvalidArgumentError("table names", f"each table needs its own name, got {names}")
 

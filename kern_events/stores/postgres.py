@@ -83,12 +83,15 @@ from kern_events.stores._sql import (
     INFO_COLUMNS,
     SCHEMA_VERSION,
     AppendRequest,
+    MigrationStep,
     Row,
     SessionStatements,
     TableNames,
     info_from_row,
+    migrations_ddl,
     quote,
     snapshot_from_row,
+    steps_after,
     stored_from_row,
 )
 
@@ -215,6 +218,7 @@ class PostgresEventStore(BaseEventStore):
         self.schema = check_sql_identifier("schema", schema)
         self.tables = tables if tables is not None else TableNames()
         self._create_schema = create_schema
+        self._migrate_on_open = False
         self._sql = _Statements(self.schema, self.tables)
         self._notify_task: asyncio.Task[None] | None = None
         self._notifier: asyncpg.Connection | None = None
@@ -239,7 +243,7 @@ class PostgresEventStore(BaseEventStore):
         else:
             self._loop = asyncio.get_running_loop()  # the caller's pool belongs to the loop opening the store
         try:
-            if self._create_schema:
+            if self._create_schema or self._migrate_on_open:
                 await self.migrate()
             else:
                 await self._check_schema()
@@ -461,18 +465,34 @@ class PostgresEventStore(BaseEventStore):
         appender.terminate()
 
     async def migrate(self) -> None:
-        """Create or upgrade the tables and indexes; idempotent, and safe from many processes at once."""
+        """Run the schema's missing migration steps in order, each in its own transaction that records
+        it; idempotent, and safe from many processes at once (an advisory lock per step, under which
+        the version is read again, so each step runs once)."""
         if self._pool is None and self._state != "open":  # not opening yet: opening migrates
+            self._migrate_on_open = True
             await self._ensure_open()
             return
-        async with self._connection() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._sql.lock_key)
-            for statement in self._sql.ddl:
-                await connection.execute(statement)
-            found = await connection.fetchval(self._sql.schema_version, self.tables.events)
-            if found is not None and found > SCHEMA_VERSION:
-                raise SchemaVersionError(found, SCHEMA_VERSION)
-            await connection.execute(self._sql.set_schema_version, self.tables.events, SCHEMA_VERSION)
+        async with self._connection() as connection:
+            async with connection.transaction():
+                await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._sql.lock_key)
+                for statement in self._sql.prepare:
+                    await connection.execute(statement)
+                found = await self._found_version(connection)
+            for step in steps_after(self._sql.steps, found):
+                async with connection.transaction():
+                    await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._sql.lock_key)
+                    if await self._found_version(connection) >= step.version:
+                        continue
+                    for statement in step.statements:
+                        await connection.execute(statement)
+                    await connection.execute(self._sql.record_step, self.tables.events, step.version, step.description)
+                    await connection.execute(self._sql.set_schema_version, self.tables.events, step.version)
+
+    async def _found_version(self, connection: _AnyConnection) -> int:
+        found = await connection.fetchval(self._sql.schema_version, self.tables.events)
+        if found is not None and found > SCHEMA_VERSION:
+            raise SchemaVersionError(found, SCHEMA_VERSION)
+        return 0 if found is None else int(found)
 
     async def _check_schema(self) -> None:
         async with self._connection() as connection:
@@ -1088,41 +1108,61 @@ class _Statements:
         chunks = table(tables.chunks)
         self.lock_key = f"kern_events:{schema}.{tables.events}"
         self.channel = "kern_events_" + hashlib.sha256(self.lock_key.encode()).hexdigest()[:24]
-        self.ddl = [
+        self.prepare = [
             f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}",
             f"CREATE TABLE IF NOT EXISTS {versions} (component text PRIMARY KEY, version integer NOT NULL)",
-            f"CREATE TABLE IF NOT EXISTS {events} ("
-            "position bigint PRIMARY KEY, "
-            "session_id text NOT NULL, "
-            "version bigint NOT NULL, "
-            "event_id uuid NOT NULL, "
-            "type text NOT NULL, "
-            "schema_version integer NOT NULL, "
-            "data bytea NOT NULL, "
-            "recorded_at double precision NOT NULL, "
-            f"CONSTRAINT {quote(tables.events + '_session_version')} UNIQUE (session_id, version), "
-            f"CONSTRAINT {quote(tables.events + '_event_id')} UNIQUE (event_id))",
-            f"CREATE TABLE IF NOT EXISTS {sessions} ("
-            "session_id text PRIMARY KEY, session_type text, agent_id text, team_id text, workflow_id text, "
-            "user_id text, name text, created_at double precision NOT NULL, "
-            "updated_at double precision NOT NULL, run_count bigint NOT NULL, version bigint NOT NULL, "
-            "deleted boolean NOT NULL DEFAULT false)",
-            # Only columns that never change after a session starts are indexed, so appends (which
-            # rewrite updated_at) never touch the index: HOT updates keep the row on its page.
-            f"CREATE INDEX IF NOT EXISTS {quote(tables.sessions + '_user_created')} "
-            f"ON {sessions} (user_id, created_at)",
-            f"CREATE TABLE IF NOT EXISTS {snapshots} ("
-            "session_id text NOT NULL, name text NOT NULL, version bigint NOT NULL, "
-            "schema_version integer NOT NULL, data bytea NOT NULL, created_at double precision NOT NULL, "
-            "PRIMARY KEY (session_id, name, version))",
-            # Out-of-line payloads, one row per chunk (a schema of version 1 gains the table here).
-            # The foreign key takes them away with their event, whatever statement deletes it.
-            f"CREATE TABLE IF NOT EXISTS {chunks} ("
-            "event_id uuid NOT NULL, part integer NOT NULL, data bytea NOT NULL, "
-            f"CONSTRAINT {quote(tables.events + '_chunks_pkey')} PRIMARY KEY (event_id, part), "
-            f"CONSTRAINT {quote(tables.events + '_chunks_event')} FOREIGN KEY (event_id) "
-            f"REFERENCES {events} (event_id) ON DELETE CASCADE)",
+            migrations_ddl(table(tables.migrations), "text", "double precision"),
         ]
+        # Every schema version's change, in order; ``IF NOT EXISTS`` where they create, so a schema an
+        # older release made (its tables there, its version stamped) upgrades cleanly.
+        self.steps = [
+            MigrationStep(
+                1,
+                "events, session index and snapshots",
+                (
+                    f"CREATE TABLE IF NOT EXISTS {events} ("
+                    "position bigint PRIMARY KEY, "
+                    "session_id text NOT NULL, "
+                    "version bigint NOT NULL, "
+                    "event_id uuid NOT NULL, "
+                    "type text NOT NULL, "
+                    "schema_version integer NOT NULL, "
+                    "data bytea NOT NULL, "
+                    "recorded_at double precision NOT NULL, "
+                    f"CONSTRAINT {quote(tables.events + '_session_version')} UNIQUE (session_id, version), "
+                    f"CONSTRAINT {quote(tables.events + '_event_id')} UNIQUE (event_id))",
+                    f"CREATE TABLE IF NOT EXISTS {sessions} ("
+                    "session_id text PRIMARY KEY, session_type text, agent_id text, team_id text, workflow_id text, "
+                    "user_id text, name text, created_at double precision NOT NULL, "
+                    "updated_at double precision NOT NULL, run_count bigint NOT NULL, version bigint NOT NULL, "
+                    "deleted boolean NOT NULL DEFAULT false)",
+                    # Only columns that never change after a session starts are indexed, so appends (which
+                    # rewrite updated_at) never touch the index: HOT updates keep the row on its page.
+                    f"CREATE INDEX IF NOT EXISTS {quote(tables.sessions + '_user_created')} "
+                    f"ON {sessions} (user_id, created_at)",
+                    f"CREATE TABLE IF NOT EXISTS {snapshots} ("
+                    "session_id text NOT NULL, name text NOT NULL, version bigint NOT NULL, "
+                    "schema_version integer NOT NULL, data bytea NOT NULL, created_at double precision NOT NULL, "
+                    "PRIMARY KEY (session_id, name, version))",
+                ),
+            ),
+            MigrationStep(
+                2,
+                "out-of-line payloads: the chunk table",
+                (
+                    # The foreign key takes chunks away with their event, whatever statement deletes it.
+                    f"CREATE TABLE IF NOT EXISTS {chunks} ("
+                    "event_id uuid NOT NULL, part integer NOT NULL, data bytea NOT NULL, "
+                    f"CONSTRAINT {quote(tables.events + '_chunks_pkey')} PRIMARY KEY (event_id, part), "
+                    f"CONSTRAINT {quote(tables.events + '_chunks_event')} FOREIGN KEY (event_id) "
+                    f"REFERENCES {events} (event_id) ON DELETE CASCADE)",
+                ),
+            ),
+        ]
+        self.record_step = (
+            f"INSERT INTO {table(tables.migrations)} (component, version, description, applied_at) "
+            "VALUES ($1, $2, $3, extract(epoch FROM clock_timestamp()))"
+        )
         self.schema_version = f"SELECT version FROM {versions} WHERE component = $1"
         self.set_schema_version = (
             f"INSERT INTO {versions} (component, version) VALUES ($1, $2) "

@@ -21,6 +21,7 @@ import errno
 import functools
 import os
 import sqlite3
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
@@ -64,13 +65,16 @@ from kern_events.stores._sql import (
     INFO_COLUMNS,
     SCHEMA_VERSION,
     AppendRequest,
+    MigrationStep,
     Row,
     SessionStatements,
     TableNames,
     event_columns,
     info_from_row,
+    migrations_ddl,
     quote,
     snapshot_from_row,
+    steps_after,
     stored_from_row,
 )
 
@@ -379,71 +383,108 @@ class SqliteEventStore(BaseEventStore):
             self._writer, self._writer_stuck = writer, False
 
     def _set_up(self, db: sqlite3.Connection) -> None:
-        """Pragmas, tables and indexes; idempotent, and safe when several processes start at once."""
+        """Pragmas, then the schema's missing migration steps in order; safe when several processes
+        start at once (each step re-reads the version under SQLite's write lock and runs once)."""
         db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute(f"PRAGMA synchronous = {self._synchronous}")
         db.execute("PRAGMA foreign_keys = ON")
-        t = self.tables
-        events, sessions, snapshots, schema = (
-            quote(t.events),
-            quote(t.sessions),
-            quote(t.snapshots),
-            quote(t.schema),
-        )
+        found = self._in_transaction(db, self._prepare_migrations)
+        for step in steps_after(self._steps(), found):
+            self._in_transaction(db, self._run_step, step)
+
+    def _in_transaction(self, db: sqlite3.Connection, function: Callable[..., T], *args: Any) -> T:
+        """``function(db, *args)`` in a ``BEGIN IMMEDIATE`` transaction, committed, or rolled back."""
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(f"CREATE TABLE IF NOT EXISTS {schema} (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
-            row = db.execute(f"SELECT version FROM {schema} WHERE component = ?", (t.events,)).fetchone()
-            if row is not None and row[0] > SCHEMA_VERSION:
-                raise SchemaVersionError(row[0], SCHEMA_VERSION)
-            db.execute(
-                f"CREATE TABLE IF NOT EXISTS {events} ("
-                "position INTEGER PRIMARY KEY AUTOINCREMENT, "
-                "session_id TEXT NOT NULL, "
-                "version INTEGER NOT NULL, "
-                "event_id BLOB NOT NULL, "
-                "type TEXT NOT NULL, "
-                "schema_version INTEGER NOT NULL, "
-                "data BLOB NOT NULL, "
-                "recorded_at REAL NOT NULL, "
-                "UNIQUE (session_id, version))"
-            )
-            db.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {quote(t.events + '_event_id')} ON {events} (event_id)")
-            db.execute(
-                f"CREATE TABLE IF NOT EXISTS {sessions} ("
-                "session_id TEXT PRIMARY KEY, session_type TEXT, agent_id TEXT, team_id TEXT, "
-                "workflow_id TEXT, user_id TEXT, name TEXT, created_at REAL NOT NULL, "
-                "updated_at REAL NOT NULL, run_count INTEGER NOT NULL, version INTEGER NOT NULL, "
-                "deleted INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID"
-            )
-            # Only columns that never change after the session starts are indexed: an index on
-            # updated_at would be rewritten by every append (measured: ~35 us and 3 WAL frames per
-            # append). A user's sessions are found by the index and sorted by updated_at after.
-            db.execute(
-                f"CREATE INDEX IF NOT EXISTS {quote(t.sessions + '_user_created')} ON {sessions} (user_id, created_at)"
-            )
-            db.execute(
-                f"CREATE TABLE IF NOT EXISTS {snapshots} ("
-                "session_id TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, "
-                "schema_version INTEGER NOT NULL, data BLOB NOT NULL, created_at REAL NOT NULL, "
-                "PRIMARY KEY (session_id, name, version))"
-            )
-            # Out-of-line payloads, one row per chunk; a file of version 1 gains the table here.
-            db.execute(
-                f"CREATE TABLE IF NOT EXISTS {quote(t.chunks)} ("
-                f"event_id BLOB NOT NULL REFERENCES {events} (event_id) ON DELETE CASCADE, "
-                "part INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (event_id, part))"
-            )
-            db.execute(
-                f"INSERT INTO {schema} (component, version) VALUES (?, ?) "
-                "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                (t.events, SCHEMA_VERSION),
-            )
+            result = function(db, *args)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        return result
+
+    def _schema_version(self, db: sqlite3.Connection) -> int:
+        t = self.tables
+        row = db.execute(f"SELECT version FROM {quote(t.schema)} WHERE component = ?", (t.events,)).fetchone()
+        found = 0 if row is None else int(row[0])
+        if found > SCHEMA_VERSION:
+            raise SchemaVersionError(found, SCHEMA_VERSION)
+        return found
+
+    def _prepare_migrations(self, db: sqlite3.Connection) -> int:
+        """The version table and the step record exist; the version found (0: a new file)."""
+        t = self.tables
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {quote(t.schema)} (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+        )
+        db.execute(migrations_ddl(quote(t.migrations), "TEXT", "REAL"))
+        return self._schema_version(db)
+
+    def _run_step(self, db: sqlite3.Connection, step: MigrationStep) -> None:
+        """One step, unless another process ran it since we looked; recorded with the new version."""
+        t = self.tables
+        if self._schema_version(db) >= step.version:
+            return
+        for statement in step.statements:
+            db.execute(statement)
+        db.execute(
+            f"INSERT INTO {quote(t.migrations)} (component, version, description, applied_at) VALUES (?, ?, ?, ?)",
+            (t.events, step.version, step.description, time.time()),
+        )
+        db.execute(
+            f"INSERT INTO {quote(t.schema)} (component, version) VALUES (?, ?) "
+            "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+            (t.events, step.version),
+        )
+
+    def _steps(self) -> list[MigrationStep]:
+        """Every schema version's change, in order. Steps use ``IF NOT EXISTS`` where they create, so
+        a file an older release made (its tables there, its version stamped) upgrades cleanly."""
+        t = self.tables
+        events, sessions, snapshots = quote(t.events), quote(t.sessions), quote(t.snapshots)
+        return [
+            MigrationStep(
+                1,
+                "events, session index and snapshots",
+                (
+                    f"CREATE TABLE IF NOT EXISTS {events} ("
+                    "position INTEGER PRIMARY KEY AUTOINCREMENT, "
+                    "session_id TEXT NOT NULL, "
+                    "version INTEGER NOT NULL, "
+                    "event_id BLOB NOT NULL, "
+                    "type TEXT NOT NULL, "
+                    "schema_version INTEGER NOT NULL, "
+                    "data BLOB NOT NULL, "
+                    "recorded_at REAL NOT NULL, "
+                    "UNIQUE (session_id, version))",
+                    f"CREATE UNIQUE INDEX IF NOT EXISTS {quote(t.events + '_event_id')} ON {events} (event_id)",
+                    f"CREATE TABLE IF NOT EXISTS {sessions} ("
+                    "session_id TEXT PRIMARY KEY, session_type TEXT, agent_id TEXT, team_id TEXT, "
+                    "workflow_id TEXT, user_id TEXT, name TEXT, created_at REAL NOT NULL, "
+                    "updated_at REAL NOT NULL, run_count INTEGER NOT NULL, version INTEGER NOT NULL, "
+                    "deleted INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID",
+                    # Only columns that never change after the session starts are indexed: an index on
+                    # updated_at would be rewritten by every append (measured: ~35 us and 3 WAL frames per
+                    # append). A user's sessions are found by the index and sorted by updated_at after.
+                    f"CREATE INDEX IF NOT EXISTS {quote(t.sessions + '_user_created')} "
+                    f"ON {sessions} (user_id, created_at)",
+                    f"CREATE TABLE IF NOT EXISTS {snapshots} ("
+                    "session_id TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, "
+                    "schema_version INTEGER NOT NULL, data BLOB NOT NULL, created_at REAL NOT NULL, "
+                    "PRIMARY KEY (session_id, name, version))",
+                ),
+            ),
+            MigrationStep(
+                2,
+                "out-of-line payloads: the chunk table",
+                (
+                    f"CREATE TABLE IF NOT EXISTS {quote(t.chunks)} ("
+                    f"event_id BLOB NOT NULL REFERENCES {events} (event_id) ON DELETE CASCADE, "
+                    "part INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (event_id, part))",
+                ),
+            ),
+        ]
 
     # -- writing -----------------------------------------------------------------------------------
 
