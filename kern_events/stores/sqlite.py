@@ -84,7 +84,7 @@ T = TypeVar("T")
 Synchronous = Literal["FULL", "NORMAL"]
 
 _MAX_VERSION = 2**62
-_ROWS_PER_INSERT = 4000  # 7 parameters a row stays under SQLite's 32766-variable limit
+_ROWS_PER_INSERT = 4000  # 8 parameters a row stays under SQLite's 32766-variable limit
 
 
 _IDS_PER_SELECT = 30000
@@ -168,8 +168,9 @@ class SqliteEventStore(BaseEventStore):
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         read_only: bool = False,
+        chain_key: bytes | None = None,
     ) -> None:
-        super().__init__(codec=codec, max_event_size=max_event_size)
+        super().__init__(codec=codec, max_event_size=max_event_size, chain_key=chain_key)
         self.read_only = read_only
         if synchronous not in ("FULL", "NORMAL"):
             raise InvalidArgumentError("synchronous", f"expected 'FULL' or 'NORMAL', got {synchronous!r}")
@@ -184,20 +185,23 @@ class SqliteEventStore(BaseEventStore):
         self._reader: aiosqlite.Connection | None = None
         events, sessions = quote(self.tables.events), quote(self.tables.sessions)
         snapshots = quote(self.tables.snapshots)
-        self._sql_head = f"SELECT {INFO_COLUMNS}, deleted FROM {sessions} WHERE session_id = ?"
+        self._sql_head = f"SELECT {INFO_COLUMNS}, deleted, chain_head FROM {sessions} WHERE session_id = ?"
         self._sql_upsert = (
-            f"INSERT INTO {sessions} ({INFO_COLUMNS}, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) "
+            f"INSERT INTO {sessions} ({INFO_COLUMNS}, deleted, chain_head) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?) "
             "ON CONFLICT (session_id) DO UPDATE SET session_type = excluded.session_type, "
             "agent_id = excluded.agent_id, team_id = excluded.team_id, workflow_id = excluded.workflow_id, "
             "user_id = excluded.user_id, name = excluded.name, created_at = excluded.created_at, "
             "updated_at = excluded.updated_at, run_count = excluded.run_count, version = excluded.version, "
-            "deleted = 0"
+            "deleted = 0, chain_head = excluded.chain_head"
         )
-        self._sql_insert_row = "(?, ?, ?, ?, ?, ?, ?)"
+        self._sql_insert_row = "(?, ?, ?, ?, ?, ?, ?, ?)"
         self._sql_insert = (
-            f"INSERT INTO {events} (session_id, version, event_id, type, schema_version, data, recorded_at) VALUES "
+            f"INSERT INTO {events} (session_id, version, event_id, type, schema_version, data, recorded_at, chain) "
+            "VALUES "
         )
-        self._sql_by_ids = f"SELECT {_COLUMNS} FROM {events} WHERE event_id IN "
+        self._columns, self._text_columns = _COLUMNS, _TEXT_AS_BYTES
+        self._sql_by_ids = f"SELECT {{columns}} FROM {events} WHERE event_id IN "
         self._sql_page = (
             f"SELECT {{columns}} FROM {events} WHERE session_id = ? AND version BETWEEN ? AND ? "
             "{typed}ORDER BY version {order} LIMIT ?"
@@ -298,6 +302,9 @@ class SqliteEventStore(BaseEventStore):
             raise SchemaMissingError(self._name, SCHEMA_VERSION)
         if row[0] > SCHEMA_VERSION:  # an older layout reads as it is (version 1 has no chunks yet)
             raise SchemaVersionError(row[0], SCHEMA_VERSION)
+        if row[0] < 3:  # no hash chain yet: its hashes read as missing
+            self._columns = event_columns(as_blob=("data",), chained=False)
+            self._text_columns = event_columns(as_blob=("session_id", "type", "data"), chained=False)
 
     async def _close(self) -> None:
         reader, writer = self._reader, self._writer
@@ -484,6 +491,14 @@ class SqliteEventStore(BaseEventStore):
                     "part INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (event_id, part))",
                 ),
             ),
+            MigrationStep(
+                3,
+                "tamper evidence: each event's chain hash and the index's head hash",
+                (
+                    f"ALTER TABLE {events} ADD COLUMN chain BLOB",
+                    f"ALTER TABLE {sessions} ADD COLUMN chain_head BLOB",
+                ),
+            ),
         ]
 
     # -- writing -----------------------------------------------------------------------------------
@@ -592,8 +607,9 @@ class SqliteEventStore(BaseEventStore):
             if retry is None:
                 raise conflict(session_id, expected, head)
             return retry
+        hashes = self.chain.hashes(session_id, None if row is None else row[12], head, pending, request.recorded_at)
         try:
-            numbered = self._insert(db, session_id, pending, head, request.recorded_at)
+            numbered = self._insert(db, session_id, pending, head, request.recorded_at, hashes)
         except sqlite3.IntegrityError:
             retry = match_retry(session_id, pending, self._find_ids(db, pending))
             if retry is None:  # pragma: no cover - the write lock makes this unreachable
@@ -620,6 +636,7 @@ class SqliteEventStore(BaseEventStore):
                 new.updated_at,
                 new.run_count,
                 new.version,
+                hashes[-1],
             ),
         )
         return AppendResult(
@@ -638,6 +655,7 @@ class SqliteEventStore(BaseEventStore):
         pending: Sequence[PendingEvent],
         head: int,
         recorded_at: float,
+        hashes: Sequence[bytes],
     ) -> list[tuple[int, int]]:
         numbered: list[tuple[int, int]] = []
         for start in range(0, len(pending), _ROWS_PER_INSERT):
@@ -652,6 +670,7 @@ class SqliteEventStore(BaseEventStore):
                     new.schema_version,
                     new.data,
                     recorded_at,
+                    hashes[offset - head - 1],
                 )
             sql = self._sql_insert + ", ".join([self._sql_insert_row] * len(chunk)) + " RETURNING version, position"
             numbered += db.execute(sql, params).fetchall()
@@ -668,7 +687,7 @@ class SqliteEventStore(BaseEventStore):
         return [found.get(new.event_id) for new in pending]
 
     def _by_ids(self, count: int) -> str:
-        return self._sql_by_ids + "(" + ", ".join("?" * count) + ")"
+        return self._sql_by_ids.format(columns=self._columns) + "(" + ", ".join("?" * count) + ")"
 
     async def _find_events(self, event_ids: Sequence[UUID]) -> Sequence[StoredEvent | None]:
         found: dict[UUID, StoredEvent] = {}
@@ -781,9 +800,9 @@ class SqliteEventStore(BaseEventStore):
         good rows still arrive and the damaged one is reported as such; on that error path only.
         """
         try:
-            rows = await self._fetch(sql(columns=_COLUMNS), params)
+            rows = await self._fetch(sql(columns=self._columns), params)
         except StorageError:
-            return _decoded_page(await self._fetch(sql(columns=_TEXT_AS_BYTES), params))
+            return _decoded_page(await self._fetch(sql(columns=self._text_columns), params))
         return _stored_page(rows)
 
     async def _read_chunks(self, event_ids: Sequence[UUID]) -> Mapping[UUID, Sequence[bytes]]:
