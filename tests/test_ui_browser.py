@@ -109,3 +109,15 @@ def test_list_filter_open_step_back_in_time_and_xss_stays_text(ui_db: Path, brow
         DOCS.mkdir(exist_ok=True)
         for name in ("sessions-list.png", "session.png"):
             shutil.copy(tmp_path / name, DOCS / name)
+
+
+def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(BaseException, match="no chromium") as under_ci:  # a skip must not pass for a failure
+        _require(False, "no chromium")
+    assert under_ci.type is pytest.fail.Exception and "CI must run the browser test" in str(under_ci.value)
+    monkeypatch.delenv("CI")
+    with pytest.raises(BaseException, match="no chromium") as locally:
+        _require(False, "no chromium")
+    assert locally.type is pytest.skip.Exception
+    _require(True, "never raised")
