@@ -25,6 +25,8 @@ The hooks, each called only with checked arguments on an open store:
 ``_get_session_info``       the session's index row, ``None`` if absent or deleted
 ``_list_sessions``          index rows matching a :class:`SessionFilter`
 ``_delete_session``         erase events (with their chunks), snapshots and the index row, keep the version
+``_erase_sessions``         erase a user's sessions for ``erase_user`` (optional: the default calls
+                            ``_delete_session`` for each; the kit lists them, fences appends and reports)
 ``_save_snapshot``          store a checkpoint, keeping the newest :data:`SNAPSHOTS_KEPT`
 ``_load_snapshot``          the newest matching checkpoint
 ``_append_many``            several sessions' :class:`PendingAppend` parts, all or nothing (optional:

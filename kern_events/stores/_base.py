@@ -41,6 +41,7 @@ from kern_events.codec import Codec, MsgpackCodec
 from kern_events.errors import (
     ConcurrencyError,
     CorruptRecordError,
+    ErasedError,
     IdempotencyError,
     InvalidArgumentError,
     InvalidEventError,
@@ -53,6 +54,7 @@ from kern_events.events import Event, SessionRenamed, SessionStarted, SessionTyp
 from kern_events.records import (
     TRUNCATION_SNAPSHOT,
     AppendResult,
+    ErasureReport,
     ExpectedVersion,
     FeedLag,
     PendingEvent,
@@ -408,6 +410,10 @@ class BaseEventStore(abc.ABC):
         self._max_event_size = max_event_size
         self._state = "new"
         self._open_lock = AnyLoopLock()  # opening and closing may come from any thread's event loop
+        self._erased: set[str] = set()
+        """Sessions erased (or being erased) by :meth:`erase_user`: appends to them are refused."""
+        self._writing: dict[str, int] = {}
+        """Appends in flight per session, which an erasure waits for before it deletes."""
 
     @property
     def max_event_size(self) -> int:
@@ -465,10 +471,14 @@ class BaseEventStore(abc.ABC):
             )
         events, pending = self._checked_append(session_id, events, expected_version, event_ids)
         await self._ensure_open()
-        if skip_existing:
-            result = await self._append_new(session_id, events, pending, expected_version, time.time())
-        else:
-            result = await self._append(session_id, events, pending, expected_version, time.time())
+        self._enter_writes((session_id,))
+        try:
+            if skip_existing:
+                result = await self._append_new(session_id, events, pending, expected_version, time.time())
+            else:
+                result = await self._append(session_id, events, pending, expected_version, time.time())
+        finally:
+            self._leave_writes((session_id,))
         self.change_signal.fire()
         self._announce()
         return result
@@ -537,7 +547,12 @@ class BaseEventStore(abc.ABC):
                 "appends", f"{total} events in one call; at most {MAX_EVENTS_PER_APPEND} are allowed"
             )
         await self._ensure_open()
-        results = await self._append_many(checked, time.time())
+        writing = [part.session_id for part in checked]
+        self._enter_writes(writing)
+        try:
+            results = await self._append_many(checked, time.time())
+        finally:
+            self._leave_writes(writing)
         self.change_signal.fire()
         self._announce()
         return results
@@ -663,6 +678,63 @@ class BaseEventStore(abc.ABC):
                 encoded = _out_of_line(encoded, inline_limit)
             pending.append(encoded)
         return pending
+
+    def _enter_writes(self, session_ids: Sequence[str]) -> None:
+        """Count appends in flight (so that an erasure waits for them), refusing erased sessions."""
+        for session_id in session_ids:
+            if session_id in self._erased:
+                raise ErasedError(session_id, "its user was erased; it takes no more events")
+        for session_id in session_ids:
+            self._writing[session_id] = self._writing.get(session_id, 0) + 1
+
+    def _leave_writes(self, session_ids: Sequence[str]) -> None:
+        for session_id in session_ids:
+            left = self._writing[session_id] - 1
+            if left:
+                self._writing[session_id] = left
+            else:
+                del self._writing[session_id]
+
+    async def erase_user(self, user_id: str) -> ErasureReport:
+        """Erase every session of ``user_id``; see :meth:`kern_events.store.EventStore.erase_user`."""
+        check_identifier("user_id", user_id)
+        await self._ensure_open()
+        erased: list[str] = []
+        events = 0
+        query = SessionFilter(
+            user_id=user_id,
+            session_type=None,
+            agent_id=None,
+            team_id=None,
+            workflow_id=None,
+            sort_by="created_at",
+            descending=False,
+            limit=None,
+            offset=0,
+        )
+        while True:  # a session of the user started while erasing is found by the next listing
+            sessions = [info for info in await self._list_sessions(query) if info.session_id not in erased]
+            if not sessions:
+                break
+            ids = [info.session_id for info in sessions]
+            self._erased.update(ids)
+            # Appends already past the fence land first, then go too. Polled, not an anyio.Event:
+            # they may run on other threads' event loops, where an Event cannot be awaited.
+            while any(session_id in self._writing for session_id in ids):  # noqa: ASYNC110
+                await anyio.sleep(0.001)
+            for session_id in ids:
+                marker = await self._load_snapshot(session_id, TRUNCATION_SNAPSHOT, None, None)
+                head = await self._current_version(session_id)
+                events += head - (0 if marker is None else marker.version)
+            await self._erase_sessions(user_id, ids)
+            erased += ids
+        return ErasureReport(user_id=user_id, session_ids=tuple(erased), events=events)
+
+    async def _erase_sessions(self, user_id: str, session_ids: Sequence[str]) -> None:
+        """Erase the sessions of ``user_id`` as :meth:`_delete_session` does each one. A backend that
+        can do it in one statement or transaction overrides this; the default deletes one by one."""
+        for session_id in session_ids:
+            await self._delete_session(session_id)
 
     async def delete_session(self, session_id: str) -> bool:
         """Erase the session's events, snapshots and index row, keeping its version as a tombstone."""

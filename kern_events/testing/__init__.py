@@ -41,6 +41,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     append_atomicity,
     contention,
     db,
+    erasure,
     extensions,
     index,
     large,
@@ -50,6 +51,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     pause,
     property,
     read,
+    retention,
     runtime,
     runtime_pause,
     sessions,
@@ -57,6 +59,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     streaming,
     subscribe,
     truncation,
+    upcasting,
     validation,
 )
 
@@ -65,11 +68,13 @@ __all__ = [
     "Backend",
     "ConformanceSuite",
     "DbTests",
+    "ErasureTests",
     "ExtensionTests",
     "LifecycleTests",
     "MultiAppendTests",
     "PauseTests",
     "ReadTests",
+    "RetentionTests",
     "RuntimeTests",
     "SessionTests",
     "SubscriptionTests",
@@ -145,7 +150,17 @@ class PauseTests(_Suite):
 
 
 class ExtensionTests(_Suite):
-    """Extension event types (``vendor.name`` tags) and session types of an integration's own."""
+    """Extension event types (``vendor.name`` tags), their upcasting from older schema versions, and
+    session types of an integration's own."""
+
+
+class RetentionTests(_Suite):
+    """Retention policies: old sessions deleted, long ones compacted to their last runs (compaction
+    needs the capability ``truncates``)."""
+
+
+class ErasureTests(_Suite):
+    """``erase_user``: a user's sessions gone from every read path, racing appends never left behind."""
 
 
 class RuntimeTests(_Suite):
@@ -162,7 +177,9 @@ _adopt(DbTests, db, index, property)
 _adopt(SessionTests, sessions, contention)
 _adopt(PauseTests, pause)
 _adopt(RuntimeTests, runtime, runtime_pause)
-_adopt(ExtensionTests, extensions)
+_adopt(ExtensionTests, extensions, upcasting)
+_adopt(RetentionTests, retention)
+_adopt(ErasureTests, erasure)
 
 
 class ConformanceSuite(
@@ -177,5 +194,7 @@ class ConformanceSuite(
     PauseTests,
     RuntimeTests,
     ExtensionTests,
+    RetentionTests,
+    ErasureTests,
 ):
     """The whole conformance suite; subclass it and provide a ``backend`` fixture (see the module)."""
