@@ -97,6 +97,7 @@ from kern_events.stores._sql import TableNames
 
 if TYPE_CHECKING:
     from kern_events.db import BaseDb, InMemoryDb, PostgresDb, SqliteDb
+    from kern_events.encryption import Encryption, KeyProvider, KeyringFile
     from kern_events.retention import Compaction, RetentionPolicy, RetentionReport
     from kern_events.runtime import Agent, MemoryModel, Team, Workflow
     from kern_events.stores.memory import InMemoryEventStore
@@ -120,6 +121,9 @@ _LAZY = {
     "Compaction": "kern_events.retention",
     "RetentionPolicy": "kern_events.retention",
     "RetentionReport": "kern_events.retention",
+    "Encryption": "kern_events.encryption",
+    "KeyProvider": "kern_events.encryption",
+    "KeyringFile": "kern_events.encryption",
 }
 
 __all__ = [
@@ -137,6 +141,7 @@ __all__ = [
     "CorruptRecordError",
     "DatabaseOpenError",
     "DecryptionError",
+    "Encryption",
     "ErasedError",
     "ErasureReport",
     "Event",
@@ -152,7 +157,9 @@ __all__ = [
     "InvalidEventError",
     "InvalidIdentifierError",
     "KernEventsError",
+    "KeyProvider",
     "KeyProviderError",
+    "KeyringFile",
     "MediaAdded",
     "MediaReference",
     "MemoryModel",

@@ -24,6 +24,7 @@ from kern_events._validate import (
 )
 from kern_events.checkpoints import Checkpoints
 from kern_events.codec import Codec
+from kern_events.encryption import Encryption
 from kern_events.errors import ConcurrencyError, InvalidArgumentError, RunNotFoundError, SessionNotFoundError
 from kern_events.events import SessionRenamed, SessionType
 from kern_events.records import ErasureReport, Snapshot
@@ -31,7 +32,7 @@ from kern_events.retention import Progress, RetentionPolicy, RetentionReport
 from kern_events.retention import apply as apply_retention
 from kern_events.sessions import Session, StoragePolicy, _visible_to
 from kern_events.store import EventStore, SessionSort
-from kern_events.stores._base import DEFAULT_MAX_EVENT_SIZE
+from kern_events.stores._base import DEFAULT_MAX_EVENT_SIZE, BaseEventStore
 from kern_events.stores._sql import TableNames
 from kern_events.stores.memory import InMemoryEventStore
 from kern_events.stores.sqlite import SqliteEventStore, Synchronous
@@ -73,8 +74,13 @@ class BaseDb:
         storage_policy: StoragePolicy | None = None,
         checkpoint_every: int | None = 1000,
         retention_policy: RetentionPolicy | None = None,
+        encryption: Encryption | None = None,
     ) -> None:
         check_non_negative("cache_size", cache_size)
+        if encryption is not None:
+            if not isinstance(store, BaseEventStore):
+                raise InvalidArgumentError("encryption", f"{type(store).__qualname__} is not a BaseEventStore")
+            store.encryption = encryption
         if retention_policy is not None and not isinstance(retention_policy, RetentionPolicy):
             raise InvalidArgumentError(
                 "retention_policy", f"expected a RetentionPolicy, got {type(retention_policy).__qualname__}"
@@ -384,6 +390,7 @@ class InMemoryDb(BaseDb):
         storage_policy: StoragePolicy | None = None,
         checkpoint_every: int | None = 1000,
         retention_policy: RetentionPolicy | None = None,
+        encryption: Encryption | None = None,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
@@ -393,6 +400,7 @@ class InMemoryDb(BaseDb):
             storage_policy=storage_policy,
             checkpoint_every=checkpoint_every,
             retention_policy=retention_policy,
+            encryption=encryption,
         )
 
 
@@ -416,6 +424,7 @@ class SqliteDb(BaseDb):
         storage_policy: StoragePolicy | None = None,
         checkpoint_every: int | None = 1000,
         retention_policy: RetentionPolicy | None = None,
+        encryption: Encryption | None = None,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
@@ -433,6 +442,7 @@ class SqliteDb(BaseDb):
             storage_policy=storage_policy,
             checkpoint_every=checkpoint_every,
             retention_policy=retention_policy,
+            encryption=encryption,
         )
 
 
@@ -460,6 +470,7 @@ class PostgresDb(BaseDb):
         storage_policy: StoragePolicy | None = None,
         checkpoint_every: int | None = 1000,
         retention_policy: RetentionPolicy | None = None,
+        encryption: Encryption | None = None,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
@@ -482,4 +493,5 @@ class PostgresDb(BaseDb):
             storage_policy=storage_policy,
             checkpoint_every=checkpoint_every,
             retention_policy=retention_policy,
+            encryption=encryption,
         )

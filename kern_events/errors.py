@@ -128,9 +128,13 @@ class ErasedError(NotFoundError):
     """The session's data was erased: its user was erased (``erase_user``) while this call ran, or
     its data key was deleted, so its stored payloads can never be read again (crypto-shredding)."""
 
-    def __init__(self, session_id: str, reason: str, *, version: int | None = None) -> None:
+    def __init__(
+        self, session_id: str, reason: str, *, version: int | None = None, position: int | None = None
+    ) -> None:
         self.session_id = session_id
         self.version = version
+        self.position = position
+        """Where a feed reader resumes after a shredded row (``from_position=position + 1``)."""
         self.reason = reason
         at = "" if version is None else f" version {version}"
         super().__init__(f"session {session_id!r}{at} is erased: {reason}")

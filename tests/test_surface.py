@@ -26,6 +26,7 @@ PUBLIC_MODULES = [
     "kern_events.checkpoints",
     "kern_events.timetravel",
     "kern_events.retention",
+    "kern_events.encryption",
     "kern_events.cli",
     "kern_events.stores.memory",
     "kern_events.stores.sqlite",

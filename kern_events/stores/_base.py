@@ -38,6 +38,7 @@ from kern_events._validate import (
     check_seconds,
 )
 from kern_events.codec import Codec, MsgpackCodec
+from kern_events.encryption import Encryption, Sealer, session_key_id, user_key_id
 from kern_events.errors import (
     ConcurrencyError,
     CorruptRecordError,
@@ -410,10 +411,46 @@ class BaseEventStore(abc.ABC):
         self._max_event_size = max_event_size
         self._state = "new"
         self._open_lock = AnyLoopLock()  # opening and closing may come from any thread's event loop
+        self._encryption: Encryption | None = None
         self._erased: set[str] = set()
         """Sessions erased (or being erased) by :meth:`erase_user`: appends to them are refused."""
         self._writing: dict[str, int] = {}
         """Appends in flight per session, which an erasure waits for before it deletes."""
+
+    @property
+    def encryption(self) -> Encryption | None:
+        """How payloads and snapshots are sealed at rest (:mod:`kern_events.encryption`); ``None``:
+        stored as encoded. Set it before the first write; rows written without it stay readable."""
+        return self._encryption
+
+    @encryption.setter
+    def encryption(self, encryption: Encryption | None) -> None:
+        if encryption is not None and not isinstance(encryption, Encryption):
+            raise InvalidArgumentError("encryption", f"expected an Encryption, got {type(encryption).__qualname__}")
+        self._encryption = encryption
+
+    async def _user_of(self, session_id: str) -> str | None:
+        info = await self._get_session_info(session_id)
+        return None if info is None else info.user_id
+
+    async def _sealer(self, session_id: object, events: object) -> Sealer | None:
+        """The sealer of an append to ``session_id`` when the store encrypts (``None`` otherwise, or
+        for an argument the append's checks will refuse)."""
+        if self._encryption is None or not isinstance(session_id, str):
+            return None
+        try:
+            check_identifier("session_id", session_id)
+        except InvalidArgumentError:
+            return None
+        await self._ensure_open()
+        key_id = await self._encryption.key_id(session_id, events, self._user_of)
+        return await self._encryption.sealer(session_id, key_id)
+
+    async def _sealed_snapshot(self, snapshot: Snapshot) -> Snapshot:
+        if self._encryption is None:
+            return snapshot
+        key_id = await self._encryption.key_id(snapshot.session_id, (), self._user_of)
+        return await self._encryption.seal_snapshot(snapshot, key_id)
 
     @property
     def max_event_size(self) -> int:
@@ -469,7 +506,8 @@ class BaseEventStore(abc.ABC):
             raise InvalidArgumentError(
                 "skip_existing", "needs event_ids (fresh ids are never stored already): derive them with event_id_for"
             )
-        events, pending = self._checked_append(session_id, events, expected_version, event_ids)
+        seal = await self._sealer(session_id, events)
+        events, pending = self._checked_append(session_id, events, expected_version, event_ids, seal)
         await self._ensure_open()
         self._enter_writes((session_id,))
         try:
@@ -489,6 +527,7 @@ class BaseEventStore(abc.ABC):
         events: Sequence[Event],
         expected_version: int | ExpectedVersion,
         event_ids: Sequence[UUID] | None,
+        seal: Sealer | None = None,
     ) -> tuple[Sequence[Event], list[PendingEvent]]:
         """The checks every append passes (alone or as part of :meth:`append_many`), and its encoding."""
         check_identifier("session_id", session_id)
@@ -502,13 +541,17 @@ class BaseEventStore(abc.ABC):
                 "events", f"{len(events)} events in one append; at most {MAX_EVENTS_PER_APPEND} are allowed"
             )
         _check_indexed_fields(events)
-        return events, self._encode(events, event_ids)
+        return events, self._encode(events, event_ids, seal)
 
     async def append_many(self, appends: Sequence[SessionAppend]) -> list[AppendResult]:
         """Append to several sessions all or nothing; see :meth:`kern_events.store.EventStore.append_many`."""
         parts = check_items("appends", appends)
         if not parts:
             raise InvalidArgumentError("appends", "at least one append is required")
+        seals = [
+            await self._sealer(part.session_id, part.events) if isinstance(part, SessionAppend) else None
+            for part in parts
+        ]
         checked: list[PendingAppend] = []
         where: dict[str, int] = {}
         ids: dict[UUID, int] = {}
@@ -520,7 +563,7 @@ class BaseEventStore(abc.ABC):
                 )
             try:
                 events, pending = self._checked_append(
-                    part.session_id, part.events, part.expected_version, part.event_ids
+                    part.session_id, part.events, part.expected_version, part.event_ids, seals[index]
                 )
             except InvalidArgumentError as error:
                 raise _within(error, f"appends[{index}].") from error.__cause__
@@ -600,7 +643,8 @@ class BaseEventStore(abc.ABC):
                 raise InvalidArgumentError(
                     "snapshot.name", f"{TRUNCATION_SNAPSHOT!r} is written by truncate_before only"
                 )
-            saved.append(_stamped(snapshot, now))
+            await self._ensure_open()
+            saved.append(await self._sealed_snapshot(_stamped(snapshot, now)))
         await self._ensure_open()
         return await self._truncate_before(session_id, version, expected_version, saved)
 
@@ -641,7 +685,9 @@ class BaseEventStore(abc.ABC):
                 continue  # another writer stored some of them meanwhile
         raise AssertionError("unreachable: every IdempotencyError means one more id is stored")  # pragma: no cover
 
-    def _encode(self, events: Sequence[Event], event_ids: Sequence[UUID] | None) -> list[PendingEvent]:
+    def _encode(
+        self, events: Sequence[Event], event_ids: Sequence[UUID] | None, seal: Sealer | None = None
+    ) -> list[PendingEvent]:
         if event_ids is None:
             ids = [new_event_id() for _ in events]
         else:
@@ -670,6 +716,8 @@ class BaseEventStore(abc.ABC):
                 raise InvalidEventError(
                     f"events[{index}]", error.event_type, error.detail, field=error.field
                 ) from error.__cause__
+            if seal is not None:
+                encoded = seal(encoded)
             if len(encoded.data) > self._max_event_size:
                 raise PayloadTooLargeError(f"events[{index}]", encoded.type, len(encoded.data), self._max_event_size)
             if inline_limit is not None and (len(encoded.data) > inline_limit or encoded.data[:1] == MANIFEST_MARK):
@@ -728,7 +776,10 @@ class BaseEventStore(abc.ABC):
                 events += head - (0 if marker is None else marker.version)
             await self._erase_sessions(user_id, ids)
             erased += ids
-        return ErasureReport(user_id=user_id, session_ids=tuple(erased), events=events)
+        keys = 0
+        if self._encryption is not None:  # crypto-shredding: copies elsewhere (backups, exports) go dark too
+            keys = await self._encryption.forget([user_key_id(user_id), *map(session_key_id, erased)], erased)
+        return ErasureReport(user_id=user_id, session_ids=tuple(erased), events=events, keys_deleted=keys)
 
     async def _erase_sessions(self, user_id: str, session_ids: Sequence[str]) -> None:
         """Erase the sessions of ``user_id`` as :meth:`_delete_session` does each one. A backend that
@@ -754,7 +805,7 @@ class BaseEventStore(abc.ABC):
                 "snapshot.version",
                 f"{snapshot.version} is ahead of session {snapshot.session_id!r} (version {head})",
             )
-        await self._save_snapshot(_stamped(snapshot, time.time()))
+        await self._save_snapshot(await self._sealed_snapshot(_stamped(snapshot, time.time())))
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -787,9 +838,12 @@ class BaseEventStore(abc.ABC):
             if self._stores_chunks and _has_manifest(page):
                 async for record in self._assembled(page):
                     yield record
-            else:
+            elif self._encryption is None:
                 for stored in page:
                     yield self._codec.decode(stored)
+            else:
+                for stored in page:
+                    yield self._codec.decode(await self._encryption.open(stored))
             if damaged is not None:
                 raise damaged
             if len(page) < size:
@@ -813,9 +867,12 @@ class BaseEventStore(abc.ABC):
             if self._stores_chunks and _has_manifest(page):
                 async for record in self._assembled(page):
                     yield record
-            else:
+            elif self._encryption is None:
                 for stored in page:
                     yield self._codec.decode(stored)
+            else:
+                for stored in page:
+                    yield self._codec.decode(await self._encryption.open(stored))
             if damaged is not None:
                 raise damaged
             if len(page) < size:
@@ -845,6 +902,8 @@ class BaseEventStore(abc.ABC):
             for stored in page[start:end]:
                 if stored.data[:1] == MANIFEST_MARK:
                     stored = _joined(stored, chunks.pop(stored.event_id, ()))
+                if self._encryption is not None:
+                    stored = await self._encryption.open(stored)
                 yield self._codec.decode(stored)
             start = end
 
@@ -902,7 +961,10 @@ class BaseEventStore(abc.ABC):
         check_non_negative("schema_version", schema_version, allow_none=True, maximum=MAX_INT32)
         check_non_negative("max_version", max_version, allow_none=True)
         await self._ensure_open()
-        return await self._load_snapshot(session_id, name, schema_version, max_version)
+        snapshot = await self._load_snapshot(session_id, name, schema_version, max_version)
+        if snapshot is None or self._encryption is None:
+            return snapshot
+        return await self._encryption.open_snapshot(snapshot)
 
     async def feed_lag(self) -> FeedLag:
         """How far the global feed is held back behind committed appends (see :class:`FeedLag`).

@@ -41,6 +41,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     append_atomicity,
     contention,
     db,
+    encryption,
     erasure,
     extensions,
     index,
@@ -68,6 +69,7 @@ __all__ = [
     "Backend",
     "ConformanceSuite",
     "DbTests",
+    "EncryptionTests",
     "ErasureTests",
     "ExtensionTests",
     "LifecycleTests",
@@ -163,6 +165,10 @@ class ErasureTests(_Suite):
     """``erase_user``: a user's sessions gone from every read path, racing appends never left behind."""
 
 
+class EncryptionTests(_Suite):
+    """Encryption at rest: sealed payloads and snapshots, crypto-shredding, typed key errors."""
+
+
 class RuntimeTests(_Suite):
     """The reference runtimes (Agent, Team, Workflow) recording their turns on the store."""
 
@@ -180,6 +186,7 @@ _adopt(RuntimeTests, runtime, runtime_pause)
 _adopt(ExtensionTests, extensions, upcasting)
 _adopt(RetentionTests, retention)
 _adopt(ErasureTests, erasure)
+_adopt(EncryptionTests, encryption)
 
 
 class ConformanceSuite(
@@ -196,5 +203,6 @@ class ConformanceSuite(
     ExtensionTests,
     RetentionTests,
     ErasureTests,
+    EncryptionTests,
 ):
     """The whole conformance suite; subclass it and provide a ``backend`` fixture (see the module)."""
