@@ -74,3 +74,12 @@ def test_the_adk_adapter_runs_the_agent_workload_as_adks_own_service_does() -> N
     assert sample["system"] == "google-adk on kern-events"
     assert sample["loaded"] in (16, 20), "get_session with no config: every event of the runs stored before the load"
     assert isinstance(sample["bytes_per_run"], float) and sample["bytes_per_run"] > 1000
+
+
+def test_the_encryption_cases_run_sealed_and_plain() -> None:
+    pytest.importorskip("cryptography", reason="needs the crypto extra")
+    for side in ("ours", "plain"):
+        sample = _case("benchmarks.encryption", "--case", "run", "--side", side, "--batches", "5")
+        assert sample["events"] == 50
+    sample = _case("benchmarks.encryption", "--case", "run", "--what", "read", "--repeats", "2")
+    assert sample["events"] == 2
