@@ -59,6 +59,12 @@ any delete). Reads find the manifests, fetch their chunks through ``_read_chunks
 check them against the manifest's length and SHA-256 (a mismatch is a ``CorruptRecordError``); the
 backend never reassembles anything itself.
 
+**Encryption and erasure.** With :attr:`BaseEventStore.encryption` set, the kit seals payloads and
+snapshots before they reach the hooks and opens them after: a backend stores ciphertext without
+knowing it (large sealed payloads are chunked like any other). ``erase_user`` is the kit's too: it
+lists the user's sessions with ``_list_sessions``, refuses new appends to them, waits for those in
+flight, and erases them through ``_erase_sessions``; a backend needs nothing more for it.
+
 A backend is done when it passes the conformance suite, :mod:`kern_events.testing`.
 :class:`GroupCommit` is there for backends that gain from committing concurrent appends together.
 """

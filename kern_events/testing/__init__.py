@@ -162,7 +162,8 @@ class RetentionTests(_Suite):
 
 
 class ErasureTests(_Suite):
-    """``erase_user``: a user's sessions gone from every read path, racing appends never left behind."""
+    """``erase_user``: a user's sessions gone from every read path, racing appends never left behind
+    (the capability ``erases_users`` of :class:`Backend`)."""
 
 
 class EncryptionTests(_Suite):

@@ -176,6 +176,7 @@ async def test_a_failing_key_provider_is_a_typed_error_and_nothing_is_written(ba
 
 async def test_erasing_a_user_deletes_their_key(backend: Backend) -> None:
     _require_crypto()
+    backend.require("erases_users")
     keys = _Keys()
     async with backend.db() as db:
         db.store.encryption = Encryption(keys)  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ async def _write(db: object, session_id: str, user_id: str) -> None:
 
 
 async def test_erase_user_removes_every_session_and_leaves_other_users_alone(backend: Backend) -> None:
+    backend.require("erases_users")
     async with backend.db() as db:
         await _write(db, "a1", "alice")
         await _write(db, "a2", "alice")
@@ -52,6 +53,7 @@ async def test_erase_user_removes_every_session_and_leaves_other_users_alone(bac
 
 
 async def test_erasing_an_unknown_user_reports_zero_and_changes_nothing(backend: Backend) -> None:
+    backend.require("erases_users")
     async with backend.db() as db:
         await _write(db, "b1", "bob")
         before = await db.get_sessions()
@@ -62,6 +64,7 @@ async def test_erasing_an_unknown_user_reports_zero_and_changes_nothing(backend:
 
 
 async def test_erase_user_refuses_a_bad_user_id(backend: Backend) -> None:
+    backend.require("erases_users")
     from kern_events import InvalidArgumentError
 
     async with backend.db() as db:
@@ -71,6 +74,7 @@ async def test_erase_user_refuses_a_bad_user_id(backend: Backend) -> None:
 
 
 async def test_appends_racing_an_erasure_land_first_or_are_refused_never_left_behind(backend: Backend) -> None:
+    backend.require("erases_users")
     async with backend.store() as store:
         for trial in range(3):
             user = f"racer{trial}"
