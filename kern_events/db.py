@@ -25,7 +25,13 @@ from kern_events._validate import (
 from kern_events.checkpoints import Checkpoints
 from kern_events.codec import Codec
 from kern_events.encryption import Encryption
-from kern_events.errors import ConcurrencyError, InvalidArgumentError, RunNotFoundError, SessionNotFoundError
+from kern_events.errors import (
+    ConcurrencyError,
+    ErasedError,
+    InvalidArgumentError,
+    RunNotFoundError,
+    SessionNotFoundError,
+)
 from kern_events.events import SessionRenamed, SessionType
 from kern_events.records import ErasureReport, Snapshot
 from kern_events.retention import Progress, RetentionPolicy, RetentionReport
@@ -234,7 +240,12 @@ class BaseDb:
             sessions = [info.session_id for info in await self.get_sessions(user_id=user_id, limit=limit)]
         paused: list[tuple[str, RunView]] = []
         for candidate in sessions:
-            view = await self.get_session(candidate, user_id=user_id)
+            try:
+                view = await self.get_session(candidate, user_id=user_id)
+            except ErasedError:
+                if session_id is not None:
+                    raise
+                continue  # crypto-shredded: its runs are unreadable, the others' are listed
             paused += [(candidate, run) for run in view.runs if run.status == "paused"]
         return paused
 
