@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -31,6 +32,7 @@ from kern_events.errors import (
     InvalidArgumentError,
     RunNotFoundError,
     SessionNotFoundError,
+    UnsupportedError,
 )
 from kern_events.events import SessionRenamed, SessionType
 from kern_events.records import ErasureReport, Snapshot
@@ -39,6 +41,7 @@ from kern_events.retention import apply as apply_retention
 from kern_events.sessions import Session, StoragePolicy, _visible_to
 from kern_events.store import EventStore, SessionSort
 from kern_events.stores._base import DEFAULT_MAX_EVENT_SIZE, BaseEventStore
+from kern_events.stores._chain import VerifyReport
 from kern_events.stores._sql import TableNames
 from kern_events.stores.memory import InMemoryEventStore
 from kern_events.stores.sqlite import SqliteEventStore, Synchronous
@@ -124,6 +127,16 @@ class BaseDb:
     async def aclose(self) -> None:
         """Close the store; safe to call twice."""
         await self._store.aclose()
+
+    async def verify(
+        self, session_id: str | None = None, *, progress: Callable[[int], None] | None = None
+    ) -> VerifyReport:
+        """Recompute the tamper-evidence hash chains of one session or of all, and report what was
+        edited, deleted, moved or cut off, by session and version (``chain_key`` must be the one the
+        events were written with); ``progress`` is called with each page's count of events checked."""
+        if not isinstance(self._store, BaseEventStore):
+            raise UnsupportedError("verify", f"{type(self._store).__name__} is not built on the backend kit")
+        return await self._store.verify(session_id, progress=progress)
 
     async def _visible_info(self, session_id: str, user_id: str | None) -> SessionInfo:
         check_identifier("session_id", session_id)
@@ -404,9 +417,10 @@ class InMemoryDb(BaseDb):
         encryption: Encryption | None = None,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        chain_key: bytes | None = None,
     ) -> None:
         super().__init__(
-            InMemoryEventStore(codec=codec, max_event_size=max_event_size),
+            InMemoryEventStore(codec=codec, max_event_size=max_event_size, chain_key=chain_key),
             cache_size=cache_size,
             storage_policy=storage_policy,
             checkpoint_every=checkpoint_every,
@@ -438,6 +452,7 @@ class SqliteDb(BaseDb):
         encryption: Encryption | None = None,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        chain_key: bytes | None = None,
     ) -> None:
         tables = TableNames(events=events_table, sessions=session_table, snapshots=snapshot_table, schema=schema_table)
         super().__init__(
@@ -448,6 +463,7 @@ class SqliteDb(BaseDb):
                 busy_timeout=busy_timeout,
                 codec=codec,
                 max_event_size=max_event_size,
+                chain_key=chain_key,
             ),
             cache_size=cache_size,
             storage_policy=storage_policy,
@@ -484,6 +500,7 @@ class PostgresDb(BaseDb):
         encryption: Encryption | None = None,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        chain_key: bytes | None = None,
     ) -> None:
         # Imported here so that SqliteDb users never load asyncpg.
         from kern_events.stores.postgres import PostgresEventStore
@@ -499,6 +516,7 @@ class PostgresDb(BaseDb):
                 create_schema=create_schema,
                 codec=codec,
                 max_event_size=max_event_size,
+                chain_key=chain_key,
             ),
             cache_size=cache_size,
             storage_policy=storage_policy,

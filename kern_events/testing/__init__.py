@@ -39,6 +39,7 @@ from kern_events.testing._feed import feed_reaches, feed_settled  # noqa: E402
 from kern_events.testing.conformance import (  # noqa: E402
     append,
     append_atomicity,
+    chain,
     contention,
     db,
     encryption,
@@ -67,6 +68,7 @@ from kern_events.testing.conformance import (  # noqa: E402
 __all__ = [
     "AppendTests",
     "Backend",
+    "ChainTests",
     "ConformanceSuite",
     "DbTests",
     "EncryptionTests",
@@ -135,6 +137,11 @@ class TruncationTests(_Suite):
     the feed, views and time travel agreeing (the capability ``truncates`` of :class:`Backend`)."""
 
 
+class ChainTests(_Suite):
+    """Tamper evidence: the hash chain every append leaves verifies intact (the capability ``chains``
+    of :class:`Backend`)."""
+
+
 class LifecycleTests(_Suite):
     """Opening, closing, cancellation, deletion and snapshots; one store used from several event loops."""
 
@@ -188,6 +195,7 @@ _adopt(ExtensionTests, extensions, upcasting)
 _adopt(RetentionTests, retention)
 _adopt(ErasureTests, erasure)
 _adopt(EncryptionTests, encryption)
+_adopt(ChainTests, chain)
 
 
 class ConformanceSuite(
@@ -205,5 +213,6 @@ class ConformanceSuite(
     RetentionTests,
     ErasureTests,
     EncryptionTests,
+    ChainTests,
 ):
     """The whole conformance suite; subclass it and provide a ``backend`` fixture (see the module)."""

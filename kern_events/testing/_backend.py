@@ -54,6 +54,10 @@ class Backend(abc.ABC):
     whose listing cannot filter by user, or that overrides ``_erase_sessions`` with less, sets it
     false and the erasure tests skip, naming it)."""
 
+    chains: bool = True
+    """Whether the store keeps the tamper-evidence hash chain (``StoredEvent.chain``, computed with the
+    kit's :class:`~kern_events.backend.Chain` in its atomic append); the chain tests skip if not."""
+
     def require(self, capability: str) -> None:
         """Skip the calling test, naming the capability, if this backend lacks it."""
         if not getattr(self, capability):
