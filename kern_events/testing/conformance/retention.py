@@ -22,11 +22,12 @@ async def _write(db: object, session_id: str, runs: int = 2, user_id: str = "u")
 async def test_sessions_older_than_max_age_are_deleted_after_a_dry_run_lists_them(backend: Backend) -> None:
     async with backend.db() as db:
         await _write(db, "old")
-        await asyncio.sleep(0.05)
-        cutoff = time.time()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(2.0)
+        written = time.time()
         await _write(db, "new")
-        policy = RetentionPolicy(max_age=time.time() - cutoff)
+        # "old" is two seconds older than "new": the cut falls a second before "new" was written and
+        # moves on with the clock, leaving a second for the calls below (a loaded machine is slow)
+        policy = RetentionPolicy(max_age=time.time() - written + 1.0)
         dry = await db.apply_retention(policy, dry_run=True)
         assert dry.dry_run and [info.session_id for info in dry.deleted] == ["old"]
         assert {info.session_id for info in await db.get_sessions()} == {"old", "new"}

@@ -18,6 +18,7 @@ from kern_events.codec import MsgpackCodec
 from kern_events.events import Event as _Event
 from kern_events.records import PendingEvent
 from kern_events.testing._backend import Backend
+from kern_events.testing._feed import feed_settled
 
 
 @register_event_type
@@ -79,6 +80,7 @@ async def test_rows_of_every_older_schema_version_read_in_the_current_shape(back
         for session_id in ("v1", "v2", "v3"):
             records = [record async for record in store.read(session_id, types=["conformance.contact"])]
             assert [record.event for record in records] == [ADA], session_id
+        await feed_settled(store)
         feed = [record.event async for record in store.read_all() if record.type == "conformance.contact"]
         assert feed == [ADA, ADA, ADA]
         backwards = [record.event async for record in store.read("v1", backwards=True)]
