@@ -17,18 +17,21 @@ from typing import TYPE_CHECKING, Any
 from kern_events._ids import event_id_for
 from kern_events._index import SessionInfo
 from kern_events._loops import run_blocking
-from kern_events._registry import register_event_type, registered_event_types
+from kern_events._registry import Upcaster, register_event_type, register_upcaster, registered_event_types
 from kern_events.codec import Codec, MsgpackCodec
 from kern_events.errors import (
     BlockingCallError,
     ConcurrencyError,
     CorruptRecordError,
     DatabaseOpenError,
+    DecryptionError,
+    ErasedError,
     IdempotencyError,
     InvalidArgumentError,
     InvalidEventError,
     InvalidIdentifierError,
     KernEventsError,
+    KeyProviderError,
     NotFoundError,
     PayloadTooLargeError,
     RequirementNotFoundError,
@@ -78,6 +81,7 @@ from kern_events.records import (
     NO_STREAM,
     TRUNCATION_SNAPSHOT,
     AppendResult,
+    ErasureReport,
     ExpectedVersion,
     FeedLag,
     PendingEvent,
@@ -93,6 +97,8 @@ from kern_events.stores._sql import TableNames
 
 if TYPE_CHECKING:
     from kern_events.db import BaseDb, InMemoryDb, PostgresDb, SqliteDb
+    from kern_events.encryption import Encryption, KeyProvider, KeyringFile
+    from kern_events.retention import Compaction, RetentionPolicy, RetentionReport
     from kern_events.runtime import Agent, MemoryModel, Team, Workflow
     from kern_events.stores.memory import InMemoryEventStore
     from kern_events.stores.postgres import PostgresEventStore
@@ -112,6 +118,12 @@ _LAZY = {
     "PostgresEventStore": "kern_events.stores.postgres",
     "InMemoryEventStore": "kern_events.stores.memory",
     "SqliteEventStore": "kern_events.stores.sqlite",
+    "Compaction": "kern_events.retention",
+    "RetentionPolicy": "kern_events.retention",
+    "RetentionReport": "kern_events.retention",
+    "Encryption": "kern_events.encryption",
+    "KeyProvider": "kern_events.encryption",
+    "KeyringFile": "kern_events.encryption",
 }
 
 __all__ = [
@@ -124,9 +136,14 @@ __all__ = [
     "BaseDb",
     "BlockingCallError",
     "Codec",
+    "Compaction",
     "ConcurrencyError",
     "CorruptRecordError",
     "DatabaseOpenError",
+    "DecryptionError",
+    "Encryption",
+    "ErasedError",
+    "ErasureReport",
     "Event",
     "EventStore",
     "ExpectedVersion",
@@ -140,6 +157,9 @@ __all__ = [
     "InvalidEventError",
     "InvalidIdentifierError",
     "KernEventsError",
+    "KeyProvider",
+    "KeyProviderError",
+    "KeyringFile",
     "MediaAdded",
     "MediaReference",
     "MemoryModel",
@@ -155,6 +175,8 @@ __all__ = [
     "Requirement",
     "RequirementNotFoundError",
     "RequirementResolved",
+    "RetentionPolicy",
+    "RetentionReport",
     "Run",
     "RunCancelled",
     "RunCompleted",
@@ -195,10 +217,12 @@ __all__ = [
     "UnknownEvent",
     "UnknownEventTypeError",
     "UnsupportedError",
+    "Upcaster",
     "UserInput",
     "Workflow",
     "event_id_for",
     "register_event_type",
+    "register_upcaster",
     "registered_event_types",
     "retry_on_conflict",
     "run_blocking",

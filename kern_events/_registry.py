@@ -11,15 +11,29 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from kern_events.errors import InvalidArgumentError
 from kern_events.events import EVENT_TYPES, Event
 
-__all__ = ["event_type", "register_event_type", "registered_event_types", "tag_of"]
+__all__ = [
+    "Upcaster",
+    "event_type",
+    "register_event_type",
+    "register_upcaster",
+    "registered_event_types",
+    "tag_of",
+    "upcaster",
+]
 
 E = TypeVar("E", bound=type[Event])
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+"""Turns an event's payload, as a dict (its msgpack map, the ``"type"`` tag included), from one
+schema version into the next one."""
+
+U = TypeVar("U", bound=Upcaster)
 
 MAX_TAG_LENGTH = 255
 """Tags are stored in a text column beside every row, and must fit every backend's index on it."""
@@ -27,6 +41,7 @@ MAX_TAG_LENGTH = 255
 _TAG = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)+")
 
 _types: dict[str, type[Event]] = dict(EVENT_TYPES)
+_upcasters: dict[tuple[str, int], Upcaster] = {}
 _lock = threading.Lock()
 
 
@@ -95,3 +110,46 @@ def tag_of(event: object) -> str | None:
     if isinstance(tag, str) and _types.get(tag) is cls:
         return tag
     return None
+
+
+def register_upcaster(event: type[Event], from_version: int) -> Callable[[U], U]:
+    """Register a function that lifts a stored payload of ``event`` from ``from_version`` to
+    ``from_version + 1`` (use it as a decorator); returns the function.
+
+    When an event type's shape changes, bump its ``schema_version`` and register one upcaster per
+    step: a row stored at version 1 of a type now at version 3 reads through the 1 and 2 upcasters,
+    in order, on every read. Nothing stored is rewritten and no table changes. A step without an
+    upcaster is taken as compatible (a field added with a default) and the payload decodes as it is.
+    ``event`` must be registered (built-in or through :func:`register_event_type`), ``from_version``
+    below its ``schema_version``; registering another function for the same step raises
+    :class:`~kern_events.InvalidArgumentError` on ``"from_version"``.
+    """
+    tag = getattr(getattr(event, "__struct_config__", None), "tag", None)
+    if not isinstance(tag, str) or _types.get(tag) is not event:
+        raise InvalidArgumentError("event", f"{event!r} is not a registered event type")
+    current = event.schema_version
+    if isinstance(from_version, bool) or not isinstance(from_version, int) or not 1 <= from_version < current:
+        raise InvalidArgumentError(
+            "from_version",
+            f"{event.__qualname__} is at schema version {current}; an upcaster lifts a version from 1 to "
+            f"{current - 1}, got {from_version!r}",
+        )
+
+    def register(function: U) -> U:
+        if not callable(function):
+            raise InvalidArgumentError("upcaster", f"expected a function, got {function!r}")
+        with _lock:
+            holder = _upcasters.get((tag, from_version))
+            if holder is not None and holder is not function:
+                raise InvalidArgumentError(
+                    "from_version", f"{tag!r} already has an upcaster from version {from_version}: {holder!r}"
+                )
+            _upcasters[(tag, from_version)] = function
+        return function
+
+    return register
+
+
+def upcaster(tag: str, from_version: int) -> Upcaster | None:
+    """The upcaster registered for ``tag`` from ``from_version``, or ``None``."""
+    return _upcasters.get((tag, from_version))

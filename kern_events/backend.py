@@ -25,6 +25,8 @@ The hooks, each called only with checked arguments on an open store:
 ``_get_session_info``       the session's index row, ``None`` if absent or deleted
 ``_list_sessions``          index rows matching a :class:`SessionFilter`
 ``_delete_session``         erase events (with their chunks), snapshots and the index row, keep the version
+``_erase_sessions``         erase a user's sessions for ``erase_user`` (optional: the default calls
+                            ``_delete_session`` for each; the kit lists them, fences appends and reports)
 ``_save_snapshot``          store a checkpoint, keeping the newest :data:`SNAPSHOTS_KEPT`
 ``_load_snapshot``          the newest matching checkpoint
 ``_append_many``            several sessions' :class:`PendingAppend` parts, all or nothing (optional:
@@ -66,6 +68,12 @@ removes with the event whenever it erases one (a SQL foreign key ``ON DELETE CAS
 any delete). Reads find the manifests, fetch their chunks through ``_read_chunks`` once per page and
 check them against the manifest's length and SHA-256 (a mismatch is a ``CorruptRecordError``); the
 backend never reassembles anything itself.
+
+**Encryption and erasure.** With :attr:`BaseEventStore.encryption` set, the kit seals payloads and
+snapshots before they reach the hooks and opens them after: a backend stores ciphertext without
+knowing it (large sealed payloads are chunked like any other). ``erase_user`` is the kit's too: it
+lists the user's sessions with ``_list_sessions``, refuses new appends to them, waits for those in
+flight, and erases them through ``_erase_sessions``; a backend needs nothing more for it.
 
 A backend is done when it passes the conformance suite, :mod:`kern_events.testing`.
 :class:`GroupCommit` is there for backends that gain from committing concurrent appends together.

@@ -35,6 +35,7 @@ from kern_events.db import BaseDb, PostgresDb, SqliteDb
 from kern_events.errors import CorruptRecordError, InvalidArgumentError, KernEventsError, SessionNotFoundError
 from kern_events.events import ExternalExecution, Requirement, ToolConfirmation
 from kern_events.records import Record, UnknownEvent
+from kern_events.retention import RetentionPolicy
 from kern_events.runtime import Agent, MemoryModel
 from kern_events.stores._base import BaseEventStore
 from kern_events.stores.sqlite import SqliteEventStore
@@ -147,7 +148,33 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
     ui.add_argument("--port", type=int, default=8000, help="default: 8000")
     ui.add_argument("--allow-writes", action="store_true", help="let the page rename and delete sessions")
+    retain = command(
+        "retain",
+        _retain,
+        "Apply a retention policy: list what would be deleted or compacted (a dry run), or do it with --apply.",
+    )
+    retain.add_argument(
+        "--max-age", type=_duration, help="delete sessions not updated for this long (30d, 12h, 90m, 3600)"
+    )
+    retain.add_argument("--keep-runs", type=int, help="compact each session to its last N top-level runs")
+    retain.add_argument("--apply", action="store_true", help="delete and compact (without it: only list)")
+    retain.add_argument("--force", action="store_true", help="allow a policy of 0, which deletes everything")
     return parser
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(text: str) -> float:
+    """Seconds from ``3600``, ``90m``, ``12h``, ``30d`` or ``2w``."""
+    unit = _UNITS.get(text[-1:].lower())
+    try:
+        seconds = float(text[:-1] if unit else text) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration like 30d, 12h, 90m or 3600, got {text!r}") from None
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration >= 0, got {text!r}")
+    return seconds
 
 
 def _open(path: str, *, create: bool = False, schema: str = "public") -> BaseDb:
@@ -492,6 +519,42 @@ async def _export(args: argparse.Namespace) -> int:
             held_back = await _held_back(db)
     if held_back:
         print(f"note: {held_back}; export read each session directly, so it has them", file=sys.stderr)
+    return 0
+
+
+async def _retain(args: argparse.Namespace) -> int:
+    if args.max_age is None and args.keep_runs is None:
+        print("error: give --max-age, --keep-runs or both", file=sys.stderr)
+        return 2
+    try:
+        policy = RetentionPolicy(max_age=args.max_age, keep_runs=args.keep_runs, force=args.force)
+    except InvalidArgumentError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    verb = "retaining" if args.apply else "checking"
+    database = _open(args.db, schema=args.schema)  # read-only, and refused if there is no database
+    if args.apply:
+        database = _open(args.db, create=True, schema=args.schema)
+    with _progress(verb) as progress:
+        async with database as db:
+            task = progress.add_task(verb, total=None)
+
+            def advance(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            report = await db.apply_retention(policy, dry_run=not args.apply, progress=advance)
+    would = "" if args.apply else "would be "
+    for info in report.deleted:
+        print(f"{'deleted' if args.apply else 'delete'}  {info.session_id}  (updated {_when(info.updated_at)})")
+    for compaction in report.compacted:
+        print(
+            f"{'compacted' if args.apply else 'compact'}  {compaction.session_id}  "
+            f"({compaction.events_removed} events before version {compaction.before_version})"
+        )
+    print(
+        f"{_count(len(report.deleted), 'session')} {would}deleted, {_count(len(report.compacted), 'session')} "
+        f"{would}compacted" + ("" if args.apply else "; run again with --apply to do it")
+    )
     return 0
 
 

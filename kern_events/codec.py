@@ -25,7 +25,7 @@ from uuid import UUID
 import msgspec
 
 from kern_events._registry import event_type as registered_type
-from kern_events._registry import tag_of
+from kern_events._registry import tag_of, upcaster
 from kern_events.errors import CorruptRecordError, InvalidEventError, UnknownEventTypeError
 from kern_events.events import EVENT_TYPES, Event
 from kern_events.records import PendingEvent, Record, StoredEvent, UnknownEvent
@@ -51,20 +51,25 @@ class MsgpackCodec:
 
     def __init__(self) -> None:
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {
-            tag: msgspec.msgpack.Decoder(cls) for tag, cls in EVENT_TYPES.items()
+        self._decoders: dict[str, tuple[msgspec.msgpack.Decoder[Any], int]] = {
+            tag: (msgspec.msgpack.Decoder(cls), cls.schema_version) for tag, cls in EVENT_TYPES.items()
         }
 
-    def _decoder(self, tag: str) -> msgspec.msgpack.Decoder[Any] | None:
-        """The decoder for ``tag``, built on first use for an extension type registered at any time
-        (before or after this codec was made), or ``None`` for a tag nobody registered."""
-        decoder = self._decoders.get(tag)
-        if decoder is None:
+    def _entry(self, tag: str) -> tuple[msgspec.msgpack.Decoder[Any], int] | None:
+        """The decoder for ``tag`` and the type's current schema version, built on first use for an
+        extension type registered at any time (before or after this codec was made), or ``None`` for
+        a tag nobody registered."""
+        entry = self._decoders.get(tag)
+        if entry is None:
             cls = registered_type(tag)
             if cls is None:
                 return None
-            decoder = self._decoders[tag] = msgspec.msgpack.Decoder(cls)
-        return decoder
+            entry = self._decoders[tag] = (msgspec.msgpack.Decoder(cls), cls.schema_version)
+        return entry
+
+    def _decoder(self, tag: str) -> msgspec.msgpack.Decoder[Any] | None:
+        entry = self._entry(tag)
+        return None if entry is None else entry[0]
 
     def encode(self, event: Event, event_id: UUID) -> PendingEvent:
         """Encode one event (its type tag is part of the bytes and also kept beside them).
@@ -118,13 +123,17 @@ class MsgpackCodec:
 
     def decode(self, stored: StoredEvent) -> Record:
         """Decode one stored event; an unknown type is returned as raw bytes, never dropped."""
-        decoder = self._decoder(stored.type)
+        entry = self._entry(stored.type)
         event: Event | UnknownEvent
-        if decoder is None:
+        if entry is None:
             event = UnknownEvent(type=stored.type, schema_version=stored.schema_version, data=stored.data)
         else:
+            decoder, current = entry
             try:
-                event = decoder.decode(stored.data)
+                if stored.schema_version >= current:
+                    event = decoder.decode(stored.data)
+                else:
+                    event = decoder.decode(_upcast(stored, current))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise CorruptRecordError(
                     stored.session_id, stored.version, stored.type, str(exc), position=stored.position
@@ -137,6 +146,31 @@ class MsgpackCodec:
             recorded_at=stored.recorded_at,
             event=event,
         )
+
+
+def _upcast(stored: StoredEvent, current: int) -> bytes:
+    """The payload of a row stored at an older schema version, lifted through the registered
+    upcasters to ``current`` (a step without one is compatible: the payload goes on unchanged)."""
+    version = stored.schema_version
+    steps = []
+    while version < current:
+        step = upcaster(stored.type, version)
+        if step is not None:
+            steps.append((version, step))
+        version += 1
+    if not steps:
+        return stored.data
+    payload = msgspec.msgpack.decode(stored.data)
+    for version, step in steps:
+        if not isinstance(payload, dict):
+            raise msgspec.ValidationError(f"the payload is not a map before the upcaster from version {version}")
+        try:
+            payload = step(payload)
+        except Exception as exc:  # the upcaster is user code: whatever it raises, the row is unreadable
+            raise msgspec.ValidationError(
+                f"the upcaster {step!r} from schema version {version} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+    return msgspec.msgpack.encode(payload)
 
 
 def _tag_of(event: object) -> str:

@@ -25,15 +25,19 @@ from kern_events._validate import (
 )
 from kern_events.checkpoints import Checkpoints
 from kern_events.codec import Codec
+from kern_events.encryption import Encryption
 from kern_events.errors import (
     ConcurrencyError,
+    ErasedError,
     InvalidArgumentError,
     RunNotFoundError,
     SessionNotFoundError,
     UnsupportedError,
 )
 from kern_events.events import SessionRenamed, SessionType
-from kern_events.records import Snapshot
+from kern_events.records import ErasureReport, Snapshot
+from kern_events.retention import Progress, RetentionPolicy, RetentionReport
+from kern_events.retention import apply as apply_retention
 from kern_events.sessions import Session, StoragePolicy, _visible_to
 from kern_events.store import EventStore, SessionSort
 from kern_events.stores._base import DEFAULT_MAX_EVENT_SIZE, BaseEventStore
@@ -78,8 +82,20 @@ class BaseDb:
         cache_size: int = 0,
         storage_policy: StoragePolicy | None = None,
         checkpoint_every: int | None = 1000,
+        retention_policy: RetentionPolicy | None = None,
+        encryption: Encryption | None = None,
     ) -> None:
         check_non_negative("cache_size", cache_size)
+        if encryption is not None:
+            if not isinstance(store, BaseEventStore):
+                raise InvalidArgumentError("encryption", f"{type(store).__qualname__} is not a BaseEventStore")
+            store.encryption = encryption
+        if retention_policy is not None and not isinstance(retention_policy, RetentionPolicy):
+            raise InvalidArgumentError(
+                "retention_policy", f"expected a RetentionPolicy, got {type(retention_policy).__qualname__}"
+            )
+        self.retention_policy = retention_policy
+        """What :meth:`apply_retention` deletes and compacts when it is given no policy of its own."""
         check_non_negative("checkpoint_every", checkpoint_every, allow_none=True)
         self._store = store
         self._checkpoints = Checkpoints(store)
@@ -237,7 +253,12 @@ class BaseDb:
             sessions = [info.session_id for info in await self.get_sessions(user_id=user_id, limit=limit)]
         paused: list[tuple[str, RunView]] = []
         for candidate in sessions:
-            view = await self.get_session(candidate, user_id=user_id)
+            try:
+                view = await self.get_session(candidate, user_id=user_id)
+            except ErasedError:
+                if session_id is not None:
+                    raise
+                continue  # crypto-shredded: its runs are unreadable, the others' are listed
             paused += [(candidate, run) for run in view.runs if run.status == "paused"]
         return paused
 
@@ -360,6 +381,33 @@ class BaseDb:
         self._cache.pop(session_id, None)
         return await self._store.delete_session(session_id)
 
+    async def erase_user(self, user_id: str) -> ErasureReport:
+        """Erase everything of ``user_id``: every session with its events, snapshots, checkpoints and
+        index row (see :meth:`kern_events.store.EventStore.erase_user`); the report says what went."""
+        report = await self._store.erase_user(user_id)
+        for session_id in report.session_ids:
+            self._cache.pop(session_id, None)
+        return report
+
+    async def apply_retention(
+        self,
+        policy: RetentionPolicy | None = None,
+        *,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> RetentionReport:
+        """Delete the sessions ``policy`` (default: the db's :attr:`retention_policy`) says are too
+        old, and compact those with more runs than it keeps; with ``dry_run``, only report what
+        would go. ``progress(done, total)`` is called after each session."""
+        policy = policy if policy is not None else self.retention_policy
+        if not isinstance(policy, RetentionPolicy):
+            raise InvalidArgumentError("policy", "no RetentionPolicy given, and the db has none")
+        check_flag("dry_run", dry_run)
+        report = await apply_retention(self, policy, dry_run=dry_run, progress=progress)
+        for compaction in report.compacted:
+            self._cache.pop(compaction.session_id, None)
+        return report
+
 
 class InMemoryDb(BaseDb):
     """Sessions in this process's memory: for tests and demos; gone when the process exits."""
@@ -370,6 +418,8 @@ class InMemoryDb(BaseDb):
         cache_size: int = 0,
         storage_policy: StoragePolicy | None = None,
         checkpoint_every: int | None = 1000,
+        retention_policy: RetentionPolicy | None = None,
+        encryption: Encryption | None = None,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         chain_key: bytes | None = None,
@@ -379,6 +429,8 @@ class InMemoryDb(BaseDb):
             cache_size=cache_size,
             storage_policy=storage_policy,
             checkpoint_every=checkpoint_every,
+            retention_policy=retention_policy,
+            encryption=encryption,
         )
 
 
@@ -401,6 +453,8 @@ class SqliteDb(BaseDb):
         cache_size: int = 0,
         storage_policy: StoragePolicy | None = None,
         checkpoint_every: int | None = 1000,
+        retention_policy: RetentionPolicy | None = None,
+        encryption: Encryption | None = None,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         chain_key: bytes | None = None,
@@ -419,6 +473,8 @@ class SqliteDb(BaseDb):
             cache_size=cache_size,
             storage_policy=storage_policy,
             checkpoint_every=checkpoint_every,
+            retention_policy=retention_policy,
+            encryption=encryption,
         )
 
 
@@ -445,6 +501,8 @@ class PostgresDb(BaseDb):
         cache_size: int = 0,
         storage_policy: StoragePolicy | None = None,
         checkpoint_every: int | None = 1000,
+        retention_policy: RetentionPolicy | None = None,
+        encryption: Encryption | None = None,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         chain_key: bytes | None = None,
@@ -468,4 +526,6 @@ class PostgresDb(BaseDb):
             cache_size=cache_size,
             storage_policy=storage_policy,
             checkpoint_every=checkpoint_every,
+            retention_policy=retention_policy,
+            encryption=encryption,
         )

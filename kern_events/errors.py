@@ -13,10 +13,12 @@ own exception never escapes raw: each backend translates it at one seam, keeping
     │   ├── SessionNotFoundError    no such session (or not visible to this user)
     │   ├── RunNotFoundError        no such run in the session
     │   ├── RequirementNotFoundError  no such requirement in the paused run
-    │   └── TruncatedError          the version asked for was removed by ``truncate_before``
+    │   ├── TruncatedError          the version asked for was removed by ``truncate_before``
+    │   └── ErasedError             the session's user was erased (or its data key deleted: crypto-shredded)
     ├── RunStateError               the run is not in a state that allows this (not paused, already
     │                               resolved, requirements still open)
     ├── CorruptRecordError          stored bytes that cannot be decoded
+    │   └── DecryptionError         a payload that does not decrypt: wrong key, or modified ciphertext
     ├── InvalidArgumentError        bad input, rejected before anything is written (also a ValueError)
     │   ├── InvalidIdentifierError  a session id or table name that is not allowed
     │   ├── UnknownEventTypeError   an object that is not a kern-events event
@@ -24,6 +26,7 @@ own exception never escapes raw: each backend translates it at one seam, keeping
     │   │                           declared type, or a value the codec cannot encode)
     │   └── PayloadTooLargeError    an encoded event above the store's size limit
     ├── StorageError                the database failed in a way the caller cannot fix by changing input
+    │   ├── KeyProviderError        the key provider failed (nothing is written unencrypted)
     │   ├── StorageUnavailableError the database could not be reached, or the connection was lost
     │   │   └── DatabaseOpenError   the database could not be opened at all (a directory, no such
     │   │                           file, no permission, not a database, too many open files)
@@ -44,11 +47,14 @@ __all__ = [
     "ConcurrencyError",
     "CorruptRecordError",
     "DatabaseOpenError",
+    "DecryptionError",
+    "ErasedError",
     "IdempotencyError",
     "InvalidArgumentError",
     "InvalidEventError",
     "InvalidIdentifierError",
     "KernEventsError",
+    "KeyProviderError",
     "NotFoundError",
     "PayloadTooLargeError",
     "RequirementNotFoundError",
@@ -118,6 +124,22 @@ class TruncatedError(NotFoundError):
         )
 
 
+class ErasedError(NotFoundError):
+    """The session's data was erased: its user was erased (``erase_user``) while this call ran, or
+    its data key was deleted, so its stored payloads can never be read again (crypto-shredding)."""
+
+    def __init__(
+        self, session_id: str, reason: str, *, version: int | None = None, position: int | None = None
+    ) -> None:
+        self.session_id = session_id
+        self.version = version
+        self.position = position
+        """Where a feed reader resumes after a shredded row (``from_position=position + 1``)."""
+        self.reason = reason
+        at = "" if version is None else f" version {version}"
+        super().__init__(f"session {session_id!r}{at} is erased: {reason}")
+
+
 class RunNotFoundError(NotFoundError):
     """The session has no run with this id."""
 
@@ -158,6 +180,11 @@ class CorruptRecordError(KernEventsError):
         super().__init__(
             f"session {session_id!r} version {version}: stored {event_type!r} event cannot be decoded: {detail}"
         )
+
+
+class DecryptionError(CorruptRecordError):
+    """A stored payload or snapshot that does not decrypt: the key is not the one it was sealed
+    with, or the ciphertext (or the envelope it is bound to) was modified."""
 
 
 class InvalidArgumentError(KernEventsError, ValueError):
@@ -217,6 +244,15 @@ class StorageUnavailableError(StorageError):
 
     An append may or may not have landed: retry it with the same event ids.
     """
+
+
+class KeyProviderError(StorageError):
+    """The key provider failed to give or create a data key; nothing was written unencrypted."""
+
+    def __init__(self, key_id: str, reason: str) -> None:
+        self.key_id = key_id
+        self.reason = reason
+        super().__init__(f"the key provider failed for key {key_id!r}: {reason}")
 
 
 class SchemaVersionError(StorageError):

@@ -21,6 +21,7 @@ __all__ = [
     "NO_STREAM",
     "TRUNCATION_SNAPSHOT",
     "AppendResult",
+    "ErasureReport",
     "ExpectedVersion",
     "FeedLag",
     "PendingEvent",
@@ -172,3 +173,14 @@ class FeedLag(msgspec.Struct, frozen=True, kw_only=True):
     """The server process running that transaction (PostgreSQL ``pg_stat_activity.pid``), if shown."""
     holder_database: str | None = None
     """The database that transaction is connected to, which may be another one than the store's."""
+
+
+class ErasureReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``erase_user`` removed: the user's sessions (each with its events, snapshots, checkpoints
+    and index row) and how many events they held."""
+
+    user_id: str
+    session_ids: tuple[str, ...] = ()
+    events: int = 0
+    keys_deleted: int = 0
+    """Data keys deleted from the key provider (crypto-shredding), when the store encrypts."""

@@ -15,7 +15,15 @@ from uuid import UUID
 
 from kern_events._index import SessionInfo
 from kern_events.events import Event, SessionType
-from kern_events.records import AppendResult, ExpectedVersion, FeedLag, Record, SessionAppend, Snapshot
+from kern_events.records import (
+    AppendResult,
+    ErasureReport,
+    ExpectedVersion,
+    FeedLag,
+    Record,
+    SessionAppend,
+    Snapshot,
+)
 from kern_events.subscription import ChangeSignal, Subscription
 
 __all__ = ["EventStore", "SessionSort"]
@@ -169,6 +177,16 @@ class EventStore(Protocol):
         """Erase the session's events, snapshots and index row; ``False`` if there was nothing.
 
         The session's version is kept as a tombstone so that its versions are never reused.
+        """
+        ...
+
+    async def erase_user(self, user_id: str) -> ErasureReport:
+        """Erase every session of ``user_id`` (events, snapshots, checkpoints, index rows) and report
+        what was removed; an unknown user removes nothing and reports zero.
+
+        Appends through this store to those sessions that are running when the erasure starts land
+        first and are erased with the rest; later ones are refused with
+        :class:`~kern_events.errors.ErasedError`, for the life of this store object.
         """
         ...
 

@@ -61,6 +61,7 @@ def test_every_python_block_is_one_of_those_run_below() -> None:
         _block_after("Agents, teams and workflows", index=1),
         _block_after("Several sessions at once; truncating a log"),
         _block_after("Extension events and idempotency keys"),
+        _block_after("Data lifecycle"),
         _block_after("Use it from your framework"),
         _block_after("Use it from your framework", index=1),
         _block_after("Use it from your framework", index=2),
@@ -95,6 +96,13 @@ def test_the_multi_session_and_truncation_example_runs_as_written(tmp_path: Path
 def test_the_extension_events_example_runs_as_written(tmp_path: Path) -> None:
     out = _run_python(_block_after("Extension events and idempotency keys"), tmp_path)
     assert out == "wrote version 4; votes {'yes': 2, 'no': 1}; 1 poll session\n"
+
+
+def test_the_data_lifecycle_example_runs_as_written(tmp_path: Path) -> None:
+    pytest.importorskip("cryptography", reason="needs the crypto extra")
+    out = _run_python(_block_after("Data lifecycle"), tmp_path)
+    assert out == "2 runs still in the view; 5 events compacted\n1 session and 1 key erased; []\n"
+    assert (tmp_path / "keys.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_the_langgraph_example_runs_as_written_and_a_second_process_continues_the_thread(tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ PUBLIC_MODULES = [
     "kern_events.timetravel",
     "kern_events.replay",
     "kern_events.ui",
+    "kern_events.retention",
+    "kern_events.encryption",
     "kern_events.cli",
     "kern_events.stores.memory",
     "kern_events.stores.sqlite",

@@ -38,9 +38,11 @@ from kern_events._validate import (
     check_seconds,
 )
 from kern_events.codec import Codec, MsgpackCodec
+from kern_events.encryption import Encryption, Sealer, session_key_id, user_key_id
 from kern_events.errors import (
     ConcurrencyError,
     CorruptRecordError,
+    ErasedError,
     IdempotencyError,
     InvalidArgumentError,
     InvalidEventError,
@@ -53,6 +55,7 @@ from kern_events.events import Event, SessionRenamed, SessionStarted, SessionTyp
 from kern_events.records import (
     TRUNCATION_SNAPSHOT,
     AppendResult,
+    ErasureReport,
     ExpectedVersion,
     FeedLag,
     PendingEvent,
@@ -437,6 +440,46 @@ class BaseEventStore(abc.ABC):
         self._max_event_size = max_event_size
         self._state = "new"
         self._open_lock = AnyLoopLock()  # opening and closing may come from any thread's event loop
+        self._encryption: Encryption | None = None
+        self._erased: set[str] = set()
+        """Sessions erased (or being erased) by :meth:`erase_user`: appends to them are refused."""
+        self._writing: dict[str, int] = {}
+        """Appends in flight per session, which an erasure waits for before it deletes."""
+
+    @property
+    def encryption(self) -> Encryption | None:
+        """How payloads and snapshots are sealed at rest (:mod:`kern_events.encryption`); ``None``:
+        stored as encoded. Set it before the first write; rows written without it stay readable."""
+        return self._encryption
+
+    @encryption.setter
+    def encryption(self, encryption: Encryption | None) -> None:
+        if encryption is not None and not isinstance(encryption, Encryption):
+            raise InvalidArgumentError("encryption", f"expected an Encryption, got {type(encryption).__qualname__}")
+        self._encryption = encryption
+
+    async def _user_of(self, session_id: str) -> str | None:
+        info = await self._get_session_info(session_id)
+        return None if info is None else info.user_id
+
+    async def _sealer(self, session_id: object, events: object) -> Sealer | None:
+        """The sealer of an append to ``session_id`` when the store encrypts (``None`` otherwise, or
+        for an argument the append's checks will refuse)."""
+        if self._encryption is None or not isinstance(session_id, str):
+            return None
+        try:
+            check_identifier("session_id", session_id)
+        except InvalidArgumentError:
+            return None
+        await self._ensure_open()
+        key_id = await self._encryption.key_id(session_id, events, self._user_of)
+        return await self._encryption.sealer(session_id, key_id)
+
+    async def _sealed_snapshot(self, snapshot: Snapshot) -> Snapshot:
+        if self._encryption is None:
+            return snapshot
+        key_id = await self._encryption.key_id(snapshot.session_id, (), self._user_of)
+        return await self._encryption.seal_snapshot(snapshot, key_id)
 
     @property
     def max_event_size(self) -> int:
@@ -492,12 +535,17 @@ class BaseEventStore(abc.ABC):
             raise InvalidArgumentError(
                 "skip_existing", "needs event_ids (fresh ids are never stored already): derive them with event_id_for"
             )
-        events, pending = self._checked_append(session_id, events, expected_version, event_ids)
+        seal = await self._sealer(session_id, events)
+        events, pending = self._checked_append(session_id, events, expected_version, event_ids, seal)
         await self._ensure_open()
-        if skip_existing:
-            result = await self._append_new(session_id, events, pending, expected_version, time.time())
-        else:
-            result = await self._append(session_id, events, pending, expected_version, time.time())
+        self._enter_writes((session_id,))
+        try:
+            if skip_existing:
+                result = await self._append_new(session_id, events, pending, expected_version, time.time())
+            else:
+                result = await self._append(session_id, events, pending, expected_version, time.time())
+        finally:
+            self._leave_writes((session_id,))
         self.change_signal.fire()
         self._announce()
         return result
@@ -508,6 +556,7 @@ class BaseEventStore(abc.ABC):
         events: Sequence[Event],
         expected_version: int | ExpectedVersion,
         event_ids: Sequence[UUID] | None,
+        seal: Sealer | None = None,
     ) -> tuple[Sequence[Event], list[PendingEvent]]:
         """The checks every append passes (alone or as part of :meth:`append_many`), and its encoding."""
         check_identifier("session_id", session_id)
@@ -521,13 +570,17 @@ class BaseEventStore(abc.ABC):
                 "events", f"{len(events)} events in one append; at most {MAX_EVENTS_PER_APPEND} are allowed"
             )
         _check_indexed_fields(events)
-        return events, self._encode(events, event_ids)
+        return events, self._encode(events, event_ids, seal)
 
     async def append_many(self, appends: Sequence[SessionAppend]) -> list[AppendResult]:
         """Append to several sessions all or nothing; see :meth:`kern_events.store.EventStore.append_many`."""
         parts = check_items("appends", appends)
         if not parts:
             raise InvalidArgumentError("appends", "at least one append is required")
+        seals = [
+            await self._sealer(part.session_id, part.events) if isinstance(part, SessionAppend) else None
+            for part in parts
+        ]
         checked: list[PendingAppend] = []
         where: dict[str, int] = {}
         ids: dict[UUID, int] = {}
@@ -539,7 +592,7 @@ class BaseEventStore(abc.ABC):
                 )
             try:
                 events, pending = self._checked_append(
-                    part.session_id, part.events, part.expected_version, part.event_ids
+                    part.session_id, part.events, part.expected_version, part.event_ids, seals[index]
                 )
             except InvalidArgumentError as error:
                 raise _within(error, f"appends[{index}].") from error.__cause__
@@ -566,7 +619,12 @@ class BaseEventStore(abc.ABC):
                 "appends", f"{total} events in one call; at most {MAX_EVENTS_PER_APPEND} are allowed"
             )
         await self._ensure_open()
-        results = await self._append_many(checked, time.time())
+        writing = [part.session_id for part in checked]
+        self._enter_writes(writing)
+        try:
+            results = await self._append_many(checked, time.time())
+        finally:
+            self._leave_writes(writing)
         self.change_signal.fire()
         self._announce()
         return results
@@ -615,7 +673,8 @@ class BaseEventStore(abc.ABC):
                 raise InvalidArgumentError(
                     "snapshot.name", f"{TRUNCATION_SNAPSHOT!r} is written by truncate_before only"
                 )
-            saved.append(_stamped(snapshot, now))
+            await self._ensure_open()
+            saved.append(await self._sealed_snapshot(_stamped(snapshot, now)))
         return await self._truncate_before(session_id, version, expected_version, saved)
 
     async def _chain_at(self, session_id: str, version: int) -> bytes:
@@ -709,7 +768,9 @@ class BaseEventStore(abc.ABC):
                 continue  # another writer stored some of them meanwhile
         raise AssertionError("unreachable: every IdempotencyError means one more id is stored")  # pragma: no cover
 
-    def _encode(self, events: Sequence[Event], event_ids: Sequence[UUID] | None) -> list[PendingEvent]:
+    def _encode(
+        self, events: Sequence[Event], event_ids: Sequence[UUID] | None, seal: Sealer | None = None
+    ) -> list[PendingEvent]:
         if event_ids is None:
             ids = [new_event_id() for _ in events]
         else:
@@ -738,6 +799,8 @@ class BaseEventStore(abc.ABC):
                 raise InvalidEventError(
                     f"events[{index}]", error.event_type, error.detail, field=error.field
                 ) from error.__cause__
+            if seal is not None:
+                encoded = seal(encoded)
             if len(encoded.data) > self._max_event_size:
                 raise PayloadTooLargeError(f"events[{index}]", encoded.type, len(encoded.data), self._max_event_size)
             if inline_limit is not None and (len(encoded.data) > inline_limit or encoded.data[:1] == MANIFEST_MARK):
@@ -746,6 +809,66 @@ class BaseEventStore(abc.ABC):
                 encoded = _out_of_line(encoded, inline_limit)
             pending.append(encoded)
         return pending
+
+    def _enter_writes(self, session_ids: Sequence[str]) -> None:
+        """Count appends in flight (so that an erasure waits for them), refusing erased sessions."""
+        for session_id in session_ids:
+            if session_id in self._erased:
+                raise ErasedError(session_id, "its user was erased; it takes no more events")
+        for session_id in session_ids:
+            self._writing[session_id] = self._writing.get(session_id, 0) + 1
+
+    def _leave_writes(self, session_ids: Sequence[str]) -> None:
+        for session_id in session_ids:
+            left = self._writing[session_id] - 1
+            if left:
+                self._writing[session_id] = left
+            else:
+                del self._writing[session_id]
+
+    async def erase_user(self, user_id: str) -> ErasureReport:
+        """Erase every session of ``user_id``; see :meth:`kern_events.store.EventStore.erase_user`."""
+        check_identifier("user_id", user_id)
+        await self._ensure_open()
+        erased: list[str] = []
+        events = 0
+        query = SessionFilter(
+            user_id=user_id,
+            session_type=None,
+            agent_id=None,
+            team_id=None,
+            workflow_id=None,
+            sort_by="created_at",
+            descending=False,
+            limit=None,
+            offset=0,
+        )
+        while True:  # a session of the user started while erasing is found by the next listing
+            sessions = [info for info in await self._list_sessions(query) if info.session_id not in erased]
+            if not sessions:
+                break
+            ids = [info.session_id for info in sessions]
+            self._erased.update(ids)
+            # Appends already past the fence land first, then go too. Polled, not an anyio.Event:
+            # they may run on other threads' event loops, where an Event cannot be awaited.
+            while any(session_id in self._writing for session_id in ids):  # noqa: ASYNC110
+                await anyio.sleep(0.001)
+            for session_id in ids:
+                marker = await self._load_snapshot(session_id, TRUNCATION_SNAPSHOT, None, None)
+                head = await self._current_version(session_id)
+                events += head - (0 if marker is None else marker.version)
+            await self._erase_sessions(user_id, ids)
+            erased += ids
+        keys = 0
+        if self._encryption is not None:  # crypto-shredding: copies elsewhere (backups, exports) go dark too
+            keys = await self._encryption.forget([user_key_id(user_id), *map(session_key_id, erased)], erased)
+        return ErasureReport(user_id=user_id, session_ids=tuple(erased), events=events, keys_deleted=keys)
+
+    async def _erase_sessions(self, user_id: str, session_ids: Sequence[str]) -> None:
+        """Erase the sessions of ``user_id`` as :meth:`_delete_session` does each one. A backend that
+        can do it in one statement or transaction overrides this; the default deletes one by one."""
+        for session_id in session_ids:
+            await self._delete_session(session_id)
 
     async def delete_session(self, session_id: str) -> bool:
         """Erase the session's events, snapshots and index row, keeping its version as a tombstone."""
@@ -765,7 +888,7 @@ class BaseEventStore(abc.ABC):
                 "snapshot.version",
                 f"{snapshot.version} is ahead of session {snapshot.session_id!r} (version {head})",
             )
-        await self._save_snapshot(_stamped(snapshot, time.time()))
+        await self._save_snapshot(await self._sealed_snapshot(_stamped(snapshot, time.time())))
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -798,9 +921,12 @@ class BaseEventStore(abc.ABC):
             if self._stores_chunks and _has_manifest(page):
                 async for record in self._assembled(page):
                     yield record
-            else:
+            elif self._encryption is None:
                 for stored in page:
                     yield self._codec.decode(stored)
+            else:
+                for stored in page:
+                    yield self._codec.decode(await self._encryption.open(stored))
             if damaged is not None:
                 raise damaged
             if len(page) < size:
@@ -824,9 +950,12 @@ class BaseEventStore(abc.ABC):
             if self._stores_chunks and _has_manifest(page):
                 async for record in self._assembled(page):
                     yield record
-            else:
+            elif self._encryption is None:
                 for stored in page:
                     yield self._codec.decode(stored)
+            else:
+                for stored in page:
+                    yield self._codec.decode(await self._encryption.open(stored))
             if damaged is not None:
                 raise damaged
             if len(page) < size:
@@ -856,6 +985,8 @@ class BaseEventStore(abc.ABC):
             for stored in page[start:end]:
                 if stored.data[:1] == MANIFEST_MARK:
                     stored = _joined(stored, chunks.pop(stored.event_id, ()))
+                if self._encryption is not None:
+                    stored = await self._encryption.open(stored)
                 yield self._codec.decode(stored)
             start = end
 
@@ -917,7 +1048,10 @@ class BaseEventStore(abc.ABC):
         check_non_negative("schema_version", schema_version, allow_none=True, maximum=MAX_INT32)
         check_non_negative("max_version", max_version, allow_none=True)
         await self._ensure_open()
-        return await self._load_snapshot(session_id, name, schema_version, max_version)
+        snapshot = await self._load_snapshot(session_id, name, schema_version, max_version)
+        if snapshot is None or self._encryption is None or snapshot.name == TRUNCATION_SNAPSHOT:
+            return snapshot  # the truncation marker holds a chain hash, never sealed
+        return await self._encryption.open_snapshot(snapshot)
 
     async def feed_lag(self) -> FeedLag:
         """How far the global feed is held back behind committed appends (see :class:`FeedLag`).

@@ -42,6 +42,8 @@ from kern_events.testing.conformance import (  # noqa: E402
     chain,
     contention,
     db,
+    encryption,
+    erasure,
     extensions,
     index,
     large,
@@ -51,6 +53,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     pause,
     property,
     read,
+    retention,
     runtime,
     runtime_pause,
     sessions,
@@ -58,6 +61,7 @@ from kern_events.testing.conformance import (  # noqa: E402
     streaming,
     subscribe,
     truncation,
+    upcasting,
     validation,
 )
 
@@ -67,11 +71,14 @@ __all__ = [
     "ChainTests",
     "ConformanceSuite",
     "DbTests",
+    "EncryptionTests",
+    "ErasureTests",
     "ExtensionTests",
     "LifecycleTests",
     "MultiAppendTests",
     "PauseTests",
     "ReadTests",
+    "RetentionTests",
     "RuntimeTests",
     "SessionTests",
     "SubscriptionTests",
@@ -152,7 +159,22 @@ class PauseTests(_Suite):
 
 
 class ExtensionTests(_Suite):
-    """Extension event types (``vendor.name`` tags) and session types of an integration's own."""
+    """Extension event types (``vendor.name`` tags), their upcasting from older schema versions, and
+    session types of an integration's own."""
+
+
+class RetentionTests(_Suite):
+    """Retention policies: old sessions deleted, long ones compacted to their last runs (compaction
+    needs the capability ``truncates``)."""
+
+
+class ErasureTests(_Suite):
+    """``erase_user``: a user's sessions gone from every read path, racing appends never left behind
+    (the capability ``erases_users`` of :class:`Backend`)."""
+
+
+class EncryptionTests(_Suite):
+    """Encryption at rest: sealed payloads and snapshots, crypto-shredding, typed key errors."""
 
 
 class RuntimeTests(_Suite):
@@ -169,7 +191,10 @@ _adopt(DbTests, db, index, property)
 _adopt(SessionTests, sessions, contention)
 _adopt(PauseTests, pause)
 _adopt(RuntimeTests, runtime, runtime_pause)
-_adopt(ExtensionTests, extensions)
+_adopt(ExtensionTests, extensions, upcasting)
+_adopt(RetentionTests, retention)
+_adopt(ErasureTests, erasure)
+_adopt(EncryptionTests, encryption)
 _adopt(ChainTests, chain)
 
 
@@ -185,6 +210,9 @@ class ConformanceSuite(
     PauseTests,
     RuntimeTests,
     ExtensionTests,
+    RetentionTests,
+    ErasureTests,
+    EncryptionTests,
     ChainTests,
 ):
     """The whole conformance suite; subclass it and provide a ``backend`` fixture (see the module)."""

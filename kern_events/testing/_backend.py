@@ -48,6 +48,12 @@ class Backend(abc.ABC):
     """Whether the store implements :meth:`~kern_events.store.EventStore.truncate_before` (the kit's
     ``_truncate_before`` hook); skipped and checked the same way if not."""
 
+    erases_users: bool = True
+    """Whether :meth:`~kern_events.store.EventStore.erase_user` works on the store (it does on any
+    backend through the kit's default, which lists the user's sessions and deletes each; a backend
+    whose listing cannot filter by user, or that overrides ``_erase_sessions`` with less, sets it
+    false and the erasure tests skip, naming it)."""
+
     chains: bool = True
     """Whether the store keeps the tamper-evidence hash chain (``StoredEvent.chain``, computed with the
     kit's :class:`~kern_events.backend.Chain` in its atomic append); the chain tests skip if not."""

@@ -1,0 +1,349 @@
+"""Encryption at rest: payloads and snapshots sealed with AES-256-GCM under a data key per user
+(per session for a session without a user), the envelope left in clear.
+
+A store given an :class:`Encryption` seals every encoded payload before it is stored (and before a
+large one is cut into chunks) and opens it after reading, before the codec sees it; so a hash chain
+or a backup over stored rows sees only ciphertext. The envelope (session id, version, position,
+type, schema version, times) and the session index stay readable, so the log stays ordered and
+auditable and listings need no key. The associated data binds each ciphertext to its session id,
+event id, type and schema version (a snapshot's to its session, name and version): a payload moved
+to another row, or changed, fails to open with :class:`~kern_events.DecryptionError` naming the
+session and version. (The version itself is assigned when the append commits, after sealing; rows
+are bound to it through their unique event id.)
+
+Data keys come from a :class:`KeyProvider`: :class:`KeyringFile` keeps them in a local file; a
+cloud KMS plugs in as a provider whose ``create_key`` generates a data key and stores it wrapped
+(envelope encryption: ``GenerateDataKey`` on AWS KMS, ``encrypt`` on Google Cloud KMS), whose
+``get_key`` unwraps it, and whose ``delete_key`` deletes the wrapped key. Deleting a key is
+crypto-shredding: every copy of that user's payloads, in backups and exports too, reads as
+:class:`~kern_events.ErasedError` from then on.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import struct
+import tempfile
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+from uuid import UUID
+
+import anyio
+import msgspec
+
+from kern_events.errors import DecryptionError, ErasedError, InvalidArgumentError, KeyProviderError
+from kern_events.events import SessionStarted
+from kern_events.records import PendingEvent, Snapshot, StoredEvent
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+__all__ = ["Encryption", "KeyProvider", "KeyringFile"]
+
+SEAL_MARK = b"\xc7"
+"""First byte of a sealed payload. msgpack events are maps, which never start with it (it is the
+ext 8 type); a row without it is read as written before encryption was turned on."""
+_FORMAT = 1
+_HEADER = struct.Struct(">cBH")
+"""The mark, the format, and the length of the key id that follows (then a 12-byte nonce, then the
+ciphertext with its 16-byte tag)."""
+_NONCE = 12
+_KEY_BYTES = 32
+_KEYS_CACHED = 4096
+_SESSIONS_CACHED = 65_536
+
+UserLookup = Callable[[str], Awaitable[str | None]]
+"""The user of a session (from its index row), or ``None``."""
+
+
+class KeyProvider(Protocol):
+    """Where data keys (32 random bytes each) live; one per user, or per session without a user."""
+
+    async def get_key(self, key_id: str) -> bytes | None:
+        """The key, or ``None`` if it does not exist (never created, or deleted: shredded)."""
+        ...
+
+    async def create_key(self, key_id: str) -> bytes:
+        """The key, created now if it does not exist yet (two racing calls get the same key)."""
+        ...
+
+    async def delete_key(self, key_id: str) -> bool:
+        """Delete the key for good; ``False`` if there was none."""
+        ...
+
+
+class KeyringFile:
+    """Data keys in a local JSON file (created with mode 0600), rewritten atomically on each change.
+
+    Keep it apart from the database and its backups: whoever holds both can read everything. For
+    production, prefer a KMS-backed provider (see the module docstring).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = anyio.Lock()
+        self._keys: dict[str, bytes] | None = None
+
+    def _load(self) -> dict[str, bytes]:
+        if self._keys is None:
+            try:
+                raw = json.loads(self.path.read_text())
+            except FileNotFoundError:
+                raw = {}
+            self._keys = {key_id: base64.b64decode(key) for key_id, key in raw.items()}
+        return self._keys
+
+    def _save(self, keys: dict[str, bytes]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            with os.fdopen(handle, "w") as file:
+                json.dump({key_id: base64.b64encode(key).decode() for key_id, key in keys.items()}, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.chmod(temporary, 0o600)
+            os.replace(temporary, self.path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    async def get_key(self, key_id: str) -> bytes | None:
+        async with self._lock:
+            return self._load().get(key_id)
+
+    async def create_key(self, key_id: str) -> bytes:
+        async with self._lock:
+            keys = self._load()
+            key = keys.get(key_id)
+            if key is None:
+                key = os.urandom(_KEY_BYTES)
+                self._save({**keys, key_id: key})
+                keys[key_id] = key
+            return key
+
+    async def delete_key(self, key_id: str) -> bool:
+        async with self._lock:
+            keys = self._load()
+            if key_id not in keys:
+                return False
+            self._save({name: key for name, key in keys.items() if name != key_id})
+            del keys[key_id]
+            return True
+
+
+def _aesgcm() -> type[AESGCM]:
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise InvalidArgumentError(
+            "encryption", "needs the cryptography package: pip install 'kern-events[crypto]'"
+        ) from exc
+    return AESGCM
+
+
+def user_key_id(user_id: str) -> str:
+    """The key id of a user's data key: a digest, so the id stored in every sealed row (and kept in
+    backups) does not name the user."""
+    return "user-" + hashlib.sha256(user_id.encode()).hexdigest()[:32]
+
+
+def session_key_id(session_id: str) -> str:
+    """The key id of the data key of a session without a user (a digest, like :func:`user_key_id`)."""
+    return "session-" + hashlib.sha256(session_id.encode()).hexdigest()[:32]
+
+
+class Encryption:
+    """Seals payloads and snapshots under per-user data keys from ``key_provider``; give it to a db
+    (``SqliteDb(..., encryption=Encryption(KeyringFile("keys.json")))``) or a store."""
+
+    def __init__(self, key_provider: KeyProvider) -> None:
+        for method in ("get_key", "create_key", "delete_key"):
+            if not callable(getattr(key_provider, method, None)):
+                raise InvalidArgumentError("key_provider", f"expected a KeyProvider, it has no {method}()")
+        self._aesgcm = _aesgcm()
+        self.key_provider = key_provider
+        self._ciphers: OrderedDict[str, tuple[AESGCM, bytes]] = OrderedDict()
+        """By key id: the cipher, and the key its synthetic nonces are derived with."""
+        self._session_keys: OrderedDict[str, str] = OrderedDict()
+
+    # -- keys --------------------------------------------------------------------------------------
+
+    async def _cipher(self, key_id: str, *, create: bool) -> tuple[AESGCM, bytes] | None:
+        cipher = self._ciphers.get(key_id)
+        if cipher is not None:
+            self._ciphers.move_to_end(key_id)
+            return cipher
+        try:
+            key = await (self.key_provider.create_key(key_id) if create else self.key_provider.get_key(key_id))
+        except Exception as exc:
+            raise KeyProviderError(key_id, f"{type(exc).__name__}: {exc}") from exc
+        if key is None:
+            return None
+        if not isinstance(key, bytes) or len(key) != _KEY_BYTES:
+            raise KeyProviderError(key_id, f"a data key must be {_KEY_BYTES} bytes")
+        nonce_key = hmac.new(key, b"kern-events nonce", hashlib.sha256).digest()
+        cipher = self._ciphers[key_id] = (self._aesgcm(key), nonce_key)
+        while len(self._ciphers) > _KEYS_CACHED:
+            self._ciphers.popitem(last=False)
+        return cipher
+
+    async def forget(self, key_ids: Sequence[str], session_ids: Sequence[str]) -> int:
+        """Delete the keys (crypto-shredding) and forget the sessions; how many keys were deleted."""
+        deleted = 0
+        for key_id in key_ids:
+            self._ciphers.pop(key_id, None)
+            try:
+                deleted += bool(await self.key_provider.delete_key(key_id))
+            except Exception as exc:
+                raise KeyProviderError(key_id, f"{type(exc).__name__}: {exc}") from exc
+        for session_id in session_ids:
+            self._session_keys.pop(session_id, None)
+        return deleted
+
+    async def key_id(self, session_id: str, events: object, user_of: UserLookup) -> str:
+        """The key an append to ``session_id`` seals with: its user's, named by a ``SessionStarted``
+        in the batch or by the session's index row, else the session's own."""
+        if isinstance(events, Sequence):
+            for event in reversed(events):
+                if isinstance(event, SessionStarted):
+                    key_id = user_key_id(event.user_id) if event.user_id else session_key_id(session_id)
+                    self._remember(session_id, key_id)
+                    return key_id
+        known = self._session_keys.get(session_id)
+        if known is not None:
+            return known
+        user_id = await user_of(session_id)
+        key_id = user_key_id(user_id) if user_id else session_key_id(session_id)
+        self._remember(session_id, key_id)
+        return key_id
+
+    def _remember(self, session_id: str, key_id: str) -> None:
+        self._session_keys[session_id] = key_id
+        self._session_keys.move_to_end(session_id)
+        while len(self._session_keys) > _SESSIONS_CACHED:
+            self._session_keys.popitem(last=False)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    async def sealer(self, session_id: str, key_id: str) -> Sealer:
+        """A function sealing each encoded event of one append under ``key_id`` (created if new)."""
+        cipher = await self._cipher(key_id, create=True)
+        assert cipher is not None
+        return Sealer(cipher[0], cipher[1], session_id, key_id)
+
+    async def open(self, stored: StoredEvent) -> StoredEvent:
+        """``stored`` with its payload decrypted (a row without the seal mark is returned as it is)."""
+        data = stored.data
+        if data[:1] != SEAL_MARK:
+            return stored
+        key_id, nonce, sealed = _parse(data, stored.session_id, stored.version, stored.type, stored.position)
+        cipher = await self._cipher(key_id, create=False)
+        if cipher is None:
+            raise ErasedError(
+                stored.session_id,
+                f"its data key {key_id!r} was deleted",
+                version=stored.version,
+                position=stored.position,
+            )
+        try:
+            aad = _event_aad(stored.session_id, stored.event_id, stored.type, stored.schema_version)
+            plain = cipher[0].decrypt(nonce, sealed, aad)
+        except Exception as exc:
+            raise DecryptionError(
+                stored.session_id,
+                stored.version,
+                stored.type,
+                f"the payload does not decrypt under key {key_id!r}: wrong key, or modified ciphertext",
+                position=stored.position,
+            ) from exc
+        return msgspec.structs.replace(stored, data=plain)
+
+    # -- snapshots ---------------------------------------------------------------------------------
+
+    async def seal_snapshot(self, snapshot: Snapshot, key_id: str) -> Snapshot:
+        cipher = await self._cipher(key_id, create=True)
+        assert cipher is not None
+        nonce = os.urandom(_NONCE)
+        sealed = cipher[0].encrypt(nonce, snapshot.data, _snapshot_aad(snapshot))
+        return msgspec.structs.replace(snapshot, data=_pack(key_id, nonce, sealed))
+
+    async def open_snapshot(self, snapshot: Snapshot) -> Snapshot:
+        data = snapshot.data
+        if data[:1] != SEAL_MARK:
+            return snapshot
+        key_id, nonce, sealed = _parse(data, snapshot.session_id, snapshot.version, f"snapshot {snapshot.name}", -1)
+        cipher = await self._cipher(key_id, create=False)
+        if cipher is None:
+            raise ErasedError(snapshot.session_id, f"its data key {key_id!r} was deleted", version=snapshot.version)
+        try:
+            plain = cipher[0].decrypt(nonce, sealed, _snapshot_aad(snapshot))
+        except Exception as exc:
+            raise DecryptionError(
+                snapshot.session_id,
+                snapshot.version,
+                f"snapshot {snapshot.name}",
+                f"the snapshot does not decrypt under key {key_id!r}: wrong key, or modified ciphertext",
+                position=-1,
+            ) from exc
+        return msgspec.structs.replace(snapshot, data=plain)
+
+
+class Sealer:
+    """Seals the encoded events of one append (sync: it runs inside the store's encoding step).
+
+    The nonce is synthetic (an HMAC of the associated data and the payload, as in SIV): a retry of
+    an append seals to the same bytes, so the store still recognises it as a retry by comparing
+    rows, and two different payloads never share a nonce under one key.
+    """
+
+    __slots__ = ("_cipher", "_nonce_key", "key_id", "session_id")
+
+    def __init__(self, cipher: AESGCM, nonce_key: bytes, session_id: str, key_id: str) -> None:
+        self._cipher = cipher
+        self._nonce_key = nonce_key
+        self.session_id = session_id
+        self.key_id = key_id
+
+    def __call__(self, pending: PendingEvent) -> PendingEvent:
+        aad = _event_aad(self.session_id, pending.event_id, pending.type, pending.schema_version)
+        nonce = hmac.new(self._nonce_key, aad + pending.data, hashlib.sha256).digest()[:_NONCE]
+        sealed = self._cipher.encrypt(nonce, pending.data, aad)
+        return msgspec.structs.replace(pending, data=_pack(self.key_id, nonce, sealed))
+
+
+def _pack(key_id: str, nonce: bytes, sealed: bytes) -> bytes:
+    name = key_id.encode()
+    return _HEADER.pack(SEAL_MARK, _FORMAT, len(name)) + name + nonce + sealed
+
+
+def _parse(data: bytes, session_id: str, version: int, what: str, position: int) -> tuple[str, bytes, bytes]:
+    try:
+        _, form, length = _HEADER.unpack_from(data)
+        start = _HEADER.size + length
+        if form != _FORMAT or len(data) < start + _NONCE + 16:
+            raise ValueError("truncated or of an unknown format")
+        return data[_HEADER.size : start].decode(), data[start : start + _NONCE], data[start + _NONCE :]
+    except (struct.error, ValueError) as exc:
+        raise DecryptionError(session_id, version, what, f"a damaged sealed payload: {exc}", position=position) from exc
+
+
+def _event_aad(session_id: str, event_id: UUID, event_type: str, schema_version: int) -> bytes:
+    return b"\x00".join((b"event", session_id.encode(), event_id.bytes, event_type.encode(), b"%d" % schema_version))
+
+
+def _snapshot_aad(snapshot: Snapshot) -> bytes:
+    return b"\x00".join(
+        (
+            b"snapshot",
+            snapshot.session_id.encode(),
+            snapshot.name.encode(),
+            b"%d" % snapshot.schema_version,
+            b"%d" % snapshot.version,
+        )
+    )

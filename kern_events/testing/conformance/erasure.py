@@ -1,0 +1,102 @@
+"""Erasing a user: every session, snapshot, checkpoint and index row of the user goes, and no read
+path, listing or feed returns anything of theirs afterwards; other users are left exactly as they were."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kern_events import ErasedError, MessageAdded, SessionStarted
+from kern_events.testing._backend import Backend
+from kern_events.testing._feed import feed_settled
+from kern_events.testing._samples import conversation
+
+
+async def _write(db: object, session_id: str, user_id: str) -> None:
+    for batch in conversation(user_id=user_id):
+        await db.store.append(session_id, batch)  # type: ignore[attr-defined]
+
+
+async def test_erase_user_removes_every_session_and_leaves_other_users_alone(backend: Backend) -> None:
+    backend.require("erases_users")
+    async with backend.db() as db:
+        await _write(db, "a1", "alice")
+        await _write(db, "a2", "alice")
+        await _write(db, "b1", "bob")
+        await db.save_checkpoint("a1")
+        await db.save_checkpoint("b1")
+        bob_view = await db.get_session("b1")
+        report = await db.erase_user("alice")
+        assert report.user_id == "alice"
+        assert sorted(report.session_ids) == ["a1", "a2"]
+        assert report.events == 2 * sum(map(len, conversation()))
+        assert await db.get_sessions(user_id="alice") == []
+        assert [info.session_id for info in await db.get_sessions()] == ["b1"]
+        for session_id in ("a1", "a2"):
+            assert [record async for record in db.store.read(session_id)] == []
+            assert await db.store.get_session_info(session_id) is None
+            assert await db.store.load_snapshot(session_id, "session") is None
+            assert await db.store.load_snapshot(session_id, "state") is None
+        await feed_settled(db.store)
+        feed = [record async for record in db.store.read_all()]
+        assert {record.session_id for record in feed} == {"b1"}
+        async with db.store.subscribe() as subscription:
+            seen = []
+            async for record in subscription:
+                seen.append(record.session_id)
+                if len(seen) == len(feed):
+                    break
+        assert set(seen) == {"b1"}
+        assert await db.get_session("b1") == bob_view
+        assert await db.get_paused_runs(user_id="alice") == []
+
+
+async def test_erasing_an_unknown_user_reports_zero_and_changes_nothing(backend: Backend) -> None:
+    backend.require("erases_users")
+    async with backend.db() as db:
+        await _write(db, "b1", "bob")
+        before = await db.get_sessions()
+        report = await db.erase_user("nobody")
+        assert (report.session_ids, report.events) == ((), 0)
+        assert await db.get_sessions() == before
+        assert len([record async for record in db.store.read("b1")]) == sum(map(len, conversation()))
+
+
+async def test_erase_user_refuses_a_bad_user_id(backend: Backend) -> None:
+    backend.require("erases_users")
+    from kern_events import InvalidArgumentError
+
+    async with backend.db() as db:
+        with pytest.raises(InvalidArgumentError) as raised:
+            await db.erase_user("")
+        assert raised.value.argument == "user_id"
+
+
+async def test_appends_racing_an_erasure_land_first_or_are_refused_never_left_behind(backend: Backend) -> None:
+    backend.require("erases_users")
+    async with backend.store() as store:
+        for trial in range(3):
+            user = f"racer{trial}"
+            sessions = [f"{user}-s{n}" for n in range(3)]
+            for session_id in sessions:
+                await store.append(session_id, [SessionStarted(session_type="agent", user_id=user)])
+
+            async def write(session_id: str, number: int) -> None:
+                try:
+                    await store.append(session_id, [MessageAdded(run_id="r", role="user", content=str(number))])
+                except ErasedError as error:
+                    assert error.session_id == session_id
+
+            writers = [asyncio.ensure_future(write(session_id, n)) for session_id in sessions for n in range(4)]
+            await asyncio.sleep(0)
+            report = await store.erase_user(user)
+            await asyncio.gather(*writers)
+            assert sorted(report.session_ids) == sessions
+            for session_id in sessions:
+                assert [record async for record in store.read(session_id)] == []
+                assert await store.get_session_info(session_id) is None
+                with pytest.raises(ErasedError):
+                    await store.append(session_id, [MessageAdded(run_id="r", role="user", content="late")])
+            await feed_settled(store)
+            assert not [record async for record in store.read_all() if record.session_id.startswith(user)]

@@ -1,0 +1,85 @@
+"""``kern-events retain`` (dry run, then --apply) and ``kern-events export`` after ``erase_user``, on
+SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kern_events.db import BaseDb, PostgresDb, SqliteDb
+from kern_events.testing._samples import conversation
+from tests import _pg
+from tests.test_cli import cli, json_lines
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[list[str], Callable[[], BaseDb]]]:
+    """The ``--db``/``--schema`` arguments of a fresh database, and how to open a db on it."""
+    if request.param == "sqlite":
+        path = tmp_path / "cli.db"
+        yield ["--db", str(path)], lambda: SqliteDb(path)
+        return
+    _pg.require_postgres()
+    schema = _pg.new_schema()
+    try:
+        yield ["--db", _pg.PG_URL, "--schema", schema], lambda: PostgresDb(_pg.PG_URL, schema=schema)
+    finally:
+        _pg.drop_schema(schema)
+
+
+def _write(open_db: Callable[[], BaseDb], sessions: dict[str, str], runs: int = 3) -> None:
+    async def write() -> None:
+        async with open_db() as db:
+            for session_id, user in sessions.items():
+                for batch in conversation(user_id=user, runs=runs):
+                    await db.store.append(session_id, batch)
+
+    asyncio.run(write())
+
+
+def test_retain_lists_first_and_applies_only_when_asked(
+    database: tuple[list[str], Callable[[], BaseDb]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    where, db = database
+    _write(db, {"old": "u", "long": "u"})
+    code, out, _ = cli(capsys, "retain", *where, "--keep-runs", "1")
+    assert code == 0 and "compact  long  (11 events before version 12)" in out and "--apply" in out
+    code, out, _ = cli(capsys, "events", "long", *where)
+    assert len(json_lines(out)) == 16
+    code, out, _ = cli(capsys, "retain", *where, "--keep-runs", "1", "--apply")
+    assert code == 0 and "compacted  long" in out
+    code, out, _ = cli(capsys, "events", "long", *where)
+    assert [line["version"] for line in json_lines(out)] == list(range(12, 17))
+    code, out, _ = cli(capsys, "verify", *where)
+    assert code == 0
+    time.sleep(0.01)
+    code, out, _ = cli(capsys, "retain", *where, "--max-age", "30d")
+    assert code == 0 and "0 sessions would be deleted" in out
+    code, out, err = cli(capsys, "retain", *where, "--max-age", "0")
+    assert code == 2 and "force=True" in err
+    code, out, _ = cli(capsys, "retain", *where, "--max-age", "0", "--force", "--apply")
+    assert code == 0 and "2 sessions deleted" in out
+    code, out, _ = cli(capsys, "sessions", *where, "--json")
+    assert out.strip() == ""
+
+
+def test_export_after_erase_user_has_nothing_of_that_user(
+    database: tuple[list[str], Callable[[], BaseDb]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    where, db = database
+    _write(db, {"a1": "alice", "a2": "alice", "b1": "bob"}, runs=1)
+
+    async def erase() -> int:
+        async with db() as again:
+            return len((await again.erase_user("alice")).session_ids)
+
+    assert asyncio.run(erase()) == 2
+    code, out, _ = cli(capsys, "export", *where)
+    assert code == 0 and {line["session_id"] for line in json_lines(out)} == {"b1"}
+    assert "alice" not in out
+    code, out, _ = cli(capsys, "sessions", *where, "--json", "--user-id", "alice")
+    assert out.strip() == ""
