@@ -568,6 +568,12 @@ async def _verify(args: argparse.Namespace) -> int:
                 await _verify_session(db, info.session_id, checker)
                 checker.finish(info.version)
                 progress.advance(task, info.version)
+            if isinstance(db.store, BaseEventStore):  # the hash chains (edited, missing, moved events)
+                chains = progress.add_task("checking hash chains", total=checker.events)
+                report = await db.verify(progress=lambda count: progress.advance(chains, count))
+                checker.problems += [str(problem) for problem in report.problems]
+                if report.unchained:
+                    print(f"{_count(report.unchained, 'event')} written before the hash chain (schema 2) are unchained")
             held_back = await _held_back(db)
     if held_back:
         print(f"note: {held_back}; verify read each session directly, so it checked them")
