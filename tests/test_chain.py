@@ -184,3 +184,23 @@ async def test_an_untouched_log_of_100k_events_verifies_clean(tmp_path: Path) ->
         counted: list[int] = []
         report = await store.verify(progress=counted.append)
     assert report.ok and report.events == total and sum(counted) == total
+
+
+def test_kern_events_verify_takes_the_chain_key_from_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "keyed.db"
+
+    async def write() -> None:
+        async with SqliteDb(path, chain_key=KEY) as db:
+            await _five(db)
+
+    _pg.run_sync(write)
+    assert main(["verify", "--db", str(path)]) == 1  # without the key nothing checks out
+    monkeypatch.setenv("KERN_EVENTS_CHAIN_KEY", KEY.hex())
+    capsys.readouterr()
+    assert main(["verify", "--db", str(path)]) == 0
+    assert capsys.readouterr().out.endswith(": ok\n")
+    monkeypatch.setenv("KERN_EVENTS_CHAIN_KEY", "not hex")
+    assert main(["verify", "--db", str(path)]) == 2
+    assert "KERN_EVENTS_CHAIN_KEY" in capsys.readouterr().err
