@@ -183,15 +183,31 @@ def _open(path: str, *, create: bool = False, schema: str = "public") -> BaseDb:
     Without ``create`` it is opened read-only: a missing file, or a file or schema without
     kern-events tables, is an error, and nothing is created or written.
     """
+    key = _chain_key()
     if path.startswith(("postgres://", "postgresql://", "postgresql+")):
-        return PostgresDb(path, schema=schema, pool_size=2, create_schema=create)
+        return PostgresDb(path, schema=schema, pool_size=2, create_schema=create, chain_key=key)
     if create:
-        return SqliteDb(path)
+        return SqliteDb(path, chain_key=key)
     if not os.path.lexists(path):  # the store would say so too; the CLI also says what creates one
         raise InvalidArgumentError(
             "--db", f"database file {path!r} does not exist (`kern-events demo` or `kern-events migrate` creates one)"
         )
-    return BaseDb(SqliteEventStore(path, read_only=True))
+    return BaseDb(SqliteEventStore(path, read_only=True, chain_key=key))
+
+
+CHAIN_KEY_VARIABLE = "KERN_EVENTS_CHAIN_KEY"
+"""The environment variable holding the hash chain's secret key, in hex, for a database whose events
+were written with ``chain_key=`` (a key on the command line would show in the process list)."""
+
+
+def _chain_key() -> bytes | None:
+    text = os.environ.get(CHAIN_KEY_VARIABLE)
+    if not text:
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise InvalidArgumentError(CHAIN_KEY_VARIABLE, "expected the chain key in hex") from None
 
 
 # -- demo --------------------------------------------------------------------------------------------
@@ -641,6 +657,12 @@ async def _verify(args: argparse.Namespace) -> int:
                 await _verify_session(db, info.session_id, checker)
                 checker.finish(info.version)
                 progress.advance(task, info.version)
+            if isinstance(db.store, BaseEventStore):  # the hash chains (edited, missing, moved events)
+                chains = progress.add_task("checking hash chains", total=checker.events)
+                report = await db.verify(progress=lambda count: progress.advance(chains, count))
+                checker.problems += [str(problem) for problem in report.problems]
+                if report.unchained:
+                    print(f"{_count(report.unchained, 'event')} written before the hash chain (schema 2) are unchained")
             held_back = await _held_back(db)
     if held_back:
         print(f"note: {held_back}; verify read each session directly, so it checked them")

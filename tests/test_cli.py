@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from kern_events.backend import Chain
 from kern_events.cli import main
 from kern_events.db import SqliteDb
 from kern_events.events import SessionStarted, ToolConfirmation
@@ -166,11 +167,28 @@ def test_events_and_export_emit_json_lines_with_gapless_versions(
     assert tail == exported[-2:]
 
 
+def _rechain(connection: sqlite3.Connection, session_id: str) -> None:
+    """Recompute a session's hash chain after the test changed its rows (the kit's rule)."""
+    chain, previous = Chain(), Chain().genesis(session_id)
+    rows = connection.execute(
+        "SELECT version, event_id, type, schema_version, data, recorded_at FROM kern_events "
+        "WHERE session_id = ? ORDER BY version",
+        (session_id,),
+    ).fetchall()
+    for version, event_id, event_type, schema_version, data, recorded_at in rows:
+        previous = chain.link(previous, version, event_id, event_type, schema_version, data, recorded_at)
+        connection.execute(
+            "UPDATE kern_events SET chain = ? WHERE session_id = ? AND version = ?", (previous, session_id, version)
+        )
+    connection.execute("UPDATE kern_sessions SET chain_head = ? WHERE session_id = ?", (previous, session_id))
+
+
 def test_events_of_an_unknown_type_are_dumped_with_their_raw_bytes(
     demo_db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with sqlite3.connect(demo_db) as connection:
         connection.execute("UPDATE kern_events SET type = 'from_a_newer_release' WHERE version = 3")
+        _rechain(connection, "conversation_123")  # as the newer release would have written it
     connection.close()
 
     records = json_lines(cli(capsys, "events", "conversation_123", "--db", str(demo_db))[1])
@@ -202,7 +220,8 @@ def test_verify_reports_a_corrupt_row_and_checks_the_rest(demo_db: Path, capsys:
     code, out, err = cli(capsys, "verify", "--db", str(demo_db))
     assert code == 1
     assert f"problem: session 'conversation_123' version {version}: stored 'run_started' event cannot be decoded" in out
-    assert out.endswith(f"verified {total} events in 1 session: 1 problem\n")
+    assert f"problem: session 'conversation_123' version {version}: edited: the event does not match its hash" in out
+    assert out.endswith(f"verified {total} events in 1 session: 2 problems\n")
     assert err == ""
 
     code, _, err = cli(capsys, "show", "conversation_123", "--db", str(demo_db))
@@ -614,7 +633,8 @@ def test_verify_and_export_on_postgres_see_past_an_open_transaction_and_report_c
                 code, out, _ = await asyncio.to_thread(cli, capsys, "verify", *where)
                 assert code == 1
                 assert "version 3: stored" in out and "cannot be decoded" in out
-                assert out.endswith(f"verified {total} events in 1 session: 1 problem\n")
+                assert "version 3: edited: the event does not match its hash" in out
+                assert out.endswith(f"verified {total} events in 1 session: 2 problems\n")
             finally:
                 await holder.close()
 

@@ -185,6 +185,7 @@ class ChainVerifier:
         if stored.chain is None:
             if self._chained:
                 self._problem(version, "unchained", "its hash was removed")
+                self._previous = None  # the next event's link cannot be checked (this one is reported)
             else:
                 self.report.unchained += 1
             return
@@ -193,8 +194,9 @@ class ChainVerifier:
             previous = self._chain.genesis(self._session)
         self._chained = True
         self._stored[stored.chain] = version
-        # After a gap the predecessor is gone: its hash cannot be checked (the gap is reported).
-        if not after_gap and (previous is None or self._chain.of(previous, stored) != stored.chain):
+        # After a gap, an unreadable row or a removed hash the predecessor's hash is unknown: the link
+        # cannot be checked (what came before is reported).
+        if not after_gap and previous is not None and self._chain.of(previous, stored) != stored.chain:
             self._suspects.append(stored)
         self._previous = stored.chain
 
