@@ -82,6 +82,8 @@ def test_the_ui_cases_open_a_session_page_and_a_deep_list_page() -> None:
     for paging in ("keyset", "offset"):
         sample = _case("benchmarks.ui", "--case", "list", "--sessions", "300", "--depth", "250", "--paging", paging)
         assert sample["appends"] == 10
+
+
 def test_the_encryption_cases_run_sealed_and_plain() -> None:
     pytest.importorskip("cryptography", reason="needs the crypto extra")
     for side in ("ours", "plain"):
