@@ -1,0 +1,60 @@
+"""The JetStream backend beyond the conformance suite: the server version it refuses, an R3 stream on
+a 3-node cluster, and the typed error a writer sees when no server answers."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from kern_events.errors import StorageUnavailableError, UnsupportedError
+from kern_events.events import MessageAdded
+from tests import _nats
+
+pytest.importorskip("nats", reason="the nats extra is not installed")
+
+from kern_events.stores.nats import NatsEventStore  # noqa: E402 - after the importorskip
+
+SYSTEM_SERVER = "nats://127.0.0.1:4222"
+
+
+def _message(content: str) -> MessageAdded:
+    return MessageAdded(run_id="r", role="user", content=content)
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_a_server_older_than_2_12_is_refused_at_connect_with_a_typed_error() -> None:
+    """Debian's nats-server (2.9) stores a "batch" message by message; the store must not run on it.
+    Read-only: nothing is created on that server."""
+    if not _answers(4222):
+        pytest.skip("no system nats-server on 127.0.0.1:4222")
+    store = NatsEventStore(SYSTEM_SERVER, prefix="KernVersionProbe", replicas=1)
+    with pytest.raises(UnsupportedError, match=r"2\.12 or newer"):
+        await store.current_version("s")
+    await store.aclose()
+
+
+async def test_appends_and_reads_on_an_r3_stream_of_a_three_node_cluster(nats_cluster: _nats.Cluster) -> None:
+    store = NatsEventStore(nats_cluster.urls, prefix="R3Basics", replicas=3)
+    async with store:
+        first = await store.append("s", [_message("a"), _message("b")], expected_version=0)
+        second = await store.append("s", [_message("c")], expected_version=2)
+        assert (first.from_version, first.to_version, second.to_version) == (1, 2, 3)
+        assert [record.version async for record in store.read("s")] == [1, 2, 3]
+        assert await store.current_version("s") == 3
+    _nats.delete_stream(nats_cluster.urls, "R3Basics")
+
+
+async def test_no_server_is_a_storage_unavailable_error_not_a_raw_nats_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = NatsEventStore(f"nats://127.0.0.1:{port}", prefix="Nowhere", timeout=0.5)
+    with pytest.raises(StorageUnavailableError):
+        await store.append("s", [_message("a")])
+    await store.aclose()
