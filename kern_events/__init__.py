@@ -92,9 +92,10 @@ from kern_events.store import EventStore
 from kern_events.stores._sql import TableNames
 
 if TYPE_CHECKING:
-    from kern_events.db import BaseDb, InMemoryDb, PostgresDb, SqliteDb
+    from kern_events.db import BaseDb, InMemoryDb, NatsDb, PostgresDb, SqliteDb
     from kern_events.runtime import Agent, MemoryModel, Team, Workflow
     from kern_events.stores.memory import InMemoryEventStore
+    from kern_events.stores.nats import NatsEventStore
     from kern_events.stores.postgres import PostgresEventStore
     from kern_events.stores.sqlite import SqliteEventStore
 
@@ -112,6 +113,8 @@ _LAZY = {
     "PostgresEventStore": "kern_events.stores.postgres",
     "InMemoryEventStore": "kern_events.stores.memory",
     "SqliteEventStore": "kern_events.stores.sqlite",
+    "NatsDb": "kern_events.db",
+    "NatsEventStore": "kern_events.stores.nats",
 }
 
 __all__ = [
@@ -146,6 +149,8 @@ __all__ = [
     "MessageAdded",
     "MetadataUpdated",
     "MsgpackCodec",
+    "NatsDb",
+    "NatsEventStore",
     "NotFoundError",
     "PayloadTooLargeError",
     "PendingEvent",

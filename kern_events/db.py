@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -436,6 +437,40 @@ class PostgresDb(BaseDb):
                 create_schema=create_schema,
                 codec=codec,
                 max_event_size=max_event_size,
+            ),
+            cache_size=cache_size,
+            storage_policy=storage_policy,
+            checkpoint_every=checkpoint_every,
+        )
+
+
+class NatsDb(BaseDb):
+    """Sessions in NATS JetStream (``pip install 'kern-events[nats]'``, nats-server 2.12 or newer): a
+    replicated stream, for when one PostgreSQL server must not be a single point of failure.
+
+    ``replicas=3`` acknowledges a write once two of three servers hold it; see
+    :class:`~kern_events.stores.nats.NatsEventStore` for the layout and its limits.
+    """
+
+    def __init__(
+        self,
+        servers: str | Sequence[str] = "nats://127.0.0.1:4222",
+        *,
+        prefix: str = "KERN",
+        replicas: int = 3,
+        timeout: float = 5.0,
+        cache_size: int = 0,
+        storage_policy: StoragePolicy | None = None,
+        checkpoint_every: int | None = 1000,
+        codec: Codec | None = None,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+    ) -> None:
+        # Imported here so that other dbs' users never load the NATS backend.
+        from kern_events.stores.nats import NatsEventStore
+
+        super().__init__(
+            NatsEventStore(
+                servers, prefix=prefix, replicas=replicas, timeout=timeout, codec=codec, max_event_size=max_event_size
             ),
             cache_size=cache_size,
             storage_policy=storage_policy,

@@ -13,7 +13,7 @@ from tests import _nats
 
 pytest.importorskip("nats", reason="the nats extra is not installed")
 
-from kern_events.stores.nats import NatsEventStore  # noqa: E402 - after the importorskip
+from kern_events.stores.nats import NatsEventStore
 
 SYSTEM_SERVER = "nats://127.0.0.1:4222"
 
