@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
 import msgspec
 
+from kern_events._loops import on_loop_end
 from kern_events.backend import (
     DEFAULT_MAX_EVENT_SIZE,
     SNAPSHOTS_KEPT,
@@ -132,6 +134,7 @@ class NatsEventStore(BaseEventStore):
         self._timeout = timeout
         self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
         self._clients_lock = threading.Lock()
+        self._loop_ends: dict[asyncio.AbstractEventLoop, Callable[[], None]] = {}
 
     # -- connection ----------------------------------------------------------------------------------
 
@@ -144,9 +147,9 @@ class NatsEventStore(BaseEventStore):
         import nats.errors
 
         loop = asyncio.get_running_loop()
-        nc = self._clients.get(loop)
-        if nc is not None and not nc.is_closed:
-            return nc
+        known = self._clients.get(loop)
+        if known is not None and not known.is_closed:
+            return known
         try:
             async with asyncio.timeout(self._timeout):
                 nc = await nats.connect(
@@ -168,20 +171,29 @@ class NatsEventStore(BaseEventStore):
                 type(self).__name__,
             )
         with self._clients_lock:
-            self._clients = {other: client for other, client in self._clients.items() if not other.is_closed()} | {
-                loop: nc
-            }
+            self._clients[loop] = nc
+
+        async def close_at_loop_end() -> None:
+            with self._clients_lock:
+                if self._clients.get(loop) is nc:
+                    del self._clients[loop]
+            await nc.close()
+
+        self._loop_ends[loop] = on_loop_end(close_at_loop_end)
         return nc
 
     async def _close(self) -> None:
         with self._clients_lock:
             clients, self._clients = self._clients, {}
-        loop = asyncio.get_running_loop()
-        for owner, nc in clients.items():
-            if owner is loop:
+            ends, self._loop_ends = self._loop_ends, {}
+        here = asyncio.get_running_loop()
+        for loop, nc in clients.items():
+            if loop is here:
+                ends[loop]()
                 await nc.close()
-            elif not owner.is_closed():
-                asyncio.run_coroutine_threadsafe(nc.close(), owner)
+            elif loop.is_running():  # another thread's loop: closed there, now or when that loop ends
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(nc.close(), loop))
 
     async def _ensure_stream(self) -> None:
         config = {
