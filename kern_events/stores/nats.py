@@ -483,18 +483,47 @@ class NatsEventStore(BaseEventStore):
             for number, (event_id, type_, schema_version, data) in enumerate(rows)
         ]
 
+    async def _seek(self, subject: str, version: int) -> int:
+        """A sequence from which the session's first message holding ``version`` (or a later one) is
+        the next on ``subject``: a binary search over sequences, one leader round trip a step, after
+        two shortcuts (the session's first and last message) that cover reads from the start and tails."""
+        first = await self._next(subject, 1)
+        if first is None or _to(first) >= version:
+            return 1 if first is None else first.seq
+        last = await self._last(subject)
+        if last is None or _to(last) < version:
+            return 1 << 62
+        if int(last.headers.get("Kern-From", "0")) <= version:
+            return last.seq
+        low, high = first.seq + 1, last.seq
+        while low < high:
+            middle = (low + high) // 2
+            found = await self._next(subject, middle)
+            if found is None or _to(found) >= version:
+                high = middle
+            else:
+                low = found.seq + 1
+        return low
+
     async def _read_page(
         self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
     ) -> Page:
         subject = self._events_subject(session_id)
+        start = low
+        if backwards and types is None:
+            top = high
+            if top is None:
+                last = await self._last(subject)
+                top = 0 if last is None else _to(last)
+            start = max(low, top - limit + 1)
         found: list[StoredEvent | CorruptRecordError] = []
-        seq = 1
+        seq = await self._seek(subject, start)
         while True:
             message = await self._next(subject, seq)
             if message is None:
                 break
             seq = message.seq + 1
-            if "Kern-Deleted" in message.headers or int(message.headers.get("Kern-To", "0")) < low:
+            if "Kern-Deleted" in message.headers or _to(message) < start:
                 continue
             for row in self._rows(message, session_id):
                 if isinstance(row, CorruptRecordError):
@@ -502,13 +531,13 @@ class NatsEventStore(BaseEventStore):
                     break
                 if high is not None and row.version > high:
                     break
-                if row.version >= low and (types is None or row.type in types):
+                if row.version >= start and (types is None or row.type in types):
                     found.append(row)
             if isinstance(found[-1:] and found[-1], CorruptRecordError):
                 break
             if not backwards and len(found) >= limit:
                 break
-            if high is not None and int(message.headers.get("Kern-To", "0")) >= high:
+            if high is not None and _to(message) >= high:
                 break
         if backwards:
             good = [row for row in found if isinstance(row, StoredEvent)]
@@ -636,6 +665,11 @@ class NatsEventStore(BaseEventStore):
 
 class _Rejected(Exception):
     """The batch's expected sequences no longer held (a concurrent writer)."""
+
+
+def _to(message: _Message) -> int:
+    """The last version an event message holds (a tombstone's: the version the session was deleted at)."""
+    return int(message.headers.get("Kern-To", "0"))
 
 
 def _ids(part: PendingAppend) -> list[UUID]:
