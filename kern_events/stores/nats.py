@@ -67,6 +67,7 @@ _SHIFT = 16
 _LOW = (1 << _SHIFT) - 1
 _PLAIN = re.compile(r"[A-Za-z0-9_-]{1,200}")
 _BATCH_TOO_LARGE = 10199
+_LOOKUPS = 256
 _WRONG_LAST_SEQUENCE = 10071
 _NO_MESSAGE = 10037
 _HEADER_ROOM = 4096
@@ -441,15 +442,17 @@ class NatsEventStore(BaseEventStore):
         return await self._last(self._id_subject(event_id)) is not None
 
     async def _find_events(self, event_ids: Sequence[UUID]) -> Sequence[StoredEvent | None]:
-        found: list[StoredEvent | None] = []
-        for event_id in event_ids:
-            entry = await self._last(self._id_subject(event_id))
-            if entry is None:
-                found.append(None)
-                continue
-            session_id, version = entry.data.decode(), int(entry.headers["Kern-Version"])
-            page = await self._read_page(session_id, version, version, 1, False, None)
-            found.append(page[0] if page and isinstance(page[0], StoredEvent) else None)
+        """Each id's event: its id message names the session and version (up to :data:`_LOOKUPS` ids
+        are looked up at once, so a batch of thousands is not thousands of round trips in a row)."""
+        found: list[StoredEvent | None] = [None] * len(event_ids)
+        for start in range(0, len(event_ids), _LOOKUPS):
+            window = event_ids[start : start + _LOOKUPS]
+            entries = await asyncio.gather(*(self._last(self._id_subject(event_id)) for event_id in window))
+            for offset, entry in enumerate(entries):
+                if entry is not None:
+                    session_id, version = entry.data.decode(), int(entry.headers["Kern-Version"])
+                    page = await self._read_page(session_id, version, version, 1, False, None)
+                    found[start + offset] = page[0] if page and isinstance(page[0], StoredEvent) else None
         return found
 
     # -- reading -------------------------------------------------------------------------------------
