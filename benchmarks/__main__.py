@@ -16,11 +16,11 @@ import sys
 import time
 from typing import Any
 
-from benchmarks import append, contention, engine, frameworks, history, postgres, resume
+from benchmarks import append, contention, engine, frameworks, history, nats, postgres, resume
 from benchmarks._harness import measure, render_table, results_json
 from benchmarks.peers._workload import Backend
 
-_SUBJECTS = (append, postgres, contention, engine, history, resume)
+_SUBJECTS = (append, postgres, contention, engine, history, resume, nats)
 _NAMES = [subject.__name__.rsplit(".", 1)[-1] for subject in (*_SUBJECTS, frameworks)]
 
 

@@ -74,3 +74,13 @@ def test_the_adk_adapter_runs_the_agent_workload_as_adks_own_service_does() -> N
     assert sample["system"] == "google-adk on kern-events"
     assert sample["loaded"] in (16, 20), "get_session with no config: every event of the runs stored before the load"
     assert isinstance(sample["bytes_per_run"], float) and sample["bytes_per_run"] > 1000
+
+
+def test_the_jetstream_append_case_runs_on_a_cluster_of_its_own() -> None:
+    from benchmarks import nats
+
+    reason = nats.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    sample = _case("benchmarks.nats", "--case", "append", "--nodes", "1", "--replicas", "1", "--appends", "5")
+    assert (sample["appends"], sample["events"]) == (5, 5)
