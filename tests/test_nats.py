@@ -3,7 +3,9 @@ a 3-node cluster, and the typed error a writer sees when no server answers."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import uuid
 
 import pytest
 
@@ -58,3 +60,20 @@ async def test_no_server_is_a_storage_unavailable_error_not_a_raw_nats_error() -
     with pytest.raises(StorageUnavailableError):
         await store.append("s", [_message("a")])
     await store.aclose()
+
+
+async def test_an_id_left_behind_by_an_interrupted_delete_is_free_again(nats_server: _nats.Cluster) -> None:
+    """A delete publishes its tombstone, then purges the session's event ids; if it stops in between,
+    an append reusing such an id must not loop or fail: the stale id entry is purged on sight."""
+    prefix = f"Stale{uuid.uuid4().hex[:8]}"
+    store = NatsEventStore(nats_server.urls, prefix=prefix, replicas=1)
+    try:
+        async with store:
+            event_id = uuid.uuid4()
+            # what an interrupted delete leaves: the id's entry, pointing at an event that is gone
+            await store._request(f"{prefix}.id.{event_id.hex}", b"gone", {"Kern-Version": "1"})
+            result = await asyncio.wait_for(store.append("s", [_message("a")], event_ids=[event_id]), 10)
+            assert result.event_ids == (event_id,)
+            assert [record.event_id async for record in store.read("s")] == [event_id]
+    finally:
+        _nats.delete_stream(nats_server.urls, prefix)

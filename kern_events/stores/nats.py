@@ -452,7 +452,12 @@ class NatsEventStore(BaseEventStore):
                 if entry is not None:
                     session_id, version = entry.data.decode(), int(entry.headers["Kern-Version"])
                     page = await self._read_page(session_id, version, version, 1, False, None)
-                    found[start + offset] = page[0] if page and isinstance(page[0], StoredEvent) else None
+                    stored = page[0] if page and isinstance(page[0], StoredEvent) else None
+                    if stored is None or stored.event_id != window[offset]:
+                        # left by a delete that stopped before purging its ids: the id is free again
+                        await self._api(f"STREAM.PURGE.{self._stream}", {"filter": entry.subject, "seq": entry.seq + 1})
+                        stored = None
+                    found[start + offset] = stored
         return found
 
     # -- reading -------------------------------------------------------------------------------------
