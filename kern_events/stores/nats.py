@@ -50,6 +50,7 @@ from kern_events.backend import (
 from kern_events.codec import Codec
 from kern_events.errors import (
     CorruptRecordError,
+    IdempotencyError,
     InvalidArgumentError,
     StorageUnavailableError,
     UnsupportedError,
@@ -331,8 +332,9 @@ class NatsEventStore(BaseEventStore):
                 spans[index] = [start, len(messages)]
             try:
                 first, last = await self._commit(messages)
-            except _Rejected:
+            except _Rejected as rejected:
                 # another writer moved a session, or one of the ids is stored: look again
+                await self._taken_elsewhere(parts, rejected.seq)
                 suspect = True
                 continue
             results: list[AppendResult] = []
@@ -425,7 +427,8 @@ class NatsEventStore(BaseEventStore):
             error = reply.get("error")
             if error:
                 if error.get("err_code") == _WRONG_LAST_SEQUENCE:
-                    raise _Rejected()
+                    found = re.search(r"wrong last sequence: (\d+)", str(error.get("description")))
+                    raise _Rejected(int(found[1]) if found else None)
                 if error.get("err_code") == _BATCH_TOO_LARGE:
                     raise InvalidArgumentError(
                         "events",
@@ -437,6 +440,24 @@ class NatsEventStore(BaseEventStore):
             last = int(reply["seq"])
             return last - len(messages) + 1, last
         raise AssertionError("unreachable: an append has messages")  # pragma: no cover
+
+    async def _taken_elsewhere(self, parts: Sequence[PendingAppend], seq: int | None) -> None:
+        """If the message that failed a batch's check is the id entry of one of its events stored in
+        another session, that is an :class:`IdempotencyError` at once, without looking up every id
+        of the batch (thousands, for a large append)."""
+        message = None if seq is None else await self._get({"seq": seq})
+        if message is None or not message.subject.startswith(f"{self._prefix}.id."):
+            return
+        try:
+            event_id = UUID(hex=message.subject.rsplit(".", 1)[1])
+        except ValueError:
+            return
+        part = next((part for part in parts if event_id in {new.event_id for new in part.pending}), None)
+        if part is None:
+            return
+        stored = (await self._find_events([event_id]))[0]
+        if stored is not None and stored.session_id != part.session_id:
+            raise IdempotencyError(part.session_id, event_id, "is already used by another session")
 
     async def _id_taken(self, event_id: UUID) -> bool:
         return await self._last(self._id_subject(event_id)) is not None
@@ -672,7 +693,12 @@ class NatsEventStore(BaseEventStore):
 
 
 class _Rejected(Exception):
-    """The batch's expected sequences no longer held (a concurrent writer)."""
+    """The batch's expected sequences no longer held (a concurrent writer, or an event id is taken);
+    ``seq`` is the sequence the server found on the subject whose check failed, when it says."""
+
+    def __init__(self, seq: int | None) -> None:
+        super().__init__(seq)
+        self.seq = seq
 
 
 def _to(message: _Message) -> int:
