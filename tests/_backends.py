@@ -34,7 +34,7 @@ class Backend(kit.Backend):
         self.persistent = self.streams_from_storage = name != "memory"
         self.notifies = name == "postgres"
         if name == "nats":
-            self.thread_safe = True
+            self.notifies = True
             self.truncates = False
         self.schema = _pg.new_schema() if name == "postgres" else None
         if name == "postgres":

@@ -27,7 +27,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -250,6 +250,41 @@ class NatsEventStore(BaseEventStore):
             await (await self._connect()).publish(subject, payload, headers=headers)
         except nats.errors.Error as error:
             raise StorageUnavailableError(f"NATS failed: {error!r}") from error
+
+    @contextlib.asynccontextmanager
+    async def listen(self) -> AsyncIterator[None]:
+        """While open, every append committed to the stream (by any process) fires
+        :attr:`change_signal`: an ordered push consumer of the events' subjects, new messages only,
+        headers only (a core subscription would also see batches before they commit, or never do).
+        If it cannot be made (the cluster is away), subscriptions poll."""
+        await self._ensure_open()
+        import nats.errors
+        from nats.js import api
+
+        async def wake(message: Any) -> None:
+            self.change_signal.fire()
+
+        subscription = None
+        with contextlib.suppress(nats.errors.Error, StorageUnavailableError, TimeoutError):
+            subscription = (
+                await (await self._connect())
+                .jetstream()
+                .subscribe(
+                    f"{self._prefix}.e.>",
+                    stream=self._stream,
+                    cb=wake,
+                    ordered_consumer=True,
+                    deliver_policy=api.DeliverPolicy.NEW,
+                    headers_only=True,
+                    idle_heartbeat=5.0,
+                )
+            )
+        try:
+            yield
+        finally:
+            if subscription is not None:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
 
     # -- reading messages --------------------------------------------------------------------------
 
