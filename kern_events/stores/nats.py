@@ -52,6 +52,7 @@ from kern_events.errors import (
     CorruptRecordError,
     IdempotencyError,
     InvalidArgumentError,
+    StorageError,
     StorageUnavailableError,
     UnsupportedError,
 )
@@ -65,7 +66,6 @@ MIN_SERVER_VERSION = (2, 12)
 expected sequence before de-duplication (a retried append gets a conflict instead of its ack)."""
 
 _SHIFT = 16
-_LOW = (1 << _SHIFT) - 1
 _PLAIN = re.compile(r"[A-Za-z0-9_-]{1,200}")
 _BATCH_TOO_LARGE = 10199
 _LOOKUPS = 256
@@ -118,7 +118,6 @@ class NatsEventStore(BaseEventStore):
         *,
         prefix: str = "KERN",
         replicas: int = 3,
-        duplicate_window: float = 120.0,
         timeout: float = 5.0,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
@@ -132,7 +131,6 @@ class NatsEventStore(BaseEventStore):
         self._prefix = prefix
         self._stream = prefix
         self._replicas = replicas
-        self._duplicate_window = duplicate_window
         self._timeout = timeout
         self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
         self._clients_lock = threading.Lock()
@@ -204,7 +202,6 @@ class NatsEventStore(BaseEventStore):
             "retention": "limits",
             "storage": "file",
             "num_replicas": self._replicas,
-            "duplicate_window": int(self._duplicate_window * 1e9),
             "allow_rollup_hdrs": True,
             "allow_atomic": True,
             "allow_direct": False,
@@ -225,9 +222,13 @@ class NatsEventStore(BaseEventStore):
         return reply  # type: ignore[no-any-return]
 
     def _failure(self, error: dict[str, Any], what: str) -> Exception:
-        if error.get("code") in (503, 408, 429) or error.get("err_code") in (10008, 10023, 10074):
-            return StorageUnavailableError(f"JetStream is unavailable, retry ({what}: {error.get('description')})")
-        return StorageUnavailableError(f"JetStream refused {what}: {error.get('description')} ({error})")
+        """A JetStream API error as ours: unavailable (retry) for elections, timeouts and overload,
+        else a :class:`StorageError` with the server's words."""
+        description = f"{what}: {error.get('description')} (code {error.get('code')}, {error.get('err_code')})"
+        words = str(error.get("description")).lower()
+        if error.get("code") in (503, 408, 429) or any(word in words for word in ("offline", "leader", "not avail")):
+            return StorageUnavailableError(f"JetStream is unavailable, retry ({description})")
+        return StorageError(f"JetStream refused {description}")
 
     async def _request(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> bytes:
         import nats.errors
