@@ -7,10 +7,12 @@ import asyncio
 import socket
 import uuid
 
+import msgspec
 import pytest
 
-from kern_events.errors import StorageUnavailableError, UnsupportedError
+from kern_events.errors import InvalidArgumentError, StorageUnavailableError, UnsupportedError
 from kern_events.events import MessageAdded
+from kern_events.records import Snapshot
 from tests import _nats
 
 pytest.importorskip("nats", reason="the nats extra is not installed")
@@ -75,5 +77,21 @@ async def test_an_id_left_behind_by_an_interrupted_delete_is_free_again(nats_ser
             result = await asyncio.wait_for(store.append("s", [_message("a")], event_ids=[event_id]), 10)
             assert result.event_ids == (event_id,)
             assert [record.event_id async for record in store.read("s")] == [event_id]
+    finally:
+        _nats.delete_stream(nats_server.urls, prefix)
+
+
+async def test_a_snapshot_over_the_servers_message_limit_is_an_invalid_argument(nats_server: _nats.Cluster) -> None:
+    prefix = f"Big{uuid.uuid4().hex[:8]}"
+    store = NatsEventStore(nats_server.urls, prefix=prefix, replicas=1)
+    try:
+        async with store:
+            await store.append("s", [_message("a")])
+            big = Snapshot(session_id="s", name="view", schema_version=1, version=1, data=b"x" * (9 * 2**20))
+            with pytest.raises(InvalidArgumentError, match="max_payload"):
+                await store.save_snapshot(big)
+            await store.save_snapshot(msgspec.structs.replace(big, data=b"small"))
+            loaded = await store.load_snapshot("s", "view")
+            assert loaded is not None and loaded.data == b"small"
     finally:
         _nats.delete_stream(nats_server.urls, prefix)

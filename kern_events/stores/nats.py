@@ -702,7 +702,15 @@ class NatsEventStore(BaseEventStore):
 
     async def _save_snapshot(self, snapshot: Snapshot) -> None:
         subject = self._snapshot_subject(snapshot.session_id, snapshot.name)
-        reply = json.loads(await self._request(subject, msgspec.msgpack.encode(snapshot), {}))
+        encoded = msgspec.msgpack.encode(snapshot)
+        limit = int((await self._connect()).max_payload)
+        if len(encoded) > limit:
+            raise InvalidArgumentError(
+                "snapshot.data",
+                f"the snapshot encodes to {len(encoded)} bytes; this NATS server takes messages of at most "
+                f"{limit} bytes (its max_payload)",
+            )
+        reply = json.loads(await self._request(subject, encoded, {}))
         if reply.get("error"):
             raise self._failure(reply["error"], "a snapshot")
         kept = await self._snapshots(snapshot.session_id, snapshot.name)
