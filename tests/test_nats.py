@@ -95,3 +95,22 @@ async def test_a_snapshot_over_the_servers_message_limit_is_an_invalid_argument(
             assert loaded is not None and loaded.data == b"small"
     finally:
         _nats.delete_stream(nats_server.urls, prefix)
+
+
+@pytest.mark.parametrize(
+    ("options", "argument"),
+    [
+        ({"servers": []}, "servers"),
+        ({"servers": [""]}, "servers"),
+        ({"prefix": "a.b"}, "prefix"),
+        ({"prefix": ""}, "prefix"),
+        ({"replicas": 0}, "replicas"),
+        ({"replicas": True}, "replicas"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+    ],
+)
+def test_bad_options_are_refused_naming_them(options: dict[str, object], argument: str) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        NatsEventStore(**options)  # type: ignore[arg-type]
+    assert caught.value.argument == argument

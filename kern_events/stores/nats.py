@@ -34,6 +34,7 @@ from uuid import UUID
 import msgspec
 
 from kern_events._loops import on_loop_end
+from kern_events._validate import check_seconds
 from kern_events.backend import (
     DEFAULT_MAX_EVENT_SIZE,
     SNAPSHOTS_KEPT,
@@ -128,6 +129,10 @@ class NatsEventStore(BaseEventStore):
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
             raise InvalidArgumentError("replicas", f"expected 1 to 5, got {replicas!r}")
         self._servers = [servers] if isinstance(servers, str) else list(servers)
+        if not self._servers or not all(isinstance(url, str) and url for url in self._servers):
+            raise InvalidArgumentError("servers", f"expected a url or a list of urls, got {servers!r}")
+        if check_seconds("timeout", timeout, finite=True) <= 0:
+            raise InvalidArgumentError("timeout", f"expected seconds > 0, got {timeout!r}")
         self._prefix = prefix
         self._stream = prefix
         self._replicas = replicas
