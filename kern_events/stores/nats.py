@@ -27,6 +27,7 @@ import json
 import re
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -70,6 +71,7 @@ _SHIFT = 16
 _PLAIN = re.compile(r"[A-Za-z0-9_-]{1,200}")
 _BATCH_TOO_LARGE = 10199
 _LOOKUPS = 256
+_CACHED_HEADS = 4096
 _WRONG_LAST_SEQUENCE = 10071
 _NO_MESSAGE = 10037
 _HEADER_ROOM = 4096
@@ -139,6 +141,8 @@ class NatsEventStore(BaseEventStore):
         self._timeout = timeout
         self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
         self._clients_lock = threading.Lock()
+        self._heads_lock = threading.Lock()
+        self._heads: OrderedDict[str, tuple[int, int, SessionInfo | None]] = OrderedDict()
         self._loop_ends: dict[asyncio.AbstractEventLoop, Callable[[], None]] = {}
 
     # -- connection ----------------------------------------------------------------------------------
@@ -346,16 +350,22 @@ class NatsEventStore(BaseEventStore):
 
     async def _append_many(self, parts: Sequence[PendingAppend], recorded_at: float) -> list[AppendResult]:
         suspect = False  # a batch was refused: an id may be taken, so look at all of them
+        fresh = False  # read the heads through the leader, not from this writer's cache
         while True:
-            heads = [await self._head(part.session_id) for part in parts]
+            heads = []
+            for part in parts:
+                with self._heads_lock:
+                    cached = None if fresh else self._heads.get(part.session_id)
+                heads.append(cached if cached is not None else await self._head(part.session_id))
+            if not fresh and any(
+                not check_expected(part.expected, head[1]) for part, head in zip(parts, heads, strict=True)
+            ):
+                fresh = True  # a cached head may be behind another writer's append: ask the leader
+                continue
             retries: list[AppendResult | None] = []
             for part, (_, version, _) in zip(parts, heads, strict=True):
                 retry = None
-                if (
-                    suspect
-                    or not check_expected(part.expected, version)
-                    or await self._id_taken(part.pending[0].event_id)
-                ):
+                if suspect or not check_expected(part.expected, version):
                     retry = match_retry(part.session_id, part.pending, await self._find_events(_ids(part)))
                     if retry is None and not check_expected(part.expected, version):
                         raise conflict(part.session_id, part.expected, version)
@@ -375,8 +385,11 @@ class NatsEventStore(BaseEventStore):
                 first, last = await self._commit(messages)
             except _Rejected as rejected:
                 # another writer moved a session, or one of the ids is stored: look again
+                with self._heads_lock:
+                    for part in parts:
+                        self._heads.pop(part.session_id, None)
                 await self._taken_elsewhere(parts, rejected.seq)
-                suspect = True
+                suspect = fresh = True
                 continue
             results: list[AppendResult] = []
             offset = first
@@ -387,6 +400,8 @@ class NatsEventStore(BaseEventStore):
                     continue
                 _, version, _ = heads[index]
                 start, end = spans[index]
+                info = msgspec.json.decode(base64.b64decode(messages[end - 1][2]["Kern-Info"]), type=SessionInfo)
+                self._remember(part.session_id, (offset + end - 1, version + len(part.pending), info))
                 positions: list[int] = []
                 for number in range(start, end):
                     subject, _, headers = messages[number]
@@ -405,6 +420,15 @@ class NatsEventStore(BaseEventStore):
                 )
             assert offset + len(messages) - 1 == last
             return results
+
+    def _remember(self, session_id: str, head: tuple[int, int, SessionInfo | None]) -> None:
+        """Keep the head this store just wrote: its next append to the session needs no read first (the
+        server still checks it, and a refused batch reads the head through the leader)."""
+        with self._heads_lock:
+            self._heads[session_id] = head
+            self._heads.move_to_end(session_id)
+            while len(self._heads) > _CACHED_HEADS:
+                self._heads.popitem(last=False)
 
     def _part_messages(
         self,
@@ -499,9 +523,6 @@ class NatsEventStore(BaseEventStore):
         stored = (await self._find_events([event_id]))[0]
         if stored is not None and stored.session_id != part.session_id:
             raise IdempotencyError(part.session_id, event_id, "is already used by another session")
-
-    async def _id_taken(self, event_id: UUID) -> bool:
-        return await self._last(self._id_subject(event_id)) is not None
 
     async def _find_events(self, event_ids: Sequence[UUID]) -> Sequence[StoredEvent | None]:
         """Each id's event: its id message names the session and version (up to :data:`_LOOKUPS` ids
@@ -667,6 +688,8 @@ class NatsEventStore(BaseEventStore):
     # -- deleting and snapshots -----------------------------------------------------------------------
 
     async def _delete_session(self, session_id: str) -> bool:
+        with self._heads_lock:
+            self._heads.pop(session_id, None)
         subject = self._events_subject(session_id)
         seq, version, info = await self._head(session_id)
         snapshots = await self._api(
