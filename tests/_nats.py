@@ -7,6 +7,7 @@ Under ``CI=true`` a server that cannot start fails the test (as PostgreSQL does)
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -105,6 +106,17 @@ class Node:
         except (urllib.error.URLError, OSError):
             return False
 
+    def leads_all(self, size: int) -> bool:
+        """This node is the meta leader and sees every other peer current (only the leader knows):
+        until then, placing an R3 stream fails with "peer offline"."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/jsz", timeout=1) as answer:
+                meta = json.loads(answer.read()).get("meta_cluster", {})
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+        peers = meta.get("replicas") or []
+        return meta.get("leader") == self.name and len(peers) == size - 1 and all(peer.get("current") for peer in peers)
+
 
 class Cluster:
     """``size`` nodes (1: a lone server; 3: an R3-capable cluster) in a temporary directory."""
@@ -130,7 +142,10 @@ class Cluster:
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while not all(node.healthy() for node in self.nodes if node.process is not None):
+        running = [node for node in self.nodes if node.process is not None]
+        while not all(node.healthy() for node in running) or (
+            len(running) > 1 and not any(node.leads_all(len(running)) for node in running)
+        ):
             for node in self.nodes:
                 if node.process is not None and node.process.poll() is not None:
                     raise RuntimeError(f"nats-server {node.name} exited: see {node.directory / 'server.log'}")
