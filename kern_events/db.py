@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -25,12 +25,19 @@ from kern_events._validate import (
 )
 from kern_events.checkpoints import Checkpoints
 from kern_events.codec import Codec
-from kern_events.errors import ConcurrencyError, InvalidArgumentError, RunNotFoundError, SessionNotFoundError
+from kern_events.errors import (
+    ConcurrencyError,
+    InvalidArgumentError,
+    RunNotFoundError,
+    SessionNotFoundError,
+    UnsupportedError,
+)
 from kern_events.events import SessionRenamed, SessionType
 from kern_events.records import Snapshot
 from kern_events.sessions import Session, StoragePolicy, _visible_to
 from kern_events.store import EventStore, SessionSort
-from kern_events.stores._base import DEFAULT_MAX_EVENT_SIZE
+from kern_events.stores._base import DEFAULT_MAX_EVENT_SIZE, BaseEventStore
+from kern_events.stores._chain import VerifyReport
 from kern_events.stores._sql import TableNames
 from kern_events.stores.memory import InMemoryEventStore
 from kern_events.stores.sqlite import SqliteEventStore, Synchronous
@@ -104,6 +111,16 @@ class BaseDb:
     async def aclose(self) -> None:
         """Close the store; safe to call twice."""
         await self._store.aclose()
+
+    async def verify(
+        self, session_id: str | None = None, *, progress: Callable[[int], None] | None = None
+    ) -> VerifyReport:
+        """Recompute the tamper-evidence hash chains of one session or of all, and report what was
+        edited, deleted, moved or cut off, by session and version (``chain_key`` must be the one the
+        events were written with); ``progress`` is called with each page's count of events checked."""
+        if not isinstance(self._store, BaseEventStore):
+            raise UnsupportedError("verify", f"{type(self._store).__name__} is not built on the backend kit")
+        return await self._store.verify(session_id, progress=progress)
 
     async def _visible_info(self, session_id: str, user_id: str | None) -> SessionInfo:
         check_identifier("session_id", session_id)
@@ -350,9 +367,10 @@ class InMemoryDb(BaseDb):
         checkpoint_every: int | None = 1000,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        chain_key: bytes | None = None,
     ) -> None:
         super().__init__(
-            InMemoryEventStore(codec=codec, max_event_size=max_event_size),
+            InMemoryEventStore(codec=codec, max_event_size=max_event_size, chain_key=chain_key),
             cache_size=cache_size,
             storage_policy=storage_policy,
             checkpoint_every=checkpoint_every,
@@ -380,6 +398,7 @@ class SqliteDb(BaseDb):
         checkpoint_every: int | None = 1000,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        chain_key: bytes | None = None,
     ) -> None:
         tables = TableNames(events=events_table, sessions=session_table, snapshots=snapshot_table, schema=schema_table)
         super().__init__(
@@ -390,6 +409,7 @@ class SqliteDb(BaseDb):
                 busy_timeout=busy_timeout,
                 codec=codec,
                 max_event_size=max_event_size,
+                chain_key=chain_key,
             ),
             cache_size=cache_size,
             storage_policy=storage_policy,
@@ -422,6 +442,7 @@ class PostgresDb(BaseDb):
         checkpoint_every: int | None = 1000,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        chain_key: bytes | None = None,
     ) -> None:
         # Imported here so that SqliteDb users never load asyncpg.
         from kern_events.stores.postgres import PostgresEventStore
@@ -437,6 +458,7 @@ class PostgresDb(BaseDb):
                 create_schema=create_schema,
                 codec=codec,
                 max_event_size=max_event_size,
+                chain_key=chain_key,
             ),
             cache_size=cache_size,
             storage_policy=storage_policy,
@@ -464,13 +486,20 @@ class NatsDb(BaseDb):
         checkpoint_every: int | None = 1000,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        chain_key: bytes | None = None,
     ) -> None:
         # Imported here so that other dbs' users never load the NATS backend.
         from kern_events.stores.nats import NatsEventStore
 
         super().__init__(
             NatsEventStore(
-                servers, prefix=prefix, replicas=replicas, timeout=timeout, codec=codec, max_event_size=max_event_size
+                servers,
+                prefix=prefix,
+                replicas=replicas,
+                timeout=timeout,
+                codec=codec,
+                max_event_size=max_event_size,
+                chain_key=chain_key,
             ),
             cache_size=cache_size,
             storage_policy=storage_policy,

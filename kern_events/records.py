@@ -86,6 +86,9 @@ class StoredEvent(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     schema_version: int
     data: bytes
     recorded_at: float
+    chain: bytes | None = None
+    """The hash chaining the event to the previous one of its session (see
+    :class:`kern_events.backend.Chain`); ``None`` for an event written before the chain existed."""
 
 
 class Record(msgspec.Struct, frozen=True, kw_only=True):

@@ -34,6 +34,7 @@ from kern_events.backend import BaseEventStore, PendingEvent
 from kern_events.codec import MsgpackCodec
 from kern_events.events import Event
 from kern_events.stores import _base
+from kern_events.stores._sql import SCHEMA_VERSION
 from tests import _pg
 
 ROOT = Path(__file__).parent.parent
@@ -329,6 +330,9 @@ def _as_previous_release(path: Path) -> None:
     """Turn a file into what the previous release left: schema version 1 and no chunk table."""
     with sqlite3.connect(path) as db:
         db.execute("DROP TABLE kern_events_chunks")
+        db.execute("DROP TABLE kern_schema_migrations")  # that release recorded no steps
+        db.execute("ALTER TABLE kern_events DROP COLUMN chain")  # nor chained events
+        db.execute("ALTER TABLE kern_sessions DROP COLUMN chain_head")
         db.execute("UPDATE kern_schema SET version = 1")
 
 
@@ -343,7 +347,7 @@ async def test_a_sqlite_file_of_the_previous_release_opens_and_gains_the_chunk_t
     async with SqliteEventStore(path) as store:
         await store.append("s", [_big("new")], expected_version=1)
         assert [record.event async for record in store.read("s", from_version=2)] == [_big("new")]
-    assert _count(path, "SELECT version FROM kern_schema") == 2
+    assert _count(path, "SELECT version FROM kern_schema") == SCHEMA_VERSION
     async with SqliteEventStore(path, read_only=True) as reader:
         assert [record.event async for record in reader.read("s", from_version=2)] == [_big("new")]
 
@@ -352,7 +356,12 @@ async def test_a_postgres_schema_of_the_previous_release_is_migrated_on_open(sch
     async with PostgresEventStore(_pg.PG_URL, schema=schema, pool_size=2) as store:
         await store.append("s", [MessageAdded(run_id="r", role="user", content="old")])
     await _pg_execute(
-        schema, 'DROP TABLE "{schema}".kern_events_chunks', 'UPDATE "{schema}".kern_schema SET version = 1'
+        schema,
+        'DROP TABLE "{schema}".kern_events_chunks',
+        'DROP TABLE "{schema}".kern_schema_migrations',  # that release recorded no steps
+        'ALTER TABLE "{schema}".kern_events DROP COLUMN chain',
+        'ALTER TABLE "{schema}".kern_sessions DROP COLUMN chain_head',
+        'UPDATE "{schema}".kern_schema SET version = 1',
     )
     without_ddl = PostgresEventStore(_pg.PG_URL, schema=schema, pool_size=1, create_schema=False)
     with pytest.raises(SchemaVersionError, match="kern-events migrate"):
@@ -361,4 +370,4 @@ async def test_a_postgres_schema_of_the_previous_release_is_migrated_on_open(sch
     async with PostgresEventStore(_pg.PG_URL, schema=schema, pool_size=2) as store:
         await store.append("s", [_big("new")], expected_version=1)
         assert [record.event async for record in store.read("s", from_version=2)] == [_big("new")]
-    assert await _pg_count(schema, 'SELECT version FROM "{schema}".kern_schema') == 2
+    assert await _pg_count(schema, 'SELECT version FROM "{schema}".kern_schema') == SCHEMA_VERSION

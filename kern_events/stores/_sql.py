@@ -23,14 +23,17 @@ __all__ = [
     "SNAPSHOT_COLUMNS",
     "TOMBSTONE",
     "AppendRequest",
+    "MigrationStep",
     "Placeholder",
     "Row",
     "SessionStatements",
     "TableNames",
     "event_columns",
     "info_from_row",
+    "migrations_ddl",
     "quote",
     "snapshot_from_row",
+    "steps_after",
     "stored_from_row",
 ]
 
@@ -41,13 +44,27 @@ class Row(Protocol):
     def __getitem__(self, index: int, /) -> Any: ...
 
 
-_EVENT_COLUMN_NAMES = ("session_id", "version", "position", "event_id", "type", "schema_version", "data", "recorded_at")
+_EVENT_COLUMN_NAMES = (
+    "session_id",
+    "version",
+    "position",
+    "event_id",
+    "type",
+    "schema_version",
+    "data",
+    "recorded_at",
+    "chain",
+)
 
 
-def event_columns(*, as_blob: Collection[str] = ()) -> str:
+def event_columns(*, as_blob: Collection[str] = (), chained: bool = True) -> str:
     """The events columns every read selects, in the order :func:`stored_from_row` expects, with
-    those named in ``as_blob`` read as bytes (SQLite: whatever type a damaged row stored there)."""
-    return ", ".join(f"CAST({name} AS BLOB)" if name in as_blob else name for name in _EVENT_COLUMN_NAMES)
+    those named in ``as_blob`` read as bytes (SQLite: whatever type a damaged row stored there);
+    without ``chained``, for a table older than the hash chain (schema 2), the hash reads as NULL."""
+    return ", ".join(
+        "NULL" if name == "chain" and not chained else f"CAST({name} AS BLOB)" if name in as_blob else name
+        for name in _EVENT_COLUMN_NAMES
+    )
 
 
 EVENT_COLUMNS = event_columns()
@@ -81,6 +98,7 @@ def stored_from_row(row: Row, event_id: UUID) -> StoredEvent:
         schema_version=row[5],
         data=row[6],
         recorded_at=row[7],
+        chain=row[8],
     )
 
 
@@ -101,9 +119,36 @@ def info_from_row(row: Row) -> SessionInfo:
     )
 
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The layout this release writes; a database recording a higher one is refused, a lower one migrated.
-2 added the chunk table (:attr:`TableNames.chunks`), which a release that knows only 1 cannot read."""
+2 added the chunk table (:attr:`TableNames.chunks`), which a release that knows only 1 cannot read;
+3 the hash chain (an events column ``chain`` and the index's ``chain_head``). Rows written before 3
+keep no hash (verify counts them as unchained); the chain of such a session starts at its next append."""
+
+
+class MigrationStep(msgspec.Struct, frozen=True):
+    """One schema version's change: the statements that take a database from ``version - 1`` to
+    ``version``, run in one transaction that also records the step (see :func:`steps_after`)."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+def steps_after(steps: Sequence[MigrationStep], found: int) -> list[MigrationStep]:
+    """The steps a database at version ``found`` still needs, in order; ``steps`` must number
+    1 … :data:`SCHEMA_VERSION` without gaps (a backend's list that does not is a bug, said here)."""
+    if [step.version for step in steps] != list(range(1, SCHEMA_VERSION + 1)):
+        raise AssertionError(f"migration steps must be numbered 1..{SCHEMA_VERSION}")
+    return [step for step in steps if step.version > found]
+
+
+def migrations_ddl(table: str, text: str, real: str) -> str:
+    """The table that records each migration step once, when it ran (``table`` already quoted)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} (component {text} NOT NULL, version integer NOT NULL, "
+        f"description {text} NOT NULL, applied_at {real} NOT NULL, PRIMARY KEY (component, version))"
+    )
 
 
 def quote(identifier: str) -> str:
@@ -134,20 +179,26 @@ class TableNames(msgspec.Struct, frozen=True, kw_only=True):
         55 characters, within PostgreSQL's 63)."""
         return self.events + "_chunks"
 
+    @property
+    def migrations(self) -> str:
+        """The record of migration steps run, named after the schema-version table (one row per
+        events table and version)."""
+        return self.schema + "_migrations"
+
     def __post_init__(self) -> None:
         for field in self.__struct_fields__:
             check_sql_identifier(_ARGUMENT[field], getattr(self, field))
-        names = [getattr(self, field) for field in self.__struct_fields__] + [self.chunks]
+        names = [getattr(self, field) for field in self.__struct_fields__] + [self.chunks, self.migrations]
         if len({name.lower() for name in names}) != len(names):
             raise InvalidArgumentError("table names", f"each table needs its own name, got {names}")
 
 
 TOMBSTONE = (
     "deleted = true, session_type = NULL, agent_id = NULL, team_id = NULL, workflow_id = NULL, "
-    "user_id = NULL, name = NULL, run_count = 0"
+    "user_id = NULL, name = NULL, run_count = 0, chain_head = NULL"
 )
 """What deleting a session leaves of its index row: the version (so that it is never reused) and
-the times; everything that identified it is gone."""
+the times; everything that identified it is gone, and a session started again there chains afresh."""
 
 Placeholder = Callable[[int], str]
 """The marker of the n-th statement parameter: ``?n`` on SQLite, ``$n`` on PostgreSQL."""
@@ -187,7 +238,7 @@ class SessionStatements:
 class AppendRequest:
     """One append on its way through a SQL backend's group committer."""
 
-    __slots__ = ("delta", "expected", "pending", "recorded_at", "session_id")
+    __slots__ = ("at", "delta", "expected", "hashes", "pending", "prev", "recorded_at", "session_id")
 
     def __init__(
         self,
@@ -203,6 +254,13 @@ class AppendRequest:
         self.delta: IndexDelta = index_delta(events)
         """What the append changes in the session's index row."""
         self.recorded_at = recorded_at
+        self.at = 0
+        """The head version the chain hashes were computed from (a backend that computes them
+        outside its atomic step appends only at this head; see :class:`~kern_events.backend.Chain`)."""
+        self.prev: bytes | None = None
+        """The head hash the index held at :attr:`at` (``None``: none yet, the chain starts afresh)."""
+        self.hashes: list[bytes] | None = None
+        """The events' chain hashes, once computed."""
 
     @property
     def wanted(self) -> int | None:

@@ -36,10 +36,18 @@ __all__ = ["InMemoryEventStore"]
 class InMemoryEventStore(BaseEventStore):
     """An :class:`~kern_events.store.EventStore` held in this process's memory."""
 
-    def __init__(self, *, codec: Codec | None = None, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
-        super().__init__(codec=codec, max_event_size=max_event_size)
+    def __init__(
+        self,
+        *,
+        codec: Codec | None = None,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        chain_key: bytes | None = None,
+    ) -> None:
+        super().__init__(codec=codec, max_event_size=max_event_size, chain_key=chain_key)
         self._streams: dict[str, list[StoredEvent]] = {}
         self._heads: dict[str, int] = {}
+        self._chain_heads: dict[str, bytes] = {}
+        """The hash of each session's head event (gone with the session's events when it is deleted)."""
         self._index: dict[str, SessionInfo] = {}
         self._by_id: dict[UUID, StoredEvent] = {}
         self._positions: list[int] = []
@@ -90,7 +98,9 @@ class InMemoryEventStore(BaseEventStore):
         head = self._heads.get(session_id, 0)
         stream = self._streams.setdefault(session_id, [])
         stored_events = []
-        for offset, new in enumerate(pending, start=1):
+        hashes = self.chain.hashes(session_id, self._chain_heads.get(session_id), head, pending, recorded_at)
+        self._chain_heads[session_id] = hashes[-1]
+        for offset, (new, chain) in enumerate(zip(pending, hashes, strict=True), start=1):
             self._last_position += 1
             stored = StoredEvent(
                 session_id=session_id,
@@ -101,6 +111,7 @@ class InMemoryEventStore(BaseEventStore):
                 schema_version=new.schema_version,
                 data=new.data,
                 recorded_at=recorded_at,
+                chain=chain,
             )
             stored_events.append(stored)
             stream.append(stored)
@@ -189,6 +200,7 @@ class InMemoryEventStore(BaseEventStore):
         await anyio.lowlevel.checkpoint()
         with self._mutex:
             stream = self._streams.pop(session_id, [])
+            self._chain_heads.pop(session_id, None)
             for key in [key for key in self._snapshots if key[0] == session_id]:
                 del self._snapshots[key]
             existed = self._index.pop(session_id, None) is not None or bool(stream)

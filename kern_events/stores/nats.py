@@ -76,8 +76,10 @@ _WRONG_LAST_SEQUENCE = 10071
 _NO_MESSAGE = 10037
 _HEADER_ROOM = 4096
 
-_Row = tuple[bytes, str, int, bytes]
-"""An event in a message: its id, type, schema version and data."""
+_Row = tuple[bytes, str, int, bytes, bytes]
+"""An event in a message: its id, type, schema version, data and chain hash."""
+_Head = tuple[int, int, SessionInfo | None, bytes | None]
+"""A session's last message sequence (0 if none), version, index row (None if deleted) and chain hash."""
 
 
 def _token(value: str) -> str:
@@ -124,8 +126,9 @@ class NatsEventStore(BaseEventStore):
         timeout: float = 5.0,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        chain_key: bytes | None = None,
     ) -> None:
-        super().__init__(codec=codec, max_event_size=max_event_size)
+        super().__init__(codec=codec, max_event_size=max_event_size, chain_key=chain_key)
         if not isinstance(prefix, str) or not _PLAIN.fullmatch(prefix):
             raise InvalidArgumentError("prefix", f"expected letters, digits, '-' or '_', got {prefix!r}")
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
@@ -142,7 +145,7 @@ class NatsEventStore(BaseEventStore):
         self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
         self._clients_lock = threading.Lock()
         self._heads_lock = threading.Lock()
-        self._heads: OrderedDict[str, tuple[int, int, SessionInfo | None]] = OrderedDict()
+        self._heads: OrderedDict[str, _Head] = OrderedDict()
         self._loop_ends: dict[asyncio.AbstractEventLoop, Callable[[], None]] = {}
 
     # -- connection ----------------------------------------------------------------------------------
@@ -325,15 +328,16 @@ class NatsEventStore(BaseEventStore):
     def _snapshot_subject(self, session_id: str, name: str) -> str:
         return f"{self._prefix}.s.{_token(session_id)}.{_token(name)}"
 
-    async def _head(self, session_id: str) -> tuple[int, int, SessionInfo | None]:
-        """The session's last message sequence (0 if none), version, and index row (None if deleted)."""
+    async def _head(self, session_id: str) -> _Head:
+        """The session's head, read through the leader: see :data:`_Head`."""
         last = await self._last(self._events_subject(session_id))
         if last is None:
-            return 0, 0, None
+            return 0, 0, None, None
         version = int(last.headers.get("Kern-To", "0"))
         info_text = last.headers.get("Kern-Info")
         info = msgspec.json.decode(base64.b64decode(info_text), type=SessionInfo) if info_text else None
-        return last.seq, version, info
+        chain = last.headers.get("Kern-Chain")
+        return last.seq, version, info, bytes.fromhex(chain) if chain else None
 
     # -- appending ---------------------------------------------------------------------------------
 
@@ -363,7 +367,7 @@ class NatsEventStore(BaseEventStore):
                 fresh = True  # a cached head may be behind another writer's append: ask the leader
                 continue
             retries: list[AppendResult | None] = []
-            for part, (_, version, _) in zip(parts, heads, strict=True):
+            for part, (_, version, _, _) in zip(parts, heads, strict=True):
                 retry = None
                 if suspect or not check_expected(part.expected, version):
                     retry = match_retry(part.session_id, part.pending, await self._find_events(_ids(part)))
@@ -377,9 +381,9 @@ class NatsEventStore(BaseEventStore):
             messages: list[tuple[str, bytes, dict[str, str]]] = []
             spans: dict[int, list[int]] = {}
             for index in todo:
-                part, (seq, version, info) = parts[index], heads[index]
+                part, (seq, version, info, chain) = parts[index], heads[index]
                 start = len(messages)
-                messages.extend(self._part_messages(part, seq, version, info, recorded_at, max_payload))
+                messages.extend(self._part_messages(part, seq, version, info, chain, recorded_at, max_payload))
                 spans[index] = [start, len(messages)]
             try:
                 first, last = await self._commit(messages)
@@ -398,10 +402,12 @@ class NatsEventStore(BaseEventStore):
                 if retry is not None:
                     results.append(retry)
                     continue
-                _, version, _ = heads[index]
+                _, version, _, _ = heads[index]
                 start, end = spans[index]
-                info = msgspec.json.decode(base64.b64decode(messages[end - 1][2]["Kern-Info"]), type=SessionInfo)
-                self._remember(part.session_id, (offset + end - 1, version + len(part.pending), info))
+                last_headers = messages[end - 1][2]
+                info = msgspec.json.decode(base64.b64decode(last_headers["Kern-Info"]), type=SessionInfo)
+                chain = bytes.fromhex(last_headers["Kern-Chain"])
+                self._remember(part.session_id, (offset + end - 1, version + len(part.pending), info, chain))
                 positions: list[int] = []
                 for number in range(start, end):
                     subject, _, headers = messages[number]
@@ -421,7 +427,7 @@ class NatsEventStore(BaseEventStore):
             assert offset + len(messages) - 1 == last
             return results
 
-    def _remember(self, session_id: str, head: tuple[int, int, SessionInfo | None]) -> None:
+    def _remember(self, session_id: str, head: _Head) -> None:
         """Keep the head this store just wrote: its next append to the session needs no read first (the
         server still checks it, and a refused batch reads the head through the leader)."""
         with self._heads_lock:
@@ -436,6 +442,7 @@ class NatsEventStore(BaseEventStore):
         seq: int,
         version: int,
         info: SessionInfo | None,
+        chain: bytes | None,
         recorded_at: float,
         max_payload: int,
     ) -> list[tuple[str, bytes, dict[str, str]]]:
@@ -455,12 +462,13 @@ class NatsEventStore(BaseEventStore):
         room = max(max_payload - _HEADER_ROOM, 1024)
         groups: list[list[_Row]] = [[]]
         size = 0
-        for new in part.pending:
+        hashes = self.chain.hashes(part.session_id, chain, version, part.pending, recorded_at)
+        for new, link in zip(part.pending, hashes, strict=True):
             row_size = len(new.data) + len(new.type) + 32
             if groups[-1] and size + row_size > room:
                 groups.append([])
                 size = 0
-            groups[-1].append((new.event_id.bytes, new.type, new.schema_version, new.data))
+            groups[-1].append((new.event_id.bytes, new.type, new.schema_version, new.data, link))
             size += row_size
         to_version = version + len(part.pending)
         index = advance_index(info, part.session_id, part.events, to_version, recorded_at)
@@ -475,6 +483,7 @@ class NatsEventStore(BaseEventStore):
                 headers["Nats-Expected-Last-Subject-Sequence"] = str(seq)
             if number == len(groups) - 1:
                 headers["Kern-Info"] = base64.b64encode(msgspec.json.encode(index)).decode()
+                headers["Kern-Chain"] = hashes[-1].hex()
             out.append((subject, msgspec.msgpack.encode(rows), headers))
             low += len(rows)
         return out
@@ -552,7 +561,7 @@ class NatsEventStore(BaseEventStore):
             token = message.subject.split(".", 2)[2]
             session_id = bytes.fromhex(token[1:]).decode() if token.startswith("~") else token
         try:
-            rows = msgspec.msgpack.decode(message.data, type=list[tuple[bytes, str, int, bytes]])
+            rows = msgspec.msgpack.decode(message.data, type=list[_Row])
             recorded_at = float(message.headers["Kern-Recorded"])
         except (msgspec.DecodeError, KeyError, ValueError) as error:
             return [
@@ -570,8 +579,9 @@ class NatsEventStore(BaseEventStore):
                 schema_version=schema_version,
                 data=data,
                 recorded_at=recorded_at,
+                chain=chain,
             )
-            for number, (event_id, type_, schema_version, data) in enumerate(rows)
+            for number, (event_id, type_, schema_version, data, chain) in enumerate(rows)
         ]
 
     async def _seek(self, subject: str, version: int) -> int:
@@ -691,7 +701,7 @@ class NatsEventStore(BaseEventStore):
         with self._heads_lock:
             self._heads.pop(session_id, None)
         subject = self._events_subject(session_id)
-        seq, version, info = await self._head(session_id)
+        seq, version, info, _ = await self._head(session_id)
         snapshots = await self._api(
             f"STREAM.PURGE.{self._stream}", {"filter": f"{self._prefix}.s.{_token(session_id)}.>"}
         )

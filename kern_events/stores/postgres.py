@@ -83,18 +83,23 @@ from kern_events.stores._sql import (
     INFO_COLUMNS,
     SCHEMA_VERSION,
     AppendRequest,
+    MigrationStep,
     Row,
     SessionStatements,
     TableNames,
     info_from_row,
+    migrations_ddl,
     quote,
     snapshot_from_row,
+    steps_after,
     stored_from_row,
 )
 
 __all__ = ["PostgresEventStore", "normalize_url"]
 
 _ANY_RETRIES = 20
+_CHAIN_HEADS_KEPT = 100_000
+"""Sessions whose head (version, hash) a store remembers between appends (about 20 MB at most)."""
 _NOTIFY_DELAY = 0.01
 """Seconds a NOTIFY waits so that appends landing close together share one wake-up."""
 _LISTEN_READY_TIMEOUT = 5.0
@@ -202,8 +207,9 @@ class PostgresEventStore(BaseEventStore):
         create_schema: bool = True,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        chain_key: bytes | None = None,
     ) -> None:
-        super().__init__(codec=codec, max_event_size=max_event_size)
+        super().__init__(codec=codec, max_event_size=max_event_size, chain_key=chain_key)
         if (db_url is None) == (pool is None):
             raise InvalidArgumentError("db_url", "give exactly one of db_url and pool")
         self._url = None if db_url is None else normalize_url(db_url)
@@ -215,6 +221,10 @@ class PostgresEventStore(BaseEventStore):
         self.schema = check_sql_identifier("schema", schema)
         self.tables = tables if tables is not None else TableNames()
         self._create_schema = create_schema
+        self._migrate_on_open = False
+        self._chain_heads: dict[str, tuple[int, bytes | None]] = {}
+        """The head (version, hash) of sessions this store appended to, so that an append computes its
+        chain hashes without a round trip; a stale entry only costs one (the statement checks both)."""
         self._sql = _Statements(self.schema, self.tables)
         self._notify_task: asyncio.Task[None] | None = None
         self._notifier: asyncpg.Connection | None = None
@@ -239,7 +249,7 @@ class PostgresEventStore(BaseEventStore):
         else:
             self._loop = asyncio.get_running_loop()  # the caller's pool belongs to the loop opening the store
         try:
-            if self._create_schema:
+            if self._create_schema or self._migrate_on_open:
                 await self.migrate()
             else:
                 await self._check_schema()
@@ -461,18 +471,34 @@ class PostgresEventStore(BaseEventStore):
         appender.terminate()
 
     async def migrate(self) -> None:
-        """Create or upgrade the tables and indexes; idempotent, and safe from many processes at once."""
+        """Run the schema's missing migration steps in order, each in its own transaction that records
+        it; idempotent, and safe from many processes at once (an advisory lock per step, under which
+        the version is read again, so each step runs once)."""
         if self._pool is None and self._state != "open":  # not opening yet: opening migrates
+            self._migrate_on_open = True
             await self._ensure_open()
             return
-        async with self._connection() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._sql.lock_key)
-            for statement in self._sql.ddl:
-                await connection.execute(statement)
-            found = await connection.fetchval(self._sql.schema_version, self.tables.events)
-            if found is not None and found > SCHEMA_VERSION:
-                raise SchemaVersionError(found, SCHEMA_VERSION)
-            await connection.execute(self._sql.set_schema_version, self.tables.events, SCHEMA_VERSION)
+        async with self._connection() as connection:
+            async with connection.transaction():
+                await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._sql.lock_key)
+                for statement in self._sql.prepare:
+                    await connection.execute(statement)
+                found = await self._found_version(connection)
+            for step in steps_after(self._sql.steps, found):
+                async with connection.transaction():
+                    await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._sql.lock_key)
+                    if await self._found_version(connection) >= step.version:
+                        continue
+                    for statement in step.statements:
+                        await connection.execute(statement)
+                    await connection.execute(self._sql.record_step, self.tables.events, step.version, step.description)
+                    await connection.execute(self._sql.set_schema_version, self.tables.events, step.version)
+
+    async def _found_version(self, connection: _AnyConnection) -> int:
+        found = await connection.fetchval(self._sql.schema_version, self.tables.events)
+        if found is not None and found > SCHEMA_VERSION:
+            raise SchemaVersionError(found, SCHEMA_VERSION)
+        return 0 if found is None else int(found)
 
     async def _check_schema(self) -> None:
         async with self._connection() as connection:
@@ -608,6 +634,7 @@ class PostgresEventStore(BaseEventStore):
             if len(batch) == 1:
                 return [await self._append_alone(connection, batch[0])]
             # Appends with out-of-line payloads are left out of the statement: they go alone, below.
+            self._chain_requests(batch)
             together = [request for request in batch if not _has_chunks(request)]
             try:
                 rows = await connection.fetch(self._sql.append_batch, *_batch_arguments(together)) if together else []
@@ -626,6 +653,7 @@ class PostgresEventStore(BaseEventStore):
             for request in batch:
                 numbered = placed.get(request.session_id)
                 if numbered is not None:
+                    self._remember(request)
                     outcomes.append(_result(request, sorted(numbered)))
                     continue
                 if lost is not None:
@@ -680,11 +708,15 @@ class PostgresEventStore(BaseEventStore):
         placed: dict[str, list[tuple[int, int]]] = {}
         if todo:
             locked = await connection.fetch(self._sql.lock_sessions, [request.session_id for request in todo])
-            heads = {row[0]: row[1] for row in locked}
+            heads = {row[0]: (row[1], row[2]) for row in locked}
             for request in todo:
-                head = heads.get(request.session_id, 0)
+                head, chain_head = heads.get(request.session_id, (0, None))
                 if not check_expected(request.expected, head):
                     raise conflict(request.session_id, request.expected, head)
+                request.at, request.prev = head, chain_head  # locked: the head cannot move
+                request.hashes = self.chain.hashes(
+                    request.session_id, chain_head, head, request.pending, request.recorded_at
+                )
             for row in await connection.fetch(self._sql.append_batch, *_batch_arguments(todo)):
                 placed.setdefault(row[0], []).append((row[1], row[2]))
             if any(request.session_id not in placed for request in todo):
@@ -692,6 +724,8 @@ class PostgresEventStore(BaseEventStore):
             chunked = [new for request in todo for new in request.pending if new.chunks]
             if chunked:  # out-of-line payloads, in the same transaction as their events
                 await connection.execute(self._sql.chunk_put, *_chunk_arguments(chunked))
+        for request in todo:
+            self._remember(request)
         return [
             retry if retry is not None else _result(request, sorted(placed[request.session_id]))
             for request, retry in zip(requests, retries, strict=True)
@@ -727,17 +761,24 @@ class PostgresEventStore(BaseEventStore):
         """The single-append statement, with the error paths that tell a retry from a conflict.
 
         A conflict costs one round trip after the statement that wrote nothing: :meth:`_missed`
-        answers with the current version. The happy path stays one statement.
+        answers with the current version (and head hash: an append chained from a stale one is
+        chained again from the head just read and tried again). The happy path stays one statement.
         """
         session_id, pending, expected = request.session_id, request.pending, request.expected
+        if request.hashes is None:
+            self._chain_requests([request])
         for _ in range(_ANY_RETRIES):
-            missed: tuple[int | None, bool, bool] | None = None
+            missed: tuple[int | None, bool, bool, bytes | None] | None = None
             try:
                 rows = await self._try_lean(connection, request)
                 if not rows and _lean_applies(request):
-                    missed = head, deleted, stored = await self._missed(connection, request)
-                    if not deleted and not stored:  # an exact version >= 1 the session is not at
-                        return conflict(session_id, expected, head or 0)
+                    missed = head, deleted, stored, chain_head = await self._missed(connection, request)
+                    if not deleted and not stored:
+                        if self._rechain(request, head, chain_head):
+                            continue
+                        if expected is not ExpectedVersion.ANY:  # an exact version the session is not at
+                            return conflict(session_id, expected, head or 0)
+                        continue
                 if not rows and (missed is None or missed[1]):
                     # not lean, or a tombstone: the full statement decides (a stored id needs no try)
                     missed = None
@@ -745,11 +786,14 @@ class PostgresEventStore(BaseEventStore):
             except asyncpg.UniqueViolationError:
                 rows = []
             if rows:
+                self._remember(request)
                 return _result(request, sorted((row[0], row[1]) for row in rows))
             # Nothing was written: the head did not match, a new session was created by another
             # writer at the same moment, or an event id is already stored.
-            head, _, stored = missed if missed is not None else await self._missed(connection, request)
+            head, _, stored, chain_head = missed if missed is not None else await self._missed(connection, request)
             if not stored:
+                if self._rechain(request, head, chain_head):
+                    continue
                 if expected is not ExpectedVersion.ANY and (head is not None or request.wanted != 0):
                     return conflict(session_id, expected, head or 0)
                 continue  # any version, or a new session another writer is creating: try again
@@ -764,6 +808,48 @@ class PostgresEventStore(BaseEventStore):
             if expected is not ExpectedVersion.ANY:
                 return conflict(session_id, expected, head or 0)
         return conflict(session_id, expected, await self._current_version(session_id))
+
+    def _chain_requests(self, requests: Sequence[AppendRequest]) -> None:
+        """Chain each append from its session's head as this store last left it, or, for a session
+        it has not written, from the head its expected version names with no hash yet. No round trip:
+        the statement checks both the version and the hash, so a wrong guess writes nothing and
+        costs the one query that a conflict costs anyway (:meth:`_missed`), which reads the head
+        to chain from (:meth:`_rechain`)."""
+        for request in requests:
+            wanted = request.wanted
+            cached = self._chain_heads.get(request.session_id)
+            if cached is not None and (wanted is None or cached[0] == wanted):
+                request.at, request.prev = cached
+            else:
+                request.at, request.prev = wanted or 0, None
+            request.hashes = self.chain.hashes(
+                request.session_id, request.prev, request.at, request.pending, request.recorded_at
+            )
+
+    def _rechain(self, request: AppendRequest, head: int | None, chain_head: bytes | None) -> bool:
+        """After a statement that wrote nothing: if the append was chained from a head that is not
+        the one just read but may append there (any version, or the exact one with another hash),
+        chain it from that head; whether to try again."""
+        version = head or 0
+        if request.wanted is None:
+            if (version, chain_head) == (request.at, request.prev):
+                return False
+            request.at = version
+        elif version != request.at or chain_head == request.prev:
+            return False
+        request.prev = chain_head
+        request.hashes = self.chain.hashes(
+            request.session_id, chain_head, request.at, request.pending, request.recorded_at
+        )
+        self._chain_heads.pop(request.session_id, None)
+        return True
+
+    def _remember(self, request: AppendRequest) -> None:
+        """Keep the head an append left, for the session's next append (a bounded cache)."""
+        assert request.hashes is not None
+        if len(self._chain_heads) >= _CHAIN_HEADS_KEPT:
+            self._chain_heads.clear()
+        self._chain_heads[request.session_id] = (request.at + len(request.pending), request.hashes[-1])
 
     async def _append_statement(self, connection: _AnyConnection, request: AppendRequest) -> list[asyncpg.Record]:
         """The full single-append statement; an append with out-of-line payloads runs it in a
@@ -781,22 +867,30 @@ class PostgresEventStore(BaseEventStore):
 
     async def _missed(
         self, connection: asyncpg.Connection | _Connection, request: AppendRequest
-    ) -> tuple[int | None, bool, bool]:
+    ) -> tuple[int | None, bool, bool, bytes | None]:
         """After a statement that wrote nothing: the session's version (``None``: no row), whether it
-        is a tombstone, and whether any of the append's event ids is stored. One round trip, on a
-        fresh snapshot, so it sees what a racing writer just committed."""
+        is a tombstone, whether any of the append's event ids is stored, and its head hash. One round
+        trip, on a fresh snapshot, so it sees what a racing writer just committed."""
         row = await connection.fetchrow(self._sql.missed, request.session_id, [new.event_id for new in request.pending])
         assert row is not None
-        return row[0], bool(row[1]), bool(row[2])
+        return row[0], bool(row[1]), bool(row[2]), row[3]
 
     async def _try_lean(self, connection: _AnyConnection, request: AppendRequest) -> list[asyncpg.Record]:
         """The lean statement where it applies (see ``_Statements.append_existing``), else nothing."""
-        wanted, delta, pending = request.wanted, request.delta, request.pending
+        delta, pending = request.delta, request.pending
         if not _lean_applies(request):
             return []
         sql = self._sql.append_existing_one if len(pending) == 1 else self._sql.append_existing
         events = _event_arguments(pending)
-        arguments = (request.session_id, wanted, *events, request.recorded_at, delta.runs_started, len(pending))
+        arguments = (
+            request.session_id,
+            request.at,
+            *events,
+            request.recorded_at,
+            delta.runs_started,
+            len(pending),
+            *_chain_arguments(request),
+        )
         rows: list[asyncpg.Record] = await connection.fetch(sql, *arguments)
         return rows
 
@@ -804,6 +898,7 @@ class PostgresEventStore(BaseEventStore):
         """Lock the session row first: an append in flight (which holds the row until it commits)
         finishes before the events are deleted, and a later one waits for the delete. Deleting the
         events first would miss the rows of an append that commits meanwhile."""
+        self._chain_heads.pop(session_id, None)
         async with self._connection() as connection, connection.transaction():
             await connection.execute(self._sql.lock_session, session_id)
             tombstoned = await connection.fetchval(self._sql.tombstone, session_id)
@@ -944,12 +1039,10 @@ class _Unplaced(Exception):
 
 
 def _lean_applies(request: AppendRequest) -> bool:
-    """Whether the lean statement can take the append: an exact head, no session start, no rename,
-    no out-of-line payload."""
-    wanted, delta = request.wanted, request.delta
-    return (
-        wanted is not None and wanted != 0 and delta.started is None and delta.name is None and not _has_chunks(request)
-    )
+    """Whether the lean statement can take the append: an existing head, no session start, no
+    rename, no out-of-line payload."""
+    delta = request.delta
+    return request.at != 0 and delta.started is None and delta.name is None and not _has_chunks(request)
 
 
 def _has_chunks(request: AppendRequest) -> bool:
@@ -964,7 +1057,7 @@ def _chunk_arguments(pending: Sequence[PendingEvent]) -> tuple[list[UUID], list[
 
 
 def _index_assignments(
-    *, n: str, has_start: str, started: tuple[str, str, str, str, str], name: str, at: str, runs: str
+    *, n: str, has_start: str, started: tuple[str, str, str, str, str], name: str, at: str, runs: str, chain: str
 ) -> str:
     """The session-index rule (``kern_events.backend.apply_delta``) as the SET list of an UPDATE of
     the row ``s``, over the given SQL expressions: a SessionStarted replaces the type, ids and user;
@@ -982,6 +1075,7 @@ def _index_assignments(
         created_at = CASE WHEN s.deleted THEN {at} ELSE s.created_at END,
         updated_at = {at},
         run_count = CASE WHEN s.deleted THEN 0 ELSE s.run_count END + {runs},
+        chain_head = {chain},
         deleted = false"""
 
 
@@ -1005,11 +1099,19 @@ def _event_arguments(pending: Sequence[PendingEvent]) -> tuple[Any, ...]:
     )
 
 
+def _chain_arguments(request: AppendRequest) -> tuple[Any, bytes | None, bytes]:
+    """The events' chain hashes (one value for one event, else an array), the head hash they were
+    computed from and the new head hash."""
+    hashes = request.hashes
+    assert hashes is not None
+    return (hashes[0] if len(hashes) == 1 else hashes), request.prev, hashes[-1]
+
+
 def _single_arguments(request: AppendRequest) -> tuple[Any, ...]:
     pending = request.pending
     return (
         request.session_id,
-        request.wanted,
+        request.at,
         *_event_arguments(pending),
         request.recorded_at,
         request.delta.started is not None,
@@ -1017,19 +1119,25 @@ def _single_arguments(request: AppendRequest) -> tuple[Any, ...]:
         request.delta.name,
         request.delta.runs_started,
         len(pending),
+        *_chain_arguments(request),
     )
 
 
 def _batch_arguments(batch: Sequence[AppendRequest]) -> tuple[list[Any], ...]:
     """Column arrays: one entry per append (sessions are distinct in a batch), then one per event."""
-    columns: tuple[list[Any], ...] = tuple([] for _ in range(20))
+    columns: tuple[list[Any], ...] = tuple([] for _ in range(22))
     (session, wanted, count, has_start, kind, agent, team, workflow, user, name, runs, at) = columns[:12]
-    (owner, ordinal, serial, event_id, event_type, schema_version, data, _) = columns[12:]
+    (owner, ordinal, serial, event_id, event_type, schema_version, data, chain, prev, head) = columns[12:]
     number = 0
     for request in batch:
         delta = request.delta
+        hashes = request.hashes
+        assert hashes is not None
         session.append(request.session_id)
-        wanted.append(request.wanted)
+        wanted.append(request.at)
+        prev.append(request.prev)
+        head.append(hashes[-1])
+        chain += hashes
         count.append(len(request.pending))
         has_start.append(delta.started is not None)
         for column, value in zip((kind, agent, team, workflow, user), _started_fields(delta), strict=True):
@@ -1046,7 +1154,7 @@ def _batch_arguments(batch: Sequence[AppendRequest]) -> tuple[list[Any], ...]:
             event_type.append(new.type)
             schema_version.append(new.schema_version)
             data.append(new.data)
-    return columns[:19]
+    return columns
 
 
 def _take_batch(queue: list[AppendRequest]) -> tuple[list[AppendRequest], list[AppendRequest]]:
@@ -1088,66 +1196,98 @@ class _Statements:
         chunks = table(tables.chunks)
         self.lock_key = f"kern_events:{schema}.{tables.events}"
         self.channel = "kern_events_" + hashlib.sha256(self.lock_key.encode()).hexdigest()[:24]
-        self.ddl = [
+        self.prepare = [
             f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}",
             f"CREATE TABLE IF NOT EXISTS {versions} (component text PRIMARY KEY, version integer NOT NULL)",
-            f"CREATE TABLE IF NOT EXISTS {events} ("
-            "position bigint PRIMARY KEY, "
-            "session_id text NOT NULL, "
-            "version bigint NOT NULL, "
-            "event_id uuid NOT NULL, "
-            "type text NOT NULL, "
-            "schema_version integer NOT NULL, "
-            "data bytea NOT NULL, "
-            "recorded_at double precision NOT NULL, "
-            f"CONSTRAINT {quote(tables.events + '_session_version')} UNIQUE (session_id, version), "
-            f"CONSTRAINT {quote(tables.events + '_event_id')} UNIQUE (event_id))",
-            f"CREATE TABLE IF NOT EXISTS {sessions} ("
-            "session_id text PRIMARY KEY, session_type text, agent_id text, team_id text, workflow_id text, "
-            "user_id text, name text, created_at double precision NOT NULL, "
-            "updated_at double precision NOT NULL, run_count bigint NOT NULL, version bigint NOT NULL, "
-            "deleted boolean NOT NULL DEFAULT false)",
-            # Only columns that never change after a session starts are indexed, so appends (which
-            # rewrite updated_at) never touch the index: HOT updates keep the row on its page.
-            f"CREATE INDEX IF NOT EXISTS {quote(tables.sessions + '_user_created')} "
-            f"ON {sessions} (user_id, created_at)",
-            f"CREATE TABLE IF NOT EXISTS {snapshots} ("
-            "session_id text NOT NULL, name text NOT NULL, version bigint NOT NULL, "
-            "schema_version integer NOT NULL, data bytea NOT NULL, created_at double precision NOT NULL, "
-            "PRIMARY KEY (session_id, name, version))",
-            # Out-of-line payloads, one row per chunk (a schema of version 1 gains the table here).
-            # The foreign key takes them away with their event, whatever statement deletes it.
-            f"CREATE TABLE IF NOT EXISTS {chunks} ("
-            "event_id uuid NOT NULL, part integer NOT NULL, data bytea NOT NULL, "
-            f"CONSTRAINT {quote(tables.events + '_chunks_pkey')} PRIMARY KEY (event_id, part), "
-            f"CONSTRAINT {quote(tables.events + '_chunks_event')} FOREIGN KEY (event_id) "
-            f"REFERENCES {events} (event_id) ON DELETE CASCADE)",
+            migrations_ddl(table(tables.migrations), "text", "double precision"),
         ]
+        # Every schema version's change, in order; ``IF NOT EXISTS`` where they create, so a schema an
+        # older release made (its tables there, its version stamped) upgrades cleanly.
+        self.steps = [
+            MigrationStep(
+                1,
+                "events, session index and snapshots",
+                (
+                    f"CREATE TABLE IF NOT EXISTS {events} ("
+                    "position bigint PRIMARY KEY, "
+                    "session_id text NOT NULL, "
+                    "version bigint NOT NULL, "
+                    "event_id uuid NOT NULL, "
+                    "type text NOT NULL, "
+                    "schema_version integer NOT NULL, "
+                    "data bytea NOT NULL, "
+                    "recorded_at double precision NOT NULL, "
+                    f"CONSTRAINT {quote(tables.events + '_session_version')} UNIQUE (session_id, version), "
+                    f"CONSTRAINT {quote(tables.events + '_event_id')} UNIQUE (event_id))",
+                    f"CREATE TABLE IF NOT EXISTS {sessions} ("
+                    "session_id text PRIMARY KEY, session_type text, agent_id text, team_id text, workflow_id text, "
+                    "user_id text, name text, created_at double precision NOT NULL, "
+                    "updated_at double precision NOT NULL, run_count bigint NOT NULL, version bigint NOT NULL, "
+                    "deleted boolean NOT NULL DEFAULT false)",
+                    # Only columns that never change after a session starts are indexed, so appends (which
+                    # rewrite updated_at) never touch the index: HOT updates keep the row on its page.
+                    f"CREATE INDEX IF NOT EXISTS {quote(tables.sessions + '_user_created')} "
+                    f"ON {sessions} (user_id, created_at)",
+                    f"CREATE TABLE IF NOT EXISTS {snapshots} ("
+                    "session_id text NOT NULL, name text NOT NULL, version bigint NOT NULL, "
+                    "schema_version integer NOT NULL, data bytea NOT NULL, created_at double precision NOT NULL, "
+                    "PRIMARY KEY (session_id, name, version))",
+                ),
+            ),
+            MigrationStep(
+                2,
+                "out-of-line payloads: the chunk table",
+                (
+                    # The foreign key takes chunks away with their event, whatever statement deletes it.
+                    f"CREATE TABLE IF NOT EXISTS {chunks} ("
+                    "event_id uuid NOT NULL, part integer NOT NULL, data bytea NOT NULL, "
+                    f"CONSTRAINT {quote(tables.events + '_chunks_pkey')} PRIMARY KEY (event_id, part), "
+                    f"CONSTRAINT {quote(tables.events + '_chunks_event')} FOREIGN KEY (event_id) "
+                    f"REFERENCES {events} (event_id) ON DELETE CASCADE)",
+                ),
+            ),
+            MigrationStep(
+                3,
+                "tamper evidence: each event's chain hash and the index's head hash",
+                (
+                    f"ALTER TABLE {events} ADD COLUMN IF NOT EXISTS chain bytea",
+                    f"ALTER TABLE {sessions} ADD COLUMN IF NOT EXISTS chain_head bytea",
+                ),
+            ),
+        ]
+        self.record_step = (
+            f"INSERT INTO {table(tables.migrations)} (component, version, description, applied_at) "
+            "VALUES ($1, $2, $3, extract(epoch FROM clock_timestamp()))"
+        )
         self.schema_version = f"SELECT version FROM {versions} WHERE component = $1"
         self.set_schema_version = (
             f"INSERT INTO {versions} (component, version) VALUES ($1, $2) "
             "ON CONFLICT (component) DO UPDATE SET version = excluded.version"
         )
         insert_events = (
-            f"INSERT INTO {events} (position, session_id, version, event_id, type, schema_version, data, recorded_at)"
+            f"INSERT INTO {events} "
+            "(position, session_id, version, event_id, type, schema_version, data, recorded_at, chain)"
         )
         # The events of one append, numbered from the head the CTE ``head`` found: from four arrays
         # ($3..$6), or, for one event (the common case), from plain parameters, which saves encoding
         # four arrays and the unnest (~25 us per append measured here).
+        # ``{chain}`` is the parameter of the events' chain hashes (an array, or one value).
         from_arrays = f"""{insert_events}
 SELECT (pg_current_xact_id()::text::bigint << 16) + e.ordinal, $1, head.base + e.ordinal,
-       e.event_id, e.type, e.schema_version, e.data, $7
-FROM head, unnest($3::uuid[], $4::text[], $5::integer[], $6::bytea[])
-     WITH ORDINALITY AS e(event_id, type, schema_version, data, ordinal)
+       e.event_id, e.type, e.schema_version, e.data, $7, e.chain
+FROM head, unnest($3::uuid[], $4::text[], $5::integer[], $6::bytea[], {{chain}}::bytea[])
+     WITH ORDINALITY AS e(event_id, type, schema_version, data, chain, ordinal)
 ORDER BY e.ordinal
 RETURNING version, position"""
         from_parameters = f"""{insert_events}
-SELECT (pg_current_xact_id()::text::bigint << 16) + 1, $1, head.base + 1, $3::uuid, $4::text, $5::integer, $6::bytea, $7
+SELECT (pg_current_xact_id()::text::bigint << 16) + 1, $1, head.base + 1, $3::uuid, $4::text, $5::integer,
+       $6::bytea, $7, {{chain}}::bytea
 FROM head
 RETURNING version, position"""
         # $1 session, $2 expected head (NULL = any), $3..$6 the events, $7 recorded_at, $8 has
         # SessionStarted, $9..$13 its type and ids, $14 new name (NULL = keep), $15 runs started,
-        # $16 number of events. The session row is the lock: bumping its version only where it equals
+        # $16 number of events, $17 the events' chain hashes, $18 the head hash they were computed from
+        # (NULL: none), $19 the new head hash. The session row is the lock: bumping its version only where it equals
         # the expectation makes a racing writer wait, re-check and find nothing to update, instead of
         # failing on the events' unique index; a new session's row is inserted (or, if another writer
         # just created it, not) in the same statement. No row bumped or created: nothing is written.
@@ -1155,38 +1295,49 @@ RETURNING version, position"""
 WITH bumped AS (
     UPDATE {sessions} AS s SET {
             _index_assignments(
-                n="$16", has_start="$8", started=("$9", "$10", "$11", "$12", "$13"), name="$14", at="$7", runs="$15"
+                n="$16",
+                has_start="$8",
+                started=("$9", "$10", "$11", "$12", "$13"),
+                name="$14",
+                at="$7",
+                runs="$15",
+                chain="$19",
             )
         }
-    WHERE s.session_id = $1 AND ($2::bigint IS NULL OR s.version = $2::bigint)
+    WHERE s.session_id = $1 AND s.version = $2::bigint AND s.chain_head IS NOT DISTINCT FROM $18::bytea
     RETURNING s.version - $16 AS base
 ), created AS (
-    INSERT INTO {sessions} ({INFO_COLUMNS}, deleted)
-    SELECT $1, $9, $10, $11, $12, $13, $14, $7, $7, $15, $16, false
-    WHERE ($2::bigint IS NULL OR $2::bigint = 0) AND NOT EXISTS (SELECT 1 FROM bumped)
+    INSERT INTO {sessions} ({INFO_COLUMNS}, deleted, chain_head)
+    SELECT $1, $9, $10, $11, $12, $13, $14, $7, $7, $15, $16, false, $19::bytea
+    WHERE $2::bigint = 0 AND $18::bytea IS NULL AND NOT EXISTS (SELECT 1 FROM bumped)
     ON CONFLICT (session_id) DO NOTHING
     RETURNING 0::bigint AS base
 ), head AS (
     SELECT base FROM bumped UNION ALL SELECT base FROM created
 )
 """
-        self.append = any_session + from_arrays
-        self.append_one = any_session + from_parameters
+        self.append = any_session + from_arrays.format(chain="$17")
+        self.append_one = any_session + from_parameters.format(chain="$17")
         # An existing session whose index row changes only in version, time and run count (most
         # appends: messages, tool calls, run outcomes): the index rule above with no session start,
         # no name and no tombstone, so no INSERT branch and no CASE per column, ~20 us less.
-        # $8 runs started, $9 number of events. Nothing returned (a tombstone, or the head moved):
-        # the caller runs the full statement, which decides.
+        # $8 runs started, $9 number of events, $10 the chain hashes, $11 the head hash they were
+        # computed from, $12 the new one. Nothing returned (a tombstone, or the head moved): the
+        # caller runs the full statement, which decides.
         existing_session = f"""
 WITH head AS (
-    UPDATE {sessions} AS s SET version = s.version + $9, updated_at = $7, run_count = s.run_count + $8
+    UPDATE {sessions} AS s SET version = s.version + $9, updated_at = $7, run_count = s.run_count + $8,
+                               chain_head = $12::bytea
     WHERE s.session_id = $1 AND s.version = $2::bigint AND NOT s.deleted
+      AND s.chain_head IS NOT DISTINCT FROM $11::bytea
     RETURNING s.version - $9 AS base
 )
 """
-        self.append_existing = existing_session + from_arrays
-        self.append_existing_one = existing_session + from_parameters
-        # The batch form: $1..$12 one entry per append (distinct sessions), $13..$19 one per event.
+        self.append_existing = existing_session + from_arrays.format(chain="$10")
+        self.append_existing_one = existing_session + from_parameters.format(chain="$10")
+        # The batch form: $1..$12 one entry per append (distinct sessions), $13..$19 one per event,
+        # $20 the events' chain hashes, $21 and $22 per append the head hash the chain was computed
+        # from (NULL: none) and the new one.
         # Existing session rows are locked in session-id order first, and new sessions' rows are
         # inserted in session-id order too (an insert holds its key in the unique index until
         # commit), so two batches (in any processes) rarely wait on each other in a cycle; if they
@@ -1195,8 +1346,10 @@ WITH head AS (
         self.append_batch = f"""
 WITH request AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::boolean[], $5::text[], $6::text[],
-                         $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::float8[])
-    AS r(session_id, wanted, n, has_start, session_type, agent_id, team_id, workflow_id, user_id, name, runs, at)
+                         $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::float8[],
+                         $21::bytea[], $22::bytea[])
+    AS r(session_id, wanted, n, has_start, session_type, agent_id, team_id, workflow_id, user_id, name, runs, at,
+         prev, chain_head)
 ), locked AS (
     SELECT s.session_id FROM {sessions} AS s
     WHERE s.session_id IN (SELECT session_id FROM request)
@@ -1210,18 +1363,19 @@ WITH request AS (
                 name="r.name",
                 at="r.at",
                 runs="r.runs",
+                chain="r.chain_head",
             )
         }
     FROM request AS r
-    WHERE s.session_id = r.session_id AND (r.wanted IS NULL OR s.version = r.wanted)
+    WHERE s.session_id = r.session_id AND s.version = r.wanted AND s.chain_head IS NOT DISTINCT FROM r.prev
       AND (SELECT count(*) FROM locked) >= 0
     RETURNING s.session_id, s.version - r.n AS base
 ), created AS (
-    INSERT INTO {sessions} ({INFO_COLUMNS}, deleted)
+    INSERT INTO {sessions} ({INFO_COLUMNS}, deleted, chain_head)
     SELECT r.session_id, r.session_type, r.agent_id, r.team_id, r.workflow_id, r.user_id, r.name,
-           r.at, r.at, r.runs, r.n, false
+           r.at, r.at, r.runs, r.n, false, r.chain_head
     FROM request AS r
-    WHERE (r.wanted IS NULL OR r.wanted = 0)
+    WHERE r.wanted = 0 AND r.prev IS NULL
       AND NOT EXISTS (SELECT 1 FROM bumped AS b WHERE b.session_id = r.session_id)
       AND (SELECT count(*) FROM locked) >= 0
     ORDER BY r.session_id
@@ -1232,9 +1386,10 @@ WITH request AS (
 )
 {insert_events}
 SELECT (pg_current_xact_id()::text::bigint << 16) + e.serial, e.session_id, head.base + e.ordinal,
-       e.event_id, e.type, e.schema_version, e.data, r.at
-FROM unnest($13::text[], $14::bigint[], $15::bigint[], $16::uuid[], $17::text[], $18::integer[], $19::bytea[])
-     AS e(session_id, ordinal, serial, event_id, type, schema_version, data)
+       e.event_id, e.type, e.schema_version, e.data, r.at, e.chain
+FROM unnest($13::text[], $14::bigint[], $15::bigint[], $16::uuid[], $17::text[], $18::integer[], $19::bytea[],
+            $20::bytea[])
+     AS e(session_id, ordinal, serial, event_id, type, schema_version, data, chain)
 JOIN head USING (session_id)
 JOIN request AS r USING (session_id)
 ORDER BY e.serial
@@ -1243,8 +1398,9 @@ RETURNING session_id, version, position"""
         # After an append statement wrote nothing: the session's version and tombstone flag (NULLs
         # if it has no row) and whether any of the append's event ids ($2) is already stored.
         self.missed = f"""
-SELECT s.version, s.deleted, EXISTS (SELECT 1 FROM {events} WHERE event_id = ANY($2::uuid[]))
+SELECT s.version, s.deleted, EXISTS (SELECT 1 FROM {events} WHERE event_id = ANY($2::uuid[])), s.chain_head
 FROM (SELECT 1) AS one LEFT JOIN {sessions} AS s ON s.session_id = $1"""
+        self.chain_heads = f"SELECT session_id, version, chain_head FROM {sessions} WHERE session_id = ANY($1::text[])"
         self.page, self.page_backwards, self.typed_page, self.typed_page_backwards = (
             f"SELECT {EVENT_COLUMNS} FROM {events} WHERE session_id = $1 AND version BETWEEN $2 AND $3"
             f"{typed} ORDER BY version{order} LIMIT $4"
@@ -1279,7 +1435,7 @@ FROM fence LEFT JOIN LATERAL (
         self.lock_head = f"SELECT version FROM {sessions} WHERE session_id = $1 FOR UPDATE"
         # The rows are locked in the order they are returned, after the sort: one canonical order.
         self.lock_sessions = (
-            f"SELECT session_id, version FROM {sessions} WHERE session_id = ANY($1::text[]) "
+            f"SELECT session_id, version, chain_head FROM {sessions} WHERE session_id = ANY($1::text[]) "
             "ORDER BY session_id FOR UPDATE"
         )
         self.truncate = (

@@ -21,6 +21,7 @@ import errno
 import functools
 import os
 import sqlite3
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
@@ -64,13 +65,16 @@ from kern_events.stores._sql import (
     INFO_COLUMNS,
     SCHEMA_VERSION,
     AppendRequest,
+    MigrationStep,
     Row,
     SessionStatements,
     TableNames,
     event_columns,
     info_from_row,
+    migrations_ddl,
     quote,
     snapshot_from_row,
+    steps_after,
     stored_from_row,
 )
 
@@ -80,7 +84,7 @@ T = TypeVar("T")
 Synchronous = Literal["FULL", "NORMAL"]
 
 _MAX_VERSION = 2**62
-_ROWS_PER_INSERT = 4000  # 7 parameters a row stays under SQLite's 32766-variable limit
+_ROWS_PER_INSERT = 4000  # 8 parameters a row stays under SQLite's 32766-variable limit
 
 
 _IDS_PER_SELECT = 30000
@@ -164,8 +168,9 @@ class SqliteEventStore(BaseEventStore):
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         read_only: bool = False,
+        chain_key: bytes | None = None,
     ) -> None:
-        super().__init__(codec=codec, max_event_size=max_event_size)
+        super().__init__(codec=codec, max_event_size=max_event_size, chain_key=chain_key)
         self.read_only = read_only
         if synchronous not in ("FULL", "NORMAL"):
             raise InvalidArgumentError("synchronous", f"expected 'FULL' or 'NORMAL', got {synchronous!r}")
@@ -180,20 +185,23 @@ class SqliteEventStore(BaseEventStore):
         self._reader: aiosqlite.Connection | None = None
         events, sessions = quote(self.tables.events), quote(self.tables.sessions)
         snapshots = quote(self.tables.snapshots)
-        self._sql_head = f"SELECT {INFO_COLUMNS}, deleted FROM {sessions} WHERE session_id = ?"
+        self._sql_head = f"SELECT {INFO_COLUMNS}, deleted, chain_head FROM {sessions} WHERE session_id = ?"
         self._sql_upsert = (
-            f"INSERT INTO {sessions} ({INFO_COLUMNS}, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) "
+            f"INSERT INTO {sessions} ({INFO_COLUMNS}, deleted, chain_head) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?) "
             "ON CONFLICT (session_id) DO UPDATE SET session_type = excluded.session_type, "
             "agent_id = excluded.agent_id, team_id = excluded.team_id, workflow_id = excluded.workflow_id, "
             "user_id = excluded.user_id, name = excluded.name, created_at = excluded.created_at, "
             "updated_at = excluded.updated_at, run_count = excluded.run_count, version = excluded.version, "
-            "deleted = 0"
+            "deleted = 0, chain_head = excluded.chain_head"
         )
-        self._sql_insert_row = "(?, ?, ?, ?, ?, ?, ?)"
+        self._sql_insert_row = "(?, ?, ?, ?, ?, ?, ?, ?)"
         self._sql_insert = (
-            f"INSERT INTO {events} (session_id, version, event_id, type, schema_version, data, recorded_at) VALUES "
+            f"INSERT INTO {events} (session_id, version, event_id, type, schema_version, data, recorded_at, chain) "
+            "VALUES "
         )
-        self._sql_by_ids = f"SELECT {_COLUMNS} FROM {events} WHERE event_id IN "
+        self._columns, self._text_columns = _COLUMNS, _TEXT_AS_BYTES
+        self._sql_by_ids = f"SELECT {{columns}} FROM {events} WHERE event_id IN "
         self._sql_page = (
             f"SELECT {{columns}} FROM {events} WHERE session_id = ? AND version BETWEEN ? AND ? "
             "{typed}ORDER BY version {order} LIMIT ?"
@@ -294,6 +302,9 @@ class SqliteEventStore(BaseEventStore):
             raise SchemaMissingError(self._name, SCHEMA_VERSION)
         if row[0] > SCHEMA_VERSION:  # an older layout reads as it is (version 1 has no chunks yet)
             raise SchemaVersionError(row[0], SCHEMA_VERSION)
+        if row[0] < 3:  # no hash chain yet: its hashes read as missing
+            self._columns = event_columns(as_blob=("data",), chained=False)
+            self._text_columns = event_columns(as_blob=("session_id", "type", "data"), chained=False)
 
     async def _close(self) -> None:
         reader, writer = self._reader, self._writer
@@ -379,71 +390,116 @@ class SqliteEventStore(BaseEventStore):
             self._writer, self._writer_stuck = writer, False
 
     def _set_up(self, db: sqlite3.Connection) -> None:
-        """Pragmas, tables and indexes; idempotent, and safe when several processes start at once."""
+        """Pragmas, then the schema's missing migration steps in order; safe when several processes
+        start at once (each step re-reads the version under SQLite's write lock and runs once)."""
         db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute(f"PRAGMA synchronous = {self._synchronous}")
         db.execute("PRAGMA foreign_keys = ON")
-        t = self.tables
-        events, sessions, snapshots, schema = (
-            quote(t.events),
-            quote(t.sessions),
-            quote(t.snapshots),
-            quote(t.schema),
-        )
+        found = self._in_transaction(db, self._prepare_migrations)
+        for step in steps_after(self._steps(), found):
+            self._in_transaction(db, self._run_step, step)
+
+    def _in_transaction(self, db: sqlite3.Connection, function: Callable[..., T], *args: Any) -> T:
+        """``function(db, *args)`` in a ``BEGIN IMMEDIATE`` transaction, committed, or rolled back."""
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(f"CREATE TABLE IF NOT EXISTS {schema} (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
-            row = db.execute(f"SELECT version FROM {schema} WHERE component = ?", (t.events,)).fetchone()
-            if row is not None and row[0] > SCHEMA_VERSION:
-                raise SchemaVersionError(row[0], SCHEMA_VERSION)
-            db.execute(
-                f"CREATE TABLE IF NOT EXISTS {events} ("
-                "position INTEGER PRIMARY KEY AUTOINCREMENT, "
-                "session_id TEXT NOT NULL, "
-                "version INTEGER NOT NULL, "
-                "event_id BLOB NOT NULL, "
-                "type TEXT NOT NULL, "
-                "schema_version INTEGER NOT NULL, "
-                "data BLOB NOT NULL, "
-                "recorded_at REAL NOT NULL, "
-                "UNIQUE (session_id, version))"
-            )
-            db.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {quote(t.events + '_event_id')} ON {events} (event_id)")
-            db.execute(
-                f"CREATE TABLE IF NOT EXISTS {sessions} ("
-                "session_id TEXT PRIMARY KEY, session_type TEXT, agent_id TEXT, team_id TEXT, "
-                "workflow_id TEXT, user_id TEXT, name TEXT, created_at REAL NOT NULL, "
-                "updated_at REAL NOT NULL, run_count INTEGER NOT NULL, version INTEGER NOT NULL, "
-                "deleted INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID"
-            )
-            # Only columns that never change after the session starts are indexed: an index on
-            # updated_at would be rewritten by every append (measured: ~35 us and 3 WAL frames per
-            # append). A user's sessions are found by the index and sorted by updated_at after.
-            db.execute(
-                f"CREATE INDEX IF NOT EXISTS {quote(t.sessions + '_user_created')} ON {sessions} (user_id, created_at)"
-            )
-            db.execute(
-                f"CREATE TABLE IF NOT EXISTS {snapshots} ("
-                "session_id TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, "
-                "schema_version INTEGER NOT NULL, data BLOB NOT NULL, created_at REAL NOT NULL, "
-                "PRIMARY KEY (session_id, name, version))"
-            )
-            # Out-of-line payloads, one row per chunk; a file of version 1 gains the table here.
-            db.execute(
-                f"CREATE TABLE IF NOT EXISTS {quote(t.chunks)} ("
-                f"event_id BLOB NOT NULL REFERENCES {events} (event_id) ON DELETE CASCADE, "
-                "part INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (event_id, part))"
-            )
-            db.execute(
-                f"INSERT INTO {schema} (component, version) VALUES (?, ?) "
-                "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                (t.events, SCHEMA_VERSION),
-            )
+            result = function(db, *args)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        return result
+
+    def _schema_version(self, db: sqlite3.Connection) -> int:
+        t = self.tables
+        row = db.execute(f"SELECT version FROM {quote(t.schema)} WHERE component = ?", (t.events,)).fetchone()
+        found = 0 if row is None else int(row[0])
+        if found > SCHEMA_VERSION:
+            raise SchemaVersionError(found, SCHEMA_VERSION)
+        return found
+
+    def _prepare_migrations(self, db: sqlite3.Connection) -> int:
+        """The version table and the step record exist; the version found (0: a new file)."""
+        t = self.tables
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {quote(t.schema)} (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+        )
+        db.execute(migrations_ddl(quote(t.migrations), "TEXT", "REAL"))
+        return self._schema_version(db)
+
+    def _run_step(self, db: sqlite3.Connection, step: MigrationStep) -> None:
+        """One step, unless another process ran it since we looked; recorded with the new version."""
+        t = self.tables
+        if self._schema_version(db) >= step.version:
+            return
+        for statement in step.statements:
+            db.execute(statement)
+        db.execute(
+            f"INSERT INTO {quote(t.migrations)} (component, version, description, applied_at) VALUES (?, ?, ?, ?)",
+            (t.events, step.version, step.description, time.time()),
+        )
+        db.execute(
+            f"INSERT INTO {quote(t.schema)} (component, version) VALUES (?, ?) "
+            "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+            (t.events, step.version),
+        )
+
+    def _steps(self) -> list[MigrationStep]:
+        """Every schema version's change, in order. Steps use ``IF NOT EXISTS`` where they create, so
+        a file an older release made (its tables there, its version stamped) upgrades cleanly."""
+        t = self.tables
+        events, sessions, snapshots = quote(t.events), quote(t.sessions), quote(t.snapshots)
+        return [
+            MigrationStep(
+                1,
+                "events, session index and snapshots",
+                (
+                    f"CREATE TABLE IF NOT EXISTS {events} ("
+                    "position INTEGER PRIMARY KEY AUTOINCREMENT, "
+                    "session_id TEXT NOT NULL, "
+                    "version INTEGER NOT NULL, "
+                    "event_id BLOB NOT NULL, "
+                    "type TEXT NOT NULL, "
+                    "schema_version INTEGER NOT NULL, "
+                    "data BLOB NOT NULL, "
+                    "recorded_at REAL NOT NULL, "
+                    "UNIQUE (session_id, version))",
+                    f"CREATE UNIQUE INDEX IF NOT EXISTS {quote(t.events + '_event_id')} ON {events} (event_id)",
+                    f"CREATE TABLE IF NOT EXISTS {sessions} ("
+                    "session_id TEXT PRIMARY KEY, session_type TEXT, agent_id TEXT, team_id TEXT, "
+                    "workflow_id TEXT, user_id TEXT, name TEXT, created_at REAL NOT NULL, "
+                    "updated_at REAL NOT NULL, run_count INTEGER NOT NULL, version INTEGER NOT NULL, "
+                    "deleted INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID",
+                    # Only columns that never change after the session starts are indexed: an index on
+                    # updated_at would be rewritten by every append (measured: ~35 us and 3 WAL frames per
+                    # append). A user's sessions are found by the index and sorted by updated_at after.
+                    f"CREATE INDEX IF NOT EXISTS {quote(t.sessions + '_user_created')} "
+                    f"ON {sessions} (user_id, created_at)",
+                    f"CREATE TABLE IF NOT EXISTS {snapshots} ("
+                    "session_id TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, "
+                    "schema_version INTEGER NOT NULL, data BLOB NOT NULL, created_at REAL NOT NULL, "
+                    "PRIMARY KEY (session_id, name, version))",
+                ),
+            ),
+            MigrationStep(
+                2,
+                "out-of-line payloads: the chunk table",
+                (
+                    f"CREATE TABLE IF NOT EXISTS {quote(t.chunks)} ("
+                    f"event_id BLOB NOT NULL REFERENCES {events} (event_id) ON DELETE CASCADE, "
+                    "part INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (event_id, part))",
+                ),
+            ),
+            MigrationStep(
+                3,
+                "tamper evidence: each event's chain hash and the index's head hash",
+                (
+                    f"ALTER TABLE {events} ADD COLUMN chain BLOB",
+                    f"ALTER TABLE {sessions} ADD COLUMN chain_head BLOB",
+                ),
+            ),
+        ]
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -551,8 +607,9 @@ class SqliteEventStore(BaseEventStore):
             if retry is None:
                 raise conflict(session_id, expected, head)
             return retry
+        hashes = self.chain.hashes(session_id, None if row is None else row[12], head, pending, request.recorded_at)
         try:
-            numbered = self._insert(db, session_id, pending, head, request.recorded_at)
+            numbered = self._insert(db, session_id, pending, head, request.recorded_at, hashes)
         except sqlite3.IntegrityError:
             retry = match_retry(session_id, pending, self._find_ids(db, pending))
             if retry is None:  # pragma: no cover - the write lock makes this unreachable
@@ -579,6 +636,7 @@ class SqliteEventStore(BaseEventStore):
                 new.updated_at,
                 new.run_count,
                 new.version,
+                hashes[-1],
             ),
         )
         return AppendResult(
@@ -597,6 +655,7 @@ class SqliteEventStore(BaseEventStore):
         pending: Sequence[PendingEvent],
         head: int,
         recorded_at: float,
+        hashes: Sequence[bytes],
     ) -> list[tuple[int, int]]:
         numbered: list[tuple[int, int]] = []
         for start in range(0, len(pending), _ROWS_PER_INSERT):
@@ -611,6 +670,7 @@ class SqliteEventStore(BaseEventStore):
                     new.schema_version,
                     new.data,
                     recorded_at,
+                    hashes[offset - head - 1],
                 )
             sql = self._sql_insert + ", ".join([self._sql_insert_row] * len(chunk)) + " RETURNING version, position"
             numbered += db.execute(sql, params).fetchall()
@@ -627,7 +687,7 @@ class SqliteEventStore(BaseEventStore):
         return [found.get(new.event_id) for new in pending]
 
     def _by_ids(self, count: int) -> str:
-        return self._sql_by_ids + "(" + ", ".join("?" * count) + ")"
+        return self._sql_by_ids.format(columns=self._columns) + "(" + ", ".join("?" * count) + ")"
 
     async def _find_events(self, event_ids: Sequence[UUID]) -> Sequence[StoredEvent | None]:
         found: dict[UUID, StoredEvent] = {}
@@ -740,9 +800,9 @@ class SqliteEventStore(BaseEventStore):
         good rows still arrive and the damaged one is reported as such; on that error path only.
         """
         try:
-            rows = await self._fetch(sql(columns=_COLUMNS), params)
+            rows = await self._fetch(sql(columns=self._columns), params)
         except StorageError:
-            return _decoded_page(await self._fetch(sql(columns=_TEXT_AS_BYTES), params))
+            return _decoded_page(await self._fetch(sql(columns=self._text_columns), params))
         return _stored_page(rows)
 
     async def _read_chunks(self, event_ids: Sequence[UUID]) -> Mapping[UUID, Sequence[bytes]]:

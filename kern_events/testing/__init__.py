@@ -39,6 +39,7 @@ from kern_events.testing._feed import feed_reaches, feed_settled  # noqa: E402
 from kern_events.testing.conformance import (  # noqa: E402
     append,
     append_atomicity,
+    chain,
     contention,
     db,
     extensions,
@@ -63,6 +64,7 @@ from kern_events.testing.conformance import (  # noqa: E402
 __all__ = [
     "AppendTests",
     "Backend",
+    "ChainTests",
     "ConformanceSuite",
     "DbTests",
     "ExtensionTests",
@@ -128,6 +130,11 @@ class TruncationTests(_Suite):
     the feed, views and time travel agreeing (the capability ``truncates`` of :class:`Backend`)."""
 
 
+class ChainTests(_Suite):
+    """Tamper evidence: the hash chain every append leaves verifies intact (the capability ``chains``
+    of :class:`Backend`)."""
+
+
 class LifecycleTests(_Suite):
     """Opening, closing, cancellation, deletion and snapshots; one store used from several event loops."""
 
@@ -163,6 +170,7 @@ _adopt(SessionTests, sessions, contention)
 _adopt(PauseTests, pause)
 _adopt(RuntimeTests, runtime, runtime_pause)
 _adopt(ExtensionTests, extensions)
+_adopt(ChainTests, chain)
 
 
 class ConformanceSuite(
@@ -177,5 +185,6 @@ class ConformanceSuite(
     PauseTests,
     RuntimeTests,
     ExtensionTests,
+    ChainTests,
 ):
     """The whole conformance suite; subclass it and provide a ``backend`` fixture (see the module)."""

@@ -48,6 +48,10 @@ class Backend(abc.ABC):
     """Whether the store implements :meth:`~kern_events.store.EventStore.truncate_before` (the kit's
     ``_truncate_before`` hook); skipped and checked the same way if not."""
 
+    chains: bool = True
+    """Whether the store keeps the tamper-evidence hash chain (``StoredEvent.chain``, computed with the
+    kit's :class:`~kern_events.backend.Chain` in its atomic append); the chain tests skip if not."""
+
     def require(self, capability: str) -> None:
         """Skip the calling test, naming the capability, if this backend lacks it."""
         if not getattr(self, capability):

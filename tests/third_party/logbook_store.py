@@ -48,6 +48,8 @@ class Logbook:
         self.rows: dict[str, SessionInfo] = {}
         self.ids: dict[UUID, int] = {}
         self.snapshots: dict[tuple[str, str], dict[int, Snapshot]] = {}
+        self.chain_heads: dict[str, bytes] = {}
+        """Each session's head hash (the kit's ``Chain`` computes the hashes; the store keeps them)."""
         self.chunks: dict[UUID, tuple[bytes, ...]] = {}
         """Out-of-line payloads by event id (the kit cuts payloads above ``inline_limit`` into them)."""
 
@@ -55,8 +57,10 @@ class Logbook:
 class LogbookStore(BaseEventStore):
     """An event store on a :class:`Logbook` (a new one unless given)."""
 
-    def __init__(self, logbook: Logbook | None = None, *, codec: Codec | None = None) -> None:
-        super().__init__(codec=codec)
+    def __init__(
+        self, logbook: Logbook | None = None, *, codec: Codec | None = None, chain_key: bytes | None = None
+    ) -> None:
+        super().__init__(codec=codec, chain_key=chain_key)
         self.logbook = logbook if logbook is not None else Logbook()
 
     async def _append(
@@ -120,7 +124,9 @@ class LogbookStore(BaseEventStore):
         book = self.logbook
         head = book.heads.get(session_id, 0)
         first_position = len(book.log) + 1
-        for version, new in enumerate(pending, start=head + 1):
+        hashes = self.chain.hashes(session_id, book.chain_heads.get(session_id), head, pending, recorded_at)
+        book.chain_heads[session_id] = hashes[-1]
+        for (version, new), chain in zip(enumerate(pending, start=head + 1), hashes, strict=True):
             book.ids[new.event_id] = len(book.log)
             if new.chunks:
                 book.chunks[new.event_id] = new.chunks
@@ -135,6 +141,7 @@ class LogbookStore(BaseEventStore):
                     schema_version=new.schema_version,
                     data=new.data,
                     recorded_at=recorded_at,
+                    chain=chain,
                 )
             )
         book.heads[session_id] = head + len(pending)
@@ -205,6 +212,7 @@ class LogbookStore(BaseEventStore):
         await anyio.lowlevel.checkpoint()
         book = self.logbook
         existed = book.rows.pop(session_id, None) is not None
+        book.chain_heads.pop(session_id, None)  # a session started again chains afresh
         for slot in book.slots.pop(session_id, []):
             stored = book.log[slot]
             if stored is not None:
