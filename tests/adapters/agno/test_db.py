@@ -111,8 +111,9 @@ def test_upsert_run_needs_the_session_and_stores_a_change_once(db: KernEventsDb)
     with pytest.raises(SessionNotFoundError):
         db.upsert_run(_run("r1"), session_id="s1")
     db.upsert_session(_session())
-    db.upsert_run(_run("r1", status=RunStatus.paused), session_id="s1", user_id="alice")
-    db.upsert_run(_run("r1", status=RunStatus.paused), session_id="s1", user_id="alice")  # unchanged
+    paused = _run("r1", status=RunStatus.paused)  # one object: RunOutput stamps created_at in seconds
+    db.upsert_run(paused, session_id="s1", user_id="alice")
+    db.upsert_run(paused, session_id="s1", user_id="alice")  # unchanged
     db.upsert_run(_run("r1", "done"), session_id="s1", user_id="alice")
     assert _types(db).count("agno.run") == 2
     run = db.get_run("r1")
