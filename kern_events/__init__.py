@@ -96,11 +96,12 @@ from kern_events.store import EventStore
 from kern_events.stores._sql import TableNames
 
 if TYPE_CHECKING:
-    from kern_events.db import BaseDb, InMemoryDb, PostgresDb, SqliteDb
     from kern_events.encryption import Encryption, KeyProvider, KeyringFile
     from kern_events.retention import Compaction, RetentionPolicy, RetentionReport
+    from kern_events.db import BaseDb, InMemoryDb, NatsDb, PostgresDb, SqliteDb
     from kern_events.runtime import Agent, MemoryModel, Team, Workflow
     from kern_events.stores.memory import InMemoryEventStore
+    from kern_events.stores.nats import NatsEventStore
     from kern_events.stores.postgres import PostgresEventStore
     from kern_events.stores.sqlite import SqliteEventStore
 
@@ -124,6 +125,8 @@ _LAZY = {
     "Encryption": "kern_events.encryption",
     "KeyProvider": "kern_events.encryption",
     "KeyringFile": "kern_events.encryption",
+    "NatsDb": "kern_events.db",
+    "NatsEventStore": "kern_events.stores.nats",
 }
 
 __all__ = [
@@ -166,6 +169,8 @@ __all__ = [
     "MessageAdded",
     "MetadataUpdated",
     "MsgpackCodec",
+    "NatsDb",
+    "NatsEventStore",
     "NotFoundError",
     "PayloadTooLargeError",
     "PendingEvent",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -528,4 +528,45 @@ class PostgresDb(BaseDb):
             checkpoint_every=checkpoint_every,
             retention_policy=retention_policy,
             encryption=encryption,
+        )
+
+
+class NatsDb(BaseDb):
+    """Sessions in NATS JetStream (``pip install 'kern-events[nats]'``, nats-server 2.12 or newer): a
+    replicated stream, for when one PostgreSQL server must not be a single point of failure.
+
+    ``replicas=3`` acknowledges a write once two of three servers hold it; see
+    :class:`~kern_events.stores.nats.NatsEventStore` for the layout and its limits.
+    """
+
+    def __init__(
+        self,
+        servers: str | Sequence[str] = "nats://127.0.0.1:4222",
+        *,
+        prefix: str = "KERN",
+        replicas: int = 3,
+        timeout: float = 5.0,
+        cache_size: int = 0,
+        storage_policy: StoragePolicy | None = None,
+        checkpoint_every: int | None = 1000,
+        codec: Codec | None = None,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        chain_key: bytes | None = None,
+    ) -> None:
+        # Imported here so that other dbs' users never load the NATS backend.
+        from kern_events.stores.nats import NatsEventStore
+
+        super().__init__(
+            NatsEventStore(
+                servers,
+                prefix=prefix,
+                replicas=replicas,
+                timeout=timeout,
+                codec=codec,
+                max_event_size=max_event_size,
+                chain_key=chain_key,
+            ),
+            cache_size=cache_size,
+            storage_policy=storage_policy,
+            checkpoint_every=checkpoint_every,
         )

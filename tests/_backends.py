@@ -7,6 +7,7 @@ opened on it sees what the first one wrote (a reopen, as a new process would).
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 from kern_events.codec import Codec
@@ -17,19 +18,24 @@ from kern_events.stores.memory import InMemoryEventStore
 from kern_events.stores.postgres import PostgresEventStore
 from kern_events.stores.sqlite import SqliteEventStore
 from kern_events.testing import _backend as kit
-from tests import _pg
+from tests import _nats, _pg
 
-BACKENDS = ["memory", "sqlite", "postgres"]
+BACKENDS = ["memory", "sqlite", "postgres", "nats"]
 
 
 class Backend(kit.Backend):
     """Opens stores of one of our backends on one database."""
 
-    def __init__(self, name: str, directory: Path) -> None:
+    def __init__(self, name: str, directory: Path, nats_urls: list[str] | None = None) -> None:
         self.name = name
+        self.nats_urls = nats_urls or []
+        self.prefix = f"T{uuid.uuid4().hex[:12]}"
         self.directory = directory
         self.persistent = self.streams_from_storage = name != "memory"
         self.notifies = name == "postgres"
+        if name == "nats":
+            self.notifies = True
+            self.truncates = False
         self.schema = _pg.new_schema() if name == "postgres" else None
         if name == "postgres":
             _pg.require_postgres()
@@ -38,6 +44,8 @@ class Backend(kit.Backend):
         """Drop what this backend created outside ``directory`` (the PostgreSQL schema)."""
         if self.schema is not None:
             _pg.drop_schema(self.schema)
+        if self.name == "nats":
+            _nats.delete_stream(self.nats_urls, self.prefix)
 
     @property
     def db_file(self) -> str:
@@ -51,6 +59,10 @@ class Backend(kit.Backend):
             return SqliteEventStore(self.db_file, codec=codec)
         if self.name == "postgres":
             return PostgresEventStore(_pg.PG_URL, schema=self.schema or "", pool_size=4, codec=codec)
+        if self.name == "nats":
+            from kern_events.stores.nats import NatsEventStore
+
+            return NatsEventStore(self.nats_urls, prefix=self.prefix, replicas=1, codec=codec)
         raise AssertionError(self.name)
 
     def db(
@@ -64,4 +76,6 @@ class Backend(kit.Backend):
             return SqliteDb(self.db_file, **options)  # type: ignore[arg-type]
         if self.name == "postgres":
             return PostgresDb(_pg.PG_URL, schema=self.schema or "", pool_size=4, **options)  # type: ignore[arg-type]
+        if self.name == "nats":
+            return BaseDb(self.store(), **options)  # type: ignore[arg-type]
         raise AssertionError(self.name)

@@ -6,14 +6,15 @@ from pathlib import Path
 import pytest
 
 from kern_events.testing import heavy_scale
-from tests import _pg
+from tests import _nats, _pg
 from tests._backends import BACKENDS, Backend
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each conformance test runs once per backend, on a database (or schema) of its own."""
-    backend = Backend(request.param, tmp_path)
+    urls = request.getfixturevalue("nats_server").urls if request.param == "nats" else None
+    backend = Backend(request.param, tmp_path, urls)
     try:
         yield backend
     finally:
@@ -35,3 +36,19 @@ def schema() -> Iterator[str]:
         yield name
     finally:
         _pg.drop_schema(name)
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[_nats.Cluster]:
+    """One JetStream server for the whole run (each test uses a stream of its own)."""
+    pytest.importorskip("nats", reason="the nats extra is not installed")
+    with _nats.running(1) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def nats_cluster() -> Iterator[_nats.Cluster]:
+    """A 3-node JetStream cluster on loopback for the whole run."""
+    pytest.importorskip("nats", reason="the nats extra is not installed")
+    with _nats.running(3) as cluster:
+        yield cluster

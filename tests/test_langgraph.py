@@ -56,9 +56,20 @@ async def test_langgraph_conformance_every_capability_passes(backend: Backend) -
     async with db:
         report = await validate(factory)
     failures = {name: result.failures for name, result in report.results.items() if result.passed is False}
+    expected = dict(CAPABILITY_TESTS)
+    if not backend.truncates:  # delete_for_runs and prune rewrite a thread with truncate_before
+        assert set(failures) <= {"delete_for_runs", "prune"}, failures
+        assert all("truncate_before" in failure for found in failures.values() for failure in found), failures
+        for name in failures:
+            expected.pop(name, None)
+        failures = {}
     assert not failures, failures
-    detected = {name: result.tests_passed for name, result in report.results.items() if result.detected}
-    assert detected == CAPABILITY_TESTS
+    results = report.results.items()
+    kept = set(expected) if not backend.truncates else None
+    detected = {
+        name: result.tests_passed for name, result in results if result.detected and (kept is None or name in kept)
+    }
+    assert detected == expected
 
 
 def _config(thread_id: str, checkpoint_id: str | None = None) -> Any:
@@ -306,6 +317,7 @@ async def test_a_delta_never_rests_on_its_own_version(backend: Backend) -> None:
 
 
 async def test_prune_and_copy_keep_delta_channels_whole(backend: Backend) -> None:
+    backend.require("truncates")
     async with backend.db() as db:
         saver = KernEventsSaver(db, full_every=10)
         configs = await _grow(saver, "t", 25)
@@ -332,6 +344,7 @@ async def test_prune_and_copy_keep_delta_channels_whole(backend: Backend) -> Non
 async def test_deleting_a_runs_checkpoints_keeps_the_others_whole_across_several_appends(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    backend.require("truncates")
     monkeypatch.setattr(langgraph_adapter, "_REWRITE_BATCH", 5)
     async with backend.db() as db:
         saver = KernEventsSaver(db, full_every=4)

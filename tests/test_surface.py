@@ -33,6 +33,7 @@ PUBLIC_MODULES = [
     "kern_events.stores.memory",
     "kern_events.stores.sqlite",
     "kern_events.stores.postgres",
+    "kern_events.stores.nats",
     "kern_events.subscription",
     "kern_events.sessions",
     "kern_events.runtime",

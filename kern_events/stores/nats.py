@@ -1,0 +1,796 @@
+"""The NATS JetStream backend: sessions as subjects of one replicated stream (``pip install
+'kern-events[nats]'``, nats-server 2.12 or newer).
+
+Layout, all in the stream ``<prefix>`` (subjects ``<prefix>.>``):
+
+* ``<prefix>.e.<session>``: one message per append (a msgpack list of its events), headers carrying
+  the versions it holds and, on an append's last message, the session's index row. A record's global
+  position is ``stream sequence << 16 | index in its message`` (an append holds at most 65,535 events).
+  Optimistic concurrency is ``Nats-Expected-Last-Subject-Sequence`` on this subject.
+* ``<prefix>.id.<event id>``: one message per event (its session and version), written with
+  expected last subject sequence 0, so an event id is stored once, ever, enforced by the server.
+* ``<prefix>.c.<event id>``: the chunks of an out-of-line payload.
+* ``<prefix>.s.<session>.<name>``: snapshots.
+
+An append is one atomic batch (ADR-50) of its id messages, chunks and event messages: all or nothing.
+Deleting a session publishes a tombstone with ``Nats-Rollup: sub`` (the session's events are gone and
+its version stays), then purges its ids, chunks and snapshots. Every read goes through the stream
+leader (``STREAM.MSG.GET``): direct gets may be answered by a lagging replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import re
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from kern_events._loops import on_loop_end
+from kern_events._validate import check_seconds
+from kern_events.backend import (
+    DEFAULT_MAX_EVENT_SIZE,
+    SNAPSHOTS_KEPT,
+    BaseEventStore,
+    Page,
+    PendingAppend,
+    SessionFilter,
+    SessionInfo,
+    advance_index,
+    check_expected,
+    conflict,
+    match_retry,
+)
+from kern_events.codec import Codec
+from kern_events.errors import (
+    CorruptRecordError,
+    IdempotencyError,
+    InvalidArgumentError,
+    StorageError,
+    StorageUnavailableError,
+    UnsupportedError,
+)
+from kern_events.events import Event
+from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
+
+__all__ = ["MIN_SERVER_VERSION", "NatsEventStore"]
+
+MIN_SERVER_VERSION = (2, 12)
+"""Older servers have no atomic batches (they store a "batch" message by message) and check the
+expected sequence before de-duplication (a retried append gets a conflict instead of its ack)."""
+
+_SHIFT = 16
+_PLAIN = re.compile(r"[A-Za-z0-9_-]{1,200}")
+_BATCH_TOO_LARGE = 10199
+_LOOKUPS = 256
+_CACHED_HEADS = 4096
+_WRONG_LAST_SEQUENCE = 10071
+_NO_MESSAGE = 10037
+_HEADER_ROOM = 4096
+
+_Row = tuple[bytes, str, int, bytes, bytes]
+"""An event in a message: its id, type, schema version, data and chain hash."""
+_Head = tuple[int, int, SessionInfo | None, bytes | None]
+"""A session's last message sequence (0 if none), version, index row (None if deleted) and chain hash."""
+
+
+def _token(value: str) -> str:
+    """A subject token for an id: as is when it is plain, else ``~`` and its UTF-8 in hex."""
+    return value if _PLAIN.fullmatch(value) else "~" + value.encode().hex()
+
+
+def _headers(raw: str | None) -> dict[str, str]:
+    if not raw:
+        return {}
+    lines = base64.b64decode(raw).decode().split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip()] = value.strip()
+    return headers
+
+
+class _Message(msgspec.Struct, frozen=True):
+    subject: str
+    seq: int
+    headers: dict[str, str]
+    data: bytes
+
+
+class NatsEventStore(BaseEventStore):
+    """An :class:`~kern_events.store.EventStore` in a JetStream stream on a NATS cluster.
+
+    ``servers`` are the cluster's client urls; ``prefix`` names the stream and its subjects (one
+    stream per prefix); ``replicas`` is its replication factor (3: a write is acknowledged once two
+    of three servers hold it); ``timeout`` bounds each request, after which the call raises
+    :class:`~kern_events.errors.StorageUnavailableError` (as during a leader election).
+    """
+
+    inline_limit: int | None = 512 * 1024
+
+    def __init__(
+        self,
+        servers: str | Sequence[str] = "nats://127.0.0.1:4222",
+        *,
+        prefix: str = "KERN",
+        replicas: int = 3,
+        timeout: float = 5.0,
+        codec: Codec | None = None,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        chain_key: bytes | None = None,
+    ) -> None:
+        super().__init__(codec=codec, max_event_size=max_event_size, chain_key=chain_key)
+        if not isinstance(prefix, str) or not _PLAIN.fullmatch(prefix):
+            raise InvalidArgumentError("prefix", f"expected letters, digits, '-' or '_', got {prefix!r}")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
+            raise InvalidArgumentError("replicas", f"expected 1 to 5, got {replicas!r}")
+        self._servers = [servers] if isinstance(servers, str) else list(servers)
+        if not self._servers or not all(isinstance(url, str) and url for url in self._servers):
+            raise InvalidArgumentError("servers", f"expected a url or a list of urls, got {servers!r}")
+        if check_seconds("timeout", timeout, finite=True) <= 0:
+            raise InvalidArgumentError("timeout", f"expected seconds > 0, got {timeout!r}")
+        self._prefix = prefix
+        self._stream = prefix
+        self._replicas = replicas
+        self._timeout = timeout
+        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._clients_lock = threading.Lock()
+        self._heads_lock = threading.Lock()
+        self._heads: OrderedDict[str, _Head] = OrderedDict()
+        self._loop_ends: dict[asyncio.AbstractEventLoop, Callable[[], None]] = {}
+
+    # -- connection ----------------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        await self._ensure_stream()
+
+    async def _connect(self) -> Any:
+        """The connection of the running event loop (a nats client belongs to the loop that made it)."""
+        import nats
+        import nats.errors
+
+        loop = asyncio.get_running_loop()
+        known = self._clients.get(loop)
+        if known is not None and not known.is_closed:
+            return known
+        try:
+            async with asyncio.timeout(self._timeout):
+                nc = await nats.connect(
+                    servers=self._servers,
+                    connect_timeout=self._timeout,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.2,
+                    allow_reconnect=True,
+                    error_cb=_quiet,
+                )
+        except (nats.errors.Error, OSError, TimeoutError) as error:
+            raise StorageUnavailableError(f"cannot connect to NATS at {', '.join(self._servers)}: {error}") from error
+        version = nc.connected_server_version
+        if (version.major, version.minor) < MIN_SERVER_VERSION:
+            await nc.close()
+            raise UnsupportedError(
+                f"nats-server {version} (2.12 or newer is needed: atomic batch publish, and de-duplication "
+                "before the expected-sequence check)",
+                type(self).__name__,
+            )
+        with self._clients_lock:
+            self._clients[loop] = nc
+
+        async def close_at_loop_end() -> None:
+            with self._clients_lock:
+                if self._clients.get(loop) is nc:
+                    del self._clients[loop]
+            await nc.close()
+
+        self._loop_ends[loop] = on_loop_end(close_at_loop_end)
+        return nc
+
+    async def _close(self) -> None:
+        with self._clients_lock:
+            clients, self._clients = self._clients, {}
+            ends, self._loop_ends = self._loop_ends, {}
+        here = asyncio.get_running_loop()
+        for loop, nc in clients.items():
+            if loop is here:
+                ends[loop]()
+                await nc.close()
+            elif loop.is_running():  # another thread's loop: closed there, now or when that loop ends
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(nc.close(), loop))
+
+    async def _ensure_stream(self) -> None:
+        config = {
+            "name": self._stream,
+            "subjects": [f"{self._prefix}.>"],
+            "retention": "limits",
+            "storage": "file",
+            "num_replicas": self._replicas,
+            "allow_rollup_hdrs": True,
+            "allow_atomic": True,
+            "allow_direct": False,
+            "discard": "old",
+            "max_msgs_per_subject": -1,
+        }
+        reply = await self._api(f"STREAM.INFO.{self._stream}", None, allow=(10059,))
+        if reply.get("error"):
+            await self._api(f"STREAM.CREATE.{self._stream}", config, allow=(10058,))
+
+    async def _api(self, name: str, body: object, *, allow: tuple[int, ...] = ()) -> dict[str, Any]:
+        """A JetStream API request; an error not in ``allow`` (by ``err_code``) raises."""
+        payload = b"" if body is None else json.dumps(body).encode()
+        reply = json.loads(await self._request(f"$JS.API.{name}", payload))
+        error = reply.get("error")
+        if error and error.get("err_code") not in allow:
+            raise self._failure(error, name)
+        return reply  # type: ignore[no-any-return]
+
+    def _failure(self, error: dict[str, Any], what: str) -> Exception:
+        """A JetStream API error as ours: unavailable (retry) for elections, timeouts and overload,
+        else a :class:`StorageError` with the server's words."""
+        description = f"{what}: {error.get('description')} (code {error.get('code')}, {error.get('err_code')})"
+        words = str(error.get("description")).lower()
+        if error.get("code") in (503, 408, 429) or any(word in words for word in ("offline", "leader", "not avail")):
+            return StorageUnavailableError(f"JetStream is unavailable, retry ({description})")
+        return StorageError(f"JetStream refused {description}")
+
+    async def _request(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> bytes:
+        import nats.errors
+
+        nc = await self._connect()
+        try:
+            reply = await nc.request(subject, payload, timeout=self._timeout, headers=headers)
+        except nats.errors.NoRespondersError as error:
+            raise StorageUnavailableError("JetStream is unavailable, retry (no responders)") from error
+        except nats.errors.TimeoutError as error:
+            raise StorageUnavailableError("JetStream is unavailable, retry (timed out)") from error
+        except nats.errors.Error as error:
+            raise StorageUnavailableError(f"NATS failed: {error!r}") from error
+        return bytes(reply.data)
+
+    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        import nats.errors
+
+        try:
+            await (await self._connect()).publish(subject, payload, headers=headers)
+        except nats.errors.Error as error:
+            raise StorageUnavailableError(f"NATS failed: {error!r}") from error
+
+    @contextlib.asynccontextmanager
+    async def listen(self) -> AsyncIterator[None]:
+        """While open, every append committed to the stream (by any process) fires
+        :attr:`change_signal`: an ordered push consumer of the events' subjects, new messages only,
+        headers only (a core subscription would also see batches before they commit, or never do).
+        If it cannot be made (the cluster is away), subscriptions poll."""
+        await self._ensure_open()
+        import nats.errors
+        from nats.js import api
+
+        async def wake(message: Any) -> None:
+            self.change_signal.fire()
+
+        subscription = None
+        with contextlib.suppress(nats.errors.Error, StorageUnavailableError, TimeoutError):
+            subscription = (
+                await (await self._connect())
+                .jetstream()
+                .subscribe(
+                    f"{self._prefix}.e.>",
+                    stream=self._stream,
+                    cb=wake,
+                    ordered_consumer=True,
+                    deliver_policy=api.DeliverPolicy.NEW,
+                    headers_only=True,
+                    idle_heartbeat=5.0,
+                )
+            )
+        try:
+            yield
+        finally:
+            if subscription is not None:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+
+    # -- reading messages --------------------------------------------------------------------------
+
+    async def _get(self, query: dict[str, object]) -> _Message | None:
+        """One message through the stream leader, or ``None`` if there is none."""
+        reply = await self._api(f"STREAM.MSG.GET.{self._stream}", query, allow=(_NO_MESSAGE,))
+        message = reply.get("message")
+        if reply.get("error") or message is None:
+            return None
+        data = base64.b64decode(message["data"]) if message.get("data") else b""
+        return _Message(message["subject"], int(message["seq"]), _headers(message.get("hdrs")), data)
+
+    async def _last(self, subject: str) -> _Message | None:
+        return await self._get({"last_by_subj": subject})
+
+    async def _next(self, subject: str, seq: int) -> _Message | None:
+        return await self._get({"seq": max(seq, 1), "next_by_subj": subject})
+
+    def _events_subject(self, session_id: str) -> str:
+        return f"{self._prefix}.e.{_token(session_id)}"
+
+    def _id_subject(self, event_id: UUID) -> str:
+        return f"{self._prefix}.id.{event_id.hex}"
+
+    def _chunk_subject(self, event_id: UUID) -> str:
+        return f"{self._prefix}.c.{event_id.hex}"
+
+    def _snapshot_subject(self, session_id: str, name: str) -> str:
+        return f"{self._prefix}.s.{_token(session_id)}.{_token(name)}"
+
+    async def _head(self, session_id: str) -> _Head:
+        """The session's head, read through the leader: see :data:`_Head`."""
+        last = await self._last(self._events_subject(session_id))
+        if last is None:
+            return 0, 0, None, None
+        version = int(last.headers.get("Kern-To", "0"))
+        info_text = last.headers.get("Kern-Info")
+        info = msgspec.json.decode(base64.b64decode(info_text), type=SessionInfo) if info_text else None
+        chain = last.headers.get("Kern-Chain")
+        return last.seq, version, info, bytes.fromhex(chain) if chain else None
+
+    # -- appending ---------------------------------------------------------------------------------
+
+    async def _append(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        pending: Sequence[PendingEvent],
+        expected: int | ExpectedVersion,
+        recorded_at: float,
+    ) -> AppendResult:
+        part = PendingAppend(session_id=session_id, events=events, pending=pending, expected=expected)
+        return (await self._append_many([part], recorded_at))[0]
+
+    async def _append_many(self, parts: Sequence[PendingAppend], recorded_at: float) -> list[AppendResult]:
+        suspect = False  # a batch was refused: an id may be taken, so look at all of them
+        fresh = False  # read the heads through the leader, not from this writer's cache
+        while True:
+            heads = []
+            for part in parts:
+                with self._heads_lock:
+                    cached = None if fresh else self._heads.get(part.session_id)
+                heads.append(cached if cached is not None else await self._head(part.session_id))
+            if not fresh and any(
+                not check_expected(part.expected, head[1]) for part, head in zip(parts, heads, strict=True)
+            ):
+                fresh = True  # a cached head may be behind another writer's append: ask the leader
+                continue
+            retries: list[AppendResult | None] = []
+            for part, (_, version, _, _) in zip(parts, heads, strict=True):
+                retry = None
+                if suspect or not check_expected(part.expected, version):
+                    retry = match_retry(part.session_id, part.pending, await self._find_events(_ids(part)))
+                    if retry is None and not check_expected(part.expected, version):
+                        raise conflict(part.session_id, part.expected, version)
+                retries.append(retry)
+            todo = [index for index, retry in enumerate(retries) if retry is None]
+            if not todo:
+                return [retry for retry in retries if retry is not None]
+            max_payload = int((await self._connect()).max_payload)
+            messages: list[tuple[str, bytes, dict[str, str]]] = []
+            spans: dict[int, list[int]] = {}
+            for index in todo:
+                part, (seq, version, info, chain) = parts[index], heads[index]
+                start = len(messages)
+                messages.extend(self._part_messages(part, seq, version, info, chain, recorded_at, max_payload))
+                spans[index] = [start, len(messages)]
+            try:
+                first, last = await self._commit(messages)
+            except _Rejected as rejected:
+                # another writer moved a session, or one of the ids is stored: look again
+                with self._heads_lock:
+                    for part in parts:
+                        self._heads.pop(part.session_id, None)
+                await self._taken_elsewhere(parts, rejected.seq)
+                suspect = fresh = True
+                continue
+            results: list[AppendResult] = []
+            offset = first
+            for index, part in enumerate(parts):
+                retry = retries[index]
+                if retry is not None:
+                    results.append(retry)
+                    continue
+                _, version, _, _ = heads[index]
+                start, end = spans[index]
+                last_headers = messages[end - 1][2]
+                info = msgspec.json.decode(base64.b64decode(last_headers["Kern-Info"]), type=SessionInfo)
+                chain = bytes.fromhex(last_headers["Kern-Chain"])
+                self._remember(part.session_id, (offset + end - 1, version + len(part.pending), info, chain))
+                positions: list[int] = []
+                for number in range(start, end):
+                    subject, _, headers = messages[number]
+                    if subject == self._events_subject(part.session_id):
+                        count = int(headers["Kern-To"]) - int(headers["Kern-From"]) + 1
+                        positions.extend(((offset + number) << _SHIFT) | n for n in range(count))
+                results.append(
+                    AppendResult(
+                        session_id=part.session_id,
+                        from_version=version + 1,
+                        to_version=version + len(part.pending),
+                        positions=tuple(positions),
+                        event_ids=tuple(new.event_id for new in part.pending),
+                        recorded_at=recorded_at,
+                    )
+                )
+            assert offset + len(messages) - 1 == last
+            return results
+
+    def _remember(self, session_id: str, head: _Head) -> None:
+        """Keep the head this store just wrote: its next append to the session needs no read first (the
+        server still checks it, and a refused batch reads the head through the leader)."""
+        with self._heads_lock:
+            self._heads[session_id] = head
+            self._heads.move_to_end(session_id)
+            while len(self._heads) > _CACHED_HEADS:
+                self._heads.popitem(last=False)
+
+    def _part_messages(
+        self,
+        part: PendingAppend,
+        seq: int,
+        version: int,
+        info: SessionInfo | None,
+        chain: bytes | None,
+        recorded_at: float,
+        max_payload: int,
+    ) -> list[tuple[str, bytes, dict[str, str]]]:
+        """The id, chunk and event messages of one session's append."""
+        subject = self._events_subject(part.session_id)
+        out: list[tuple[str, bytes, dict[str, str]]] = []
+        for offset, new in enumerate(part.pending, start=1):
+            out.append(
+                (
+                    self._id_subject(new.event_id),
+                    part.session_id.encode(),
+                    {"Kern-Version": str(version + offset), "Nats-Expected-Last-Subject-Sequence": "0"},
+                )
+            )
+            for number, chunk in enumerate(new.chunks):
+                out.append((self._chunk_subject(new.event_id), chunk, {"Kern-Part": str(number)}))
+        room = max(max_payload - _HEADER_ROOM, 1024)
+        groups: list[list[_Row]] = [[]]
+        size = 0
+        hashes = self.chain.hashes(part.session_id, chain, version, part.pending, recorded_at)
+        for new, link in zip(part.pending, hashes, strict=True):
+            row_size = len(new.data) + len(new.type) + 32
+            if groups[-1] and size + row_size > room:
+                groups.append([])
+                size = 0
+            groups[-1].append((new.event_id.bytes, new.type, new.schema_version, new.data, link))
+            size += row_size
+        to_version = version + len(part.pending)
+        index = advance_index(info, part.session_id, part.events, to_version, recorded_at)
+        low = version + 1
+        for number, rows in enumerate(groups):
+            headers = {
+                "Kern-From": str(low),
+                "Kern-To": str(low + len(rows) - 1),
+                "Kern-Recorded": repr(recorded_at),
+            }
+            if number == 0:
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(seq)
+            if number == len(groups) - 1:
+                headers["Kern-Info"] = base64.b64encode(msgspec.json.encode(index)).decode()
+                headers["Kern-Chain"] = hashes[-1].hex()
+            out.append((subject, msgspec.msgpack.encode(rows), headers))
+            low += len(rows)
+        return out
+
+    async def _commit(self, messages: Sequence[tuple[str, bytes, dict[str, str]]]) -> tuple[int, int]:
+        """Publish ``messages`` as one atomic batch; the sequences of its first and last message."""
+        batch = uuid.uuid4().hex
+        for number, (subject, data, headers) in enumerate(messages, start=1):
+            headers = {**headers, "Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(number)}
+            if number < len(messages):
+                await self._publish(subject, data, headers)
+                continue
+            headers["Nats-Batch-Commit"] = "1"
+            reply = json.loads(await self._request(subject, data, headers))
+            error = reply.get("error")
+            if error:
+                if error.get("err_code") == _WRONG_LAST_SEQUENCE:
+                    found = re.search(r"wrong last sequence: (\d+)", str(error.get("description")))
+                    raise _Rejected(int(found[1]) if found else None)
+                if error.get("err_code") == _BATCH_TOO_LARGE:
+                    raise InvalidArgumentError(
+                        "events",
+                        f"this append needs {len(messages)} messages (one per event id, the chunks of large "
+                        "payloads, and the events), more than the server's atomic batch limit (nats-server's "
+                        "jetstream { limits { batch { max_msgs } } }, 1,000 by default)",
+                    )
+                raise self._failure(error, "an append")
+            last = int(reply["seq"])
+            return last - len(messages) + 1, last
+        raise AssertionError("unreachable: an append has messages")  # pragma: no cover
+
+    async def _taken_elsewhere(self, parts: Sequence[PendingAppend], seq: int | None) -> None:
+        """If the message that failed a batch's check is the id entry of one of its events stored in
+        another session, that is an :class:`IdempotencyError` at once, without looking up every id
+        of the batch (thousands, for a large append)."""
+        message = None if seq is None else await self._get({"seq": seq})
+        if message is None or not message.subject.startswith(f"{self._prefix}.id."):
+            return
+        try:
+            event_id = UUID(hex=message.subject.rsplit(".", 1)[1])
+        except ValueError:
+            return
+        part = next((part for part in parts if event_id in {new.event_id for new in part.pending}), None)
+        if part is None:
+            return
+        stored = (await self._find_events([event_id]))[0]
+        if stored is not None and stored.session_id != part.session_id:
+            raise IdempotencyError(part.session_id, event_id, "is already used by another session")
+
+    async def _find_events(self, event_ids: Sequence[UUID]) -> Sequence[StoredEvent | None]:
+        """Each id's event: its id message names the session and version (up to :data:`_LOOKUPS` ids
+        are looked up at once, so a batch of thousands is not thousands of round trips in a row)."""
+        found: list[StoredEvent | None] = [None] * len(event_ids)
+        for start in range(0, len(event_ids), _LOOKUPS):
+            window = event_ids[start : start + _LOOKUPS]
+            entries = await asyncio.gather(*(self._last(self._id_subject(event_id)) for event_id in window))
+            for offset, entry in enumerate(entries):
+                if entry is not None:
+                    session_id, version = entry.data.decode(), int(entry.headers["Kern-Version"])
+                    page = await self._read_page(session_id, version, version, 1, False, None)
+                    stored = page[0] if page and isinstance(page[0], StoredEvent) else None
+                    if stored is None or stored.event_id != window[offset]:
+                        # left by a delete that stopped before purging its ids: the id is free again
+                        await self._api(f"STREAM.PURGE.{self._stream}", {"filter": entry.subject, "seq": entry.seq + 1})
+                        stored = None
+                    found[start + offset] = stored
+        return found
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def _rows(self, message: _Message, session_id: str | None) -> list[StoredEvent | CorruptRecordError]:
+        """The stored events of one event message (a damaged one ends the list as an error)."""
+        low = int(message.headers.get("Kern-From", "0"))
+        if session_id is None:
+            token = message.subject.split(".", 2)[2]
+            session_id = bytes.fromhex(token[1:]).decode() if token.startswith("~") else token
+        try:
+            rows = msgspec.msgpack.decode(message.data, type=list[_Row])
+            recorded_at = float(message.headers["Kern-Recorded"])
+        except (msgspec.DecodeError, KeyError, ValueError) as error:
+            return [
+                CorruptRecordError(
+                    session_id, low, "?", f"undecodable message: {error}", position=message.seq << _SHIFT
+                )
+            ]
+        return [
+            StoredEvent(
+                session_id=session_id,
+                version=low + number,
+                position=(message.seq << _SHIFT) | number,
+                event_id=UUID(bytes=event_id),
+                type=type_,
+                schema_version=schema_version,
+                data=data,
+                recorded_at=recorded_at,
+                chain=chain,
+            )
+            for number, (event_id, type_, schema_version, data, chain) in enumerate(rows)
+        ]
+
+    async def _seek(self, subject: str, version: int) -> int:
+        """A sequence from which the session's first message holding ``version`` (or a later one) is
+        the next on ``subject``: a binary search over sequences, one leader round trip a step, after
+        two shortcuts (the session's first and last message) that cover reads from the start and tails."""
+        first = await self._next(subject, 1)
+        if first is None or _to(first) >= version:
+            return 1 if first is None else first.seq
+        last = await self._last(subject)
+        if last is None or _to(last) < version:
+            return 1 << 62
+        if int(last.headers.get("Kern-From", "0")) <= version:
+            return last.seq
+        low, high = first.seq + 1, last.seq
+        while low < high:
+            middle = (low + high) // 2
+            found = await self._next(subject, middle)
+            if found is None or _to(found) >= version:
+                high = middle
+            else:
+                low = found.seq + 1
+        return low
+
+    async def _read_page(
+        self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
+    ) -> Page:
+        subject = self._events_subject(session_id)
+        start = low
+        if backwards and types is None:
+            top = high
+            if top is None:
+                last = await self._last(subject)
+                top = 0 if last is None else _to(last)
+            start = max(low, top - limit + 1)
+        found: list[StoredEvent | CorruptRecordError] = []
+        seq = await self._seek(subject, start)
+        while True:
+            message = await self._next(subject, seq)
+            if message is None:
+                break
+            seq = message.seq + 1
+            if "Kern-Deleted" in message.headers or _to(message) < start:
+                continue
+            for row in self._rows(message, session_id):
+                if isinstance(row, CorruptRecordError):
+                    found.append(row)
+                    break
+                if high is not None and row.version > high:
+                    break
+                if row.version >= start and (types is None or row.type in types):
+                    found.append(row)
+            if isinstance(found[-1:] and found[-1], CorruptRecordError):
+                break
+            if not backwards and len(found) >= limit:
+                break
+            if high is not None and _to(message) >= high:
+                break
+        if backwards:
+            good = [row for row in found if isinstance(row, StoredEvent)]
+            return good[::-1][:limit]
+        return found[:limit]
+
+    async def _read_all_page(self, from_position: int, limit: int) -> Page:
+        subject = f"{self._prefix}.e.>"
+        found: list[StoredEvent | CorruptRecordError] = []
+        seq = max(from_position >> _SHIFT, 1)
+        while len(found) < limit:
+            message = await self._next(subject, seq)
+            if message is None:
+                break
+            seq = message.seq + 1
+            if "Kern-Deleted" in message.headers:
+                continue
+            for row in self._rows(message, None):
+                if isinstance(row, CorruptRecordError):
+                    found.append(row)
+                    return found
+                if row.position >= from_position:
+                    found.append(row)
+        return found[:limit]
+
+    async def _read_chunks(self, event_ids: Sequence[UUID]) -> Mapping[UUID, Sequence[bytes]]:
+        chunks: dict[UUID, list[bytes]] = {}
+        for event_id in event_ids:
+            subject, seq = self._chunk_subject(event_id), 1
+            while (message := await self._next(subject, seq)) is not None:
+                chunks.setdefault(event_id, []).append(message.data)
+                seq = message.seq + 1
+        return chunks
+
+    async def _current_version(self, session_id: str) -> int:
+        return (await self._head(session_id))[1]
+
+    async def _get_session_info(self, session_id: str) -> SessionInfo | None:
+        return (await self._head(session_id))[2]
+
+    async def _list_sessions(self, query: SessionFilter) -> list[SessionInfo]:
+        reply = await self._api(f"STREAM.INFO.{self._stream}", {"subjects_filter": f"{self._prefix}.e.*"})
+        subjects = reply.get("state", {}).get("subjects") or {}
+        rows = []
+        for subject in subjects:
+            last = await self._last(subject)
+            if last is None or "Kern-Info" not in last.headers:
+                continue
+            info = msgspec.json.decode(base64.b64decode(last.headers["Kern-Info"]), type=SessionInfo)
+            if query.matches(info):
+                rows.append(info)
+        rows.sort(key=lambda info: info.session_id, reverse=query.descending)
+        rows.sort(key=lambda info: getattr(info, query.sort_by), reverse=query.descending)
+        end = None if query.limit is None else query.offset + query.limit
+        return rows[query.offset : end]
+
+    # -- deleting and snapshots -----------------------------------------------------------------------
+
+    async def _delete_session(self, session_id: str) -> bool:
+        with self._heads_lock:
+            self._heads.pop(session_id, None)
+        subject = self._events_subject(session_id)
+        seq, version, info, _ = await self._head(session_id)
+        snapshots = await self._api(
+            f"STREAM.PURGE.{self._stream}", {"filter": f"{self._prefix}.s.{_token(session_id)}.>"}
+        )
+        if seq == 0 or info is None:
+            return bool(snapshots.get("purged"))
+        stored = list(await self._read_page(session_id, 1, None, 1 << 30, False, None))
+        headers = {
+            "Kern-From": str(version + 1),
+            "Kern-To": str(version),
+            "Kern-Deleted": "1",
+            "Nats-Rollup": "sub",
+            "Nats-Expected-Last-Subject-Sequence": str(seq),
+        }
+        reply = json.loads(await self._request(subject, b"", headers))
+        if reply.get("error"):
+            if reply["error"].get("err_code") == _WRONG_LAST_SEQUENCE:
+                return await self._delete_session(session_id)
+            raise self._failure(reply["error"], "a delete")
+        for row in stored:
+            if isinstance(row, StoredEvent):
+                await self._api(f"STREAM.PURGE.{self._stream}", {"filter": self._id_subject(row.event_id)})
+                if row.data[:1] == b"\xc1":
+                    await self._api(f"STREAM.PURGE.{self._stream}", {"filter": self._chunk_subject(row.event_id)})
+        return True
+
+    async def _snapshots(self, session_id: str, name: str) -> list[tuple[int, Snapshot]]:
+        subject, seq, found = self._snapshot_subject(session_id, name), 1, []
+        while (message := await self._next(subject, seq)) is not None:
+            seq = message.seq + 1
+            try:
+                snapshot = msgspec.msgpack.decode(message.data, type=Snapshot)
+            except msgspec.DecodeError:
+                continue
+            found.append((message.seq, snapshot))
+        return found
+
+    async def _save_snapshot(self, snapshot: Snapshot) -> None:
+        subject = self._snapshot_subject(snapshot.session_id, snapshot.name)
+        encoded = msgspec.msgpack.encode(snapshot)
+        limit = int((await self._connect()).max_payload)
+        if len(encoded) > limit:
+            raise InvalidArgumentError(
+                "snapshot.data",
+                f"the snapshot encodes to {len(encoded)} bytes; this NATS server takes messages of at most "
+                f"{limit} bytes (its max_payload)",
+            )
+        reply = json.loads(await self._request(subject, encoded, {}))
+        if reply.get("error"):
+            raise self._failure(reply["error"], "a snapshot")
+        kept = await self._snapshots(snapshot.session_id, snapshot.name)
+        newest: dict[int, int] = {}
+        for seq, item in kept:
+            newest[item.version] = seq
+        keep = set(sorted(newest.items())[-SNAPSHOTS_KEPT:])
+        for seq, item in kept:
+            if (item.version, seq) not in keep:
+                await self._api(f"STREAM.MSG.DELETE.{self._stream}", {"seq": seq}, allow=(10057,))
+
+    async def _load_snapshot(
+        self, session_id: str, name: str, schema_version: int | None, max_version: int | None
+    ) -> Snapshot | None:
+        best: Snapshot | None = None
+        for _, snapshot in await self._snapshots(session_id, name):
+            if (
+                (schema_version is None or snapshot.schema_version == schema_version)
+                and (max_version is None or snapshot.version <= max_version)
+                and (best is None or snapshot.version >= best.version)
+            ):
+                best = snapshot
+        return best
+
+
+class _Rejected(Exception):
+    """The batch's expected sequences no longer held (a concurrent writer, or an event id is taken);
+    ``seq`` is the sequence the server found on the subject whose check failed, when it says."""
+
+    def __init__(self, seq: int | None) -> None:
+        super().__init__(seq)
+        self.seq = seq
+
+
+def _to(message: _Message) -> int:
+    """The last version an event message holds (a tombstone's: the version the session was deleted at)."""
+    return int(message.headers.get("Kern-To", "0"))
+
+
+def _ids(part: PendingAppend) -> list[UUID]:
+    return [new.event_id for new in part.pending]
+
+
+async def _quiet(error: Exception) -> None:
+    """nats-py's error callback: its errors reach callers as typed errors, not as log noise."""

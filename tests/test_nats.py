@@ -1,0 +1,116 @@
+"""The JetStream backend beyond the conformance suite: the server version it refuses, an R3 stream on
+a 3-node cluster, and the typed error a writer sees when no server answers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+
+import msgspec
+import pytest
+
+from kern_events.errors import InvalidArgumentError, StorageUnavailableError, UnsupportedError
+from kern_events.events import MessageAdded
+from kern_events.records import Snapshot
+from tests import _nats
+
+pytest.importorskip("nats", reason="the nats extra is not installed")
+
+from kern_events.stores.nats import NatsEventStore
+
+SYSTEM_SERVER = "nats://127.0.0.1:4222"
+
+
+def _message(content: str) -> MessageAdded:
+    return MessageAdded(run_id="r", role="user", content=content)
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_a_server_older_than_2_12_is_refused_at_connect_with_a_typed_error() -> None:
+    """Debian's nats-server (2.9) stores a "batch" message by message; the store must not run on it.
+    Read-only: nothing is created on that server."""
+    if not _answers(4222):
+        pytest.skip("no system nats-server on 127.0.0.1:4222")
+    store = NatsEventStore(SYSTEM_SERVER, prefix="KernVersionProbe", replicas=1)
+    with pytest.raises(UnsupportedError, match=r"2\.12 or newer"):
+        await store.current_version("s")
+    await store.aclose()
+
+
+async def test_appends_and_reads_on_an_r3_stream_of_a_three_node_cluster(nats_cluster: _nats.Cluster) -> None:
+    store = NatsEventStore(nats_cluster.urls, prefix="R3Basics", replicas=3)
+    async with store:
+        first = await store.append("s", [_message("a"), _message("b")], expected_version=0)
+        second = await store.append("s", [_message("c")], expected_version=2)
+        assert (first.from_version, first.to_version, second.to_version) == (1, 2, 3)
+        assert [record.version async for record in store.read("s")] == [1, 2, 3]
+        assert await store.current_version("s") == 3
+    _nats.delete_stream(nats_cluster.urls, "R3Basics")
+
+
+async def test_no_server_is_a_storage_unavailable_error_not_a_raw_nats_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = NatsEventStore(f"nats://127.0.0.1:{port}", prefix="Nowhere", timeout=0.5)
+    with pytest.raises(StorageUnavailableError):
+        await store.append("s", [_message("a")])
+    await store.aclose()
+
+
+async def test_an_id_left_behind_by_an_interrupted_delete_is_free_again(nats_server: _nats.Cluster) -> None:
+    """A delete publishes its tombstone, then purges the session's event ids; if it stops in between,
+    an append reusing such an id must not loop or fail: the stale id entry is purged on sight."""
+    prefix = f"Stale{uuid.uuid4().hex[:8]}"
+    store = NatsEventStore(nats_server.urls, prefix=prefix, replicas=1)
+    try:
+        async with store:
+            event_id = uuid.uuid4()
+            # what an interrupted delete leaves: the id's entry, pointing at an event that is gone
+            await store._request(f"{prefix}.id.{event_id.hex}", b"gone", {"Kern-Version": "1"})
+            result = await asyncio.wait_for(store.append("s", [_message("a")], event_ids=[event_id]), 10)
+            assert result.event_ids == (event_id,)
+            assert [record.event_id async for record in store.read("s")] == [event_id]
+    finally:
+        _nats.delete_stream(nats_server.urls, prefix)
+
+
+async def test_a_snapshot_over_the_servers_message_limit_is_an_invalid_argument(nats_server: _nats.Cluster) -> None:
+    prefix = f"Big{uuid.uuid4().hex[:8]}"
+    store = NatsEventStore(nats_server.urls, prefix=prefix, replicas=1)
+    try:
+        async with store:
+            await store.append("s", [_message("a")])
+            big = Snapshot(session_id="s", name="view", schema_version=1, version=1, data=b"x" * (9 * 2**20))
+            with pytest.raises(InvalidArgumentError, match="max_payload"):
+                await store.save_snapshot(big)
+            await store.save_snapshot(msgspec.structs.replace(big, data=b"small"))
+            loaded = await store.load_snapshot("s", "view")
+            assert loaded is not None and loaded.data == b"small"
+    finally:
+        _nats.delete_stream(nats_server.urls, prefix)
+
+
+@pytest.mark.parametrize(
+    ("options", "argument"),
+    [
+        ({"servers": []}, "servers"),
+        ({"servers": [""]}, "servers"),
+        ({"prefix": "a.b"}, "prefix"),
+        ({"prefix": ""}, "prefix"),
+        ({"replicas": 0}, "replicas"),
+        ({"replicas": True}, "replicas"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+    ],
+)
+def test_bad_options_are_refused_naming_them(options: dict[str, object], argument: str) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        NatsEventStore(**options)  # type: ignore[arg-type]
+    assert caught.value.argument == argument
