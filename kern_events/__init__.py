@@ -96,9 +96,9 @@ from kern_events.store import EventStore
 from kern_events.stores._sql import TableNames
 
 if TYPE_CHECKING:
+    from kern_events.db import BaseDb, InMemoryDb, NatsDb, PostgresDb, SqliteDb
     from kern_events.encryption import Encryption, KeyProvider, KeyringFile
     from kern_events.retention import Compaction, RetentionPolicy, RetentionReport
-    from kern_events.db import BaseDb, InMemoryDb, NatsDb, PostgresDb, SqliteDb
     from kern_events.runtime import Agent, MemoryModel, Team, Workflow
     from kern_events.stores.memory import InMemoryEventStore
     from kern_events.stores.nats import NatsEventStore
