@@ -91,6 +91,8 @@ def test_the_encryption_cases_run_sealed_and_plain() -> None:
         assert sample["events"] == 50
     sample = _case("benchmarks.encryption", "--case", "run", "--what", "read", "--repeats", "2")
     assert sample["events"] == 2
+
+
 def test_the_jetstream_append_case_runs_on_a_cluster_of_its_own() -> None:
     from benchmarks import nats
 
