@@ -208,8 +208,10 @@ async def test_the_hash_chain_covers_the_sealed_bytes_and_verifies_without_keys(
     async with _encrypted(backend, keys) as store:
         for batch in conversation(user_id="alice", runs=2):
             await store.append("s", batch)
-        await store.truncate_before("s", 3)
+        cut = 0
+        if backend.truncates:  # the chain also continues from a cut
+            cut = await store.truncate_before("s", 3)
         report = await store.verify()
-        assert report.ok and report.events == await store.current_version("s") - 2
+        assert report.ok and report.events == await store.current_version("s") - cut
         keys.keys.clear()  # shredded: the chain still verifies over the ciphertext
         assert (await store.verify()).ok
