@@ -140,15 +140,10 @@ async def open_store(target: Target, session_id: str, *, recent_events: int | No
 async def _open_kern_store(target: Target, session_id: str, *, recent_events: int | None) -> AsyncIterator[PeerStore]:
     """``KernEventsSessionService`` on ``SqliteDb`` (its default ``synchronous=FULL``) or ``PostgresDb``
     on the target, and a new session; the state comes from its checkpoint, never from a fold."""
+    from benchmarks.peers.kern import kern_db
     from kern_events.adapters.adk import KernEventsSessionService
-    from kern_events.db import BaseDb, PostgresDb, SqliteDb
 
-    db: BaseDb
-    if target.backend == "sqlite":
-        db = SqliteDb(db_file=target.sqlite_path)
-    else:
-        db = PostgresDb(db_url=target.postgres_url, pool_size=2)
-    async with db:
+    async with kern_db(target) as db:
         service = KernEventsSessionService(db)
         session = await service.create_session(app_name=APP_NAME, user_id=USER_ID, session_id=session_id)
         yield _AdkStore(service, session, recent_events)

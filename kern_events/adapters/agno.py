@@ -427,12 +427,8 @@ class _Sessions:
                 team_id=info.team_id,
                 workflow_id=info.workflow_id,
             )
-            try:
-                await self._store.append(session_id, [started], expected_version=info.version)
-            except ConcurrencyError:
-                await _backoff(attempt)
-                continue
-            return True
+            if await self._committed([SessionAppend(session_id, [started], expected_version=info.version)], attempt):
+                return True
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _session_object(
@@ -487,14 +483,8 @@ class _Sessions:
             parts = [SessionAppend(session_id, [event], expected_version=info.version)]
             if known is None:
                 parts += _locators([(session_id, event.run_id)])
-            try:
-                await self._store.append_many(parts)
-            except ConcurrencyError:
-                if attempt == _ATTEMPTS - 1:
-                    raise
-                await _backoff(attempt)
-                continue
-            return
+            if await self._committed(parts, attempt):
+                return
 
     async def get_run(self, run_id: str, deserialize: bool | None = True) -> Any:
         """The run with this id in any session (``None`` if there is none): its locator stream names
@@ -531,12 +521,8 @@ class _Sessions:
             if data.get("content") in (None, ""):
                 cancelled["content"] = reason
             event = RunStored(run_id=run_id, run_type=run_type, run=cancelled, user_id=owner)
-            try:
-                await self._store.append(session_id, [event], expected_version=info.version)
-            except ConcurrencyError:
-                await _backoff(attempt)
-                continue
-            return True
+            if await self._committed([SessionAppend(session_id, [event], expected_version=info.version)], attempt):
+                return True
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def get_runs(
@@ -688,19 +674,25 @@ class _Sessions:
                 records = [_record(session_id, event) for event in events]
                 results.append(_fold_onto(stored, records))
             parts += _locators(new_runs)
-            try:
-                if len(parts) == 1:
-                    part = parts[0]
-                    await self._store.append(part.session_id, part.events, expected_version=part.expected_version)
-                elif parts:
-                    await self._store.append_many(parts)
-            except ConcurrencyError:
-                if attempt == _ATTEMPTS - 1:
-                    raise
-                await _backoff(attempt)
-                continue
-            return results
+            if await self._committed(parts, attempt):
+                return results
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _committed(self, parts: Sequence[SessionAppend], attempt: int) -> bool:
+        """Append ``parts`` (one ``append``, or one atomic ``append_many``); ``False`` after a conflict,
+        having waited a little, so that the caller reads again (the last attempt's conflict raises)."""
+        try:
+            if len(parts) == 1:
+                part = parts[0]
+                await self._store.append(part.session_id, part.events, expected_version=part.expected_version)
+            elif parts:
+                await self._store.append_many(parts)
+        except ConcurrencyError:
+            if attempt == _ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.001 * (attempt + 1))
+            return False
+        return True
 
     async def _changes(
         self,
@@ -914,10 +906,6 @@ def _locators(pairs: Sequence[tuple[str, str]]) -> list[SessionAppend]:
     for session_id, run_id in pairs:
         streams.setdefault(_run_stream(run_id), []).append(RunLocated(session_id=session_id))
     return [SessionAppend(stream, events) for stream, events in streams.items()]
-
-
-async def _backoff(attempt: int) -> None:
-    await asyncio.sleep(0.001 * (attempt + 1))
 
 
 _NIL = uuid.UUID(int=0)
