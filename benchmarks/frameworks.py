@@ -47,11 +47,11 @@ SYSTEMS = (
     "langgraph",
     "kern_langgraph",
     "adk",
-    "adk_kern",
-    "adk_recent",
-    "adk_kern_recent",
+    "adk:kern",
+    "adk:recent",
+    "adk:kern_recent",
 )
-"""Adapter modules under ``benchmarks.peers``, ours first."""
+"""Adapter modules under ``benchmarks.peers``, ours first; ``module:variant`` names one of a module's ``VARIANTS``."""
 
 _MODULE = "benchmarks.frameworks"
 _SESSION = "bench-session"
@@ -67,8 +67,8 @@ kern-events: load = get_history(num_history_runs=3) + get_session_state (a tail 
 agno: Async{Sqlite,Postgres}Db as Agent.arun uses them. load = get_session (the session row and every run
   row; Agno caches decoded runs per db object, so a warm process decodes only new ones); persist = what
   acleanup_and_store does: upsert_session, upsert_run, update_approval_run_status.
-agno on kern-events: the same calls on KernEventsDb (kern_events.adapters.agno, sync as Agent.arun calls it)
-  over kern-events' SqliteDb/PostgresDb, wrapping Agno's sync db on the same file/database for the rest.
+agno on kern-events: the same calls on AsyncKernEventsDb (kern_events.adapters.agno, awaited as Agent.arun does)
+  over kern-events' SqliteDb/PostgresDb, wrapping the agno rows' async db on the same file/database for the rest.
 openai-agents: load = session.get_items() (every item: Runner's default limit is None); persist = the
   Runner's three add_items calls (user message; function_call + output; answer). SQLiteSession on SQLite,
   SQLAlchemySession on PostgreSQL. Usage metrics are not stored in the session.
@@ -98,9 +98,12 @@ class TurnSample:
     loaded: int
 
 
-def adapter(system: str) -> ModuleType:
-    """The adapter module of ``system`` (importing it never imports the framework itself)."""
-    return importlib.import_module(f"benchmarks.peers.{system}")
+def adapter(system: str) -> Any:
+    """The adapter module of ``system``, or the variant of it that ``module:variant`` names (importing it
+    never imports the framework itself)."""
+    name, _, variant = system.partition(":")
+    module: ModuleType = importlib.import_module(f"benchmarks.peers.{name}")
+    return module.VARIANTS[variant] if variant else module
 
 
 # -- one case --------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def test_the_hot_session_case_stores_every_writers_steps() -> None:
 def test_the_adk_adapter_runs_the_agent_workload_as_adks_own_service_does() -> None:
     if missing("google-adk", ("google.adk.sessions",)) is not None:
         pytest.skip("the adk extra is not installed")
-    sample = _case("benchmarks.frameworks", "--case", "turn", "--system", "adk_kern", "--runs", "4", "--repeats", "2")
+    sample = _case("benchmarks.frameworks", "--case", "turn", "--system", "adk:kern", "--runs", "4", "--repeats", "2")
     assert sample["system"] == "google-adk on kern-events"
     assert sample["loaded"] in (16, 20), "get_session with no config: every event of the runs stored before the load"
     assert isinstance(sample["bytes_per_run"], float) and sample["bytes_per_run"] > 1000

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -35,6 +34,7 @@ from kern_events.codec import MsgpackCodec
 from kern_events.events import Event
 from kern_events.stores import _base
 from kern_events.stores._sql import SCHEMA_VERSION
+from kern_events.testing.conformance.large import counted_chunk_reads
 from tests import _pg
 
 ROOT = Path(__file__).parent.parent
@@ -65,6 +65,16 @@ async def _pg_execute(schema: str, *statements: str) -> None:
             await connection.execute(statement.replace("{schema}", schema))
     finally:
         await connection.close()
+
+
+async def _chunk_trigger(schema: str, name: str, body: str) -> None:
+    """A trigger ``name`` that runs ``body`` (PL/pgSQL) before each chunk row is inserted."""
+    await _pg_execute(
+        schema,
+        f'CREATE FUNCTION "{{schema}}".{name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} END $$',
+        f'CREATE TRIGGER {name} BEFORE INSERT ON "{{schema}}".kern_events_chunks '
+        f'FOR EACH ROW EXECUTE FUNCTION "{{schema}}".{name}()',
+    )
 
 
 # -- chunk rows --------------------------------------------------------------------------------------
@@ -164,14 +174,7 @@ async def test_a_page_whose_chunks_exceed_the_budget_fetches_them_in_budget_size
         store.inline_limit = 4096
         events = [_big(str(n), 10_000) for n in range(5)]
         await store.append("s", events)
-        calls: list[int] = []
-        read_chunks = store._read_chunks
-
-        async def counted(event_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, Sequence[bytes]]:
-            calls.append(len(event_ids))
-            return await read_chunks(event_ids)
-
-        store._read_chunks = counted  # type: ignore[method-assign]
+        calls = counted_chunk_reads(store)
         assert [record.event async for record in store.read("s")] == events
         assert calls == [2, 2, 1]
 
@@ -225,13 +228,7 @@ async def test_a_sqlite_append_whose_chunks_cannot_be_written_stores_nothing(tmp
 async def test_a_postgres_append_whose_chunks_cannot_be_written_stores_nothing(schema: str) -> None:
     async with PostgresEventStore(_pg.PG_URL, schema=schema, pool_size=2) as store:
         await store.append("s", [MessageAdded(run_id="r", role="user", content="kept")])
-        await _pg_execute(
-            schema,
-            'CREATE FUNCTION "{schema}".refuse() RETURNS trigger LANGUAGE plpgsql AS '
-            "$$ BEGIN RAISE EXCEPTION 'no chunks today'; END $$",
-            'CREATE TRIGGER refuse BEFORE INSERT ON "{schema}".kern_events_chunks '
-            'FOR EACH ROW EXECUTE FUNCTION "{schema}".refuse()',
-        )
+        await _chunk_trigger(schema, "refuse", "RAISE EXCEPTION 'no chunks today';")
         with pytest.raises(StorageError, match="no chunks today"):
             await store.append("s", [_big("a")], expected_version=1)
         assert await store.current_version("s") == 1
@@ -289,13 +286,7 @@ async def test_a_process_killed_while_writing_chunks_to_sqlite_leaves_no_half_ev
 async def test_a_process_killed_while_writing_chunks_to_postgres_leaves_no_half_event(schema: str) -> None:
     async with PostgresEventStore(_pg.PG_URL, schema=schema, pool_size=2) as store:
         await store.append("s", [MessageAdded(run_id="r", role="user", content="kept")])
-        await _pg_execute(
-            schema,
-            'CREATE FUNCTION "{schema}".stall() RETURNS trigger LANGUAGE plpgsql AS '
-            "$$ BEGIN PERFORM pg_sleep(30); RETURN NEW; END $$",
-            'CREATE TRIGGER stall BEFORE INSERT ON "{schema}".kern_events_chunks '
-            'FOR EACH ROW EXECUTE FUNCTION "{schema}".stall()',
-        )
+        await _chunk_trigger(schema, "stall", "PERFORM pg_sleep(30); RETURN NEW;")
         child = _child("postgres", _pg.PG_URL, schema)
         try:
             assert child.stdout is not None

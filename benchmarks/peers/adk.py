@@ -1,25 +1,31 @@
-"""Google ADK on the peer workload, through its ``DatabaseSessionService`` (SQLAlchemy, async drivers).
+"""Google ADK on the peer workload, through its ``DatabaseSessionService`` (SQLAlchemy, async drivers),
+or through kern-events' ``KernEventsSessionService`` (the ``adk`` extra's one-line switch).
 
 ``persist`` is ``append_event`` once per event of a run (the user message, the model's function call, the
 function response, the final answer with its ``usage_metadata``), reusing the ``Session`` the last ``load``
 returned, as the ``Runner`` appends each event it yields to the session it loaded. ``load`` is
 ``get_session(app_name, user_id, session_id)``, what the ``Runner`` reads before each run: with no
 ``GetSessionConfig`` (``num_recent_events`` / ``after_timestamp`` could cut it) it returns every event.
+
+The module is the ``adk`` system; :data:`VARIANTS` are the others (``adk:kern``, ``adk:recent``,
+``adk:kern_recent``): the same calls on kern-events' service, and/or loading the last 12 events with
+``GetSessionConfig(num_recent_events=12)``, so rows differ only in the service and the window.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from benchmarks.peers._workload import AgentRun, Backend, PeerStore, Target, missing
 
 if TYPE_CHECKING:
     from google.adk.events import Event
-    from google.adk.sessions import DatabaseSessionService, Session
+    from google.adk.sessions import BaseSessionService, Session
 
-__all__ = ["BACKENDS", "SYSTEM", "open_store", "unavailable"]
+__all__ = ["BACKENDS", "SYSTEM", "VARIANTS", "Variant", "open_store", "unavailable"]
 
 SYSTEM = "google-adk"
 BACKENDS: tuple[Backend, ...] = ("sqlite", "postgres")
@@ -76,13 +82,13 @@ def _events(run: AgentRun) -> list[Event]:
 
 
 class _AdkStore:
-    def __init__(self, service: DatabaseSessionService, session: Session, recent_events: int | None = None) -> None:
+    def __init__(self, service: BaseSessionService, session: Session, recent_events: int | None = None) -> None:
         self._service = service
         self._session = session
         self._recent_events = recent_events
 
     async def prefill(self, runs: Sequence[AgentRun]) -> None:
-        """``append_event`` per event: ADK has no bulk append (one transaction per event)."""
+        """``append_event`` per event: ADK has no bulk append (one transaction, or append, per event)."""
         for run in runs:
             await self.persist(run)
 
@@ -100,7 +106,7 @@ class _AdkStore:
             app_name=APP_NAME, user_id=USER_ID, session_id=self._session.id, config=config
         )
         if session is None:
-            raise RuntimeError(f"ADK lost session {self._session.id!r}")
+            raise RuntimeError(f"{type(self._service).__name__} lost session {self._session.id!r}")
         self._session = session
         return len(session.events)
 
@@ -128,3 +134,47 @@ async def open_store(target: Target, session_id: str, *, recent_events: int | No
         await service.prepare_tables()
         session = await service.create_session(app_name=APP_NAME, user_id=USER_ID, session_id=session_id)
         yield _AdkStore(service, session, recent_events)
+
+
+@asynccontextmanager
+async def _open_kern_store(target: Target, session_id: str, *, recent_events: int | None) -> AsyncIterator[PeerStore]:
+    """``KernEventsSessionService`` on ``SqliteDb`` (its default ``synchronous=FULL``) or ``PostgresDb``
+    on the target, and a new session; the state comes from its checkpoint, never from a fold."""
+    from benchmarks.peers.kern import kern_db
+    from kern_events.adapters.adk import KernEventsSessionService
+
+    async with kern_db(target) as db:
+        service = KernEventsSessionService(db)
+        session = await service.create_session(app_name=APP_NAME, user_id=USER_ID, session_id=session_id)
+        yield _AdkStore(service, session, recent_events)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One more ADK system: kern-events' service instead of ADK's, and/or a window of recent events."""
+
+    SYSTEM: str
+    kern: bool
+    recent_events: int | None = None
+    BACKENDS: tuple[Backend, ...] = BACKENDS
+
+    def unavailable(self) -> str | None:
+        """As for the ``adk`` system, plus kern-events' adapter for the kern variants."""
+        if not self.kern:
+            return unavailable()
+        return missing("google-adk", ("google.adk.sessions", "kern_events.adapters.adk"))
+
+    def open_store(self, target: Target, session_id: str) -> AbstractAsyncContextManager[PeerStore]:
+        if self.kern:
+            return _open_kern_store(target, session_id, recent_events=self.recent_events)
+        return open_store(target, session_id, recent_events=self.recent_events)
+
+
+RECENT_EVENTS = 12
+"""The window of the ``recent`` variants: the last three runs (four events each), as an application
+that bounds its context asks for them."""
+VARIANTS = {
+    "kern": Variant("google-adk on kern-events", kern=True),
+    "recent": Variant("google-adk, last 12 events", kern=False, recent_events=RECENT_EVENTS),
+    "kern_recent": Variant("google-adk on kern-events, last 12 events", kern=True, recent_events=RECENT_EVENTS),
+}

@@ -18,7 +18,7 @@ from kern_events import PostgresDb, RunMetrics, SqliteDb, ToolCallRequest
 from kern_events.db import BaseDb
 from kern_events.sessions import Session
 
-__all__ = ["BACKENDS", "SYSTEM", "open_store", "unavailable"]
+__all__ = ["BACKENDS", "SYSTEM", "kern_db", "open_store", "unavailable"]
 
 SYSTEM = "kern-events"
 BACKENDS: tuple[Backend, ...] = ("sqlite", "postgres")
@@ -66,14 +66,16 @@ class _KernStore:
         return len(history)
 
 
+def kern_db(target: Target) -> BaseDb:
+    """``SqliteDb`` (its default ``synchronous=FULL``) or ``PostgresDb`` on the target, not opened yet."""
+    if target.backend == "sqlite":
+        return SqliteDb(db_file=target.sqlite_path)
+    return PostgresDb(db_url=target.postgres_url, pool_size=2)
+
+
 @asynccontextmanager
 async def open_store(target: Target, session_id: str) -> AsyncIterator[PeerStore]:
-    """``SqliteDb`` (its default ``synchronous=FULL``) or ``PostgresDb`` on the target, and the session."""
-    db: BaseDb
-    if target.backend == "sqlite":
-        db = SqliteDb(db_file=target.sqlite_path)
-    else:
-        db = PostgresDb(db_url=target.postgres_url, pool_size=2)
-    async with db:
+    """:func:`kern_db` on the target, and the session."""
+    async with kern_db(target) as db:
         session = await Session.open(db, session_id, agent_id="bench-agent", user_id="bench-user")
         yield _KernStore(db, session)

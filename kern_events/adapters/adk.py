@@ -21,9 +21,10 @@ import hashlib
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
 
+import anyio
 import msgspec
 from google.adk.errors import StaleSessionError
 from google.adk.errors.already_exists_error import AlreadyExistsError
@@ -42,6 +43,9 @@ from kern_events.errors import ConcurrencyError, InvalidArgumentError
 from kern_events.events import Event, SessionStarted
 from kern_events.records import NO_STREAM, ExpectedVersion, Record, SessionAppend, Snapshot
 from kern_events.store import EventStore
+
+if TYPE_CHECKING:
+    from kern_events._index import SessionInfo
 
 __all__ = [
     "SESSION_TYPE",
@@ -96,6 +100,8 @@ _SESSION_TYPES = ("adk.session_created", "adk.event")
 _STATE_TYPES = ("adk.session_created", "adk.event", "adk.state_delta")
 _STATE_CODEC = msgspec.json.Encoder()
 _STATE_DECODER = msgspec.json.Decoder(dict[str, Any])
+_CONCURRENT_READS = 8
+"""How many of a listing's reads are in flight at once."""
 
 
 def _stream(kind: str, *parts: str) -> str:
@@ -110,6 +116,21 @@ def _stream(kind: str, *parts: str) -> str:
 def _normalized_id(session_id: str) -> str:
     """ADK's in-memory and sqlite services strip surrounding whitespace from session ids."""
     return session_id.strip()
+
+
+def _names(info: SessionInfo, app_name: str) -> tuple[str, str] | None:
+    """The ADK session id and user of an index row, when the row holds them unhashed (the session
+    id as its name, the user in its user stream's id) and they name this very stream."""
+    prefix = _stream("user", app_name, "")
+    if info.name is None or info.user_id is None or not info.user_id.startswith(prefix):
+        return None
+    user = unquote(info.user_id[len(prefix) :])
+    if (
+        _stream("user", app_name, user) != info.user_id
+        or _stream("session", app_name, user, info.name) != info.session_id
+    ):
+        return None
+    return info.name, user
 
 
 def _fold(state: dict[str, Any], record: Record) -> None:
@@ -237,7 +258,11 @@ class KernEventsSessionService(BaseSessionService):
         return session
 
     async def list_sessions(self, *, app_name: str, user_id: str | None = None) -> ListSessionsResponse:
-        """The app's sessions (of one user, or of all), least recently updated first, without events."""
+        """The app's sessions (of one user, or of all), least recently updated first, without events.
+
+        One index listing names them (ids and users come from the index rows); then each session's
+        state and last timestamp are one checkpoint load and one read of the deltas after it, and each
+        user's state the same, all issued at once rather than one session after another."""
         if user_id is None:
             infos = await self._store.list_sessions(
                 session_type=SESSION_TYPE, agent_id=_stream("app", app_name), sort_by="updated_at", descending=False
@@ -249,26 +274,40 @@ class KernEventsSessionService(BaseSessionService):
                 sort_by="updated_at",
                 descending=False,
             )
-        app_state = await self._shared_state(_stream("app", app_name))
-        user_states: dict[str, dict[str, Any]] = {}
+        found: list[tuple[str, str, dict[str, Any], float] | None] = [None] * len(infos)
+        shared: dict[str, dict[str, Any]] = {}
+        limiter = anyio.Semaphore(_CONCURRENT_READS)
+
+        async def load_session(index: int, info: SessionInfo) -> None:
+            async with limiter:
+                names = _names(info, app_name) or await self._names_stored(info.session_id, app_name)
+                if names is not None:
+                    state, timestamp = await self._state_and_time(info.session_id, info.version)
+                    found[index] = (*names, state, timestamp)
+
+        async def load_shared(stream: str) -> None:
+            async with limiter:
+                shared[stream] = await self._shared_state(stream)
+
+        async with anyio.create_task_group() as group:
+            for index, info in enumerate(infos):
+                group.start_soon(load_session, index, info)
+            group.start_soon(load_shared, _stream("app", app_name))
+        users = {one[1] for one in found if one is not None}
+        async with anyio.create_task_group() as group:
+            for user in users:
+                group.start_soon(load_shared, _stream("user", app_name, user))
         sessions: list[Session] = []
-        for info in infos:
-            created = await self._created(info.session_id)
-            if created is None or created.app_name != app_name:
+        for one in found:
+            if one is None:
                 continue
-            if created.user_id not in user_states:
-                user_states[created.user_id] = await self._shared_state(_stream("user", app_name, created.user_id))
-            state = await self._state(info.session_id, info.version)
-            state.update({State.APP_PREFIX + key: value for key, value in app_state.items()})
-            state.update({State.USER_PREFIX + key: value for key, value in user_states[created.user_id].items()})
+            session_id, user, state, timestamp = one
+            state.update({State.APP_PREFIX + key: value for key, value in shared[_stream("app", app_name)].items()})
+            state.update(
+                {State.USER_PREFIX + key: value for key, value in shared[_stream("user", app_name, user)].items()}
+            )
             sessions.append(
-                Session(
-                    id=created.session_id,
-                    app_name=app_name,
-                    user_id=created.user_id,
-                    state=state,
-                    last_update_time=await self._last_update_time(info.session_id, info.version),
-                )
+                Session(id=session_id, app_name=app_name, user_id=user, state=state, last_update_time=timestamp)
             )
         return ListSessionsResponse(sessions=sessions)
 
@@ -358,9 +397,10 @@ class KernEventsSessionService(BaseSessionService):
     async def _shared_state(self, stream: str) -> dict[str, Any]:
         return await self._state(stream, None)
 
-    async def _state(self, stream: str, version: int | None) -> dict[str, Any]:
+    async def _state(self, stream: str, version: int | None, timestamps: list[float] | None = None) -> dict[str, Any]:
         """A stream's state at ``version`` (its head if ``None``): the newest checkpoint at or below it,
-        plus the deltas after it (at most ``state_checkpoint_every`` of them)."""
+        plus the deltas after it (at most ``state_checkpoint_every`` of them); the session events'
+        timestamps among those are added to ``timestamps``."""
         snapshot = await self._store.load_snapshot(
             stream, STATE_SNAPSHOT, schema_version=_STATE_SCHEMA, max_version=version
         )
@@ -368,7 +408,23 @@ class KernEventsSessionService(BaseSessionService):
         start = snapshot.version + 1 if snapshot is not None else 1
         async for record in self._store.read(stream, from_version=start, to_version=version, types=_STATE_TYPES):
             _fold(state, record)
+            if timestamps is not None and isinstance(record.event, AdkSessionCreated | AdkEventAppended):
+                timestamps.append(record.event.timestamp)
         return state
+
+    async def _state_and_time(self, stream: str, version: int) -> tuple[dict[str, Any], float]:
+        """A session's state at ``version`` and its newest event's timestamp: the deltas read after its
+        checkpoint end with that event, unless the checkpoint is at ``version`` (then one more read)."""
+        timestamps: list[float] = []
+        state = await self._state(stream, version, timestamps)
+        return state, timestamps[-1] if timestamps else await self._last_update_time(stream, version)
+
+    async def _names_stored(self, stream: str, app_name: str) -> tuple[str, str] | None:
+        """The session's ADK id and user as its creation stored them (for ids the index row hashed)."""
+        created = await self._created(stream)
+        if created is None or created.app_name != app_name:
+            return None
+        return created.session_id, created.user_id
 
     async def _checkpoint_if_due(self, stream: str, from_version: int, to_version: int) -> None:
         """Save the stream's state when an append crossed a multiple of ``state_checkpoint_every``

@@ -16,14 +16,21 @@ missing from a stale whole session is never taken as deleted). A stored run chan
 ``upsert_run``, as Agno 3 writes it (its own dbs' ``upsert_session`` writes no runs at all). A write
 refused because the session belongs to another user raises
 :class:`SessionOwnerError` instead of returning ``None``, and storage errors propagate. Reads keep
-Agno's contract: another user's session reads as ``None``. Agno's db API is synchronous; each call
-runs on an event loop that this object owns, in a thread of its own. Tested against agno 3.1.10
-(the ``agno`` extra pins it).
+Agno's contract: another user's session reads as ``None``. A run's locator stream
+(``agno-run:<run_id>``, written with the run) names its session, so a lookup by run id reads that
+session alone; listings sort and filter on sessions' fields without reading their runs.
+
+The logic is written once, as coroutines (``_Sessions``): ``KernEventsDb`` (Agno's ``BaseDb``) runs
+each call on an event loop it owns, in a thread of its own; ``AsyncKernEventsDb`` (``AsyncBaseDb``,
+wrapping an async Agno db) awaits them on the caller's loop. Tested against agno 3.1.10 (the
+``agno`` extra pins it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import threading
 import time
 import uuid
@@ -32,11 +39,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
+from agno.db.base import AsyncBaseDb as AgnoAsyncBaseDb
 from agno.db.base import BaseDb as AgnoBaseDb
 from agno.db.base import SessionType
 from agno.db.utils import deserialize_run, deserialize_session, filter_context_runs, get_run_type
 
 from kern_events._registry import register_event_type
+from kern_events.adapters._streams import stream_id
 from kern_events.db import BaseDb
 from kern_events.errors import ConcurrencyError, InvalidArgumentError, SessionNotFoundError
 from kern_events.events import Event, SessionRenamed, SessionStarted
@@ -49,8 +58,10 @@ if TYPE_CHECKING:
     from kern_events.store import EventStore
 
 __all__ = [
+    "AsyncKernEventsDb",
     "KernEventsDb",
     "RunDeleted",
+    "RunLocated",
     "RunStored",
     "SessionFieldsChanged",
     "SessionOwnerError",
@@ -61,6 +72,11 @@ T = TypeVar("T")
 _ATTEMPTS = 32
 _CACHE_SIZE = 256
 _TYPES = ("agent", "team", "workflow")
+_ACTIVE = frozenset({"PENDING", "RUNNING", "PAUSED"})
+"""Run statuses that keep a session with its owner (``reassign_session_owner``)."""
+_RUN_PREFIX = "agno-run:"
+_HEADER_TYPES = ("session_started", "agno.session", "session_renamed")
+"""The events a session's fields fold from (everything but its runs')."""
 _COMPONENT = {"agent": "agent_id", "team": "team_id", "workflow": "workflow_id"}
 _DATA = {"agent": "agent_data", "team": "team_data", "workflow": "workflow_data"}
 
@@ -87,6 +103,14 @@ class RunDeleted(Event, tag="agno.run_deleted", frozen=True):
     """The run was deleted (``delete_run``)."""
 
     run_id: str
+
+
+@register_event_type
+class RunLocated(Event, tag="agno.run_located", frozen=True):
+    """In a run's locator stream (``agno-run:<run_id>``): a session that stored the run, so that
+    ``get_run`` and ``delete_run`` read that session instead of every session."""
+
+    session_id: str
 
 
 class SessionOwnerError(InvalidArgumentError):
@@ -118,6 +142,11 @@ def _fold(records: Sequence[Record], start: _Stored | None = None) -> _Stored | 
     for record in records:
         event = record.event
         at = int(record.recorded_at)
+        if isinstance(event, SessionStarted) and stored is not None:
+            # a later start (reassign_session_owner): a new owner, the same session
+            stored.version = record.version
+            stored.fields["user_id"] = event.user_id
+            continue
         if isinstance(event, SessionStarted):
             session_type = event.session_type
             fields: dict[str, Any] = {
@@ -233,43 +262,23 @@ class _Loop:
             loop.close()
 
 
-class KernEventsDb(AgnoBaseDb):
-    """An Agno db whose sessions and runs live in the kern-events ``db``; everything else is ``agno_db``'s.
+class _Sessions:
+    """The session and run methods of both dbs, written once as coroutines over the kern-events store:
+    :class:`KernEventsDb` runs them on a loop of its own, :class:`AsyncKernEventsDb` awaits them."""
 
-    ``db`` is a kern-events db (``SqliteDb``, ``PostgresDb``, ``InMemoryDb``) or event store;
-    ``agno_db`` is the Agno db (``agno.db.sqlite.SqliteDb``, ``PostgresDb``, ...) that keeps
-    memories, knowledge, evals, traces, metrics and the rest. :meth:`close` closes both.
-    """
-
-    def __init__(self, db: BaseDb | EventStore, agno_db: AgnoBaseDb, *, id: str | None = None) -> None:
-        super().__init__(id=id or agno_db.id)
-        self.kern_db = db
-        self.agno_db = agno_db
+    def __init__(self, db: BaseDb | EventStore) -> None:
         self._store: EventStore = db.store if isinstance(db, BaseDb) else db
-        self._loop = _Loop()
         self._cache: OrderedDict[str, tuple[float, _Stored]] = OrderedDict()
         """session_id -> (its index row's created_at, the session folded at some version): reads
-        fold only the events after it. Only this object's loop thread touches it."""
+        fold only the events after it."""
+        self._headers: OrderedDict[str, tuple[float, _Stored]] = OrderedDict()
+        """The same for sessions folded without their runs (what listings sort and filter on)."""
         self._objects: dict[str, dict[str, tuple[dict[str, Any], Any]]] = {}
         """session_id -> run_id -> (the stored run dict, Agno's run object decoded from it)."""
 
-    def __getattr__(self, name: str) -> Any:
-        # Attributes of the wrapped db that BaseDb does not declare (``Session``, table names, ...).
-        if name in {"agno_db", "kern_db", "_store", "_loop", "_cache", "_objects"}:
-            raise AttributeError(name)
-        return getattr(self.agno_db, name)
-
-    def close(self) -> None:
-        """Close the kern-events db, the wrapped Agno db and the loop thread."""
-        try:
-            self._loop.run(self.kern_db.aclose)
-        finally:
-            self._loop.stop()
-            self.agno_db.close()
-
     # -- sessions --------------------------------------------------------------------------------
 
-    def get_session(
+    async def get_session(
         self,
         session_id: str,
         session_type: SessionType | None = None,
@@ -279,14 +288,14 @@ class KernEventsDb(AgnoBaseDb):
     ) -> Session | dict[str, Any] | None:
         """The session (``None`` if there is none, or it belongs to another user than ``user_id``);
         with ``runs_limit``, only its last ``runs_limit`` top-level runs that history would use."""
-        stored = self._loop.run(lambda: self._read(session_id))
+        stored = await self._read(session_id)
         if stored is None or not _visible(stored.fields, user_id):
             return None
         if deserialize:
             return self._session_object(session_type, stored, runs_limit=runs_limit)
         return _raw(stored, runs_limit=runs_limit)
 
-    def get_sessions(
+    async def get_sessions(
         self,
         session_type: SessionType | None = None,
         user_id: str | None = None,
@@ -303,13 +312,23 @@ class KernEventsDb(AgnoBaseDb):
     ) -> list[Session] | tuple[list[dict[str, Any]], int]:
         """Sessions matching every filter (``component_id`` is the agent, team or workflow id; a name
         matches by substring, case-insensitively; timestamps bound ``created_at``), sorted by
-        ``created_at`` or ``updated_at`` (default newest update first) and paged (``page`` from 1)."""
+        ``created_at`` or ``updated_at`` (default newest update first) and paged (``page`` from 1).
+
+        The index picks the candidates (type, user, component, and a name it may hold); they are
+        sorted and filtered on their fields without their runs, and only the page's runs are read."""
         kind = None if session_type is None else SessionType(session_type).value
-        stored = self._loop.run(lambda: self._list(kind, user_id, component_id))
         wanted = session_name.lower() if session_name else None
-        raws = []
-        for one in stored:
-            fields = one.fields
+        infos = [
+            info
+            for info in await self._index(kind, user_id, component_id)
+            if wanted is None or info.name is None or wanted in info.name.lower()
+        ]
+        headers: list[tuple[SessionInfo, _Stored]] = []
+        for info in infos:
+            header = await self._header(info)
+            if header is None:
+                continue
+            fields = header.fields
             name = (fields.get("session_data") or {}).get("session_name")
             if wanted is not None and (not isinstance(name, str) or wanted not in name.lower()):
                 continue
@@ -318,33 +337,41 @@ class KernEventsDb(AgnoBaseDb):
                 continue
             if end_timestamp is not None and created > end_timestamp:
                 continue
-            raws.append(_raw(one, include_runs=include_runs))
+            headers.append((info, header))
         key = sort_by if sort_by in {"created_at", "updated_at"} else "updated_at"
         descending = (sort_order or "desc").lower() != "asc"
-        raws.sort(key=lambda raw: (raw.get(key) or 0, raw["session_id"]), reverse=descending)
-        total = len(raws)
+        headers.sort(key=lambda one: (one[1].fields.get(key) or 0, one[0].session_id), reverse=descending)
+        total = len(headers)
         if limit is not None:
             start = ((page or 1) - 1) * limit
-            raws = raws[start : start + limit]
+            headers = headers[start : start + limit]
+        chosen = [header for _, header in headers]
+        if include_runs:
+            full = [await self._read_at(info) for info, _ in headers]
+            chosen = [one for one in full if one is not None]
         if not deserialize:
-            return raws, total
-        return [_deserialized(session_type, raw) for raw in raws]
+            return [_raw(one, include_runs=include_runs) for one in chosen], total
+        if include_runs:
+            return [self._session_object(session_type, one) for one in chosen]
+        return [_deserialized(session_type, _raw(one, include_runs=False)) for one in chosen]
 
-    def upsert_session(self, session: Session, deserialize: bool | None = True) -> Session | dict[str, Any] | None:
+    async def upsert_session(
+        self, session: Session, deserialize: bool | None = True
+    ) -> Session | dict[str, Any] | None:
         """Store the session: a new one whole, a stored one by appending only what changed (fields,
-        name, runs not stored yet; a stored run changes through :meth:`upsert_run`). Another user's
+        name, runs not stored yet; a stored run changes through ``upsert_run``). Another user's
         session raises :class:`SessionOwnerError`."""
-        stored = self._loop.run(lambda: self._upsert([session]))[0]
+        stored = (await self._upsert([session]))[0]
         return self._session_object(None, stored) if deserialize else _raw(stored)
 
-    def upsert_sessions(
+    async def upsert_sessions(
         self, sessions: list[Session], deserialize: bool | None = True, preserve_updated_at: bool = False
     ) -> list[Session | dict[str, Any]]:
-        """Store several sessions in one atomic append (see :meth:`upsert_session`)."""
-        stored = self._loop.run(lambda: self._upsert(sessions))
+        """Store several sessions in one atomic append (see ``upsert_session``)."""
+        stored = await self._upsert(sessions)
         return [self._session_object(None, one) if deserialize else _raw(one) for one in stored]
 
-    def rename_session(
+    async def rename_session(
         self,
         session_id: str,
         session_type: SessionType | None,
@@ -353,24 +380,56 @@ class KernEventsDb(AgnoBaseDb):
         deserialize: bool | None = True,
     ) -> Session | dict[str, Any] | None:
         """Rename the session; ``None`` if there is none or it belongs to another user than ``user_id``."""
-        stored = self._loop.run(lambda: self._rename(session_id, session_name, user_id))
-        if stored is None:
-            return None
-        raw = _raw(stored)
-        return _deserialized(session_type, raw) if deserialize else raw
+        for _ in range(_ATTEMPTS):
+            info = await self._store.get_session_info(session_id)
+            if info is None or not _visible({"user_id": info.user_id}, user_id):
+                return None
+            try:
+                await self._store.append(session_id, [SessionRenamed(name=session_name)], expected_version=info.version)
+            except ConcurrencyError:
+                continue
+            stored = await self._read(session_id)
+            if stored is None:
+                return None
+            raw = _raw(stored)
+            return _deserialized(session_type, raw) if deserialize else raw
+        raise ConcurrencyError(session_id, "a rename", await self._store.current_version(session_id))
 
-    def delete_session(self, session_id: str, user_id: str | None = None) -> bool:
+    async def delete_session(self, session_id: str, user_id: str | None = None) -> bool:
         """Erase the session and its runs; ``False`` if there is none or it belongs to another user."""
-        return self._loop.run(lambda: self._delete(session_id, user_id))
+        info = await self._store.get_session_info(session_id)
+        if info is None or not _visible({"user_id": info.user_id}, user_id):
+            return False
+        return await self._store.delete_session(session_id)
 
-    def delete_sessions(self, session_ids: list[str], user_id: str | None = None) -> None:
+    async def delete_sessions(self, session_ids: list[str], user_id: str | None = None) -> None:
         """Erase each of the sessions that exists and belongs to ``user_id`` (any owner if ``None``)."""
+        for session_id in session_ids:
+            await self.delete_session(session_id, user_id)
 
-        async def delete_all() -> None:
-            for session_id in session_ids:
-                await self._delete(session_id, user_id)
+    async def reassign_session_owner(self, session_id: str, *, previous_user_id: str, user_id: str | None) -> bool:
+        """Give the session to ``user_id`` if it still belongs to ``previous_user_id`` and none of its
+        runs is pending, running or paused (as Agno's SQL dbs do); whether it changed hands.
 
-        self._loop.run(delete_all)
+        A second ``SessionStarted`` with the new owner carries it: the index takes its user, the
+        session keeps its runs and fields."""
+        for attempt in range(_ATTEMPTS):
+            info = await self._store.get_session_info(session_id)
+            if info is None or info.session_type not in _TYPES or info.user_id != previous_user_id:
+                return False
+            stored = await self._read_at(info)
+            if stored is None or any(data.get("status") in _ACTIVE for _, data, _ in stored.runs.values()):
+                return False
+            started = SessionStarted(
+                session_type=info.session_type,
+                user_id=user_id,
+                agent_id=info.agent_id,
+                team_id=info.team_id,
+                workflow_id=info.workflow_id,
+            )
+            if await self._committed([SessionAppend(session_id, [started], expected_version=info.version)], attempt):
+                return True
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _session_object(
         self, session_type: SessionType | None, stored: _Stored, *, runs_limit: int | None = None
@@ -397,7 +456,7 @@ class KernEventsDb(AgnoBaseDb):
 
     # -- runs ------------------------------------------------------------------------------------
 
-    def upsert_run(
+    async def upsert_run(
         self,
         run: Any,
         session_id: str,
@@ -411,17 +470,62 @@ class KernEventsDb(AgnoBaseDb):
         if "run_id" not in data or data["run_id"] is None:
             raise InvalidArgumentError("run", "a run must have a run_id")
         event = RunStored(run_id=str(data["run_id"]), run_type=get_run_type(run), run=data, user_id=user_id)
-        self._loop.run(lambda: self._put_run(session_id, user_id, event))
+        for attempt in range(_ATTEMPTS):
+            info = await self._store.get_session_info(session_id)
+            if info is None:
+                raise SessionNotFoundError(session_id)
+            if user_id is not None and info.user_id is not None and info.user_id != user_id:
+                raise SessionOwnerError(session_id, user_id)
+            stored = await self._read_at(info)
+            known = None if stored is None else stored.runs.get(event.run_id)
+            if known is not None and _same(known[1], event.run):
+                return
+            parts = [SessionAppend(session_id, [event], expected_version=info.version)]
+            if known is None:
+                parts += _locators([(session_id, event.run_id)])
+            if await self._committed(parts, attempt):
+                return
 
-    def get_run(self, run_id: str, deserialize: bool | None = True) -> Any:
-        """The run with this id in any session (``None`` if there is none)."""
-        rows = self._loop.run(lambda: self._runs(None))
-        for row in rows:
-            if row["run_id"] == run_id:
-                return deserialize_run(row["run_type"], row["run_data"]) if deserialize else row
+    async def get_run(self, run_id: str, deserialize: bool | None = True) -> Any:
+        """The run with this id in any session (``None`` if there is none): its locator stream names
+        the sessions that stored it, and only those are read."""
+        for stored in await self._holding(run_id):
+            row = next(row for row in _run_rows(stored) if row["run_id"] == run_id)
+            return deserialize_run(row["run_type"], row["run_data"]) if deserialize else row
         return None
 
-    def get_runs(
+    async def cancel_pending_run(
+        self,
+        run_id: str,
+        *,
+        session_id: str,
+        reason: str,
+        user_id: str | None = None,
+        expected_status: str = "PENDING",
+    ) -> bool:
+        """Cancel the run if it is still ``expected_status`` (pending or running) and is ``user_id``'s
+        or nobody's, in one append at the version it was seen in (a concurrent status change wins);
+        an empty content becomes ``reason``. Whether it changed."""
+        if expected_status not in {"PENDING", "RUNNING"}:
+            raise InvalidArgumentError("expected_status", "only a pending or running run can be cancelled")
+        for attempt in range(_ATTEMPTS):
+            info = await self._store.get_session_info(session_id)
+            stored = None if info is None else await self._read_at(info)
+            known = None if stored is None else stored.runs.get(run_id)
+            if info is None or known is None:
+                return False
+            run_type, data, owner = known
+            if data.get("status") != expected_status or (owner is not None and owner != user_id):
+                return False
+            cancelled = {**data, "status": "CANCELLED", "updated_at": int(time.time())}
+            if data.get("content") in (None, ""):
+                cancelled["content"] = reason
+            event = RunStored(run_id=run_id, run_type=run_type, run=cancelled, user_id=owner)
+            if await self._committed([SessionAppend(session_id, [event], expected_version=info.version)], attempt):
+                return True
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def get_runs(
         self,
         session_id: str | None = None,
         user_id: str | None = None,
@@ -436,7 +540,12 @@ class KernEventsDb(AgnoBaseDb):
         deserialize: bool | None = True,
     ) -> Any:
         """Runs matching every filter, in the order they were first stored, paged."""
-        rows = self._loop.run(lambda: self._runs(session_id))
+        if session_id is not None:
+            one = await self._read(session_id)
+            sessions = [] if one is None else [one]
+        else:
+            sessions = [one for info in await self._index(None, None, None) if (one := await self._read_at(info))]
+        rows = [row for stored in sessions for row in _run_rows(stored)]
         status_value = getattr(status, "value", status)
         wanted = {"user_id": user_id, "agent_id": agent_id, "team_id": team_id, "workflow_id": workflow_id}
         rows = [
@@ -455,13 +564,13 @@ class KernEventsDb(AgnoBaseDb):
             return rows, total
         return [deserialize_run(row["run_type"], row["run_data"]) for row in rows]
 
-    def delete_run(self, run_id: str) -> bool:
+    async def delete_run(self, run_id: str) -> bool:
         """Delete the run from its session; ``False`` if no session holds it."""
-        return self._loop.run(lambda: self._delete_runs({run_id})) > 0
+        return await self._delete_runs([run_id]) > 0
 
-    def delete_runs(self, run_ids: list[str]) -> None:
+    async def delete_runs(self, run_ids: list[str]) -> None:
         """Delete the runs from their sessions."""
-        self._loop.run(lambda: self._delete_runs(set(run_ids)))
+        await self._delete_runs(run_ids)
 
     # -- the kern-events side --------------------------------------------------------------------
 
@@ -473,7 +582,25 @@ class KernEventsDb(AgnoBaseDb):
 
     async def _read_at(self, info: SessionInfo) -> _Stored | None:
         """The session at ``info.version``: from the cache, plus the events after the cached version."""
+        return await self._cached(self._cache, info, None)
+
+    async def _header(self, info: SessionInfo) -> _Stored | None:
+        """The session at ``info.version`` without its runs (their events are not read), or the whole
+        session if it is cached at that version."""
         cached = self._cache.get(info.session_id)
+        if cached is not None and cached[0] == info.created_at and cached[1].version == info.version:
+            return cached[1]
+        header = await self._cached(self._headers, info, _HEADER_TYPES)
+        if header is not None and header.version < info.version:
+            # the last events were not read (a run's): the last one set updated_at
+            header.fields["updated_at"] = int(info.updated_at)
+            header.version = info.version
+        return header
+
+    async def _cached(
+        self, cache: OrderedDict[str, tuple[float, _Stored]], info: SessionInfo, types: tuple[str, ...] | None
+    ) -> _Stored | None:
+        cached = cache.get(info.session_id)
         start = None
         if cached is not None and cached[0] == info.created_at and cached[1].version <= info.version:
             if cached[1].version == info.version:
@@ -481,17 +608,21 @@ class KernEventsDb(AgnoBaseDb):
             start = cached[1]
         first = 1 if start is None else start.version + 1
         records = [
-            record async for record in self._store.read(info.session_id, from_version=first, to_version=info.version)
+            record
+            async for record in self._store.read(
+                info.session_id, from_version=first, to_version=info.version, types=types
+            )
         ]
         stored = _fold(records, start)
         if stored is not None:
-            self._cache[info.session_id] = (info.created_at, stored)
-            self._cache.move_to_end(info.session_id)
-            while len(self._cache) > _CACHE_SIZE:
-                self._cache.popitem(last=False)
+            cache[info.session_id] = (info.created_at, stored)
+            cache.move_to_end(info.session_id)
+            while len(cache) > _CACHE_SIZE:
+                cache.popitem(last=False)
         return stored
 
-    async def _list(self, kind: str | None, user_id: str | None, component_id: str | None) -> list[_Stored]:
+    async def _index(self, kind: str | None, user_id: str | None, component_id: str | None) -> list[SessionInfo]:
+        """The index rows of the Agno sessions matching the filters (one listing per session type)."""
         infos: list[SessionInfo] = []
         for one in _TYPES if kind is None else (kind,):
             ids: dict[str, str | None] = dict.fromkeys(_COMPONENT.values())
@@ -504,15 +635,29 @@ class KernEventsDb(AgnoBaseDb):
                 workflow_id=ids["workflow_id"],
                 limit=None,
             )
-        stored = [await self._read_at(info) for info in infos]
-        return [one for one in stored if one is not None]
+        return infos
+
+    async def _holding(self, run_id: str) -> list[_Stored]:
+        """The sessions that hold the run, newest locator first (normally one)."""
+        located = [
+            record.event.session_id
+            async for record in self._store.read(_run_stream(run_id))
+            if isinstance(record.event, RunLocated)
+        ]
+        holding = []
+        for session_id in reversed(dict.fromkeys(located)):
+            stored = await self._read(session_id)
+            if stored is not None and run_id in stored.runs:
+                holding.append(stored)
+        return holding
 
     async def _upsert(self, sessions: Sequence[Session]) -> list[_Stored]:
-        """Diff each session against its stored stream and append the changes, all in one append;
-        on a conflict read again and diff again."""
+        """Diff each session against its stored stream and append the changes (and the new runs'
+        locators), all in one append; on a conflict read again and diff again."""
         incoming = [_session_fields(session) for session in sessions]
         for attempt in range(_ATTEMPTS):
             parts: list[SessionAppend] = []
+            new_runs: list[tuple[str, str]] = []
             results: list[_Stored] = []
             for session, (kind, fields, runs) in zip(sessions, incoming, strict=True):
                 session_id = session.session_id
@@ -521,21 +666,33 @@ class KernEventsDb(AgnoBaseDb):
                 events, expected = await self._changes(session_id, kind, fields, runs, info, stored)
                 if events:
                     parts.append(SessionAppend(session_id, events, expected_version=expected))
+                new_runs += [
+                    (session_id, event.run_id)
+                    for event in events
+                    if isinstance(event, RunStored) and (stored is None or event.run_id not in stored.runs)
+                ]
                 records = [_record(session_id, event) for event in events]
                 results.append(_fold_onto(stored, records))
-            try:
-                if len(parts) == 1:
-                    part = parts[0]
-                    await self._store.append(part.session_id, part.events, expected_version=part.expected_version)
-                elif parts:
-                    await self._store.append_many(parts)
-            except ConcurrencyError:
-                if attempt == _ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(0.001 * (attempt + 1))
-                continue
-            return results
+            parts += _locators(new_runs)
+            if await self._committed(parts, attempt):
+                return results
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _committed(self, parts: Sequence[SessionAppend], attempt: int) -> bool:
+        """Append ``parts`` (one ``append``, or one atomic ``append_many``); ``False`` after a conflict,
+        having waited a little, so that the caller reads again (the last attempt's conflict raises)."""
+        try:
+            if len(parts) == 1:
+                part = parts[0]
+                await self._store.append(part.session_id, part.events, expected_version=part.expected_version)
+            elif parts:
+                await self._store.append_many(parts)
+        except ConcurrencyError:
+            if attempt == _ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.001 * (attempt + 1))
+            return False
+        return True
 
     async def _changes(
         self,
@@ -594,84 +751,70 @@ class KernEventsDb(AgnoBaseDb):
                 events.append(_run_event(run, user_id))
         return events, info.version
 
-    async def _rename(self, session_id: str, name: str, user_id: str | None) -> _Stored | None:
-        for _ in range(_ATTEMPTS):
-            info = await self._store.get_session_info(session_id)
-            if info is None or not _visible({"user_id": info.user_id}, user_id):
-                return None
-            try:
-                await self._store.append(session_id, [SessionRenamed(name=name)], expected_version=info.version)
-            except ConcurrencyError:
-                continue
-            return await self._read(session_id)
-        raise ConcurrencyError(session_id, "a rename", await self._store.current_version(session_id))
-
-    async def _delete(self, session_id: str, user_id: str | None) -> bool:
-        info = await self._store.get_session_info(session_id)
-        if info is None or not _visible({"user_id": info.user_id}, user_id):
-            return False
-        return await self._store.delete_session(session_id)
-
-    async def _put_run(self, session_id: str, user_id: str | None, event: RunStored) -> None:
-        for attempt in range(_ATTEMPTS):
-            info = await self._store.get_session_info(session_id)
-            if info is None:
-                raise SessionNotFoundError(session_id)
-            if user_id is not None and info.user_id is not None and info.user_id != user_id:
-                raise SessionOwnerError(session_id, user_id)
-            stored = await self._read_at(info)
-            if (
-                stored is not None
-                and (known := stored.runs.get(event.run_id)) is not None
-                and _same(known[1], event.run)
-            ):
-                return
-            try:
-                await self._store.append(session_id, [event], expected_version=info.version)
-            except ConcurrencyError:
-                if attempt == _ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(0.001 * (attempt + 1))
-                continue
-            return
-
-    async def _runs(self, session_id: str | None) -> list[dict[str, Any]]:
-        if session_id is not None:
-            one = await self._read(session_id)
-            sessions = [] if one is None else [one]
-        else:
-            sessions = await self._list(None, None, None)
-        rows = []
-        for stored in sessions:
-            for index, (run_id, (run_type, data, user_id)) in enumerate(stored.runs.items()):
-                rows.append(
-                    {
-                        "run_id": run_id,
-                        "session_id": stored.fields["session_id"],
-                        "run_type": run_type,
-                        "agent_id": data.get("agent_id"),
-                        "team_id": data.get("team_id"),
-                        "workflow_id": data.get("workflow_id"),
-                        "user_id": user_id,
-                        "parent_run_id": data.get("parent_run_id"),
-                        "status": data.get("status"),
-                        "run_index": index,
-                        "run_data": data,
-                        "created_at": data.get("created_at"),
-                        "updated_at": data.get("updated_at") or data.get("created_at"),
-                    }
-                )
-        return rows
-
-    async def _delete_runs(self, run_ids: set[str]) -> int:
+    async def _delete_runs(self, run_ids: Sequence[str]) -> int:
+        """Append a ``RunDeleted`` to each session holding one of the runs, then drop their locators."""
         deleted = 0
-        for stored in await self._list(None, None, None):
-            mine = [run_id for run_id in stored.runs if run_id in run_ids]
-            if mine:
-                session_id = stored.fields["session_id"]
-                await self._store.append(session_id, [RunDeleted(run_id=run_id) for run_id in mine])
-                deleted += len(mine)
+        for run_id in dict.fromkeys(run_ids):
+            for stored in await self._holding(run_id):
+                await self._store.append(str(stored.fields["session_id"]), [RunDeleted(run_id=run_id)])
+                deleted += 1
+            await self._store.delete_session(_run_stream(run_id))
         return deleted
+
+
+class _Adapter:
+    """What both dbs hold: the kern-events db, the wrapped Agno db, and the shared session logic."""
+
+    _OWN = frozenset({"agno_db", "kern_db", "_sessions", "_loop"})
+
+    def __init__(self, db: BaseDb | EventStore, agno_db: Any, *, id: str | None = None) -> None:
+        super().__init__(id=id or agno_db.id)  # type: ignore[call-arg]
+        self.kern_db = db
+        self.agno_db = agno_db
+        self._sessions = _Sessions(db)
+
+    def __getattr__(self, name: str) -> Any:
+        # Attributes of the wrapped db that Agno's base class does not declare (``Session``, table names, ...).
+        if name in _Adapter._OWN:
+            raise AttributeError(name)
+        return getattr(self.agno_db, name)
+
+
+class KernEventsDb(_Adapter, AgnoBaseDb):
+    """An Agno db whose sessions and runs live in the kern-events ``db``; everything else is ``agno_db``'s.
+
+    ``db`` is a kern-events db (``SqliteDb``, ``PostgresDb``, ``InMemoryDb``) or event store;
+    ``agno_db`` is the Agno db (``agno.db.sqlite.SqliteDb``, ``PostgresDb``, ...) that keeps
+    memories, knowledge, evals, traces, metrics and the rest. :meth:`close` closes both. Each call
+    runs on an event loop this object owns, in a thread of its own.
+    """
+
+    def __init__(self, db: BaseDb | EventStore, agno_db: AgnoBaseDb, *, id: str | None = None) -> None:
+        super().__init__(db, agno_db, id=id)
+        self._loop = _Loop()
+
+    def close(self) -> None:
+        """Close the kern-events db, the wrapped Agno db and the loop thread."""
+        try:
+            self._loop.run(self.kern_db.aclose)
+        finally:
+            self._loop.stop()
+            self.agno_db.close()
+
+
+class AsyncKernEventsDb(_Adapter, AgnoAsyncBaseDb):
+    """:class:`KernEventsDb` for Agno's async dbs: the same sessions and runs, awaited on the caller's
+    loop; ``agno_db`` is an async Agno db (``AsyncSqliteDb``, ``AsyncPostgresDb``, ...)."""
+
+    def __init__(self, db: BaseDb | EventStore, agno_db: AgnoAsyncBaseDb, *, id: str | None = None) -> None:
+        super().__init__(db, agno_db, id=id)
+
+    async def close(self) -> None:
+        """Close the kern-events db and the wrapped Agno db."""
+        try:
+            await self.kern_db.aclose()
+        finally:
+            await self.agno_db.close()
 
 
 def _visible(fields: dict[str, Any], user_id: str | None) -> bool:
@@ -730,23 +873,91 @@ def _deserialized(session_type: SessionType | None, raw: dict[str, Any]) -> Sess
     return deserialize_session(session_type, raw)
 
 
+def _run_rows(stored: _Stored) -> list[dict[str, Any]]:
+    """The session's runs as rows of Agno's runs table."""
+    return [
+        {
+            "run_id": run_id,
+            "session_id": stored.fields["session_id"],
+            "run_type": run_type,
+            "agent_id": data.get("agent_id"),
+            "team_id": data.get("team_id"),
+            "workflow_id": data.get("workflow_id"),
+            "user_id": user_id,
+            "parent_run_id": data.get("parent_run_id"),
+            "status": data.get("status"),
+            "run_index": index,
+            "run_data": data,
+            "created_at": data.get("created_at"),
+            "updated_at": data.get("updated_at") or data.get("created_at"),
+        }
+        for index, (run_id, (run_type, data, user_id)) in enumerate(stored.runs.items())
+    ]
+
+
+def _run_stream(run_id: str) -> str:
+    """The session id of the run's locator stream (its ``RunLocated`` events)."""
+    return stream_id(_RUN_PREFIX, run_id)
+
+
+def _locators(pairs: Sequence[tuple[str, str]]) -> list[SessionAppend]:
+    """The appends that locate each (session_id, run_id): one part per run's locator stream."""
+    streams: dict[str, list[Event]] = {}
+    for session_id, run_id in pairs:
+        streams.setdefault(_run_stream(run_id), []).append(RunLocated(session_id=session_id))
+    return [SessionAppend(stream, events) for stream, events in streams.items()]
+
+
 _NIL = uuid.UUID(int=0)
-_NOT_DELEGATED = frozenset({"reassign_session_owner", "cancel_pending_run", "from_dict"})
-"""Session and run methods of Agno's BaseDb this adapter does not offer: they keep BaseDb's
-``NotImplementedError`` rather than reach the wrapped db's (empty) session tables."""
+_NOT_DELEGATED = frozenset({"from_dict"})
+"""Methods of Agno's base classes neither db offers (a wrapped db's ``from_dict`` would build the wrapped db)."""
+_SESSION_METHODS = tuple(name for name in vars(_Sessions) if not name.startswith("_"))
 
 
-def _delegate(name: str) -> Callable[..., Any]:
+def _on_loop(name: str) -> Callable[..., Any]:
+    core = getattr(_Sessions, name)
+
+    @functools.wraps(core)
     def method(self: KernEventsDb, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.agno_db, name)(*args, **kwargs)
+        return self._loop.run(lambda: core(self._sessions, *args, **kwargs))
 
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = f"Agno's ``{name}``, on the wrapped Agno db."
     return method
 
 
-for _name, _value in vars(AgnoBaseDb).items():
-    if _name.startswith("_") or _name in _NOT_DELEGATED or _name in vars(KernEventsDb) or not callable(_value):
-        continue
-    setattr(KernEventsDb, _name, _delegate(_name))
-KernEventsDb.__abstractmethods__ = frozenset()
+def _awaited(name: str) -> Callable[..., Any]:
+    core = getattr(_Sessions, name)
+
+    @functools.wraps(core)
+    async def method(self: AsyncKernEventsDb, *args: Any, **kwargs: Any) -> Any:
+        return await core(self._sessions, *args, **kwargs)
+
+    return method
+
+
+def _delegate(name: str, awaited: bool) -> Callable[..., Any]:
+    def method(self: _Adapter, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.agno_db, name)(*args, **kwargs)
+
+    async def coroutine(self: _Adapter, *args: Any, **kwargs: Any) -> Any:
+        return await getattr(self.agno_db, name)(*args, **kwargs)
+
+    chosen = coroutine if awaited else method
+    chosen.__name__ = chosen.__qualname__ = name
+    chosen.__doc__ = f"Agno's ``{name}``, on the wrapped Agno db."
+    return chosen
+
+
+def _install(cls: type[_Adapter], base: type, wrap: Callable[[str], Callable[..., Any]]) -> None:
+    """Give ``cls`` the session and run methods (``wrap`` of the shared ones) and every other public
+    method of ``base``, delegated to the wrapped Agno db."""
+    for name in _SESSION_METHODS:
+        setattr(cls, name, wrap(name))
+    for name, value in vars(base).items():
+        if name.startswith("_") or name in _NOT_DELEGATED or name in vars(cls) or not callable(value):
+            continue
+        setattr(cls, name, _delegate(name, inspect.iscoroutinefunction(value)))
+    cls.__abstractmethods__ = frozenset()  # type: ignore[attr-defined]
+
+
+_install(KernEventsDb, AgnoBaseDb, _on_loop)
+_install(AsyncKernEventsDb, AgnoAsyncBaseDb, _awaited)

@@ -18,7 +18,6 @@ List channels (message histories) are stored as deltas against their previous ve
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
@@ -50,7 +49,8 @@ from kern_events import (
     register_event_type,
     run_blocking,
 )
-from kern_events._validate import MAX_ID_LENGTH, check_non_negative
+from kern_events._validate import check_non_negative
+from kern_events.adapters._streams import stream_id as _stream_id
 from kern_events.db import BaseDb
 from kern_events.errors import InvalidArgumentError
 from kern_events.records import NO_STREAM
@@ -858,14 +858,6 @@ def _batches(events: Sequence[Event], size: int) -> Iterator[list[Event]]:
             batch = []
     if batch:
         yield batch
-
-
-def _stream_id(prefix: str, key: str) -> str:
-    """The session id of a thread's or a run's stream; a key too long for an id is hashed."""
-    session = prefix + key
-    if len(session) > MAX_ID_LENGTH:
-        session = prefix + "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-    return session
 
 
 def _starts_with(value: list[Any], prefix: list[Any]) -> bool:

@@ -106,14 +106,7 @@ async def test_a_page_of_large_events_fetches_its_chunks_in_one_round_trip(backe
         limit = _limit(store)
         events = [_sized(limit * 2 + n, str(n)) for n in range(6)]
         await store.append("s", events)
-        calls: list[int] = []
-        read_chunks = store._read_chunks
-
-        async def counted(event_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, Sequence[bytes]]:
-            calls.append(len(event_ids))
-            return await read_chunks(event_ids)
-
-        store._read_chunks = counted  # type: ignore[method-assign]
+        calls = counted_chunk_reads(store)
         assert [record.event async for record in store.read("s")] == events
         if backend.inline_limit is not None or store.inline_limit is not None:
             assert calls == [6]
@@ -161,6 +154,19 @@ async def test_an_event_above_max_event_size_is_refused_naming_it(backend: Backe
         assert caught.value.argument == "events[1]"
         assert caught.value.limit == store.max_event_size
         assert await store.current_version("s") == 0
+
+
+def counted_chunk_reads(store: BaseEventStore) -> list[int]:
+    """From now on, how many events each of the store's chunk reads (one round trip each) asked for."""
+    calls: list[int] = []
+    read_chunks = store._read_chunks
+
+    async def counted(event_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, Sequence[bytes]]:
+        calls.append(len(event_ids))
+        return await read_chunks(event_ids)
+
+    store._read_chunks = counted  # type: ignore[method-assign]
+    return calls
 
 
 def _tampered(store: BaseEventStore, change: Any) -> None:

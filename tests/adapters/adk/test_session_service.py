@@ -297,22 +297,70 @@ async def test_names_of_any_length_and_characters_map_to_distinct_sessions(
 
 
 class _CountingStore:
-    """The db's store, counting the records that reads hand back."""
+    """The db's store, counting the records that reads hand back, the calls made (read's keyword
+    arguments kept) and how many were in flight at once."""
 
     def __init__(self, store: Any) -> None:
         self._store = store
         self.records = 0
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.in_flight = self.most_in_flight = 0
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
+        method = getattr(self._store, name)
+        if name not in {"load_snapshot", "get_session_info", "list_sessions"}:
+            return method
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, {}))
+            self._enter()
+            try:
+                await anyio.sleep(0.001)
+                return await method(*args, **kwargs)
+            finally:
+                self.in_flight -= 1
+
+        return counted
+
+    def _enter(self) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
 
     async def _counted(self, records: Any) -> Any:
-        async for record in records:
-            self.records += 1
-            yield record
+        self._enter()
+        try:
+            await anyio.sleep(0.001)
+            async for record in records:
+                self.records += 1
+                yield record
+        finally:
+            self.in_flight -= 1
 
     def read(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(("read", kwargs))
         return self._counted(self._store.read(*args, **kwargs))
+
+
+async def test_a_listing_is_one_index_query_and_two_concurrent_reads_per_session(
+    db_kind: tuple[str, str], tmp_path: Path
+) -> None:
+    async with _open(db_kind, tmp_path) as db:
+        counting = _CountingStore(db.store)
+        service = KernEventsSessionService(counting)  # type: ignore[arg-type]
+        for i in range(12):
+            session = await service.create_session(app_name=APP, user_id=f"u{i % 3}", session_id=f"s{i}")
+            await service.append_event(session, _event({"n": i, "user:last": i}))
+        counting.calls.clear()
+        listed = (await service.list_sessions(app_name=APP)).sessions
+        assert [s.id for s in listed] == [f"s{i}" for i in range(12)]
+        assert [s.state for s in listed][-1] == {"n": 11, "user:last": 11}
+        names = [name for name, _ in counting.calls]
+        assert names.count("list_sessions") == 1
+        # per session a checkpoint load and one read (ids and users come from the index), the same
+        # for the app and each of the 3 users, and nothing else
+        assert len(names) == 1 + 2 * 12 + 2 * (1 + 3), names
+        assert not [kw for name, kw in counting.calls if kw.get("types") == ("adk.session_created",)]
+        assert counting.most_in_flight > 1  # not one session after another
 
 
 async def test_reading_a_long_session_reads_its_window_and_the_states_checkpoint_tail_only(

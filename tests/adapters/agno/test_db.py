@@ -19,14 +19,16 @@ from tests.adapters.agno import _upstream
 
 _upstream.require_agno()
 
-from agno.db.base import SessionType  # noqa: E402  (after the extra is known to be there)
+from agno.db.base import AsyncBaseDb, SessionType  # noqa: E402  (after the extra is known to be there)
+from agno.db.schemas.evals import EvalRunRecord, EvalType  # noqa: E402
 from agno.db.schemas.memory import UserMemory  # noqa: E402
+from agno.db.sqlite import AsyncSqliteDb as AgnoAsyncSqliteDb  # noqa: E402
 from agno.db.sqlite import SqliteDb as AgnoSqliteDb  # noqa: E402
 from agno.run.agent import RunOutput  # noqa: E402
 from agno.run.base import RunStatus  # noqa: E402
 from agno.session import AgentSession  # noqa: E402
 
-from kern_events.adapters.agno import KernEventsDb, SessionOwnerError  # noqa: E402
+from kern_events.adapters.agno import _HEADER_TYPES, AsyncKernEventsDb, KernEventsDb, SessionOwnerError  # noqa: E402
 
 
 def _kern_db(kind: str, tmp_path: Path, schema: str) -> BaseDb:
@@ -245,3 +247,127 @@ def test_a_read_decodes_a_run_again_only_when_it_changed(db: KernEventsDb) -> No
     assert second.runs[0] is first.runs[0]  # unchanged: the same object, as Agno's own dbs share it
     assert second.runs[1].content == "two, edited"
     assert db.get_session("s1", deserialize=False)["runs"][1]["content"] == "two, edited"  # type: ignore[index]
+
+
+def test_reassign_session_owner_moves_only_an_idle_session_of_the_expected_owner(db: KernEventsDb) -> None:
+    db.upsert_session(_session(_run("r1", "done")))
+    assert db.reassign_session_owner("s1", previous_user_id="bob", user_id="carol") is False
+    assert db.reassign_session_owner("nope", previous_user_id="alice", user_id="carol") is False
+    assert db.reassign_session_owner("s1", previous_user_id="alice", user_id="carol") is True
+    assert db.get_session("s1", user_id="alice") is None
+    moved = db.get_session("s1", SessionType.AGENT, user_id="carol")
+    assert isinstance(moved, AgentSession) and [run.run_id for run in moved.runs or []] == ["r1"]
+    assert [s.session_id for s in db.get_sessions(user_id="carol")] == ["s1"]  # the index moved too
+    assert db.get_sessions(user_id="alice") == []
+    db.upsert_run(_run("r2", status=RunStatus.paused), session_id="s1", user_id="carol")
+    assert db.reassign_session_owner("s1", previous_user_id="carol", user_id="alice") is False  # a paused run
+    assert db.get_session("s1", user_id="carol") is not None
+
+
+def test_cancel_pending_run_cancels_only_the_status_it_observed(db: KernEventsDb) -> None:
+    db.upsert_session(_session(_run("r1", status=RunStatus.pending), _run("r2", "half", status=RunStatus.running)))
+    assert (
+        db.cancel_pending_run("r1", session_id="s1", reason="gone", user_id="alice", expected_status="RUNNING") is False
+    )
+    assert db.cancel_pending_run("r1", session_id="s1", reason="gone", user_id="bob") is False  # another user's run
+    assert db.cancel_pending_run("r9", session_id="s1", reason="gone", user_id="alice") is False
+    assert db.cancel_pending_run("r1", session_id="s1", reason="gone", user_id="alice") is True
+    assert db.cancel_pending_run("r1", session_id="s1", reason="gone", user_id="alice") is False  # not pending now
+    assert db.cancel_pending_run("r2", session_id="s1", reason="gone", user_id="alice", expected_status="RUNNING")
+    first, second = (db.get_run(run_id) for run_id in ("r1", "r2"))
+    assert isinstance(first, RunOutput) and first.status == RunStatus.cancelled and first.content == "gone"
+    assert isinstance(second, RunOutput) and second.status == RunStatus.cancelled and second.content == "half"
+    with pytest.raises(ValueError, match="expected_status"):
+        db.cancel_pending_run("r1", session_id="s1", reason="x", expected_status="COMPLETED")
+
+
+def test_lookups_by_run_id_and_listings_read_only_what_they_need(db: KernEventsDb) -> None:
+    """``get_run``/``delete_run`` read the run's locator and its session, not every session;
+    ``get_sessions`` reads the runs of the page's sessions only (the others' fields alone)."""
+    for i in range(12):
+        db.upsert_session(
+            AgentSession(
+                session_id=f"s{i}",
+                agent_id="a1",
+                user_id="alice",
+                runs=[_run(f"s{i}-r{j}") for j in range(3)],
+                created_at=1000 + i,
+            )
+        )
+    store = db.kern_db.store
+    reads: list[tuple[str, Any]] = []
+    real = store.read
+
+    def counted(session_id: str, **options: Any) -> Any:
+        reads.append((session_id, options.get("types")))
+        return real(session_id, **options)
+
+    store.read = counted  # type: ignore[method-assign]
+
+    def sessions_read() -> dict[str, set[Any]]:
+        db._sessions._cache.clear()
+        db._sessions._headers.clear()
+        read: dict[str, set[Any]] = {}
+        for session_id, types in reads:
+            read.setdefault(session_id, set()).add(types)
+        reads.clear()
+        return read
+
+    sessions_read()
+    run = db.get_run("s7-r1")
+    assert isinstance(run, RunOutput) and run.run_id == "s7-r1"
+    assert sessions_read() == {"agno-run:s7-r1": {None}, "s7": {None}}
+    assert db.delete_run("s7-r1") is True
+    assert sessions_read() == {"agno-run:s7-r1": {None}, "s7": {None}}
+    assert db.get_run("s7-r1") is None and db.delete_run("s7-r1") is False
+    sessions_read()
+    page = db.get_sessions(sort_by="created_at", limit=2, page=2)
+    assert [s.session_id for s in page] == ["s9", "s8"] and len(page[0].runs or []) == 3  # type: ignore[union-attr]
+    read = sessions_read()
+    assert {session_id for session_id, types in read.items() if None in types} == {"s9", "s8"}
+    assert all(types == {_HEADER_TYPES} for session_id, types in read.items() if session_id not in {"s9", "s8"})
+    assert len(read) == 12
+    db.get_sessions(include_runs=False)
+    assert all(None not in types for types in sessions_read().values())
+
+
+async def test_the_async_db_is_the_same_db_awaited(tmp_path: Path) -> None:
+    """``AsyncKernEventsDb`` is an Agno ``AsyncBaseDb``: the same sessions and runs on the caller's
+    loop, and the other tables on the wrapped async Agno db."""
+    db = AsyncKernEventsDb(SqliteDb(db_file=tmp_path / "k.db"), AgnoAsyncSqliteDb(db_file=str(tmp_path / "a.db")))
+    try:
+        assert isinstance(db, AsyncBaseDb)
+        await db.upsert_session(_session(_run("r1", "one")))
+        await db.upsert_run(_run("r2", status=RunStatus.pending), session_id="s1", user_id="alice")
+        stored = await db.get_session("s1", SessionType.AGENT, user_id="alice")
+        assert isinstance(stored, AgentSession) and [run.run_id for run in stored.runs or []] == ["r1", "r2"]
+        assert await db.get_session("s1", user_id="bob") is None
+        with pytest.raises(SessionOwnerError):
+            await db.upsert_session(_session(user_id="bob"))
+        assert await db.cancel_pending_run("r2", session_id="s1", reason="stop", user_id="alice")
+        assert [s.session_id for s in await db.get_sessions(user_id="alice")] == ["s1"]  # type: ignore[union-attr]
+        await db.create_eval_run(EvalRunRecord(run_id="e1", eval_type=EvalType.ACCURACY, eval_data={}))
+        assert (await db.agno_db.get_eval_run("e1")) is not None  # the other tables: the wrapped db's
+        assert await db.delete_session("s1") is True
+        assert await db.get_run("r1") is None
+    finally:
+        await db.close()
+
+
+async def test_an_agent_with_the_async_db_stores_its_runs(tmp_path: Path) -> None:
+    from agno.agent import Agent
+    from agno.models.response import ModelResponse
+
+    from tests.adapters.agno._agent_process import ScriptedModel
+
+    db = AsyncKernEventsDb(SqliteDb(db_file=tmp_path / "k.db"), AgnoAsyncSqliteDb(db_file=str(tmp_path / "a.db")))
+    try:
+        answers = [ModelResponse(role="assistant", content=text) for text in ("one", "two")]
+        agent = Agent(model=ScriptedModel(answers), db=db, telemetry=False)
+        for text in ("first", "second"):
+            await agent.arun(text, session_id="trip", user_id="alice")
+        stored = await db.get_session("trip", SessionType.AGENT, user_id="alice")
+        assert isinstance(stored, AgentSession)
+        assert [run.content for run in stored.runs or []] == ["one", "two"]
+    finally:
+        await db.close()
