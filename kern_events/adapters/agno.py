@@ -638,12 +638,15 @@ class _Sessions:
         return infos
 
     async def _holding(self, run_id: str) -> list[_Stored]:
-        """The sessions that hold the run, newest locator first (normally one)."""
+        """The sessions that hold the run, newest locator first (normally one). A run without a
+        locator (stored by a release before locators) is looked for in every session, as before."""
         located = [
             record.event.session_id
             async for record in self._store.read(_run_stream(run_id))
             if isinstance(record.event, RunLocated)
         ]
+        if not located:
+            located = [info.session_id for info in await self._index(None, None, None)]
         holding = []
         for session_id in reversed(dict.fromkeys(located)):
             stored = await self._read(session_id)

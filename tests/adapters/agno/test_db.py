@@ -28,6 +28,7 @@ from agno.run.agent import RunOutput  # noqa: E402
 from agno.run.base import RunStatus  # noqa: E402
 from agno.session import AgentSession  # noqa: E402
 
+import kern_events.adapters.agno as agno_adapter  # noqa: E402
 from kern_events.adapters.agno import _HEADER_TYPES, AsyncKernEventsDb, KernEventsDb, SessionOwnerError  # noqa: E402
 
 
@@ -371,3 +372,14 @@ async def test_an_agent_with_the_async_db_stores_its_runs(tmp_path: Path) -> Non
         assert [run.content for run in stored.runs or []] == ["one", "two"]
     finally:
         await db.close()
+
+
+def test_a_run_stored_before_locators_existed_is_still_found(db: KernEventsDb, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs written by the release before run locators have none: ``get_run`` and ``delete_run``
+    still find them (by looking in every session, as that release did)."""
+    with monkeypatch.context() as old_release:
+        old_release.setattr(agno_adapter, "_locators", lambda pairs: [])
+        db.upsert_session(_session(_run("r1", "kept")))
+    run = db.get_run("r1")
+    assert isinstance(run, RunOutput) and run.content == "kept"
+    assert db.delete_run("r1") is True and db.get_run("r1") is None
