@@ -54,6 +54,26 @@ async def test_appends_and_reads_on_an_r3_stream_of_a_three_node_cluster(nats_cl
     _nats.delete_stream(nats_cluster.urls, "R3Basics")
 
 
+async def test_an_append_that_finds_no_responders_for_a_moment_goes_in_once(nats_server: _nats.Cluster) -> None:
+    """A stream just created (or electing) may have no interest on the server a writer talks to:
+    "no responders" means nothing was stored, so the append is sent again within the timeout
+    instead of failing (seen in CI as a StorageUnavailableError on the first append to a new R3 stream)."""
+    prefix = f"NoResponders{uuid.uuid4().hex[:8]}"  # a JetStream publish is a request to the stream
+    async with NatsEventStore(nats_server.urls, prefix=prefix, replicas=1, timeout=3.0) as store:
+        _nats.delete_stream(nats_server.urls, prefix)  # no stream: every append finds no responders
+
+        async def recreate_soon() -> None:
+            await asyncio.sleep(0.5)
+            async with NatsEventStore(nats_server.urls, prefix=prefix, replicas=1):
+                pass  # opening creates the stream again
+
+        task = asyncio.ensure_future(recreate_soon())
+        ack = msgspec.json.decode(await store._request(f"{prefix}.probe", b"once"))
+        await task
+        assert ack["seq"] == 1  # stored once, by the send that found the stream
+    _nats.delete_stream(nats_server.urls, prefix)
+
+
 async def test_no_server_is_a_storage_unavailable_error_not_a_raw_nats_error() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

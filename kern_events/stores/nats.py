@@ -26,6 +26,7 @@ import contextlib
 import json
 import re
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -66,6 +67,9 @@ __all__ = ["MIN_SERVER_VERSION", "NatsEventStore"]
 MIN_SERVER_VERSION = (2, 12)
 """Older servers have no atomic batches (they store a "batch" message by message) and check the
 expected sequence before de-duplication (a retried append gets a conflict instead of its ack)."""
+
+_BATCH_INCOMPLETE = 10176
+"""A batch whose earlier messages a new leader never saw (lost with the old one): nothing was stored."""
 
 _SHIFT = 16
 _PLAIN = re.compile(r"[A-Za-z0-9_-]{1,200}")
@@ -238,7 +242,11 @@ class NatsEventStore(BaseEventStore):
         else a :class:`StorageError` with the server's words."""
         description = f"{what}: {error.get('description')} (code {error.get('code')}, {error.get('err_code')})"
         words = str(error.get("description")).lower()
-        if error.get("code") in (503, 408, 429) or any(word in words for word in ("offline", "leader", "not avail")):
+        if (
+            error.get("code") in (503, 408, 429)
+            or error.get("err_code") == _BATCH_INCOMPLETE
+            or any(word in words for word in ("offline", "leader", "not avail"))
+        ):
             return StorageUnavailableError(f"JetStream is unavailable, retry ({description})")
         return StorageError(f"JetStream refused {description}")
 
@@ -246,14 +254,22 @@ class NatsEventStore(BaseEventStore):
         import nats.errors
 
         nc = await self._connect()
-        try:
-            reply = await nc.request(subject, payload, timeout=self._timeout, headers=headers)
-        except nats.errors.NoRespondersError as error:
-            raise StorageUnavailableError("JetStream is unavailable, retry (no responders)") from error
-        except nats.errors.TimeoutError as error:
-            raise StorageUnavailableError("JetStream is unavailable, retry (timed out)") from error
-        except nats.errors.Error as error:
-            raise StorageUnavailableError(f"NATS failed: {error!r}") from error
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                reply = await nc.request(subject, payload, timeout=self._timeout, headers=headers)
+                break
+            except nats.errors.NoRespondersError as error:
+                # Nothing received the message (a stream just created or electing has no interest on
+                # every server yet), so sending it again cannot store it twice. Not a batch's commit:
+                # its earlier messages may be lost with them, and the whole append must be retried.
+                if time.monotonic() > deadline or (headers is not None and "Nats-Batch-Id" in headers):
+                    raise StorageUnavailableError("JetStream is unavailable, retry (no responders)") from error
+                await asyncio.sleep(0.05)
+            except nats.errors.TimeoutError as error:
+                raise StorageUnavailableError("JetStream is unavailable, retry (timed out)") from error
+            except nats.errors.Error as error:
+                raise StorageUnavailableError(f"NATS failed: {error!r}") from error
         return bytes(reply.data)
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
