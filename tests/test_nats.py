@@ -71,6 +71,10 @@ async def test_an_append_that_finds_no_responders_for_a_moment_goes_in_once(nats
         ack = msgspec.json.decode(await store._request(f"{prefix}.probe", b"once"))
         await task
         assert ack["seq"] == 1  # stored once, by the send that found the stream
+        _nats.delete_stream(nats_server.urls, prefix)
+        task = asyncio.ensure_future(recreate_soon())
+        assert await store._commit([(f"{prefix}.probe", b"once", {})]) == (1, 1)  # a batch is resent whole
+        await task
     _nats.delete_stream(nats_server.urls, prefix)
 
 

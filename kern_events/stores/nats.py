@@ -261,10 +261,10 @@ class NatsEventStore(BaseEventStore):
                 break
             except nats.errors.NoRespondersError as error:
                 # Nothing received the message (a stream just created or electing has no interest on
-                # every server yet), so sending it again cannot store it twice. Not a batch's commit:
-                # its earlier messages may be lost with them, and the whole append must be retried.
+                # every server yet), so sending it again cannot store it twice. A batch's commit is
+                # not resent alone: its earlier messages went nowhere too, so _commit resends it all.
                 if time.monotonic() > deadline or (headers is not None and "Nats-Batch-Id" in headers):
-                    raise StorageUnavailableError("JetStream is unavailable, retry (no responders)") from error
+                    raise _NoResponders("JetStream is unavailable, retry (no responders)") from error
                 await asyncio.sleep(0.05)
             except nats.errors.TimeoutError as error:
                 raise StorageUnavailableError("JetStream is unavailable, retry (timed out)") from error
@@ -505,7 +505,20 @@ class NatsEventStore(BaseEventStore):
         return out
 
     async def _commit(self, messages: Sequence[tuple[str, bytes, dict[str, str]]]) -> tuple[int, int]:
-        """Publish ``messages`` as one atomic batch; the sequences of its first and last message."""
+        """Publish ``messages`` as one atomic batch; the sequences of its first and last message. A
+        commit that found no responders stored nothing: the whole batch is sent again, under a new
+        batch id, until the timeout."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                return await self._commit_once(messages)
+            except _NoResponders:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def _commit_once(self, messages: Sequence[tuple[str, bytes, dict[str, str]]]) -> tuple[int, int]:
+        """One attempt of :meth:`_commit`."""
         batch = uuid.uuid4().hex
         for number, (subject, data, headers) in enumerate(messages, start=1):
             headers = {**headers, "Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(number)}
@@ -788,6 +801,10 @@ class NatsEventStore(BaseEventStore):
             ):
                 best = snapshot
         return best
+
+
+class _NoResponders(StorageUnavailableError):
+    """Nothing received a request (no stream has interest in its subject on this server yet)."""
 
 
 class _Rejected(Exception):
