@@ -393,12 +393,30 @@ class SqliteEventStore(BaseEventStore):
         """Pragmas, then the schema's missing migration steps in order; safe when several processes
         start at once (each step re-reads the version under SQLite's write lock and runs once)."""
         db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-        db.execute("PRAGMA journal_mode = WAL")
+        self._switch_to_wal(db)
         db.execute(f"PRAGMA synchronous = {self._synchronous}")
         db.execute("PRAGMA foreign_keys = ON")
         found = self._in_transaction(db, self._prepare_migrations)
         for step in steps_after(self._steps(), found):
             self._in_transaction(db, self._run_step, step)
+
+    def _switch_to_wal(self, db: sqlite3.Connection) -> None:
+        """``PRAGMA journal_mode = WAL``, waiting up to the busy timeout for another writer.
+
+        On a rollback-journal file whose write lock another connection holds, SQLite fails the switch
+        at once without calling its busy handler, so the wait is done here.
+        """
+        deadline = time.monotonic() + self._busy_ms / 1000
+        pause = 0.001
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     def _in_transaction(self, db: sqlite3.Connection, function: Callable[..., T], *args: Any) -> T:
         """``function(db, *args)`` in a ``BEGIN IMMEDIATE`` transaction, committed, or rolled back."""
