@@ -159,16 +159,18 @@ async def _chosen(
 
 
 async def _event_line(store: BaseEventStore, stored: StoredEvent) -> _Event:
-    """An event line; ``event`` is the decoded event for readers (``None`` if this release cannot
-    decode it: an unknown type, or sealed under a key this store does not have)."""
+    """An event line; ``event`` is the decoded event for readers, ``None`` for an unknown type or
+    an undecodable payload, and always when the store encrypts: the export then holds sealed
+    payloads only, so deleting a user's key makes the export's copy of their events dark too."""
     readable: Any = None
-    try:
-        record = await store.decode_stored(stored)
-    except KernEventsError:
-        pass
-    else:
-        if not isinstance(record.event, UnknownEvent):
-            readable = msgspec.to_builtins(record.event)
+    if store.encryption is None:
+        try:
+            record = await store.decode_stored(stored)
+        except KernEventsError:
+            pass
+        else:
+            if not isinstance(record.event, UnknownEvent):
+                readable = msgspec.to_builtins(record.event)
     return _Event(
         session_id=stored.session_id,
         version=stored.version,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shlex
 import sqlite3
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -151,6 +152,28 @@ def test_an_existing_session_is_refused_unless_skipped(tmp_path: Path) -> None:
             report = await import_events(db, path, skip_existing=True)
             assert report.skipped == ("s1",) and report.sessions == 3
             assert await db.store.current_version("s1") == 1
+
+    asyncio.run(check())
+
+
+def test_an_encrypted_store_exports_sealed_payloads_only_and_restores_with_its_keys(tmp_path: Path) -> None:
+    """Crypto-shredding reaches exports: no plaintext in the file; the same keys read the restored copy."""
+    from kern_events import Encryption, KeyringFile
+
+    keys = KeyringFile(tmp_path / "keys.json")
+    path = tmp_path / "sealed.jsonl"
+
+    async def check() -> None:
+        async with SqliteDb(tmp_path / "source.db", encryption=Encryption(keys)) as source:
+            await source.store.append("secret", [MessageAdded(run_id="r", role="user", content="my password is x")])
+            await _export_to(source, path)
+            records = await _records(source)
+        assert b"password" not in path.read_bytes()
+        assert all(json.loads(line).get("event") is None for line in path.read_text().splitlines())
+        async with SqliteDb(tmp_path / "target.db", encryption=Encryption(keys)) as db:
+            await import_events(db, path)
+            assert await _records(db) == records
+            assert (await db.verify()).ok
 
     asyncio.run(check())
 
@@ -397,3 +420,31 @@ def test_cli_import_of_a_tampered_file_is_one_line_naming_it(
     connection.close()
     code, _, err = cli(capsys, "import", str(tmp_path / "missing.jsonl"), "--db", str(tmp_path / "new.db"))
     assert code == 2 and err.startswith("error: file: cannot read") and err.count("\n") == 1
+
+
+def test_the_readme_migration_commands_move_the_demo_into_postgresql(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The two commands under "Moving from the embedded default to PostgreSQL", as printed (the
+    server's URL and schema swapped for the test's)."""
+    _pg.require_postgres()
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("**Moving from the embedded default to PostgreSQL**", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("\n```", 1)[0]
+    commands = [shlex.split(line) for line in block.splitlines()]
+    program = ".venv/bin/kern-events"
+    assert [command[:2] for command in commands] == [[program, "export"], [program, "import"]]
+    monkeypatch.chdir(tmp_path)
+    assert cli(capsys, "demo")[0] == 0
+    schema = _pg.new_schema()
+    try:
+        for command in commands:
+            args = [_pg.PG_URL if arg.startswith("postgresql://") else arg for arg in command[1:]]
+            args = [schema if arg == "public" else arg for arg in args]
+            code, out, err = cli(capsys, *args)
+            assert (code, err) == (0, ""), err
+        assert "imported " in out and "in 1 session" in out
+        code, out, _ = cli(capsys, "show", "conversation_123", "--db", _pg.PG_URL, "--schema", schema)
+        assert code == 0 and "Alice" in out
+    finally:
+        _pg.drop_schema(schema)
