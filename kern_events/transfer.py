@@ -11,18 +11,22 @@ order, the chain hashes recomputed with the target store's key, payloads that de
 already exist) and stores nothing if any is wrong, naming the line; the second pass appends each
 original append as one :meth:`~kern_events.backend.BaseEventStore.append_stored`, keeping event ids,
 versions, recorded times and each session's order. The index rows follow from the events, as in any
-append. Positions are the target's own: sessions are restored one after another, oldest first.
+append. Positions are the target's own, in each session's order; up to 16 sessions are restored at
+once, so that their appends share commits.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import UUID
 
+import anyio
 import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from kern_events._validate import check_identifier
 from kern_events.errors import ExportFileError, InvalidArgumentError, KernEventsError, SessionNotFoundError
@@ -48,6 +52,11 @@ EXPORT_FORMAT_VERSION = 1
 
 _BATCH_BYTES = 8 * 1024 * 1024
 """Payload bytes held before an import appends what it has of one original append (bounds memory)."""
+_SESSIONS_IN_FLIGHT = 16
+"""Sessions an import appends to at once: their appends share commits (SQLite and PostgreSQL group
+concurrent appends), several times faster than one after another; each session stays in order."""
+_BYTES_IN_FLIGHT = 1024 * 1024
+"""About how much of the file (payloads and envelopes) import holds read ahead of its appends."""
 
 
 class _Header(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="header"):
@@ -350,9 +359,26 @@ async def import_events(
     if progress is not None:
         progress("checked", count)
     leave = set(skipped)
+    written = 0
+
+    def stored_batch(count: int) -> None:
+        nonlocal written
+        written += count
+        if progress is not None:
+            progress("imported", written)
+
+    sessions = await _restore(store, _batches(_Checker(store).events(source), leave), stored_batch)
+    if progress is not None:
+        progress("imported", written)
+    return ImportReport(sessions=sessions, events=written, skipped=tuple(skipped), unchained=checker.unchained)
+
+
+async def _batches(events: AsyncIterator[tuple[int, StoredEvent]], leave: set[str]) -> AsyncIterator[list[StoredEvent]]:
+    """The checked events grouped as they were appended: one session, one recorded time, within
+    :data:`MAX_EVENTS_PER_APPEND` events and about :data:`_BATCH_BYTES` of payload."""
     batch: list[StoredEvent] = []
-    size = written = sessions = 0
-    async for _, stored in _Checker(store).events(source):
+    size = 0
+    async for _, stored in events:
         if stored.session_id in leave:
             continue
         if batch and (
@@ -361,17 +387,82 @@ async def import_events(
             or len(batch) == MAX_EVENTS_PER_APPEND
             or size + len(stored.data) > _BATCH_BYTES
         ):
-            await store.append_stored(batch, expected_version=batch[0].version - 1)
-            written += len(batch)
+            yield batch
             batch, size = [], 0
-            if progress is not None:
-                progress("imported", written)
-        sessions += stored.version == 1
         batch.append(stored)
         size += len(stored.data)
     if batch:
-        await store.append_stored(batch, expected_version=batch[0].version - 1)
-        written += len(batch)
-    if progress is not None:
-        progress("imported", written)
-    return ImportReport(sessions=sessions, events=written, skipped=tuple(skipped), unchained=checker.unchained)
+        yield batch
+
+
+async def _restore(
+    store: BaseEventStore, batches: AsyncIterator[list[StoredEvent]], stored: Callable[[int], None]
+) -> int:
+    """Append the batches, each session's in order, up to :data:`_SESSIONS_IN_FLIGHT` sessions at
+    once (their appends share commits where the backend groups them); the number of sessions.
+    Batches read ahead but not yet appended stay within :data:`_BYTES_IN_FLIGHT`."""
+    slots = anyio.Semaphore(_SESSIONS_IN_FLIGHT)
+    budget = _Budget(_BYTES_IN_FLIGHT)
+    sessions = 0
+
+    failed: list[Exception] = []
+
+    async def session(receive: MemoryObjectReceiveStream[list[StoredEvent]]) -> None:
+        try:
+            async with receive:
+                async for batch in receive:
+                    await store.append_stored(batch, expected_version=batch[0].version - 1)
+                    await budget.give(_weight(batch))
+                    stored(len(batch))
+        except Exception as error:  # the first failure stops the import and is raised as itself
+            failed.append(error)
+            group.cancel_scope.cancel()
+        finally:
+            slots.release()
+
+    async with anyio.create_task_group() as group:
+        send: MemoryObjectSendStream[list[StoredEvent]] | None = None
+        current = ""
+        try:
+            async for batch in batches:
+                if send is None or batch[0].session_id != current:
+                    if send is not None:
+                        await send.aclose()
+                    await slots.acquire()
+                    send, receive = anyio.create_memory_object_stream[list[StoredEvent]](math.inf)
+                    group.start_soon(session, receive)
+                    current, sessions = batch[0].session_id, sessions + 1
+                await budget.take(_weight(batch))
+                send.send_nowait(batch)
+        finally:
+            if send is not None:
+                await send.aclose()
+    if failed:
+        raise failed[0]
+    return sessions
+
+
+def _weight(batch: list[StoredEvent]) -> int:
+    """About the memory a batch holds: its payloads and each event's envelope."""
+    return sum(len(stored.data) for stored in batch) + 500 * len(batch)
+
+
+class _Budget:
+    """Bytes in flight: :meth:`take` waits while taking would pass the limit (one batch always
+    passes, however large, so that a single large event is never stuck)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._used = 0
+        self._changed = anyio.Condition()
+
+    async def take(self, amount: int) -> None:
+        async with self._changed:
+            while self._used and self._used + amount > self._limit:
+                await self._changed.wait()
+            self._used += amount
+
+    async def give(self, amount: int) -> None:
+        async with self._changed:
+            self._used -= amount
+            self._changed.notify_all()

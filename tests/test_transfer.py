@@ -9,6 +9,8 @@ import base64
 import json
 import shlex
 import sqlite3
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -174,6 +176,36 @@ def test_an_encrypted_store_exports_sealed_payloads_only_and_restores_with_its_k
             await import_events(db, path)
             assert await _records(db) == records
             assert (await db.verify()).ok
+
+    asyncio.run(check())
+
+
+def test_a_failure_while_storing_is_raised_as_itself_not_as_a_group(tmp_path: Path) -> None:
+    """Sessions are appended concurrently; a writer that starts a session after the check (here,
+    another process's store on the same file) makes that append fail with its own typed error."""
+    from kern_events import ConcurrencyError
+
+    path = tmp_path / "all.jsonl"
+    target_path = tmp_path / "target.db"
+
+    async def write_elsewhere() -> None:
+        async with SqliteDb(target_path) as other:
+            await other.store.append("s1", [MessageAdded(run_id="r", role="user", content="first")])
+
+    def progress(stage: str, count: int) -> None:
+        if stage == "checked":  # under 1,000 events: called once, when the check pass is done
+            _pg.run_sync(write_elsewhere)
+
+    async def check() -> None:
+        async with InMemoryDb() as source:
+            await _fill(source)
+            await _export_to(source, path)
+        async with SqliteDb(target_path) as db:
+            with pytest.raises(ConcurrencyError, match="'s1'"):
+                await import_events(db, path, progress=progress)
+            assert [record.event async for record in db.store.read("s1")] == [
+                MessageAdded(run_id="r", role="user", content="first")
+            ]
 
     asyncio.run(check())
 
@@ -448,3 +480,39 @@ def test_the_readme_migration_commands_move_the_demo_into_postgresql(
         assert code == 0 and "Alice" in out
     finally:
         _pg.drop_schema(schema)
+
+
+def test_cli_export_filters_and_import_reads_standard_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "source.db"
+    asyncio.run(_fill_path(source))
+    code, out, _ = cli(capsys, "export", "--db", str(source), "--session", "s2", "--session", "every")
+    assert code == 0
+    assert list(dict.fromkeys(line["session_id"] for line in json_lines(out)[1:-1])) == ["s2", "every"]
+    code, out, _ = cli(capsys, "export", "--db", str(source), "--user-id", "user1")
+    assert {line["session_id"] for line in json_lines(out)[1:-1]} == {"s1"}
+    code, out, _ = cli(capsys, "export", "--db", str(source), "--since", "2999-01-01T00:00:00")
+    assert (code, json_lines(out)[-1]) == (0, {"kind": "end", "sessions": 0, "events": 0})
+    code, _, err = cli(capsys, "export", "--db", str(source), "--since", "last tuesday")
+    assert code == 2 and "expected an ISO 8601 time or unix seconds" in err
+    code, out, _ = cli(capsys, "export", "--db", str(source), "--since", "0")
+    assert code == 0 and json_lines(out)[-1]["sessions"] == 4
+
+    piped = run_cli("import", "-", "--db", str(tmp_path / "piped.db"), cwd=tmp_path, stdin=out)
+    assert (piped.returncode, piped.stderr) == (0, "")
+    assert piped.stdout.startswith("imported ") and "in 4 sessions" in piped.stdout
+    piped = run_cli("import", "-", "--db", str(tmp_path / "junk.db"), cwd=tmp_path, stdin="not json\n")
+    assert piped.returncode == 2
+    assert piped.stderr.startswith("error: line 1: not a kern-events export") and piped.stderr.count("\n") == 1
+
+
+def run_cli(*args: str, cwd: Path, stdin: str) -> subprocess.CompletedProcess[str]:
+    """``python -m kern_events ARGS`` in a new interpreter, with ``stdin`` as its standard input."""
+    return subprocess.run(
+        [sys.executable, "-m", "kern_events", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
