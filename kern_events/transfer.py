@@ -125,6 +125,11 @@ async def export_events(
     the file imports anywhere; memory does not grow with the log.
     """
     store = _store_of(db)
+    if session_ids is not None:  # a session that is not there is refused before anything is written
+        session_ids = list(dict.fromkeys(session_ids))
+        for session_id in session_ids:
+            if await store.get_session_info(check_identifier("session_ids", session_id)) is None:
+                raise SessionNotFoundError(session_id)
     yield _encoder.encode(_Header(format=EXPORT_FORMAT, format_version=EXPORT_FORMAT_VERSION, exported_at=exported_at))
     yield b"\n"
     sessions = events = 0
@@ -141,10 +146,10 @@ async def _chosen(
 ) -> AsyncIterator[str]:
     """The ids of the sessions to export, oldest first (or in the order given), a page at a time."""
     if session_ids is not None:
-        for session_id in dict.fromkeys(session_ids):
-            info = await store.get_session_info(check_identifier("session_ids", session_id))
-            if info is None:
-                raise SessionNotFoundError(session_id)
+        for session_id in session_ids:
+            info = await store.get_session_info(session_id)
+            if info is None:  # deleted since the export began
+                continue
             if (user_id is None or info.user_id == user_id) and (
                 updated_since is None or info.updated_at >= updated_since
             ):

@@ -210,6 +210,29 @@ def test_a_failure_while_storing_is_raised_as_itself_not_as_a_group(tmp_path: Pa
     asyncio.run(check())
 
 
+def test_the_chain_is_checked_under_the_target_chain_key(tmp_path: Path) -> None:
+    """A keyed (HMAC) chain imports into a store with the same key; under another key, or none, the
+    first event is refused as not matching its hash, and nothing is stored."""
+    key = b"k" * 32
+    path = tmp_path / "keyed.jsonl"
+
+    async def check() -> None:
+        async with InMemoryDb(chain_key=key) as source:
+            await _fill(source, sessions=1, runs=1)
+            await _export_to(source, path)
+        for other in (None, b"x" * 32):
+            async with InMemoryDb(chain_key=other) as db:
+                with pytest.raises(ExportFileError, match="exported under another chain key") as caught:
+                    await import_events(db, path)
+                assert caught.value.line == 2
+                assert await db.store.list_sessions() == []
+        async with InMemoryDb(chain_key=key) as db:
+            await import_events(db, path)
+            assert (await db.verify()).ok
+
+    asyncio.run(check())
+
+
 # -- bad input ---------------------------------------------------------------------------------------
 
 
@@ -492,6 +515,8 @@ def test_cli_export_filters_and_import_reads_standard_input(tmp_path: Path, caps
     assert {line["session_id"] for line in json_lines(out)[1:-1]} == {"s1"}
     code, out, _ = cli(capsys, "export", "--db", str(source), "--since", "2999-01-01T00:00:00")
     assert (code, json_lines(out)[-1]) == (0, {"kind": "end", "sessions": 0, "events": 0})
+    code, out, err = cli(capsys, "export", "--db", str(source), "--session", "s1", "--session", "nope")
+    assert (code, out, err) == (2, "", "error: session 'nope' not found\n")
     code, _, err = cli(capsys, "export", "--db", str(source), "--since", "last tuesday")
     assert code == 2 and "expected an ISO 8601 time or unix seconds" in err
     code, out, _ = cli(capsys, "export", "--db", str(source), "--since", "0")
