@@ -1,7 +1,8 @@
 """The ``kern-events`` command: a demo conversation that persists across processes, and read tools.
 
 ``demo`` writes the way a runtime would (one atomic ``store.append`` per run, guarded by the
-session's version); ``migrate`` creates or upgrades the tables. Every other command only reads,
+session's version); ``migrate`` creates or upgrades the tables; ``import`` restores what ``export``
+wrote (:mod:`kern_events.transfer`), creating the database if need be. Every other command only reads,
 through the session index (``sessions``, ``paused``), the session view (``show``) or the raw log
 (``events``, ``export``, ``verify``), and opens the database read-only: a SQLite file through a
 read-only connection, a PostgreSQL schema without DDL, so it never creates or writes a database, a
