@@ -19,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from kern_events.errors import BlockingCallError
 
-__all__ = ["AnyLoopLock", "call_soon_on", "home_loop", "on_loop_end", "run_blocking"]
+__all__ = ["AnyLoopLock", "call_soon_on", "finish_on", "home_loop", "on_loop_end", "run_blocking"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -33,6 +33,28 @@ def call_soon_on(loop: asyncio.AbstractEventLoop, callback: Callable[..., object
     except RuntimeError:
         return False
     return True
+
+
+async def finish_on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, object]) -> None:
+    """Run ``coroutine`` on another thread's ``loop`` and wait for it; its errors are dropped.
+
+    For closing what lives on that loop. If the loop ends first (its shutdown cancels the coroutine,
+    or it has closed), this returns quietly: the loop's own end hooks close what it would have. Only
+    a cancellation of the caller itself propagates.
+    """
+    try:
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+    except RuntimeError:  # that loop has closed
+        coroutine.close()
+        return
+    try:
+        await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except Exception:
+        pass
 
 
 class AnyLoopLock:

@@ -50,7 +50,7 @@ from uuid import UUID
 import anyio
 import asyncpg
 
-from kern_events._loops import AnyLoopLock, on_loop_end
+from kern_events._loops import AnyLoopLock, finish_on, on_loop_end
 from kern_events._validate import check_sql_identifier
 from kern_events.backend import (
     DEFAULT_MAX_EVENT_SIZE,
@@ -319,8 +319,7 @@ class PostgresEventStore(BaseEventStore):
             if here:
                 await asyncio.gather(making, return_exceptions=True)
             elif loop.is_running():
-                with contextlib.suppress(Exception):
-                    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_settled(making), loop))
+                await finish_on(loop, _settled(making))
             if not making.done() or making.cancelled() or making.exception() is not None:
                 continue
             with self._guests_lock:
@@ -331,8 +330,7 @@ class PostgresEventStore(BaseEventStore):
                     cancel()
                 await pool.close()
             elif loop.is_running():
-                with contextlib.suppress(Exception):
-                    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_closed(pool, cancel), loop))
+                await finish_on(loop, _closed(pool, cancel))
             else:
                 if cancel is not None:
                     cancel()
@@ -368,8 +366,7 @@ class PostgresEventStore(BaseEventStore):
         if home is None or home is asyncio.get_running_loop():
             await self._close_home()
         elif home.is_running():
-            with contextlib.suppress(Exception):
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close_home(), home))
+            await finish_on(home, self._close_home())
         else:  # its loop is not running (sync use) or has closed: nothing can be awaited there
             self._abandon()
 
