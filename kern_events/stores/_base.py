@@ -26,6 +26,7 @@ from kern_events._index import SessionInfo
 from kern_events._loops import AnyLoopLock
 from kern_events._validate import (
     MAX_INT32,
+    MAX_INT64,
     MAX_SNAPSHOT_NAME_LENGTH,
     check_choice,
     check_event_types,
@@ -550,6 +551,7 @@ class BaseEventStore(abc.ABC):
         seal = await self._sealer(session_id, events)
         events, pending = self._checked_append(session_id, events, expected_version, event_ids, seal)
         await self._ensure_open()
+        await self._refuse_past_last_version(session_id, expected_version, len(pending))
         self._enter_writes((session_id,))
         try:
             if skip_existing:
@@ -583,6 +585,13 @@ class BaseEventStore(abc.ABC):
             )
         _check_indexed_fields(events)
         return events, self._encode(events, event_ids, seal)
+
+    async def _refuse_past_last_version(self, session_id: str, expected: int | ExpectedVersion, count: int) -> None:
+        """An expected version with no room after it for ``count`` events (versions are 64-bit) is
+        no session's head that could take them: a conflict, answered before any backend computes
+        versions or hashes it cannot represent."""
+        if isinstance(expected, int) and expected + count > MAX_INT64:
+            raise conflict(session_id, expected, await self.current_version(session_id))
 
     async def append_many(self, appends: Sequence[SessionAppend]) -> list[AppendResult]:
         """Append to several sessions all or nothing; see :meth:`kern_events.store.EventStore.append_many`."""
@@ -631,6 +640,10 @@ class BaseEventStore(abc.ABC):
                 "appends", f"{total} events in one call; at most {MAX_EVENTS_PER_APPEND} are allowed"
             )
         await self._ensure_open()
+        for pending_part in checked:
+            await self._refuse_past_last_version(
+                pending_part.session_id, pending_part.expected, len(pending_part.pending)
+            )
         writing = [part.session_id for part in checked]
         self._enter_writes(writing)
         try:

@@ -109,6 +109,10 @@ async def test_expected_version_ahead_of_the_head_is_rejected(backend: Backend) 
             await store.append("s", [_message("gap")], expected_version=5)
         with pytest.raises(ConcurrencyError):
             await store.append("new", [_message("gap")], expected_version=3)
+        with pytest.raises(ConcurrencyError):  # the largest version there is: no room after it, still a conflict
+            await store.append("new", [_message("gap"), _message("gap")], expected_version=2**63 - 1)
+        with pytest.raises(ConcurrencyError):
+            await store.append("s", [_message("gap")], expected_version=2**63 - 1)
         assert await _events(store, "s") == [_message("a")]
         assert await store.current_version("new") == 0
     assert caught.value.actual_version == 1
