@@ -104,6 +104,7 @@ if TYPE_CHECKING:
     from kern_events.stores.nats import NatsEventStore
     from kern_events.stores.postgres import PostgresEventStore
     from kern_events.stores.sqlite import SqliteEventStore
+    from kern_events.telemetry import instrument, uninstrument
 
 __version__ = "0.1.0"
 
@@ -127,6 +128,8 @@ _LAZY = {
     "KeyringFile": "kern_events.encryption",
     "NatsDb": "kern_events.db",
     "NatsEventStore": "kern_events.stores.nats",
+    "instrument": "kern_events.telemetry",
+    "uninstrument": "kern_events.telemetry",
 }
 
 __all__ = [
@@ -226,11 +229,13 @@ __all__ = [
     "UserInput",
     "Workflow",
     "event_id_for",
+    "instrument",
     "register_event_type",
     "register_upcaster",
     "registered_event_types",
     "retry_on_conflict",
     "run_blocking",
+    "uninstrument",
 ]
 
 
