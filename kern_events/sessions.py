@@ -467,6 +467,7 @@ class Run:
         return await (self._flush() if probe is None else probe.flush(self, self._flush))
 
     async def _flush(self) -> AppendResult | None:
+        """The flush itself, behind :meth:`flush`'s telemetry check."""
         session = self.session
         result = None
         if self._unsettled is not None:

@@ -550,6 +550,7 @@ class BaseEventStore(abc.ABC):
         event_ids: Sequence[UUID] | None,
         skip_existing: bool,
     ) -> AppendResult:
+        """The append itself, behind :meth:`append`'s telemetry check (see :mod:`kern_events._telemetry`)."""
         if check_flag("skip_existing", skip_existing) and event_ids is None:
             raise InvalidArgumentError(
                 "skip_existing", "needs event_ids (fresh ids are never stored already): derive them with event_id_for"
@@ -599,6 +600,7 @@ class BaseEventStore(abc.ABC):
         return await probe.append_many(self, appends, lambda: self._append_many_call(appends))
 
     async def _append_many_call(self, appends: Sequence[SessionAppend]) -> list[AppendResult]:
+        """The append itself, behind :meth:`append_many`'s telemetry check."""
         parts = check_items("appends", appends)
         if not parts:
             raise InvalidArgumentError("appends", "at least one append is required")
@@ -941,6 +943,7 @@ class BaseEventStore(abc.ABC):
         backwards: bool,
         types: Collection[str] | None,
     ) -> AsyncIterator[Record]:
+        """The read itself, which :meth:`read` hands to telemetry when it is on."""
         check_identifier("session_id", session_id)
         wanted = check_event_types("types", types)
         check_non_negative("from_version", from_version)
@@ -983,6 +986,7 @@ class BaseEventStore(abc.ABC):
         return records if probe is None else probe.read_all(self, records)
 
     async def _read_all(self, from_position: int, limit: int | None) -> AsyncIterator[Record]:
+        """The read itself, which :meth:`read_all` hands to telemetry when it is on."""
         check_non_negative("from_position", from_position)
         check_non_negative("limit", limit, allow_none=True)
         await self._ensure_open()
