@@ -26,6 +26,7 @@ from kern_events.errors import (
     DatabaseOpenError,
     DecryptionError,
     ErasedError,
+    ExportFileError,
     IdempotencyError,
     InvalidArgumentError,
     InvalidEventError,
@@ -105,6 +106,7 @@ if TYPE_CHECKING:
     from kern_events.stores.postgres import PostgresEventStore
     from kern_events.stores.sqlite import SqliteEventStore
     from kern_events.telemetry import instrument, uninstrument
+    from kern_events.transfer import ImportReport, export_events, import_events
 
 __version__ = "0.1.0"
 
@@ -122,6 +124,9 @@ _LAZY = {
     "SqliteEventStore": "kern_events.stores.sqlite",
     "Compaction": "kern_events.retention",
     "RetentionPolicy": "kern_events.retention",
+    "ImportReport": "kern_events.transfer",
+    "export_events": "kern_events.transfer",
+    "import_events": "kern_events.transfer",
     "RetentionReport": "kern_events.retention",
     "Encryption": "kern_events.encryption",
     "KeyProvider": "kern_events.encryption",
@@ -153,9 +158,11 @@ __all__ = [
     "Event",
     "EventStore",
     "ExpectedVersion",
+    "ExportFileError",
     "ExternalExecution",
     "FeedLag",
     "IdempotencyError",
+    "ImportReport",
     "InMemoryDb",
     "InMemoryEventStore",
     "InputField",
@@ -229,6 +236,8 @@ __all__ = [
     "UserInput",
     "Workflow",
     "event_id_for",
+    "export_events",
+    "import_events",
     "instrument",
     "register_event_type",
     "register_upcaster",

@@ -75,6 +75,11 @@ knowing it (large sealed payloads are chunked like any other). ``erase_user`` is
 lists the user's sessions with ``_list_sessions``, refuses new appends to them, waits for those in
 flight, and erases them through ``_erase_sessions``; a backend needs nothing more for it.
 
+**Export and import** (:mod:`kern_events.transfer`) need nothing more from a backend: the kit's
+:meth:`~BaseEventStore.read_stored` reads events as stored through ``_read_page`` (and ``_read_chunks``),
+and :meth:`~BaseEventStore.append_stored` restores one original append through ``_append`` with its
+recorded time, so the backend computes the same chain hashes as the source did.
+
 A backend is done when it passes the conformance suite, :mod:`kern_events.testing`.
 :class:`GroupCommit` is there for backends that gain from committing concurrent appends together.
 """

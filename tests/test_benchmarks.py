@@ -108,3 +108,11 @@ def test_the_append_case_runs_without_the_chain_and_with_or_behind_telemetry(opt
     pytest.importorskip("opentelemetry.sdk", reason="needs the otel-test extra")
     sample = _case("benchmarks.append", "--case", "ours", "--appends", "3", "--batch", "2", "--warmup", "1", *option)
     assert sample["events"] == 6
+
+
+def test_the_transfer_cases_export_import_and_report_memory() -> None:
+    for what, side in (("export", "ours"), ("export", "raw"), ("import", "ours"), ("import", "plain")):
+        sample = _case("benchmarks.transfer", "--case", "run", "--what", what, "--side", side, "--events", "40")
+        assert sample["events"] == 40
+    sample = _case("benchmarks.transfer", "--case", "run", "--what", "memory", "--events", "40")
+    assert isinstance(sample["peak_rss"], int) and sample["peak_rss"] > 10 * 2**20
