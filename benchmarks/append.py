@@ -15,7 +15,9 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 import aiosqlite
@@ -30,11 +32,13 @@ from benchmarks._harness import (
     session_ids,
     temp_db,
 )
-from kern_events import InMemoryEventStore, SqliteEventStore, TableNames
+from kern_events import InMemoryEventStore, PostgresEventStore, SqliteEventStore, TableNames
 from kern_events.codec import MsgpackCodec
 from kern_events.events import MessageAdded
 from kern_events.stores._base import BaseEventStore
+from kern_events.stores._chain import Chain
 from kern_events.stores._group import GroupCommit
+from kern_events.telemetry import instrument
 
 __all__ = ["NOTES", "comparisons"]
 
@@ -57,30 +61,83 @@ length rows: one session prefilled to 10,000 (ours) vs 10 (reference) events, th
 64 agents: 64 tasks, 1 event per append, each task its own session. Ours group-commits: appends that arrive
   while a transaction is on the writer thread share the next one (one fsync for many). The reference is one
   shared aiosqlite connection, one autocommit transaction (and fsync) per append; "one txn per append" is
-  our store with group commit switched off. p99 rows compare the 99th percentile of single appends' latency."""
+  our store with group commit switched off. p99 rows compare the 99th percentile of single appends' latency.
+hash chain vs none: the same store computing and storing no tamper-evidence hashes (NULL in their columns);
+  target: ratio >= 0.90 (chained throughput within 10% of unchained). In memory there is no I/O to hide the
+  hashing: its row bounds what the chain can cost the others.
+telemetry: off vs no check: store.append with telemetry off against the append behind its one check
+  (ratio ~1.00: what the check costs); on vs off: kern_events.instrument() with the SDK (spans exported in
+  batches by its worker thread, metrics aggregated in memory)."""
 
 
 # -- ours ------------------------------------------------------------------------------------------
 
 
+class _Unchained(Chain):
+    """No tamper evidence: every event's hash (and the session's head hash) is stored as NULL, and
+    none is computed; the store as it appended before the hash chain, but for the NULL column."""
+
+    def hashes(self, session_id: str, previous: Any, head: int, pending: Sequence[Any], recorded_at: float) -> Any:
+        return [None] * len(pending)
+
+
+@asynccontextmanager
+async def _opened(args: argparse.Namespace, path: Path) -> AsyncIterator[BaseEventStore]:
+    """Our store of ``--store``: in memory, SQLite at ``--sync`` in ``path``, or PostgreSQL in a fresh schema."""
+    if args.store == "postgres":
+        from benchmarks.postgres import URL, _fresh_schema
+
+        async with (
+            _fresh_schema(create_tables=False) as schema,
+            PostgresEventStore(URL, schema=schema, pool_size=args.tasks) as postgres,
+        ):
+            yield postgres
+        return
+    store: BaseEventStore = (
+        InMemoryEventStore() if args.store == "memory" else SqliteEventStore(path, synchronous=args.sync)
+    )
+    if args.group == "off" and isinstance(store, SqliteEventStore):
+        # One append per transaction: what the store does without group commit.
+        store._group = GroupCommit(store._commit_batch, take=lambda queue: (queue[:1], queue[1:]))
+    async with store:
+        yield store
+
+
+def _instrument() -> None:
+    """Telemetry on, exporting as a service would: spans in batches from the SDK's worker thread,
+    metrics aggregated in memory until read (here: never)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
+    instrument(tracer_provider=tracer_provider, meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]))
+
+
 def _ours(args: argparse.Namespace) -> Sample:
-    """Our store: SQLite at ``--sync`` or in memory, with the session prefilled to ``--length`` events."""
+    """Our store (``--store``), with each session prefilled to ``--length`` events; ``--chain off``
+    stores no hash chain, ``--telemetry on`` records spans and metrics, ``--telemetry bypass`` calls
+    the append behind ``store.append``'s telemetry check (what the check costs when it is off)."""
+    if args.telemetry == "on":
+        _instrument()
 
     async def run() -> Sample:
         with temp_db() as path:
-            store: BaseEventStore = (
-                InMemoryEventStore() if args.store == "memory" else SqliteEventStore(path, synchronous=args.sync)
-            )
-            if args.group == "off" and isinstance(store, SqliteEventStore):
-                # One append per transaction: what the store does without group commit.
-                store._group = GroupCommit(store._commit_batch, take=lambda queue: (queue[:1], queue[1:]))
-            async with store:
+            async with _opened(args, path) as store:
+                if args.chain == "off":
+                    store.chain = _Unchained()
                 sessions = {name: await _prefill(store, name, args.length) for name in session_ids(args.tasks)}
 
                 async def append(session_id: str, version: int, events: Sequence[MessageAdded]) -> None:
                     await store.append(session_id, events, expected_version=version)
 
-                return await drive(append, sessions, args)
+                async def unchecked(session_id: str, version: int, events: Sequence[MessageAdded]) -> None:
+                    await store._append_call(session_id, events, version, None, False)
+
+                return await drive(unchecked if args.telemetry == "bypass" else append, sessions, args)
 
     return asyncio.run(run())
 
@@ -232,13 +289,51 @@ def comparisons(quick: bool) -> list[Comparison]:
             _case("ours", store="sqlite", sync="FULL", batch=1, appends=single),
         ),
     ]
+    rows += _chain_and_telemetry(quick)
+    return rows
+
+
+def _chain_and_telemetry(quick: bool) -> list[Comparison]:
+    """What tamper evidence and telemetry cost an append: the store with and without each."""
+    from benchmarks.postgres import unavailable
+
+    single, batched, in_memory = (300, 100, 5000) if quick else (2000, 500, 50000)
+    memory = {"store": "memory", "batch": 1, "appends": in_memory}
+    rows = [
+        Comparison(
+            "in-memory, 1 ev/append: hash chain vs none", _case("ours", **memory), _case("ours", chain="off", **memory)
+        )
+    ]
+    engines = [("SQLite NORMAL", {"store": "sqlite", "sync": "NORMAL"})]
+    if unavailable() is None:
+        engines.append(("PostgreSQL", {"store": "postgres"}))
+    for label, engine in engines:
+        for batch, appends in ((1, single), (10, batched)):
+            sizes = {**engine, "batch": batch, "appends": appends}
+            rows.append(
+                Comparison(
+                    f"{label}, {batch} ev/append: hash chain vs none",
+                    _case("ours", **sizes),
+                    _case("ours", chain="off", **sizes),
+                )
+            )
+    sqlite = {"store": "sqlite", "sync": "NORMAL", "batch": 1, "appends": single}
+    rows += [
+        Comparison(
+            "in-memory: telemetry off vs no check", _case("ours", **memory), _case("ours", telemetry="bypass", **memory)
+        ),
+        Comparison("in-memory: telemetry on vs off", _case("ours", telemetry="on", **memory), _case("ours", **memory)),
+        Comparison(
+            "SQLite NORMAL: telemetry on vs off", _case("ours", telemetry="on", **sqlite), _case("ours", **sqlite)
+        ),
+    ]
     return rows
 
 
 def main() -> None:
     """Run one case named on the command line and print its sample as JSON."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    parser.add_argument("--store", choices=("sqlite", "memory", "postgres"), default="sqlite")
     parser.add_argument("--sync", choices=("FULL", "NORMAL"), default="FULL")
     parser.add_argument("--mode", choices=("commit", "autocommit"), default="commit")
     parser.add_argument("--batch", type=int, default=1, help="events per append")
@@ -247,6 +342,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1, help="concurrent writers, each on its own session")
     parser.add_argument("--length", type=int, default=0, help="events prefilled into each session")
     parser.add_argument("--group", choices=("on", "off"), default="on", help="ours: group commit, or one per txn")
+    parser.add_argument("--chain", choices=("on", "off"), default="on", help="ours: the hash chain, or none")
+    parser.add_argument("--telemetry", choices=("off", "on", "bypass"), default="off", help="ours: OpenTelemetry")
     case_main({"ours": _ours, "sqlite3": _sqlite3, "aiosqlite": _aiosqlite}, parser)
 
 

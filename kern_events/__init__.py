@@ -105,6 +105,7 @@ if TYPE_CHECKING:
     from kern_events.stores.nats import NatsEventStore
     from kern_events.stores.postgres import PostgresEventStore
     from kern_events.stores.sqlite import SqliteEventStore
+    from kern_events.telemetry import instrument, uninstrument
     from kern_events.transfer import ImportReport, export_events, import_events
 
 __version__ = "0.1.0"
@@ -132,6 +133,8 @@ _LAZY = {
     "KeyringFile": "kern_events.encryption",
     "NatsDb": "kern_events.db",
     "NatsEventStore": "kern_events.stores.nats",
+    "instrument": "kern_events.telemetry",
+    "uninstrument": "kern_events.telemetry",
 }
 
 __all__ = [
@@ -235,11 +238,13 @@ __all__ = [
     "event_id_for",
     "export_events",
     "import_events",
+    "instrument",
     "register_event_type",
     "register_upcaster",
     "registered_event_types",
     "retry_on_conflict",
     "run_blocking",
+    "uninstrument",
 ]
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import anyio
 import msgspec
 
+from kern_events import _telemetry
 from kern_events._loops import AnyLoopLock
 from kern_events._validate import check_flag, check_identifier, check_name, check_optional_identifier
 from kern_events.errors import (
@@ -462,6 +463,11 @@ class Run:
         append's result. A step the store refuses as invalid (:class:`InvalidArgumentError`) is
         dropped: it could never be stored.
         """
+        probe = _telemetry.probe
+        return await (self._flush() if probe is None else probe.flush(self, self._flush))
+
+    async def _flush(self) -> AppendResult | None:
+        """The flush itself, behind :meth:`flush`'s telemetry check."""
         session = self.session
         result = None
         if self._unsettled is not None:

@@ -18,6 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol, Self
 
+from kern_events import _telemetry
 from kern_events._loops import call_soon_on
 from kern_events.errors import StorageUnavailableError
 from kern_events.records import Record
@@ -170,14 +171,20 @@ class Subscription:
         backoff = 0.05
         while True:
             changed = self._store.change_signal.current()
+            records = self._store.read_all(from_position=self.position)
+            probe = _telemetry.probe
+            traced = None if probe is None else probe.subscription_pass(self._store, self.position, records)
             try:
-                async for record in self._store.read_all(from_position=self.position):
+                async for record in records if traced is None else traced:
                     self.position = record.position + 1
                     yield record
             except StorageUnavailableError:
                 await asyncio.sleep(backoff)  # the database is away: wait, then resume from self.position
                 backoff = min(backoff * 2, 2.0)
                 continue
+            finally:
+                if traced is not None:
+                    await traced.aclose()  # ends the pass's span when the subscription closes, not at collection
             backoff = 0.05
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), self._poll_interval)

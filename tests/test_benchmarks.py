@@ -103,6 +103,13 @@ def test_the_jetstream_append_case_runs_on_a_cluster_of_its_own() -> None:
     assert (sample["appends"], sample["events"]) == (5, 5)
 
 
+@pytest.mark.parametrize("option", [("--chain", "off"), ("--telemetry", "on"), ("--telemetry", "bypass")])
+def test_the_append_case_runs_without_the_chain_and_with_or_behind_telemetry(option: tuple[str, str]) -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="needs the otel-test extra")
+    sample = _case("benchmarks.append", "--case", "ours", "--appends", "3", "--batch", "2", "--warmup", "1", *option)
+    assert sample["events"] == 6
+
+
 def test_the_transfer_cases_export_import_and_report_memory() -> None:
     for what, side in (("export", "ours"), ("export", "raw"), ("import", "ours"), ("import", "plain")):
         sample = _case("benchmarks.transfer", "--case", "run", "--what", what, "--side", side, "--events", "40")

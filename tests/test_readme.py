@@ -66,6 +66,7 @@ def test_every_python_block_is_one_of_those_run_below() -> None:
         _block_after("Use it from your framework", index=1),
         _block_after("Use it from your framework", index=2),
         _block_after("Use it from your framework", index=3),
+        _block_after("Telemetry (OpenTelemetry)"),
         _block_after("PostgreSQL: the production store"),
         _block_after("Your own backend"),
     ]
@@ -103,6 +104,12 @@ def test_the_data_lifecycle_example_runs_as_written(tmp_path: Path) -> None:
     out = _run_python(_block_after("Data lifecycle"), tmp_path)
     assert out == "2 runs still in the view; 5 events compacted\n1 session and 1 key erased; []\n"
     assert (tmp_path / "keys.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_telemetry_example_runs_as_written(tmp_path: Path) -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="needs the otel-test extra")
+    out = _run_python(_block_after("Telemetry (OpenTelemetry)"), tmp_path)
+    assert out == ("['kern_events.append', 'kern_events.run.complete', 'kern_events.run.start']\n")
 
 
 def test_the_langgraph_example_runs_as_written_and_a_second_process_continues_the_thread(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ PUBLIC_MODULES = [
     "kern_events.transfer",
     "kern_events.encryption",
     "kern_events.cli",
+    "kern_events.telemetry",
     "kern_events.stores.memory",
     "kern_events.stores.sqlite",
     "kern_events.stores.postgres",

@@ -22,6 +22,7 @@ from uuid import UUID
 import anyio
 import msgspec
 
+from kern_events import _telemetry
 from kern_events._index import SessionInfo
 from kern_events._loops import AnyLoopLock
 from kern_events._validate import (
@@ -544,6 +545,25 @@ class BaseEventStore(abc.ABC):
         skip_existing: bool = False,
     ) -> AppendResult:
         """Append ``events`` atomically; see :meth:`kern_events.store.EventStore.append`."""
+        probe = _telemetry.probe
+        if probe is None:
+            return await self._append_call(session_id, events, expected_version, event_ids, skip_existing)
+        return await probe.append(
+            self,
+            session_id,
+            events,
+            lambda: self._append_call(session_id, events, expected_version, event_ids, skip_existing),
+        )
+
+    async def _append_call(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        expected_version: int | ExpectedVersion,
+        event_ids: Sequence[UUID] | None,
+        skip_existing: bool,
+    ) -> AppendResult:
+        """The append itself, behind :meth:`append`'s telemetry check (see :mod:`kern_events._telemetry`)."""
         if check_flag("skip_existing", skip_existing) and event_ids is None:
             raise InvalidArgumentError(
                 "skip_existing", "needs event_ids (fresh ids are never stored already): derive them with event_id_for"
@@ -595,6 +615,13 @@ class BaseEventStore(abc.ABC):
 
     async def append_many(self, appends: Sequence[SessionAppend]) -> list[AppendResult]:
         """Append to several sessions all or nothing; see :meth:`kern_events.store.EventStore.append_many`."""
+        probe = _telemetry.probe
+        if probe is None:
+            return await self._append_many_call(appends)
+        return await probe.append_many(self, appends, lambda: self._append_many_call(appends))
+
+    async def _append_many_call(self, appends: Sequence[SessionAppend]) -> list[AppendResult]:
+        """The append itself, behind :meth:`append_many`'s telemetry check."""
         parts = check_items("appends", appends)
         if not parts:
             raise InvalidArgumentError("appends", "at least one append is required")
@@ -1015,7 +1042,7 @@ class BaseEventStore(abc.ABC):
 
     # -- reading -----------------------------------------------------------------------------------
 
-    async def read(
+    def read(
         self,
         session_id: str,
         *,
@@ -1026,6 +1053,20 @@ class BaseEventStore(abc.ABC):
         types: Collection[str] | None = None,
     ) -> AsyncIterator[Record]:
         """Stream the session's records; see :meth:`kern_events.store.EventStore.read`."""
+        records = self._read(session_id, from_version, to_version, limit, backwards, types)
+        probe = _telemetry.probe
+        return records if probe is None else probe.read(self, session_id, records)
+
+    async def _read(
+        self,
+        session_id: str,
+        from_version: int,
+        to_version: int | None,
+        limit: int | None,
+        backwards: bool,
+        types: Collection[str] | None,
+    ) -> AsyncIterator[Record]:
+        """The read itself, which :meth:`read` hands to telemetry when it is on."""
         check_identifier("session_id", session_id)
         wanted = check_event_types("types", types)
         check_non_negative("from_version", from_version)
@@ -1062,8 +1103,14 @@ class BaseEventStore(abc.ABC):
             else:
                 low = page[-1].version + 1
 
-    async def read_all(self, *, from_position: int = 0, limit: int | None = None) -> AsyncIterator[Record]:
+    def read_all(self, *, from_position: int = 0, limit: int | None = None) -> AsyncIterator[Record]:
         """Stream every session's records in global order, from ``from_position`` on (inclusive)."""
+        records = self._read_all(from_position, limit)
+        probe = _telemetry.probe
+        return records if probe is None else probe.read_all(self, records)
+
+    async def _read_all(self, from_position: int, limit: int | None) -> AsyncIterator[Record]:
+        """The read itself, which :meth:`read_all` hands to telemetry when it is on."""
         check_non_negative("from_position", from_position)
         check_non_negative("limit", limit, allow_none=True)
         await self._ensure_open()

@@ -19,6 +19,7 @@ from typing import Generic, TypeVar
 
 import anyio
 
+from kern_events import _telemetry
 from kern_events.records import AppendResult
 
 __all__ = ["GroupCommit", "settle"]
@@ -83,8 +84,12 @@ class GroupCommit(Generic[R]):
     may then run on several loops at once.
     """
 
-    def __init__(self, commit: CommitBatch[R], *, take: TakeBatch[R] | None = None, max_inflight: int = 1) -> None:
+    def __init__(
+        self, commit: CommitBatch[R], *, take: TakeBatch[R] | None = None, max_inflight: int = 1, backend: str = ""
+    ) -> None:
         self._commit = commit
+        self._backend = backend
+        """The backend's name, as telemetry reports batch sizes under it."""
         self._take = take
         self._max_inflight = max_inflight
         self._last: tuple[asyncio.AbstractEventLoop | None, _Lane[R]] = (None, _Lane())
@@ -132,6 +137,8 @@ class GroupCommit(Generic[R]):
         """
         lane.inflight += 1
         try:
+            if _telemetry.probe is not None:
+                _telemetry.probe.batch(self._backend, 1)
             (outcome,) = await self._commit([request])
         finally:
             lane.inflight -= 1
@@ -165,6 +172,8 @@ class GroupCommit(Generic[R]):
                 batch = self._next_batch(lane)
                 for ticket in batch:
                     ticket.taken = True
+                if _telemetry.probe is not None:
+                    _telemetry.probe.batch(self._backend, len(batch))
                 cancelled_now: asyncio.CancelledError | None = None
                 try:
                     if own is not None and batch == [own] and cancelled is None:

@@ -234,7 +234,7 @@ class PostgresEventStore(BaseEventStore):
         """Whether the held reader connection is in use (a read that finds it so takes a pooled one)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._notify_wanted = False
-        self._group = GroupCommit(self._commit_batch, take=_take_batch)
+        self._group = GroupCommit(self._commit_batch, take=_take_batch, backend="postgresql")
         self._listener_task: asyncio.Task[None] | None = None
         self._listeners = 0
         self._fence_task: asyncio.Task[None] | None = None

@@ -181,7 +181,7 @@ class SqliteEventStore(BaseEventStore):
         self._writer: aiosqlite.Connection | None = None
         self._writer_stuck = False  # set on the writer's thread when a ROLLBACK failed; see _write
         self._reopen_lock = AnyLoopLock()
-        self._group = GroupCommit(self._commit_batch)
+        self._group = GroupCommit(self._commit_batch, backend="sqlite")
         self._reader: aiosqlite.Connection | None = None
         events, sessions = quote(self.tables.events), quote(self.tables.sessions)
         snapshots = quote(self.tables.snapshots)
