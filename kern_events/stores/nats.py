@@ -29,8 +29,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -70,6 +70,8 @@ expected sequence before de-duplication (a retried append gets a conflict instea
 
 _BATCH_INCOMPLETE = 10176
 """A batch whose earlier messages a new leader never saw (lost with the old one): nothing was stored."""
+
+_T = TypeVar("_T")
 
 _SHIFT = 16
 _PLAIN = re.compile(r"[A-Za-z0-9_-]{1,200}")
@@ -250,26 +252,37 @@ class NatsEventStore(BaseEventStore):
             return StorageUnavailableError(f"JetStream is unavailable, retry ({description})")
         return StorageError(f"JetStream refused {description}")
 
-    async def _request(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> bytes:
-        import nats.errors
-
-        nc = await self._connect()
+    async def _until_answered(self, send: Callable[[], Awaitable[_T]]) -> _T:
+        """``send()`` again while nothing answers it (:class:`_NoResponders`: nothing was stored), until
+        the timeout. A stream just created or electing has no interest on every server yet; a batch is
+        resent whole by its caller's ``send``, since its earlier messages went nowhere either."""
         deadline = time.monotonic() + self._timeout
         while True:
             try:
-                reply = await nc.request(subject, payload, timeout=self._timeout, headers=headers)
-                break
-            except nats.errors.NoRespondersError as error:
-                # Nothing received the message (a stream just created or electing has no interest on
-                # every server yet), so sending it again cannot store it twice. A batch's commit is
-                # not resent alone: its earlier messages went nowhere too, so _commit resends it all.
-                if time.monotonic() > deadline or (headers is not None and "Nats-Batch-Id" in headers):
-                    raise _NoResponders("JetStream is unavailable, retry (no responders)") from error
+                return await send()
+            except _NoResponders:
+                if time.monotonic() > deadline:
+                    raise
                 await asyncio.sleep(0.05)
-            except nats.errors.TimeoutError as error:
-                raise StorageUnavailableError("JetStream is unavailable, retry (timed out)") from error
-            except nats.errors.Error as error:
-                raise StorageUnavailableError(f"NATS failed: {error!r}") from error
+
+    async def _request(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> bytes:
+        """A request, sent again while no server answers it (except a batch's commit: see :meth:`_commit`)."""
+        if headers is not None and "Nats-Batch-Id" in headers:
+            return await self._request_once(subject, payload, headers)
+        return await self._until_answered(lambda: self._request_once(subject, payload, headers))
+
+    async def _request_once(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> bytes:
+        import nats.errors
+
+        nc = await self._connect()
+        try:
+            reply = await nc.request(subject, payload, timeout=self._timeout, headers=headers)
+        except nats.errors.NoRespondersError as error:
+            raise _NoResponders("JetStream is unavailable, retry (no responders)") from error
+        except nats.errors.TimeoutError as error:
+            raise StorageUnavailableError("JetStream is unavailable, retry (timed out)") from error
+        except nats.errors.Error as error:
+            raise StorageUnavailableError(f"NATS failed: {error!r}") from error
         return bytes(reply.data)
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
@@ -508,14 +521,7 @@ class NatsEventStore(BaseEventStore):
         """Publish ``messages`` as one atomic batch; the sequences of its first and last message. A
         commit that found no responders stored nothing: the whole batch is sent again, under a new
         batch id, until the timeout."""
-        deadline = time.monotonic() + self._timeout
-        while True:
-            try:
-                return await self._commit_once(messages)
-            except _NoResponders:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
+        return await self._until_answered(lambda: self._commit_once(messages))
 
     async def _commit_once(self, messages: Sequence[tuple[str, bytes, dict[str, str]]]) -> tuple[int, int]:
         """One attempt of :meth:`_commit`."""
