@@ -40,6 +40,7 @@ from kern_events.errors import (
     SchemaMissingError,
     SchemaVersionError,
     SessionNotFoundError,
+    ShardLayoutError,
     StorageError,
     StorageUnavailableError,
     StoreClosedError,
@@ -78,18 +79,22 @@ from kern_events.events import (
 )
 from kern_events.records import (
     ANY,
+    FEED_SHARD_SHIFT,
     NO_STREAM,
     TRUNCATION_SNAPSHOT,
     AppendResult,
     ErasureReport,
     ExpectedVersion,
+    FeedCursor,
     FeedLag,
+    FeedPosition,
     PendingEvent,
     Record,
     SessionAppend,
     Snapshot,
     StoredEvent,
     UnknownEvent,
+    next_position,
 )
 from kern_events.sessions import Run, Session, StoragePolicy, Summarizer, retry_on_conflict
 from kern_events.store import EventStore
@@ -131,6 +136,7 @@ _LAZY = {
 
 __all__ = [
     "ANY",
+    "FEED_SHARD_SHIFT",
     "NO_STREAM",
     "TRUNCATION_SNAPSHOT",
     "Agent",
@@ -151,7 +157,9 @@ __all__ = [
     "EventStore",
     "ExpectedVersion",
     "ExternalExecution",
+    "FeedCursor",
     "FeedLag",
+    "FeedPosition",
     "IdempotencyError",
     "InMemoryDb",
     "InMemoryEventStore",
@@ -202,6 +210,7 @@ __all__ = [
     "SessionStarted",
     "SessionStateChanged",
     "SessionType",
+    "ShardLayoutError",
     "Snapshot",
     "SqliteDb",
     "SqliteEventStore",
@@ -226,6 +235,7 @@ __all__ = [
     "UserInput",
     "Workflow",
     "event_id_for",
+    "next_position",
     "register_event_type",
     "register_upcaster",
     "registered_event_types",

@@ -179,3 +179,20 @@ def test_the_reference_agent_pauses_in_one_process_and_continues_in_another_on_n
         assert finished["statuses"] == ["completed", "completed", "completed"]
     finally:
         _nats.delete_stream(nats_server.urls, prefix)
+
+
+def test_concurrent_first_requests_of_an_event_loop_share_one_connection(nats_server: _nats.Cluster) -> None:
+    """Each event loop gets its own connection; requests that start together on a new loop used to
+    connect once each, and a reply could go to a connection nobody waited on (a 'timed out' error)."""
+    prefix = f"Loops{uuid.uuid4().hex[:8]}"
+    store = NatsEventStore(nats_server.urls, prefix=prefix, replicas=1, timeout=2.0)
+
+    async def together() -> list[int]:
+        return list(await asyncio.gather(*(store.current_version(f"s{n}") for n in range(8))))
+
+    try:
+        for _ in range(3):
+            assert asyncio.run(together()) == [0] * 8
+    finally:
+        asyncio.run(store.aclose())
+        _nats.delete_stream(nats_server.urls, prefix)
