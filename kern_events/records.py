@@ -217,6 +217,11 @@ class FeedCursor(msgspec.Struct, frozen=True, kw_only=True):
     def after(self, position: int) -> FeedCursor:
         """This cursor moved past the record at ``position`` (a record position of this store)."""
         shard = position >> FEED_SHARD_SHIFT
+        if not 0 <= shard < len(self.positions):
+            from kern_events.errors import ShardLayoutError
+
+            expected = f"{self.layout} (shards 0 to {len(self.positions) - 1})"
+            raise ShardLayoutError("position", expected, f"shard {shard}")
         positions = list(self.positions)
         positions[shard] = (position & _IN_SHARD) + 1
         return FeedCursor(layout=self.layout, positions=tuple(positions))

@@ -149,6 +149,8 @@ def test_a_cursor_reads_back_from_its_text_and_bad_text_is_refused() -> None:
     cursor = FeedCursor(layout="nats:K:3", positions=(0, 65536, 7))
     assert FeedCursor.parse(str(cursor)) == cursor
     assert cursor.after(2 << FEED_SHARD_SHIFT | 9).positions == (0, 65536, 10)
+    with pytest.raises(ShardLayoutError):
+        cursor.after(3 << FEED_SHARD_SHIFT)  # a record of a fourth shard is not of this layout
     for text in ("", "nats:K:3", "@1,2", "nats:K:3@1,x", "nats:K:3@-1"):
         with pytest.raises(InvalidArgumentError):
             FeedCursor.parse(text)
