@@ -6,6 +6,7 @@ default size (``KERN_HEAVY_SCALE`` raises it)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -90,6 +91,18 @@ async def _append_until_acknowledged(
         assert (result.from_version, result.to_version) == (expected + 1, expected + len(events))
         assert list(result.event_ids) == ids
         return
+
+
+async def _make_leader(store: NatsEventStore, stream: str, name: str) -> None:
+    """Move the stream's leadership to the node ``name`` (a step-down with it preferred, until it holds)."""
+    deadline = time.monotonic() + 30
+    while await _leader(store, stream) != name:
+        assert time.monotonic() < deadline, f"{name} did not become the leader"
+        with contextlib.suppress(StorageUnavailableError):
+            await store._request(
+                f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", json.dumps({"placement": {"preferred": name}}).encode()
+            )
+        await asyncio.sleep(0.5)
 
 
 async def test_killing_the_stream_leader_during_appends_loses_nothing_acknowledged(cluster: _nats.Cluster) -> None:
@@ -206,11 +219,12 @@ async def test_a_leader_cut_off_from_the_cluster_is_replaced_and_catches_up_afte
     try:
         async with probe:
             await probe.append("s", [_message("0")])
-            name = await _leader(probe, stream)
-        paused = next(node for node in cluster.nodes if node.name == name)
-        majority = [node.url for node in cluster.nodes if node is not paused]
+            await _make_leader(probe, stream, cluster.nodes[2].name)  # the leader settles before the cut
+        majority = [node.url for node in cluster.nodes[:2]]
         async with NatsEventStore(majority, prefix=stream, replicas=3, timeout=1.0) as store:
             await _append_until_acknowledged(store, "s", [_message("1")], 1, unavailable)
+            assert await _leader(store, stream) == cluster.nodes[2].name
+            paused = cluster.nodes[2]
             paused.pause()
             cut_at = time.monotonic()
             for n in range(2, appends):
@@ -234,14 +248,7 @@ async def test_a_leader_cut_off_from_the_cluster_is_replaced_and_catches_up_afte
                 assert time.monotonic() < deadline, replicas
                 await asyncio.sleep(0.2)
         async with NatsEventStore(cluster.urls, prefix=stream, replicas=3, timeout=2.0) as store:
-            await store._request(
-                f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
-                json.dumps({"placement": {"preferred": paused_name}}).encode(),
-            )
-            deadline = time.monotonic() + 30
-            while await _leader(store, stream) != paused_name:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.2)
+            await _make_leader(store, stream, paused_name)
             records = await _read(store, "s", [])
         assert [record.version for record in records] == list(range(1, appends + 1))
         assert [record.event.content for record in records] == [str(n) for n in range(appends)]  # type: ignore[attr-defined]
