@@ -35,8 +35,10 @@ nats-server 2.15.1 an atomic batch commit on an R1 stream takes ~25 ms (a plain 
 batch ~2 ms, same machine): R1 is the slow row, not a typo.
 PostgreSQL reference: benchmarks.postgres's `ours` case (PostgresEventStore on the local server).
 read: a 1,000-event session written in appends of 100, read whole; last 12: read(..., backwards=True,
-limit=12), the context for an agent's next run. leader kill: four writers append continuously, the
-stream leader gets kill -9; the row is the longest time between two acknowledged appends (the election)."""
+limit=12), the context for an agent's next run. 3 shards: sessions over three R3 streams (shards=3),
+their leaders moved onto the three servers; 1: one stream, one leader. leader kill: four writers append
+continuously, the stream leader gets kill -9; the row is the longest time between two acknowledged
+appends (the election)."""
 
 
 def unavailable() -> str | None:
@@ -66,22 +68,24 @@ def _with_cluster(nodes: int, body: Callable[[list[str], object], Sample]) -> Sa
             cluster.stop()
 
 
-def _store(urls: list[str], replicas: int, timeout: float = 5.0) -> object:
+def _store(urls: list[str], replicas: int, timeout: float = 5.0, shards: int = 1) -> object:
     from kern_events.stores.nats import NatsEventStore
 
-    return NatsEventStore(urls, prefix=f"B{uuid.uuid4().hex[:8]}", replicas=replicas, timeout=timeout)
+    return NatsEventStore(urls, prefix=f"B{uuid.uuid4().hex[:8]}", replicas=replicas, timeout=timeout, shards=shards)
 
 
 def _append(args: argparse.Namespace) -> Sample:
-    """``--tasks`` writers, each on its own session, ``--batch`` events per append."""
+    """``--tasks`` writers, each on its own session, ``--batch`` events per append, over ``--shards`` streams."""
 
     def body(urls: list[str], _: object) -> Sample:
         async def run() -> Sample:
             from kern_events.stores.nats import NatsEventStore
 
-            store = _store(urls, args.replicas)
+            store = _store(urls, args.replicas, shards=args.shards)
             assert isinstance(store, NatsEventStore)
             async with store:
+                if args.shards > 1:  # one leader per shard on each server, as a real deployment would spread them
+                    await _spread_leaders(store, urls)
 
                 async def append(session_id: str, version: int, events: Sequence[MessageAdded]) -> None:
                     await store.append(session_id, events, expected_version=version)
@@ -91,6 +95,24 @@ def _append(args: argparse.Namespace) -> Sample:
         return asyncio.run(run())
 
     return _with_cluster(args.nodes, body)
+
+
+async def _spread_leaders(store: object, urls: list[str]) -> None:
+    """Move the shards' stream leaders onto different servers (an election puts them where it may:
+    often all on one, which would measure one leader again)."""
+    from kern_events.stores.nats import NatsEventStore
+
+    assert isinstance(store, NatsEventStore)
+    for _attempt in range(20):
+        leaders = [
+            (await store._api(f"STREAM.INFO.{stream}", None))["cluster"].get("leader") for stream in store._streams
+        ]
+        if len(set(leaders)) == len(leaders) or len(leaders) > len(urls):
+            return
+        for stream, leader in zip(store._streams[1:], leaders[1:], strict=True):
+            if leaders.count(leader) > 1:
+                await store._api(f"STREAM.LEADER.STEPDOWN.{stream}", None, allow=(10001, 10008))
+        await asyncio.sleep(1.0)
 
 
 def _read(args: argparse.Namespace) -> Sample:
@@ -163,7 +185,7 @@ def _leader_kill(args: argparse.Namespace) -> Sample:
 
                 writers = [asyncio.create_task(writer(f"w{n}")) for n in range(4)]
                 await asyncio.sleep(1.0)
-                info = await store._api(f"STREAM.INFO.{store._stream}", None)
+                info = await store._api(f"STREAM.INFO.{store._streams[0]}", None)
                 leader = info["cluster"]["leader"]
                 from tests import _nats
 
@@ -188,12 +210,14 @@ def comparisons(quick: bool) -> list[Comparison]:
     pg_16 = Case.of("benchmarks.postgres", "ours", **concurrent)
     r3_one, r3_16 = _case("append", replicas=3, **one), _case("append", replicas=3, **concurrent)
     r1_16 = _case("append", replicas=1, **concurrent)
+    r3_16_sharded = _case("append", replicas=3, shards=3, **concurrent)
     reads = 20 if quick else 100
     return [
         Comparison("JetStream R3, 1 writer, 1 ev/append vs PostgreSQL", r3_one, pg_one, "latency"),
         Comparison("JetStream R3, 16 writers vs PostgreSQL", r3_16, pg_16),
         Comparison("JetStream R3, 16 writers vs PostgreSQL: p99", r3_16, pg_16, "p99"),
         Comparison("JetStream 16 writers: R1 vs R3", r1_16, r3_16),
+        Comparison("JetStream R3, 16 writers: 3 shards vs 1", r3_16_sharded, r3_16),
         Comparison(
             "JetStream R3: read a 1,000-event session", _case("read", replicas=3, appends=reads), None, "latency"
         ),
@@ -216,6 +240,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1, help="concurrent writers, each on its own session")
     parser.add_argument("--replicas", type=int, default=3, help="the stream's replicas")
     parser.add_argument("--nodes", type=int, default=3, help="servers in the cluster")
+    parser.add_argument("--shards", type=int, default=1, help="streams the sessions are spread over")
     parser.add_argument("--events", type=int, default=1000, help="events in the session read")
     parser.add_argument("--tail", default="", help="read the last 12 events instead of the whole session")
     parser.add_argument("--seconds", type=float, default=6.0, help="how long the leader-kill writers run")

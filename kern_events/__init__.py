@@ -41,6 +41,7 @@ from kern_events.errors import (
     SchemaMissingError,
     SchemaVersionError,
     SessionNotFoundError,
+    ShardLayoutError,
     StorageError,
     StorageUnavailableError,
     StoreClosedError,
@@ -79,18 +80,22 @@ from kern_events.events import (
 )
 from kern_events.records import (
     ANY,
+    FEED_SHARD_SHIFT,
     NO_STREAM,
     TRUNCATION_SNAPSHOT,
     AppendResult,
     ErasureReport,
     ExpectedVersion,
+    FeedCursor,
     FeedLag,
+    FeedPosition,
     PendingEvent,
     Record,
     SessionAppend,
     Snapshot,
     StoredEvent,
     UnknownEvent,
+    next_position,
 )
 from kern_events.sessions import Run, Session, StoragePolicy, Summarizer, retry_on_conflict
 from kern_events.store import EventStore
@@ -139,6 +144,7 @@ _LAZY = {
 
 __all__ = [
     "ANY",
+    "FEED_SHARD_SHIFT",
     "NO_STREAM",
     "TRUNCATION_SNAPSHOT",
     "Agent",
@@ -160,7 +166,9 @@ __all__ = [
     "ExpectedVersion",
     "ExportFileError",
     "ExternalExecution",
+    "FeedCursor",
     "FeedLag",
+    "FeedPosition",
     "IdempotencyError",
     "ImportReport",
     "InMemoryDb",
@@ -212,6 +220,7 @@ __all__ = [
     "SessionStarted",
     "SessionStateChanged",
     "SessionType",
+    "ShardLayoutError",
     "Snapshot",
     "SqliteDb",
     "SqliteEventStore",
@@ -239,6 +248,7 @@ __all__ = [
     "export_events",
     "import_events",
     "instrument",
+    "next_position",
     "register_event_type",
     "register_upcaster",
     "registered_event_types",

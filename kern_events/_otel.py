@@ -31,7 +31,7 @@ from kern_events.events import (
     ToolCallCompleted,
     ToolCallStarted,
 )
-from kern_events.records import AppendResult, Record
+from kern_events.records import AppendResult, FeedPosition, Record
 
 if TYPE_CHECKING:
     from kern_events.sessions import Run
@@ -205,7 +205,7 @@ class OtelProbe:
         return self._streamed(store, "read_all", {}, records)
 
     async def subscription_pass(
-        self, store: object, position: int, records: AsyncIterator[Record]
+        self, store: object, position: FeedPosition, records: AsyncIterator[Record]
     ) -> AsyncGenerator[Record]:
         started = time.time_ns()
         labels = self._backend(store)
@@ -217,7 +217,11 @@ class OtelProbe:
                     span = self._tracer.start_span(
                         "kern_events.subscribe",
                         kind=SpanKind.CONSUMER,
-                        attributes={**labels, "db.operation.name": "subscribe", "kern_events.from_position": position},
+                        attributes={
+                            **labels,
+                            "db.operation.name": "subscribe",
+                            "kern_events.from_position": position if isinstance(position, int) else str(position),
+                        },
                         start_time=started,
                     )
                     self._feed_lag.record(max(0.0, time.time() - record.recorded_at), labels)

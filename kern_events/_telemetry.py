@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from kern_events.records import AppendResult, Record
+from kern_events.records import AppendResult, FeedPosition, Record
 
 if TYPE_CHECKING:
     from kern_events.sessions import Run
@@ -43,7 +43,9 @@ class Probe(Protocol):
         """``records`` (a global-feed read), counted in a span that ends with the iteration."""
         ...
 
-    def subscription_pass(self, store: object, position: int, records: AsyncIterator[Record]) -> AsyncGenerator[Record]:
+    def subscription_pass(
+        self, store: object, position: FeedPosition, records: AsyncIterator[Record]
+    ) -> AsyncGenerator[Record]:
         """One catch-up pass of a subscription from ``position``: a span if it delivers anything,
         and the feed's lag (how old its first record is)."""
         ...

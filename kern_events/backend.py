@@ -34,6 +34,8 @@ The hooks, each called only with checked arguments on an open store:
 ``_truncate_before``        delete a session's events below a version and save the snapshots given,
                             atomically, after :func:`check_truncation` (optional, likewise)
 ``listen`` / ``_announce``  cross-process wake-ups for subscriptions (optional; else they poll)
+``_feed_start``             a sharded store's :class:`FeedCursor` at an int position (only with
+``_read_feed_page``         :attr:`BaseEventStore.feed_layout` set: then these replace ``_read_all_page``)
 ``_read_chunks``            the chunks of out-of-line payloads for a page's events, in one round trip
                             (only for a backend that sets ``inline_limit``)
 ==========================  ======================================================================
@@ -58,6 +60,15 @@ raise :class:`UnsupportedError`, and its conformance ``Backend`` declares ``appe
 or ``truncates = False``. Truncation uses :func:`check_truncation` for its rule, and records where
 the log starts as the snapshot :data:`~kern_events.records.TRUNCATION_SNAPSHOT` that the kit hands
 the hook with the caller's.
+
+**Sharded feeds.** A store whose sessions live in independent logs (shards) has no one sequence
+ordering every append, so no int can say where a feed reader stopped. It sets
+:attr:`BaseEventStore.feed_layout` to a name of its layout and implements ``_read_feed_page`` (its
+shards' rows, each shard in its own order, merged) and ``_feed_start`` (the cursor at an int
+position); its record positions carry their shard in the bits above :data:`FEED_SHARD_SHIFT`. The kit
+then hands ``read_all`` and subscriptions a :class:`FeedCursor` (a position per shard) and moves it
+past every record, so that resuming from it neither skips nor repeats; a cursor of another layout is a
+:class:`~kern_events.errors.ShardLayoutError`.
 
 **Large payloads.** Any event up to ``max_event_size`` (:data:`DEFAULT_MAX_EVENT_SIZE`) is accepted.
 A backend whose rows are small (a message or item size limit) sets the class attribute
@@ -88,7 +99,16 @@ from __future__ import annotations
 
 from kern_events._index import IndexDelta, SessionInfo, advance_index, apply_delta, index_delta
 from kern_events.errors import UnsupportedError
-from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, SessionAppend, Snapshot, StoredEvent
+from kern_events.records import (
+    FEED_SHARD_SHIFT,
+    AppendResult,
+    ExpectedVersion,
+    FeedCursor,
+    PendingEvent,
+    SessionAppend,
+    Snapshot,
+    StoredEvent,
+)
 from kern_events.store import EventStore, SessionSort
 from kern_events.stores._base import (
     DEFAULT_MAX_EVENT_SIZE,
@@ -112,6 +132,7 @@ from kern_events.subscription import ChangeSignal
 
 __all__ = [
     "DEFAULT_MAX_EVENT_SIZE",
+    "FEED_SHARD_SHIFT",
     "MAX_EVENTS_PER_APPEND",
     "SNAPSHOTS_KEPT",
     "AppendResult",
@@ -121,6 +142,7 @@ __all__ = [
     "ChangeSignal",
     "EventStore",
     "ExpectedVersion",
+    "FeedCursor",
     "GroupCommit",
     "IndexDelta",
     "Page",

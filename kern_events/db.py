@@ -535,7 +535,8 @@ class NatsDb(BaseDb):
     """Sessions in NATS JetStream (``pip install 'kern-events[nats]'``, nats-server 2.12 or newer): a
     replicated stream, for when one PostgreSQL server must not be a single point of failure.
 
-    ``replicas=3`` acknowledges a write once two of three servers hold it; see
+    ``replicas=3`` acknowledges a write once two of three servers hold it; ``shards=N`` spreads sessions
+    over N streams, each with its own leader, for more write throughput; see
     :class:`~kern_events.stores.nats.NatsEventStore` for the layout and its limits.
     """
 
@@ -546,6 +547,7 @@ class NatsDb(BaseDb):
         prefix: str = "KERN",
         replicas: int = 3,
         timeout: float = 5.0,
+        shards: int = 1,
         cache_size: int = 0,
         storage_policy: StoragePolicy | None = None,
         checkpoint_every: int | None = 1000,
@@ -562,6 +564,7 @@ class NatsDb(BaseDb):
                 prefix=prefix,
                 replicas=replicas,
                 timeout=timeout,
+                shards=shards,
                 codec=codec,
                 max_event_size=max_event_size,
                 chain_key=chain_key,

@@ -25,7 +25,8 @@ own exception never escapes raw: each backend translates it at one seam, keeping
     │   ├── InvalidEventError       an event that would not read back as given (a field without its
     │   │                           declared type, or a value the codec cannot encode)
     │   ├── PayloadTooLargeError    an encoded event above the store's size limit
-    │   └── ExportFileError         a file given to import that is foreign, cut short or edited (its line)
+    │   ├── ExportFileError         a file given to import that is foreign, cut short or edited (its line)
+    │   └── ShardLayoutError        a feed cursor, or a store's ``shards``, of another shard layout
     ├── StorageError                the database failed in a way the caller cannot fix by changing input
     │   ├── KeyProviderError        the key provider failed (nothing is written unencrypted)
     │   ├── StorageUnavailableError the database could not be reached, or the connection was lost
@@ -65,6 +66,7 @@ __all__ = [
     "SchemaMissingError",
     "SchemaVersionError",
     "SessionNotFoundError",
+    "ShardLayoutError",
     "StorageError",
     "StorageUnavailableError",
     "StoreClosedError",
@@ -246,6 +248,17 @@ class ExportFileError(InvalidArgumentError):
         self.args = (f"line {line}: {detail}",)  # the line is where; "file" is the argument, as an attribute
         self.line = line
         self.detail = detail
+
+
+class ShardLayoutError(InvalidArgumentError):
+    """A feed position or a store option that belongs to another shard layout than the store's: a
+    :class:`~kern_events.records.FeedCursor` of another store or shard count, a cursor given to a store
+    with one log, or ``shards=N`` for data written with another N. ``expected`` and ``found`` name both."""
+
+    def __init__(self, argument: str, expected: str, found: str) -> None:
+        self.expected = expected
+        self.found = found
+        super().__init__(argument, f"expected the shard layout {expected}, got {found}")
 
 
 class StorageError(KernEventsError):

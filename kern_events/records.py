@@ -18,18 +18,22 @@ from kern_events.events import Event
 
 __all__ = [
     "ANY",
+    "FEED_SHARD_SHIFT",
     "NO_STREAM",
     "TRUNCATION_SNAPSHOT",
     "AppendResult",
     "ErasureReport",
     "ExpectedVersion",
+    "FeedCursor",
     "FeedLag",
+    "FeedPosition",
     "PendingEvent",
     "Record",
     "SessionAppend",
     "Snapshot",
     "StoredEvent",
     "UnknownEvent",
+    "next_position",
 ]
 
 
@@ -101,7 +105,9 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     """1, 2, 3 … within the session, without gaps."""
     position: int
-    """Strictly increasing across the whole store (it may skip numbers)."""
+    """Strictly increasing across the whole store (it may skip numbers); in a sharded store (one whose
+    feed resumes from a :class:`FeedCursor`), strictly increasing within the record's shard, which it
+    carries in the bits above :data:`FEED_SHARD_SHIFT`."""
     event_id: UUID
     recorded_at: float
     """Unix time in seconds at which the store accepted the append."""
@@ -186,3 +192,67 @@ class ErasureReport(msgspec.Struct, frozen=True, kw_only=True):
     events: int = 0
     keys_deleted: int = 0
     """Data keys deleted from the key provider (crypto-shredding), when the store encrypts."""
+
+
+FEED_SHARD_SHIFT: Final = 56
+"""In a sharded store, a record's position is ``shard << FEED_SHARD_SHIFT | position in its shard``."""
+
+_IN_SHARD = (1 << FEED_SHARD_SHIFT) - 1
+
+
+class FeedCursor(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a reader of a sharded store's global feed stands: for each shard, the position in that
+    shard after the last record delivered from it.
+
+    A sharded store (sessions spread over independent logs, e.g. ``NatsEventStore(shards=3)``) has no
+    single sequence that orders every append, so one int cannot say where a reader stopped without a
+    gap or a repeat when it resumes; a cursor can. ``read_all``, ``subscribe`` and
+    :attr:`Subscription.position <kern_events.subscription.Subscription.position>` use it there (stores
+    with one log keep plain ints). Checkpoint it as ``str(cursor)`` and read it back with
+    :meth:`parse`. ``layout`` names the store's shard layout: a store of another layout refuses the
+    cursor with :class:`~kern_events.errors.ShardLayoutError`.
+    """
+
+    layout: str
+    positions: tuple[int, ...]
+
+    def after(self, position: int) -> FeedCursor:
+        """This cursor moved past the record at ``position`` (a record position of this store)."""
+        shard = position >> FEED_SHARD_SHIFT
+        if not 0 <= shard < len(self.positions):
+            from kern_events.errors import ShardLayoutError
+
+            expected = f"{self.layout} (shards 0 to {len(self.positions) - 1})"
+            raise ShardLayoutError("position", expected, f"shard {shard}")
+        positions = list(self.positions)
+        positions[shard] = (position & _IN_SHARD) + 1
+        return FeedCursor(layout=self.layout, positions=tuple(positions))
+
+    def __str__(self) -> str:
+        return f"{self.layout}@{','.join(str(position) for position in self.positions)}"
+
+    @classmethod
+    def parse(cls, text: str) -> FeedCursor:
+        """The cursor ``str(cursor)`` wrote; :class:`~kern_events.errors.InvalidArgumentError` if
+        ``text`` is not one."""
+        from kern_events.errors import InvalidArgumentError
+
+        layout, at, numbers = text.rpartition("@") if isinstance(text, str) else ("", "", "")
+        try:
+            positions = tuple(int(number) for number in numbers.split(","))
+        except ValueError:
+            positions = ()
+        if not at or not layout or not positions or any(position < 0 for position in positions):
+            raise InvalidArgumentError("cursor", f"expected 'LAYOUT@P0,P1,...' as str(FeedCursor) writes, got {text!r}")
+        return cls(layout=layout, positions=positions)
+
+
+FeedPosition = int | FeedCursor
+"""Where the global feed resumes: an int in a store with one log, a :class:`FeedCursor` in a sharded one."""
+
+
+def next_position(position: FeedPosition, record_position: int) -> FeedPosition:
+    """Where the feed resumes after the record at ``record_position``, read from ``position``."""
+    if isinstance(position, FeedCursor):
+        return position.after(record_position)
+    return record_position + 1

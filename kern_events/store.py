@@ -20,6 +20,7 @@ from kern_events.records import (
     ErasureReport,
     ExpectedVersion,
     FeedLag,
+    FeedPosition,
     Record,
     SessionAppend,
     Snapshot,
@@ -121,11 +122,21 @@ class EventStore(Protocol):
         database: a reader that needs a few kinds of event does not fetch and decode the rest."""
         ...
 
-    def read_all(self, *, from_position: int = 0, limit: int | None = None) -> AsyncIterator[Record]:
-        """Stream every session's records with ``position >= from_position`` in global order."""
+    def read_all(self, *, from_position: FeedPosition = 0, limit: int | None = None) -> AsyncIterator[Record]:
+        """Stream every session's records with ``position >= from_position`` in global order.
+
+        A sharded store (:attr:`~kern_events.backend.BaseEventStore.feed_layout`) merges its shards'
+        feeds, each in its own order; it resumes exactly from a :class:`~kern_events.records.FeedCursor`
+        (see :meth:`feed_cursor`), and reads an int as the record at that position and what follows it."""
         ...
 
-    def subscribe(self, *, from_position: int = 0, poll_interval: float = 1.0) -> Subscription:
+    async def feed_cursor(self, from_position: FeedPosition = 0) -> FeedPosition:
+        """``from_position`` in the form this store's feed resumes from: the int itself for a store with
+        one log, a :class:`~kern_events.records.FeedCursor` for a sharded one (advance it past each
+        record with :func:`~kern_events.records.next_position`, and checkpoint ``str(cursor)``)."""
+        ...
+
+    def subscribe(self, *, from_position: FeedPosition = 0, poll_interval: float = 1.0) -> Subscription:
         """Catch up from ``from_position``, then follow new records live, in global order, without gaps
         or duplicates; use as ``async with store.subscribe(...) as subscription: async for record in
         subscription``."""

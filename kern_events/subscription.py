@@ -21,7 +21,7 @@ from typing import Protocol, Self
 from kern_events import _telemetry
 from kern_events._loops import call_soon_on
 from kern_events.errors import StorageUnavailableError
-from kern_events.records import Record
+from kern_events.records import FeedPosition, Record, next_position
 
 __all__ = ["Change", "ChangeSignal", "Subscription"]
 
@@ -116,7 +116,9 @@ class _Feed(Protocol):
 
     change_signal: ChangeSignal
 
-    def read_all(self, *, from_position: int = 0, limit: int | None = None) -> AsyncIterator[Record]: ...
+    def read_all(self, *, from_position: FeedPosition = 0, limit: int | None = None) -> AsyncIterator[Record]: ...
+
+    async def feed_cursor(self, from_position: FeedPosition = 0) -> FeedPosition: ...
 
     def listen(self) -> AbstractAsyncContextManager[None]: ...
 
@@ -132,12 +134,14 @@ class Subscription:
         self,
         store: _Feed,
         *,
-        from_position: int,
+        from_position: FeedPosition,
         poll_interval: float,
     ) -> None:
         self._store = store
-        self.position = from_position
-        """The position after the last delivered record (pass it as ``from_position`` to resume)."""
+        self.position: FeedPosition = from_position
+        """The position after the last delivered record (pass it as ``from_position`` to resume): an
+        int, or in a sharded store a :class:`~kern_events.records.FeedCursor` once the subscription has
+        started (save ``str(position)``)."""
         self._poll_interval = poll_interval
         self._listening: AbstractAsyncContextManager[None] | None = None
         self._records: AsyncGenerator[Record] | None = None
@@ -171,12 +175,14 @@ class Subscription:
         backoff = 0.05
         while True:
             changed = self._store.change_signal.current()
-            records = self._store.read_all(from_position=self.position)
-            probe = _telemetry.probe
-            traced = None if probe is None else probe.subscription_pass(self._store, self.position, records)
+            traced = None
             try:
+                self.position = await self._store.feed_cursor(self.position)
+                records = self._store.read_all(from_position=self.position)
+                probe = _telemetry.probe
+                traced = None if probe is None else probe.subscription_pass(self._store, self.position, records)
                 async for record in records if traced is None else traced:
-                    self.position = record.position + 1
+                    self.position = next_position(self.position, record.position)
                     yield record
             except StorageUnavailableError:
                 await asyncio.sleep(backoff)  # the database is away: wait, then resume from self.position

@@ -20,7 +20,8 @@ from kern_events.stores.sqlite import SqliteEventStore
 from kern_events.testing import _backend as kit
 from tests import _nats, _pg
 
-BACKENDS = ["memory", "sqlite", "postgres", "nats"]
+BACKENDS = ["memory", "sqlite", "postgres", "nats", "nats-sharded"]
+"""``nats-sharded`` is the JetStream store with ``shards=3``: sessions over three streams, a merged feed."""
 
 
 class Backend(kit.Backend):
@@ -33,9 +34,12 @@ class Backend(kit.Backend):
         self.directory = directory
         self.persistent = self.streams_from_storage = name != "memory"
         self.notifies = name == "postgres"
-        if name == "nats":
+        if name.startswith("nats"):
             self.notifies = True
             self.truncates = False
+        self.shards = 3 if name == "nats-sharded" else 1
+        if self.shards > 1:
+            self.appends_many = False  # an atomic batch is within one stream
         self.schema = _pg.new_schema() if name == "postgres" else None
         if name == "postgres":
             _pg.require_postgres()
@@ -44,8 +48,9 @@ class Backend(kit.Backend):
         """Drop what this backend created outside ``directory`` (the PostgreSQL schema)."""
         if self.schema is not None:
             _pg.drop_schema(self.schema)
-        if self.name == "nats":
-            _nats.delete_stream(self.nats_urls, self.prefix)
+        if self.name.startswith("nats"):
+            for shard in range(self.shards):
+                _nats.delete_stream(self.nats_urls, self.prefix if shard == 0 else f"{self.prefix}~{shard}")
 
     @property
     def db_file(self) -> str:
@@ -59,10 +64,10 @@ class Backend(kit.Backend):
             return SqliteEventStore(self.db_file, codec=codec)
         if self.name == "postgres":
             return PostgresEventStore(_pg.PG_URL, schema=self.schema or "", pool_size=4, codec=codec)
-        if self.name == "nats":
+        if self.name.startswith("nats"):
             from kern_events.stores.nats import NatsEventStore
 
-            return NatsEventStore(self.nats_urls, prefix=self.prefix, replicas=1, codec=codec)
+            return NatsEventStore(self.nats_urls, prefix=self.prefix, replicas=1, shards=self.shards, codec=codec)
         raise AssertionError(self.name)
 
     def db(
@@ -76,6 +81,6 @@ class Backend(kit.Backend):
             return SqliteDb(self.db_file, **options)  # type: ignore[arg-type]
         if self.name == "postgres":
             return PostgresDb(_pg.PG_URL, schema=self.schema or "", pool_size=4, **options)  # type: ignore[arg-type]
-        if self.name == "nats":
+        if self.name.startswith("nats"):
             return BaseDb(self.store(), **options)  # type: ignore[arg-type]
         raise AssertionError(self.name)

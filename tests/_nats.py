@@ -88,8 +88,20 @@ class Node:
             self.process.wait()
         self.process = None
 
+    def pause(self) -> None:
+        """``SIGSTOP``: the process holds its sockets but answers nothing, as a node cut off from the
+        network would (without root, the nearest thing to a partition that works here)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """``SIGCONT`` after :meth:`pause`: the node is reachable again."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a paused process would not see the SIGTERM
             self.process.terminate()
             try:
                 self.process.wait(10)

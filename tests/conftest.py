@@ -13,7 +13,7 @@ from tests._backends import BACKENDS, Backend
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each conformance test runs once per backend, on a database (or schema) of its own."""
-    urls = request.getfixturevalue("nats_server").urls if request.param == "nats" else None
+    urls = request.getfixturevalue("nats_server").urls if request.param.startswith("nats") else None
     backend = Backend(request.param, tmp_path, urls)
     try:
         yield backend

@@ -4,8 +4,14 @@ a 3-node cluster, and the typed error a writer sees when no server answers."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import socket
+import subprocess
+import sys
 import uuid
+from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -20,6 +26,7 @@ pytest.importorskip("nats", reason="the nats extra is not installed")
 from kern_events.stores.nats import NatsEventStore
 
 SYSTEM_SERVER = "nats://127.0.0.1:4222"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _message(content: str) -> MessageAdded:
@@ -138,3 +145,54 @@ def test_bad_options_are_refused_naming_them(options: dict[str, object], argumen
     with pytest.raises(InvalidArgumentError) as caught:
         NatsEventStore(**options)  # type: ignore[arg-type]
     assert caught.value.argument == argument
+
+
+def _agent_process(command: str, url: str, prefix: str) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "_nats_agent_process.py"), command, url, prefix],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_the_reference_agent_pauses_in_one_process_and_continues_in_another_on_natsdb(
+    nats_server: _nats.Cluster,
+) -> None:
+    """The reference Agent's demo path on JetStream: a run pauses for a confirmation and is stored; a
+    new process confirms and finishes it, and answers from the history the first process wrote."""
+    prefix = f"Agent{uuid.uuid4().hex[:8]}"
+    try:
+        paused = _agent_process("pause", nats_server.urls[0], prefix)
+        assert paused["status"] == "paused" and paused["booked"] == []
+        finished = _agent_process("continue", nats_server.urls[0], prefix)
+        assert finished["run_id"] == paused["run_id"]
+        assert finished["content"] == "Flight to Oslo: booked Oslo."
+        assert finished["booked"] == ["Oslo"]  # the confirmed tool ran in the second process
+        assert finished["name"] == "Your name is Alice."  # from runs the first process stored
+        assert finished["statuses"] == ["completed", "completed", "completed"]
+    finally:
+        _nats.delete_stream(nats_server.urls, prefix)
+
+
+def test_concurrent_first_requests_of_an_event_loop_share_one_connection(nats_server: _nats.Cluster) -> None:
+    """Each event loop gets its own connection; requests that start together on a new loop used to
+    connect once each, and a reply could go to a connection nobody waited on (a 'timed out' error)."""
+    prefix = f"Loops{uuid.uuid4().hex[:8]}"
+    store = NatsEventStore(nats_server.urls, prefix=prefix, replicas=1, timeout=2.0)
+
+    async def together() -> list[int]:
+        return list(await asyncio.gather(*(store.current_version(f"s{n}") for n in range(8))))
+
+    try:
+        for _ in range(3):
+            assert asyncio.run(together()) == [0] * 8
+    finally:
+        asyncio.run(store.aclose())
+        _nats.delete_stream(nats_server.urls, prefix)

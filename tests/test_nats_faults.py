@@ -1,10 +1,12 @@
 """The JetStream backend under server faults, on a 3-node cluster of its own: ``kill -9`` of the
-stream leader during appends and subscriptions, a follower killed and restarted. Heavy: a small
+stream leader during appends and subscriptions, a follower killed and restarted, the leader cut off
+(SIGSTOP: ``iptables``/``tc`` need root, which tests here do not have). Heavy: a small
 default size (``KERN_HEAVY_SCALE`` raises it)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -89,6 +91,18 @@ async def _append_until_acknowledged(
         assert (result.from_version, result.to_version) == (expected + 1, expected + len(events))
         assert list(result.event_ids) == ids
         return
+
+
+async def _make_leader(store: NatsEventStore, stream: str, name: str) -> None:
+    """Move the stream's leadership to the node ``name`` (a step-down with it preferred, until it holds)."""
+    deadline = time.monotonic() + 30
+    while await _leader(store, stream) != name:
+        assert time.monotonic() < deadline, f"{name} did not become the leader"
+        with contextlib.suppress(StorageUnavailableError):
+            await store._request(
+                f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", json.dumps({"placement": {"preferred": name}}).encode()
+            )
+        await asyncio.sleep(0.5)
 
 
 async def test_killing_the_stream_leader_during_appends_loses_nothing_acknowledged(cluster: _nats.Cluster) -> None:
@@ -190,3 +204,56 @@ async def test_a_killed_follower_restarts_and_catches_up(cluster: _nats.Cluster)
             if node.process is None:
                 cluster.restart(node)
         _nats.delete_stream(cluster.urls, stream)
+
+
+async def test_a_leader_cut_off_from_the_cluster_is_replaced_and_catches_up_after(cluster: _nats.Cluster) -> None:
+    """A partition of the stream leader (SIGSTOP: it keeps its sockets but answers nothing): a writer on
+    the majority's side sees only 'unavailable, retry' until the two others elect a leader, then goes
+    on; every acknowledged append is stored once with gapless versions, and once the cut-off node is
+    back it catches up and, made leader, serves every event (it kept no write of its own)."""
+    stream = f"P{uuid.uuid4().hex[:10]}"
+    appends = 30 * heavy_scale()
+    unavailable: list[str] = []
+    probe = NatsEventStore(cluster.urls, prefix=stream, replicas=3, timeout=2.0)
+    paused: _nats.Node | None = None
+    try:
+        async with probe:
+            await probe.append("s", [_message("0")])
+            await _make_leader(probe, stream, cluster.nodes[2].name)  # the leader settles before the cut
+        majority = [node.url for node in cluster.nodes[:2]]
+        async with NatsEventStore(majority, prefix=stream, replicas=3, timeout=1.0) as store:
+            await _append_until_acknowledged(store, "s", [_message("1")], 1, unavailable)
+            assert await _leader(store, stream) == cluster.nodes[2].name
+            paused = cluster.nodes[2]
+            paused.pause()
+            cut_at = time.monotonic()
+            for n in range(2, appends):
+                await _append_until_acknowledged(store, "s", [_message(str(n))], n, unavailable)
+            assert unavailable, "the writer never saw the cut-off leader"
+            assert time.monotonic() - cut_at < 60
+            new_leader = await _leader(store, stream)
+            assert new_leader != paused.name
+            paused.resume()
+            paused_name = paused.name
+            paused = None
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    replicas = (await _info(store, stream)).get("cluster", {}).get("replicas", [])
+                except StorageUnavailableError:
+                    replicas = []
+                back = [peer for peer in replicas if peer.get("name") == paused_name]
+                if back and back[0].get("current") and not back[0].get("lag"):
+                    break
+                assert time.monotonic() < deadline, replicas
+                await asyncio.sleep(0.2)
+        async with NatsEventStore(cluster.urls, prefix=stream, replicas=3, timeout=2.0) as store:
+            await _make_leader(store, stream, paused_name)
+            records = await _read(store, "s", [])
+        assert [record.version for record in records] == list(range(1, appends + 1))
+        assert [record.event.content for record in records] == [str(n) for n in range(appends)]  # type: ignore[attr-defined]
+    finally:
+        if paused is not None:
+            paused.resume()
+        _nats.delete_stream(cluster.urls, stream)
+    print(f"partition: {len(unavailable)} unavailable errors, e.g. {unavailable[:1]}")

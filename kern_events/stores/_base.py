@@ -49,6 +49,7 @@ from kern_events.errors import (
     InvalidArgumentError,
     InvalidEventError,
     PayloadTooLargeError,
+    ShardLayoutError,
     StoreClosedError,
     UnknownEventTypeError,
     UnsupportedError,
@@ -59,7 +60,9 @@ from kern_events.records import (
     AppendResult,
     ErasureReport,
     ExpectedVersion,
+    FeedCursor,
     FeedLag,
+    FeedPosition,
     PendingEvent,
     Record,
     SessionAppend,
@@ -426,6 +429,13 @@ class BaseEventStore(abc.ABC):
 
     read_page_size = 1000
     """Rows fetched per round trip while streaming; reads hold no cursor open between pages."""
+
+    feed_layout: str | None = None
+    """``None`` for a store with one log, whose global feed is one sequence of int positions. A sharded
+    store (independent logs, none ordering the others' appends) names its shard layout here, e.g.
+    ``"nats:KERN:3"``, and its feed resumes from a :class:`~kern_events.records.FeedCursor` of that
+    layout; it implements :meth:`_feed_start` and :meth:`_read_feed_page` instead of
+    :meth:`_read_all_page`, and its record positions carry their shard (:data:`FEED_SHARD_SHIFT`)."""
 
     inline_limit: int | None = None
     """The largest encoded payload a row of this backend holds; a larger one is stored out of line, in
@@ -1103,22 +1113,26 @@ class BaseEventStore(abc.ABC):
             else:
                 low = page[-1].version + 1
 
-    def read_all(self, *, from_position: int = 0, limit: int | None = None) -> AsyncIterator[Record]:
+    def read_all(self, *, from_position: FeedPosition = 0, limit: int | None = None) -> AsyncIterator[Record]:
         """Stream every session's records in global order, from ``from_position`` on (inclusive)."""
         records = self._read_all(from_position, limit)
         probe = _telemetry.probe
         return records if probe is None else probe.read_all(self, records)
 
-    async def _read_all(self, from_position: int, limit: int | None) -> AsyncIterator[Record]:
+    async def _read_all(self, from_position: FeedPosition, limit: int | None) -> AsyncIterator[Record]:
         """The read itself, which :meth:`read_all` hands to telemetry when it is on."""
-        check_non_negative("from_position", from_position)
+        self._check_feed_position(from_position)
         check_non_negative("limit", limit, allow_none=True)
         await self._ensure_open()
-        position, remaining = from_position, limit
+        position, remaining = await self.feed_cursor(from_position), limit
         while remaining is None or remaining > 0:
             size = self.read_page_size if remaining is None else min(self.read_page_size, remaining)
             ahead = remaining is None or remaining > size
-            page, damaged, more = _ahead(await self._read_all_page(position, size + ahead), size)
+            if isinstance(position, FeedCursor):
+                read = await self._read_feed_page(position, size + ahead)
+            else:
+                read = await self._read_all_page(position, size + ahead)
+            page, damaged, more = _ahead(read, size)
             decoded = self._decoded(page, damaged)
             if decoded is None:
                 async for record in self._records(page, damaged):
@@ -1132,7 +1146,34 @@ class BaseEventStore(abc.ABC):
                 return
             if remaining is not None:
                 remaining -= len(page)
-            position = page[-1].position + 1
+            if isinstance(position, FeedCursor):  # each row moves its own shard's position
+                for stored in page:
+                    position = position.after(stored.position)
+            else:
+                position = page[-1].position + 1
+
+    async def feed_cursor(self, from_position: FeedPosition = 0) -> FeedPosition:
+        """``from_position`` as this store's feed resumes from it: an int for a store with one log; for a
+        sharded store, a :class:`~kern_events.records.FeedCursor`, where an int is the record at that
+        position (0: the start) and everything after it in the merged feed as it stands now. A cursor
+        of another layout, or a cursor given to a store with one log, is a
+        :class:`~kern_events.errors.ShardLayoutError`."""
+        self._check_feed_position(from_position)
+        if isinstance(from_position, FeedCursor):
+            return from_position
+        if self.feed_layout is None:
+            return from_position
+        await self._ensure_open()
+        return await self._feed_start(from_position)
+
+    def _check_feed_position(self, position: object) -> None:
+        if isinstance(position, FeedCursor):
+            if position.layout != self.feed_layout or self.feed_layout is None:
+                raise ShardLayoutError(
+                    "from_position", self.feed_layout or "of one log (int positions)", repr(position.layout)
+                )
+            return
+        check_non_negative("from_position", position)
 
     def _decoded(
         self, page: Sequence[StoredEvent], damaged: CorruptRecordError | None
@@ -1270,13 +1311,13 @@ class BaseEventStore(abc.ABC):
         await self._ensure_open()
         return FeedLag()
 
-    def subscribe(self, *, from_position: int = 0, poll_interval: float = 1.0) -> Subscription:
+    def subscribe(self, *, from_position: FeedPosition = 0, poll_interval: float = 1.0) -> Subscription:
         """Every record from ``from_position`` on, then new ones as they land (see :class:`Subscription`).
 
         Appends through this store wake the subscription at once; appends by other processes are
         seen through the backend's notifications where it has them, else within ``poll_interval``.
         """
-        check_non_negative("from_position", from_position)
+        self._check_feed_position(from_position)
         if check_seconds("poll_interval", poll_interval, finite=True) <= 0:
             raise InvalidArgumentError("poll_interval", f"expected seconds > 0, got {poll_interval!r}")
         return Subscription(self, from_position=from_position, poll_interval=poll_interval)
@@ -1349,6 +1390,17 @@ class BaseEventStore(abc.ABC):
     @abc.abstractmethod
     async def _read_all_page(self, from_position: int, limit: int) -> Page:
         """Up to ``limit`` rows with ``position >= from_position``, in position order; a :data:`Page`."""
+
+    async def _feed_start(self, from_position: int) -> FeedCursor:
+        """A sharded store's cursor at the record at ``from_position`` (0: every shard's start), so that
+        reading from it gives that record and what follows it in the merged order. Only a store that
+        sets :attr:`feed_layout` needs it."""
+        raise NotImplementedError(f"{type(self).__qualname__} has one log")
+
+    async def _read_feed_page(self, cursor: FeedCursor, limit: int) -> Page:
+        """A sharded store's next ``limit`` rows from ``cursor``: each shard's rows in its order, merged;
+        a :data:`Page`. Only a store that sets :attr:`feed_layout` needs it."""
+        raise NotImplementedError(f"{type(self).__qualname__} has one log")
 
     async def _read_chunks(self, event_ids: Sequence[UUID]) -> Mapping[UUID, Sequence[bytes]]:
         """The chunks of out-of-line payloads, in part order, for each of ``event_ids`` that has any;

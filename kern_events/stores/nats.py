@@ -12,6 +12,16 @@ Layout, all in the stream ``<prefix>`` (subjects ``<prefix>.>``):
 * ``<prefix>.c.<event id>``: the chunks of an out-of-line payload.
 * ``<prefix>.s.<session>.<name>``: snapshots.
 
+With ``shards=N`` (N > 1) sessions are spread over N such streams by a stable hash of the session id
+(BLAKE2b, the same in every process): shard 0 is the stream ``<prefix>``, shard k the stream
+``<prefix>~k`` with subjects ``<prefix>~k.>``, each with its own leader, so writes to different shards
+do not queue behind one leader. Shard 0's stream records N; opening the data with another N is a
+:class:`ShardLayoutError`. Nothing orders appends across streams, so the global feed is merged (by the
+time each leader stored a message) and resumes from a :class:`~kern_events.records.FeedCursor` holding
+a position per shard; a record's position carries its shard above ``FEED_SHARD_SHIFT``. What a sharded
+store does not offer: ``append_many`` (a batch is within one stream), and an event id is unique per
+shard by the server, across shards only by a look before the append (not atomic with it).
+
 An append is one atomic batch (ADR-50) of its id messages, chunks and event messages: all or nothing.
 Deleting a session publishes a tombstone with ``Nats-Rollup: sub`` (the session's events are gone and
 its version stays), then purges its ids, chunks and snapshots. Every read goes through the stream
@@ -23,19 +33,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
+import hashlib
 import json
 import re
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 from uuid import UUID
 
 import msgspec
 
-from kern_events._loops import on_loop_end
+from kern_events._loops import finish_on, on_loop_end
 from kern_events._validate import check_seconds
 from kern_events.backend import (
     DEFAULT_MAX_EVENT_SIZE,
@@ -55,12 +67,21 @@ from kern_events.errors import (
     CorruptRecordError,
     IdempotencyError,
     InvalidArgumentError,
+    ShardLayoutError,
     StorageError,
     StorageUnavailableError,
     UnsupportedError,
 )
 from kern_events.events import Event
-from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
+from kern_events.records import (
+    FEED_SHARD_SHIFT,
+    AppendResult,
+    ExpectedVersion,
+    FeedCursor,
+    PendingEvent,
+    Snapshot,
+    StoredEvent,
+)
 
 __all__ = ["MIN_SERVER_VERSION", "NatsEventStore"]
 
@@ -71,7 +92,10 @@ expected sequence before de-duplication (a retried append gets a conflict instea
 _BATCH_INCOMPLETE = 10176
 """A batch whose earlier messages a new leader never saw (lost with the old one): nothing was stored."""
 
+_T = TypeVar("_T")
+
 _SHIFT = 16
+_MAX_SHARDS = 64
 _PLAIN = re.compile(r"[A-Za-z0-9_-]{1,200}")
 _BATCH_TOO_LARGE = 10199
 _LOOKUPS = 256
@@ -108,6 +132,8 @@ class _Message(msgspec.Struct, frozen=True):
     seq: int
     headers: dict[str, str]
     data: bytes
+    nanos: int
+    """When the stream's leader stored it, in nanoseconds since the epoch (the sharded feed's merge key)."""
 
 
 class NatsEventStore(BaseEventStore):
@@ -116,7 +142,8 @@ class NatsEventStore(BaseEventStore):
     ``servers`` are the cluster's client urls; ``prefix`` names the stream and its subjects (one
     stream per prefix); ``replicas`` is its replication factor (3: a write is acknowledged once two
     of three servers hold it); ``timeout`` bounds each request, after which the call raises
-    :class:`~kern_events.errors.StorageUnavailableError` (as during a leader election).
+    :class:`~kern_events.errors.StorageUnavailableError` (as during a leader election); ``shards``
+    spreads sessions over that many streams (see the module docstring; fixed for the life of the data).
     """
 
     inline_limit: int | None = 512 * 1024
@@ -128,6 +155,7 @@ class NatsEventStore(BaseEventStore):
         prefix: str = "KERN",
         replicas: int = 3,
         timeout: float = 5.0,
+        shards: int = 1,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         chain_key: bytes | None = None,
@@ -142,8 +170,14 @@ class NatsEventStore(BaseEventStore):
             raise InvalidArgumentError("servers", f"expected a url or a list of urls, got {servers!r}")
         if check_seconds("timeout", timeout, finite=True) <= 0:
             raise InvalidArgumentError("timeout", f"expected seconds > 0, got {timeout!r}")
+        if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= _MAX_SHARDS:
+            raise InvalidArgumentError("shards", f"expected 1 to {_MAX_SHARDS}, got {shards!r}")
         self._prefix = prefix
-        self._stream = prefix
+        self._streams = [prefix] + [f"{prefix}~{shard}" for shard in range(1, shards)]
+        """Shard k's stream, which is also the first token of its subjects (so a subject names its stream)."""
+        self._shard_numbers = {stream: shard for shard, stream in enumerate(self._streams)}
+        if shards > 1:
+            self.feed_layout = f"nats:{prefix}:{shards}"
         self._replicas = replicas
         self._timeout = timeout
         self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
@@ -151,6 +185,7 @@ class NatsEventStore(BaseEventStore):
         self._heads_lock = threading.Lock()
         self._heads: OrderedDict[str, _Head] = OrderedDict()
         self._loop_ends: dict[asyncio.AbstractEventLoop, Callable[[], None]] = {}
+        self._connecting: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
     # -- connection ----------------------------------------------------------------------------------
 
@@ -159,13 +194,22 @@ class NatsEventStore(BaseEventStore):
 
     async def _connect(self) -> Any:
         """The connection of the running event loop (a nats client belongs to the loop that made it)."""
-        import nats
-        import nats.errors
-
         loop = asyncio.get_running_loop()
         known = self._clients.get(loop)
         if known is not None and not known.is_closed:
             return known
+        with self._clients_lock:
+            connecting = self._connecting.setdefault(loop, asyncio.Lock())
+        async with connecting:  # concurrent first requests of a loop share one connection
+            known = self._clients.get(loop)
+            if known is not None and not known.is_closed:
+                return known
+            return await self._connect_now(loop)
+
+    async def _connect_now(self, loop: asyncio.AbstractEventLoop) -> Any:
+        import nats
+        import nats.errors
+
         try:
             async with asyncio.timeout(self._timeout):
                 nc = await nats.connect(
@@ -193,6 +237,7 @@ class NatsEventStore(BaseEventStore):
             with self._clients_lock:
                 if self._clients.get(loop) is nc:
                     del self._clients[loop]
+                self._connecting.pop(loop, None)
             await nc.close()
 
         self._loop_ends[loop] = on_loop_end(close_at_loop_end)
@@ -208,25 +253,39 @@ class NatsEventStore(BaseEventStore):
                 ends[loop]()
                 await nc.close()
             elif loop.is_running():  # another thread's loop: closed there, now or when that loop ends
-                with contextlib.suppress(Exception):
-                    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(nc.close(), loop))
+                await finish_on(loop, nc.close())
 
     async def _ensure_stream(self) -> None:
-        config = {
-            "name": self._stream,
-            "subjects": [f"{self._prefix}.>"],
-            "retention": "limits",
-            "storage": "file",
-            "num_replicas": self._replicas,
-            "allow_rollup_hdrs": True,
-            "allow_atomic": True,
-            "allow_direct": False,
-            "discard": "old",
-            "max_msgs_per_subject": -1,
-        }
-        reply = await self._api(f"STREAM.INFO.{self._stream}", None, allow=(10059,))
-        if reply.get("error"):
-            await self._api(f"STREAM.CREATE.{self._stream}", config, allow=(10058,))
+        """Create the shards' streams that are missing; shard 0's stream (``<prefix>``, made first)
+        records the shard count, and opening the data with another count is a :class:`ShardLayoutError`
+        (its sessions would be looked for in the wrong streams)."""
+        for shard, stream in enumerate(self._streams):
+            config = {
+                "name": stream,
+                "subjects": [f"{stream}.>"],
+                "retention": "limits",
+                "storage": "file",
+                "num_replicas": self._replicas,
+                "allow_rollup_hdrs": True,
+                "allow_atomic": True,
+                "allow_direct": False,
+                "discard": "old",
+                "max_msgs_per_subject": -1,
+                "metadata": {"kern_shards": str(len(self._streams))},
+            }
+            reply = await self._api(f"STREAM.INFO.{stream}", None, allow=(10059,))
+            if reply.get("error"):
+                # Another store may be creating it at the same moment (the server then answers 10058,
+                # or 500 while that creation is under way): if it exists now, that is as good.
+                reply = await self._api(f"STREAM.CREATE.{stream}", config, allow=(10058, 10049))
+                if reply.get("error"):
+                    reply = await self._api(f"STREAM.INFO.{stream}", None)
+            if shard == 0:
+                found = ((reply.get("config") or {}).get("metadata") or {}).get("kern_shards", "1")
+                if found != str(len(self._streams)):
+                    raise ShardLayoutError(
+                        "shards", f"{len(self._streams)} shards", f"{found} (the data under prefix {self._prefix!r})"
+                    )
 
     async def _api(self, name: str, body: object, *, allow: tuple[int, ...] = ()) -> dict[str, Any]:
         """A JetStream API request; an error not in ``allow`` (by ``err_code``) raises."""
@@ -250,26 +309,37 @@ class NatsEventStore(BaseEventStore):
             return StorageUnavailableError(f"JetStream is unavailable, retry ({description})")
         return StorageError(f"JetStream refused {description}")
 
-    async def _request(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> bytes:
-        import nats.errors
-
-        nc = await self._connect()
+    async def _until_answered(self, send: Callable[[], Awaitable[_T]]) -> _T:
+        """``send()`` again while nothing answers it (:class:`_NoResponders`: nothing was stored), until
+        the timeout. A stream just created or electing has no interest on every server yet; a batch is
+        resent whole by its caller's ``send``, since its earlier messages went nowhere either."""
         deadline = time.monotonic() + self._timeout
         while True:
             try:
-                reply = await nc.request(subject, payload, timeout=self._timeout, headers=headers)
-                break
-            except nats.errors.NoRespondersError as error:
-                # Nothing received the message (a stream just created or electing has no interest on
-                # every server yet), so sending it again cannot store it twice. A batch's commit is
-                # not resent alone: its earlier messages went nowhere too, so _commit resends it all.
-                if time.monotonic() > deadline or (headers is not None and "Nats-Batch-Id" in headers):
-                    raise _NoResponders("JetStream is unavailable, retry (no responders)") from error
+                return await send()
+            except _NoResponders:
+                if time.monotonic() > deadline:
+                    raise
                 await asyncio.sleep(0.05)
-            except nats.errors.TimeoutError as error:
-                raise StorageUnavailableError("JetStream is unavailable, retry (timed out)") from error
-            except nats.errors.Error as error:
-                raise StorageUnavailableError(f"NATS failed: {error!r}") from error
+
+    async def _request(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> bytes:
+        """A request, sent again while no server answers it (except a batch's commit: see :meth:`_commit`)."""
+        if headers is not None and "Nats-Batch-Id" in headers:
+            return await self._request_once(subject, payload, headers)
+        return await self._until_answered(lambda: self._request_once(subject, payload, headers))
+
+    async def _request_once(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> bytes:
+        import nats.errors
+
+        nc = await self._connect()
+        try:
+            reply = await nc.request(subject, payload, timeout=self._timeout, headers=headers)
+        except nats.errors.NoRespondersError as error:
+            raise _NoResponders("JetStream is unavailable, retry (no responders)") from error
+        except nats.errors.TimeoutError as error:
+            raise StorageUnavailableError("JetStream is unavailable, retry (timed out)") from error
+        except nats.errors.Error as error:
+            raise StorageUnavailableError(f"NATS failed: {error!r}") from error
         return bytes(reply.data)
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
@@ -293,38 +363,58 @@ class NatsEventStore(BaseEventStore):
         async def wake(message: Any) -> None:
             self.change_signal.fire()
 
-        subscription = None
+        subscriptions = []
         with contextlib.suppress(nats.errors.Error, StorageUnavailableError, TimeoutError):
-            subscription = (
-                await (await self._connect())
-                .jetstream()
-                .subscribe(
-                    f"{self._prefix}.e.>",
-                    stream=self._stream,
-                    cb=wake,
-                    ordered_consumer=True,
-                    deliver_policy=api.DeliverPolicy.NEW,
-                    headers_only=True,
-                    idle_heartbeat=5.0,
+            js = (await self._connect()).jetstream()
+            for stream in self._streams:
+                subscriptions.append(
+                    await js.subscribe(
+                        f"{stream}.e.>",
+                        stream=stream,
+                        cb=wake,
+                        ordered_consumer=True,
+                        deliver_policy=api.DeliverPolicy.NEW,
+                        headers_only=True,
+                        idle_heartbeat=5.0,
+                    )
                 )
-            )
         try:
             yield
         finally:
-            if subscription is not None:
+            for subscription in subscriptions:
                 with contextlib.suppress(Exception):
                     await subscription.unsubscribe()
 
     # -- reading messages --------------------------------------------------------------------------
 
-    async def _get(self, query: dict[str, object]) -> _Message | None:
-        """One message through the stream leader, or ``None`` if there is none."""
-        reply = await self._api(f"STREAM.MSG.GET.{self._stream}", query, allow=(_NO_MESSAGE,))
+    async def _get(self, query: dict[str, object], stream: str | None = None) -> _Message | None:
+        """One message through the stream leader, or ``None`` if there is none; the stream is the one
+        the query's subject names, unless given."""
+        if stream is None:
+            stream = _stream_of(str(query.get("last_by_subj") or query["next_by_subj"]))
+        reply = await self._api(f"STREAM.MSG.GET.{stream}", query, allow=(_NO_MESSAGE,))
         message = reply.get("message")
         if reply.get("error") or message is None:
             return None
         data = base64.b64decode(message["data"]) if message.get("data") else b""
-        return _Message(message["subject"], int(message["seq"]), _headers(message.get("hdrs")), data)
+        return _Message(
+            message["subject"], int(message["seq"]), _headers(message.get("hdrs")), data, _nanos(message.get("time"))
+        )
+
+    async def _purge(self, subject: str, **options: object) -> dict[str, Any]:
+        """Remove the messages of ``subject`` (a filter) from its stream."""
+        return await self._api(f"STREAM.PURGE.{_stream_of(subject)}", {"filter": subject, **options})
+
+    def _stream_for(self, session_id: str) -> str:
+        """The stream of the session's shard: a stable hash of its id (the same in every process)."""
+        if len(self._streams) == 1:
+            return self._streams[0]
+        digest = hashlib.blake2b(session_id.encode(), digest_size=8).digest()
+        return self._streams[int.from_bytes(digest) % len(self._streams)]
+
+    def _position(self, message: _Message, number: int) -> int:
+        """A record's position: its message's sequence and index in it, and its shard in the high bits."""
+        return self._shard_numbers[_stream_of(message.subject)] << FEED_SHARD_SHIFT | message.seq << _SHIFT | number
 
     async def _last(self, subject: str) -> _Message | None:
         return await self._get({"last_by_subj": subject})
@@ -333,16 +423,16 @@ class NatsEventStore(BaseEventStore):
         return await self._get({"seq": max(seq, 1), "next_by_subj": subject})
 
     def _events_subject(self, session_id: str) -> str:
-        return f"{self._prefix}.e.{_token(session_id)}"
+        return f"{self._stream_for(session_id)}.e.{_token(session_id)}"
 
-    def _id_subject(self, event_id: UUID) -> str:
-        return f"{self._prefix}.id.{event_id.hex}"
+    def _id_subject(self, event_id: UUID, stream: str) -> str:
+        return f"{stream}.id.{event_id.hex}"
 
-    def _chunk_subject(self, event_id: UUID) -> str:
-        return f"{self._prefix}.c.{event_id.hex}"
+    def _chunk_subject(self, event_id: UUID, stream: str) -> str:
+        return f"{stream}.c.{event_id.hex}"
 
     def _snapshot_subject(self, session_id: str, name: str) -> str:
-        return f"{self._prefix}.s.{_token(session_id)}.{_token(name)}"
+        return f"{self._stream_for(session_id)}.s.{_token(session_id)}.{_token(name)}"
 
     async def _head(self, session_id: str) -> _Head:
         """The session's head, read through the leader: see :data:`_Head`."""
@@ -366,9 +456,15 @@ class NatsEventStore(BaseEventStore):
         recorded_at: float,
     ) -> AppendResult:
         part = PendingAppend(session_id=session_id, events=events, pending=pending, expected=expected)
-        return (await self._append_many([part], recorded_at))[0]
+        return (await self._append_parts([part], recorded_at))[0]
 
     async def _append_many(self, parts: Sequence[PendingAppend], recorded_at: float) -> list[AppendResult]:
+        """One atomic batch: within one stream only, so a sharded store does not offer it."""
+        if len(self._streams) > 1:
+            raise UnsupportedError("append_many", f"{type(self).__name__} with {len(self._streams)} shards")
+        return await self._append_parts(parts, recorded_at)
+
+    async def _append_parts(self, parts: Sequence[PendingAppend], recorded_at: float) -> list[AppendResult]:
         suspect = False  # a batch was refused: an id may be taken, so look at all of them
         fresh = False  # read the heads through the leader, not from this writer's cache
         while True:
@@ -393,6 +489,8 @@ class NatsEventStore(BaseEventStore):
             todo = [index for index, retry in enumerate(retries) if retry is None]
             if not todo:
                 return [retry for retry in retries if retry is not None]
+            if len(self._streams) > 1:
+                await self._used_in_other_shards([parts[index] for index in todo])
             max_payload = int((await self._connect()).max_payload)
             messages: list[tuple[str, bytes, dict[str, str]]] = []
             spans: dict[int, list[int]] = {}
@@ -429,7 +527,8 @@ class NatsEventStore(BaseEventStore):
                     subject, _, headers = messages[number]
                     if subject == self._events_subject(part.session_id):
                         count = int(headers["Kern-To"]) - int(headers["Kern-From"]) + 1
-                        positions.extend(((offset + number) << _SHIFT) | n for n in range(count))
+                        at = _Message(subject, offset + number, {}, b"", 0)
+                        positions.extend(self._position(at, n) for n in range(count))
                 results.append(
                     AppendResult(
                         session_id=part.session_id,
@@ -463,18 +562,18 @@ class NatsEventStore(BaseEventStore):
         max_payload: int,
     ) -> list[tuple[str, bytes, dict[str, str]]]:
         """The id, chunk and event messages of one session's append."""
-        subject = self._events_subject(part.session_id)
+        subject, stream = self._events_subject(part.session_id), self._stream_for(part.session_id)
         out: list[tuple[str, bytes, dict[str, str]]] = []
         for offset, new in enumerate(part.pending, start=1):
             out.append(
                 (
-                    self._id_subject(new.event_id),
+                    self._id_subject(new.event_id, stream),
                     part.session_id.encode(),
                     {"Kern-Version": str(version + offset), "Nats-Expected-Last-Subject-Sequence": "0"},
                 )
             )
             for number, chunk in enumerate(new.chunks):
-                out.append((self._chunk_subject(new.event_id), chunk, {"Kern-Part": str(number)}))
+                out.append((self._chunk_subject(new.event_id, stream), chunk, {"Kern-Part": str(number)}))
         room = max(max_payload - _HEADER_ROOM, 1024)
         groups: list[list[_Row]] = [[]]
         size = 0
@@ -508,14 +607,7 @@ class NatsEventStore(BaseEventStore):
         """Publish ``messages`` as one atomic batch; the sequences of its first and last message. A
         commit that found no responders stored nothing: the whole batch is sent again, under a new
         batch id, until the timeout."""
-        deadline = time.monotonic() + self._timeout
-        while True:
-            try:
-                return await self._commit_once(messages)
-            except _NoResponders:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
+        return await self._until_answered(lambda: self._commit_once(messages))
 
     async def _commit_once(self, messages: Sequence[tuple[str, bytes, dict[str, str]]]) -> tuple[int, int]:
         """One attempt of :meth:`_commit`."""
@@ -548,8 +640,9 @@ class NatsEventStore(BaseEventStore):
         """If the message that failed a batch's check is the id entry of one of its events stored in
         another session, that is an :class:`IdempotencyError` at once, without looking up every id
         of the batch (thousands, for a large append)."""
-        message = None if seq is None else await self._get({"seq": seq})
-        if message is None or not message.subject.startswith(f"{self._prefix}.id."):
+        stream = self._stream_for(parts[0].session_id)  # a batch is within one stream
+        message = None if seq is None else await self._get({"seq": seq}, stream)
+        if message is None or not message.subject.startswith(f"{stream}.id."):
             return
         try:
             event_id = UUID(hex=message.subject.rsplit(".", 1)[1])
@@ -562,24 +655,42 @@ class NatsEventStore(BaseEventStore):
         if stored is not None and stored.session_id != part.session_id:
             raise IdempotencyError(part.session_id, event_id, "is already used by another session")
 
-    async def _find_events(self, event_ids: Sequence[UUID]) -> Sequence[StoredEvent | None]:
-        """Each id's event: its id message names the session and version (up to :data:`_LOOKUPS` ids
-        are looked up at once, so a batch of thousands is not thousands of round trips in a row)."""
+    async def _find_events(
+        self, event_ids: Sequence[UUID], streams: Sequence[str] | None = None
+    ) -> Sequence[StoredEvent | None]:
+        """Each id's event: its id message (in the stream of its session's shard, so every shard's is
+        looked at, or those of ``streams``) names the session and version. Up to :data:`_LOOKUPS`
+        lookups go at once, so a batch of thousands is not thousands of round trips in a row."""
         found: list[StoredEvent | None] = [None] * len(event_ids)
-        for start in range(0, len(event_ids), _LOOKUPS):
-            window = event_ids[start : start + _LOOKUPS]
-            entries = await asyncio.gather(*(self._last(self._id_subject(event_id)) for event_id in window))
-            for offset, entry in enumerate(entries):
+        wanted = [(index, stream) for index in range(len(event_ids)) for stream in (streams or self._streams)]
+        for start in range(0, len(wanted), _LOOKUPS):
+            window = wanted[start : start + _LOOKUPS]
+            entries = await asyncio.gather(
+                *(self._last(self._id_subject(event_ids[index], stream)) for index, stream in window)
+            )
+            for (index, _), entry in zip(window, entries, strict=True):
                 if entry is not None:
                     session_id, version = entry.data.decode(), int(entry.headers["Kern-Version"])
                     page = await self._read_page(session_id, version, version, 1, False, None)
                     stored = page[0] if page and isinstance(page[0], StoredEvent) else None
-                    if stored is None or stored.event_id != window[offset]:
+                    if stored is None or stored.event_id != event_ids[index]:
                         # left by a delete that stopped before purging its ids: the id is free again
-                        await self._api(f"STREAM.PURGE.{self._stream}", {"filter": entry.subject, "seq": entry.seq + 1})
+                        await self._purge(entry.subject, seq=entry.seq + 1)
                         stored = None
-                    found[start + offset] = stored
+                    found[index] = found[index] or stored
         return found
+
+    async def _used_in_other_shards(self, parts: Sequence[PendingAppend]) -> None:
+        """An :class:`IdempotencyError` if an event id of ``parts`` is stored in another shard's
+        session. The server enforces an id once per stream only; across shards this check is not
+        atomic with the append (two concurrent appends of one id to sessions of different shards can
+        both be stored: reusing ids across sessions is the caller's mistake, and a retry of one
+        session's append is still recognised, in its own shard)."""
+        for part in parts:
+            others = [stream for stream in self._streams if stream != self._stream_for(part.session_id)]
+            for event_id, stored in zip(_ids(part), await self._find_events(_ids(part), others), strict=True):
+                if stored is not None:
+                    raise IdempotencyError(part.session_id, event_id, "is already used by another session")
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -595,14 +706,14 @@ class NatsEventStore(BaseEventStore):
         except (msgspec.DecodeError, KeyError, ValueError) as error:
             return [
                 CorruptRecordError(
-                    session_id, low, "?", f"undecodable message: {error}", position=message.seq << _SHIFT
+                    session_id, low, "?", f"undecodable message: {error}", position=self._position(message, 0)
                 )
             ]
         return [
             StoredEvent(
                 session_id=session_id,
                 version=low + number,
-                position=(message.seq << _SHIFT) | number,
+                position=self._position(message, number),
                 event_id=UUID(bytes=event_id),
                 type=type_,
                 schema_version=schema_version,
@@ -675,7 +786,7 @@ class NatsEventStore(BaseEventStore):
         return found[:limit]
 
     async def _read_all_page(self, from_position: int, limit: int) -> Page:
-        subject = f"{self._prefix}.e.>"
+        subject = f"{self._streams[0]}.e.>"
         found: list[StoredEvent | CorruptRecordError] = []
         seq = max(from_position >> _SHIFT, 1)
         while len(found) < limit:
@@ -693,13 +804,80 @@ class NatsEventStore(BaseEventStore):
                     found.append(row)
         return found[:limit]
 
+    # A sharded feed: each shard's stream in its own (commit) order, merged by the time its leader
+    # stored each message (ties by shard). Nothing orders appends to different shards, so a message
+    # may become readable after a later-stamped one of another shard was delivered: the cursor keeps
+    # a position per shard, so it is still delivered once, after it, and never skipped.
+
+    async def _feed_start(self, from_position: int) -> FeedCursor:
+        shard, position = from_position >> FEED_SHARD_SHIFT, from_position & ((1 << FEED_SHARD_SHIFT) - 1)
+        if shard >= len(self._streams):
+            raise InvalidArgumentError("from_position", f"{from_position} names shard {shard} of {len(self._streams)}")
+        positions = [0] * len(self._streams)
+        if from_position == 0:
+            return FeedCursor(layout=self.feed_layout or "", positions=tuple(positions))
+        positions[shard] = position
+        at = await self._next(f"{self._streams[shard]}.e.>", position >> _SHIFT)
+        for other, stream in enumerate(self._streams):
+            if other == shard:
+                continue
+            if at is None:  # past the shard's end: the other shards from their ends too
+                info = await self._api(f"STREAM.INFO.{stream}", None)
+                positions[other] = (int(info["state"]["last_seq"]) + 1) << _SHIFT
+                continue
+            query: dict[str, object] = {"start_time": _rfc3339(at.nanos), "next_by_subj": f"{stream}.e.>"}
+            found = await self._get(query)
+            while found is not None and found.nanos == at.nanos and other < shard:
+                found = await self._next(f"{stream}.e.>", found.seq + 1)  # a tie: shard order decides
+            if found is None:
+                info = await self._api(f"STREAM.INFO.{stream}", None)
+                positions[other] = (int(info["state"]["last_seq"]) + 1) << _SHIFT
+            else:
+                positions[other] = found.seq << _SHIFT
+        return FeedCursor(layout=self.feed_layout or "", positions=tuple(positions))
+
+    async def _read_feed_page(self, cursor: FeedCursor, limit: int) -> Page:
+        if len(cursor.positions) != len(self._streams):
+            raise ShardLayoutError("from_position", f"{len(self._streams)} positions", str(len(cursor.positions)))
+        subjects = [f"{stream}.e.>" for stream in self._streams]
+        heads = list(
+            await asyncio.gather(
+                *(
+                    self._next(subject, start >> _SHIFT)
+                    for subject, start in zip(subjects, cursor.positions, strict=True)
+                )
+            )
+        )
+        found: list[StoredEvent | CorruptRecordError] = []
+        in_shard = (1 << FEED_SHARD_SHIFT) - 1
+        while len(found) < limit:
+            ready = [(message.nanos, shard) for shard, message in enumerate(heads) if message is not None]
+            if not ready:
+                break
+            shard = min(ready)[1]
+            message = heads[shard]
+            assert message is not None
+            heads[shard] = await self._next(subjects[shard], message.seq + 1)
+            if "Kern-Deleted" in message.headers:
+                continue
+            for row in self._rows(message, None):
+                if isinstance(row, CorruptRecordError):
+                    found.append(row)
+                    return found
+                if row.position & in_shard >= cursor.positions[shard]:
+                    found.append(row)
+        return found[:limit]
+
     async def _read_chunks(self, event_ids: Sequence[UUID]) -> Mapping[UUID, Sequence[bytes]]:
         chunks: dict[UUID, list[bytes]] = {}
         for event_id in event_ids:
-            subject, seq = self._chunk_subject(event_id), 1
-            while (message := await self._next(subject, seq)) is not None:
-                chunks.setdefault(event_id, []).append(message.data)
-                seq = message.seq + 1
+            for stream in self._streams:  # in the shard of the event's session
+                subject, seq = self._chunk_subject(event_id, stream), 1
+                while (message := await self._next(subject, seq)) is not None:
+                    chunks.setdefault(event_id, []).append(message.data)
+                    seq = message.seq + 1
+                if event_id in chunks:
+                    break
         return chunks
 
     async def _current_version(self, session_id: str) -> int:
@@ -709,8 +887,10 @@ class NatsEventStore(BaseEventStore):
         return (await self._head(session_id))[2]
 
     async def _list_sessions(self, query: SessionFilter) -> list[SessionInfo]:
-        reply = await self._api(f"STREAM.INFO.{self._stream}", {"subjects_filter": f"{self._prefix}.e.*"})
-        subjects = reply.get("state", {}).get("subjects") or {}
+        subjects: list[str] = []
+        for stream in self._streams:
+            reply = await self._api(f"STREAM.INFO.{stream}", {"subjects_filter": f"{stream}.e.*"})
+            subjects.extend(reply.get("state", {}).get("subjects") or {})
         rows = []
         for subject in subjects:
             last = await self._last(subject)
@@ -731,9 +911,8 @@ class NatsEventStore(BaseEventStore):
             self._heads.pop(session_id, None)
         subject = self._events_subject(session_id)
         seq, version, info, _ = await self._head(session_id)
-        snapshots = await self._api(
-            f"STREAM.PURGE.{self._stream}", {"filter": f"{self._prefix}.s.{_token(session_id)}.>"}
-        )
+        stream = self._stream_for(session_id)
+        snapshots = await self._purge(f"{stream}.s.{_token(session_id)}.>")
         if seq == 0 or info is None:
             return bool(snapshots.get("purged"))
         stored = list(await self._read_page(session_id, 1, None, 1 << 30, False, None))
@@ -751,9 +930,9 @@ class NatsEventStore(BaseEventStore):
             raise self._failure(reply["error"], "a delete")
         for row in stored:
             if isinstance(row, StoredEvent):
-                await self._api(f"STREAM.PURGE.{self._stream}", {"filter": self._id_subject(row.event_id)})
+                await self._purge(self._id_subject(row.event_id, stream))
                 if row.data[:1] == b"\xc1":
-                    await self._api(f"STREAM.PURGE.{self._stream}", {"filter": self._chunk_subject(row.event_id)})
+                    await self._purge(self._chunk_subject(row.event_id, stream))
         return True
 
     async def _snapshots(self, session_id: str, name: str) -> list[tuple[int, Snapshot]]:
@@ -787,7 +966,9 @@ class NatsEventStore(BaseEventStore):
         keep = set(sorted(newest.items())[-SNAPSHOTS_KEPT:])
         for seq, item in kept:
             if (item.version, seq) not in keep:
-                await self._api(f"STREAM.MSG.DELETE.{self._stream}", {"seq": seq}, allow=(10057,))
+                await self._api(
+                    f"STREAM.MSG.DELETE.{self._stream_for(snapshot.session_id)}", {"seq": seq}, allow=(10057,)
+                )
 
     async def _load_snapshot(
         self, session_id: str, name: str, schema_version: int | None, max_version: int | None
@@ -814,6 +995,25 @@ class _Rejected(Exception):
     def __init__(self, seq: int | None) -> None:
         super().__init__(seq)
         self.seq = seq
+
+
+def _stream_of(subject: str) -> str:
+    """The stream holding ``subject``: its first token (``<prefix>`` or ``<prefix>~<shard>``)."""
+    return subject.split(".", 1)[0]
+
+
+def _nanos(text: object) -> int:
+    """A message's RFC 3339 time (as the server writes it, with up to 9 fraction digits) in nanoseconds."""
+    if not isinstance(text, str) or len(text) < 20:
+        return 0
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    seconds = int(datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.UTC).timestamp())
+    return seconds * 1_000_000_000 + int((fraction + "000000000")[:9])
+
+
+def _rfc3339(nanos: int) -> str:
+    seconds, fraction = divmod(nanos, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}Z"
 
 
 def _to(message: _Message) -> int:

@@ -7,6 +7,7 @@ import pytest
 
 from kern_events import (
     CorruptRecordError,
+    FeedCursor,
     InvalidArgumentError,
     MessageAdded,
     SessionRenamed,
@@ -66,7 +67,14 @@ async def test_read_asks_for_one_row_ahead_instead_of_an_empty_last_page(backend
             asked.append(limit)
             return await read_all_page(from_position, limit)
 
+        read_feed_page = store._read_feed_page
+
+        async def counted_feed_page(cursor: FeedCursor, limit: int) -> Page:  # a sharded feed's page
+            asked.append(limit)
+            return await read_feed_page(cursor, limit)
+
         store._read_page, store._read_all_page = counted_page, counted_all_page  # type: ignore[method-assign]
+        store._read_feed_page = counted_feed_page  # type: ignore[method-assign]
         assert [record.version async for record in store.read("s")] == list(range(1, 9))
         assert asked == [5, 5]  # two full pages of 4, each with one row ahead; no third, empty one
         asked.clear()
