@@ -278,6 +278,17 @@ def _split(page: Page) -> tuple[Sequence[StoredEvent], CorruptRecordError | None
     return cast(Sequence[StoredEvent], page), None
 
 
+def _ahead(page: Page, size: int) -> tuple[Sequence[StoredEvent], CorruptRecordError | None, bool]:
+    """A page of ``size`` read with one row of look-ahead (``size + 1`` asked for, unless the reader
+    wants no more than ``size``): its good rows without the extra one, the error that ends it, and
+    whether another page follows. The extra row saves the empty read that would otherwise follow a
+    full last page; it is read again as the next page's first."""
+    rows, damaged = _split(page)
+    if len(rows) > size:
+        return rows[:size], None, True
+    return rows, damaged, False
+
+
 def check_expected(expected: int | ExpectedVersion, head: int) -> bool:
     """Whether ``expected`` admits appending at ``head``; ``False`` means a conflict."""
     if expected is ExpectedVersion.ANY:
@@ -1042,19 +1053,20 @@ class BaseEventStore(abc.ABC):
         while remaining is None or remaining > 0:
             size = page_size if remaining is None else min(page_size, remaining)
             page_size = min(page_size * 2, self.read_page_size)
-            page, damaged = _split(await self._read_page(session_id, low, high, size, backwards, wanted))
-            if self._stores_chunks and _has_manifest(page):
-                async for record in self._assembled(page):
+            ahead = remaining is None or remaining > size
+            page, damaged, more = _ahead(
+                await self._read_page(session_id, low, high, size + ahead, backwards, wanted), size
+            )
+            decoded = self._decoded(page, damaged)
+            if decoded is None:
+                async for record in self._records(page, damaged):
                     yield record
-            elif self._encryption is None:
-                for stored in page:
-                    yield self._codec.decode(stored)
             else:
-                for stored in page:
-                    yield self._codec.decode(await self._encryption.open(stored))
-            if damaged is not None:
-                raise damaged
-            if len(page) < size:
+                for record in decoded[0]:
+                    yield record
+                if decoded[1] is not None:
+                    raise decoded[1]
+            if not more:
                 return
             if remaining is not None:
                 remaining -= len(page)
@@ -1071,23 +1083,61 @@ class BaseEventStore(abc.ABC):
         position, remaining = from_position, limit
         while remaining is None or remaining > 0:
             size = self.read_page_size if remaining is None else min(self.read_page_size, remaining)
-            page, damaged = _split(await self._read_all_page(position, size))
-            if self._stores_chunks and _has_manifest(page):
-                async for record in self._assembled(page):
+            ahead = remaining is None or remaining > size
+            page, damaged, more = _ahead(await self._read_all_page(position, size + ahead), size)
+            decoded = self._decoded(page, damaged)
+            if decoded is None:
+                async for record in self._records(page, damaged):
                     yield record
-            elif self._encryption is None:
-                for stored in page:
-                    yield self._codec.decode(stored)
             else:
-                for stored in page:
-                    yield self._codec.decode(await self._encryption.open(stored))
-            if damaged is not None:
-                raise damaged
-            if len(page) < size:
+                for record in decoded[0]:
+                    yield record
+                if decoded[1] is not None:
+                    raise decoded[1]
+            if not more:
                 return
             if remaining is not None:
                 remaining -= len(page)
             position = page[-1].position + 1
+
+    def _decoded(
+        self, page: Sequence[StoredEvent], damaged: CorruptRecordError | None
+    ) -> tuple[list[Record], Exception | None] | None:
+        """A page's records, decoded in one pass, and the error that ends them (a row that does not
+        decode, else ``damaged``); ``None`` if the page needs awaits to decode (chunks to fetch,
+        payloads to open), for :meth:`_records`. The reader then gets each record with no await
+        and no generator between them."""
+        if self._encryption is not None or (self._stores_chunks and _has_manifest(page)):
+            return None
+        records, error = self._decode_page(page)
+        return records, damaged if error is None else error
+
+    async def _records(self, page: Sequence[StoredEvent], damaged: CorruptRecordError | None) -> AsyncIterator[Record]:
+        """A page's records in order (out-of-line payloads put together, sealed ones opened), then
+        ``damaged`` raised if the page ends with it."""
+        if self._stores_chunks and _has_manifest(page):
+            async for record in self._assembled(page):
+                yield record
+        else:
+            for stored in page:
+                yield self._codec.decode(await cast(Encryption, self._encryption).open(stored))
+        if damaged is not None:
+            raise damaged
+
+    def _decode_page(self, page: Sequence[StoredEvent]) -> tuple[list[Record], Exception | None]:
+        """The page's records and the error of the first row that does not decode (``None`` if all
+        do): the codec's ``decode_page`` where it has one (:class:`MsgpackCodec` does), else
+        ``decode`` row by row."""
+        decode_page = getattr(self._codec, "decode_page", None)
+        if decode_page is not None:
+            return cast(tuple[list[Record], Exception | None], decode_page(page))
+        records: list[Record] = []
+        try:
+            for stored in page:
+                records.append(self._codec.decode(stored))
+        except Exception as exc:  # the codec's own error; raised after the rows before it are read
+            return records, exc
+        return records, None
 
     async def _assembled(self, page: Sequence[StoredEvent]) -> AsyncIterator[Record]:
         """The page's records, out-of-line payloads put back together: the chunks of the page's
