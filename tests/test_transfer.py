@@ -154,6 +154,29 @@ def test_a_round_trip_keeps_the_global_order_of_interleaved_sessions(target: Cal
     asyncio.run(check())
 
 
+def test_payloads_stored_out_of_line_export_whole_from_the_global_feed(tmp_path: Path) -> None:
+    """The feed gives manifests in place of large payloads: export puts each payload back together."""
+
+    async def check() -> None:
+        path = tmp_path / "large.jsonl"
+        async with SqliteDb(tmp_path / "source.db") as source:
+            source.store.inline_limit = 4096  # type: ignore[attr-defined]
+            for turn in range(3):
+                for session in ("big-b", "big-a"):
+                    content = f"{session} {turn} " * 2000  # about 20 kB: stored in chunks
+                    await source.store.append(session, [MessageAdded(run_id="r", role="user", content=content)])
+            await _export_to(source, path)
+            records, order = await _records(source), await _feed(source)
+        async with SqliteDb(tmp_path / "target.db") as target:
+            target.store.inline_limit = 4096  # type: ignore[attr-defined]  # the same stored forms, so the same chain
+            await import_events(target, path)
+            assert await _feed(target) == order
+            assert await _records(target) == records
+            assert (await target.verify()).ok
+
+    asyncio.run(check())
+
+
 def test_an_export_behind_the_postgresql_fence_has_the_held_back_events_in_position_order(tmp_path: Path) -> None:
     """Events committed before the export began but held back from the global feed by another open
     transaction are not left out: they follow the rest, still in position order."""
