@@ -36,8 +36,9 @@ NOTES = """\
 transfer rows: export = export_events (a page of stored rows at a time, each written as a JSON line with
   its envelope, base64 payload, chain hash and the decoded event) vs a raw SELECT of the rows written as
   JSON lines with base64 payloads (no decoding); import = import_events (every line checked first: the
-  format, versions, chain hashes, payloads decoded; then one append per original append, 16 sessions at
-  once) vs the same appends through store.append, 16 sessions at once; memory = peak RSS of one process
+  format, versions, chain hashes, payloads decoded; then one append per original append, one after
+  another in file order, which keeps the order across sessions) vs the same appends through
+  store.append, 16 sessions at once; memory = peak RSS of one process
   exporting and importing 10x the events (flat is the goal)."""
 
 

@@ -87,8 +87,9 @@ lists the user's sessions with ``_list_sessions``, refuses new appends to them, 
 flight, and erases them through ``_erase_sessions``; a backend needs nothing more for it.
 
 **Export and import** (:mod:`kern_events.transfer`) need nothing more from a backend: the kit's
-:meth:`~BaseEventStore.read_stored` reads events as stored through ``_read_page`` (and ``_read_chunks``),
-and :meth:`~BaseEventStore.append_stored` restores one original append through ``_append`` with its
+:meth:`~BaseEventStore.read_stored` and :meth:`~BaseEventStore.read_all_stored` read events as stored
+through ``_read_page`` and ``_read_all_page`` (and ``_read_chunks``), and
+:meth:`~BaseEventStore.append_stored` restores one original append through ``_append`` with its
 recorded time, so the backend computes the same chain hashes as the source did.
 
 A backend is done when it passes the conformance suite, :mod:`kern_events.testing`.

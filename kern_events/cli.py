@@ -593,7 +593,7 @@ async def _export(args: argparse.Namespace) -> int:
                 progress.advance(task)
             held_back = await _held_back(db)
     if held_back:
-        print(f"note: {held_back}; export read each session directly, so it has them", file=sys.stderr)
+        print(f"note: {held_back}; export read those sessions directly, so it has them", file=sys.stderr)
     return 0
 
 

@@ -4,30 +4,32 @@ An export is a header line naming the format, one line per event with its whole 
 version, position, event id, type, schema version, recorded time), its payload as stored (base64,
 the bytes the chain hashed) and its chain hash, and an end line with the counts, so that a file cut
 short is caught. Each event line also carries the event decoded (``event``), for people and tools
-that read the file; import ignores it. Sessions follow each other whole, oldest first.
+that read the file; import ignores it. Events follow each other in global order (their positions'
+order, as ``read_all`` gives them), so sessions interleave as their appends did; an export of one
+session reads it directly.
 
 Import reads the file twice in constant memory: the first pass checks every line (format, version
 order, the chain hashes recomputed with the target store's key, payloads that decode, sessions that
 already exist) and stores nothing if any is wrong, naming the line; the second pass appends each
 original append as one :meth:`~kern_events.backend.BaseEventStore.append_stored`, keeping event ids,
-versions, recorded times and each session's order. The index rows follow from the events, as in any
-append. Positions are the target's own, in each session's order; up to 16 sessions are restored at
-once, so that their appends share commits.
+versions, recorded times and each session's order, one after another in file order: positions are the
+target's own, in the source's order across sessions. The index rows follow from the events, as in
+any append. Both sides hold the ids of the sessions seen (never the events), so memory grows with the
+number of sessions only.
 """
 
 from __future__ import annotations
 
-import math
+import heapq
 import os
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import UUID
 
-import anyio
 import msgspec
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from kern_events._index import SessionInfo
 from kern_events._validate import check_identifier
 from kern_events.errors import ExportFileError, InvalidArgumentError, KernEventsError, SessionNotFoundError
 from kern_events.records import StoredEvent, UnknownEvent
@@ -52,11 +54,6 @@ EXPORT_FORMAT_VERSION = 1
 
 _BATCH_BYTES = 8 * 1024 * 1024
 """Payload bytes held before an import appends what it has of one original append (bounds memory)."""
-_SESSIONS_IN_FLIGHT = 16
-"""Sessions an import appends to at once: their appends share commits (SQLite and PostgreSQL group
-concurrent appends), several times faster than one after another; each session stays in order."""
-_BYTES_IN_FLIGHT = 1024 * 1024
-"""About how much of the file (payloads and envelopes) import holds read ahead of its appends."""
 
 
 class _Header(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="header"):
@@ -121,8 +118,11 @@ async def export_events(
     """Stream an export of the sessions matching every filter, line by line (each ends in a newline).
 
     ``session_ids`` picks sessions (each must exist); ``user_id`` and ``updated_since`` filter the
-    index. Each session is read directly (never through the global feed) a page at a time, whole, so
-    the file imports anywhere; memory does not grow with the log.
+    index. The events come in global order, read from the global feed a page at a time (a filtered
+    export reads the whole feed and keeps the chosen sessions'); one session is read directly. The
+    file has every event the chosen sessions had when the export began: what the feed holds back
+    (PostgreSQL's fence, see :meth:`~kern_events.backend.BaseEventStore.feed_lag`) is read from those
+    sessions directly and written after the rest, still in position order.
     """
     store = _store_of(db)
     if session_ids is not None:  # a session that is not there is refused before anything is written
@@ -132,19 +132,60 @@ async def export_events(
                 raise SessionNotFoundError(session_id)
     yield _encoder.encode(_Header(format=EXPORT_FORMAT, format_version=EXPORT_FORMAT_VERSION, exported_at=exported_at))
     yield b"\n"
-    sessions = events = 0
-    async for session_id in _chosen(store, session_ids, user_id, updated_since):
-        sessions += 1
-        async for stored in store.read_stored(session_id):
-            events += 1
-            yield _encoder.encode(await _event_line(store, stored)) + b"\n"
-    yield _encoder.encode(_End(sessions=sessions, events=events)) + b"\n"
+    heads = {info.session_id: (info.version, 0) async for info in _chosen(store, session_ids, user_id, updated_since)}
+    chosen = None if session_ids is None and user_id is None and updated_since is None else set(heads)
+    if chosen is not None and len(chosen) == 1:
+        feed = store.read_stored(next(iter(chosen)))  # its own order is the global order
+    else:
+        feed = store.read_all_stored()
+    seen: set[str] = set()
+    events = 0
+    async for stored in feed:
+        if chosen is not None and stored.session_id not in chosen:
+            continue
+        seen.add(stored.session_id)
+        head = heads.get(stored.session_id)
+        if head is not None:  # not all it had when the export began is written yet
+            if stored.version >= head[0]:
+                del heads[stored.session_id]
+            else:
+                heads[stored.session_id] = (head[0], stored.version)
+        events += 1
+        yield _encoder.encode(await _event_line(store, stored)) + b"\n"
+    async for stored in _held_back(store, heads):
+        seen.add(stored.session_id)
+        events += 1
+        yield _encoder.encode(await _event_line(store, stored)) + b"\n"
+    yield _encoder.encode(_End(sessions=len(seen), events=events)) + b"\n"
+
+
+async def _held_back(store: BaseEventStore, missing: dict[str, tuple[int, int]]) -> AsyncIterator[StoredEvent]:
+    """The rest of each session the feed stopped short of its head when the export began (``missing``:
+    that head and the version written), read directly, merged in position order: only a feed fence
+    (PostgreSQL's, behind a transaction still open on the server) holds committed events back, and
+    every event it holds back comes after every event it gave, so the file stays in global order.
+    Holds a page of each such session."""
+    streams = [store.read_stored(session_id, from_version=written + 1) for session_id, (_, written) in missing.items()]
+    heap: list[tuple[int, int, StoredEvent]] = []
+    for index, stream in enumerate(streams):
+        first = await anext(stream, None)
+        if first is not None:
+            heap.append((first.position, index, first))
+    heapq.heapify(heap)
+    while heap:
+        _, index, stored = heap[0]
+        yield stored
+        following = await anext(streams[index], None)
+        if following is None:
+            heapq.heappop(heap)
+        else:
+            heapq.heapreplace(heap, (following.position, index, following))
 
 
 async def _chosen(
     store: BaseEventStore, session_ids: Collection[str] | None, user_id: str | None, updated_since: float | None
-) -> AsyncIterator[str]:
-    """The ids of the sessions to export, oldest first (or in the order given), a page at a time."""
+) -> AsyncIterator[SessionInfo]:
+    """The index rows of the sessions to export, a page at a time."""
     if session_ids is not None:
         for session_id in session_ids:
             info = await store.get_session_info(session_id)
@@ -153,7 +194,7 @@ async def _chosen(
             if (user_id is None or info.user_id == user_id) and (
                 updated_since is None or info.updated_at >= updated_since
             ):
-                yield session_id
+                yield info
         return
     after: tuple[float, str] | None = None
     while True:
@@ -166,7 +207,7 @@ async def _chosen(
             after=after,
         )
         for info in page:
-            yield info.session_id
+            yield info
         if len(page) < 1000:
             return
         after = (page[-1].created_at, page[-1].session_id)
@@ -227,7 +268,8 @@ def _stored(line: _Event) -> StoredEvent:
 
 
 class _Checker:
-    """Checks an export's lines in order, in constant memory but for the set of session ids seen;
+    """Checks an export's lines in order, in constant memory but for each session seen (its id, last
+    version and chain hash);
     :meth:`events` yields each event line once it has passed, with its line number."""
 
     def __init__(self, store: BaseEventStore) -> None:
@@ -237,8 +279,7 @@ class _Checker:
     async def events(self, path: Path) -> AsyncIterator[tuple[int, StoredEvent]]:
         """Every event of the file in order, checked; an :class:`ExportFileError` at the first bad line."""
         store, chain = self._store, self._store.chain
-        seen: set[str] = set()
-        session, version, previous, chained = "", 0, b"", False
+        heads: dict[str, tuple[int, bytes, bool]] = {}  # each session's last version, chain hash, chained
         sessions = events = 0
         ended = 0
         number = 0
@@ -278,22 +319,22 @@ class _Checker:
             except InvalidArgumentError as error:
                 raise ExportFileError(number, str(error)) from None
             where = f"session {line.session_id!r} version {line.version}"
-            if line.session_id != session:
-                if line.session_id in seen:
-                    raise ExportFileError(number, f"session {line.session_id!r} appears again after other sessions")
+            head = heads.get(line.session_id)
+            if head is None:
                 if line.version != 1:
                     raise ExportFileError(
                         number,
                         f"session {line.session_id!r} starts at version {line.version}: its earlier events "
                         "were removed (truncated, or deleted before it started again); only whole sessions import",
                     )
-                seen.add(line.session_id)
-                session, version, previous, chained = line.session_id, 0, chain.genesis(line.session_id), False
+                version, previous, chained = 0, chain.genesis(line.session_id), False
                 sessions += 1
-            elif line.version != version + 1:
-                raise ExportFileError(
-                    number, f"{where} follows version {version} (a line is missing, repeated or out of order)"
-                )
+            else:
+                version, previous, chained = head
+                if line.version != version + 1:
+                    raise ExportFileError(
+                        number, f"{where} follows version {version} (a line is missing, repeated or out of order)"
+                    )
             stored = _stored(line)
             if line.chain is None:
                 if chained:
@@ -318,7 +359,7 @@ class _Checker:
                     _check_indexed_fields([record.event])  # what append_stored refuses, refused before any write
             except KernEventsError as error:
                 raise ExportFileError(number, f"{where}: {error}") from None
-            version = line.version
+            heads[line.session_id] = (line.version, previous, chained)
             events += 1
             yield number, stored
         if number == 0:
@@ -403,71 +444,11 @@ async def _batches(events: AsyncIterator[tuple[int, StoredEvent]], leave: set[st
 async def _restore(
     store: BaseEventStore, batches: AsyncIterator[list[StoredEvent]], stored: Callable[[int], None]
 ) -> int:
-    """Append the batches, each session's in order, up to :data:`_SESSIONS_IN_FLIGHT` sessions at
-    once (their appends share commits where the backend groups them); the number of sessions.
-    Batches read ahead but not yet appended stay within :data:`_BYTES_IN_FLIGHT`."""
-    slots = anyio.Semaphore(_SESSIONS_IN_FLIGHT)
-    budget = _Budget(_BYTES_IN_FLIGHT)
+    """Append the batches one after another, in file order, so that the target's positions follow the
+    source's across sessions (concurrent appends could commit in another order); the number of sessions."""
     sessions = 0
-
-    failed: list[Exception] = []
-
-    async def session(receive: MemoryObjectReceiveStream[list[StoredEvent]]) -> None:
-        try:
-            async with receive:
-                async for batch in receive:
-                    await store.append_stored(batch, expected_version=batch[0].version - 1)
-                    await budget.give(_weight(batch))
-                    stored(len(batch))
-        except Exception as error:  # the first failure stops the import and is raised as itself
-            failed.append(error)
-            group.cancel_scope.cancel()
-        finally:
-            slots.release()
-
-    async with anyio.create_task_group() as group:
-        send: MemoryObjectSendStream[list[StoredEvent]] | None = None
-        current = ""
-        try:
-            async for batch in batches:
-                if send is None or batch[0].session_id != current:
-                    if send is not None:
-                        await send.aclose()
-                    await slots.acquire()
-                    send, receive = anyio.create_memory_object_stream[list[StoredEvent]](math.inf)
-                    group.start_soon(session, receive)
-                    current, sessions = batch[0].session_id, sessions + 1
-                await budget.take(_weight(batch))
-                send.send_nowait(batch)
-        finally:
-            if send is not None:
-                await send.aclose()
-    if failed:
-        raise failed[0]
+    async for batch in batches:
+        await store.append_stored(batch, expected_version=batch[0].version - 1)
+        sessions += batch[0].version == 1  # every session of the file starts at version 1
+        stored(len(batch))
     return sessions
-
-
-def _weight(batch: list[StoredEvent]) -> int:
-    """About the memory a batch holds: its payloads and each event's envelope."""
-    return sum(len(stored.data) for stored in batch) + 500 * len(batch)
-
-
-class _Budget:
-    """Bytes in flight: :meth:`take` waits while taking would pass the limit (one batch always
-    passes, however large, so that a single large event is never stuck)."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._used = 0
-        self._changed = anyio.Condition()
-
-    async def take(self, amount: int) -> None:
-        async with self._changed:
-            while self._used and self._used + amount > self._limit:
-                await self._changed.wait()
-            self._used += amount
-
-    async def give(self, amount: int) -> None:
-        async with self._changed:
-            self._used -= amount
-            self._changed.notify_all()

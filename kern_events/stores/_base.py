@@ -795,22 +795,18 @@ class BaseEventStore(abc.ABC):
 
     # -- export and import (kern_events.transfer) ---------------------------------------------------
 
-    async def read_stored(self, session_id: str) -> AsyncIterator[StoredEvent]:
-        """Stream the session's events as stored, in version order: payload bytes as the chain hashed
-        them (still sealed, if the store encrypts), out-of-line payloads put back together. What an
-        export writes; a damaged row raises its :class:`CorruptRecordError` after the rows before it."""
+    async def read_stored(self, session_id: str, *, from_version: int = 1) -> AsyncIterator[StoredEvent]:
+        """Stream the session's events as stored, in version order from ``from_version``: payload bytes
+        as the chain hashed them (still sealed, if the store encrypts), out-of-line payloads put back
+        together. What an export writes; a damaged row raises its :class:`CorruptRecordError` after the
+        rows before it."""
         check_identifier("session_id", session_id)
+        check_non_negative("from_version", from_version)
         await self._ensure_open()
-        low = 1
+        low = from_version
         while True:
             page, damaged = _split(await self._read_page(session_id, low, None, self.read_page_size, False, None))
-            if self._stores_chunks and _has_manifest(page):
-                wanted = [stored.event_id for stored in page if stored.data[:1] == MANIFEST_MARK]
-                chunks = dict(await self._read_chunks(wanted))
-                page = [
-                    _joined(stored, chunks.pop(stored.event_id, ())) if stored.data[:1] == MANIFEST_MARK else stored
-                    for stored in page
-                ]
+            page = await self._whole(page)
             for stored in page:
                 yield stored
             if damaged is not None:
@@ -819,6 +815,36 @@ class BaseEventStore(abc.ABC):
                 return
             low = page[-1].version + 1
             del page  # not held while the next page is fetched: one page in memory at a time
+
+    async def read_all_stored(self, *, from_position: int = 0) -> AsyncIterator[StoredEvent]:
+        """Stream every session's events as stored (as :meth:`read_stored` gives them) in global
+        order, from ``from_position`` on: what an export writes when sessions' order matters. Like
+        :meth:`read_all`, it stops at the backend's feed fence (see :meth:`feed_lag`)."""
+        check_non_negative("from_position", from_position)
+        await self._ensure_open()
+        position = from_position
+        while True:
+            page, damaged = _split(await self._read_all_page(position, self.read_page_size))
+            page = await self._whole(page)
+            for stored in page:
+                yield stored
+            if damaged is not None:
+                raise damaged
+            if len(page) < self.read_page_size:
+                return
+            position = page[-1].position + 1
+            del page  # one page in memory at a time
+
+    async def _whole(self, page: Sequence[StoredEvent]) -> Sequence[StoredEvent]:
+        """The page with its out-of-line payloads put back together (one :meth:`_read_chunks` round trip)."""
+        if not (self._stores_chunks and _has_manifest(page)):
+            return page
+        wanted = [stored.event_id for stored in page if stored.data[:1] == MANIFEST_MARK]
+        chunks = dict(await self._read_chunks(wanted))
+        return [
+            _joined(stored, chunks.pop(stored.event_id, ())) if stored.data[:1] == MANIFEST_MARK else stored
+            for stored in page
+        ]
 
     async def decode_stored(self, stored: StoredEvent) -> Record:
         """A stored event (payload whole, as :meth:`read_stored` returns it) decoded as a read would:
