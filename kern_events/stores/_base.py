@@ -283,6 +283,16 @@ def _split(page: Page) -> tuple[Sequence[StoredEvent], CorruptRecordError | None
     return cast(Sequence[StoredEvent], page), None
 
 
+def _after(position: FeedPosition, page: Sequence[StoredEvent]) -> FeedPosition:
+    """The feed position just past ``page``, read from ``position``: on a sharded feed each row moves
+    its own shard's position."""
+    if isinstance(position, FeedCursor):
+        for stored in page:
+            position = position.after(stored.position)
+        return position
+    return page[-1].position + 1
+
+
 def _ahead(page: Page, size: int) -> tuple[Sequence[StoredEvent], CorruptRecordError | None, bool]:
     """A page of ``size`` read with one row of look-ahead (``size + 1`` asked for, unless the reader
     wants no more than ``size``): its good rows without the extra one, the error that ends it, and
@@ -816,15 +826,15 @@ class BaseEventStore(abc.ABC):
             low = page[-1].version + 1
             del page  # not held while the next page is fetched: one page in memory at a time
 
-    async def read_all_stored(self, *, from_position: int = 0) -> AsyncIterator[StoredEvent]:
+    async def read_all_stored(self, *, from_position: FeedPosition = 0) -> AsyncIterator[StoredEvent]:
         """Stream every session's events as stored (as :meth:`read_stored` gives them) in global
         order, from ``from_position`` on: what an export writes when sessions' order matters. Like
         :meth:`read_all`, it stops at the backend's feed fence (see :meth:`feed_lag`)."""
-        check_non_negative("from_position", from_position)
+        self._check_feed_position(from_position)
         await self._ensure_open()
-        position = from_position
+        position = await self.feed_cursor(from_position)
         while True:
-            page, damaged = _split(await self._read_all_page(position, self.read_page_size))
+            page, damaged = _split(await self._feed_page(position, self.read_page_size))
             page = await self._whole(page)
             for stored in page:
                 yield stored
@@ -832,7 +842,7 @@ class BaseEventStore(abc.ABC):
                 raise damaged
             if len(page) < self.read_page_size:
                 return
-            position = page[-1].position + 1
+            position = _after(position, page)
             del page  # one page in memory at a time
 
     async def _whole(self, page: Sequence[StoredEvent]) -> Sequence[StoredEvent]:
@@ -1154,11 +1164,7 @@ class BaseEventStore(abc.ABC):
         while remaining is None or remaining > 0:
             size = self.read_page_size if remaining is None else min(self.read_page_size, remaining)
             ahead = remaining is None or remaining > size
-            if isinstance(position, FeedCursor):
-                read = await self._read_feed_page(position, size + ahead)
-            else:
-                read = await self._read_all_page(position, size + ahead)
-            page, damaged, more = _ahead(read, size)
+            page, damaged, more = _ahead(await self._feed_page(position, size + ahead), size)
             decoded = self._decoded(page, damaged)
             if decoded is None:
                 async for record in self._records(page, damaged):
@@ -1172,11 +1178,13 @@ class BaseEventStore(abc.ABC):
                 return
             if remaining is not None:
                 remaining -= len(page)
-            if isinstance(position, FeedCursor):  # each row moves its own shard's position
-                for stored in page:
-                    position = position.after(stored.position)
-            else:
-                position = page[-1].position + 1
+            position = _after(position, page)
+
+    async def _feed_page(self, position: FeedPosition, limit: int) -> Page:
+        """The global feed's next ``limit`` rows from ``position``: one log's, or a sharded store's merged."""
+        if isinstance(position, FeedCursor):
+            return await self._read_feed_page(position, limit)
+        return await self._read_all_page(position, limit)
 
     async def feed_cursor(self, from_position: FeedPosition = 0) -> FeedPosition:
         """``from_position`` as this store's feed resumes from it: an int for a store with one log; for a
