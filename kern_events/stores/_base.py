@@ -919,14 +919,16 @@ class BaseEventStore(abc.ABC):
             page_size = min(page_size * 2, self.read_page_size)
             page, damaged = _split(await self._read_page(session_id, low, high, size, backwards, wanted))
             if self._stores_chunks and _has_manifest(page):
-                async for record in self._assembled(page):
+                async for record in self._assembled(page, skip_erased=False):
                     yield record
             elif self._encryption is None:
                 for stored in page:
                     yield self._codec.decode(stored)
             else:
-                for stored in page:
-                    yield self._codec.decode(await self._encryption.open(stored))
+                for opened in await self._encryption.open_page(page):
+                    if isinstance(opened, ErasedError):
+                        raise opened
+                    yield self._codec.decode(opened)
             if damaged is not None:
                 raise damaged
             if len(page) < size:
@@ -948,14 +950,15 @@ class BaseEventStore(abc.ABC):
             size = self.read_page_size if remaining is None else min(self.read_page_size, remaining)
             page, damaged = _split(await self._read_all_page(position, size))
             if self._stores_chunks and _has_manifest(page):
-                async for record in self._assembled(page):
+                async for record in self._assembled(page, skip_erased=True):
                     yield record
             elif self._encryption is None:
                 for stored in page:
                     yield self._codec.decode(stored)
-            else:
-                for stored in page:
-                    yield self._codec.decode(await self._encryption.open(stored))
+            else:  # a shredded user's rows are left out: they must not stop the feed for everyone else
+                for opened in await self._encryption.open_page(page):
+                    if not isinstance(opened, ErasedError):
+                        yield self._codec.decode(opened)
             if damaged is not None:
                 raise damaged
             if len(page) < size:
@@ -964,10 +967,11 @@ class BaseEventStore(abc.ABC):
                 remaining -= len(page)
             position = page[-1].position + 1
 
-    async def _assembled(self, page: Sequence[StoredEvent]) -> AsyncIterator[Record]:
+    async def _assembled(self, page: Sequence[StoredEvent], *, skip_erased: bool) -> AsyncIterator[Record]:
         """The page's records, out-of-line payloads put back together: the chunks of the page's
         manifests come in one :meth:`_read_chunks` round trip (more only past :data:`_ASSEMBLY_BUDGET`
-        bytes), and each chunk list is dropped as soon as its event is rebuilt."""
+        bytes), and each chunk list is dropped as soon as its event is rebuilt. A row whose data key
+        was deleted is skipped (``skip_erased``, the global feed) or raised as :class:`ErasedError`."""
         start = 0
         while start < len(page):
             wanted: list[UUID] = []
@@ -986,7 +990,12 @@ class BaseEventStore(abc.ABC):
                 if stored.data[:1] == MANIFEST_MARK:
                     stored = _joined(stored, chunks.pop(stored.event_id, ()))
                 if self._encryption is not None:
-                    stored = await self._encryption.open(stored)
+                    (opened,) = await self._encryption.open_page((stored,))
+                    if isinstance(opened, ErasedError):
+                        if skip_erased:
+                            continue
+                        raise opened
+                    stored = opened
                 yield self._codec.decode(stored)
             start = end
 
