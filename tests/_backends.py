@@ -36,6 +36,7 @@ class Backend(kit.Backend):
         if name == "nats":
             self.notifies = True
             self.truncates = False
+            self.fences_erasure_across_stores = False
         self.schema = _pg.new_schema() if name == "postgres" else None
         if name == "postgres":
             _pg.require_postgres()

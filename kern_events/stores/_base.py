@@ -826,9 +826,10 @@ class BaseEventStore(abc.ABC):
             else:
                 del self._writing[session_id]
 
-    async def erase_user(self, user_id: str) -> ErasureReport:
+    async def erase_user(self, user_id: str, *, dry_run: bool = False) -> ErasureReport:
         """Erase every session of ``user_id``; see :meth:`kern_events.store.EventStore.erase_user`."""
         check_identifier("user_id", user_id)
+        check_flag("dry_run", dry_run)
         await self._ensure_open()
         erased: list[str] = []
         events = 0
@@ -848,17 +849,21 @@ class BaseEventStore(abc.ABC):
             if not sessions:
                 break
             ids = [info.session_id for info in sessions]
-            self._erased.update(ids)
-            # Appends already past the fence land first, then go too. Polled, not an anyio.Event:
-            # they may run on other threads' event loops, where an Event cannot be awaited.
-            while any(session_id in self._writing for session_id in ids):  # noqa: ASYNC110
-                await anyio.sleep(0.001)
+            if not dry_run:
+                self._erased.update(ids)
+                # Appends already past the fence land first, then go too. Polled, not an anyio.Event:
+                # they may run on other threads' event loops, where an Event cannot be awaited.
+                while any(session_id in self._writing for session_id in ids):  # noqa: ASYNC110
+                    await anyio.sleep(0.001)
             for session_id in ids:
                 marker = await self._load_snapshot(session_id, TRUNCATION_SNAPSHOT, None, None)
                 head = await self._current_version(session_id)
                 events += head - (0 if marker is None else marker.version)
-            await self._erase_sessions(user_id, ids)
+            if not dry_run:
+                await self._erase_sessions(user_id, ids)
             erased += ids
+        if dry_run:
+            return ErasureReport(user_id=user_id, session_ids=tuple(erased), events=events)
         keys = 0
         if self._encryption is not None:  # crypto-shredding: copies elsewhere (backups, exports) go dark too
             keys = await self._encryption.forget([user_key_id(user_id), *map(session_key_id, erased)], erased)
