@@ -341,19 +341,23 @@ class Sealer:
     rows, and two different payloads never share a nonce under one key.
     """
 
-    __slots__ = ("_cipher", "_nonce_key", "key_id", "session_id")
+    __slots__ = ("_cipher", "_head", "_nonce_key", "_prefix", "key_id", "session_id")
 
     def __init__(self, cipher: AESGCM, nonce_key: bytes, session_id: str, key_id: str) -> None:
         self._cipher = cipher
         self._nonce_key = nonce_key
         self.session_id = session_id
         self.key_id = key_id
+        self._head = _event_aad_head(session_id)
+        self._prefix = _pack(key_id, b"", b"")
+        """The header every sealed payload of this key starts with (the mark, the format, the key id)."""
 
     def __call__(self, pending: PendingEvent) -> PendingEvent:
-        aad = _event_aad(self.session_id, pending.event_id, pending.type, pending.schema_version)
-        nonce = hmac.new(self._nonce_key, aad + pending.data, hashlib.sha256).digest()[:_NONCE]
-        sealed = self._cipher.encrypt(nonce, pending.data, aad)
-        return msgspec.structs.replace(pending, data=_pack(self.key_id, nonce, sealed))
+        data = pending.data
+        aad = self._head + pending.event_id.bytes + _event_aad_tail(pending.type, pending.schema_version)
+        nonce = hmac.digest(self._nonce_key, aad + data, "sha256")[:_NONCE]
+        sealed = self._cipher.encrypt(nonce, data, aad)
+        return msgspec.structs.replace(pending, data=self._prefix + nonce + sealed)
 
 
 def _pack(key_id: str, nonce: bytes, sealed: bytes) -> bytes:
