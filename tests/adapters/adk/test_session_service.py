@@ -24,6 +24,7 @@ from google.adk.errors.session_not_found_error import SessionNotFoundError  # no
 from google.adk.events.event import Event  # noqa: E402
 from google.adk.events.event_actions import EventActions  # noqa: E402
 from google.adk.sessions.base_session_service import GetSessionConfig  # noqa: E402
+from google.adk.sessions.session import Session  # noqa: E402
 from google.genai import types  # noqa: E402
 
 from kern_events.adapters.adk import SESSION_TYPE, STATE_SNAPSHOT, KernEventsSessionService  # noqa: E402
@@ -236,9 +237,15 @@ async def test_of_two_concurrent_appends_from_one_read_exactly_one_lands(
         assert got is not None and len(got.events) == 4
 
 
-async def test_appending_to_a_deleted_session_is_session_not_found(db_kind: tuple[str, str], tmp_path: Path) -> None:
+async def test_appending_to_a_deleted_or_never_created_session_is_session_not_found(
+    db_kind: tuple[str, str], tmp_path: Path
+) -> None:
     async with _open(db_kind, tmp_path) as db:
         service = KernEventsSessionService(db)
+        never_created = Session(app_name=APP, user_id=USER, id="never_created")
+        with pytest.raises(SessionNotFoundError):
+            await service.append_event(never_created, _event())
+        assert await service.get_session(app_name=APP, user_id=USER, session_id="never_created") is None
         session = await service.create_session(app_name=APP, user_id=USER)
         await service.delete_session(app_name=APP, user_id=USER, session_id=session.id)
         with pytest.raises(SessionNotFoundError):
