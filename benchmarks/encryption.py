@@ -28,7 +28,9 @@ _SESSION = "sealed-session"
 NOTES = """\
 encryption rows: ours = the store with Encryption(KeyringFile(...)) (a data key per user, cached after the
   first use; each payload sealed with AES-256-GCM and a synthetic nonce, an HMAC-SHA256 of the payload);
-  reference = the same store without it. Same events, same batches. Target: within 15%."""
+  reference = the same store without it. Same events, same batches. Target: within 15%. A read opens a
+  page in one pass (one key lookup per page); what is left is the AES-GCM decryption of each row, about
+  1-2 us per call in cryptography, which is most of the gap on a 1,000-row read."""
 
 
 def _keyring(directory: str) -> Encryption:
