@@ -16,11 +16,23 @@ import sys
 import time
 from typing import Any
 
-from benchmarks import append, contention, encryption, engine, frameworks, history, nats, postgres, resume, ui
+from benchmarks import (
+    append,
+    contention,
+    encryption,
+    engine,
+    frameworks,
+    history,
+    nats,
+    postgres,
+    resume,
+    transfer,
+    ui,
+)
 from benchmarks._harness import measure, render_table, results_json
 from benchmarks.peers._workload import Backend
 
-_SUBJECTS = (append, postgres, contention, engine, history, resume, ui, encryption, nats)
+_SUBJECTS = (append, postgres, contention, engine, history, resume, ui, encryption, transfer, nats)
 _NAMES = [subject.__name__.rsplit(".", 1)[-1] for subject in (*_SUBJECTS, frameworks)]
 
 

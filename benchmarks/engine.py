@@ -56,14 +56,17 @@ sessions rows: db.get_sessions(user_id=u) (10 sessions of that user, sorted by u
 stream rows: peak RSS (ru_maxrss) of a fresh process that opens the store and streams the session with
   store.read, at 100,000 events vs 1,000; each event ~730 bytes, so 100,000 events are ~73 MB of payload.
 PostgreSQL rows run after ANALYZE, as autovacuum keeps a live server (a freshly filled table's guessed
-  statistics make the raw ORDER BY … LIMIT 20 sort the whole session). Each of our reads checks a
-  connection out of the pool (~40 us here; the raw case holds its connection).
+  statistics make the raw ORDER BY … LIMIT 20 sort the whole session). Our session reads run on a
+  connection the store holds for reads while it is free (a pool checkout and release cost ~45 us here),
+  as the raw case holds its own.
 Why reads trail the raw select: each record is a typed envelope (session, version, position, event id,
   time) around the decoded event, streamed by an async generator page by page in constant memory, where
-  the raw reference builds one bare list: ~1.5-2 us more per event (the tail read: ~40 us plus argument
-  checks). On SQLite every call is a hop to the connection's thread; its cost depends on which core that
-  thread wakes on, so the same query on two connections can differ by 2x between processes (the
-  get_sessions raw row runs on a connection of its own)."""
+  the raw reference builds one bare list: ~0.7 us more per event (a page is asked for with one row of
+  look-ahead, so a full last page costs no empty query; it is converted to stored events in one msgspec
+  call and decoded in one pass). The tail read's fixed share, ~20 us of Python (argument checks, the
+  generator, 20 envelopes and event ids), is most of its gap. On SQLite every call is a hop to the
+  connection's thread; its cost depends on which core that thread wakes on, so the same query on two
+  connections can differ by 2x between processes (the get_sessions raw row runs on a connection of its own)."""
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from kern_events.errors import (
     DatabaseOpenError,
     DecryptionError,
     ErasedError,
+    ExportFileError,
     IdempotencyError,
     InvalidArgumentError,
     InvalidEventError,
@@ -104,6 +105,7 @@ if TYPE_CHECKING:
     from kern_events.stores.nats import NatsEventStore
     from kern_events.stores.postgres import PostgresEventStore
     from kern_events.stores.sqlite import SqliteEventStore
+    from kern_events.transfer import ImportReport, export_events, import_events
 
 __version__ = "0.1.0"
 
@@ -121,6 +123,9 @@ _LAZY = {
     "SqliteEventStore": "kern_events.stores.sqlite",
     "Compaction": "kern_events.retention",
     "RetentionPolicy": "kern_events.retention",
+    "ImportReport": "kern_events.transfer",
+    "export_events": "kern_events.transfer",
+    "import_events": "kern_events.transfer",
     "RetentionReport": "kern_events.retention",
     "Encryption": "kern_events.encryption",
     "KeyProvider": "kern_events.encryption",
@@ -150,9 +155,11 @@ __all__ = [
     "Event",
     "EventStore",
     "ExpectedVersion",
+    "ExportFileError",
     "ExternalExecution",
     "FeedLag",
     "IdempotencyError",
+    "ImportReport",
     "InMemoryDb",
     "InMemoryEventStore",
     "InputField",
@@ -226,6 +233,8 @@ __all__ = [
     "UserInput",
     "Workflow",
     "event_id_for",
+    "export_events",
+    "import_events",
     "register_event_type",
     "register_upcaster",
     "registered_event_types",

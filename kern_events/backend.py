@@ -79,6 +79,11 @@ backend overrides ``_erase_sessions`` to leave a mark on each erased session in 
 and refuses appends to a marked session in theirs (the SQL backends keep it as the index row's head
 hash), and sets the conformance capability ``fences_erasure_across_stores``.
 
+**Export and import** (:mod:`kern_events.transfer`) need nothing more from a backend: the kit's
+:meth:`~BaseEventStore.read_stored` reads events as stored through ``_read_page`` (and ``_read_chunks``),
+and :meth:`~BaseEventStore.append_stored` restores one original append through ``_append`` with its
+recorded time, so the backend computes the same chain hashes as the source did.
+
 A backend is done when it passes the conformance suite, :mod:`kern_events.testing`.
 :class:`GroupCommit` is there for backends that gain from committing concurrent appends together.
 """

@@ -1,7 +1,8 @@
 """The ``kern-events`` command: a demo conversation that persists across processes, and read tools.
 
 ``demo`` writes the way a runtime would (one atomic ``store.append`` per run, guarded by the
-session's version); ``migrate`` creates or upgrades the tables. Every other command only reads,
+session's version); ``migrate`` creates or upgrades the tables; ``import`` restores what ``export``
+wrote (:mod:`kern_events.transfer`), creating the database if need be. Every other command only reads,
 through the session index (``sessions``, ``paused``), the session view (``show``) or the raw log
 (``events``, ``export``, ``verify``), and opens the database read-only: a SQLite file through a
 read-only connection, a PostgreSQL schema without DDL, so it never creates or writes a database, a
@@ -19,16 +20,28 @@ import base64
 import contextlib
 import importlib.metadata
 import os
+import shutil
 import sys
+import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from kern_events._index import SessionInfo
 from kern_events.db import BaseDb, PostgresDb, SqliteDb
@@ -123,9 +136,26 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--to-version", type=int)
 
     export = command(
-        "export", _export, "Dump every session's records as JSON lines, session by session, oldest session first."
+        "export",
+        _export,
+        "Write sessions as JSON lines (envelopes, stored payloads, chain hashes) that `import` restores anywhere.",
     )
-    export.add_argument("--from-position", type=int, default=0, help="only records at this position or later")
+    export.add_argument("--session", dest="sessions", action="append", metavar="SESSION_ID", help="repeatable")
+    export.add_argument("--user-id", help="only this user's sessions")
+    export.add_argument(
+        "--since", type=_moment, help="only sessions updated at or after this time (ISO 8601, or unix seconds)"
+    )
+    export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+
+    import_ = command(
+        "import",
+        _import,
+        "Restore an export into this database (created if need be); every line is checked before anything is stored.",
+    )
+    import_.add_argument("file", metavar="FILE", help="an export file (`-` reads standard input)")
+    import_.add_argument(
+        "--skip-existing", action="store_true", help="leave sessions the database has already as they are"
+    )
 
     paused = command("paused", _paused, "List paused runs and what each is waiting for.")
     paused.add_argument("--session-id")
@@ -498,16 +528,33 @@ async def _events(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _sessions_oldest_first(db: BaseDb) -> AsyncIterator[SessionInfo]:
-    """Every session in the index, oldest first, fetched a page at a time."""
+async def _sessions_oldest_first(
+    db: BaseDb, *, user_id: str | None = None, updated_since: float | None = None
+) -> AsyncIterator[SessionInfo]:
+    """Every session in the index (of ``user_id``, updated since), oldest first, a page at a time."""
     page_size, offset = 1000, 0
     while True:
-        page = await db.store.list_sessions(sort_by="created_at", descending=False, limit=page_size, offset=offset)
+        page = await db.store.list_sessions(
+            user_id=user_id,
+            updated_since=updated_since,
+            sort_by="created_at",
+            descending=False,
+            limit=page_size,
+            offset=offset,
+        )
         for info in page:
             yield info
         if len(page) < page_size:
             return
         offset += len(page)
+
+
+class _RateColumn(ProgressColumn):
+    """Events per second, as rich measures it over the last half minute."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-/s" if speed is None else f"{speed:,.0f}/s", style="progress.data.speed")
 
 
 @contextlib.contextmanager
@@ -518,6 +565,7 @@ def _progress(description: str) -> Iterator[Progress]:
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        _RateColumn(),
         TimeRemainingColumn(),
         console=console,
         transient=True,
@@ -535,19 +583,84 @@ async def _events_to_expect(db: BaseDb, progress: Progress) -> int | None:
 
 
 async def _export(args: argparse.Namespace) -> int:
-    with _progress("exporting") as progress:
+    from kern_events.transfer import export_events
+
+    with _progress("exporting") as progress, _output(args.output) as out:
         async with _open(args.db, schema=args.schema) as db:
-            task = progress.add_task("exporting", total=await _events_to_expect(db, progress))
+            total = None
+            if not progress.disable and args.sessions is None:
+                total = sum(
+                    [
+                        info.version
+                        async for info in _sessions_oldest_first(db, user_id=args.user_id, updated_since=args.since)
+                    ]
+                )
+            task = progress.add_task("exporting", total=total)
             progress.refresh()
-            async for info in _sessions_oldest_first(db):
-                async for record in db.store.read(info.session_id):
-                    if record.position >= args.from_position:
-                        print(_record_line(record))
-                progress.advance(task, info.version)
+            lines = export_events(
+                db, session_ids=args.sessions, user_id=args.user_id, updated_since=args.since, exported_at=time.time()
+            )
+            async for line in lines:
+                out.write(line)
+                progress.advance(task)
             held_back = await _held_back(db)
     if held_back:
         print(f"note: {held_back}; export read each session directly, so it has them", file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[BinaryIO]:
+    """Where export writes: FILE, or standard output (flushed, not closed)."""
+    if path is None:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    with open(path, "wb") as file:
+        yield file
+
+
+async def _import(args: argparse.Namespace) -> int:
+    from kern_events.transfer import import_events
+
+    with contextlib.ExitStack() as stack:
+        path = args.file
+        if path == "-":  # import reads its file twice (check, then store): keep standard input in a file
+            spool = stack.enter_context(tempfile.NamedTemporaryFile(suffix=".jsonl"))
+            shutil.copyfileobj(sys.stdin.buffer, spool)
+            spool.flush()
+            path = spool.name
+        with _progress("importing") as progress:
+            checking = progress.add_task("checking", total=None)
+            importing = progress.add_task("importing", total=None, visible=False)
+            progress.refresh()
+
+            def advance(stage: str, count: int) -> None:
+                if stage == "checked":
+                    progress.update(checking, completed=count)
+                else:
+                    progress.update(checking, total=progress.tasks[checking].completed, visible=False)
+                    progress.update(importing, completed=count, visible=True)
+
+            async with _open(args.db, create=True, schema=args.schema) as db:
+                report = await import_events(db, path, skip_existing=args.skip_existing, progress=advance)
+    for session_id in report.skipped:
+        print(f"skipped {session_id} (the database has it already)")
+    print(f"imported {_count(report.events, 'event')} in {_count(report.sessions, 'session')} into {args.db}")
+    return 0
+
+
+def _moment(text: str) -> float:
+    """Unix seconds from ``1767225600`` or an ISO 8601 time (UTC unless it says otherwise)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time or unix seconds, got {text!r}") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 async def _retain(args: argparse.Namespace) -> int:

@@ -24,7 +24,8 @@ own exception never escapes raw: each backend translates it at one seam, keeping
     │   ├── UnknownEventTypeError   an object that is not a kern-events event
     │   ├── InvalidEventError       an event that would not read back as given (a field without its
     │   │                           declared type, or a value the codec cannot encode)
-    │   └── PayloadTooLargeError    an encoded event above the store's size limit
+    │   ├── PayloadTooLargeError    an encoded event above the store's size limit
+    │   └── ExportFileError         a file given to import that is foreign, cut short or edited (its line)
     ├── StorageError                the database failed in a way the caller cannot fix by changing input
     │   ├── KeyProviderError        the key provider failed (nothing is written unencrypted)
     │   ├── StorageUnavailableError the database could not be reached, or the connection was lost
@@ -49,6 +50,7 @@ __all__ = [
     "DatabaseOpenError",
     "DecryptionError",
     "ErasedError",
+    "ExportFileError",
     "IdempotencyError",
     "InvalidArgumentError",
     "InvalidEventError",
@@ -233,6 +235,17 @@ class PayloadTooLargeError(InvalidArgumentError):
         self.size = size
         self.limit = limit
         super().__init__(argument, f"{event_type!r} event encodes to {size} bytes; the limit is {limit}")
+
+
+class ExportFileError(InvalidArgumentError):
+    """A file given to import that is foreign, cut short or tampered with; ``line`` says where
+    (1-based), and nothing of the import was stored."""
+
+    def __init__(self, line: int, detail: str) -> None:
+        super().__init__("file", detail)
+        self.args = (f"line {line}: {detail}",)  # the line is where; "file" is the argument, as an attribute
+        self.line = line
+        self.detail = detail
 
 
 class StorageError(KernEventsError):

@@ -72,11 +72,13 @@ class PendingEvent(msgspec.Struct, frozen=True, kw_only=True):
     chunks: tuple[bytes, ...] = ()
 
 
-class StoredEvent(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+class StoredEvent(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
     """An event as a backend stores it: the envelope and the encoded bytes.
 
     Array-like, so a page of database rows in this field order converts to stored events in one
     ``msgspec.convert`` call (16-byte event ids included), about 6x faster than building them one by one.
+    Not tracked by the garbage collector (``gc=False``): its fields are strings, numbers, bytes and a
+    UUID, which can form no cycle, and a page of them no longer makes collections run twice as often.
     """
 
     session_id: str

@@ -101,3 +101,11 @@ def test_the_jetstream_append_case_runs_on_a_cluster_of_its_own() -> None:
         pytest.skip(reason)
     sample = _case("benchmarks.nats", "--case", "append", "--nodes", "1", "--replicas", "1", "--appends", "5")
     assert (sample["appends"], sample["events"]) == (5, 5)
+
+
+def test_the_transfer_cases_export_import_and_report_memory() -> None:
+    for what, side in (("export", "ours"), ("export", "raw"), ("import", "ours"), ("import", "plain")):
+        sample = _case("benchmarks.transfer", "--case", "run", "--what", what, "--side", side, "--events", "40")
+        assert sample["events"] == 40
+    sample = _case("benchmarks.transfer", "--case", "run", "--what", "memory", "--events", "40")
+    assert isinstance(sample["peak_rss"], int) and sample["peak_rss"] > 10 * 2**20

@@ -159,12 +159,19 @@ def test_events_and_export_emit_json_lines_with_gapless_versions(
 
     code, out, _ = cli(capsys, "export", "--db", str(demo_db))
     assert code == 0
-    exported = json_lines(out)
-    assert exported == records
+    exported = exported_events(out)
+    envelope = ("session_id", "version", "position", "event_id", "recorded_at", "type")
+    assert [[line[key] for key in envelope] for line in exported] == [[r[key] for key in envelope] for r in records]
+    assert [line["event"] for line in exported] == [record["event"] for record in records]
     positions = [record["position"] for record in exported]
     assert positions == sorted(set(positions))
-    tail = json_lines(cli(capsys, "export", "--db", str(demo_db), "--from-position", str(positions[-2]))[1])
-    assert tail == exported[-2:]
+
+
+def exported_events(text: str) -> list[dict[str, Any]]:
+    """The event lines of an export (between its header and end lines)."""
+    lines = json_lines(text)
+    assert lines[0]["kind"] == "header" and lines[-1]["kind"] == "end"
+    return lines[1:-1]
 
 
 def _rechain(connection: sqlite3.Connection, session_id: str) -> None:
@@ -204,14 +211,14 @@ def test_events_of_an_unknown_type_are_dumped_with_their_raw_bytes(
 
 
 def test_verify_passes_a_good_log(demo_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    total = len(json_lines(cli(capsys, "export", "--db", str(demo_db))[1]))
+    total = len(exported_events(cli(capsys, "export", "--db", str(demo_db))[1]))
     code, out, _ = cli(capsys, "verify", "--db", str(demo_db))
     assert code == 0
     assert out == f"verified {total} events in 1 session: ok\n"
 
 
 def test_verify_reports_a_corrupt_row_and_checks_the_rest(demo_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    total = len(json_lines(cli(capsys, "export", "--db", str(demo_db))[1]))
+    total = len(exported_events(cli(capsys, "export", "--db", str(demo_db))[1]))
     with sqlite3.connect(demo_db) as connection:
         (version,) = connection.execute("SELECT min(version) FROM kern_events WHERE type = 'run_started'").fetchone()
         connection.execute("UPDATE kern_events SET data = x'c1c1c1' WHERE version = ?", (version,))
@@ -551,11 +558,19 @@ def test_tables_have_colour_on_a_terminal_and_none_when_piped(demo_db: Path) -> 
     assert piped.stdout.splitlines()[0].split()[:2] == ["SESSION_ID", "TYPE"]
 
 
-@pytest.mark.parametrize("command", ["export", "verify"])
-def test_export_and_verify_draw_a_progress_bar_on_a_terminal_only(command: str, demo_db: Path) -> None:
-    drawn = _on_a_terminal(command, "--db", str(demo_db), cwd=demo_db.parent)
-    assert ("exporting" if command == "export" else "verifying") in drawn
-    piped = run_cli(command, "--db", str(demo_db), cwd=demo_db.parent)
+@pytest.mark.parametrize("command", ["export", "verify", "import"])
+def test_export_import_and_verify_draw_a_progress_bar_on_a_terminal_only(command: str, demo_db: Path) -> None:
+    args = [command, "--db", str(demo_db)]
+    if command == "import":
+        export = demo_db.parent / "export.jsonl"
+        assert run_cli("export", "--db", str(demo_db), "-o", str(export), cwd=demo_db.parent).returncode == 0
+        args = [command, str(export), "--db", str(demo_db.parent / "imported.db")]
+    drawn = _on_a_terminal(*args, cwd=demo_db.parent)
+    assert {"export": "exporting", "verify": "verifying", "import": "checking"}[command] in drawn
+    assert "/s" in drawn  # the rate
+    if command == "import":
+        args[-1] = str(demo_db.parent / "piped.db")
+    piped = run_cli(*args, cwd=demo_db.parent)
     assert piped.stderr == ""
     assert "\x1b[" not in piped.stdout
 
@@ -621,7 +636,7 @@ def test_verify_and_export_on_postgres_see_past_an_open_transaction_and_report_c
                 assert note.startswith("note: the global feed (read_all, subscriptions) is holding back ")
                 assert f"server process {pid} in database 'test'" in note
                 code, out, err = await asyncio.to_thread(cli, capsys, "export", *where)
-                assert code == 0 and len(json_lines(out)) == total
+                assert code == 0 and len(exported_events(out)) == total
                 assert err.startswith("note: the global feed")
                 corrupter = await asyncpg.connect(_pg.PG_URL)  # commits at once, unlike the holder
                 try:

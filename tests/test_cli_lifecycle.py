@@ -13,7 +13,7 @@ import pytest
 from kern_events.db import BaseDb, PostgresDb, SqliteDb
 from kern_events.testing._samples import conversation
 from tests import _pg
-from tests.test_cli import cli, json_lines
+from tests.test_cli import cli, exported_events, json_lines
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -79,7 +79,7 @@ def test_export_after_erase_user_has_nothing_of_that_user(
 
     assert asyncio.run(erase()) == 2
     code, out, _ = cli(capsys, "export", *where)
-    assert code == 0 and {line["session_id"] for line in json_lines(out)} == {"b1"}
+    assert code == 0 and {line["session_id"] for line in exported_events(out)} == {"b1"}
     assert "alice" not in out
     code, out, _ = cli(capsys, "sessions", *where, "--json", "--user-id", "alice")
     assert out.strip() == ""
@@ -101,7 +101,7 @@ def test_erase_user_lists_first_and_erases_only_with_yes(
     assert code == 0 and "erased  a1" in out and "erased  a2" in out
     assert f"2 sessions ({events * 2} events) of user 'alice' erased" in out
     code, out, _ = cli(capsys, "export", *where)
-    assert {line["session_id"] for line in json_lines(out)} == {"b1"}
+    assert {line["session_id"] for line in exported_events(out)} == {"b1"}
     code, out, _ = cli(capsys, "erase-user", "nobody", *where, "--yes")
     assert code == 0 and "0 sessions (0 events) of user 'nobody' erased" in out
     code, _, err = cli(capsys, "erase-user", "", *where, "--yes")

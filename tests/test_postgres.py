@@ -222,3 +222,30 @@ async def test_a_subscription_survives_its_listen_connection_being_killed(schema
             assert not following.done()
             await writer.append("s", [_message("after")])  # only a NOTIFY can wake it within 5 s
             assert (await asyncio.wait_for(following, 5)).event == _message("after")
+
+
+async def test_reads_go_on_after_the_held_reader_connection_is_killed(schema: str) -> None:
+    """Session reads use a connection the store holds; once it is killed, the next read opens a new
+    one, and a read that finds it in use by another read takes a pooled connection."""
+    async with _pg.store(schema) as store:
+        await store.append("s", [_message("one"), _message("two")])
+        assert [record.version async for record in store.read("s")] == [1, 2]
+        reader = store._reader
+        assert reader is not None
+        killer = await asyncpg.connect(_pg.PG_URL)
+        try:
+            pid = reader.get_server_pid()
+            assert await killer.fetchval("SELECT pg_terminate_backend($1)", pid)
+            for _ in range(500):  # terminating is asynchronous: wait until the backend is gone
+                if not await killer.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await killer.close()
+
+        async def versions() -> list[int]:
+            return [record.version async for record in store.read("s")]
+
+        assert await versions() == [1, 2]  # the dead connection is seen closed and replaced
+        assert store._reader is not None and store._reader is not reader
+        assert await asyncio.gather(*(versions() for _ in range(4))) == [[1, 2]] * 4

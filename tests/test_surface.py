@@ -28,6 +28,7 @@ PUBLIC_MODULES = [
     "kern_events.replay",
     "kern_events.ui",
     "kern_events.retention",
+    "kern_events.transfer",
     "kern_events.encryption",
     "kern_events.cli",
     "kern_events.stores.memory",
@@ -129,3 +130,12 @@ def test_the_backend_kit_and_the_conformance_kit_carry_the_optional_capabilities
     assert {"MultiAppendTests", "TruncationTests"} <= set(testing.__all__)
     assert testing.Backend.appends_many is True and testing.Backend.truncates is True
     assert {"SessionAppend", "TruncatedError", "UnsupportedError", "TRUNCATION_SNAPSHOT"} <= set(kern_events.__all__)
+
+
+def test_export_and_import_are_public() -> None:
+    """The migration path's API (#13.2): the functions, their report and their error, from the root."""
+    from kern_events import transfer
+
+    assert set(transfer.__all__) - {"EXPORT_FORMAT", "EXPORT_FORMAT_VERSION"} <= set(kern_events.__all__)
+    assert {"export_events", "import_events", "ImportReport", "ExportFileError"} <= set(kern_events.__all__)
+    assert issubclass(kern_events.ExportFileError, kern_events.InvalidArgumentError)

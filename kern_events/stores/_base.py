@@ -63,6 +63,7 @@ from kern_events.records import (
     SessionAppend,
     Snapshot,
     StoredEvent,
+    UnknownEvent,
 )
 from kern_events.store import SessionSort
 from kern_events.stores._chain import Chain, ChainVerifier, VerifyReport
@@ -275,6 +276,17 @@ def _split(page: Page) -> tuple[Sequence[StoredEvent], CorruptRecordError | None
     if page and isinstance(page[-1], CorruptRecordError):
         return cast(Sequence[StoredEvent], page[:-1]), page[-1]
     return cast(Sequence[StoredEvent], page), None
+
+
+def _ahead(page: Page, size: int) -> tuple[Sequence[StoredEvent], CorruptRecordError | None, bool]:
+    """A page of ``size`` read with one row of look-ahead (``size + 1`` asked for, unless the reader
+    wants no more than ``size``): its good rows without the extra one, the error that ends it, and
+    whether another page follows. The extra row saves the empty read that would otherwise follow a
+    full last page; it is read again as the next page's first."""
+    rows, damaged = _split(page)
+    if len(rows) > size:
+        return rows[:size], None, True
+    return rows, damaged, False
 
 
 def check_expected(expected: int | ExpectedVersion, head: int) -> bool:
@@ -731,6 +743,98 @@ class BaseEventStore(abc.ABC):
                 low = page[-1].version + 1
         verifier.finish(head)
 
+    # -- export and import (kern_events.transfer) ---------------------------------------------------
+
+    async def read_stored(self, session_id: str) -> AsyncIterator[StoredEvent]:
+        """Stream the session's events as stored, in version order: payload bytes as the chain hashed
+        them (still sealed, if the store encrypts), out-of-line payloads put back together. What an
+        export writes; a damaged row raises its :class:`CorruptRecordError` after the rows before it."""
+        check_identifier("session_id", session_id)
+        await self._ensure_open()
+        low = 1
+        while True:
+            page, damaged = _split(await self._read_page(session_id, low, None, self.read_page_size, False, None))
+            if self._stores_chunks and _has_manifest(page):
+                wanted = [stored.event_id for stored in page if stored.data[:1] == MANIFEST_MARK]
+                chunks = dict(await self._read_chunks(wanted))
+                page = [
+                    _joined(stored, chunks.pop(stored.event_id, ())) if stored.data[:1] == MANIFEST_MARK else stored
+                    for stored in page
+                ]
+            for stored in page:
+                yield stored
+            if damaged is not None:
+                raise damaged
+            if len(page) < self.read_page_size:
+                return
+            low = page[-1].version + 1
+            del page  # not held while the next page is fetched: one page in memory at a time
+
+    async def decode_stored(self, stored: StoredEvent) -> Record:
+        """A stored event (payload whole, as :meth:`read_stored` returns it) decoded as a read would:
+        opened with this store's encryption, if any, then decoded; a bad payload is a
+        :class:`CorruptRecordError`."""
+        if self._encryption is not None:
+            stored = await self._encryption.open(stored)
+        return self._codec.decode(stored)
+
+    def stored_form(self, stored: StoredEvent) -> bytes:
+        """The payload bytes this store would keep for ``stored`` (a manifest in its place if it is
+        stored out of line): what its chain hash here is computed over."""
+        pending = PendingEvent(
+            event_id=stored.event_id, type=stored.type, schema_version=stored.schema_version, data=stored.data
+        )
+        return self._stored_form(pending, "stored.data").data
+
+    async def append_stored(self, stored: Sequence[StoredEvent], *, expected_version: int) -> AppendResult:
+        """Append events in the form :meth:`read_stored` returns them, keeping their ids, types,
+        payload bytes and recorded time, at the versions they carry: the restoring half of an export.
+
+        They must be of one session, share one recorded time (one original append) and number on
+        from ``expected_version``, which must be the session's head (else :class:`ConcurrencyError`).
+        Their positions are this store's, in the order given; their hashes are this store's chain
+        from its head, which equals the exported chain when the chain key and the stored forms match.
+        """
+        items = check_items("stored", stored)
+        if not items or not all(isinstance(item, StoredEvent) for item in items):
+            raise InvalidArgumentError("stored", "expected one or more StoredEvent")
+        session_id = check_identifier("stored[0].session_id", items[0].session_id)
+        check_non_negative("expected_version", expected_version)
+        recorded_at = check_seconds("stored[0].recorded_at", items[0].recorded_at, finite=True)
+        if len(items) > MAX_EVENTS_PER_APPEND:
+            raise InvalidArgumentError("stored", f"{len(items)} events; at most {MAX_EVENTS_PER_APPEND} per call")
+        for index, item in enumerate(items):
+            if item.session_id != session_id or item.recorded_at != recorded_at:
+                raise InvalidArgumentError(f"stored[{index}]", "every event must share the first's session and time")
+            if item.version != expected_version + 1 + index:
+                raise InvalidArgumentError(
+                    f"stored[{index}].version", f"expected {expected_version + 1 + index}, got {item.version}"
+                )
+        await self._ensure_open()
+        events = []
+        for item in items:
+            event = (await self.decode_stored(item)).event
+            if not isinstance(event, UnknownEvent):
+                events.append(event)  # the index learns from known events only
+        _check_indexed_fields(events)
+        pending = [
+            self._stored_form(
+                PendingEvent(
+                    event_id=item.event_id, type=item.type, schema_version=item.schema_version, data=item.data
+                ),
+                f"stored[{index}].data",
+            )
+            for index, item in enumerate(items)
+        ]
+        self._enter_writes((session_id,))
+        try:
+            result = await self._append(session_id, events, pending, expected_version, recorded_at)
+        finally:
+            self._leave_writes((session_id,))
+        self.change_signal.fire()
+        self._announce()
+        return result
+
     async def _append_new(
         self,
         session_id: str,
@@ -801,14 +905,20 @@ class BaseEventStore(abc.ABC):
                 ) from error.__cause__
             if seal is not None:
                 encoded = seal(encoded)
-            if len(encoded.data) > self._max_event_size:
-                raise PayloadTooLargeError(f"events[{index}]", encoded.type, len(encoded.data), self._max_event_size)
-            if inline_limit is not None and (len(encoded.data) > inline_limit or encoded.data[:1] == MANIFEST_MARK):
-                if not self._stores_chunks:  # a row limit but no chunk table: the limit is a hard one
-                    raise PayloadTooLargeError(f"events[{index}]", encoded.type, len(encoded.data), inline_limit)
-                encoded = _out_of_line(encoded, inline_limit)
-            pending.append(encoded)
+            pending.append(self._stored_form(encoded, f"events[{index}]"))
         return pending
+
+    def _stored_form(self, encoded: PendingEvent, argument: str) -> PendingEvent:
+        """An encoded event as this backend stores it: refused above ``max_event_size``, and cut into
+        chunks behind a manifest above :attr:`inline_limit` (the form its chain hash is computed over)."""
+        inline_limit = self.inline_limit
+        if len(encoded.data) > self._max_event_size:
+            raise PayloadTooLargeError(argument, encoded.type, len(encoded.data), self._max_event_size)
+        if inline_limit is not None and (len(encoded.data) > inline_limit or encoded.data[:1] == MANIFEST_MARK):
+            if not self._stores_chunks:  # a row limit but no chunk table: the limit is a hard one
+                raise PayloadTooLargeError(argument, encoded.type, len(encoded.data), inline_limit)
+            encoded = _out_of_line(encoded, inline_limit)
+        return encoded
 
     def _enter_writes(self, session_ids: Sequence[str]) -> None:
         """Count appends in flight (so that an erasure waits for them), refusing erased sessions."""
@@ -922,21 +1032,20 @@ class BaseEventStore(abc.ABC):
         while remaining is None or remaining > 0:
             size = page_size if remaining is None else min(page_size, remaining)
             page_size = min(page_size * 2, self.read_page_size)
-            page, damaged = _split(await self._read_page(session_id, low, high, size, backwards, wanted))
-            if self._stores_chunks and _has_manifest(page):
-                async for record in self._assembled(page, skip_erased=False):
+            ahead = remaining is None or remaining > size
+            page, damaged, more = _ahead(
+                await self._read_page(session_id, low, high, size + ahead, backwards, wanted), size
+            )
+            decoded = self._decoded(page, damaged)
+            if decoded is None:
+                async for record in self._records(page, damaged, skip_erased=False):
                     yield record
-            elif self._encryption is None:
-                for stored in page:
-                    yield self._codec.decode(stored)
             else:
-                for opened in await self._encryption.open_page(page):
-                    if isinstance(opened, ErasedError):
-                        raise opened
-                    yield self._codec.decode(opened)
-            if damaged is not None:
-                raise damaged
-            if len(page) < size:
+                for record in decoded[0]:
+                    yield record
+                if decoded[1] is not None:
+                    raise decoded[1]
+            if not more:
                 return
             if remaining is not None:
                 remaining -= len(page)
@@ -953,24 +1062,76 @@ class BaseEventStore(abc.ABC):
         position, remaining = from_position, limit
         while remaining is None or remaining > 0:
             size = self.read_page_size if remaining is None else min(self.read_page_size, remaining)
-            page, damaged = _split(await self._read_all_page(position, size))
-            if self._stores_chunks and _has_manifest(page):
-                async for record in self._assembled(page, skip_erased=True):
+            ahead = remaining is None or remaining > size
+            page, damaged, more = _ahead(await self._read_all_page(position, size + ahead), size)
+            decoded = self._decoded(page, damaged)
+            if decoded is None:
+                async for record in self._records(page, damaged, skip_erased=True):
                     yield record
-            elif self._encryption is None:
-                for stored in page:
-                    yield self._codec.decode(stored)
-            else:  # a shredded user's rows are left out: they must not stop the feed for everyone else
-                for opened in await self._encryption.open_page(page):
-                    if not isinstance(opened, ErasedError):
-                        yield self._codec.decode(opened)
-            if damaged is not None:
-                raise damaged
-            if len(page) < size:
+            else:
+                for record in decoded[0]:
+                    yield record
+                if decoded[1] is not None:
+                    raise decoded[1]
+            if not more:
                 return
             if remaining is not None:
                 remaining -= len(page)
             position = page[-1].position + 1
+
+    def _decoded(
+        self, page: Sequence[StoredEvent], damaged: CorruptRecordError | None
+    ) -> tuple[list[Record], Exception | None] | None:
+        """A page's records, decoded in one pass, and the error that ends them (a row that does not
+        decode, else ``damaged``); ``None`` if the page needs awaits to decode (chunks to fetch,
+        payloads to open), for :meth:`_records`. The reader then gets each record with no await
+        and no generator between them."""
+        if self._encryption is not None or (self._stores_chunks and _has_manifest(page)):
+            return None
+        records, error = self._decode_page(page)
+        return records, damaged if error is None else error
+
+    async def _records(
+        self, page: Sequence[StoredEvent], damaged: CorruptRecordError | None, *, skip_erased: bool
+    ) -> AsyncIterator[Record]:
+        """A page's records in order (out-of-line payloads put together, sealed ones opened), then
+        ``damaged`` raised if the page ends with it. A row whose data key was deleted is left out
+        (``skip_erased``: the global feed, which a shredded user must not stop for everyone else) or
+        ends the records as :class:`ErasedError` (a session's own read)."""
+        if self._stores_chunks and _has_manifest(page):
+            async for record in self._assembled(page, skip_erased=skip_erased):
+                yield record
+        else:
+            opened = await cast(Encryption, self._encryption).open_page(page)
+            rows = [row for row in opened if not isinstance(row, ErasedError)]
+            erased: ErasedError | None = None
+            if len(rows) < len(opened) and not skip_erased:
+                cut, erased = next((index, row) for index, row in enumerate(opened) if isinstance(row, ErasedError))
+                rows = rows[:cut]
+            records, error = self._decode_page(rows)
+            for record in records:
+                yield record
+            if error is not None:
+                raise error
+            if erased is not None:
+                raise erased
+        if damaged is not None:
+            raise damaged
+
+    def _decode_page(self, page: Sequence[StoredEvent]) -> tuple[list[Record], Exception | None]:
+        """The page's records and the error of the first row that does not decode (``None`` if all
+        do): the codec's ``decode_page`` where it has one (:class:`MsgpackCodec` does), else
+        ``decode`` row by row."""
+        decode_page = getattr(self._codec, "decode_page", None)
+        if decode_page is not None:
+            return cast(tuple[list[Record], Exception | None], decode_page(page))
+        records: list[Record] = []
+        try:
+            for stored in page:
+                records.append(self._codec.decode(stored))
+        except Exception as exc:  # the codec's own error; raised after the rows before it are read
+            return records, exc
+        return records, None
 
     async def _assembled(self, page: Sequence[StoredEvent], *, skip_erased: bool) -> AsyncIterator[Record]:
         """The page's records, out-of-line payloads put back together: the chunks of the page's

@@ -14,6 +14,7 @@ from kern_events import (
     SummaryUpdated,
     UnknownEvent,
 )
+from kern_events.stores._base import Page
 from kern_events.testing._backend import Backend
 from kern_events.testing._codecs import CorruptingCodec, FutureCodec
 from kern_events.testing._feed import feed_reaches
@@ -44,6 +45,37 @@ async def test_read_ranges_limits_and_backwards(backend: Backend) -> None:
         assert [record.version async for record in store.read("missing")] == []
         with pytest.raises(InvalidArgumentError, match="from_version"):
             await versions(from_version=-1)
+
+
+async def test_read_asks_for_one_row_ahead_instead_of_an_empty_last_page(backend: Backend) -> None:
+    """A read whose last page is full learns that nothing follows from one extra row asked for with
+    it, not from another (empty) page read; a read that wants no more than a page asks no extra row."""
+    async with backend.store() as store:
+        store.read_page_size = 4
+        await store.append("s", [_message(n) for n in range(1, 9)])
+        asked: list[int] = []
+        read_page, read_all_page = store._read_page, store._read_all_page
+
+        async def counted_page(
+            session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
+        ) -> Page:
+            asked.append(limit)
+            return await read_page(session_id, low, high, limit, backwards, types)
+
+        async def counted_all_page(from_position: int, limit: int) -> Page:
+            asked.append(limit)
+            return await read_all_page(from_position, limit)
+
+        store._read_page, store._read_all_page = counted_page, counted_all_page  # type: ignore[method-assign]
+        assert [record.version async for record in store.read("s")] == list(range(1, 9))
+        assert asked == [5, 5]  # two full pages of 4, each with one row ahead; no third, empty one
+        asked.clear()
+        assert [record.version async for record in store.read("s", limit=4)] == [1, 2, 3, 4]
+        assert [record.version async for record in store.read("s", limit=6)] == list(range(1, 7))
+        assert asked == [4, 5, 2]
+        asked.clear()
+        assert [record.version async for record in store.read_all()] == list(range(1, 9))
+        assert asked == [5, 5]
 
 
 async def test_read_filtered_by_type_skips_the_rest_across_pages(backend: Backend) -> None:
