@@ -84,7 +84,11 @@ backend never reassembles anything itself.
 snapshots before they reach the hooks and opens them after: a backend stores ciphertext without
 knowing it (large sealed payloads are chunked like any other). ``erase_user`` is the kit's too: it
 lists the user's sessions with ``_list_sessions``, refuses new appends to them, waits for those in
-flight, and erases them through ``_erase_sessions``; a backend needs nothing more for it.
+flight, and erases them through ``_erase_sessions``; a backend needs nothing more for it. That fence
+holds for appends through the erasing store object; to refuse appends from other processes too, a
+backend overrides ``_erase_sessions`` to leave a mark on each erased session in the same atomic step
+and refuses appends to a marked session in theirs (the SQL backends keep it as the index row's head
+hash), and sets the conformance capability ``fences_erasure_across_stores``.
 
 **Export and import** (:mod:`kern_events.transfer`) need nothing more from a backend: the kit's
 :meth:`~BaseEventStore.read_stored` and :meth:`~BaseEventStore.read_all_stored` read events as stored

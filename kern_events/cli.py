@@ -189,6 +189,18 @@ def _parser() -> argparse.ArgumentParser:
     retain.add_argument("--keep-runs", type=int, help="compact each session to its last N top-level runs")
     retain.add_argument("--apply", action="store_true", help="delete and compact (without it: only list)")
     retain.add_argument("--force", action="store_true", help="allow a policy of 0, which deletes everything")
+    erase = command(
+        "erase-user",
+        _erase_user,
+        "Erase every session of a user: list them (a dry run), or erase them for good with --yes.",
+    )
+    erase.add_argument("user_id", metavar="USER_ID")
+    erase.add_argument("--yes", action="store_true", help="erase (without it: only list)")
+    erase.add_argument(
+        "--keyring",
+        metavar="PATH",
+        help="the KeyringFile of an encrypted database: the user's data keys are deleted too (crypto-shredding)",
+    )
     return parser
 
 
@@ -684,6 +696,30 @@ async def _retain(args: argparse.Namespace) -> int:
         f"{_count(len(report.deleted), 'session')} {would}deleted, {_count(len(report.compacted), 'session')} "
         f"{would}compacted" + ("" if args.apply else "; run again with --apply to do it")
     )
+    return 0
+
+
+async def _erase_user(args: argparse.Namespace) -> int:
+    async with _open(args.db, create=args.yes, schema=args.schema) as db:
+        if args.keyring is not None:
+            from kern_events.encryption import Encryption, KeyringFile
+
+            store = db.store
+            if not isinstance(store, BaseEventStore):  # pragma: no cover - _open gives the kit's stores
+                raise InvalidArgumentError("--keyring", f"{type(store).__qualname__} does not encrypt")
+            store.encryption = Encryption(KeyringFile(args.keyring))
+        report = await db.erase_user(args.user_id, dry_run=not args.yes)
+    for session_id in report.session_ids:
+        print(f"{'erased' if args.yes else 'erase'}  {session_id}")
+    summary = (
+        f"{_count(len(report.session_ids), 'session')} ({_count(report.events, 'event')}) "
+        f"of user {report.user_id!r} {'erased' if args.yes else 'would be erased'}"
+    )
+    if not args.yes:
+        summary += "; run again with --yes to do it"
+    elif args.keyring is not None:
+        summary += f", {_count(report.keys_deleted, 'data key')} deleted"
+    print(summary)
     return 0
 
 

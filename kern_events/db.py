@@ -381,10 +381,11 @@ class BaseDb:
         self._cache.pop(session_id, None)
         return await self._store.delete_session(session_id)
 
-    async def erase_user(self, user_id: str) -> ErasureReport:
+    async def erase_user(self, user_id: str, *, dry_run: bool = False) -> ErasureReport:
         """Erase everything of ``user_id``: every session with its events, snapshots, checkpoints and
-        index row (see :meth:`kern_events.store.EventStore.erase_user`); the report says what went."""
-        report = await self._store.erase_user(user_id)
+        index row (see :meth:`kern_events.store.EventStore.erase_user`); the report says what went
+        (``dry_run``: what would go, and nothing goes)."""
+        report = await self._store.erase_user(user_id, dry_run=dry_run)
         for session_id in report.session_ids:
             self._cache.pop(session_id, None)
         return report

@@ -239,30 +239,69 @@ class Encryption:
 
     async def open(self, stored: StoredEvent) -> StoredEvent:
         """``stored`` with its payload decrypted (a row without the seal mark is returned as it is)."""
-        data = stored.data
-        if data[:1] != SEAL_MARK:
-            return stored
-        key_id, nonce, sealed = _parse(data, stored.session_id, stored.version, stored.type, stored.position)
-        cipher = await self._cipher(key_id, create=False)
-        if cipher is None:
-            raise ErasedError(
-                stored.session_id,
-                f"its data key {key_id!r} was deleted",
-                version=stored.version,
-                position=stored.position,
-            )
-        try:
-            aad = _event_aad(stored.session_id, stored.event_id, stored.type, stored.schema_version)
-            plain = cipher[0].decrypt(nonce, sealed, aad)
-        except Exception as exc:
-            raise DecryptionError(
-                stored.session_id,
-                stored.version,
-                stored.type,
-                f"the payload does not decrypt under key {key_id!r}: wrong key, or modified ciphertext",
-                position=stored.position,
-            ) from exc
-        return msgspec.structs.replace(stored, data=plain)
+        (opened,) = await self.open_page((stored,))
+        if isinstance(opened, ErasedError):
+            raise opened
+        return opened
+
+    async def open_page(self, page: Sequence[StoredEvent]) -> list[StoredEvent | ErasedError]:
+        """The page's rows decrypted in one pass (a row without the seal mark as it is); a row whose
+        data key was deleted becomes an :class:`ErasedError`, so that a session read raises it while
+        the global feed skips it. Each key is looked up once per page, before the decrypting loop,
+        and the associated data is built from parts shared by the page's rows (reads are the hot path:
+        a 1,000-row page pays for the AES-GCM decryptions and little else)."""
+        ciphers: dict[bytes, AESGCM | None] = {}
+        for stored in page:
+            data = stored.data
+            if data[:1] == SEAL_MARK:
+                name = data[_HEADER.size : _HEADER.size + int.from_bytes(data[2:4])]
+                if name not in ciphers:
+                    key_id = _parse(data, stored.session_id, stored.version, stored.type, stored.position)[0]
+                    cipher = await self._cipher(key_id, create=False)
+                    ciphers[name] = None if cipher is None else cipher[0]
+        heads: dict[str, bytes] = {}
+        tails: dict[tuple[str, int], bytes] = {}
+        opened: list[StoredEvent | ErasedError] = []
+        append = opened.append
+        replace = msgspec.structs.replace
+        for stored in page:
+            data = stored.data
+            if data[:1] != SEAL_MARK:
+                append(stored)
+                continue
+            start = _HEADER.size + int.from_bytes(data[2:4])
+            aead = ciphers[data[_HEADER.size : start]]
+            if aead is None:
+                key_id = data[_HEADER.size : start].decode()
+                append(
+                    ErasedError(
+                        stored.session_id,
+                        f"its data key {key_id!r} was deleted",
+                        version=stored.version,
+                        position=stored.position,
+                    )
+                )
+                continue
+            head = heads.get(stored.session_id)
+            if head is None:
+                head = heads[stored.session_id] = _event_aad_head(stored.session_id)
+            tail = tails.get((stored.type, stored.schema_version))
+            if tail is None:
+                tail = tails[stored.type, stored.schema_version] = _event_aad_tail(stored.type, stored.schema_version)
+            try:
+                aad = head + stored.event_id.bytes + tail
+                plain = aead.decrypt(data[start : start + _NONCE], data[start + _NONCE :], aad)
+            except Exception as exc:
+                key_id = data[_HEADER.size : start].decode()
+                raise DecryptionError(
+                    stored.session_id,
+                    stored.version,
+                    stored.type,
+                    f"the payload does not decrypt under key {key_id!r}: wrong key, or modified ciphertext",
+                    position=stored.position,
+                ) from exc
+            append(replace(stored, data=plain))
+        return opened
 
     # -- snapshots ---------------------------------------------------------------------------------
 
@@ -302,19 +341,23 @@ class Sealer:
     rows, and two different payloads never share a nonce under one key.
     """
 
-    __slots__ = ("_cipher", "_nonce_key", "key_id", "session_id")
+    __slots__ = ("_cipher", "_head", "_nonce_key", "_prefix", "key_id", "session_id")
 
     def __init__(self, cipher: AESGCM, nonce_key: bytes, session_id: str, key_id: str) -> None:
         self._cipher = cipher
         self._nonce_key = nonce_key
         self.session_id = session_id
         self.key_id = key_id
+        self._head = _event_aad_head(session_id)
+        self._prefix = _pack(key_id, b"", b"")
+        """The header every sealed payload of this key starts with (the mark, the format, the key id)."""
 
     def __call__(self, pending: PendingEvent) -> PendingEvent:
-        aad = _event_aad(self.session_id, pending.event_id, pending.type, pending.schema_version)
-        nonce = hmac.new(self._nonce_key, aad + pending.data, hashlib.sha256).digest()[:_NONCE]
-        sealed = self._cipher.encrypt(nonce, pending.data, aad)
-        return msgspec.structs.replace(pending, data=_pack(self.key_id, nonce, sealed))
+        data = pending.data
+        aad = self._head + pending.event_id.bytes + _event_aad_tail(pending.type, pending.schema_version)
+        nonce = hmac.digest(self._nonce_key, aad + data, "sha256")[:_NONCE]
+        sealed = self._cipher.encrypt(nonce, data, aad)
+        return msgspec.structs.replace(pending, data=self._prefix + nonce + sealed)
 
 
 def _pack(key_id: str, nonce: bytes, sealed: bytes) -> bytes:
@@ -323,18 +366,29 @@ def _pack(key_id: str, nonce: bytes, sealed: bytes) -> bytes:
 
 
 def _parse(data: bytes, session_id: str, version: int, what: str, position: int) -> tuple[str, bytes, bytes]:
+    """A sealed payload's key id, nonce and ciphertext (with its tag); see :data:`_HEADER`."""
+    start = _HEADER.size + int.from_bytes(data[2:4])
+    if len(data) < start + _NONCE + 16 or data[1] != _FORMAT:
+        detail = "truncated" if len(data) < start + _NONCE + 16 else f"of an unknown format {data[1]}"
+        raise DecryptionError(session_id, version, what, f"a damaged sealed payload: {detail}", position=position)
     try:
-        _, form, length = _HEADER.unpack_from(data)
-        start = _HEADER.size + length
-        if form != _FORMAT or len(data) < start + _NONCE + 16:
-            raise ValueError("truncated or of an unknown format")
-        return data[_HEADER.size : start].decode(), data[start : start + _NONCE], data[start + _NONCE :]
-    except (struct.error, ValueError) as exc:
-        raise DecryptionError(session_id, version, what, f"a damaged sealed payload: {exc}", position=position) from exc
+        key_id = data[_HEADER.size : start].decode()
+    except UnicodeDecodeError as exc:
+        detail = "a damaged sealed payload: its key id"
+        raise DecryptionError(session_id, version, what, detail, position=position) from exc
+    return key_id, data[start : start + _NONCE], data[start + _NONCE :]
 
 
 def _event_aad(session_id: str, event_id: UUID, event_type: str, schema_version: int) -> bytes:
-    return b"\x00".join((b"event", session_id.encode(), event_id.bytes, event_type.encode(), b"%d" % schema_version))
+    return _event_aad_head(session_id) + event_id.bytes + _event_aad_tail(event_type, schema_version)
+
+
+def _event_aad_head(session_id: str) -> bytes:
+    return b"event\x00" + session_id.encode() + b"\x00"
+
+
+def _event_aad_tail(event_type: str, schema_version: int) -> bytes:
+    return b"\x00" + event_type.encode() + b"\x00%d" % schema_version
 
 
 def _snapshot_aad(snapshot: Snapshot) -> bytes:

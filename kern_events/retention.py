@@ -11,7 +11,7 @@ before and versions keep counting. Appends racing a compaction land after its cu
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -86,18 +86,42 @@ class RetentionReport(msgspec.Struct, frozen=True, kw_only=True):
     compacted: tuple[Compaction, ...] = ()
 
 
+_PAGE = 1000
+"""Index rows a retention run lists at a time: it never holds the whole index in memory."""
+
+
+async def _oldest_first(store: EventStore) -> AsyncIterator[SessionInfo]:
+    """Every session's index row, least recently updated first, a keyset page at a time (a session
+    deleted meanwhile does not shift the pages; one updated meanwhile may come again, later)."""
+    after: tuple[float, str] | None = None
+    while True:
+        page = await store.list_sessions(sort_by="updated_at", descending=False, limit=_PAGE, after=after)
+        for info in page:
+            yield info
+        if len(page) < _PAGE:
+            return
+        after = (page[-1].updated_at, page[-1].session_id)
+
+
 async def apply(
     db: _Db, policy: RetentionPolicy, *, dry_run: bool, now: float | None = None, progress: Progress | None = None
 ) -> RetentionReport:
     """Apply ``policy`` to every session of ``db``'s store (see the module docstring)."""
     store = db.store
     now = time.time() if now is None else now
-    sessions = await store.list_sessions(sort_by="updated_at", descending=False, limit=None)
     age = policy.max_age_seconds
+    total = 0
+    if progress is not None:  # a first pass that only counts, so that the bar knows its length
+        async for _ in _oldest_first(store):
+            total += 1
     deleted: list[SessionInfo] = []
     compacted: list[Compaction] = []
-    for done, info in enumerate(sessions, start=1):
-        if age is not None and info.updated_at < now - age:
+    done = 0
+    async for info in _oldest_first(store):
+        too_old = age is not None and info.updated_at < now - age
+        if not too_old and policy.keep_runs is None:
+            break  # oldest first: every session after this one is younger still
+        if too_old:
             if dry_run:
                 deleted.append(info)
             else:
@@ -110,8 +134,11 @@ async def apply(
             compaction = await compact(db, info.session_id, policy.keep_runs, dry_run=dry_run)
             if compaction is not None:
                 compacted.append(compaction)
+        done += 1
         if progress is not None:
-            progress(done, len(sessions))
+            progress(done, max(done, total))
+    if progress is not None:
+        progress(max(done, total), max(done, total))
     return RetentionReport(dry_run=dry_run, deleted=tuple(deleted), compacted=tuple(compacted))
 
 

@@ -191,13 +191,16 @@ class EventStore(Protocol):
         """
         ...
 
-    async def erase_user(self, user_id: str) -> ErasureReport:
+    async def erase_user(self, user_id: str, *, dry_run: bool = False) -> ErasureReport:
         """Erase every session of ``user_id`` (events, snapshots, checkpoints, index rows) and report
-        what was removed; an unknown user removes nothing and reports zero.
+        what was removed; an unknown user removes nothing and reports zero. ``dry_run``: report what
+        would be removed, and remove nothing.
 
         Appends through this store to those sessions that are running when the erasure starts land
         first and are erased with the rest; later ones are refused with
-        :class:`~kern_events.errors.ErasedError`, for the life of this store object.
+        :class:`~kern_events.errors.ErasedError`, for the life of this store object. The SQL
+        backends also refuse them from other store objects and processes, for good (the erased
+        sessions' index rows keep a mark that the append checks in its own transaction).
         """
         ...
 

@@ -37,6 +37,7 @@ class Backend(kit.Backend):
         if name.startswith("nats"):
             self.notifies = True
             self.truncates = False
+            self.fences_erasure_across_stores = False
         self.shards = 3 if name == "nats-sharded" else 1
         if self.shards > 1:
             self.appends_many = False  # an atomic batch is within one stream

@@ -83,3 +83,46 @@ def test_export_after_erase_user_has_nothing_of_that_user(
     assert "alice" not in out
     code, out, _ = cli(capsys, "sessions", *where, "--json", "--user-id", "alice")
     assert out.strip() == ""
+
+
+def test_erase_user_lists_first_and_erases_only_with_yes(
+    database: tuple[list[str], Callable[[], BaseDb]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    where, db = database
+    _write(db, {"a1": "alice", "a2": "alice", "b1": "bob"}, runs=1)
+    events = sum(map(len, conversation(runs=1)))
+    code, out, _ = cli(capsys, "erase-user", "alice", *where)
+    assert code == 0
+    assert "erase  a1" in out and "erase  a2" in out and "b1" not in out
+    assert f"2 sessions ({events * 2} events) of user 'alice' would be erased" in out and "--yes" in out
+    code, out, _ = cli(capsys, "sessions", *where, "--json", "--user-id", "alice")
+    assert len(json_lines(out)) == 2  # the dry run changed nothing
+    code, out, _ = cli(capsys, "erase-user", "alice", *where, "--yes")
+    assert code == 0 and "erased  a1" in out and "erased  a2" in out
+    assert f"2 sessions ({events * 2} events) of user 'alice' erased" in out
+    code, out, _ = cli(capsys, "export", *where)
+    assert {line["session_id"] for line in exported_events(out)} == {"b1"}
+    code, out, _ = cli(capsys, "erase-user", "nobody", *where, "--yes")
+    assert code == 0 and "0 sessions (0 events) of user 'nobody' erased" in out
+    code, _, err = cli(capsys, "erase-user", "", *where, "--yes")
+    assert code == 2 and "user_id" in err
+
+
+def test_erase_user_with_a_keyring_deletes_the_users_data_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("cryptography", reason="needs kern-events[crypto]")
+    from kern_events import Encryption, KeyringFile
+
+    path, keys = tmp_path / "cli.db", tmp_path / "keys.json"
+
+    async def write() -> None:
+        async with SqliteDb(path, encryption=Encryption(KeyringFile(keys))) as db:
+            for batch in conversation(user_id="alice", runs=1):
+                await db.store.append("a1", batch)
+
+    asyncio.run(write())
+    assert len(KeyringFile(keys)._load()) == 1
+    code, out, _ = cli(capsys, "erase-user", "alice", "--db", str(path), "--keyring", str(keys), "--yes")
+    assert code == 0 and "1 data key deleted" in out
+    assert KeyringFile(keys)._load() == {}

@@ -154,7 +154,7 @@ def test_the_command_line_block_runs_as_written_and_lists_every_command(tmp_path
     (block,) = re.findall(r"```sh\n(.*?)\n```", section, re.S)
     subcommands = next(action for action in _parser()._actions if action.dest == "command").choices
     assert subcommands is not None
-    listed = set(re.findall(r"^kern-events (\w+)", block, re.M))
+    listed = set(re.findall(r"^kern-events (\w[\w-]*)", block, re.M))
     assert listed == set(subcommands) - {"ui"}  # it serves until stopped: its own section shows it
     assert "kern-events ui" in README.read_text().split("## Look at your sessions\n", 1)[1].split("\n## ", 1)[0]
     assert "kern-events --version" in block

@@ -1022,9 +1022,10 @@ class BaseEventStore(abc.ABC):
             else:
                 del self._writing[session_id]
 
-    async def erase_user(self, user_id: str) -> ErasureReport:
+    async def erase_user(self, user_id: str, *, dry_run: bool = False) -> ErasureReport:
         """Erase every session of ``user_id``; see :meth:`kern_events.store.EventStore.erase_user`."""
         check_identifier("user_id", user_id)
+        check_flag("dry_run", dry_run)
         await self._ensure_open()
         erased: list[str] = []
         events = 0
@@ -1044,17 +1045,21 @@ class BaseEventStore(abc.ABC):
             if not sessions:
                 break
             ids = [info.session_id for info in sessions]
-            self._erased.update(ids)
-            # Appends already past the fence land first, then go too. Polled, not an anyio.Event:
-            # they may run on other threads' event loops, where an Event cannot be awaited.
-            while any(session_id in self._writing for session_id in ids):  # noqa: ASYNC110
-                await anyio.sleep(0.001)
+            if not dry_run:
+                self._erased.update(ids)
+                # Appends already past the fence land first, then go too. Polled, not an anyio.Event:
+                # they may run on other threads' event loops, where an Event cannot be awaited.
+                while any(session_id in self._writing for session_id in ids):  # noqa: ASYNC110
+                    await anyio.sleep(0.001)
             for session_id in ids:
                 marker = await self._load_snapshot(session_id, TRUNCATION_SNAPSHOT, None, None)
                 head = await self._current_version(session_id)
                 events += head - (0 if marker is None else marker.version)
-            await self._erase_sessions(user_id, ids)
+            if not dry_run:
+                await self._erase_sessions(user_id, ids)
             erased += ids
+        if dry_run:
+            return ErasureReport(user_id=user_id, session_ids=tuple(erased), events=events)
         keys = 0
         if self._encryption is not None:  # crypto-shredding: copies elsewhere (backups, exports) go dark too
             keys = await self._encryption.forget([user_key_id(user_id), *map(session_key_id, erased)], erased)
@@ -1133,7 +1138,7 @@ class BaseEventStore(abc.ABC):
             )
             decoded = self._decoded(page, damaged)
             if decoded is None:
-                async for record in self._records(page, damaged):
+                async for record in self._records(page, damaged, skip_erased=False):
                     yield record
             else:
                 for record in decoded[0]:
@@ -1167,7 +1172,7 @@ class BaseEventStore(abc.ABC):
             page, damaged, more = _ahead(await self._feed_page(position, size + ahead), size)
             decoded = self._decoded(page, damaged)
             if decoded is None:
-                async for record in self._records(page, damaged):
+                async for record in self._records(page, damaged, skip_erased=True):
                     yield record
             else:
                 for record in decoded[0]:
@@ -1221,15 +1226,30 @@ class BaseEventStore(abc.ABC):
         records, error = self._decode_page(page)
         return records, damaged if error is None else error
 
-    async def _records(self, page: Sequence[StoredEvent], damaged: CorruptRecordError | None) -> AsyncIterator[Record]:
+    async def _records(
+        self, page: Sequence[StoredEvent], damaged: CorruptRecordError | None, *, skip_erased: bool
+    ) -> AsyncIterator[Record]:
         """A page's records in order (out-of-line payloads put together, sealed ones opened), then
-        ``damaged`` raised if the page ends with it."""
+        ``damaged`` raised if the page ends with it. A row whose data key was deleted is left out
+        (``skip_erased``: the global feed, which a shredded user must not stop for everyone else) or
+        ends the records as :class:`ErasedError` (a session's own read)."""
         if self._stores_chunks and _has_manifest(page):
-            async for record in self._assembled(page):
+            async for record in self._assembled(page, skip_erased=skip_erased):
                 yield record
         else:
-            for stored in page:
-                yield self._codec.decode(await cast(Encryption, self._encryption).open(stored))
+            opened = await cast(Encryption, self._encryption).open_page(page)
+            rows = [row for row in opened if not isinstance(row, ErasedError)]
+            erased: ErasedError | None = None
+            if len(rows) < len(opened) and not skip_erased:
+                cut, erased = next((index, row) for index, row in enumerate(opened) if isinstance(row, ErasedError))
+                rows = rows[:cut]
+            records, error = self._decode_page(rows)
+            for record in records:
+                yield record
+            if error is not None:
+                raise error
+            if erased is not None:
+                raise erased
         if damaged is not None:
             raise damaged
 
@@ -1248,10 +1268,11 @@ class BaseEventStore(abc.ABC):
             return records, exc
         return records, None
 
-    async def _assembled(self, page: Sequence[StoredEvent]) -> AsyncIterator[Record]:
+    async def _assembled(self, page: Sequence[StoredEvent], *, skip_erased: bool) -> AsyncIterator[Record]:
         """The page's records, out-of-line payloads put back together: the chunks of the page's
         manifests come in one :meth:`_read_chunks` round trip (more only past :data:`_ASSEMBLY_BUDGET`
-        bytes), and each chunk list is dropped as soon as its event is rebuilt."""
+        bytes), and each chunk list is dropped as soon as its event is rebuilt. A row whose data key
+        was deleted is skipped (``skip_erased``, the global feed) or raised as :class:`ErasedError`."""
         start = 0
         while start < len(page):
             wanted: list[UUID] = []
@@ -1270,7 +1291,12 @@ class BaseEventStore(abc.ABC):
                 if stored.data[:1] == MANIFEST_MARK:
                     stored = _joined(stored, chunks.pop(stored.event_id, ()))
                 if self._encryption is not None:
-                    stored = await self._encryption.open(stored)
+                    (opened,) = await self._encryption.open_page((stored,))
+                    if isinstance(opened, ErasedError):
+                        if skip_erased:
+                            continue
+                        raise opened
+                    stored = opened
                 yield self._codec.decode(stored)
             start = end
 

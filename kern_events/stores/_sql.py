@@ -12,11 +12,12 @@ import msgspec
 
 from kern_events._validate import check_sql_identifier
 from kern_events.backend import IndexDelta, SessionFilter, SessionInfo, index_delta
-from kern_events.errors import InvalidArgumentError
+from kern_events.errors import ErasedError, InvalidArgumentError
 from kern_events.events import Event
 from kern_events.records import ExpectedVersion, PendingEvent, Snapshot, StoredEvent
 
 __all__ = [
+    "ERASED_HEAD",
     "EVENT_COLUMNS",
     "INFO_COLUMNS",
     "SCHEMA_VERSION",
@@ -32,6 +33,7 @@ __all__ = [
     "info_from_row",
     "migrations_ddl",
     "quote",
+    "refuse_erased",
     "snapshot_from_row",
     "steps_after",
     "stored_from_row",
@@ -200,6 +202,21 @@ TOMBSTONE = (
 """What deleting a session leaves of its index row: the version (so that it is never reused) and
 the times; everything that identified it is gone, and a session started again there chains afresh."""
 
+ERASED_HEAD = b"kern-events:erased"
+"""The head hash an erased session's tombstone keeps instead of ``NULL``: the mark, in the database,
+that :meth:`~kern_events.backend.BaseEventStore.erase_user` took the session. No hash equals it, so
+no append chains from it, and each SQL backend's append refuses a session whose head it reads is this
+one (:func:`refuse_erased`): appends from other store objects and processes racing an erasure land
+before it (and are erased) or are refused, and the hot path reads nothing more than it did."""
+
+
+def refuse_erased(session_id: str, chain_head: bytes | None) -> ErasedError | None:
+    """The error for an append to a session whose index row carries :data:`ERASED_HEAD`, else ``None``."""
+    if chain_head == ERASED_HEAD:
+        return ErasedError(session_id, "its user was erased; it takes no more events")
+    return None
+
+
 Placeholder = Callable[[int], str]
 """The marker of the n-th statement parameter: ``?n`` on SQLite, ``$n`` on PostgreSQL."""
 
@@ -213,6 +230,7 @@ class SessionStatements:
         self.version = f"SELECT version FROM {sessions} WHERE session_id = {param(1)}"
         self.info = f"SELECT {INFO_COLUMNS} FROM {sessions} WHERE session_id = {param(1)} AND NOT deleted"
         self.tombstone = f"UPDATE {sessions} SET {TOMBSTONE} WHERE session_id = {param(1)} AND NOT deleted"
+        self.mark_erased = f"UPDATE {sessions} SET chain_head = {param(2)} WHERE session_id = {param(1)}"
         self.snapshot_get = (
             f"SELECT {SNAPSHOT_COLUMNS} FROM {snapshots} WHERE session_id = {param(1)} AND name = {param(2)} "
             f"AND (CAST({param(3)} AS integer) IS NULL OR schema_version = {param(3)}) AND version <= {param(4)} "

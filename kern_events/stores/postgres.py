@@ -79,6 +79,7 @@ from kern_events.errors import (
 from kern_events.events import Event
 from kern_events.records import AppendResult, ExpectedVersion, FeedLag, PendingEvent, Snapshot, StoredEvent
 from kern_events.stores._sql import (
+    ERASED_HEAD,
     EVENT_COLUMNS,
     INFO_COLUMNS,
     SCHEMA_VERSION,
@@ -90,6 +91,7 @@ from kern_events.stores._sql import (
     info_from_row,
     migrations_ddl,
     quote,
+    refuse_erased,
     snapshot_from_row,
     steps_after,
     stored_from_row,
@@ -711,6 +713,8 @@ class PostgresEventStore(BaseEventStore):
             heads = {row[0]: (row[1], row[2]) for row in locked}
             for request in todo:
                 head, chain_head = heads.get(request.session_id, (0, None))
+                if (erased := refuse_erased(request.session_id, chain_head)) is not None:
+                    raise erased
                 if not check_expected(request.expected, head):
                     raise conflict(request.session_id, request.expected, head)
                 request.at, request.prev = head, chain_head  # locked: the head cannot move
@@ -773,6 +777,8 @@ class PostgresEventStore(BaseEventStore):
                 rows = await self._try_lean(connection, request)
                 if not rows and _lean_applies(request):
                     missed = head, deleted, stored, chain_head = await self._missed(connection, request)
+                    if (erased := refuse_erased(session_id, chain_head)) is not None:
+                        return erased
                     if not deleted and not stored:
                         if self._rechain(request, head, chain_head):
                             continue
@@ -791,6 +797,8 @@ class PostgresEventStore(BaseEventStore):
             # Nothing was written: the head did not match, a new session was created by another
             # writer at the same moment, or an event id is already stored.
             head, _, stored, chain_head = missed if missed is not None else await self._missed(connection, request)
+            if (erased := refuse_erased(session_id, chain_head)) is not None:
+                return erased
             if not stored:
                 if self._rechain(request, head, chain_head):
                     continue
@@ -905,6 +913,19 @@ class PostgresEventStore(BaseEventStore):
             erased = await connection.fetchval(self._sql.delete_events, session_id)
             await connection.execute(self._sql.delete_snapshots, session_id)
         return bool(erased or tombstoned)
+
+    async def _erase_sessions(self, user_id: str, session_ids: Sequence[str]) -> None:
+        """Delete the sessions as :meth:`_delete_session` does, in one transaction, each tombstone
+        marked erased (:data:`ERASED_HEAD`); rows are locked in session-id order, as appends lock them."""
+        for session_id in session_ids:
+            self._chain_heads.pop(session_id, None)
+        async with self._connection() as connection, connection.transaction():
+            for session_id in sorted(session_ids):
+                await connection.execute(self._sql.lock_session, session_id)
+                await connection.fetchval(self._sql.tombstone, session_id)
+                await connection.execute(self._sql.shared.mark_erased, session_id, ERASED_HEAD)
+                await connection.fetchval(self._sql.delete_events, session_id)
+                await connection.execute(self._sql.delete_snapshots, session_id)
 
     async def _save_snapshot(self, snapshot: Snapshot) -> None:
         async with self._connection() as connection:

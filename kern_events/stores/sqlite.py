@@ -62,6 +62,7 @@ from kern_events.events import Event
 from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
 from kern_events.stores._group import settle
 from kern_events.stores._sql import (
+    ERASED_HEAD,
     INFO_COLUMNS,
     SCHEMA_VERSION,
     AppendRequest,
@@ -73,6 +74,7 @@ from kern_events.stores._sql import (
     info_from_row,
     migrations_ddl,
     quote,
+    refuse_erased,
     snapshot_from_row,
     steps_after,
     stored_from_row,
@@ -619,6 +621,8 @@ class SqliteEventStore(BaseEventStore):
         """
         session_id, pending, expected = request.session_id, request.pending, request.expected
         row = db.execute(self._sql_head, (session_id,)).fetchone()
+        if row is not None and row[11] and (erased := refuse_erased(session_id, row[12])) is not None:
+            raise erased
         head = 0 if row is None else row[10]
         if not check_expected(expected, head):
             retry = match_retry(session_id, pending, self._find_ids(db, pending))
@@ -722,14 +726,33 @@ class SqliteEventStore(BaseEventStore):
     def _delete_in_thread(self, db: sqlite3.Connection, session_id: str) -> bool:
         db.execute("BEGIN IMMEDIATE")
         try:
-            erased = db.execute(self._sql_delete_events, (session_id,)).rowcount
-            db.execute(self._sql_delete_snapshots, (session_id,))
-            tombstoned = db.execute(self._sql.tombstone, (session_id,)).rowcount
+            deleted = self._delete_rows(db, session_id)
             db.execute("COMMIT")
         except BaseException:
             self._rollback(db)
             raise
+        return deleted
+
+    def _delete_rows(self, db: sqlite3.Connection, session_id: str) -> bool:
+        erased = db.execute(self._sql_delete_events, (session_id,)).rowcount
+        db.execute(self._sql_delete_snapshots, (session_id,))
+        tombstoned = db.execute(self._sql.tombstone, (session_id,)).rowcount
         return bool(erased or tombstoned)
+
+    async def _erase_sessions(self, user_id: str, session_ids: Sequence[str]) -> None:
+        """Delete the sessions in one transaction, each tombstone marked erased (:data:`ERASED_HEAD`)."""
+        await self._write(self._erase_in_thread, session_ids)
+
+    def _erase_in_thread(self, db: sqlite3.Connection, session_ids: Sequence[str]) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for session_id in session_ids:
+                self._delete_rows(db, session_id)
+                db.execute(self._sql.mark_erased, (session_id, ERASED_HEAD))
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback(db)
+            raise
 
     async def _save_snapshot(self, snapshot: Snapshot) -> None:
         await self._write(self._save_snapshot_in_thread, snapshot)

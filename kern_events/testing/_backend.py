@@ -54,6 +54,11 @@ class Backend(abc.ABC):
     whose listing cannot filter by user, or that overrides ``_erase_sessions`` with less, sets it
     false and the erasure tests skip, naming it)."""
 
+    fences_erasure_across_stores: bool = True
+    """Whether an erasure by one store refuses appends from another store on the same database (another
+    process) to the erased sessions, through a mark in the database that the append checks in its own
+    atomic step (the kit's default fences appends through the erasing store object only)."""
+
     chains: bool = True
     """Whether the store keeps the tamper-evidence hash chain (``StoredEvent.chain``, computed with the
     kit's :class:`~kern_events.backend.Chain` in its atomic append); the chain tests skip if not."""

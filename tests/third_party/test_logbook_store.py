@@ -29,6 +29,7 @@ class LogbookBackend(Backend):
     name = "logbook"
     streams_from_storage = False
     thread_safe = False  # its appends are atomic on one event loop only (no lock across threads)
+    fences_erasure_across_stores = False  # the kit's erasure fence only: it keeps no mark in the logbook
 
     def __init__(self) -> None:
         self.logbook = Logbook()

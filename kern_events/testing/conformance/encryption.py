@@ -148,6 +148,35 @@ async def test_a_deleted_key_shreds_the_users_events_into_typed_errors(backend: 
         assert await db.get_session("b") == bob
 
 
+async def test_a_shredded_users_rows_are_left_out_of_the_feed_for_everyone_else(backend: Backend) -> None:
+    _require_crypto()
+    backend.require("persistent")
+    keys = _Keys()
+    async with _encrypted(backend, keys) as store:
+        for batch in conversation(user_id="alice"):
+            await store.append("a", batch)
+        for batch in conversation(user_id="bob"):
+            await store.append("b", batch)
+        for batch in conversation(user_id="alice"):
+            await store.append("a2", batch)
+    await keys.delete_key(user_key_id("alice"))
+    async with _encrypted(backend, keys) as store:  # a restored backup: alice's rows are there, her key is not
+        bobs = [record.event async for record in store.read("b")]
+        await feed_settled(store)
+        feed = [record async for record in store.read_all()]
+        assert {record.session_id for record in feed} == {"b"}
+        assert [record.event for record in feed] == bobs
+        async with store.subscribe() as subscription:
+            seen = []
+            async for record in subscription:
+                seen.append(record.event)
+                if len(seen) == len(bobs):
+                    break
+        assert seen == bobs
+        with pytest.raises(ErasedError):  # the session's own reads still say why
+            [record async for record in store.read("a2")]
+
+
 async def test_a_wrong_key_is_a_typed_error_naming_session_and_version(backend: Backend) -> None:
     _require_crypto()
     backend.require("persistent")

@@ -27,7 +27,10 @@ async def test_erase_user_removes_every_session_and_leaves_other_users_alone(bac
         await db.save_checkpoint("a1")
         await db.save_checkpoint("b1")
         bob_view = await db.get_session("b1")
+        listed = await db.erase_user("alice", dry_run=True)
+        assert len(await db.get_sessions(user_id="alice")) == 2  # a dry run erases nothing
         report = await db.erase_user("alice")
+        assert (sorted(listed.session_ids), listed.events) == (sorted(report.session_ids), report.events)
         assert report.user_id == "alice"
         assert sorted(report.session_ids) == ["a1", "a2"]
         assert report.events == 2 * sum(map(len, conversation()))
@@ -100,3 +103,38 @@ async def test_appends_racing_an_erasure_land_first_or_are_refused_never_left_be
                     await store.append(session_id, [MessageAdded(run_id="r", role="user", content="late")])
             await feed_settled(store)
             assert not [record async for record in store.read_all() if record.session_id.startswith(user)]
+
+
+async def test_appends_from_another_store_racing_an_erasure_land_first_or_are_refused(backend: Backend) -> None:
+    backend.require("erases_users")
+    backend.require("persistent")
+    backend.require("fences_erasure_across_stores")
+    async with backend.store() as eraser, backend.store() as other:  # as two processes on one database
+        for trial in range(3):
+            user = f"far{trial}"
+            sessions = [f"{user}-s{n}" for n in range(3)]
+            for session_id in sessions:
+                await other.append(session_id, [SessionStarted(session_type="agent", user_id=user)])
+
+            async def write(session_id: str, number: int) -> None:
+                for _ in range(5):
+                    try:
+                        await other.append(session_id, [MessageAdded(run_id="r", role="user", content=str(number))])
+                    except ErasedError as error:
+                        assert error.session_id == session_id
+                        return
+                    await asyncio.sleep(0)
+
+            writers = [asyncio.ensure_future(write(session_id, n)) for session_id in sessions for n in range(3)]
+            await asyncio.sleep(0)
+            report = await eraser.erase_user(user)
+            await asyncio.gather(*writers)
+            assert sorted(report.session_ids) == sessions
+            for session_id in sessions:
+                with pytest.raises(ErasedError):  # the other store is refused too, not only the eraser
+                    await other.append(session_id, [MessageAdded(run_id="r", role="user", content="late")])
+                for store in (eraser, other):
+                    assert [record async for record in store.read(session_id)] == []
+                    assert await store.get_session_info(session_id) is None
+            await feed_settled(eraser)
+            assert not [record async for record in eraser.read_all() if record.session_id.startswith(user)]
