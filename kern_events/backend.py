@@ -29,6 +29,9 @@ The hooks, each called only with checked arguments on an open store:
                             ``_delete_session`` for each; the kit lists them, fences appends and reports)
 ``_save_snapshot``          store a checkpoint, keeping the newest :data:`SNAPSHOTS_KEPT`
 ``_load_snapshot``          the newest matching checkpoint
+``_load_context``           the index row, a snapshot, the newest rows and the rows of some types after
+                            the snapshot, for ``load_context`` (optional: the default calls the hooks
+                            above in turn; override it to read them in one round trip)
 ``_append_many``            several sessions' :class:`PendingAppend` parts, all or nothing (optional:
                             without it ``append_many`` raises :class:`UnsupportedError`)
 ``_truncate_before``        delete a session's events below a version and save the snapshots given,
@@ -122,6 +125,7 @@ from kern_events.stores._base import (
     BaseEventStore,
     Page,
     PendingAppend,
+    SessionContext,
     SessionFilter,
     check_expected,
     check_truncation,
@@ -154,6 +158,7 @@ __all__ = [
     "PendingAppend",
     "PendingEvent",
     "SessionAppend",
+    "SessionContext",
     "SessionFilter",
     "SessionInfo",
     "SessionSort",

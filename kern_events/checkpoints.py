@@ -18,6 +18,7 @@ from kern_events.errors import TruncatedError
 from kern_events.events import Event, RunStarted
 from kern_events.records import Record, Snapshot
 from kern_events.store import EventStore
+from kern_events.stores._base import SessionContext
 from kern_events.timetravel import first_version
 from projections.runs import RUN_SCHEMA_VERSION, RunView, apply_to_run, decode_run, encode_run, new_run
 from projections.session import (
@@ -40,6 +41,17 @@ STATE_SCHEMA_VERSION = 1
 _state_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
 
+def _decoded(snapshot: Snapshot | None, decode: Callable[[bytes], T]) -> tuple[T, int] | None:
+    """A checkpoint's content, decoded, with its version; ``None`` for a missing one or one that no
+    longer decodes (an older release's shape)."""
+    if snapshot is None:
+        return None
+    try:
+        return decode(snapshot.data), snapshot.version
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
 def run_checkpoint(run_id: str) -> str:
     """The snapshot name of one run's own checkpoint."""
     return f"run:{run_id}"
@@ -59,12 +71,7 @@ class Checkpoints:
         snapshot = await self._store.load_snapshot(
             session_id, name, schema_version=schema_version, max_version=max_version
         )
-        if snapshot is None:
-            return None
-        try:
-            return decode(snapshot.data), snapshot.version
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return None
+        return _decoded(snapshot, decode)
 
     async def fold_to(self, session_id: str, target: int, start: SessionFold | None = None) -> SessionFold:
         """The session fold at ``target``: from ``start`` (or the newest usable checkpoint) plus the tail."""
@@ -94,17 +101,35 @@ class Checkpoints:
         if low < first:
             raise TruncatedError(session_id, first, f"version {target}")
 
-    async def state(self, session_id: str, target: int) -> dict[str, Any]:
+    async def state(self, session_id: str, target: int, context: SessionContext | None = None) -> dict[str, Any]:
         """The session's key/value state at ``target``: the state's own checkpoint plus the state
-        events after it (the database skips the rest), so its cost does not grow with the session."""
-        checkpoint = await self.load(session_id, STATE_CHECKPOINT, STATE_SCHEMA_VERSION, target, _state_decoder.decode)
-        if checkpoint is None:
-            await self._check_readable(session_id, 1, target)
+        events after it (the database skips the rest), so its cost does not grow with the session.
+
+        With ``context`` (what :meth:`~kern_events.backend.BaseEventStore.load_context` read at
+        ``target`` for :data:`STATE_CHECKPOINT` and :data:`STATE_EVENT_TYPES`), its checkpoint and
+        records are used, and only what they leave out is read.
+        """
+        if context is None:
+            checkpoint = await self.load(
+                session_id, STATE_CHECKPOINT, STATE_SCHEMA_VERSION, target, _state_decoder.decode
+            )
+            records: list[Record] = []
+            more = True
+        else:
+            checkpoint = _decoded(context.snapshot, _state_decoder.decode)
+            if checkpoint is None and context.snapshot is not None:
+                return await self.state(session_id, target)  # it no longer decodes: its records are no use
+            records, more = context.after, context.after_more
+        if checkpoint is None and not (context is not None and context.tail and context.tail[-1].version == 1):
+            await self._check_readable(session_id, 1, target)  # (a tail down to version 1 shows it readable)
         state, at = checkpoint if checkpoint is not None else ({}, 0)
-        async for record in self._store.read(
-            session_id, from_version=at + 1, to_version=target, types=STATE_EVENT_TYPES
-        ):
-            state = fold_state(state, record.event)
+        for record in records:
+            state, at = fold_state(state, record.event), record.version
+        if more:
+            async for record in self._store.read(
+                session_id, from_version=at + 1, to_version=target, types=STATE_EVENT_TYPES
+            ):
+                state = fold_state(state, record.event)
         return state
 
     async def run(self, session_id: str, run_id: str, target: int) -> RunView | None:

@@ -23,7 +23,7 @@ from kern_events._validate import (
     check_optional_identifier,
     check_seconds,
 )
-from kern_events.checkpoints import Checkpoints
+from kern_events.checkpoints import STATE_CHECKPOINT, STATE_SCHEMA_VERSION, Checkpoints
 from kern_events.codec import Codec
 from kern_events.encryption import Encryption
 from kern_events.errors import (
@@ -35,7 +35,7 @@ from kern_events.errors import (
     UnsupportedError,
 )
 from kern_events.events import SessionRenamed, SessionType
-from kern_events.records import ErasureReport, Snapshot
+from kern_events.records import ErasureReport, Record, Snapshot
 from kern_events.retention import Progress, RetentionPolicy, RetentionReport
 from kern_events.retention import apply as apply_retention
 from kern_events.sessions import Session, StoragePolicy, _visible_to
@@ -48,7 +48,7 @@ from kern_events.stores.sqlite import SqliteEventStore, Synchronous
 from kern_events.timetravel import first_version, fork, version_at
 from projections.history import HistoryWindow, history_messages
 from projections.runs import MessageView, RunView
-from projections.session import SessionFold, SessionSummary, SessionView
+from projections.session import STATE_EVENT_TYPES, SessionFold, SessionSummary, SessionView
 
 __all__ = ["BaseDb", "InMemoryDb", "PostgresDb", "SqliteDb"]
 
@@ -56,6 +56,25 @@ if TYPE_CHECKING:
     import asyncpg
 
 _RENAME_ATTEMPTS = 5
+
+
+CONTEXT_TAIL = 64
+"""The newest events :meth:`BaseDb.get_context` reads with the state in one round trip: three runs of
+a chat take about 12, a run with a few tool calls a dozen more; a window reaching further reads on."""
+
+
+def _window(
+    num_history_runs: int | None, num_history_messages: int | None, include_tool_messages: bool
+) -> HistoryWindow:
+    """The history window asked for, its arguments checked."""
+    check_non_negative("num_history_runs", num_history_runs, allow_none=True)
+    check_non_negative("num_history_messages", num_history_messages, allow_none=True)
+    check_flag("include_tool_messages", include_tool_messages)
+    return HistoryWindow(
+        num_history_runs=num_history_runs,
+        num_history_messages=num_history_messages,
+        include_tool_messages=include_tool_messages,
+    )
 
 
 def _version_asked(info: SessionInfo, version: int | None) -> int:
@@ -213,29 +232,78 @@ class BaseDb:
         the cost follows the window, not the session's length. A tool call is never separated
         from its results.
         """
-        check_non_negative("num_history_runs", num_history_runs, allow_none=True)
-        check_non_negative("num_history_messages", num_history_messages, allow_none=True)
-        check_flag("include_tool_messages", include_tool_messages)
+        window = _window(num_history_runs, num_history_messages, include_tool_messages)
         info = await self._visible_info(session_id, user_id)
-        window = HistoryWindow(
-            num_history_runs=num_history_runs,
-            num_history_messages=num_history_messages,
-            include_tool_messages=include_tool_messages,
+        return await self._history(session_id, user_id, info, window, [], more=True)
+
+    async def get_context(
+        self,
+        session_id: str,
+        *,
+        user_id: str | None = None,
+        num_history_runs: int | None = None,
+        num_history_messages: int | None = None,
+        include_tool_messages: bool = True,
+    ) -> tuple[list[MessageView], dict[str, Any]]:
+        """What a runtime loads before each run: :meth:`get_history`'s window (same arguments) and
+        :meth:`get_session_state`'s state, read together.
+
+        On a store built on the backend kit they come from one
+        :meth:`~kern_events.backend.BaseEventStore.load_context` call (one round trip on PostgreSQL
+        and SQLite) whenever the window lies within the session's last :data:`CONTEXT_TAIL` events;
+        a longer window reads on from there.
+        """
+        window = _window(num_history_runs, num_history_messages, include_tool_messages)
+        check_identifier("session_id", session_id)
+        check_optional_identifier("user_id", user_id)
+        store = self._store
+        if not isinstance(store, BaseEventStore):
+            info = await self._visible_info(session_id, user_id)
+            history = await self._history(session_id, user_id, info, window, [], more=True)
+            return history, await self._checkpoints.state(session_id, info.version)
+        context = await store.load_context(
+            session_id,
+            snapshot=STATE_CHECKPOINT,
+            schema_version=STATE_SCHEMA_VERSION,
+            types=STATE_EVENT_TYPES,
+            tail=min(CONTEXT_TAIL, store.read_page_size),
         )
+        if context.info is None or not _visible_to(context.info, user_id):
+            raise SessionNotFoundError(session_id)
+        history = await self._history(session_id, user_id, context.info, window, context.tail, more=context.tail_more)
+        return history, await self._checkpoints.state(session_id, context.info.version, context)
+
+    async def _history(
+        self,
+        session_id: str,
+        user_id: str | None,
+        info: SessionInfo,
+        window: HistoryWindow,
+        newest: Sequence[Record],
+        *,
+        more: bool,
+    ) -> list[MessageView]:
+        """The window's messages from the session's ``newest`` records (newest first) and, if
+        ``more`` and the window needs them, the older ones read backwards after them."""
         oldest = info.version + 1
-        async for record in self._store.read(session_id, to_version=info.version, backwards=True):
+        for record in newest:
             oldest = record.version
             if window.take(record):
                 return window.messages()
+        if more:
+            async for record in self._store.read(session_id, to_version=oldest - 1, backwards=True):
+                oldest = record.version
+                if window.take(record):
+                    return window.messages()
         if oldest > 1 and await first_version(self._store, session_id) > 1:
             # The whole log was read and its start is truncated: the runs before it live in the
             # session view's checkpoint, so the window is built from the view.
             view = await self.get_session(session_id, user_id=user_id)
             return history_messages(
                 view.runs,
-                num_history_runs=num_history_runs,
-                num_history_messages=num_history_messages,
-                include_tool_messages=include_tool_messages,
+                num_history_runs=window.num_history_runs,
+                num_history_messages=window.num_history_messages,
+                include_tool_messages=window.include_tool_messages,
             )
         return window.messages()
 

@@ -103,8 +103,14 @@ class Agent(Runtime):
             session_state=self.session_state,
             policy=self.storage_policy,
         )
-        history = await self.history(session)
-        state = await db.get_session_state(session.session_id)
+        if self.add_history_to_context:  # the window and the state in one round trip
+            history, state = await db.get_context(
+                session.session_id,
+                num_history_runs=self.num_history_runs,
+                num_history_messages=self.num_history_messages,
+            )
+        else:
+            history, state = [], await db.get_session_state(session.session_id)
         output = await self.respond(session, input, history=history, state=state)
         if self.summarizer is not None:
             await session.summarize(self.summarizer)

@@ -73,12 +73,10 @@ class Team(Runtime):
             session_state=self.session_state,
             policy=self.storage_policy,
         )
-        history = (
-            await db.get_history(session.session_id, num_history_runs=self.num_history_runs)
-            if self.add_history_to_context
-            else []
-        )
-        state = await db.get_session_state(session.session_id)
+        if self.add_history_to_context:  # the window and the state in one round trip
+            history, state = await db.get_context(session.session_id, num_history_runs=self.num_history_runs)
+        else:
+            history, state = [], await db.get_session_state(session.session_id)
         before = copy.deepcopy(state)
         started = time.perf_counter()
         run = await session.start_run(

@@ -82,6 +82,7 @@ __all__ = [
     "BaseEventStore",
     "Page",
     "PendingAppend",
+    "SessionContext",
     "SessionFilter",
     "check_expected",
     "check_truncation",
@@ -245,6 +246,24 @@ def _stamped(snapshot: Snapshot, now: float) -> Snapshot:
     if snapshot.created_at != 0.0:
         return snapshot
     return msgspec.structs.replace(snapshot, created_at=now)
+
+
+class SessionContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What :meth:`BaseEventStore.load_context` read for a session at its current version: what a
+    runtime loads before each run, in one round trip where the backend can."""
+
+    info: SessionInfo | None
+    """The session's index row; ``None`` (and nothing else read) if absent or deleted."""
+    snapshot: Snapshot | None
+    """The newest snapshot of the name and schema asked for at or below the session's version."""
+    tail: list[Record]
+    """The session's newest records, newest first."""
+    tail_more: bool
+    """Whether older records may follow the tail's last one (read on from below it)."""
+    after: list[Record]
+    """The records of the types asked for after :attr:`snapshot` (from version 1 without one), oldest first."""
+    after_more: bool
+    """Whether more such records may follow :attr:`after`'s last one (read on from above it)."""
 
 
 class PendingAppend(msgspec.Struct, frozen=True, kw_only=True):
@@ -1363,6 +1382,49 @@ class BaseEventStore(abc.ABC):
             return snapshot  # the truncation marker holds a chain hash, never sealed
         return await self._encryption.open_snapshot(snapshot)
 
+    async def load_context(
+        self, session_id: str, *, snapshot: str, schema_version: int, types: Collection[str], tail: int
+    ) -> SessionContext:
+        """The session's index row, its newest snapshot ``snapshot`` of ``schema_version``, the newest
+        ``tail`` records and the records of ``types`` after that snapshot: the context a runtime
+        loads before each run (history window and state), in one round trip on the SQL backends.
+
+        Each list is cut at a page (``tail`` records, :attr:`read_page_size` after the snapshot) and
+        at a row that does not read (a damaged row, an erased payload): its ``*_more`` flag then says
+        that a :meth:`read` must go on from its last record, and that read meets the error where a
+        plain read would.
+        """
+        check_identifier("session_id", session_id)
+        check_identifier("snapshot", snapshot, max_length=MAX_SNAPSHOT_NAME_LENGTH)
+        check_non_negative("schema_version", schema_version, maximum=MAX_INT32)
+        wanted = check_event_types("types", types)
+        check_non_negative("tail", tail, maximum=self.read_page_size)
+        await self._ensure_open()
+        info, found, newest, later = await self._load_context(
+            session_id, snapshot, schema_version, wanted or (), tail + 1, self.read_page_size + 1
+        )
+        if found is not None and self._encryption is not None:
+            found = await self._encryption.open_snapshot(found)
+        records, tail_more = await self._context_records(newest, tail)
+        after, after_more = await self._context_records(later, self.read_page_size)
+        return SessionContext(
+            info=info, snapshot=found, tail=records, tail_more=tail_more, after=after, after_more=after_more
+        )
+
+    async def _context_records(self, page: Page, size: int) -> tuple[list[Record], bool]:
+        """A page read with one row of look-ahead, as records, and whether a read must go on after it."""
+        rows, damaged, more = _ahead(page, size)
+        decoded = self._decoded(rows, damaged)
+        if decoded is not None:
+            return decoded[0], more or decoded[1] is not None
+        records: list[Record] = []
+        try:
+            async for record in self._records(rows, damaged, skip_erased=False):
+                records.append(record)
+        except Exception:  # the read that goes on after the last good record raises it again, in place
+            return records, True
+        return records, more
+
     async def feed_lag(self) -> FeedLag:
         """How far the global feed is held back behind committed appends (see :class:`FeedLag`).
 
@@ -1446,6 +1508,22 @@ class BaseEventStore(abc.ABC):
     ) -> Page:
         """Up to ``limit`` rows with ``low <= version <= high`` (and a type in ``types``, if given),
         ordered by version; a :data:`Page`."""
+
+    async def _load_context(
+        self, session_id: str, snapshot: str, schema_version: int, types: tuple[str, ...], tail: int, after: int
+    ) -> tuple[SessionInfo | None, Snapshot | None, Page, Page]:
+        """The session's index row (``None``: nothing else is read), its newest snapshot ``snapshot``
+        of ``schema_version`` at or below its version, up to ``tail`` of its newest rows (newest
+        first) and up to ``after`` rows of ``types`` after the snapshot (oldest first), all at or below
+        the index row's version. The default calls the other hooks in turn; a backend that can read
+        it all in one round trip overrides it."""
+        info = await self._get_session_info(session_id)
+        if info is None:
+            return None, None, (), ()
+        found = await self._load_snapshot(session_id, snapshot, schema_version, info.version)
+        newest = await self._read_page(session_id, 1, info.version, tail, True, None)
+        low = 1 if found is None else found.version + 1
+        return info, found, newest, await self._read_page(session_id, low, info.version, after, False, types)
 
     @abc.abstractmethod
     async def _read_all_page(self, from_position: int, limit: int) -> Page:

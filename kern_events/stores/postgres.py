@@ -83,6 +83,7 @@ from kern_events.stores._sql import (
     EVENT_COLUMNS,
     INFO_COLUMNS,
     SCHEMA_VERSION,
+    SNAPSHOT_COLUMNS,
     AppendRequest,
     MigrationStep,
     Row,
@@ -125,6 +126,12 @@ def normalize_url(db_url: str) -> str:
 
 def _stored(row: Row) -> StoredEvent:
     return stored_from_row(row, row[3])
+
+
+_SNAPSHOT_AT = 1 + INFO_COLUMNS.count(",") + 1
+"""Where a context row's snapshot columns start (after its part number and the index row's columns)."""
+_EVENT_AT = _SNAPSHOT_AT + SNAPSHOT_COLUMNS.count(",") + 1
+"""Where a context row's event columns start; see ``_Statements.context``."""
 
 
 _CONNECTION_LOST = (
@@ -995,6 +1002,23 @@ class PostgresEventStore(BaseEventStore):
             rows = await self._read_rows(sql, session_id, low, top, limit)
         return [_stored(row) for row in rows]
 
+    async def _load_context(
+        self, session_id: str, snapshot: str, schema_version: int, types: tuple[str, ...], tail: int, after: int
+    ) -> tuple[SessionInfo | None, Snapshot | None, Sequence[StoredEvent], Sequence[StoredEvent]]:
+        """The reads of the default in one statement (``_Statements.context``), on the read connection."""
+        rows = await self._read_rows(self._sql.context, session_id, snapshot, schema_version, tail, list(types), after)
+        info: SessionInfo | None = None
+        found: Snapshot | None = None
+        parts: tuple[list[StoredEvent], list[StoredEvent]] = ([], [])
+        for row in rows:
+            if row[0] == 0:
+                info = info_from_row(row[1:_SNAPSHOT_AT])
+                if row[_SNAPSHOT_AT] is not None:
+                    found = snapshot_from_row(row[_SNAPSHOT_AT:_EVENT_AT])
+            else:
+                parts[row[0] - 1].append(_stored(row[_EVENT_AT:]))
+        return info, found, parts[0], parts[1]
+
     async def _read_all_page(self, from_position: int, limit: int) -> Sequence[StoredEvent]:
         page = [_stored(row) for row in await self._fetch(self._sql.all_page, from_position, limit)]
         if len(page) < limit and self._listeners and self._on_own_loop():
@@ -1457,6 +1481,31 @@ FROM (SELECT 1) AS one LEFT JOIN {sessions} AS s ON s.session_id = $1"""
             for typed in ("", " AND type = ANY($5::text[])")
             for order in ("", " DESC")
         )
+        # The context before a run (_load_context) in one statement: a row of part 0 with the index
+        # row and the snapshot (NULLs if none), then the tail (part 1, newest first) and the typed
+        # rows after the snapshot (part 2), each bounded by the index row's version; every row
+        # leaves the other parts' columns NULL.
+        no_header = ", ".join(["NULL"] * (_EVENT_AT - 1))
+        no_event = ", ".join(["NULL"] * (EVENT_COLUMNS.count(",") + 1))
+        self.context = f"""
+WITH info AS (SELECT {INFO_COLUMNS} FROM {sessions} WHERE session_id = $1 AND NOT deleted),
+snap AS (
+    SELECT {SNAPSHOT_COLUMNS} FROM {snapshots}
+    WHERE session_id = $1 AND name = $2 AND schema_version = $3 AND version <= (SELECT version FROM info)
+    ORDER BY version DESC LIMIT 1
+)
+SELECT 0, info.*, snap.*, {no_event} FROM info LEFT JOIN snap ON true
+UNION ALL (
+    SELECT 1, {no_header}, {EVENT_COLUMNS} FROM {events}
+    WHERE session_id = $1 AND version <= (SELECT version FROM info)
+    ORDER BY version DESC LIMIT $4
+)
+UNION ALL (
+    SELECT 2, {no_header}, {EVENT_COLUMNS} FROM {events}
+    WHERE session_id = $1 AND version > COALESCE((SELECT version FROM snap), 0)
+    AND version <= (SELECT version FROM info) AND type = ANY($5::text[])
+    ORDER BY version LIMIT $6
+)"""
         self.all_page = (
             f"SELECT {EVENT_COLUMNS} FROM {events} WHERE position >= $1 "
             "AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) "

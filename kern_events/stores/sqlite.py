@@ -833,6 +833,25 @@ class SqliteEventStore(BaseEventStore):
     async def _read_all_page(self, from_position: int, limit: int) -> Page:
         return await self._fetch_page(self._sql_all_page.format, (from_position, limit))
 
+    async def _load_context(
+        self, session_id: str, snapshot: str, schema_version: int, types: tuple[str, ...], tail: int, after: int
+    ) -> tuple[SessionInfo | None, Snapshot | None, Page, Page]:
+        """The reads of the default, in one hop to the reader's thread. A page SQLite cannot return
+        (a damaged row's text) sends it to the default, whose page reads deal with it."""
+        typed = f"AND type IN ({', '.join('?' for _ in types)}) "
+        statements = (
+            self._sql.info,
+            self._sql.snapshot_get,
+            self._sql_page.format(columns=self._columns, typed="", order="DESC"),
+            self._sql_page.format(columns=self._columns, typed=typed, order="ASC"),
+        )
+        try:
+            return await self._submit(
+                self._reader, _context_rows, statements, session_id, snapshot, schema_version, types, tail, after
+            )
+        except sqlite3.Error:
+            return await super()._load_context(session_id, snapshot, schema_version, types, tail, after)
+
     async def _fetch_page(self, sql: Callable[..., str], params: Sequence[Any]) -> Page:
         """A page of events; ``sql(columns=...)`` is its statement selecting ``columns``.
 
@@ -960,6 +979,31 @@ def _set_result(future: asyncio.Future[T], result: T) -> None:
 def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
+
+
+def _context_rows(
+    db: sqlite3.Connection,
+    statements: tuple[str, str, str, str],
+    session_id: str,
+    snapshot: str,
+    schema_version: int,
+    types: tuple[str, ...],
+    tail: int,
+    after: int,
+) -> tuple[SessionInfo | None, Snapshot | None, Page, Page]:
+    """:meth:`SqliteEventStore._load_context`'s reads, run on the reader's thread: the index row, the
+    snapshot, the tail and the typed rows after the snapshot, each bounded by the index row's version."""
+    info_sql, snapshot_sql, tail_sql, after_sql = statements
+    row = db.execute(info_sql, (session_id,)).fetchone()
+    if row is None:
+        return None, None, (), ()
+    info = info_from_row(row)
+    row = db.execute(snapshot_sql, (session_id, snapshot, schema_version, info.version)).fetchone()
+    found = None if row is None else snapshot_from_row(row)
+    newest = _stored_page(db.execute(tail_sql, (session_id, 1, info.version, tail)).fetchall())
+    low = 1 if found is None else found.version + 1
+    later = _stored_page(db.execute(after_sql, (session_id, low, info.version, *types, after)).fetchall())
+    return info, found, newest, later
 
 
 def _fetchall(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:

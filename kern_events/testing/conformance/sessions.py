@@ -174,6 +174,10 @@ async def test_history_reads_only_the_tail_it_needs_and_equals_the_full_fold(bac
                         "s", num_history_runs=runs, num_history_messages=messages, include_tool_messages=tools
                     )
                     assert got == expected, (runs, messages, tools)
+                    context = await db.get_context(
+                        "s", num_history_runs=runs, num_history_messages=messages, include_tool_messages=tools
+                    )
+                    assert context == (expected, full.session_state), (runs, messages, tools)
         window = await db.get_history("s", num_history_runs=2)
         assert [m.content for m in window if m.role == "user"] == ["question 5", "question 6"]
 
@@ -202,6 +206,7 @@ async def test_state_read_from_its_checkpoint_equals_the_state_in_the_view(backe
             else:
                 await _turn(session, step)
             assert await db.get_session_state("s") == (await db.get_session("s")).session_state
+            assert (await db.get_context("s"))[1] == (await db.get_session("s")).session_state
         assert await db.store.load_snapshot("s", STATE_CHECKPOINT) is not None
         stale = Snapshot(
             session_id="s",
@@ -212,6 +217,32 @@ async def test_state_read_from_its_checkpoint_equals_the_state_in_the_view(backe
         )
         await db.store.save_snapshot(stale)
         assert await db.get_session_state("s") == {"k0": 0, "k3": 3, "k6": 6}
+        assert (await db.get_context("s"))[1] == {"k0": 0, "k3": 3, "k6": 6}
+
+
+async def test_the_context_for_the_next_run_equals_history_and_state_read_apart(backend: Backend) -> None:
+    """``get_context`` reads the window and the state together; past the tail it reads in one round
+    trip it reads on, so that a long window and the state after many state changes come out whole."""
+    async with backend.db(checkpoint_every=7) as db:
+        session = await db.open_session("s", user_id="u", session_state={"a": 0})
+        for number in range(1, 31):
+            await _turn(session, number, with_tool=number % 3 == 0)
+            if number % 4 == 0:
+                await session.update_state({f"k{number}": number})
+        full = await db.get_session("s")
+        for runs, messages in ((None, None), (1, None), (3, None), (25, None), (None, 3), (None, 70), (0, None)):
+            history = await db.get_history("s", num_history_runs=runs, num_history_messages=messages)
+            context = await db.get_context("s", user_id="u", num_history_runs=runs, num_history_messages=messages)
+            assert context == (history, full.session_state), (runs, messages)
+        with pytest.raises(SessionNotFoundError):
+            await db.get_context("s", user_id="someone else")
+        with pytest.raises(SessionNotFoundError):
+            await db.get_context("missing")
+        with pytest.raises(InvalidArgumentError):
+            await db.get_context("s", num_history_runs=-1)
+        await db.delete_session("s")
+        with pytest.raises(SessionNotFoundError):
+            await db.get_context("s")
 
 
 async def _records_of_run(db: BaseDb, run_id: str) -> list[str]:

@@ -182,6 +182,7 @@ async def test_a_truncated_session_reads_the_same_view_behind_its_checkpoint(bac
         assert await db.get_session("s") == view
         assert await db.get_session_state("s") == state
         assert await db.get_history("s") == history
+        assert await db.get_context("s") == (history, state)
         await db.store.append("s", [_message("after")])
         later = await db.get_session("s")
         assert later.runs[:-1] == view.runs[:-1] and later.updated_at >= view.updated_at

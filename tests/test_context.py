@@ -1,0 +1,114 @@
+"""The context a runtime loads before each run (history window + session state) costs one round trip:
+one statement on PostgreSQL, one hop to the reader's thread on SQLite, whatever the session's length."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+
+from kern_events import MessageAdded, RunCompleted, RunStarted, SessionStarted, SessionStateChanged
+from kern_events.db import BaseDb
+from kern_events.events import Event
+from kern_events.stores.postgres import PostgresEventStore
+from kern_events.stores.sqlite import SqliteEventStore
+from tests import _pg
+
+T = TypeVar("T")
+
+
+def _run(number: int) -> list[Event]:
+    run_id = f"run-{number}"
+    return [
+        RunStarted(run_id=run_id, input=f"question {number}", model_id="m"),
+        MessageAdded(run_id=run_id, role="user", content=f"question {number}"),
+        MessageAdded(run_id=run_id, role="assistant", content=f"answer {number}"),
+        SessionStateChanged(set={"turn": number}),
+        RunCompleted(run_id=run_id),
+    ]
+
+
+async def _fill(db: BaseDb) -> None:
+    """A session with a checkpoint and runs (and state changes) after it."""
+    events: list[Event] = [
+        SessionStarted(session_type="agent", agent_id="a", user_id="u"),
+        SessionStateChanged(set={"k": 1}),
+    ]
+    for number in range(1, 21):
+        events += _run(number)
+    await db.store.append("s", events, expected_version=0)
+    await db.save_checkpoint("s")
+    await db.store.append("s", _run(21) + _run(22), expected_version=len(events))
+
+
+async def _context(db: BaseDb) -> tuple[list[Any], dict[str, Any]]:
+    return await db.get_context("s", num_history_runs=3)
+
+
+async def _expected(db: BaseDb) -> tuple[list[Any], dict[str, Any]]:
+    view = await db.get_session("s")
+    runs = view.runs[-3:]
+    return [message for run in runs for message in run.messages], view.session_state
+
+
+class _CountingSqliteStore(SqliteEventStore):
+    """A SQLite store that counts the calls it sends to its connections' threads."""
+
+    hops = 0
+
+    def _submit(self, connection: Any, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        self.hops += 1
+        return super()._submit(connection, function, *args)
+
+
+async def test_sqlite_loads_a_runs_context_in_one_hop(tmp_path: Path) -> None:
+    store = _CountingSqliteStore(str(tmp_path / "s.db"))
+    async with BaseDb(store) as db:
+        await _fill(db)
+        expected = await _expected(db)
+        store.hops = 0
+        history, state = await _context(db)
+        assert store.hops == 1
+    assert (history, state) == expected
+    assert state == {"k": 1, "turn": 22}
+
+
+async def test_postgres_loads_a_runs_context_in_one_statement(schema: str) -> None:
+    statements: list[str] = []
+
+    async def init(connection: asyncpg.Connection) -> None:
+        connection.add_query_logger(lambda query: statements.append(query.query))
+
+    async def no_reset(connection: asyncpg.Connection) -> None:
+        return None
+
+    pool = await asyncpg.create_pool(_pg.PG_URL, min_size=1, max_size=2, init=init, reset=no_reset)
+    try:
+        async with BaseDb(PostgresEventStore(pool=pool, schema=schema)) as db:
+            await _fill(db)
+            expected = await _expected(db)
+            statements.clear()
+            history, state = await _context(db)
+            assert len(statements) == 1, statements
+        assert (history, state) == expected
+        assert state == {"k": 1, "turn": 22}
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("runs", [0, 1])
+async def test_a_short_session_without_a_checkpoint_still_reads_in_one_hop(tmp_path: Path, runs: int) -> None:
+    store = _CountingSqliteStore(str(tmp_path / "s.db"))
+    async with BaseDb(store) as db:
+        events: list[Event] = [SessionStarted(session_type="agent"), SessionStateChanged(set={"k": 1})]
+        for number in range(1, runs + 1):
+            events += _run(number)
+        await db.store.append("s", events, expected_version=0)
+        expected = await _expected(db)
+        store.hops = 0
+        assert await _context(db) == expected
+        assert store.hops == 1
