@@ -2,7 +2,7 @@
 
 A session is prefilled with N runs (a user message, an assistant answer, the outcome). Then, at
 N = 10 and N = 10,000, the cases time what an agent runtime does for every turn: load the context
-for the next run (the last 3 runs' messages, ``db.get_history``, a tail read) and persist one more
+for the next run (the last 3 runs' messages and the state, ``db.get_context``) and persist one more
 run (one append). The full fold of the session (``db.get_session`` without a checkpoint) is timed
 too: it is what a store without a tail read would pay, and it grows with N.
 """
@@ -27,9 +27,9 @@ _SESSION = "long-conversation"
 _PREFILL_EVENTS = 4000
 
 NOTES = """\
-history rows: the context a runtime loads before each run: db.get_history(session, num_history_runs=3),
-  which reads the session's tail backwards only as far as the window needs, and db.get_session_state,
-  which reads the state's own checkpoint and the events after it.
+history rows: the context a runtime loads before each run: db.get_context(session, num_history_runs=3),
+  the history window (the session's tail, read backwards only as far as the window needs) and the state
+  (its own checkpoint and the state events after it), read together in one round trip (one SQLite hop).
 persist rows: one more run (RunStarted, user and assistant messages, RunCompleted) in one append.
 full view rows: db.get_session, the whole session view (from its checkpoint): what a runtime that loads
   the whole session per turn pays; shown to contrast with the flat rows above.
@@ -84,8 +84,7 @@ def _measure(args: argparse.Namespace, operation: str) -> Sample:
                 with Timer() as timer:
                     for n in range(args.repeats):
                         if operation == "history":
-                            await db.get_history(_SESSION, num_history_runs=3)
-                            await db.get_session_state(_SESSION)
+                            await db.get_context(_SESSION, num_history_runs=3)
                         elif operation == "persist":
                             version = (
                                 await db.store.append(_SESSION, _run(args.runs + n + 1), expected_version=version)
