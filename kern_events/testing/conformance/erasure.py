@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
-from kern_events import ErasedError, MessageAdded, SessionStarted, Snapshot
+from kern_events import TRUNCATION_SNAPSHOT, ErasedError, MessageAdded, SessionStarted, Snapshot
 from kern_events.testing._backend import Backend
 from kern_events.testing._feed import feed_settled
 from kern_events.testing._samples import conversation
@@ -159,6 +160,7 @@ async def test_snapshots_from_another_store_racing_or_after_an_erasure_are_erase
             sessions = [f"{user}-s{n}" for n in range(3)]
             for session_id in sessions:
                 await other.append(session_id, [SessionStarted(session_type="agent", user_id=user)])
+            exported = {session_id: [event async for event in other.read_stored(session_id)] for session_id in sessions}
 
             async def save(session_id: str, number: int) -> None:
                 for _ in range(5):
@@ -178,6 +180,14 @@ async def test_snapshots_from_another_store_racing_or_after_an_erasure_are_erase
                 with pytest.raises(ErasedError) as raised:  # the other store is refused too, not only the eraser
                     await other.save_snapshot(_checkpoint(session_id))
                 assert raised.value.session_id == session_id
+                head = await other.current_version(session_id)
+                with pytest.raises(ErasedError):  # nor does an import bring the user back
+                    await other.append_stored(
+                        [msgspec.structs.replace(exported[session_id][0], version=head + 1)], expected_version=head
+                    )
+                assert await other.truncate_before(session_id, head + 1) == 0  # nothing to cut, nothing saved
                 for store in (eraser, other):
+                    assert await store.get_session_info(session_id) is None
+                    assert await store.load_snapshot(session_id, TRUNCATION_SNAPSHOT) is None
                     for name in ("state", "state0", "state1", "state2"):
                         assert await store.load_snapshot(session_id, name) is None
