@@ -1108,7 +1108,12 @@ class BaseEventStore(abc.ABC):
                 "snapshot.version",
                 f"{snapshot.version} is ahead of session {snapshot.session_id!r} (version {head})",
             )
-        await self._save_snapshot(await self._sealed_snapshot(_stamped(snapshot, time.time())))
+        sealed = await self._sealed_snapshot(_stamped(snapshot, time.time()))
+        self._enter_writes((snapshot.session_id,))  # a user's checkpoint is fenced by an erasure as appends are
+        try:
+            await self._save_snapshot(sealed)
+        finally:
+            self._leave_writes((snapshot.session_id,))
 
     # -- reading -----------------------------------------------------------------------------------
 

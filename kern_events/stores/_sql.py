@@ -210,8 +210,9 @@ one (:func:`refuse_erased`): appends from other store objects and processes raci
 before it (and are erased) or are refused, and the hot path reads nothing more than it did."""
 
 
-def refuse_erased(session_id: str, chain_head: bytes | None) -> ErasedError | None:
-    """The error for an append to a session whose index row carries :data:`ERASED_HEAD`, else ``None``."""
+def refuse_erased(session_id: str, chain_head: bytes | None = ERASED_HEAD) -> ErasedError | None:
+    """The error for a write (an append, a snapshot) to a session whose index row carries
+    :data:`ERASED_HEAD`, else ``None``; without ``chain_head``, the write's statement found the mark."""
     if chain_head == ERASED_HEAD:
         return ErasedError(session_id, "its user was erased; it takes no more events")
     return None

@@ -939,7 +939,7 @@ class PostgresEventStore(BaseEventStore):
             await self._put_snapshot(connection, snapshot)
 
     async def _put_snapshot(self, connection: _AnyConnection, snapshot: Snapshot) -> None:
-        await connection.execute(
+        saved = await connection.fetchval(
             self._sql.snapshot_put,
             snapshot.session_id,
             snapshot.name,
@@ -947,7 +947,10 @@ class PostgresEventStore(BaseEventStore):
             snapshot.schema_version,
             snapshot.data,
             snapshot.created_at,
+            ERASED_HEAD,
         )
+        if not saved and (erased := refuse_erased(snapshot.session_id)) is not None:
+            raise erased
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -1550,17 +1553,25 @@ FROM fence LEFT JOIN LATERAL (
         )
         self.chunks = f"SELECT event_id, data FROM {chunks} WHERE event_id = ANY($1::uuid[]) ORDER BY event_id, part"
         self.tombstone = f"WITH marked AS ({self.shared.tombstone} RETURNING 1) SELECT count(*) FROM marked"
+        # The index row is share-locked (an erasure in flight, which holds it, commits first; a later
+        # one waits) and the snapshot is saved only if the row is not marked erased (ERASED_HEAD, $7):
+        # one statement, no extra round trip. It returns how many rows were saved (0: refused).
         self.snapshot_put = f"""
-WITH saved AS (
+WITH fence AS (
+    SELECT chain_head FROM {sessions} WHERE session_id = $1 FOR SHARE
+), saved AS (
     INSERT INTO {snapshots} (session_id, name, version, schema_version, data, created_at)
-    VALUES ($1, $2, $3, $4, $5, $6)
+    SELECT $1::text, $2::text, $3::bigint, $4::integer, $5::bytea, $6::double precision
+    WHERE NOT EXISTS (SELECT 1 FROM fence WHERE chain_head = $7::bytea)
     ON CONFLICT (session_id, name, version) DO UPDATE
     SET schema_version = excluded.schema_version, data = excluded.data, created_at = excluded.created_at
     RETURNING version
+), pruned AS (
+    DELETE FROM {snapshots} WHERE session_id = $1 AND name = $2 AND version NOT IN (
+        SELECT version FROM (
+            SELECT version FROM {snapshots} WHERE session_id = $1 AND name = $2
+            UNION SELECT version FROM saved
+        ) AS kept ORDER BY version DESC LIMIT {SNAPSHOTS_KEPT}
+    )
 )
-DELETE FROM {snapshots} WHERE session_id = $1 AND name = $2 AND version NOT IN (
-    SELECT version FROM (
-        SELECT version FROM {snapshots} WHERE session_id = $1 AND name = $2
-        UNION SELECT version FROM saved
-    ) AS kept ORDER BY version DESC LIMIT {SNAPSHOTS_KEPT}
-)"""
+SELECT count(*) FROM saved"""

@@ -218,9 +218,11 @@ class SqliteEventStore(BaseEventStore):
         self._sql_delete_events = f"DELETE FROM {events} WHERE session_id = ?"
         self._sql_delete_snapshots = f"DELETE FROM {snapshots} WHERE session_id = ?"
         self._sql_truncate = f"DELETE FROM {events} WHERE session_id = ? AND version < ?"
+        # Not for a session marked erased (ERASED_HEAD): checked in the write's own transaction.
         self._sql_snapshot_put = (
             f"INSERT OR REPLACE INTO {snapshots} (session_id, name, version, schema_version, data, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)"
+            f"SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS "
+            f"(SELECT 1 FROM {sessions} WHERE session_id = ?1 AND chain_head = ?7)"
         )
         self._sql_snapshot_prune = (
             f"DELETE FROM {snapshots} WHERE session_id = ? AND name = ? AND version NOT IN "
@@ -767,7 +769,7 @@ class SqliteEventStore(BaseEventStore):
             raise
 
     def _put_snapshot(self, db: sqlite3.Connection, snapshot: Snapshot) -> None:
-        db.execute(
+        saved = db.execute(
             self._sql_snapshot_put,
             (
                 snapshot.session_id,
@@ -776,8 +778,11 @@ class SqliteEventStore(BaseEventStore):
                 snapshot.schema_version,
                 snapshot.data,
                 snapshot.created_at,
+                ERASED_HEAD,
             ),
-        )
+        ).rowcount
+        if not saved and (erased := refuse_erased(snapshot.session_id)) is not None:
+            raise erased
         key = (snapshot.session_id, snapshot.name)
         db.execute(self._sql_snapshot_prune, key + key)
 

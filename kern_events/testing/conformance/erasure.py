@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
-from kern_events import ErasedError, MessageAdded, SessionStarted
+from kern_events import TRUNCATION_SNAPSHOT, ErasedError, MessageAdded, SessionStarted, Snapshot
 from kern_events.testing._backend import Backend
 from kern_events.testing._feed import feed_settled
 from kern_events.testing._samples import conversation
+
+
+def _checkpoint(session_id: str, name: str = "state") -> Snapshot:
+    return Snapshot(session_id=session_id, name=name, schema_version=1, version=1, data=b"personal")
 
 
 async def _write(db: object, session_id: str, user_id: str) -> None:
@@ -101,6 +106,9 @@ async def test_appends_racing_an_erasure_land_first_or_are_refused_never_left_be
                 assert await store.get_session_info(session_id) is None
                 with pytest.raises(ErasedError):
                     await store.append(session_id, [MessageAdded(run_id="r", role="user", content="late")])
+                with pytest.raises(ErasedError):  # a checkpoint would leave their data behind just the same
+                    await store.save_snapshot(_checkpoint(session_id))
+                assert await store.load_snapshot(session_id, "state") is None
             await feed_settled(store)
             assert not [record async for record in store.read_all() if record.session_id.startswith(user)]
 
@@ -138,3 +146,48 @@ async def test_appends_from_another_store_racing_an_erasure_land_first_or_are_re
                     assert await store.get_session_info(session_id) is None
             await feed_settled(eraser)
             assert not [record async for record in eraser.read_all() if record.session_id.startswith(user)]
+
+
+async def test_snapshots_from_another_store_racing_or_after_an_erasure_are_erased_or_refused(backend: Backend) -> None:
+    """A checkpoint is the user's data as much as an event: one saved by another process while or after
+    the user is erased is erased with them or refused (the error appends get), never left behind."""
+    backend.require("erases_users")
+    backend.require("persistent")
+    backend.require("fences_erasure_across_stores")
+    async with backend.store() as eraser, backend.store() as other:  # as two processes on one database
+        for trial in range(3):
+            user = f"snap{trial}"
+            sessions = [f"{user}-s{n}" for n in range(3)]
+            for session_id in sessions:
+                await other.append(session_id, [SessionStarted(session_type="agent", user_id=user)])
+            exported = {session_id: [event async for event in other.read_stored(session_id)] for session_id in sessions}
+
+            async def save(session_id: str, number: int) -> None:
+                for _ in range(5):
+                    try:
+                        await other.save_snapshot(_checkpoint(session_id, f"state{number}"))
+                    except ErasedError as error:
+                        assert error.session_id == session_id
+                        return
+                    await asyncio.sleep(0)
+
+            savers = [asyncio.ensure_future(save(session_id, n)) for session_id in sessions for n in range(3)]
+            await asyncio.sleep(0)
+            report = await eraser.erase_user(user)
+            await asyncio.gather(*savers)
+            assert sorted(report.session_ids) == sessions
+            for session_id in sessions:
+                with pytest.raises(ErasedError) as raised:  # the other store is refused too, not only the eraser
+                    await other.save_snapshot(_checkpoint(session_id))
+                assert raised.value.session_id == session_id
+                head = await other.current_version(session_id)
+                with pytest.raises(ErasedError):  # nor does an import bring the user back
+                    await other.append_stored(
+                        [msgspec.structs.replace(exported[session_id][0], version=head + 1)], expected_version=head
+                    )
+                assert await other.truncate_before(session_id, head + 1) == 0  # nothing to cut, nothing saved
+                for store in (eraser, other):
+                    assert await store.get_session_info(session_id) is None
+                    assert await store.load_snapshot(session_id, TRUNCATION_SNAPSHOT) is None
+                    for name in ("state", "state0", "state1", "state2"):
+                        assert await store.load_snapshot(session_id, name) is None
