@@ -93,7 +93,9 @@ async def test_postgres_loads_a_runs_context_in_one_statement(schema: str) -> No
             expected = await _expected(db)
             statements.clear()
             history, state = await _context(db)
-            assert len(statements) == 1, statements
+            # the store's notifier may still announce the fill's appends meanwhile: not the load's
+            loaded = [query for query in statements if "pg_notify" not in query]
+            assert len(loaded) == 1, statements
         assert (history, state) == expected
         assert state == {"k": 1, "turn": 22}
     finally:
