@@ -47,8 +47,15 @@ async def finish_on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, A
     except RuntimeError:  # that loop has closed
         coroutine.close()
         return
+    waited = asyncio.wrap_future(future)
     try:
-        await asyncio.wrap_future(future)
+        # a loop that closes before it ran the coroutine never answers: look every 50 ms
+        while not (await asyncio.wait({waited}, timeout=0.05))[0]:
+            if loop.is_closed():
+                waited.cancel()
+                coroutine.close()
+                return
+        waited.result()
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
