@@ -12,11 +12,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
-from benchmarks._harness import Case, Comparison, Sample, Timer, case_main, temp_db
-from kern_events import InMemoryDb, MessageAdded, RunCompleted, RunMetrics, RunStarted, SessionStarted, SqliteDb
+from benchmarks import postgres
+from benchmarks._harness import Case, Comparison, Sample, Timer, analyze_postgres, case_main, temp_db
+from benchmarks.postgres import URL, _fresh_schema
+from kern_events import (
+    InMemoryDb,
+    MessageAdded,
+    PostgresDb,
+    RunCompleted,
+    RunMetrics,
+    RunStarted,
+    SessionStarted,
+    SqliteDb,
+)
 from kern_events.db import BaseDb
 from kern_events.events import Event
 
@@ -29,7 +40,8 @@ _PREFILL_EVENTS = 4000
 NOTES = """\
 history rows: the context a runtime loads before each run: db.get_context(session, num_history_runs=3),
   the history window (the session's tail, read backwards only as far as the window needs) and the state
-  (its own checkpoint and the state events after it), read together in one round trip (one SQLite hop).
+  (its own checkpoint and the state events after it), read together in one round trip: one statement on
+  PostgreSQL (a fresh schema on the shared server, ANALYZEd after the prefill), one thread hop on SQLite.
 persist rows: one more run (RunStarted, user and assistant messages, RunCompleted) in one append.
 full view rows: db.get_session, the whole session view (from its checkpoint): what a runtime that loads
   the whole session per turn pays; shown to contrast with the flat rows above.
@@ -46,17 +58,25 @@ def _run(number: int) -> list[Event]:
     ]
 
 
-@contextmanager
-def _database(store: str) -> Iterator[tuple[Callable[[], BaseDb], Callable[[], None]]]:
+async def _nothing() -> None:
+    pass
+
+
+@asynccontextmanager
+async def _database(store: str) -> AsyncIterator[tuple[Callable[[], BaseDb], Callable[[], Awaitable[None]]]]:
     """A db factory, and a way to settle the database after the prefill (an empty WAL for SQLite,
-    so the timed part does not pay for checkpointing the prefill)."""
+    so the timed part does not pay for checkpointing the prefill; planner statistics for PostgreSQL)."""
     if store == "memory":
         shared = InMemoryDb()
-        yield (lambda: shared), (lambda: None)
+        yield (lambda: shared), _nothing
+        return
+    if store == "postgres":
+        async with _fresh_schema(create_tables=False) as schema:
+            yield (lambda: PostgresDb(URL, schema=schema, pool_size=2)), (lambda: analyze_postgres(URL))
         return
     with temp_db() as path:
 
-        def settle() -> None:
+        async def settle() -> None:
             with sqlite3.connect(path) as raw:
                 raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
@@ -76,21 +96,20 @@ async def _prefill(db: BaseDb, runs: int) -> int:
 
 def _measure(args: argparse.Namespace, operation: str) -> Sample:
     async def main() -> Sample:
-        with _database(args.store) as (open_db, settle):
-            async with open_db() as db:
-                version = await _prefill(db, args.runs)
-                await db.save_checkpoint(_SESSION)  # as the session API does every checkpoint_every events
-                settle()
-                with Timer() as timer:
-                    for n in range(args.repeats):
-                        if operation == "history":
-                            await db.get_context(_SESSION, num_history_runs=3)
-                        elif operation == "persist":
-                            version = (
-                                await db.store.append(_SESSION, _run(args.runs + n + 1), expected_version=version)
-                            ).to_version
-                        else:
-                            await db.get_session(_SESSION)
+        async with _database(args.store) as (open_db, settle), open_db() as db:
+            version = await _prefill(db, args.runs)
+            await db.save_checkpoint(_SESSION)  # as the session API does every checkpoint_every events
+            await settle()
+            with Timer() as timer:
+                for n in range(args.repeats):
+                    if operation == "history":
+                        await db.get_context(_SESSION, num_history_runs=3)
+                    elif operation == "persist":
+                        version = (
+                            await db.store.append(_SESSION, _run(args.runs + n + 1), expected_version=version)
+                        ).to_version
+                    else:
+                        await db.get_session(_SESSION)
         return Sample(appends=args.repeats, events=args.repeats, seconds=timer.seconds)
 
     return asyncio.run(main())
@@ -104,7 +123,10 @@ def comparisons(quick: bool) -> list[Comparison]:
     """History, persistence and full-fold cost at 10,000 runs against 10 runs."""
     repeats, folds = (100, 3) if quick else (500, 10)
     rows: list[Comparison] = []
-    for store, label in (("sqlite", "SQLite NORMAL"), ("memory", "in-memory")):
+    stores = [("sqlite", "SQLite NORMAL"), ("postgres", "PostgreSQL"), ("memory", "in-memory")]
+    if postgres.unavailable() is not None:  # the other rows still run; the PostgreSQL subject names why
+        stores.remove(("postgres", "PostgreSQL"))
+    for store, label in stores:
         for name, what, count in (
             ("history", "context for the next run (history + state)", repeats),
             ("persist", "persist a run", repeats),
@@ -119,7 +141,7 @@ def comparisons(quick: bool) -> list[Comparison]:
 def main() -> None:
     """Run one case named on the command line and print its sample as JSON."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    parser.add_argument("--store", choices=("sqlite", "postgres", "memory"), default="sqlite")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=100)
     case_main(
