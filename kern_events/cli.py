@@ -1,12 +1,18 @@
 """The ``kern-events`` command: a demo conversation that persists across processes, and read tools.
 
+``--db`` names the database for every command, one function turning it into a db (:func:`_open`):
+a SQLite file, a ``postgresql://`` URL (with ``--schema``) or a ``nats://`` URL of a JetStream
+cluster, whose query parameters are :class:`~kern_events.db.NatsDb`'s options (``prefix``,
+``shards``, ``replicas``, ``timeout``).
+
 ``demo`` writes the way a runtime would (one atomic ``store.append`` per run, guarded by the
 session's version); ``migrate`` creates or upgrades the tables; ``import`` restores what ``export``
 wrote (:mod:`kern_events.transfer`), creating the database if need be. Every other command only reads,
 through the session index (``sessions``, ``paused``), the session view (``show``) or the raw log
 (``events``, ``export``, ``verify``), and opens the database read-only: a SQLite file through a
-read-only connection, a PostgreSQL schema without DDL, so it never creates or writes a database, a
-table or a schema (SQLite may leave its own ``-wal``/``-shm`` files beside a WAL database).
+read-only connection, a PostgreSQL schema without DDL, NATS without creating a stream, so it never
+creates or writes a database, a table, a schema or a stream (SQLite may leave its own
+``-wal``/``-shm`` files beside a WAL database).
 Audit tools (``export``, ``verify``) read each session's stream directly, never through the fenced
 global feed, so an open transaction elsewhere on the server hides nothing from them.
 Tables and progress bars are drawn with ``rich`` on a terminal; piped output is plain.
@@ -20,10 +26,12 @@ import base64
 import contextlib
 import importlib.metadata
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
@@ -44,7 +52,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kern_events._index import SessionInfo
-from kern_events.db import BaseDb, PostgresDb, SqliteDb
+from kern_events.db import BaseDb, NatsDb, PostgresDb, SqliteDb
 from kern_events.errors import CorruptRecordError, InvalidArgumentError, KernEventsError, SessionNotFoundError
 from kern_events.events import ExternalExecution, Requirement, ToolConfirmation
 from kern_events.records import Record, UnknownEvent
@@ -96,7 +104,7 @@ def _version() -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kern-events",
-        description="Inspect kern-events databases (SQLite or PostgreSQL), or run a demo conversation.",
+        description="Inspect kern-events databases (SQLite, PostgreSQL or NATS JetStream), or run a demo conversation.",
     )
     parser.add_argument("--version", action="version", version=f"kern-events {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -105,7 +113,10 @@ def _parser() -> argparse.ArgumentParser:
         "--db",
         default=DEFAULT_DB,
         metavar="PATH_OR_URL",
-        help=f"SQLite file or postgresql:// URL (default: {DEFAULT_DB})",
+        help=(
+            f"SQLite file, postgresql:// URL or nats://HOST:PORT[,HOST:PORT...][?prefix=NAME&shards=N&replicas=N"
+            f"&timeout=SECONDS] (default: {DEFAULT_DB})"
+        ),
     )
     database.add_argument("--schema", default="public", help="PostgreSQL schema (default: public)")
 
@@ -220,14 +231,22 @@ def _duration(text: str) -> float:
 
 
 def _open(path: str, *, create: bool = False, schema: str = "public") -> BaseDb:
-    """The database at ``path`` (a SQLite file or a PostgreSQL URL).
+    """The database at ``path``: a SQLite file, a PostgreSQL URL or a NATS URL (:func:`_nats_db`).
 
-    Without ``create`` it is opened read-only: a missing file, or a file or schema without
-    kern-events tables, is an error, and nothing is created or written.
+    Without ``create`` it is opened read-only: a missing file, a file or schema without kern-events
+    tables, or a NATS server without the stream, is an error, and nothing is created or written.
+    A ``scheme://`` other than these is an error naming it, never taken for a file name.
     """
     key = _chain_key()
     if path.startswith(("postgres://", "postgresql://", "postgresql+")):
         return PostgresDb(path, schema=schema, pool_size=2, create_schema=create, chain_key=key)
+    scheme = _SCHEME.match(path)
+    if scheme is not None and scheme.group(1).lower() == "nats":
+        return _nats_db(path, create=create, schema=schema, chain_key=key)
+    if scheme is not None:
+        raise InvalidArgumentError(
+            "--db", f"unknown scheme {scheme.group(1)!r}: expected a SQLite file, a postgresql:// or a nats:// URL"
+        )
     if create:
         return SqliteDb(path, chain_key=key)
     if not os.path.lexists(path):  # the store would say so too; the CLI also says what creates one
@@ -235,6 +254,47 @@ def _open(path: str, *, create: bool = False, schema: str = "public") -> BaseDb:
             "--db", f"database file {path!r} does not exist (`kern-events demo` or `kern-events migrate` creates one)"
         )
     return BaseDb(SqliteEventStore(path, read_only=True, chain_key=key))
+
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+_NATS_OPTIONS: dict[str, Callable[[str], object]] = {"prefix": str, "shards": int, "replicas": int, "timeout": float}
+"""The query parameters of a ``nats://`` URL: :class:`NatsDb`'s options of the same names."""
+
+
+def _nats_db(url: str, *, create: bool, schema: str, chain_key: bytes | None) -> BaseDb:
+    """``nats://HOST:PORT[,HOST:PORT...][?prefix=NAME&shards=N&replicas=N&timeout=SECONDS]``: a
+    :class:`NatsDb` on those servers (one cluster; the port defaults to 4222), the query parameters
+    passed as its options (``replicas`` only matters when the streams are created). Without
+    ``create`` a missing stream is an error (``create_streams=False``)."""
+    if schema != "public":
+        raise InvalidArgumentError("--schema", "is PostgreSQL's; name a NATS stream with ?prefix= on the nats:// URL")
+    hosts, _, query = url.split("://", 1)[1].partition("?")
+    servers = []
+    for host in hosts.split(","):
+        shown = host.rpartition("@")[2]  # never echo a password
+        try:
+            parts = urllib.parse.urlsplit(f"nats://{host}")
+            parts.port  # noqa: B018 - raises on a port that is not a number in range
+        except ValueError:
+            raise InvalidArgumentError("--db", f"bad NATS server {shown!r}: expected HOST or HOST:PORT") from None
+        if not parts.hostname or parts.path or parts.fragment:
+            raise InvalidArgumentError("--db", f"bad NATS server {shown!r}: expected HOST or HOST:PORT")
+        servers.append(f"nats://{host}")
+    options: dict[str, Any] = {}
+    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        convert = _NATS_OPTIONS.get(name)
+        if convert is None:
+            raise InvalidArgumentError(
+                "--db", f"unknown query parameter {name!r} in the nats:// URL (expected {', '.join(_NATS_OPTIONS)})"
+            )
+        if name in options:
+            raise InvalidArgumentError(name, "given twice in the nats:// URL")
+        try:
+            options[name] = convert(value)
+        except ValueError:
+            raise InvalidArgumentError(name, f"expected a number, got {value!r}") from None
+    return NatsDb(servers, create_streams=create, chain_key=chain_key, **options)
 
 
 CHAIN_KEY_VARIABLE = "KERN_EVENTS_CHAIN_KEY"

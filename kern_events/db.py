@@ -605,7 +605,8 @@ class NatsDb(BaseDb):
     replicated stream, for when one PostgreSQL server must not be a single point of failure.
 
     ``replicas=3`` acknowledges a write once two of three servers hold it; ``shards=N`` spreads sessions
-    over N streams, each with its own leader, for more write throughput; see
+    over N streams, each with its own leader, for more write throughput; with ``create_streams=False``
+    a missing stream is an error instead of being created; see
     :class:`~kern_events.stores.nats.NatsEventStore` for the layout and its limits.
     """
 
@@ -617,6 +618,7 @@ class NatsDb(BaseDb):
         replicas: int = 3,
         timeout: float = 5.0,
         shards: int = 1,
+        create_streams: bool = True,
         cache_size: int = 0,
         storage_policy: StoragePolicy | None = None,
         checkpoint_every: int | None = 1000,
@@ -634,6 +636,7 @@ class NatsDb(BaseDb):
                 replicas=replicas,
                 timeout=timeout,
                 shards=shards,
+                create_streams=create_streams,
                 codec=codec,
                 max_event_size=max_event_size,
                 chain_key=chain_key,

@@ -310,15 +310,19 @@ class DatabaseOpenError(StorageUnavailableError):
 
 
 class SchemaMissingError(SchemaVersionError):
-    """``database`` (a SQLite file, a PostgreSQL schema) has no kern-events tables, and it was opened
-    in a way that never creates them (read-only, or ``create_schema=False``)."""
+    """``database`` (a SQLite file, a PostgreSQL schema, a NATS server) has no kern-events tables (or,
+    as ``missing`` says, no stream), and it was opened in a way that never creates them (read-only,
+    ``create_schema=False`` or ``create_streams=False``)."""
 
-    def __init__(self, database: str, supported: int) -> None:
+    def __init__(self, database: str, supported: int, *, missing: str = "tables") -> None:
         self.database = database
+        self.missing = missing
         self.found = 0
         self.supported = supported
         StorageError.__init__(
-            self, f"{database} has no kern-events tables (`kern-events migrate` creates them, if it is the right one)"
+            self,
+            f"{database} has no kern-events {missing} (`kern-events migrate` creates what is missing, "
+            "if it is the right one)",
         )
 
 

@@ -67,6 +67,7 @@ from kern_events.errors import (
     CorruptRecordError,
     IdempotencyError,
     InvalidArgumentError,
+    SchemaMissingError,
     ShardLayoutError,
     StorageError,
     StorageUnavailableError,
@@ -84,6 +85,9 @@ from kern_events.records import (
 )
 
 __all__ = ["MIN_SERVER_VERSION", "NatsEventStore"]
+
+_LAYOUT_VERSION = 1
+"""The stream layout this release writes and reads (the module docstring's); the first, so far."""
 
 MIN_SERVER_VERSION = (2, 12)
 """Older servers have no atomic batches (they store a "batch" message by message) and check the
@@ -144,6 +148,9 @@ class NatsEventStore(BaseEventStore):
     of three servers hold it); ``timeout`` bounds each request, after which the call raises
     :class:`~kern_events.errors.StorageUnavailableError` (as during a leader election); ``shards``
     spreads sessions over that many streams (see the module docstring; fixed for the life of the data).
+    With ``create_streams=False`` opening never creates a stream: a missing one is a
+    :class:`~kern_events.errors.SchemaMissingError` (what read-only tools such as ``kern-events
+    verify`` need, so that a misspelt prefix is an error rather than a new, empty stream).
     """
 
     inline_limit: int | None = 512 * 1024
@@ -156,6 +163,7 @@ class NatsEventStore(BaseEventStore):
         replicas: int = 3,
         timeout: float = 5.0,
         shards: int = 1,
+        create_streams: bool = True,
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         chain_key: bytes | None = None,
@@ -180,6 +188,7 @@ class NatsEventStore(BaseEventStore):
             self.feed_layout = f"nats:{prefix}:{shards}"
         self._replicas = replicas
         self._timeout = timeout
+        self._create_streams = create_streams
         self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
         self._clients_lock = threading.Lock()
         self._heads_lock = threading.Lock()
@@ -258,7 +267,8 @@ class NatsEventStore(BaseEventStore):
     async def _ensure_stream(self) -> None:
         """Create the shards' streams that are missing; shard 0's stream (``<prefix>``, made first)
         records the shard count, and opening the data with another count is a :class:`ShardLayoutError`
-        (its sessions would be looked for in the wrong streams)."""
+        (its sessions would be looked for in the wrong streams). Without ``create_streams`` a missing
+        stream is a :class:`SchemaMissingError` and nothing is created."""
         for shard, stream in enumerate(self._streams):
             config = {
                 "name": stream,
@@ -274,6 +284,10 @@ class NatsEventStore(BaseEventStore):
                 "metadata": {"kern_shards": str(len(self._streams))},
             }
             reply = await self._api(f"STREAM.INFO.{stream}", None, allow=(10059,))
+            if reply.get("error") and not self._create_streams:
+                raise SchemaMissingError(
+                    f"NATS at {', '.join(self._servers)}", _LAYOUT_VERSION, missing=f"stream {stream!r}"
+                )
             if reply.get("error"):
                 # Another store may be creating it at the same moment (the server then answers 10058,
                 # or 500 while that creation is under way): if it exists now, that is as good.
