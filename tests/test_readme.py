@@ -169,6 +169,23 @@ def test_the_command_line_block_runs_as_written_and_lists_every_command(tmp_path
     assert (tmp_path / "all.jsonl").read_text().count("\n") > 6
 
 
+def test_every_nats_url_the_readme_shows_is_one_the_command_line_takes() -> None:
+    """The ``--db 'nats://...'`` examples parse into a NatsDb (nothing connects), and the URL form the
+    command-line section spells out names exactly the query parameters the CLI knows."""
+    from kern_events.cli import _NATS_OPTIONS, _open
+    from kern_events.db import NatsDb
+
+    text = README.read_text()
+    urls = re.findall(r"--db\s+'(nats://[^']+)'", text)
+    assert len(urls) >= 3, urls
+    for url in urls:
+        assert isinstance(_open(url, create=True), NatsDb), url
+    section = text.split("## The command line\n", 1)[1].split("\n## ", 1)[0]
+    form = re.search(r"`nats://HOST:PORT\[,HOST:PORT\.\.\.\]\[\?([^`]+)\]`", section)
+    assert form is not None
+    assert [pair.split("=")[0] for pair in form.group(1).split("&")] == list(_NATS_OPTIONS)
+
+
 def test_readme_has_exactly_two_set_up_commands_and_ci_runs_the_test_one() -> None:
     text = README.read_text()
     setup = text.split("## Set up", 1)[1].split("\n## ", 1)[0]
