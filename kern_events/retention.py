@@ -20,10 +20,11 @@ import msgspec
 from kern_events._index import SessionInfo
 from kern_events._validate import check_flag, check_non_negative, check_seconds
 from kern_events.checkpoints import STATE_CHECKPOINT, STATE_SCHEMA_VERSION, run_checkpoint
-from kern_events.errors import InvalidArgumentError, SessionNotFoundError, TruncatedError
+from kern_events.errors import InvalidArgumentError, SessionNotFoundError, TruncatedError, UnsupportedError
 from kern_events.events import RunStarted
 from kern_events.records import Snapshot
 from kern_events.store import EventStore
+from kern_events.stores._base import BaseEventStore
 from kern_events.timetravel import first_version
 from projections.runs import RUN_SCHEMA_VERSION, encode_run
 from projections.session import SESSION_PROJECTION, SESSION_SCHEMA_VERSION, encode_view
@@ -106,8 +107,12 @@ async def _oldest_first(store: EventStore) -> AsyncIterator[SessionInfo]:
 async def apply(
     db: _Db, policy: RetentionPolicy, *, dry_run: bool, now: float | None = None, progress: Progress | None = None
 ) -> RetentionReport:
-    """Apply ``policy`` to every session of ``db``'s store (see the module docstring)."""
+    """Apply ``policy`` to every session of ``db``'s store (see the module docstring). Compacting
+    needs ``truncate_before``: a store without it is an :class:`UnsupportedError` before anything is
+    listed or written, in a dry run too, which must not report compactions that could not be done."""
     store = db.store
+    if policy.keep_runs is not None and isinstance(store, BaseEventStore) and not store.truncates:
+        raise UnsupportedError("keep_runs (compaction needs truncate_before)", type(store).__name__)
     now = time.time() if now is None else now
     age = policy.max_age_seconds
     total = 0

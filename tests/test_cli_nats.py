@@ -99,6 +99,11 @@ def test_export_from_sharded_jetstream_imports_into_sqlite_verifies_clean_and_re
     assert code == 0 and "2 sessions" in out and "would be erased" in out
     code, out, _ = cli(capsys, "retain", "--max-age", "365d", "--db", db)
     assert (code, out.splitlines()[-1].split(",")[0]) == (0, "0 sessions would be deleted")
+    for apply in ([], ["--apply"]):  # compaction needs truncate_before: refused, never listed as to be done
+        code, out, err = cli(capsys, "retain", "--keep-runs", "1", *apply, "--db", db)
+        assert (code, out) == (2, ""), out
+        assert err == "error: NatsEventStore does not support keep_runs (compaction needs truncate_before)\n"
+    assert cli(capsys, "verify", "--db", db)[:2] == (0, expected), "nothing was written"
 
     wrong = _url(nats_cluster, f"prefix={prefix}")  # the data has 3 shards: no silent empty answer
     code, out, err = cli(capsys, "sessions", "--db", wrong)

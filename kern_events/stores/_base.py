@@ -1496,6 +1496,12 @@ class BaseEventStore(abc.ABC):
         """
         raise UnsupportedError("append_many", type(self).__name__)
 
+    @property
+    def truncates(self) -> bool:
+        """Whether :meth:`truncate_before` is offered (the backend implements ``_truncate_before``):
+        retention asks before it lists compactions it could not do."""
+        return type(self)._truncate_before is not BaseEventStore._truncate_before
+
     async def _truncate_before(
         self, session_id: str, version: int, expected: int | ExpectedVersion, snapshots: Sequence[Snapshot]
     ) -> int:
