@@ -151,6 +151,17 @@ def test_a_bad_nats_url_is_one_clear_line_naming_what_is_wrong(
         assert "secret" not in err
 
 
+def test_the_default_three_replicas_on_a_lone_server_is_one_line_saying_replicas_1(
+    nats_server: _nats.Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prefix = f"Lone{uuid.uuid4().hex[:10]}"
+    code, out, err = cli(capsys, "demo", "--db", f"{nats_server.urls[0]}?prefix={prefix}")
+    assert (code, out) == (2, "")
+    assert err.startswith("error: replicas: 3 replicas need a cluster; a lone server holds replicas=1 ("), err
+    assert cli(capsys, "demo", "--db", f"{nats_server.urls[0]}?prefix={prefix}&replicas=1")[0] == 0
+    _nats.delete_stream(nats_server.urls, prefix)
+
+
 def test_schema_is_refused_with_a_nats_url(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(capsys, "sessions", "--db", "nats://127.0.0.1:4222", "--schema", "agents")
     assert code == 2

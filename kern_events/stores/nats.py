@@ -106,6 +106,8 @@ _LOOKUPS = 256
 _CACHED_HEADS = 4096
 _WRONG_LAST_SEQUENCE = 10071
 _NO_MESSAGE = 10037
+_NOT_CLUSTERED = 10074
+"""A stream of more than one replica asked of a server that is not in a cluster."""
 _HEADER_ROOM = 4096
 
 _Row = tuple[bytes, str, int, bytes, bytes]
@@ -312,7 +314,8 @@ class NatsEventStore(BaseEventStore):
 
     def _failure(self, error: dict[str, Any], what: str) -> Exception:
         """A JetStream API error as ours: unavailable (retry) for elections, timeouts and overload,
-        else a :class:`StorageError` with the server's words."""
+        replicas a lone server cannot hold as :class:`InvalidArgumentError`, else a
+        :class:`StorageError` with the server's words."""
         description = f"{what}: {error.get('description')} (code {error.get('code')}, {error.get('err_code')})"
         words = str(error.get("description")).lower()
         if (
@@ -321,6 +324,10 @@ class NatsEventStore(BaseEventStore):
             or any(word in words for word in ("offline", "leader", "not avail"))
         ):
             return StorageUnavailableError(f"JetStream is unavailable, retry ({description})")
+        if error.get("err_code") == _NOT_CLUSTERED:
+            return InvalidArgumentError(
+                "replicas", f"{self._replicas} replicas need a cluster; a lone server holds replicas=1 ({description})"
+            )
         return StorageError(f"JetStream refused {description}")
 
     async def _until_answered(self, send: Callable[[], Awaitable[_T]]) -> _T:
