@@ -300,7 +300,9 @@ class NatsEventStore(BaseEventStore):
                 found = ((reply.get("config") or {}).get("metadata") or {}).get("kern_shards", "1")
                 if found != str(len(self._streams)):
                     raise ShardLayoutError(
-                        "shards", f"{len(self._streams)} shards", f"{found} (the data under prefix {self._prefix!r})"
+                        "shards",
+                        f"{len(self._streams)} shards",
+                        f"{found} shards (the data under prefix {self._prefix!r}: open it with shards={found})",
                     )
 
     async def _api(self, name: str, body: object, *, allow: tuple[int, ...] = ()) -> dict[str, Any]:
