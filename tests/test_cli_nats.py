@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import _nats
-from tests.test_cli import READ_COMMANDS, cli, exported_events, json_lines, run_cli
+from tests.test_cli import READ_COMMANDS, WRITE_COMMANDS, cli, exported_events, json_lines, run_cli
 
 pytest.importorskip("nats", reason="the nats extra is not installed")
 
@@ -27,10 +27,10 @@ def _url(cluster: _nats.Cluster, query: str) -> str:
 
 @pytest.fixture
 def prefix(nats_cluster: _nats.Cluster) -> Iterator[str]:
-    """A stream prefix of the test's own; its streams (up to 3 shards) are deleted afterwards."""
+    """A stream prefix of the test's own; its streams (up to 3 shards, and `<prefix>-back`) are deleted afterwards."""
     name = f"Cli{uuid.uuid4().hex[:10]}"
     yield name
-    for stream in (name, f"{name}~1", f"{name}~2"):
+    for stream in (name, f"{name}~1", f"{name}~2", f"{name}-back"):
         _nats.delete_stream(nats_cluster.urls, stream)
 
 
@@ -89,6 +89,11 @@ def test_export_from_sharded_jetstream_imports_into_sqlite_verifies_clean_and_re
     assert cli(capsys, "verify", "--db", db)[:2] == (0, expected)
     assert cli(capsys, "verify", "--db", copy)[:2] == (0, expected)
 
+    back = _url(nats_cluster, f"prefix={prefix}-back")  # the way back: SQLite's export into a new stream
+    assert cli(capsys, "export", "--db", copy, "-o", str(tmp_path / "copy.jsonl"))[0] == 0
+    assert cli(capsys, "import", str(tmp_path / "copy.jsonl"), "--db", back)[0] == 0
+    assert cli(capsys, "verify", "--db", back)[:2] == (0, expected)
+
     code, replayed, _ = cli(capsys, "replay", "conversation_123", "--json", "--db", db)
     assert code == 0
     assert cli(capsys, "replay", "conversation_123", "--json", "--db", copy)[1] == replayed
@@ -144,7 +149,7 @@ def test_read_commands_never_create_a_stream(
 def test_a_bad_nats_url_is_one_clear_line_naming_what_is_wrong(
     db: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for args in (["sessions"], ["demo"]):
+    for args in READ_COMMANDS + WRITE_COMMANDS:
         code, out, err = cli(capsys, *args, "--db", db)
         assert (code, out) == (2, ""), err
         assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
