@@ -114,8 +114,8 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_DB,
         metavar="PATH_OR_URL",
         help=(
-            f"SQLite file, postgresql:// URL or nats://HOST:PORT[,HOST:PORT...][?prefix=NAME&shards=N&replicas=N"
-            f"&timeout=SECONDS] (default: {DEFAULT_DB})"
+            "a SQLite file, a postgresql:// URL, or nats://HOST:PORT,HOST:PORT,... with the options "
+            f"?prefix=NAME&shards=N&replicas=N&timeout=SECONDS (default: {DEFAULT_DB})"
         ),
     )
     database.add_argument("--schema", default="public", help="PostgreSQL schema (default: public)")
