@@ -7,7 +7,11 @@ runtime does for every run: read what the next run needs (``load``), then persis
 and usage metrics (``benchmarks.peers._workload``); one adapter module per system says what its
 ``load`` and ``persist`` call. Bytes stored per persisted run are the growth of the live rows'
 bytes over the timed runs, divided by their number (SQLite: ``dbstat`` payload of the tables;
-PostgreSQL: ``pg_column_size`` of every row, TOAST-compressed where the system's values are).
+PostgreSQL: ``pg_column_size`` of every row, TOAST-compressed where the system's values are). That
+growth leaves out what a system writes now and then (our checkpoints, every 1,000 events), so two more
+figures divide everything stored at the end by the runs stored: the rows of every table (checkpoints
+and snapshots counted), and those rows plus the indexes' pages (SQLite ``dbstat``, PostgreSQL
+``pg_indexes_size``).
 
 The peers come from the optional extra: ``pip install -e '.[bench]'``; a system that is not installed
 is skipped with that reason. Run one case with
@@ -60,6 +64,10 @@ NOTES = """\
 Each row: one system, one backend, a session already holding N runs. load = what the framework reads
   before the next run; persist = what it writes when the run ends; bytes/run = live bytes stored per
   persisted run (logical row bytes; indexes not counted). Medians over the timed turns, then over runs.
+  stored/run = every table's rows at the end (checkpoints and snapshots counted, which the growth over
+  20 runs misses: ours writes them every 1,000 events) / runs stored; +indexes/run adds the indexes'
+  pages (SQLite dbstat, PostgreSQL pg_indexes_size). Both include each system's fixed tables, which
+  weigh at N = 10 and not at N = 1,000.
 kern-events: load = get_history(num_history_runs=3) + get_session_state (a tail read and the state's
   checkpoint); persist = the reference Agent's three appends (a checkpoint every 1,000 events). The load is
   ~5 small queries (index row, tail pages, state checkpoint, state events): at N = 10 reading 40 items
@@ -96,6 +104,10 @@ class TurnSample:
     persist_seconds: float
     bytes_per_run: float
     loaded: int
+    stored_per_run: float = 0.0
+    """Every table's rows at the end (checkpoints and snapshots counted) over the runs stored."""
+    indexed_per_run: float = 0.0
+    """:attr:`stored_per_run` plus the indexes' pages."""
 
 
 def adapter(system: str) -> Any:
@@ -128,16 +140,25 @@ async def _target(backend: Backend, url: str) -> AsyncIterator[Target]:
         await admin.close()
 
 
-async def _stored_bytes(target: Target) -> int:
-    """Live bytes in every table of the target (row payloads; indexes and free space not counted)."""
+@dataclass(frozen=True)
+class _Stored:
+    rows: int
+    """Live bytes of every table's rows (free space not counted)."""
+    indexes: int
+    """Bytes of the indexes' pages."""
+
+
+async def _stored_bytes(target: Target) -> _Stored:
+    """What every table and index of the target holds."""
     if target.backend == "sqlite":
         assert target.sqlite_path is not None
         with sqlite3.connect(target.sqlite_path) as connection:
-            tables = [name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-            marks = ", ".join("?" for _ in tables)
-            query = f"SELECT coalesce(sum(payload), 0) FROM dbstat WHERE name IN ({marks})"
-            (total,) = connection.execute(query, tables).fetchone()
-        return int(total)
+            rows, indexes = connection.execute(
+                "SELECT coalesce(sum(CASE WHEN m.type = 'table' THEN d.payload END), 0), "
+                "coalesce(sum(CASE WHEN m.type = 'index' THEN d.pgsize END), 0) "
+                "FROM dbstat AS d JOIN sqlite_master AS m ON m.name = d.name"
+            ).fetchone()
+        return _Stored(int(rows), int(indexes))
     assert target.postgres_url is not None
     connection = await asyncpg.connect(target.postgres_url)
     try:
@@ -145,10 +166,11 @@ async def _stored_bytes(target: Target) -> int:
             "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables "
             "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
         )
-        total = 0
+        rows = indexes = 0
         for (table,) in tables:
-            total += await connection.fetchval(f"SELECT coalesce(sum(pg_column_size(t.*)), 0) FROM {table} AS t")
-        return int(total)
+            rows += await connection.fetchval(f"SELECT coalesce(sum(pg_column_size(t.*)), 0) FROM {table} AS t")
+            indexes += await connection.fetchval("SELECT pg_indexes_size($1::regclass)", table)
+        return _Stored(int(rows), int(indexes))
     finally:
         await connection.close()
 
@@ -179,8 +201,10 @@ async def _turns(args: argparse.Namespace) -> TurnSample:
         runs=args.runs,
         load_seconds=statistics.median(loads),
         persist_seconds=statistics.median(persists),
-        bytes_per_run=(after - before) / args.repeats,
+        bytes_per_run=(after.rows - before.rows) / args.repeats,
         loaded=loaded,
+        stored_per_run=after.rows / (args.runs + args.repeats),
+        indexed_per_run=(after.rows + after.indexes) / (args.runs + args.repeats),
     )
 
 
@@ -228,6 +252,8 @@ def run_cases(
                 persist_seconds=statistics.median(run.persist_seconds for run in runs),
                 bytes_per_run=statistics.median(run.bytes_per_run for run in runs),
                 loaded=first.loaded,
+                stored_per_run=statistics.median(run.stored_per_run for run in runs),
+                indexed_per_run=statistics.median(run.indexed_per_run for run in runs),
             )
         )
     return medians, skipped
@@ -237,19 +263,29 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f}" if seconds < 0.1 else f"{seconds * 1e3:.0f}"
 
 
+_COLUMNS = (
+    ("load ms", "load_seconds"),
+    ("persist ms", "persist_seconds"),
+    ("bytes/run", "bytes_per_run"),
+    ("stored/run", "stored_per_run"),
+    ("+indexes/run", "indexed_per_run"),
+)
+"""The table's column groups: what each shows, and the sample's field."""
+
+
 def render(samples: Sequence[TurnSample]) -> str:
     """One row per system and backend: load, persist and bytes per run at each N, and their growth."""
     lengths = sorted({sample.runs for sample in samples})
     by_key = {(sample.system, sample.backend, sample.runs): sample for sample in samples}
     header = ["system", "backend"]
-    for what in ("load ms", "persist ms", "bytes/run"):
+    for what, _ in _COLUMNS:
         header += [f"{what} N={n:,}" for n in lengths] + [f"{what.split()[0]} growth"]
     rows = [header]
     for system, backend in dict.fromkeys((sample.system, sample.backend) for sample in samples):
         row = [system, backend]
-        for field in ("load_seconds", "persist_seconds", "bytes_per_run"):
+        for _, field in _COLUMNS:
             values = [getattr(by_key[(system, backend, n)], field) for n in lengths]
-            shown = [f"{value:,.0f}" if field == "bytes_per_run" else _ms(value) for value in values]
+            shown = [_ms(value) if field.endswith("_seconds") else f"{value:,.0f}" for value in values]
             growth = values[-1] / values[0] if values[0] else float("nan")
             row += [*shown, f"{growth:.2f}x"]
         rows.append(row)
@@ -277,7 +313,9 @@ def ratios(samples: Sequence[TurnSample]) -> str:
         lines.append(
             f"  {sample.system} on {sample.backend}: load {sample.load_seconds / base.load_seconds:.1f}x, "
             f"persist {sample.persist_seconds / base.persist_seconds:.1f}x, "
-            f"bytes/run {sample.bytes_per_run / base.bytes_per_run:.2f}x"
+            f"bytes/run {sample.bytes_per_run / base.bytes_per_run:.2f}x, "
+            f"stored/run {sample.stored_per_run / base.stored_per_run:.2f}x, "
+            f"+indexes/run {sample.indexed_per_run / base.indexed_per_run:.2f}x"
         )
     # LangGraph's own savers against ours, called the same way (the graph's checkpointer switched).
     saver = {(s.backend, s.runs): s for s in samples if s.system == _KERN_LANGGRAPH}

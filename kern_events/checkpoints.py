@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from kern_events._compress import CHECKPOINT_COMPRESS_ABOVE, compress, decompress
 from kern_events.errors import TruncatedError
 from kern_events.events import Event, RunStarted
 from kern_events.records import Record, Snapshot
@@ -39,6 +40,17 @@ STATE_CHECKPOINT = "state"
 """The snapshot name of the session state's own checkpoint, written with every session checkpoint."""
 STATE_SCHEMA_VERSION = 1
 _state_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+
+
+def encode_state(state: dict[str, Any]) -> bytes:
+    """The state checkpoint's bytes (compressed above :data:`~kern_events._compress.CHECKPOINT_COMPRESS_ABOVE`)."""
+    return compress(msgspec.msgpack.encode(state), CHECKPOINT_COMPRESS_ABOVE)
+
+
+def decode_state(data: bytes) -> dict[str, Any]:
+    """A state from checkpoint bytes, compressed or not; raises ``msgspec.DecodeError``/``ValidationError``
+    if they do not fit."""
+    return _state_decoder.decode(decompress(data))
 
 
 def _decoded(snapshot: Snapshot | None, decode: Callable[[bytes], T]) -> tuple[T, int] | None:
@@ -110,13 +122,11 @@ class Checkpoints:
         records are used, and only what they leave out is read.
         """
         if context is None:
-            checkpoint = await self.load(
-                session_id, STATE_CHECKPOINT, STATE_SCHEMA_VERSION, target, _state_decoder.decode
-            )
+            checkpoint = await self.load(session_id, STATE_CHECKPOINT, STATE_SCHEMA_VERSION, target, decode_state)
             records: list[Record] = []
             more = True
         else:
-            checkpoint = _decoded(context.snapshot, _state_decoder.decode)
+            checkpoint = _decoded(context.snapshot, decode_state)
             if checkpoint is None and context.snapshot is not None:
                 return await self.state(session_id, target)  # it no longer decodes: its records are no use
             records, more = context.after, context.after_more
@@ -167,7 +177,7 @@ class Checkpoints:
                 name=STATE_CHECKPOINT,
                 schema_version=STATE_SCHEMA_VERSION,
                 version=fold.version,
-                data=msgspec.msgpack.encode(view.session_state),
+                data=encode_state(view.session_state),
             )
         )
         run = view.get_run(paused_run_id) if paused_run_id is not None else None

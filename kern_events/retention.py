@@ -19,7 +19,7 @@ import msgspec
 
 from kern_events._index import SessionInfo
 from kern_events._validate import check_flag, check_non_negative, check_seconds
-from kern_events.checkpoints import STATE_CHECKPOINT, STATE_SCHEMA_VERSION, run_checkpoint
+from kern_events.checkpoints import STATE_CHECKPOINT, STATE_SCHEMA_VERSION, encode_state, run_checkpoint
 from kern_events.errors import InvalidArgumentError, SessionNotFoundError, TruncatedError, UnsupportedError
 from kern_events.events import RunStarted
 from kern_events.records import Snapshot
@@ -191,7 +191,7 @@ async def compact(db: _Db, session_id: str, keep_runs: int, *, dry_run: bool = F
             name=STATE_CHECKPOINT,
             schema_version=STATE_SCHEMA_VERSION,
             version=at,
-            data=msgspec.msgpack.encode(view.session_state),
+            data=encode_state(view.session_state),
         )
     )
     for run in view.runs:

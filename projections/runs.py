@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from kern_events._compress import CHECKPOINT_COMPRESS_ABOVE, compress, decompress
 from kern_events.events import (
     Event,
     MediaAdded,
@@ -223,10 +224,11 @@ _run_decoder = msgspec.msgpack.Decoder(RunView)
 
 
 def encode_run(run: RunView) -> bytes:
-    """A run's checkpoint bytes."""
-    return _run_encoder.encode(run)
+    """A run's checkpoint bytes (compressed above :data:`~kern_events._compress.CHECKPOINT_COMPRESS_ABOVE`)."""
+    return compress(_run_encoder.encode(run), CHECKPOINT_COMPRESS_ABOVE)
 
 
 def decode_run(data: bytes) -> RunView:
-    """A run from checkpoint bytes; raises ``msgspec.DecodeError``/``ValidationError`` if they do not fit."""
-    return _run_decoder.decode(data)
+    """A run from checkpoint bytes, compressed or not; raises ``msgspec.DecodeError``/``ValidationError`` if
+    they do not fit."""
+    return _run_decoder.decode(decompress(data))

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from kern_events._compress import CHECKPOINT_COMPRESS_ABOVE, compress, decompress
 from kern_events.events import (
     Event,
     MediaAdded,
@@ -224,10 +225,12 @@ _decoder = msgspec.msgpack.Decoder(SessionView)
 
 
 def encode_view(view: SessionView) -> bytes:
-    """The view's snapshot bytes."""
-    return _encoder.encode(view)
+    """The view's snapshot bytes (compressed above :data:`~kern_events._compress.CHECKPOINT_COMPRESS_ABOVE`:
+    a whole-session view grows with the session, and three are kept)."""
+    return compress(_encoder.encode(view), CHECKPOINT_COMPRESS_ABOVE)
 
 
 def decode_view(data: bytes) -> SessionView:
-    """A view from snapshot bytes; raises ``msgspec.DecodeError``/``ValidationError`` if they do not fit."""
-    return _decoder.decode(data)
+    """A view from snapshot bytes, compressed or not; raises ``msgspec.DecodeError``/``ValidationError`` if
+    they do not fit."""
+    return _decoder.decode(decompress(data))

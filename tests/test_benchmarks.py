@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks._harness import percentile
 from benchmarks.peers._workload import agent_run, missing
+from kern_events import SessionStarted
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +30,27 @@ def test_the_agent_workload_case_loads_our_history_window_and_counts_bytes_per_r
     assert sample["system"] == "kern-events"
     assert sample["loaded"] == 12, "three runs of four messages: the history window, not the whole session"
     assert isinstance(sample["bytes_per_run"], float) and sample["bytes_per_run"] > 1000
+    assert isinstance(sample["stored_per_run"], float) and isinstance(sample["indexed_per_run"], float)
+    assert sample["indexed_per_run"] > sample["stored_per_run"] > 0
+
+
+async def test_stored_bytes_count_every_table_checkpoints_included_and_index_pages_apart(tmp_path: Path) -> None:
+    """What the growth over the timed runs misses (a checkpoint now and then) is in the totals."""
+    from benchmarks.frameworks import _stored_bytes
+    from benchmarks.peers._workload import Target
+    from kern_events import SqliteDb
+    from kern_events.records import Snapshot
+
+    target = Target("sqlite", sqlite_path=tmp_path / "b.db")
+    async with SqliteDb(target.sqlite_path) as db:
+        await db.store.append("s", [SessionStarted(session_type="agent")])
+        before = await _stored_bytes(target)
+        await db.store.save_snapshot(
+            Snapshot(session_id="s", name="view", schema_version=1, version=1, data=b"x" * 9000)
+        )
+    after = await _stored_bytes(target)
+    assert after.rows - before.rows >= 9000
+    assert before.indexes > 0 and after.indexes >= before.indexes
 
 
 def test_the_agno_adapter_case_loads_the_whole_session_as_agno_does() -> None:
