@@ -5,9 +5,6 @@ export to SQLite and back to a clean ``verify``, and one clear line for every ba
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,7 +174,7 @@ def test_ui_serves_the_demo_from_jetstream_and_refuses_a_missing_stream_in_one_l
     nats_cluster: _nats.Cluster, prefix: str, tmp_path: Path
 ) -> None:
     pytest.importorskip("starlette", reason="the ui extra is not installed: pip install -e '.[ui]'")
-    from tests.test_ui import get, session_ids
+    from tests.test_ui import assert_ui_serves_the_demo
 
     db = _url(nats_cluster, f"prefix={prefix}")
     missing = run_cli("ui", "--db", db, "--port", "0", cwd=tmp_path)
@@ -185,20 +182,4 @@ def test_ui_serves_the_demo_from_jetstream_and_refuses_a_missing_stream_in_one_l
     assert missing.stderr.startswith("error: NATS at ") and f"no kern-events stream {prefix!r}" in missing.stderr
 
     assert run_cli("demo", "--db", db, cwd=tmp_path).returncode == 0
-    with subprocess.Popen(
-        [sys.executable, "-m", "kern_events", "ui", "--db", db, "--port", "0"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as server:
-        assert server.stdout is not None and server.stderr is not None
-        try:
-            first = server.stdout.readline()
-            found = re.search(r"on (http://127\.0\.0\.1:\d+/) \(read-only\)", first)
-            assert found, first
-            assert session_ids(get(found[1])[1]) == ["conversation_123"]
-        finally:
-            server.terminate()
-            server.wait(30)
-        assert "Traceback" not in server.stderr.read()
+    assert_ui_serves_the_demo(["--db", db], tmp_path)

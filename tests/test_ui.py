@@ -166,9 +166,14 @@ def test_ui_right_after_the_demo_serves_the_demos_database(tmp_path: Path) -> No
         [sys.executable, "-m", "kern_events", "demo"], cwd=tmp_path, capture_output=True, timeout=60, check=False
     )
     assert demo.returncode == 0
+    assert_ui_serves_the_demo([], tmp_path)
+
+
+def assert_ui_serves_the_demo(db_args: list[str], cwd: Path) -> None:
+    """Start `kern-events ui` on a free port and check its page lists the demo's one conversation."""
     with subprocess.Popen(
-        [sys.executable, "-m", "kern_events", "ui", "--port", "0"],
-        cwd=tmp_path,
+        [sys.executable, "-m", "kern_events", "ui", *db_args, "--port", "0"],
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
