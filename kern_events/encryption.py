@@ -247,57 +247,59 @@ class Encryption:
     async def open_page(self, page: Sequence[StoredEvent]) -> list[StoredEvent | ErasedError]:
         """The page's rows decrypted in one pass (a row without the seal mark as it is); a row whose
         data key was deleted becomes an :class:`ErasedError`, so that a session read raises it while
-        the global feed skips it. Each key is looked up once per page, before the decrypting loop,
-        and the associated data is built from parts shared by the page's rows (reads are the hot path:
-        a 1,000-row page pays for the AES-GCM decryptions and little else)."""
+        the global feed skips it.
+
+        Reads are the hot path: a row pays for its AES-GCM call (about 0.5 us for a 730-byte event)
+        and as little else as possible. The header a key's rows start with (mark, format, key id) is
+        parsed and its key looked up once per page; each later row under that key is recognised by
+        ``startswith`` alone, and its associated data is put together from parts kept per session and
+        per type. A header that differs in any byte (another key, a damaged or unknown format) takes
+        the full parse, which names a damaged row."""
         ciphers: dict[bytes, AESGCM | None] = {}
-        for stored in page:
-            data = stored.data
-            if data[:1] == SEAL_MARK:
-                name = data[_HEADER.size : _HEADER.size + int.from_bytes(data[2:4])]
-                if name not in ciphers:
-                    key_id = _parse(data, stored.session_id, stored.version, stored.type, stored.position)[0]
-                    cipher = await self._cipher(key_id, create=False)
-                    ciphers[name] = None if cipher is None else cipher[0]
         heads: dict[str, bytes] = {}
-        tails: dict[tuple[str, int], bytes] = {}
+        tails: dict[str, tuple[int, bytes]] = {}
         opened: list[StoredEvent | ErasedError] = []
         append = opened.append
         replace = msgspec.structs.replace
+        prefix: bytes | tuple[()] = ()  # startswith(()) is False: the first sealed row takes the parse
+        aead: AESGCM | None = None
+        start = 0
         for stored in page:
             data = stored.data
-            if data[:1] != SEAL_MARK:
-                append(stored)
-                continue
-            start = _HEADER.size + int.from_bytes(data[2:4])
-            aead = ciphers[data[_HEADER.size : start]]
+            if not data.startswith(prefix):
+                if data[:1] != SEAL_MARK:
+                    append(stored)
+                    continue
+                key_id = _parse(data, stored.session_id, stored.version, stored.type, stored.position)[0]
+                start = _HEADER.size + int.from_bytes(data[2:4])
+                prefix = data[:start]
+                if prefix in ciphers:
+                    aead = ciphers[prefix]
+                else:
+                    cipher = await self._cipher(key_id, create=False)
+                    aead = ciphers[prefix] = None if cipher is None else cipher[0]
             if aead is None:
-                key_id = data[_HEADER.size : start].decode()
-                append(
-                    ErasedError(
-                        stored.session_id,
-                        f"its data key {key_id!r} was deleted",
-                        version=stored.version,
-                        position=stored.position,
-                    )
-                )
+                append(_erased(stored, data[_HEADER.size : start].decode()))
                 continue
             head = heads.get(stored.session_id)
             if head is None:
                 head = heads[stored.session_id] = _event_aad_head(stored.session_id)
-            tail = tails.get((stored.type, stored.schema_version))
-            if tail is None:
-                tail = tails[stored.type, stored.schema_version] = _event_aad_tail(stored.type, stored.schema_version)
+            tail = tails.get(stored.type)
+            if tail is None or tail[0] != stored.schema_version:
+                tail = tails[stored.type] = (stored.schema_version, _event_aad_tail(stored.type, stored.schema_version))
             try:
-                aad = head + stored.event_id.bytes + tail
-                plain = aead.decrypt(data[start : start + _NONCE], data[start + _NONCE :], aad)
+                plain = aead.decrypt(
+                    data[start : start + _NONCE],
+                    data[start + _NONCE :],
+                    head + stored.event_id.int.to_bytes(16, "big") + tail[1],
+                )
             except Exception as exc:
-                key_id = data[_HEADER.size : start].decode()
                 raise DecryptionError(
                     stored.session_id,
                     stored.version,
                     stored.type,
-                    f"the payload does not decrypt under key {key_id!r}: wrong key, or modified ciphertext",
+                    f"the payload does not decrypt under key {data[_HEADER.size : start].decode()!r}: "
+                    "wrong key, or modified ciphertext",
                     position=stored.position,
                 ) from exc
             append(replace(stored, data=plain))
@@ -358,6 +360,13 @@ class Sealer:
         nonce = hmac.digest(self._nonce_key, aad + data, "sha256")[:_NONCE]
         sealed = self._cipher.encrypt(nonce, data, aad)
         return msgspec.structs.replace(pending, data=self._prefix + nonce + sealed)
+
+
+def _erased(stored: StoredEvent, key_id: str) -> ErasedError:
+    """The error that stands for a row whose data key was deleted."""
+    return ErasedError(
+        stored.session_id, f"its data key {key_id!r} was deleted", version=stored.version, position=stored.position
+    )
 
 
 def _pack(key_id: str, nonce: bytes, sealed: bytes) -> bytes:

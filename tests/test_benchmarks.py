@@ -111,8 +111,18 @@ def test_the_encryption_cases_run_sealed_and_plain() -> None:
     for side in ("ours", "plain"):
         sample = _case("benchmarks.encryption", "--case", "run", "--side", side, "--batches", "5")
         assert sample["events"] == 50
-    sample = _case("benchmarks.encryption", "--case", "run", "--what", "read", "--repeats", "2")
-    assert sample["events"] == 2
+    for events in ("messages", "agent-runs"):
+        sample = _case("benchmarks.encryption", "--case", "run", "--what", "read", "--repeats", "2", "--events", events)
+        assert sample["events"] == 2
+
+
+def test_the_agent_run_events_span_the_sizes_the_encryption_row_names() -> None:
+    import msgspec
+
+    from benchmarks.encryption import agent_runs
+
+    sizes = [len(msgspec.msgpack.encode(event)) for event in agent_runs()]
+    assert min(sizes) < 120 and 2_000 < max(sizes) < 3_000 and 800 < sum(sizes) / len(sizes) < 1_000
 
 
 def test_the_jetstream_append_case_runs_on_a_cluster_of_its_own() -> None:

@@ -110,3 +110,55 @@ async def test_the_keyring_file_keeps_keys_across_instances_and_forgets_deleted_
     assert not await again.delete_key(user_key_id("u"))
     assert await KeyringFile(tmp_path / "keys.json").get_key(user_key_id("u")) is None
     assert (tmp_path / "keys.json").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        # the sealed payload cut short inside its nonce
+        "UPDATE kern_events SET data = CAST(substr(data, 1, 50) AS BLOB) WHERE session_id = 'a' AND version = 2",
+        # the format byte changed to one this release does not know
+        "UPDATE kern_events SET data = CAST(substr(data, 1, 1) || x'09' || substr(data, 3) AS BLOB) "
+        "WHERE session_id = 'a' AND version = 2",
+    ],
+    ids=["truncated", "unknown format"],
+)
+async def test_a_damaged_sealed_header_is_a_typed_error_naming_session_and_version(
+    tmp_path: Path, statement: str
+) -> None:
+    keys = KeyringFile(tmp_path / "keys.json")
+    await _write(tmp_path / "s.db", keys)
+    _edit(tmp_path / "s.db", statement)
+    with pytest.raises(DecryptionError) as raised:
+        await _read(tmp_path / "s.db", keys, "a")
+    assert (raised.value.session_id, raised.value.version) == ("a", 2)
+
+
+async def test_rows_written_before_encryption_was_on_read_beside_sealed_ones(tmp_path: Path) -> None:
+    """A log that had encryption turned on half way: one page holds clear rows, then sealed rows of
+    two keys (the session's user, and another user's session in the global feed)."""
+    async with SqliteDb(tmp_path / "s.db") as db:
+        await db.store.append("a", [SessionStarted(session_type="agent", user_id="alice")])
+        await db.store.append("a", [MessageAdded(run_id="r", role="user", content="clear")])
+    keys = KeyringFile(tmp_path / "keys.json")
+    async with SqliteDb(tmp_path / "s.db", encryption=Encryption(keys)) as db:
+        await db.store.append("b", [SessionStarted(session_type="agent", user_id="bob")])
+        for n in range(3):
+            await db.store.append("a", [MessageAdded(run_id="r", role="user", content=f"sealed {n}")])
+            await db.store.append("b", [MessageAdded(run_id="r", role="user", content=f"bob {n}")])
+    connection = sqlite3.connect(tmp_path / "s.db")
+    try:
+        first_bytes = [row[0] for row in connection.execute("SELECT substr(data, 1, 1) FROM kern_events")]
+    finally:
+        connection.close()
+    assert first_bytes.count(b"\xc7") == 7
+    async with SqliteDb(tmp_path / "s.db", encryption=Encryption(keys)) as db:
+        contents = [getattr(record.event, "content", None) async for record in db.store.read("a")]
+        assert contents == [None, "clear", "sealed 0", "sealed 1", "sealed 2"]
+        feed = [(record.session_id, getattr(record.event, "content", None)) async for record in db.store.read_all()]
+        assert feed == [
+            ("a", None),
+            ("a", "clear"),
+            ("b", None),
+            *[pair for n in range(3) for pair in (("a", f"sealed {n}"), ("b", f"bob {n}"))],
+        ]

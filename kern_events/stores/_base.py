@@ -1160,9 +1160,9 @@ class BaseEventStore(abc.ABC):
             page, damaged, more = _ahead(
                 await self._read_page(session_id, low, high, size + ahead, backwards, wanted), size
             )
-            decoded = self._decoded(page, damaged)
+            decoded = self._decoded(page, damaged) or await self._opened(page, damaged, skip_erased=False)
             if decoded is None:
-                async for record in self._records(page, damaged, skip_erased=False):
+                async for record in self._assembled(page, damaged, skip_erased=False):
                     yield record
             else:
                 for record in decoded[0]:
@@ -1194,9 +1194,9 @@ class BaseEventStore(abc.ABC):
             size = self.read_page_size if remaining is None else min(self.read_page_size, remaining)
             ahead = remaining is None or remaining > size
             page, damaged, more = _ahead(await self._feed_page(position, size + ahead), size)
-            decoded = self._decoded(page, damaged)
+            decoded = self._decoded(page, damaged) or await self._opened(page, damaged, skip_erased=True)
             if decoded is None:
-                async for record in self._records(page, damaged, skip_erased=True):
+                async for record in self._assembled(page, damaged, skip_erased=True):
                     yield record
             else:
                 for record in decoded[0]:
@@ -1242,40 +1242,32 @@ class BaseEventStore(abc.ABC):
         self, page: Sequence[StoredEvent], damaged: CorruptRecordError | None
     ) -> tuple[list[Record], Exception | None] | None:
         """A page's records, decoded in one pass, and the error that ends them (a row that does not
-        decode, else ``damaged``); ``None`` if the page needs awaits to decode (chunks to fetch,
-        payloads to open), for :meth:`_records`. The reader then gets each record with no await
-        and no generator between them."""
+        decode, else ``damaged``); ``None`` if the page needs awaits to decode (payloads to open:
+        :meth:`_opened`; chunks to fetch: :meth:`_assembled`). The reader then gets each record with
+        no await and no generator between them."""
         if self._encryption is not None or (self._stores_chunks and _has_manifest(page)):
             return None
         records, error = self._decode_page(page)
         return records, damaged if error is None else error
 
-    async def _records(
+    async def _opened(
         self, page: Sequence[StoredEvent], damaged: CorruptRecordError | None, *, skip_erased: bool
-    ) -> AsyncIterator[Record]:
-        """A page's records in order (out-of-line payloads put together, sealed ones opened), then
-        ``damaged`` raised if the page ends with it. A row whose data key was deleted is left out
-        (``skip_erased``: the global feed, which a shredded user must not stop for everyone else) or
-        ends the records as :class:`ErasedError` (a session's own read)."""
+    ) -> tuple[list[Record], Exception | None] | None:
+        """A page of sealed payloads opened in one pass and decoded in one more, as :meth:`_decoded`
+        returns it (one await per page, none per record); ``None`` if the page has chunks to fetch.
+        A row whose data key was deleted is left out (``skip_erased``: the global feed, which a
+        shredded user must not stop for everyone else) or ends the records as
+        :class:`ErasedError` (a session's own read)."""
         if self._stores_chunks and _has_manifest(page):
-            async for record in self._assembled(page, skip_erased=skip_erased):
-                yield record
-        else:
-            opened = await cast(Encryption, self._encryption).open_page(page)
-            rows = [row for row in opened if not isinstance(row, ErasedError)]
-            erased: ErasedError | None = None
-            if len(rows) < len(opened) and not skip_erased:
-                cut, erased = next((index, row) for index, row in enumerate(opened) if isinstance(row, ErasedError))
-                rows = rows[:cut]
-            records, error = self._decode_page(rows)
-            for record in records:
-                yield record
-            if error is not None:
-                raise error
-            if erased is not None:
-                raise erased
-        if damaged is not None:
-            raise damaged
+            return None
+        opened = await cast(Encryption, self._encryption).open_page(page)
+        rows = [row for row in opened if not isinstance(row, ErasedError)]
+        erased: ErasedError | None = None
+        if len(rows) < len(opened) and not skip_erased:
+            cut, erased = next((index, row) for index, row in enumerate(opened) if isinstance(row, ErasedError))
+            rows = rows[:cut]
+        records, error = self._decode_page(rows)
+        return records, error or erased or damaged
 
     def _decode_page(self, page: Sequence[StoredEvent]) -> tuple[list[Record], Exception | None]:
         """The page's records and the error of the first row that does not decode (``None`` if all
@@ -1292,11 +1284,14 @@ class BaseEventStore(abc.ABC):
             return records, exc
         return records, None
 
-    async def _assembled(self, page: Sequence[StoredEvent], *, skip_erased: bool) -> AsyncIterator[Record]:
-        """The page's records, out-of-line payloads put back together: the chunks of the page's
-        manifests come in one :meth:`_read_chunks` round trip (more only past :data:`_ASSEMBLY_BUDGET`
-        bytes), and each chunk list is dropped as soon as its event is rebuilt. A row whose data key
-        was deleted is skipped (``skip_erased``, the global feed) or raised as :class:`ErasedError`."""
+    async def _assembled(
+        self, page: Sequence[StoredEvent], damaged: CorruptRecordError | None, *, skip_erased: bool
+    ) -> AsyncIterator[Record]:
+        """The page's records, out-of-line payloads put back together, then ``damaged`` raised if the
+        page ends with it: the chunks of the page's manifests come in one :meth:`_read_chunks` round
+        trip (more only past :data:`_ASSEMBLY_BUDGET` bytes), and each chunk list is dropped as soon
+        as its event is rebuilt. A row whose data key was deleted is skipped (``skip_erased``, the
+        global feed) or raised as :class:`ErasedError`."""
         start = 0
         while start < len(page):
             wanted: list[UUID] = []
@@ -1323,6 +1318,8 @@ class BaseEventStore(abc.ABC):
                     stored = opened
                 yield self._codec.decode(stored)
             start = end
+        if damaged is not None:
+            raise damaged
 
     async def current_version(self, session_id: str) -> int:
         """The session's version (0 if it never had an event; kept after deletion)."""
@@ -1419,12 +1416,12 @@ class BaseEventStore(abc.ABC):
     async def _context_records(self, page: Page, size: int) -> tuple[list[Record], bool]:
         """A page read with one row of look-ahead, as records, and whether a read must go on after it."""
         rows, damaged, more = _ahead(page, size)
-        decoded = self._decoded(rows, damaged)
+        decoded = self._decoded(rows, damaged) or await self._opened(rows, damaged, skip_erased=False)
         if decoded is not None:
             return decoded[0], more or decoded[1] is not None
         records: list[Record] = []
         try:
-            async for record in self._records(rows, damaged, skip_erased=False):
+            async for record in self._assembled(rows, damaged, skip_erased=False):
                 records.append(record)
         except Exception:  # the read that goes on after the last good record raises it again, in place
             return records, True
