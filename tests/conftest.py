@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from kern_events.testing import heavy_scale
-from tests import _nats, _pg
+from tests import _dynamo, _nats, _pg
 from tests._backends import BACKENDS, Backend
 
 
@@ -52,3 +52,11 @@ def nats_cluster() -> Iterator[_nats.Cluster]:
     pytest.importorskip("nats", reason="the nats extra is not installed")
     with _nats.running(3) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def dynamo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_dynamo.Emulator]:
+    """One moto server (the DynamoDB emulator) for the whole run (each test uses a table of its own)."""
+    pytest.importorskip("aioboto3", reason="the dynamodb extra is not installed")
+    with _dynamo.running(tmp_path_factory.mktemp("moto")) as emulator:
+        yield emulator

@@ -1229,7 +1229,17 @@ class BaseEventStore(abc.ABC):
         await self._ensure_open()
         return await self._feed_start(from_position)
 
+    @property
+    def global_feed(self) -> bool:
+        """Whether the store has a global feed (``read_all``, subscriptions, ``read_all_stored``): it
+        implements :meth:`_read_all_page` (or, sharded, :meth:`_read_feed_page`). A store whose storage
+        orders nothing across sessions (DynamoDB) leaves them out, and those calls raise
+        :class:`UnsupportedError` naming the capability ``global feed``."""
+        return self.feed_layout is not None or type(self)._read_all_page is not BaseEventStore._read_all_page
+
     def _check_feed_position(self, position: object) -> None:
+        if not self.global_feed:
+            raise UnsupportedError("global feed", type(self).__name__)
         if isinstance(position, FeedCursor):
             if position.layout != self.feed_layout or self.feed_layout is None:
                 raise ShardLayoutError(
@@ -1530,9 +1540,10 @@ class BaseEventStore(abc.ABC):
         low = 1 if found is None else found.version + 1
         return info, found, newest, await self._read_page(session_id, low, info.version, after, False, types)
 
-    @abc.abstractmethod
     async def _read_all_page(self, from_position: int, limit: int) -> Page:
-        """Up to ``limit`` rows with ``position >= from_position``, in position order; a :data:`Page`."""
+        """Up to ``limit`` rows with ``position >= from_position``, in position order; a :data:`Page`.
+        No default: a store without it has no global feed (:attr:`global_feed` is false)."""
+        raise UnsupportedError("global feed", type(self).__name__)
 
     async def _feed_start(self, from_position: int) -> FeedCursor:
         """A sharded store's cursor at the record at ``from_position`` (0: every shard's start), so that
