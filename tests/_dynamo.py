@@ -3,13 +3,15 @@ port, in a subprocess, started and stopped by the caller (a session fixture).
 
 The server runs single-threaded (``python -m tests._dynamo PORT``, not ``moto_server``, which serves
 each request on its own thread): moto's threaded server lost a write under 64 concurrent writers,
-while a real DynamoDB serialises conflicting transactions. Each test uses a table of its own
+while a real DynamoDB serialises conflicting transactions. One cost of moto's is cut (see
+:class:`_TableCopiedOnce`), none of its behaviour. Each test uses a table of its own
 (:func:`new_table`). Under ``CI=true`` a server that cannot start fails the test, elsewhere it skips.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import socket
 import subprocess
@@ -37,6 +39,15 @@ def _free_port() -> int:
 def new_table() -> str:
     """A table name of the test's own (tables are created on a store's first use)."""
     return f"kern_{uuid.uuid4().hex[:12]}"
+
+
+def delete_table(emulator: Emulator, table: str) -> None:
+    """Drop a test's table (moto keeps every table in its memory until it stops), if it was created."""
+    import boto3
+
+    client = boto3.client("dynamodb", endpoint_url=emulator.url, **CREDENTIALS)
+    with contextlib.suppress(client.exceptions.ResourceNotFoundException):
+        client.delete_table(TableName=table)
 
 
 class Emulator:
@@ -95,11 +106,44 @@ def running(directory: Path | None = None) -> Iterator[Emulator]:
             process.wait()
 
 
+class _TableCopiedOnce:
+    """moto's ``copy`` module as its DynamoDB models see it, except that within one transaction a
+    table is deep-copied once. moto copies the whole table for every item of a ``TransactWriteItems``
+    (to roll back to if one fails): the same state, 99 times over for a 49-event append, which made
+    filling a session grow with the square of its size (the 12th append of 49 events took 2-4 s). The
+    rollback keeps the one copy, so what the transaction does is unchanged."""
+
+    def __init__(self, table_type: type) -> None:
+        self._table_type = table_type
+        self.copies: dict[int, Any] | None = None
+
+    def deepcopy(self, value: Any) -> Any:
+        if self.copies is None or not isinstance(value, self._table_type):
+            return copy.deepcopy(value)
+        if id(value) not in self.copies:
+            self.copies[id(value)] = copy.deepcopy(value)
+        return self.copies[id(value)]
+
+
 def _serve(port: int) -> None:
     """moto's server app, served by werkzeug on one thread (see the module docstring)."""
+    import moto.dynamodb.models as models
+    from moto.dynamodb.models.table import Table
     from moto.moto_server.threaded_moto_server import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import run_simple
 
+    once = _TableCopiedOnce(Table)
+    models.copy = once  # type: ignore[assignment]
+    transact = models.DynamoDBBackend.transact_write_items
+
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        once.copies = {}
+        try:
+            transact(self, transact_items)
+        finally:
+            once.copies = None
+
+    models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
     run_simple("127.0.0.1", port, DomainDispatcherApplication(create_backend_app), threaded=False)
 
 

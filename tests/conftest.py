@@ -14,7 +14,8 @@ from tests._backends import BACKENDS, Backend
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each conformance test runs once per backend, on a database (or schema) of its own."""
     urls = request.getfixturevalue("nats_server").urls if request.param.startswith("nats") else None
-    backend = Backend(request.param, tmp_path, urls)
+    dynamo = request.getfixturevalue("dynamo_server") if request.param == "dynamodb" else None
+    backend = Backend(request.param, tmp_path, urls, dynamo)
     try:
         yield backend
     finally:
