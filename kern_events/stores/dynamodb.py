@@ -87,8 +87,11 @@ MAX_EVENTS_PER_APPEND = (_MAX_ITEMS - 1) // 2
 """Most events one append may carry: each needs an event item and an id item, and the head one more."""
 _ITEM_OVERHEAD = 256
 """Bytes counted per item for its keys and attribute names, on top of its payload."""
-MAX_APPEND_BYTES = 4_000_000 - _MAX_ITEMS * _ITEM_OVERHEAD
-"""Most payload bytes one append may carry (a transaction holds at most 4 MB, keys included)."""
+_MAX_TRANSACTION_BYTES = 4_000_000
+"""What one transaction's items may add up to, counted as payload plus :data:`_ITEM_OVERHEAD` per item
+(DynamoDB's limit is 4 MB, keys and names included)."""
+MAX_APPEND_BYTES = _MAX_TRANSACTION_BYTES - _MAX_ITEMS * _ITEM_OVERHEAD
+"""Payload bytes an append of any item count may carry: a larger one may be refused."""
 DEFAULT_MAX_EVENT_SIZE = 3_500_000
 """The largest encoded event accepted by default: one event must fit one transaction with its chunks."""
 _INLINE_LIMIT = 350_000
@@ -708,7 +711,7 @@ def _check_size(pending: Sequence[PendingEvent]) -> None:
             events=len(pending),
             size=size,
         )
-    if size > MAX_APPEND_BYTES + _MAX_ITEMS * _ITEM_OVERHEAD:
+    if size > _MAX_TRANSACTION_BYTES:
         raise AppendTooLargeError(
             f"the append's items add up to about {size} bytes; one DynamoDB transaction holds 4 MB",
             events=len(pending),
