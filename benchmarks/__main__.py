@@ -19,6 +19,7 @@ from typing import Any
 from benchmarks import (
     append,
     contention,
+    dynamodb,
     encryption,
     engine,
     frameworks,
@@ -33,7 +34,7 @@ from benchmarks._harness import measure, render_table, results_json
 from benchmarks.peers._workload import Backend
 
 _SUBJECTS = (append, postgres, contention, engine, history, resume, ui, encryption, transfer, nats)
-_NAMES = [subject.__name__.rsplit(".", 1)[-1] for subject in (*_SUBJECTS, frameworks)]
+_NAMES = [subject.__name__.rsplit(".", 1)[-1] for subject in (*_SUBJECTS, frameworks, dynamodb)]
 
 
 def main() -> None:
@@ -73,6 +74,15 @@ def main() -> None:
         text, samples_json = frameworks.report(args.quick, 1 if args.quick else min(repeats, 3), postgres.URL, backends)
         sections.append(("frameworks", text))
         results["frameworks"] = samples_json
+    if args.only in (None, "dynamodb"):  # capacity units from item sizes: no timing, so not measured
+        reason = dynamodb.unavailable()
+        if reason is None:
+            text, cost_rows = dynamodb.report(args.quick)
+            sections.append(("dynamodb", f"{text}\n\n{dynamodb.NOTES}"))
+            results["dynamodb"] = cost_rows
+        else:
+            print(f"dynamodb: skipped: {reason}", file=sys.stderr)
+            sections.append(("dynamodb", f"skipped: {reason}"))
     elapsed = time.perf_counter() - started
     print(f"done in {elapsed:.0f} s", file=sys.stderr)
     if args.results:

@@ -20,6 +20,7 @@ from kern_events._loops import run_blocking
 from kern_events._registry import Upcaster, register_event_type, register_upcaster, registered_event_types
 from kern_events.codec import Codec, MsgpackCodec
 from kern_events.errors import (
+    AppendTooLargeError,
     BlockingCallError,
     ConcurrencyError,
     CorruptRecordError,
@@ -102,10 +103,11 @@ from kern_events.store import EventStore
 from kern_events.stores._sql import TableNames
 
 if TYPE_CHECKING:
-    from kern_events.db import BaseDb, InMemoryDb, NatsDb, PostgresDb, SqliteDb
+    from kern_events.db import BaseDb, DynamoDb, InMemoryDb, NatsDb, PostgresDb, SqliteDb
     from kern_events.encryption import Encryption, KeyProvider, KeyringFile
     from kern_events.retention import Compaction, RetentionPolicy, RetentionReport
     from kern_events.runtime import Agent, MemoryModel, Team, Workflow
+    from kern_events.stores.dynamodb import DynamoEventStore
     from kern_events.stores.memory import InMemoryEventStore
     from kern_events.stores.nats import NatsEventStore
     from kern_events.stores.postgres import PostgresEventStore
@@ -138,6 +140,8 @@ _LAZY = {
     "KeyringFile": "kern_events.encryption",
     "NatsDb": "kern_events.db",
     "NatsEventStore": "kern_events.stores.nats",
+    "DynamoDb": "kern_events.db",
+    "DynamoEventStore": "kern_events.stores.dynamodb",
     "instrument": "kern_events.telemetry",
     "uninstrument": "kern_events.telemetry",
 }
@@ -150,6 +154,7 @@ __all__ = [
     "Agent",
     "AnyEvent",
     "AppendResult",
+    "AppendTooLargeError",
     "BaseDb",
     "BlockingCallError",
     "Codec",
@@ -158,6 +163,8 @@ __all__ = [
     "CorruptRecordError",
     "DatabaseOpenError",
     "DecryptionError",
+    "DynamoDb",
+    "DynamoEventStore",
     "Encryption",
     "ErasedError",
     "ErasureReport",

@@ -18,7 +18,8 @@ The hooks, each called only with checked arguments on an open store:
                             and advance the session index in the same atomic step
 ``_read_page``              up to ``limit`` rows of one session by version, optionally by type
 ``_read_all_page``          up to ``limit`` rows of every session in global position order
-                            (both a :data:`Page`: a damaged row ends it as a ``CorruptRecordError``)
+                            (both a :data:`Page`: a damaged row ends it as a ``CorruptRecordError``;
+                            optional: without it the store has no global feed, see below)
 ``_find_events``            the stored event of each of some event ids, in any session (only
                             ``append(..., skip_existing=True)`` needs it; without it that fails)
 ``_current_version``        the session's head version (kept after deletion as a tombstone)
@@ -72,6 +73,11 @@ position); its record positions carry their shard in the bits above :data:`FEED_
 then hands ``read_all`` and subscriptions a :class:`FeedCursor` (a position per shard) and moves it
 past every record, so that resuming from it neither skips nor repeats; a cursor of another layout is a
 :class:`~kern_events.errors.ShardLayoutError`.
+
+**No global feed.** A store whose storage orders nothing across sessions (DynamoDB: no commit order
+across partitions) leaves out ``_read_all_page``: :attr:`BaseEventStore.global_feed` is then false,
+``read_all``, ``read_all_stored`` and ``subscribe`` raise :class:`UnsupportedError` naming the
+capability ``global feed``, and its conformance ``Backend`` declares ``global_feed = False``.
 
 **Large payloads.** Any event up to ``max_event_size`` (:data:`DEFAULT_MAX_EVENT_SIZE`) is accepted.
 A backend whose rows are small (a message or item size limit) sets the class attribute

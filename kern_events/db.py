@@ -645,3 +645,51 @@ class NatsDb(BaseDb):
             storage_policy=storage_policy,
             checkpoint_every=checkpoint_every,
         )
+
+
+class DynamoDb(BaseDb):
+    """Sessions in one DynamoDB table (``pip install 'kern-events[dynamodb]'``): for teams on AWS that
+    outgrow one machine without running a database cluster.
+
+    Per-session order is exact; there is no global feed (``read_all`` and ``subscribe`` raise
+    :class:`~kern_events.errors.UnsupportedError`), and an append holds at most 49 events and 4 MB; see
+    :class:`~kern_events.stores.dynamodb.DynamoEventStore` for the table layout and its limits.
+    """
+
+    def __init__(
+        self,
+        table: str = "kern_events",
+        *,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        create_table: bool = True,
+        cache_size: int = 0,
+        storage_policy: StoragePolicy | None = None,
+        checkpoint_every: int | None = 1000,
+        retention_policy: RetentionPolicy | None = None,
+        encryption: Encryption | None = None,
+        codec: Codec | None = None,
+        chain_key: bytes | None = None,
+    ) -> None:
+        # Imported here so that other dbs' users never load the DynamoDB backend.
+        from kern_events.stores.dynamodb import DynamoEventStore
+
+        super().__init__(
+            DynamoEventStore(
+                table,
+                endpoint_url=endpoint_url,
+                region_name=region_name,
+                aws_access_key_id=aws_access_key_id,
+                aws_secret_access_key=aws_secret_access_key,
+                create_table=create_table,
+                codec=codec,
+                chain_key=chain_key,
+            ),
+            cache_size=cache_size,
+            storage_policy=storage_policy,
+            checkpoint_every=checkpoint_every,
+            retention_policy=retention_policy,
+            encryption=encryption,
+        )

@@ -25,6 +25,8 @@ own exception never escapes raw: each backend translates it at one seam, keeping
     │   ├── InvalidEventError       an event that would not read back as given (a field without its
     │   │                           declared type, or a value the codec cannot encode)
     │   ├── PayloadTooLargeError    an encoded event above the store's size limit
+    │   ├── AppendTooLargeError     an append above what the backend writes atomically (DynamoDB's
+    │   │                           transaction: 100 items, 4 MB), refused whole
     │   ├── ExportFileError         a file given to import that is foreign, cut short or edited (its line)
     │   └── ShardLayoutError        a feed cursor, or a store's ``shards``, of another shard layout
     ├── StorageError                the database failed in a way the caller cannot fix by changing input
@@ -45,6 +47,7 @@ from __future__ import annotations
 from uuid import UUID
 
 __all__ = [
+    "AppendTooLargeError",
     "BlockingCallError",
     "ConcurrencyError",
     "CorruptRecordError",
@@ -237,6 +240,16 @@ class PayloadTooLargeError(InvalidArgumentError):
         self.size = size
         self.limit = limit
         super().__init__(argument, f"{event_type!r} event encodes to {size} bytes; the limit is {limit}")
+
+
+class AppendTooLargeError(InvalidArgumentError):
+    """An append larger than the backend can write in one atomic step (``events`` events of about
+    ``size`` bytes); nothing of it was stored. Split it into several appends."""
+
+    def __init__(self, message: str, *, events: int, size: int) -> None:
+        self.events = events
+        self.size = size
+        super().__init__("events", message)
 
 
 class ExportFileError(InvalidArgumentError):

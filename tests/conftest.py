@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from kern_events.testing import heavy_scale
-from tests import _nats, _pg
+from tests import _dynamo, _nats, _pg
 from tests._backends import BACKENDS, Backend
 
 
@@ -14,7 +14,8 @@ from tests._backends import BACKENDS, Backend
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each conformance test runs once per backend, on a database (or schema) of its own."""
     urls = request.getfixturevalue("nats_server").urls if request.param.startswith("nats") else None
-    backend = Backend(request.param, tmp_path, urls)
+    dynamo = request.getfixturevalue("dynamo_server") if request.param == "dynamodb" else None
+    backend = Backend(request.param, tmp_path, urls, dynamo)
     try:
         yield backend
     finally:
@@ -52,3 +53,11 @@ def nats_cluster() -> Iterator[_nats.Cluster]:
     pytest.importorskip("nats", reason="the nats extra is not installed")
     with _nats.running(3) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def dynamo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_dynamo.Emulator]:
+    """One moto server (the DynamoDB emulator) for the whole run (each test uses a table of its own)."""
+    pytest.importorskip("aioboto3", reason="the dynamodb extra is not installed")
+    with _dynamo.running(tmp_path_factory.mktemp("moto")) as emulator:
+        yield emulator

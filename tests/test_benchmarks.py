@@ -148,3 +148,16 @@ def test_the_transfer_cases_export_import_and_report_memory() -> None:
         assert sample["events"] == 40
     sample = _case("benchmarks.transfer", "--case", "run", "--what", "memory", "--events", "40")
     assert isinstance(sample["peak_rss"], int) and sample["peak_rss"] > 10 * 2**20
+
+
+def test_the_dynamodb_cost_rows_count_the_items_of_a_run_and_of_a_context_load() -> None:
+    import pytest
+
+    pytest.importorskip("aioboto3", reason="the dynamodb extra is not installed")
+    from benchmarks import dynamodb
+
+    _, rows = dynamodb.report(quick=True)
+    append, load = rows[0], rows[1]
+    # a run is three appends (three head items) of eight events (an id item and an event item each)
+    assert append["items"] == 3 + 2 * 8 and append["wcu"] == 2 * append["items"]  # each item under 1 KB
+    assert load["rcu"] >= 4  # head, checkpoint, tail, state events: four strongly consistent reads

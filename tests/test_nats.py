@@ -4,14 +4,8 @@ a 3-node cluster, and the typed error a writer sees when no server answers."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import socket
-import subprocess
-import sys
 import uuid
-from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
@@ -19,14 +13,13 @@ import pytest
 from kern_events.errors import InvalidArgumentError, StorageUnavailableError, UnsupportedError
 from kern_events.events import MessageAdded
 from kern_events.records import Snapshot
-from tests import _nats
+from tests import _agent_process, _nats
 
 pytest.importorskip("nats", reason="the nats extra is not installed")
 
 from kern_events.stores.nats import NatsEventStore
 
 SYSTEM_SERVER = "nats://127.0.0.1:4222"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _message(content: str) -> MessageAdded:
@@ -147,21 +140,6 @@ def test_bad_options_are_refused_naming_them(options: dict[str, object], argumen
     assert caught.value.argument == argument
 
 
-def _agent_process(command: str, url: str, prefix: str) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "_nats_agent_process.py"), command, url, prefix],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
 def test_the_reference_agent_pauses_in_one_process_and_continues_in_another_on_natsdb(
     nats_server: _nats.Cluster,
 ) -> None:
@@ -169,9 +147,9 @@ def test_the_reference_agent_pauses_in_one_process_and_continues_in_another_on_n
     new process confirms and finishes it, and answers from the history the first process wrote."""
     prefix = f"Agent{uuid.uuid4().hex[:8]}"
     try:
-        paused = _agent_process("pause", nats_server.urls[0], prefix)
+        paused = _agent_process.run("pause", "nats", nats_server.urls[0], prefix)
         assert paused["status"] == "paused" and paused["booked"] == []
-        finished = _agent_process("continue", nats_server.urls[0], prefix)
+        finished = _agent_process.run("continue", "nats", nats_server.urls[0], prefix)
         assert finished["run_id"] == paused["run_id"]
         assert finished["content"] == "Flight to Oslo: booked Oslo."
         assert finished["booked"] == ["Oslo"]  # the confirmed tool ran in the second process

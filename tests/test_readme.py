@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests import _pg
+from tests import _dynamo, _pg
 
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
@@ -77,6 +77,29 @@ def test_quick_start_runs_and_a_second_process_continues_the_session(tmp_path: P
     code = _block_after("Quick start")
     assert _run_python(code, tmp_path) == "1 run; last answer: Nice to meet you, Alice!\n"
     assert _run_python(code, tmp_path).startswith("2 runs; ")
+
+
+def test_the_quick_start_runs_on_dynamodb_with_its_one_line_swapped(
+    tmp_path: Path, dynamo_server: _dynamo.Emulator
+) -> None:
+    """The README says the storage is one line: swapped for ``DynamoDb("agents")`` as it prints it,
+    the quick start runs against the emulator (reached through AWS's own environment variables)."""
+    code = _block_after("Quick start")
+    line = 'SqliteDb(db_file="agents.db")'
+    assert line in code and 'DynamoDb("agents")' in README.read_text()
+    code = code.replace(line, 'DynamoDb("agents")').replace(", SqliteDb\n", ", SqliteDb, DynamoDb\n")
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": dynamo_server.url,
+        "AWS_DEFAULT_REGION": _dynamo.CREDENTIALS["region_name"],
+        "AWS_ACCESS_KEY_ID": _dynamo.CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": _dynamo.CREDENTIALS["aws_secret_access_key"],
+    }
+    try:
+        assert _run_python(code, tmp_path, env) == "1 run; last answer: Nice to meet you, Alice!\n"
+        assert _run_python(code, tmp_path, env).startswith("2 runs; ")
+    finally:
+        _dynamo.delete_table(dynamo_server, "agents")
 
 
 def test_the_agent_quick_start_runs_as_written(tmp_path: Path) -> None:

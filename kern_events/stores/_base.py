@@ -850,6 +850,7 @@ class BaseEventStore(abc.ABC):
         order, from ``from_position`` on: what an export writes when sessions' order matters. Like
         :meth:`read_all`, it stops at the backend's feed fence (see :meth:`feed_lag`)."""
         self._check_feed_position(from_position)
+        self._require_feed()
         await self._ensure_open()
         position = await self.feed_cursor(from_position)
         while True:
@@ -1188,6 +1189,7 @@ class BaseEventStore(abc.ABC):
         """The read itself, which :meth:`read_all` hands to telemetry when it is on."""
         self._check_feed_position(from_position)
         check_non_negative("limit", limit, allow_none=True)
+        self._require_feed()
         await self._ensure_open()
         position, remaining = await self.feed_cursor(from_position), limit
         while remaining is None or remaining > 0:
@@ -1222,12 +1224,27 @@ class BaseEventStore(abc.ABC):
         of another layout, or a cursor given to a store with one log, is a
         :class:`~kern_events.errors.ShardLayoutError`."""
         self._check_feed_position(from_position)
+        self._require_feed()
         if isinstance(from_position, FeedCursor):
             return from_position
         if self.feed_layout is None:
             return from_position
         await self._ensure_open()
         return await self._feed_start(from_position)
+
+    @property
+    def global_feed(self) -> bool:
+        """Whether the store has a global feed (``read_all``, subscriptions, ``read_all_stored``): it
+        implements :meth:`_read_all_page` (or, sharded, :meth:`_read_feed_page`). A store whose storage
+        orders nothing across sessions (DynamoDB) leaves them out, and those calls raise
+        :class:`UnsupportedError` naming the capability ``global feed``."""
+        return self.feed_layout is not None or type(self)._read_all_page is not BaseEventStore._read_all_page
+
+    def _require_feed(self) -> None:
+        """Refuse a feed call on a store without a global feed (after its arguments were checked: bad
+        input is an :class:`InvalidArgumentError` on every store)."""
+        if not self.global_feed:
+            raise UnsupportedError("global feed", type(self).__name__)
 
     def _check_feed_position(self, position: object) -> None:
         if isinstance(position, FeedCursor):
@@ -1444,6 +1461,7 @@ class BaseEventStore(abc.ABC):
         self._check_feed_position(from_position)
         if check_seconds("poll_interval", poll_interval, finite=True) <= 0:
             raise InvalidArgumentError("poll_interval", f"expected seconds > 0, got {poll_interval!r}")
+        self._require_feed()
         return Subscription(self, from_position=from_position, poll_interval=poll_interval)
 
     @asynccontextmanager
@@ -1533,9 +1551,10 @@ class BaseEventStore(abc.ABC):
         low = 1 if found is None else found.version + 1
         return info, found, newest, await self._read_page(session_id, low, info.version, after, False, types)
 
-    @abc.abstractmethod
     async def _read_all_page(self, from_position: int, limit: int) -> Page:
-        """Up to ``limit`` rows with ``position >= from_position``, in position order; a :data:`Page`."""
+        """Up to ``limit`` rows with ``position >= from_position``, in position order; a :data:`Page`.
+        No default: a store without it has no global feed (:attr:`global_feed` is false)."""
+        raise UnsupportedError("global feed", type(self).__name__)
 
     async def _feed_start(self, from_position: int) -> FeedCursor:
         """A sharded store's cursor at the record at ``from_position`` (0: every shard's start), so that

@@ -9,7 +9,7 @@ import pytest
 from kern_events.codec import Codec
 from kern_events.db import BaseDb
 from kern_events.sessions import StoragePolicy
-from kern_events.stores._base import BaseEventStore
+from kern_events.stores._base import MAX_EVENTS_PER_APPEND, BaseEventStore
 
 __all__ = ["Backend"]
 
@@ -58,6 +58,24 @@ class Backend(abc.ABC):
     """Whether an erasure by one store refuses appends from another store on the same database (another
     process) to the erased sessions, through a mark in the database that the append checks in its own
     atomic step (the kit's default fences appends through the erasing store object only)."""
+
+    global_feed: bool = True
+    """Whether the store has a global feed (``read_all``, subscriptions; the kit's ``_read_all_page``
+    hook). A store whose storage orders nothing across sessions (DynamoDB) leaves it out: the feed's
+    tests skip, naming it, and the rest of the suite checks what it can without reading the feed."""
+
+    max_events_per_append: int = MAX_EVENTS_PER_APPEND
+    """Most events the store takes in one append (it refuses more with a typed error, as DynamoDB's
+    transaction limit makes it): the suite's large batches are cut to this size."""
+
+    large_event_size: int = 5_000_000
+    """The size of the suite's "big" events and snapshots (5 MB: what a big channel value reaches);
+    a backend whose appends hold less (DynamoDB: 4 MB a transaction) sets what it takes."""
+
+    long_session_events: int = 20_000
+    """The events of the "long session" that reads must stream in flat memory, against a short one of a
+    tenth of it (read in pages of half the short one, at most the store's page size); a backend that is
+    slow to fill (an emulator) sets fewer."""
 
     chains: bool = True
     """Whether the store keeps the tamper-evidence hash chain (``StoredEvent.chain``, computed with the

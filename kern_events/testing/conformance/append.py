@@ -59,9 +59,10 @@ async def test_versions_are_gapless_and_positions_strictly_increase(backend: Bac
             positions = [record.position for record in records]
             assert positions == sorted(positions) and len(set(positions)) == 6
             assert await store.current_version(session) == 6
-        await feed_settled(store)
-        everything = [record.position async for record in store.read_all()]
-    assert everything == sorted(everything) and len(everything) == 12
+        if backend.global_feed:
+            await feed_settled(store)
+            everything = [record.position async for record in store.read_all()]
+            assert everything == sorted(everything) and len(everything) == 12
     assert results[0].from_version == 1 and results[0].to_version == 1
     last = results[-1]
     assert (last.session_id, last.from_version, last.to_version) == ("b", 4, 6)
@@ -162,12 +163,12 @@ async def test_retry_with_the_same_event_ids_stores_nothing_new(backend: Backend
         again_head = await store.append("s", batch, expected_version=3, event_ids=ids)
         leading_part = await store.append("s", batch[:1], expected_version=NO_STREAM, event_ids=ids[:1])
         events = await _events(store, "s")
-        await feed_settled(store)
-        all_positions = [record.position async for record in store.read_all()]
+        if backend.global_feed:
+            await feed_settled(store)
+            assert len([record.position async for record in store.read_all()]) == 3
     assert first == again_exact == again_any == again_head
     assert leading_part.to_version == 1 and leading_part.positions == first.positions[:1]
     assert events == [*batch, _message("later")]
-    assert len(all_positions) == 3
 
 
 async def test_reusing_an_event_id_for_other_content_is_an_error(backend: Backend) -> None:
@@ -199,8 +200,9 @@ async def test_a_batch_that_fails_part_way_stores_none_of_it(backend: Backend) -
         assert await store.current_version("s") == 1
         assert len(await _events(store, "s")) == 1
         assert await store.get_session_info("s") == before
-        await feed_settled(store)
-        assert len([record async for record in store.read_all()]) == 2
+        if backend.global_feed:
+            await feed_settled(store)
+            assert len([record async for record in store.read_all()]) == 2
         await store.append("s", batch, expected_version=1)
         assert await store.current_version("s") == 5
 
@@ -273,6 +275,7 @@ async def test_concurrent_appends_committed_together_fail_only_on_their_own_conf
         outcomes = await asyncio.gather(*(contend(n) for n in range(20)), *(own_session(n) for n in range(40)))
         assert sorted(map(str, outcomes[:20])) == ["conflict"] * 19 + ["won"]
         assert outcomes[20:] == [2] * 40
-        await feed_settled(store)
-        assert len([record async for record in store.read_all()]) == 1 + 80
+        if backend.global_feed:
+            await feed_settled(store)
+            assert len([record async for record in store.read_all()]) == 1 + 80
         assert await store.current_version("shared") == 1

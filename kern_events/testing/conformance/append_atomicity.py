@@ -14,9 +14,13 @@ from kern_events.testing._backend import Backend
 async def test_a_large_append_failing_near_its_end_stores_nothing_and_the_session_goes_on(
     backend: Backend, size: int
 ) -> None:
+    if size > backend.max_events_per_append:  # the largest append the backend takes, failing near its end
+        if size != 4_500:
+            pytest.skip(f"{backend.name} takes at most {backend.max_events_per_append} events per append")
+        size = backend.max_events_per_append
     taken = uuid.uuid4()
     ids = [uuid.uuid4() for _ in range(size)]
-    ids[size - 300] = taken
+    ids[size - min(300, size // 8)] = taken
     batch = [MessageAdded(run_id="r", role="user", content=f"m{n}") for n in range(size)]
     async with backend.store() as store:
         await store.append("other", [MessageAdded(run_id="r", role="user", content="owner")], event_ids=[taken])

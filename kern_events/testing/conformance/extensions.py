@@ -39,8 +39,10 @@ async def test_extension_events_read_back_typed_in_reads_and_the_feed(backend: B
         again = await store.append("s", events, event_ids=written.event_ids)  # type: ignore[arg-type]
         records = [record async for record in store.read("s")]
         backwards = [record.event async for record in store.read("s", backwards=True, limit=2)]
-        await feed_reaches(store, written.positions[-1])
-        everything = [record async for record in store.read_all()]
+        everything = records  # a store without a global feed: its session's reads stand in
+        if backend.global_feed:
+            await feed_reaches(store, written.positions[-1])
+            everything = [record async for record in store.read_all()]
     assert again == written  # an exact retry of extension events is idempotent too
     assert [record.event for record in records] == events
     assert [type(record.event) for record in records] == [type(event) for event in events]

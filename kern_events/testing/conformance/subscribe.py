@@ -30,6 +30,7 @@ async def _take(subscription: Subscription, count: int, within: float = 10.0) ->
 
 
 async def test_catch_up_then_live_delivery_without_gaps_or_duplicates(backend: Backend) -> None:
+    backend.require("global_feed")
     async with backend.store() as store:
         for n in range(5):
             await store.append(f"s{n % 2}", [_message(n)])
@@ -59,6 +60,7 @@ async def test_catch_up_then_live_delivery_without_gaps_or_duplicates(backend: B
 
 
 async def test_a_subscription_resumes_from_a_position(backend: Backend) -> None:
+    backend.require("global_feed")
     async with backend.store() as store:
         results = [await store.append("s", [_message(n)]) for n in range(6)]
         resume_at = results[3].positions[0]
@@ -68,6 +70,7 @@ async def test_a_subscription_resumes_from_a_position(backend: Backend) -> None:
 
 
 async def test_appends_from_another_store_on_the_same_database_are_delivered(backend: Backend) -> None:
+    backend.require("global_feed")
     if not backend.persistent:
         pytest.skip("in-memory stores do not share a database")
     # A backend with notifications must deliver through them (the poll would take a minute).
@@ -82,6 +85,7 @@ async def test_appends_from_another_store_on_the_same_database_are_delivered(bac
 
 
 async def test_leaving_a_subscription_early_releases_it(backend: Backend) -> None:
+    backend.require("global_feed")
     async with backend.store() as store:
         await store.append("s", [_message(0), _message(1)])
         async with store.subscribe() as subscription:

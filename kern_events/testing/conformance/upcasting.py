@@ -80,9 +80,10 @@ async def test_rows_of_every_older_schema_version_read_in_the_current_shape(back
         for session_id in ("v1", "v2", "v3"):
             records = [record async for record in store.read(session_id, types=["conformance.contact"])]
             assert [record.event for record in records] == [ADA], session_id
-        await feed_settled(store)
-        feed = [record.event async for record in store.read_all() if record.type == "conformance.contact"]
-        assert feed == [ADA, ADA, ADA]
+        if backend.global_feed:
+            await feed_settled(store)
+            feed = [record.event async for record in store.read_all() if record.type == "conformance.contact"]
+            assert feed == [ADA, ADA, ADA]
         backwards = [record.event async for record in store.read("v1", backwards=True)]
         assert backwards[0] == ADA
     if backend.persistent:

@@ -1,0 +1,236 @@
+"""The DynamoDB backend beyond the conformance suite, on moto's server (tests/_dynamo.py): racing
+writers, chunked payloads, appends too large for one transaction, the typed errors, the ``by_user``
+index, and the reference Agent across two processes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from typing import Any
+
+import pytest
+
+from kern_events import (
+    AppendTooLargeError,
+    ConcurrencyError,
+    IdempotencyError,
+    MessageAdded,
+    SessionStarted,
+    StorageError,
+    StorageUnavailableError,
+    UnsupportedError,
+)
+from tests import _agent_process, _dynamo
+
+pytest.importorskip("aioboto3", reason="the dynamodb extra is not installed")
+
+from kern_events.stores.dynamodb import MAX_EVENTS_PER_APPEND, DynamoEventStore, _translate
+
+
+def _message(content: str) -> MessageAdded:
+    return MessageAdded(run_id="r", role="user", content=content)
+
+
+def _store(emulator: _dynamo.Emulator, table: str | None = None, **options: Any) -> DynamoEventStore:
+    return DynamoEventStore(table or _dynamo.new_table(), **emulator.options(), **options)
+
+
+async def _items(store: DynamoEventStore) -> list[dict[str, Any]]:
+    """Every item of the store's table (a scan: what a reader of the table itself would see)."""
+    items: list[dict[str, Any]] = []
+    arguments: dict[str, Any] = {"TableName": store._table, "ConsistentRead": True}
+    while True:
+        reply = await store._call("scan", **arguments)
+        items += reply["Items"]
+        if "LastEvaluatedKey" not in reply:
+            return items
+        arguments["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
+
+
+async def test_exactly_one_of_16_racing_writers_gets_in(dynamo_server: _dynamo.Emulator) -> None:
+    async with _store(dynamo_server) as store:
+        await store.append("s", [_message("first")])
+        outcomes = await asyncio.gather(
+            *(store.append("s", [_message(f"w{n}")], expected_version=1) for n in range(16)), return_exceptions=True
+        )
+        won = [outcome for outcome in outcomes if not isinstance(outcome, BaseException)]
+        lost = [outcome for outcome in outcomes if isinstance(outcome, ConcurrencyError)]
+        assert (len(won), len(lost)) == (1, 15), outcomes
+        assert all(error.actual_version == 2 for error in lost)
+        assert [record.version async for record in store.read("s")] == [1, 2]
+
+
+async def test_racing_writers_with_any_version_all_get_in_in_order(dynamo_server: _dynamo.Emulator) -> None:
+    async with _store(dynamo_server) as store:
+        await asyncio.gather(*(store.append("s", [_message(f"w{n}")]) for n in range(16)))
+        assert [record.version async for record in store.read("s")] == list(range(1, 17))
+        assert len({record.event.content async for record in store.read("s")}) == 16  # type: ignore[union-attr]
+
+
+async def test_a_payload_above_the_item_limit_is_chunked_in_the_same_transaction(
+    dynamo_server: _dynamo.Emulator,
+) -> None:
+    big = _message("x" * 1_000_000)
+    async with _store(dynamo_server) as store:
+        result = await store.append("s", [big, _message("after")])
+        chunks = [item for item in await _items(store) if item["pk"]["S"].startswith("c#")]
+        assert len(chunks) == 3  # 1 MB in parts of at most 350 KB, each an item of its own
+        assert all(len(item["d"]["B"]) <= 350_000 for item in chunks)
+        assert [record.event async for record in store.read("s")] == [big, _message("after")]
+        again = await store.append("s", [big, _message("after")], event_ids=result.event_ids)
+        assert again == result  # a retry of a chunked append stores nothing new
+        assert await store.delete_session("s")
+        assert [item["pk"]["S"] for item in await _items(store)] == ["s#s"]  # only the head (its version)
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [_message(f"m{n}") for n in range(MAX_EVENTS_PER_APPEND + 1)],  # over 100 items
+        [_message("x" * 1_500_000) for _ in range(3)],  # over 4 MB
+    ],
+    ids=["items", "bytes"],
+)
+async def test_an_append_one_transaction_cannot_hold_is_refused_whole(
+    dynamo_server: _dynamo.Emulator, events: list[MessageAdded]
+) -> None:
+    async with _store(dynamo_server) as store:
+        with pytest.raises(AppendTooLargeError) as caught:
+            await store.append("s", events)
+        assert caught.value.events == len(events) and caught.value.argument == "events"
+        assert await _items(store) == []
+        assert await store.current_version("s") == 0
+        result = await store.append("s", events[:2])  # a smaller one goes through
+        assert (result.from_version, result.to_version) == (1, 2)
+
+
+async def test_the_most_events_one_transaction_holds_go_in_as_one_append(dynamo_server: _dynamo.Emulator) -> None:
+    events = [_message(f"m{n}") for n in range(MAX_EVENTS_PER_APPEND)]
+    async with _store(dynamo_server) as store:
+        result = await store.append("s", events)
+        assert result.to_version == MAX_EVENTS_PER_APPEND
+        assert [record.event async for record in store.read("s")] == events
+
+
+async def test_an_event_id_reused_with_other_content_is_an_idempotency_error(
+    dynamo_server: _dynamo.Emulator,
+) -> None:
+    event_id = uuid.uuid4()
+    async with _store(dynamo_server) as store:
+        first = await store.append("s", [_message("a")], event_ids=[event_id])
+        assert await store.append("s", [_message("a")], event_ids=[event_id], expected_version=0) == first
+        with pytest.raises(IdempotencyError):
+            await store.append("s", [_message("b")], event_ids=[event_id])
+        with pytest.raises(IdempotencyError):
+            await store.append("other", [_message("a")], event_ids=[event_id])
+        assert [record.version async for record in store.read("s")] == [1]
+        assert await store.current_version("other") == 0
+
+
+async def test_a_users_sessions_list_newest_first_through_the_index(dynamo_server: _dynamo.Emulator) -> None:
+    async with _store(dynamo_server) as store:
+        for name in ("a", "b", "c"):
+            await store.append(name, [SessionStarted(session_type="agent", user_id="u")])
+        await store.append("x", [SessionStarted(session_type="agent", user_id="someone else")])
+        await store.append("a", [_message("a again")])
+        listed = await store.list_sessions(user_id="u")
+        assert [info.session_id for info in listed] == ["a", "c", "b"]
+        reply = await store._call(
+            "query",
+            TableName=store._table,
+            IndexName="by_user",
+            KeyConditionExpression="gu = :u",
+            ExpressionAttributeValues={":u": {"S": "u"}},
+            ScanIndexForward=False,
+        )
+        assert [item["pk"]["S"] for item in reply["Items"]] == ["s#a", "s#c", "s#b"]
+        await store.delete_session("c")
+        assert [info.session_id for info in await store.list_sessions(user_id="u")] == ["a", "b"]
+
+
+async def test_the_global_feed_is_a_capability_it_lacks(dynamo_server: _dynamo.Emulator) -> None:
+    async with _store(dynamo_server) as store:
+        await store.append("s", [_message("a")])
+        assert not store.global_feed
+        with pytest.raises(UnsupportedError) as caught:
+            [record async for record in store.read_all()]
+        assert caught.value.capability == "global feed"
+        with pytest.raises(UnsupportedError):
+            store.subscribe()
+
+
+async def test_an_unreachable_endpoint_is_storage_unavailable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: connections are refused
+        store = DynamoEventStore(
+            "kern_events", endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1, **_dynamo.CREDENTIALS
+        )
+        with pytest.raises(StorageUnavailableError) as caught:
+            await store.current_version("s")
+        await store.aclose()
+    assert "retry" in str(caught.value) and caught.value.__cause__ is not None
+
+
+def _client_error(code: str, **extra: Any) -> Exception:
+    """The exception botocore raises for an error response of DynamoDB's shape."""
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": "..."}, **extra}, "TransactWriteItems")
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (_client_error("ProvisionedThroughputExceededException"), StorageUnavailableError),
+        (_client_error("ThrottlingException"), StorageUnavailableError),
+        (
+            _client_error(
+                "TransactionCanceledException",
+                CancellationReasons=[{"Code": "None"}, {"Code": "TransactionConflict"}],
+            ),
+            StorageUnavailableError,
+        ),
+        (
+            _client_error(
+                "TransactionCanceledException", CancellationReasons=[{"Code": "ValidationError"}, {"Code": "None"}]
+            ),
+            StorageError,
+        ),
+        (_client_error("ValidationException"), StorageError),
+    ],
+    ids=["throughput", "throttling", "transaction-conflict", "transaction-validation", "validation"],
+)
+def test_dynamodb_errors_become_typed_errors(error: Exception, expected: type[Exception]) -> None:
+    """The one seam's table: throttling and conflicting transactions say "retry"; what botocore's
+    adaptive retries leave of them reaches the caller typed, never raw."""
+    translated = _translate(error, "an append")
+    assert type(translated) is expected, translated
+    assert isinstance(translated, StorageError)
+
+
+async def test_a_transaction_cancelled_by_a_failed_condition_is_a_conflict_not_an_error(
+    dynamo_server: _dynamo.Emulator,
+) -> None:
+    """moto's own cancellation reasons go through the same table: a failed condition is a conflict."""
+    async with _store(dynamo_server) as store:
+        await store.append("s", [_message("a")])
+        with pytest.raises(ConcurrencyError):
+            await store._append("s", [_message("b")], store._encode([_message("b")], None, None), 0, 0.0)
+
+
+def test_the_reference_agent_pauses_in_one_process_and_continues_in_another_on_dynamodb(
+    dynamo_server: _dynamo.Emulator,
+) -> None:
+    """The reference Agent's demo path on DynamoDB: a run pauses for a confirmation and is stored; a
+    new process confirms and finishes it, and answers from the history the first process wrote."""
+    table = _dynamo.new_table()
+    paused = _agent_process.run("pause", "dynamodb", dynamo_server.url, table)
+    assert paused["status"] == "paused" and paused["booked"] == []
+    finished = _agent_process.run("continue", "dynamodb", dynamo_server.url, table)
+    assert finished["run_id"] == paused["run_id"]
+    assert finished["content"] == "Flight to Oslo: booked Oslo."
+    assert finished["booked"] == ["Oslo"]  # the confirmed tool ran in the second process
+    assert finished["name"] == "Your name is Alice."  # from runs the first process stored
+    assert finished["statuses"] == ["completed", "completed", "completed"]
