@@ -576,7 +576,7 @@ def test_every_entry_point_answers_exactly_or_with_a_typed_error(backend: Backen
     @given(program=st.lists(steps, min_size=1, max_size=6))
     def run(program: list[Step]) -> None:
         with tempfile.TemporaryDirectory(dir=backend.directory) as directory:
-            fresh = Backend(backend.name, Path(directory), backend.nats_urls)
+            fresh = Backend(backend.name, Path(directory), backend.nats_urls, backend.dynamo)
             try:
                 asyncio.run(_run(fresh, program))
             finally:
@@ -596,7 +596,7 @@ def test_keyed_appends_keep_the_first_write_of_each_id(backend: Backend, heavy_s
     @given(program=st.lists(keyed_appends | keyed_appends | appends, min_size=2, max_size=8))
     def run(program: list[Step]) -> None:
         with tempfile.TemporaryDirectory(dir=backend.directory) as directory:
-            fresh = Backend(backend.name, Path(directory), backend.nats_urls)
+            fresh = Backend(backend.name, Path(directory), backend.nats_urls, backend.dynamo)
             try:
                 asyncio.run(_run(fresh, program))
             finally:
