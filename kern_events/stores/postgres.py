@@ -71,6 +71,7 @@ from kern_events.codec import Codec
 from kern_events.errors import (
     IdempotencyError,
     InvalidArgumentError,
+    KernEventsError,
     SchemaMissingError,
     SchemaVersionError,
     StorageError,
@@ -681,15 +682,22 @@ class PostgresEventStore(BaseEventStore):
         requests = [AppendRequest(p.session_id, p.events, p.pending, p.expected, recorded_at) for p in parts]
         ids = [new.event_id for request in requests for new in request.pending]
         async with self._connection() as connection:
-            for _ in range(_ANY_RETRIES):
-                try:
-                    async with connection.transaction():
-                        return await self._append_many_in(connection, requests, ids)
-                except asyncpg.UniqueViolationError:
-                    continue  # an id was stored meanwhile (a racing retry of this call): look again
-                except _Unplaced:
-                    continue  # another writer was creating one of the sessions: look again
-            head = await connection.fetchval(self._sql.shared.version, requests[0].session_id)
+            return await self._append_locked(connection, requests, ids)
+
+    async def _append_locked(
+        self, connection: _AnyConnection, requests: Sequence[AppendRequest], ids: list[UUID]
+    ) -> list[AppendResult]:
+        """:meth:`_append_many_in` in a transaction of its own, tried again while a session it names
+        was being created by another writer (or an id stored by a racing retry of this call)."""
+        for _ in range(_ANY_RETRIES):
+            try:
+                async with connection.transaction():
+                    return await self._append_many_in(connection, requests, ids)
+            except asyncpg.UniqueViolationError:
+                continue  # an id was stored meanwhile (a racing retry of this call): look again
+            except _Unplaced:
+                continue  # another writer was creating one of the sessions: look again
+        head = await connection.fetchval(self._sql.shared.version, requests[0].session_id)
         raise conflict(requests[0].session_id, requests[0].expected, head or 0)
 
     async def _append_many_in(
@@ -811,7 +819,13 @@ class PostgresEventStore(BaseEventStore):
                 return retry
             if expected is not ExpectedVersion.ANY:
                 return conflict(session_id, expected, head or 0)
-        return conflict(session_id, expected, await self._current_version(session_id))
+        # Any version, and other writers got in first every time: lock the session's row and append
+        # at its head, which cannot move meanwhile (waiters on the lock take turns, so none starves).
+        try:
+            (result,) = await self._append_locked(connection, [request], [new.event_id for new in pending])
+        except KernEventsError as error:
+            return error
+        return result
 
     def _chain_requests(self, requests: Sequence[AppendRequest]) -> None:
         """Chain each append from its session's head as this store last left it, or, for a session
