@@ -49,10 +49,11 @@ async def finish_on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, A
         return
     waited = asyncio.wrap_future(future)
     try:
-        # a loop that closes before it ran the coroutine never answers: look every 50 ms
+        # a loop that closes before it ran the coroutine never answers: look every 50 ms (and leave
+        # `waited` pending: cancelling it would pass the cancellation on to the closed loop, which
+        # refuses it with an error logged)
         while not (await asyncio.wait({waited}, timeout=0.05))[0]:
             if loop.is_closed():
-                waited.cancel()
                 coroutine.close()
                 return
         waited.result()

@@ -77,6 +77,12 @@ def _window(
     )
 
 
+def _check_reader(session_id: str, user_id: str | None) -> None:
+    """A session read's ``session_id`` and ``user_id``, checked (before anything is read)."""
+    check_identifier("session_id", session_id)
+    check_optional_identifier("user_id", user_id)
+
+
 def _version_asked(info: SessionInfo, version: int | None) -> int:
     """The version a read asks for: the head by default; one past the head is an error naming it."""
     if version is None:
@@ -158,8 +164,7 @@ class BaseDb:
         return await self._store.verify(session_id, progress=progress)
 
     async def _visible_info(self, session_id: str, user_id: str | None) -> SessionInfo:
-        check_identifier("session_id", session_id)
-        check_optional_identifier("user_id", user_id)
+        _check_reader(session_id, user_id)
         info = await self._store.get_session_info(session_id)
         if info is None or not _visible_to(info, user_id):
             raise SessionNotFoundError(session_id)
@@ -254,8 +259,7 @@ class BaseDb:
         a longer window reads on from there.
         """
         window = _window(num_history_runs, num_history_messages, include_tool_messages)
-        check_identifier("session_id", session_id)
-        check_optional_identifier("user_id", user_id)
+        _check_reader(session_id, user_id)
         store = self._store
         if not isinstance(store, BaseEventStore):
             info = await self._visible_info(session_id, user_id)

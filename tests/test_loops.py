@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -365,6 +366,37 @@ def test_closing_from_another_loop_disconnects_every_loops_postgres_connections(
         closed.set()
         for thread in threads:
             thread.join(30)
+
+
+def test_closing_while_a_guest_loop_ends_closes_cleanly(schema: str) -> None:
+    """The store is closed from its home loop while a guest thread's loop is ending: the close it
+    sent to that loop is cancelled by the loop's shutdown, which is no cancellation of the closer
+    (seen as a flaky CancelledError out of ``async with store`` in the subscriber test above); the
+    guest's pool is closed once, on its loop, before that loop closes (no socket left open), and the
+    guest's shutdown never waits on a socket another thread dropped from its selector (a hang)."""
+    store = PostgresEventStore(_pg.PG_URL, schema=schema, pool_size=1)
+    appended, closing = threading.Event(), threading.Event()
+
+    def guest() -> None:
+        async def main() -> None:
+            await store.append("guest", [_message("hello")])
+            appended.set()
+            closing.wait(30)  # blocking the loop: the close sent to it queues up meanwhile
+            time.sleep(0.2)  # noqa: ASYNC251  (on purpose: the loop must be busy when the close arrives)
+
+        asyncio.run(main())  # ends by cancelling what is queued on the loop, the close among them
+
+    async def home() -> None:
+        async with store:
+            await store.append("home", [_message("hello")])
+            thread = threading.Thread(target=guest)
+            thread.start()
+            await asyncio.to_thread(appended.wait, 30)
+            closing.set()
+        await asyncio.to_thread(thread.join, 10)
+        assert not thread.is_alive(), "the guest loop's shutdown hung"
+
+    asyncio.run(home())
 
 
 def test_threads_writing_one_session_through_one_db_take_turns(backend: Backend) -> None:

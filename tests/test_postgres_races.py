@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import asyncpg
@@ -172,3 +173,38 @@ async def test_many_writers_retrying_on_one_session_lose_nothing(schema: str) ->
         f"{n}:{k}" for n in range(writers) for k in range(each)
     )
     assert sum(conflicts) > 0, "the writers did contend"
+
+
+def test_appends_at_any_version_never_conflict_however_often_others_get_in_first(schema: str) -> None:
+    """An append at any version has no version to conflict with: under contention it may lose the
+    optimistic race every time it tries, and then waits its turn on the session's row lock instead
+    of giving up with a ConcurrencyError (seen under load in test_loops' shared-store test).
+
+    Threads, each running its own loop (so each with its own connections), append to one session.
+    """
+    threads, each = 10, 40
+    store = PostgresEventStore(_pg.PG_URL, schema=schema)
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        async def main() -> None:
+            for k in range(each):
+                await store.append("shared", [_message(f"{n}:{k}")])
+
+        try:
+            asyncio.run(main())
+        except BaseException as error:
+            errors.append(error)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+
+    async def contents() -> list[str]:
+        async with store:
+            return sorted([str(record.event.content) async for record in store.read("shared")])  # type: ignore[union-attr]
+
+    assert errors == []
+    assert asyncio.run(contents()) == sorted(f"{n}:{k}" for n in range(threads) for k in range(each))

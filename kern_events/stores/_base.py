@@ -13,10 +13,10 @@ import hashlib
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from contextlib import aclosing, asynccontextmanager
 from types import TracebackType
-from typing import Self, cast, get_args
+from typing import Self, TypeVar, cast, get_args
 from uuid import UUID
 
 import anyio
@@ -293,6 +293,8 @@ Page = Sequence[StoredEvent | CorruptRecordError]
 into a stored event (a damaged envelope) ends the page as a :class:`CorruptRecordError` naming its
 session, version and position, after every good row before it; readers get those rows, then the
 error, and resume after it (``from_version=error.version + 1``, ``from_position=error.position + 1``)."""
+_Start = TypeVar("_Start")
+"""Where a paged read starts: a version, or a feed position."""
 
 
 def _split(page: Page) -> tuple[Sequence[StoredEvent], CorruptRecordError | None]:
@@ -300,6 +302,11 @@ def _split(page: Page) -> tuple[Sequence[StoredEvent], CorruptRecordError | None
     if page and isinstance(page[-1], CorruptRecordError):
         return cast(Sequence[StoredEvent], page[:-1]), page[-1]
     return cast(Sequence[StoredEvent], page), None
+
+
+def _after_version(_: int, page: Sequence[StoredEvent]) -> int:
+    """The version just past ``page``, one session's rows in version order."""
+    return page[-1].version + 1
 
 
 def _after(position: FeedPosition, page: Sequence[StoredEvent]) -> FeedPosition:
@@ -832,18 +839,13 @@ class BaseEventStore(abc.ABC):
         check_identifier("session_id", session_id)
         check_non_negative("from_version", from_version)
         await self._ensure_open()
-        low = from_version
-        while True:
-            page, damaged = _split(await self._read_page(session_id, low, None, self.read_page_size, False, None))
-            page = await self._whole(page)
-            for stored in page:
+
+        def fetch(low: int) -> Awaitable[Page]:
+            return self._read_page(session_id, low, None, self.read_page_size, False, None)
+
+        async with aclosing(self._stored_pages(fetch, from_version, _after_version)) as pages:
+            async for stored in pages:
                 yield stored
-            if damaged is not None:
-                raise damaged
-            if len(page) < self.read_page_size:
-                return
-            low = page[-1].version + 1
-            del page  # not held while the next page is fetched: one page in memory at a time
 
     async def read_all_stored(self, *, from_position: FeedPosition = 0) -> AsyncIterator[StoredEvent]:
         """Stream every session's events as stored (as :meth:`read_stored` gives them) in global
@@ -853,8 +855,25 @@ class BaseEventStore(abc.ABC):
         self._require_feed()
         await self._ensure_open()
         position = await self.feed_cursor(from_position)
+
+        def fetch(start: FeedPosition) -> Awaitable[Page]:
+            return self._feed_page(start, self.read_page_size)
+
+        async with aclosing(self._stored_pages(fetch, position, _after)) as pages:
+            async for stored in pages:
+                yield stored
+
+    async def _stored_pages(
+        self,
+        fetch: Callable[[_Start], Awaitable[Page]],
+        start: _Start,
+        after: Callable[[_Start, Sequence[StoredEvent]], _Start],
+    ) -> AsyncGenerator[StoredEvent]:
+        """The paging of :meth:`read_stored` and :meth:`read_all_stored`: ``fetch(start)``, then
+        ``fetch(after(start, page))`` while pages come back full, each page's rows as stored
+        (out-of-line payloads joined); a damaged row raises its error after the rows before it."""
         while True:
-            page, damaged = _split(await self._feed_page(position, self.read_page_size))
+            page, damaged = _split(await fetch(start))
             page = await self._whole(page)
             for stored in page:
                 yield stored
@@ -862,8 +881,8 @@ class BaseEventStore(abc.ABC):
                 raise damaged
             if len(page) < self.read_page_size:
                 return
-            position = _after(position, page)
-            del page  # one page in memory at a time
+            start = after(start, page)
+            del page  # not held while the next page is fetched: one page in memory at a time
 
     async def _whole(self, page: Sequence[StoredEvent]) -> Sequence[StoredEvent]:
         """The page with its out-of-line payloads put back together (one :meth:`_read_chunks` round trip)."""

@@ -50,7 +50,7 @@ from uuid import UUID
 import anyio
 import asyncpg
 
-from kern_events._loops import AnyLoopLock, finish_on, on_loop_end
+from kern_events._loops import AnyLoopLock, call_soon_on, finish_on, on_loop_end
 from kern_events._validate import check_sql_identifier
 from kern_events.backend import (
     DEFAULT_MAX_EVENT_SIZE,
@@ -71,6 +71,7 @@ from kern_events.codec import Codec
 from kern_events.errors import (
     IdempotencyError,
     InvalidArgumentError,
+    KernEventsError,
     SchemaMissingError,
     SchemaVersionError,
     StorageError,
@@ -249,8 +250,7 @@ class PostgresEventStore(BaseEventStore):
         self._fence_task: asyncio.Task[None] | None = None
         self._home_ends: Callable[[], None] | None = None
         self._homing = AnyLoopLock()
-        self._guests: dict[asyncio.AbstractEventLoop, asyncio.Task[asyncpg.Pool]] = {}
-        self._guest_ends: dict[asyncio.AbstractEventLoop, Callable[[], None]] = {}
+        self._guests: dict[asyncio.AbstractEventLoop, _Guest] = {}
         self._guests_lock = threading.Lock()
 
     # -- connections -------------------------------------------------------------------------------
@@ -294,57 +294,47 @@ class PostgresEventStore(BaseEventStore):
         loop ends or the store closes."""
         loop = asyncio.get_running_loop()
         with self._guests_lock:
-            making = self._guests.get(loop)
-            if making is None:
-                making = self._guests[loop] = loop.create_task(self._make_guest(loop))
+            guest = self._guests.get(loop)
+            if guest is None:
+                guest = self._guests[loop] = _Guest(loop)
+                guest.making = loop.create_task(self._make_guest(guest))
         try:
-            return await asyncio.shield(making)  # a cancelled caller leaves the pool to the next one
+            return await asyncio.shield(guest.making)  # a cancelled caller leaves the pool to the next one
         except Exception:
             with self._guests_lock:
-                if self._guests.get(loop) is making:
+                if self._guests.get(loop) is guest:
                     del self._guests[loop]  # the next operation tries again
             raise
 
-    async def _make_guest(self, loop: asyncio.AbstractEventLoop) -> asyncpg.Pool:
+    async def _make_guest(self, guest: _Guest) -> asyncpg.Pool:
         pool = await self._new_pool()
 
         async def close_at_loop_end() -> None:
             with self._guests_lock:
-                self._guests.pop(loop, None)
-                self._guest_ends.pop(loop, None)
-            await pool.close()
+                if self._guests.get(guest.loop) is guest:
+                    del self._guests[guest.loop]
+            await guest.close()
 
-        with self._guests_lock:
-            self._guest_ends[loop] = on_loop_end(close_at_loop_end)
+        guest.stop_watching = on_loop_end(close_at_loop_end)
         return pool
 
     async def _close_guests(self) -> None:
-        """Close every guest pool: on its own loop, from whichever loop closes the store."""
+        """Close every guest pool on its own loop, from whichever loop closes the store.
+
+        Another thread's loop that has not closed is only ever asked, never touched: while it is
+        running, this waits for the pool's close there; between ``asyncio.run``'s shutdown steps (not
+        running, not closed), the close is queued for its next turn and its loop-end hook waits for it.
+        """
         with self._guests_lock:
-            guests, self._guests = self._guests, {}
-            ends, self._guest_ends = self._guest_ends, {}
-        for loop, making in guests.items():
-            here = loop is asyncio.get_running_loop()
-            if here:
-                await asyncio.gather(making, return_exceptions=True)
-            elif loop.is_running():
-                await finish_on(loop, _settled(making))
-            if not making.done() or making.cancelled() or making.exception() is not None:
-                continue
-            with self._guests_lock:
-                cancel = self._guest_ends.pop(loop, None) or ends.get(loop)
-            pool = making.result()
-            if here:
-                if cancel is not None:
-                    cancel()
-                await pool.close()
-            elif loop.is_running():
-                await finish_on(loop, _closed(pool, cancel))
-            else:
-                if cancel is not None:
-                    cancel()
-                with contextlib.suppress(RuntimeError):
-                    pool.terminate()
+            guests, self._guests = list(self._guests.values()), {}
+        for guest in guests:
+            if guest.loop is asyncio.get_running_loop():
+                await guest.close()
+                guest.stop_watching()
+            elif guest.loop.is_running():
+                await finish_on(guest.loop, guest.close())
+            elif not call_soon_on(guest.loop, guest.start_close):  # that loop has closed
+                guest.terminate()
 
     async def _home_pool(self) -> asyncpg.Pool | None:
         """The pool, if the running loop is the store's home or can become it (the last home ended);
@@ -692,15 +682,22 @@ class PostgresEventStore(BaseEventStore):
         requests = [AppendRequest(p.session_id, p.events, p.pending, p.expected, recorded_at) for p in parts]
         ids = [new.event_id for request in requests for new in request.pending]
         async with self._connection() as connection:
-            for _ in range(_ANY_RETRIES):
-                try:
-                    async with connection.transaction():
-                        return await self._append_many_in(connection, requests, ids)
-                except asyncpg.UniqueViolationError:
-                    continue  # an id was stored meanwhile (a racing retry of this call): look again
-                except _Unplaced:
-                    continue  # another writer was creating one of the sessions: look again
-            head = await connection.fetchval(self._sql.shared.version, requests[0].session_id)
+            return await self._append_locked(connection, requests, ids)
+
+    async def _append_locked(
+        self, connection: _AnyConnection, requests: Sequence[AppendRequest], ids: list[UUID]
+    ) -> list[AppendResult]:
+        """:meth:`_append_many_in` in a transaction of its own, tried again while a session it names
+        was being created by another writer (or an id stored by a racing retry of this call)."""
+        for _ in range(_ANY_RETRIES):
+            try:
+                async with connection.transaction():
+                    return await self._append_many_in(connection, requests, ids)
+            except asyncpg.UniqueViolationError:
+                continue  # an id was stored meanwhile (a racing retry of this call): look again
+            except _Unplaced:
+                continue  # another writer was creating one of the sessions: look again
+        head = await connection.fetchval(self._sql.shared.version, requests[0].session_id)
         raise conflict(requests[0].session_id, requests[0].expected, head or 0)
 
     async def _append_many_in(
@@ -822,7 +819,13 @@ class PostgresEventStore(BaseEventStore):
                 return retry
             if expected is not ExpectedVersion.ANY:
                 return conflict(session_id, expected, head or 0)
-        return conflict(session_id, expected, await self._current_version(session_id))
+        # Any version, and other writers got in first every time: lock the session's row and append
+        # at its head, which cannot move meanwhile (waiters on the lock take turns, so none starves).
+        try:
+            (result,) = await self._append_locked(connection, [request], [new.event_id for new in pending])
+        except KernEventsError as error:
+            return error
+        return result
 
     def _chain_requests(self, requests: Sequence[AppendRequest]) -> None:
         """Chain each append from its session's head as this store last left it, or, for a session
@@ -1100,14 +1103,47 @@ class PostgresEventStore(BaseEventStore):
         return snapshot_from_row(rows[0])
 
 
-async def _settled(task: asyncio.Task[Any]) -> None:
-    await asyncio.gather(task, return_exceptions=True)
+class _Guest:
+    """One guest loop's own pool (:meth:`PostgresEventStore._guest_pool`) and its one close.
+
+    The pool is closed on its loop, once, by whichever asks first: the store's close or the loop's
+    end (:func:`on_loop_end`, which ``asyncio.run`` awaits before it closes the loop). The other
+    waits for that same close, so a loop never closes under a close in flight, and no other thread
+    touches the pool while its loop can still run (there, an asyncpg transport aborted from another
+    thread drops its socket from the loop's selector without waking it).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.making: asyncio.Task[asyncpg.Pool]
+        self.stop_watching: Callable[[], None] = _nothing
+        """Cancels the loop-end hook (on the guest's loop); it also keeps the hook alive until then."""
+        self._closing: asyncio.Task[None] | None = None
+
+    def start_close(self) -> asyncio.Task[None]:
+        """The pool's close, started by the first call; on the guest's loop only."""
+        if self._closing is None:
+            self._closing = self.loop.create_task(self._close())
+        return self._closing
+
+    async def close(self) -> None:
+        """Close the pool, or wait for its close under way; on the guest's loop only."""
+        await asyncio.gather(self.start_close(), return_exceptions=True)
+
+    async def _close(self) -> None:
+        await asyncio.gather(self.making, return_exceptions=True)
+        if not self.making.cancelled() and self.making.exception() is None:
+            await self.making.result().close()
+
+    def terminate(self) -> None:
+        """Drop the pool's connections from any thread, once the guest's loop has closed."""
+        if self.making.done() and not self.making.cancelled() and self.making.exception() is None:
+            with contextlib.suppress(RuntimeError):
+                self.making.result().terminate()
 
 
-async def _closed(pool: asyncpg.Pool, cancel_loop_end: Callable[[], None] | None) -> None:
-    if cancel_loop_end is not None:
-        cancel_loop_end()
-    await pool.close()
+def _nothing() -> None:
+    pass
 
 
 class _Unplaced(Exception):

@@ -4,11 +4,13 @@ path, listing or feed returns anything of theirs afterwards; other users are lef
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import pytest
 
 from kern_events import TRUNCATION_SNAPSHOT, ErasedError, MessageAdded, SessionStarted, Snapshot
+from kern_events.store import EventStore
 from kern_events.testing._backend import Backend
 from kern_events.testing._feed import feed_settled
 from kern_events.testing._samples import conversation
@@ -21,6 +23,35 @@ def _checkpoint(session_id: str, name: str = "state") -> Snapshot:
 async def _write(db: object, session_id: str, user_id: str) -> None:
     for batch in conversation(user_id=user_id):
         await db.store.append(session_id, batch)  # type: ignore[attr-defined]
+
+
+async def _race_erasure(
+    eraser: EventStore,
+    user: str,
+    sessions: list[str],
+    write: Callable[[str, int], Awaitable[object]],
+    *,
+    writes: int = 3,
+    tries: int = 5,
+) -> None:
+    """Race ``write(session_id, n)`` (``writes`` of them per session, each tried up to ``tries`` times
+    until it is refused) against ``eraser.erase_user(user)``: a refusal is an :class:`ErasedError`
+    naming the session written, and the erasure reports every session of the user."""
+
+    async def attempt(session_id: str, number: int) -> None:
+        for _ in range(tries):
+            try:
+                await write(session_id, number)
+            except ErasedError as error:
+                assert error.session_id == session_id
+                return
+            await asyncio.sleep(0)
+
+    writers = [asyncio.ensure_future(attempt(session_id, n)) for session_id in sessions for n in range(writes)]
+    await asyncio.sleep(0)
+    report = await eraser.erase_user(user)
+    await asyncio.gather(*writers)
+    assert sorted(report.session_ids) == sessions
 
 
 async def test_erase_user_removes_every_session_and_leaves_other_users_alone(backend: Backend) -> None:
@@ -92,16 +123,9 @@ async def test_appends_racing_an_erasure_land_first_or_are_refused_never_left_be
                 await store.append(session_id, [SessionStarted(session_type="agent", user_id=user)])
 
             async def write(session_id: str, number: int) -> None:
-                try:
-                    await store.append(session_id, [MessageAdded(run_id="r", role="user", content=str(number))])
-                except ErasedError as error:
-                    assert error.session_id == session_id
+                await store.append(session_id, [MessageAdded(run_id="r", role="user", content=str(number))])
 
-            writers = [asyncio.ensure_future(write(session_id, n)) for session_id in sessions for n in range(4)]
-            await asyncio.sleep(0)
-            report = await store.erase_user(user)
-            await asyncio.gather(*writers)
-            assert sorted(report.session_ids) == sessions
+            await _race_erasure(store, user, sessions, write, writes=4, tries=1)
             for session_id in sessions:
                 assert [record async for record in store.read(session_id)] == []
                 assert await store.get_session_info(session_id) is None
@@ -127,19 +151,9 @@ async def test_appends_from_another_store_racing_an_erasure_land_first_or_are_re
                 await other.append(session_id, [SessionStarted(session_type="agent", user_id=user)])
 
             async def write(session_id: str, number: int) -> None:
-                for _ in range(5):
-                    try:
-                        await other.append(session_id, [MessageAdded(run_id="r", role="user", content=str(number))])
-                    except ErasedError as error:
-                        assert error.session_id == session_id
-                        return
-                    await asyncio.sleep(0)
+                await other.append(session_id, [MessageAdded(run_id="r", role="user", content=str(number))])
 
-            writers = [asyncio.ensure_future(write(session_id, n)) for session_id in sessions for n in range(3)]
-            await asyncio.sleep(0)
-            report = await eraser.erase_user(user)
-            await asyncio.gather(*writers)
-            assert sorted(report.session_ids) == sessions
+            await _race_erasure(eraser, user, sessions, write)
             for session_id in sessions:
                 with pytest.raises(ErasedError):  # the other store is refused too, not only the eraser
                     await other.append(session_id, [MessageAdded(run_id="r", role="user", content="late")])
@@ -166,19 +180,9 @@ async def test_snapshots_from_another_store_racing_or_after_an_erasure_are_erase
             exported = {session_id: [event async for event in other.read_stored(session_id)] for session_id in sessions}
 
             async def save(session_id: str, number: int) -> None:
-                for _ in range(5):
-                    try:
-                        await other.save_snapshot(_checkpoint(session_id, f"state{number}"))
-                    except ErasedError as error:
-                        assert error.session_id == session_id
-                        return
-                    await asyncio.sleep(0)
+                await other.save_snapshot(_checkpoint(session_id, f"state{number}"))
 
-            savers = [asyncio.ensure_future(save(session_id, n)) for session_id in sessions for n in range(3)]
-            await asyncio.sleep(0)
-            report = await eraser.erase_user(user)
-            await asyncio.gather(*savers)
-            assert sorted(report.session_ids) == sessions
+            await _race_erasure(eraser, user, sessions, save)
             for session_id in sessions:
                 with pytest.raises(ErasedError) as raised:  # the other store is refused too, not only the eraser
                     await other.save_snapshot(_checkpoint(session_id))

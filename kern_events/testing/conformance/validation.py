@@ -214,6 +214,15 @@ _DB_CALLS: dict[str, tuple[str, Callable[[Any], Awaitable[object]]]] = {
         "include_tool_messages",
         lambda db: db.get_history("s", include_tool_messages="no"),
     ),
+    "get_context.num_history_messages=-1": (
+        "num_history_messages",
+        lambda db: db.get_context("s", num_history_messages=-1),
+    ),
+    "get_context.include_tool_messages=str": (
+        "include_tool_messages",
+        lambda db: db.get_context("s", include_tool_messages="no"),
+    ),
+    "get_context.user_id=surrogate": ("user_id", lambda db: db.get_context("s", user_id="\ud800")),
     "get_paused_runs.limit=str": ("limit", lambda db: db.get_paused_runs(limit="10")),
     "get_paused_runs.session_id=surrogate": ("session_id", lambda db: db.get_paused_runs(session_id="\ud800")),
     "save_checkpoint.paused_run_id=int": ("paused_run_id", lambda db: db.save_checkpoint("s", paused_run_id=5)),
