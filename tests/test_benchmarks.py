@@ -116,3 +116,18 @@ def test_the_transfer_cases_export_import_and_report_memory() -> None:
         assert sample["events"] == 40
     sample = _case("benchmarks.transfer", "--case", "run", "--what", "memory", "--events", "40")
     assert isinstance(sample["peak_rss"], int) and sample["peak_rss"] > 10 * 2**20
+
+
+async def test_the_lone_writer_reference_appends_with_no_group_commit_code(tmp_path: Path) -> None:
+    from benchmarks.append import _Ungrouped
+    from kern_events import ConcurrencyError, MessageAdded
+
+    message = MessageAdded(run_id="run-1", role="user", content="hello")
+    async with _Ungrouped(tmp_path / "lone.db") as store:
+        store._group = None  # type: ignore[assignment]  # any use of the group committer fails
+        assert (await store.append("s", [message, message], expected_version=0)).to_version == 2
+        with pytest.raises(ConcurrencyError):
+            await store.append("s", [message], expected_version=0)
+        assert [record.version async for record in store.read("s")] == [1, 2]
+    sample = _case("benchmarks.append", "--case", "ours", "--group", "none", "--appends", "3", "--warmup", "1")
+    assert sample["events"] == 3
