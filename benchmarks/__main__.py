@@ -26,6 +26,7 @@ from benchmarks import (
     nats,
     postgres,
     resume,
+    scale,
     transfer,
     ui,
 )
@@ -33,7 +34,7 @@ from benchmarks._harness import measure, render_table, results_json
 from benchmarks.peers._workload import Backend
 
 _SUBJECTS = (append, postgres, contention, engine, history, resume, ui, encryption, transfer, nats)
-_NAMES = [subject.__name__.rsplit(".", 1)[-1] for subject in (*_SUBJECTS, frameworks)]
+_NAMES = [subject.__name__.rsplit(".", 1)[-1] for subject in (*_SUBJECTS, frameworks, scale)]
 
 
 def main() -> None:
@@ -73,6 +74,15 @@ def main() -> None:
         text, samples_json = frameworks.report(args.quick, 1 if args.quick else min(repeats, 3), postgres.URL, backends)
         sections.append(("frameworks", text))
         results["frameworks"] = samples_json
+    if args.only in (None, "scale"):
+        reason = postgres.unavailable()
+        if reason is None:
+            text, points_json = scale.report(args.quick, repeats)
+            sections.append(("scale", text))
+            results["scale"] = points_json
+        else:
+            print(f"scale: skipped: {reason}", file=sys.stderr)
+            sections.append(("scale", f"skipped: {reason}"))
     elapsed = time.perf_counter() - started
     print(f"done in {elapsed:.0f} s", file=sys.stderr)
     if args.results:

@@ -82,21 +82,36 @@ def unavailable() -> str | None:
     return None
 
 
+def _schema_name() -> str:
+    """A new ``kb_…`` schema name, unlikely to meet another case's on the shared server."""
+    return f"kb_{secrets.token_hex(6)}"
+
+
+async def _create_tables(schema: str) -> None:
+    """Our store's tables in ``schema``, created by the store itself (so the shape is its own)."""
+    async with PostgresEventStore(URL, schema=schema, pool_size=1):
+        pass
+
+
+async def _drop_schema(schema: str) -> None:
+    """Drop ``schema`` with everything in it: the shared server keeps nothing of a case."""
+    connection = await asyncpg.connect(URL)
+    try:
+        await connection.execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")
+    finally:
+        await connection.close()
+
+
 @asynccontextmanager
 async def _fresh_schema(*, create_tables: bool) -> AsyncIterator[str]:
     """A new ``kb_…`` schema name (with our store's tables in it if asked), dropped with everything in it."""
-    schema = f"kb_{secrets.token_hex(6)}"
+    schema = _schema_name()
     try:
         if create_tables:
-            async with PostgresEventStore(URL, schema=schema, pool_size=1):
-                pass
+            await _create_tables(schema)
         yield schema
     finally:
-        connection = await asyncpg.connect(URL)
-        try:
-            await connection.execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")
-        finally:
-            await connection.close()
+        await _drop_schema(schema)
 
 
 # -- ours ------------------------------------------------------------------------------------------

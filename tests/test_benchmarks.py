@@ -131,3 +131,69 @@ async def test_the_lone_writer_reference_appends_with_no_group_commit_code(tmp_p
         assert [record.version async for record in store.read("s")] == [1, 2]
     sample = _case("benchmarks.append", "--case", "ours", "--group", "none", "--appends", "3", "--warmup", "1")
     assert sample["events"] == 3
+
+
+def test_the_scale_fill_writes_sessions_the_store_reads_and_every_operation_runs() -> None:
+    import asyncio
+
+    import asyncpg
+
+    from benchmarks import postgres, scale
+    from kern_events import MessageAdded, PostgresDb, RunCompleted, RunStarted
+
+    reason = postgres.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+
+    async def check(schema: str) -> None:
+        async with PostgresDb(postgres.URL, schema=schema, pool_size=1) as db:
+            listed = await db.get_sessions(user_id="user-000029")
+            assert sorted(info.session_id for info in listed) == [f"scale-{n:07d}" for n in range(290, 300)]
+            records = [record async for record in db.store.read("scale-0000299")]
+            assert [record.version for record in records] == list(range(1, 11))
+            kinds = [type(record.event) for record in records]
+            assert kinds == [RunStarted, *[MessageAdded] * 8, RunCompleted]
+            assert len([record async for record in db.store.read_all()]) == 3000
+
+    async def schemas(name: str) -> int:
+        connection = await asyncpg.connect(postgres.URL)
+        try:
+            return int(await connection.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", name))
+        finally:
+            await connection.close()
+
+    with scale._schema() as schema:
+        for first, last in ((0, 150), (150, 300)):  # grown in steps, as the subject grows it
+            arguments = ["--case", "fill", "--schema", schema, "--first", str(first), "--sessions", str(last)]
+            assert _case("benchmarks.scale", *arguments)["events"] == (last - first) * scale.EVENTS_PER_SESSION
+        asyncio.run(check(schema))
+        for operation in ("append", "by_user", "newest", "feed"):
+            arguments = ["--case", operation, "--schema", schema, "--sessions", "300", "--repeats", "3", "--page", "50"]
+            sample = _case("benchmarks.scale", *arguments)
+            assert sample["appends"] == 3 and sample["seconds"] > 0
+    assert asyncio.run(schemas(schema)) == 0, "the schema is dropped with its rows"
+
+
+def test_the_scale_plot_and_table_show_cost_against_store_size(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="needs the bench extra")
+    from benchmarks import _results, scale
+
+    points = [
+        scale.ScalePoint(
+            operation=name,
+            sessions=size,
+            events=size * 10,
+            seconds_per_operation=size / 1e6,
+            events_per_second=1e5 if name == "feed" else None,
+            runs=3,
+        )
+        for name, _ in scale._OPERATIONS
+        for size in (10_000, 100_000)
+    ]
+    table = scale.render(points)
+    assert "100,000 sessions" in table and "10.00x" in table and "100,000 ev/s" in table
+    assert "—" in scale.render([point for point in points if point.sessions == 10_000])
+    from dataclasses import asdict
+
+    (written,) = _results.plot_scale([asdict(point) for point in points], tmp_path)
+    assert written.name == "scale.png" and written.stat().st_size > 1000
