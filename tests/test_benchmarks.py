@@ -28,6 +28,7 @@ def test_the_agent_workload_case_loads_our_history_window_and_counts_bytes_per_r
     sample = _case("benchmarks.frameworks", "--case", "turn", "--system", "kern", "--runs", "4", "--repeats", "2")
     assert sample["system"] == "kern-events"
     assert sample["loaded"] == 12, "three runs of four messages: the history window, not the whole session"
+    assert isinstance(sample["view_seconds"], float) and sample["view_seconds"] > 0, "the whole view, timed too"
     assert isinstance(sample["bytes_per_run"], float) and sample["bytes_per_run"] > 1000
 
 
@@ -197,3 +198,24 @@ def test_the_scale_plot_and_table_show_cost_against_store_size(tmp_path: Path) -
 
     (written,) = _results.plot_scale([asdict(point) for point in points], tmp_path)
     assert written.name == "scale.png" and written.stat().st_size > 1000
+
+
+def test_the_whole_session_rows_compare_each_peers_load_with_our_view_at_the_same_size() -> None:
+    from benchmarks.frameworks import TurnSample, render_view
+
+    def sample(system: str, backend: str, runs: int, load: float, view: float | None = None) -> TurnSample:
+        return TurnSample(system, backend, runs, load, 0.001, 1000.0, 4 * runs, view_seconds=view)
+
+    table = render_view(
+        [
+            sample("kern-events", "sqlite", 1_000, 0.0005, view=0.002),
+            sample("kern-events", "sqlite", 10_000, 0.0005, view=0.004),
+            sample("agno", "sqlite", 10_000, 0.2),
+            sample("google-adk", "sqlite", 1_000, 1.4),
+            sample("langgraph", "postgres", 10_000, 0.5),  # no view of ours on that backend: no row
+        ]
+    )
+    lines = table.splitlines()
+    assert len(lines) == 4, table
+    assert lines[2].startswith("whole session: agno") and "10,000" in lines[2] and lines[2].endswith("50.0x")
+    assert lines[3].startswith("whole session: google-adk") and "1,000" in lines[3] and lines[3].endswith("700.0x")

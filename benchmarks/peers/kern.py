@@ -65,6 +65,11 @@ class _KernStore:
         await self._db.get_session_state(self._session.session_id)
         return len(history)
 
+    async def view(self) -> int:
+        """The whole session view (``db.get_session``: every run, from its checkpoint and the events
+        after it), what the peers' ``load`` returns; the runs it holds."""
+        return len((await self._db.get_session(self._session.session_id)).runs)
+
 
 def kern_db(target: Target) -> BaseDb:
     """``SqliteDb`` (its default ``synchronous=FULL``) or ``PostgresDb`` on the target, not opened yet."""
