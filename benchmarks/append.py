@@ -292,7 +292,12 @@ def comparisons(quick: bool) -> list[Comparison]:
             rows += [
                 Comparison(f"{label} sqlite3", ours, _case("sqlite3", **sizes)),
                 Comparison(f"{label} aiosqlite execute+commit", ours, _case("aiosqlite", mode="commit", **sizes)),
-                Comparison(f"{label} aiosqlite autocommit", ours, _case("aiosqlite", mode="autocommit", **sizes)),
+                Comparison(
+                    f"{label} aiosqlite autocommit",
+                    ours,
+                    _case("aiosqlite", mode="autocommit", **sizes),
+                    quick=batch == 1,  # issue 19's append rows
+                ),
             ]
     for batch in (1, 10):
         memory = _case("ours", store="memory", batch=batch, appends=in_memory // batch)
@@ -325,6 +330,7 @@ def comparisons(quick: bool) -> list[Comparison]:
                 _case("ours", **lone),
                 _case("ours", group="none", **lone),
                 metric="latency",
+                quick=sync == "NORMAL",
             )
         )
     rows += _chain_and_telemetry(quick)

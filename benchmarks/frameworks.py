@@ -37,7 +37,17 @@ from benchmarks._harness import Case, analyze_postgres, run_case_json, temp_db
 from benchmarks.peers._workload import Backend, Target, agent_runs
 from benchmarks.peers.kern_langgraph import SYSTEM as _KERN_LANGGRAPH
 
-__all__ = ["NOTES", "SYSTEMS", "VIEW_NOTES", "TurnSample", "render_view", "report", "run_cases", "view_cases"]
+__all__ = [
+    "NOTES",
+    "QUICK_SYSTEMS",
+    "SYSTEMS",
+    "VIEW_NOTES",
+    "TurnSample",
+    "render_view",
+    "report",
+    "run_cases",
+    "view_cases",
+]
 
 SYSTEMS = (
     "kern",
@@ -197,9 +207,16 @@ async def _turns(args: argparse.Namespace) -> TurnSample:
 # -- the subject -----------------------------------------------------------------------------------
 
 
+QUICK_SYSTEMS = ("kern", "agno")
+"""What ``--quick`` alone runs (on SQLite): ours and Agno, the peer of issue 19's reference row. Each
+peer's 1,000-run case takes seconds to a minute here (google-adk's prefill a minute; LangGraph's writes
+~7 MB per run), so the rest would double the quick run; they run without ``--quick``, or with
+``--quick --only frameworks``."""
+
+
 def sizes(quick: bool) -> tuple[int, ...]:
-    """Session lengths N (runs already stored)."""
-    return (10, 100) if quick else (10, 100, 1000)
+    """Session lengths N (runs already stored); ``--quick`` keeps N = 1,000, where the differences are."""
+    return (10, 1000) if quick else (10, 100, 1000)
 
 
 VIEW_SYSTEMS = ("kern", "agno", "openai_agents", "langgraph", "adk")
@@ -372,11 +389,16 @@ def render_view(samples: Sequence[TurnSample]) -> str:
     return "\n".join(lines)
 
 
-def report(quick: bool, repeats: int, url: str, backends: Sequence[Backend]) -> tuple[str, list[dict[str, Any]]]:
+def report(
+    quick: bool, repeats: int, url: str, backends: Sequence[Backend], *, systems: Sequence[str] = SYSTEMS
+) -> tuple[str, list[dict[str, Any]]]:
     """The subject's text (table, ratios, whole-session rows, notes) and its results as JSON data."""
-    samples, skipped = run_cases(quick=quick, repeats=repeats, backends=backends, url=url)
+    samples, skipped = run_cases(quick=quick, repeats=repeats, backends=backends, url=url, systems=systems)
     views, view_skipped = view_cases(quick=quick, backends=backends, url=url, samples=samples)
-    used = f"sizes used: N = {', '.join(f'{n:,}' for n in sizes(quick))} runs, {repeats} run(s) per case"
+    used = (
+        f"sizes used: N = {', '.join(f'{n:,}' for n in sizes(quick))} runs, {repeats} run(s) per case, "
+        f"{5 if quick else 20} timed turns each; systems: {', '.join(systems)}; backends: {', '.join(backends)}"
+    )
     text = "\n".join(
         [
             render(samples),

@@ -301,7 +301,7 @@ def _case(name: str, **options: object) -> Case:
 
 def comparisons(quick: bool) -> list[Comparison]:
     """The PostgreSQL workloads, smaller with ``quick``; see :data:`NOTES` for what each row means."""
-    single, batched, per_task = (600, 300, 120) if quick else (2000, 1000, 400)
+    single, batched, per_task = (200, 100, 60) if quick else (2000, 1000, 400)
     one, ten = {"batch": 1, "appends": single}, {"batch": 10, "appends": batched}
     concurrent = {"tasks": 16, "appends": per_task, "warmup": 5}
     held_one, held_ten, held_16 = (_case("held", **sizes) for sizes in (one, ten, concurrent))
@@ -309,7 +309,9 @@ def comparisons(quick: bool) -> list[Comparison]:
     agents = {"tasks": 64, "appends": per_task // 2, "warmup": 2}
     ours_64, raw_64 = _case("ours", **agents), _case("pool", reset="none", connections=16, **agents)
     return [
-        Comparison("PostgreSQL 1 connection, 1 ev/append vs raw", _case("ours", **one), held_one, "latency"),
+        Comparison(
+            "PostgreSQL 1 connection, 1 ev/append vs raw", _case("ours", **one), held_one, "latency", quick=True
+        ),
         Comparison("PostgreSQL 1 connection, 10 ev/append vs raw", _case("ours", **ten), held_ten, "latency"),
         Comparison("PostgreSQL 16 tasks, 1 ev/append vs raw", _case("ours", **concurrent), held_16),
         Comparison("raw pool, 16 tasks: no-op reset vs default reset", pool_16, _case("pool", **concurrent)),

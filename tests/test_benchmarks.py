@@ -219,3 +219,24 @@ def test_the_whole_session_rows_compare_each_peers_load_with_our_view_at_the_sam
     assert len(lines) == 4, table
     assert lines[2].startswith("whole session: agno") and "10,000" in lines[2] and lines[2].endswith("50.0x")
     assert lines[3].startswith("whole session: google-adk") and "1,000" in lines[3] and lines[3].endswith("700.0x")
+
+
+def test_quick_runs_the_headline_rows_and_prints_the_options_each_case_runs_with() -> None:
+    from benchmarks import append, engine, frameworks, history
+    from benchmarks import postgres as postgres_subject
+    from benchmarks._harness import describe_sizes, quick_rows
+
+    chosen = [
+        row for subject in (append, postgres_subject, engine, history) for row in quick_rows(subject.comparisons(True))
+    ]
+    workloads = {row.workload for row in chosen}
+    assert "SQLite NORMAL, 1 ev/txn vs aiosqlite autocommit" in workloads
+    assert "SQLite NORMAL, lone writer: group commit vs no group-commit code" in workloads
+    assert "PostgreSQL, context for the next run (history + state) at 1,000 runs vs 10" in workloads
+    sizes = describe_sizes(chosen)
+    assert "read length=1000 repeats=50 side=raw store=postgres what=whole" in sizes
+    assert 1000 in frameworks.sizes(quick=True), "the frameworks rows differ at N = 1,000: quick keeps it"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "default 3 with --quick" in done.stdout
