@@ -5,7 +5,7 @@ Usage: ``python -m benchmarks [--quick] [--json] [--repeats N] [--only SUBJECT] 
 each, with the frameworks rows for ours and Agno at N = 10 and 1,000 on SQLite and the scale rows at
 10,000 sessions: 103 s measured on this project's 2-vCPU machine with the peers installed while
 other jobs kept its load average at 7 (under two minutes). ``--quick --only SUBJECT`` runs every row
-of that subject at the small sizes. The full run takes about 40 minutes.
+of that subject at the small sizes.
 ``--results`` also writes ``benchmarks/RESULTS.md`` and its plots from this run. Progress goes to
 stderr, results to stdout. A subject whose ``unavailable()`` gives a reason (PostgreSQL not
 answering) is skipped with that reason; so is a peer framework that is not installed (the peers
@@ -44,7 +44,7 @@ _NAMES = [subject.__name__.rsplit(".", 1)[-1] for subject in (*_SUBJECTS, framew
 def main() -> None:
     """Measure every subject's comparisons and print them as a table, or as JSON."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes")
+    parser.add_argument("--quick", action="store_true", help="each subject's headline rows, small sizes")
     parser.add_argument("--json", action="store_true", help="print every sample as JSON instead of the table")
     parser.add_argument("--repeats", type=int, help="runs of each case (default 3 with --quick, else 5)")
     parser.add_argument("--only", choices=_NAMES, help="run one subject")
