@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import random
 import secrets
+import signal
 import statistics
 import sys
 import time
@@ -48,8 +49,8 @@ NOTES = f"""\
 Cost against store size, PostgreSQL, one schema grown in steps on the shared server. Each session holds
   {EVENTS_PER_SESSION} events (a run: RunStarted, 8 messages of ~90 characters, RunCompleted; ~100-byte payloads),
   {SESSIONS_PER_USER} sessions per user; the fill is server-side (INSERT … SELECT FROM generate_series, positions and
-  event ids in fill order, index rows written with them), then ANALYZE. Each cell is the median over fresh
-  processes of the operation's median in that process.
+  event ids in fill order, index rows written with them), then ANALYZE. Each cell: the mean cost per
+  operation in one fresh process, the median of that over the processes.
 append: store.append of 1 event to a session of its own (after 10 untimed), a lone writer: the index row
   bump, the idempotency check on the event-id index, the insert into a table of the size shown.
 get_sessions(user): db.get_sessions(user_id=u, limit=20) for random users: the (user_id, created_at) index.
@@ -214,11 +215,18 @@ _OPERATIONS = (
 def _schema() -> Iterator[str]:
     """A fresh schema with our tables, dropped (with its millions of rows) however the run ends."""
     schema = _schema_name()
+    print(f"{_MODULE}: schema {schema} (dropped at the end)", file=sys.stderr, flush=True)
+    previous = signal.signal(signal.SIGTERM, _exit_on_term)  # a terminated run still drops its millions of rows
     try:
         asyncio.run(_create_tables(schema))
         yield schema
     finally:
         asyncio.run(_drop_schema(schema))
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def run_points(quick: bool, repeats: int) -> tuple[list[ScalePoint], list[str]]:
