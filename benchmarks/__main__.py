@@ -3,9 +3,9 @@
 Usage: ``python -m benchmarks [--quick] [--json] [--repeats N] [--only SUBJECT] [--results]``.
 ``--quick`` runs each subject's headline rows (the rest say how to run them) at small sizes, 3 runs
 each, with the frameworks rows for ours and Agno at N = 10 and 1,000 on SQLite and the scale rows at
-10,000 sessions: 103 s measured on this project's 2-vCPU machine with the peers installed while
-other jobs kept its load average at 7 (under two minutes). ``--quick --only SUBJECT`` runs every row
-of that subject at the small sizes.
+10,000 sessions: 45 s measured on this project's 2-vCPU machine with the peers installed when it was
+quiet, 103 s while other jobs kept its load average at 7 (under two minutes either way).
+``--quick --only SUBJECT`` runs every row of that subject at the small sizes.
 ``--results`` also writes ``benchmarks/RESULTS.md`` and its plots from this run. Progress goes to
 stderr, results to stdout. A subject whose ``unavailable()`` gives a reason (PostgreSQL not
 answering) is skipped with that reason; so is a peer framework that is not installed (the peers
