@@ -36,10 +36,12 @@ __all__ = [
     "Timer",
     "analyze_postgres",
     "case_main",
+    "describe_sizes",
     "drive",
     "measure",
     "message_pool",
     "percentile",
+    "quick_rows",
     "render_table",
     "results_json",
     "run_case_json",
@@ -116,6 +118,9 @@ class Comparison:
     ours: Case
     reference: Case | None = None
     metric: Metric = "throughput"
+    quick: bool = False
+    """Whether ``--quick`` runs this row (the headline rows; the rest run in a full run, or with
+    ``--quick --only SUBJECT``)."""
 
 
 class Timer:
@@ -326,6 +331,21 @@ _METRIC_NAMES = {
     "p99": "p99_seconds",
     "memory": "peak_rss_bytes",
 }
+
+
+def quick_rows(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """The rows ``--quick`` runs of a subject: those marked ``quick``."""
+    return [comparison for comparison in comparisons if comparison.quick]
+
+
+def describe_sizes(comparisons: Sequence[Comparison]) -> str:
+    """Each row's cases with the options they really run with (``--quick`` prints them in its notes)."""
+    lines = []
+    for comparison in comparisons:
+        sides = [comparison.ours, *([comparison.reference] if comparison.reference is not None else [])]
+        shown = "; ".join(" ".join([case.name, *(f"{key}={value}" for key, value in case.options)]) for case in sides)
+        lines.append(f"  {comparison.workload}: {shown}")
+    return "\n".join(lines)
 
 
 def results_json(comparisons: Sequence[Comparison], samples: Mapping[Case, Sequence[Sample]]) -> list[dict[str, Any]]:

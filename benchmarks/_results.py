@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write"]
+__all__ = ["plot_scale", "write"]
 
 _HERE = Path(__file__).resolve().parent
 _PLOTS = _HERE / "plots"
@@ -47,8 +47,8 @@ def _machine() -> list[str]:
     ]
 
 
-def _plot(samples: Sequence[dict[str, Any]]) -> list[Path]:
-    """Load, persist and bytes per run against session length, one line per system and backend."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend, or ``None`` (said on stderr) when it is not installed."""
     try:
         import matplotlib
 
@@ -56,6 +56,14 @@ def _plot(samples: Sequence[dict[str, Any]]) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         print("plots skipped: matplotlib is not installed (pip install -e '.[bench]')", file=sys.stderr)
+        return None
+    return plt
+
+
+def _plot(samples: Sequence[dict[str, Any]]) -> list[Path]:
+    """Load, persist and bytes per run against session length, one line per system and backend."""
+    plt = _pyplot()
+    if plt is None or not samples:
         return []
     _PLOTS.mkdir(exist_ok=True)
     written = []
@@ -100,9 +108,37 @@ def _plot(samples: Sequence[dict[str, Any]]) -> list[Path]:
     return written
 
 
+def plot_scale(points: Sequence[dict[str, Any]], directory: Path = _PLOTS) -> list[Path]:
+    """The PostgreSQL scale rows: each operation's cost (ms per operation) against store size, log-log."""
+    plt = _pyplot()
+    if plt is None or not points:
+        return []
+    directory.mkdir(exist_ok=True)
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for index, operation in enumerate(dict.fromkeys(point["operation"] for point in points)):
+        line = sorted(
+            (point["sessions"], point["seconds_per_operation"] * 1e3)
+            for point in points
+            if point["operation"] == operation
+        )
+        axes.plot(*zip(*line, strict=True), "-", color=f"C{index}", marker="o", label=operation)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("sessions in the store (10 events each)")
+    axes.set_ylabel("ms per operation")
+    axes.set_title("PostgreSQL: cost against store size")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path = directory / "scale.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return [path]
+
+
 def write(sections: Sequence[tuple[str, str]], results: dict[str, Any], *, repeats: int, seconds: float) -> list[Path]:
     """RESULTS.md with every subject's table and notes, and the framework plots; the paths written."""
-    plots = _plot(results.get("frameworks", []))
+    plots = _plot(results.get("frameworks", [])) + plot_scale(results.get("scale", []))
     command = " ".join(["python -m benchmarks", *sys.argv[1:]])
     lines = [
         "# Benchmark results",

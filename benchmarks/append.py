@@ -34,10 +34,12 @@ from benchmarks._harness import (
 )
 from kern_events import InMemoryEventStore, PostgresEventStore, SqliteEventStore, TableNames
 from kern_events.codec import MsgpackCodec
-from kern_events.events import MessageAdded
+from kern_events.events import Event, MessageAdded
+from kern_events.records import AppendResult, ExpectedVersion, PendingEvent
 from kern_events.stores._base import BaseEventStore
 from kern_events.stores._chain import Chain
 from kern_events.stores._group import GroupCommit
+from kern_events.stores._sql import AppendRequest
 from kern_events.telemetry import instrument
 
 __all__ = ["NOTES", "comparisons"]
@@ -62,6 +64,9 @@ length rows: one session prefilled to 10,000 (ours) vs 10 (reference) events, th
   while a transaction is on the writer thread share the next one (one fsync for many). The reference is one
   shared aiosqlite connection, one autocommit transaction (and fsync) per append; "one txn per append" is
   our store with group commit switched off. p99 rows compare the 99th percentile of single appends' latency.
+lone writer rows: one task, 1 event per append, through the group committer (a lone append finds the
+  queue empty and commits a batch of one inline) vs the same store whose append calls the commit directly,
+  with no group-commit code on its path (target: ratio >= 0.95).
 hash chain vs none: the same store computing and storing no tamper-evidence hashes (NULL in their columns);
   target: ratio >= 0.90 (chained throughput within 10% of unchained). In memory there is no I/O to hide the
   hashing: its row bounds what the chain can cost the others.
@@ -81,6 +86,25 @@ class _Unchained(Chain):
         return [None] * len(pending)
 
 
+class _Ungrouped(SqliteEventStore):
+    """The SQLite store with no group-commit machinery at all: every append commits its own
+    transaction straight through the writer's thread (no lane, no queue, no ticket, no telemetry
+    probe), what a store written without group commit would do."""
+
+    async def _append(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        pending: Sequence[PendingEvent],
+        expected: int | ExpectedVersion,
+        recorded_at: float,
+    ) -> AppendResult:
+        (outcome,) = await self._commit_batch([AppendRequest(session_id, events, pending, expected, recorded_at)])
+        if isinstance(outcome, AppendResult):
+            return outcome
+        raise outcome
+
+
 @asynccontextmanager
 async def _opened(args: argparse.Namespace, path: Path) -> AsyncIterator[BaseEventStore]:
     """Our store of ``--store``: in memory, SQLite at ``--sync`` in ``path``, or PostgreSQL in a fresh schema."""
@@ -93,9 +117,13 @@ async def _opened(args: argparse.Namespace, path: Path) -> AsyncIterator[BaseEve
         ):
             yield postgres
         return
-    store: BaseEventStore = (
-        InMemoryEventStore() if args.store == "memory" else SqliteEventStore(path, synchronous=args.sync)
-    )
+    store: BaseEventStore
+    if args.store == "memory":
+        store = InMemoryEventStore()
+    elif args.group == "none":
+        store = _Ungrouped(path, synchronous=args.sync)
+    else:
+        store = SqliteEventStore(path, synchronous=args.sync)
     if args.group == "off" and isinstance(store, SqliteEventStore):
         # One append per transaction: what the store does without group commit.
         store._group = GroupCommit(store._commit_batch, take=lambda queue: (queue[:1], queue[1:]))
@@ -264,7 +292,12 @@ def comparisons(quick: bool) -> list[Comparison]:
             rows += [
                 Comparison(f"{label} sqlite3", ours, _case("sqlite3", **sizes)),
                 Comparison(f"{label} aiosqlite execute+commit", ours, _case("aiosqlite", mode="commit", **sizes)),
-                Comparison(f"{label} aiosqlite autocommit", ours, _case("aiosqlite", mode="autocommit", **sizes)),
+                Comparison(
+                    f"{label} aiosqlite autocommit",
+                    ours,
+                    _case("aiosqlite", mode="autocommit", **sizes),
+                    quick=batch == 1,  # issue 19's append rows
+                ),
             ]
     for batch in (1, 10):
         memory = _case("ours", store="memory", batch=batch, appends=in_memory // batch)
@@ -289,6 +322,17 @@ def comparisons(quick: bool) -> list[Comparison]:
             _case("ours", store="sqlite", sync="FULL", batch=1, appends=single),
         ),
     ]
+    for sync in ("FULL", "NORMAL"):
+        lone = {"store": "sqlite", "sync": sync, "batch": 1, "appends": single}
+        rows.append(
+            Comparison(
+                f"SQLite {sync}, lone writer: group commit vs no group-commit code",
+                _case("ours", **lone),
+                _case("ours", group="none", **lone),
+                metric="latency",
+                quick=sync == "NORMAL",
+            )
+        )
     rows += _chain_and_telemetry(quick)
     return rows
 
@@ -341,7 +385,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="untimed appends per writer task first")
     parser.add_argument("--tasks", type=int, default=1, help="concurrent writers, each on its own session")
     parser.add_argument("--length", type=int, default=0, help="events prefilled into each session")
-    parser.add_argument("--group", choices=("on", "off"), default="on", help="ours: group commit, or one per txn")
+    parser.add_argument(
+        "--group",
+        choices=("on", "off", "none"),
+        default="on",
+        help="ours (SQLite): group commit, one append per txn through it, or no group-commit code at all",
+    )
     parser.add_argument("--chain", choices=("on", "off"), default="on", help="ours: the hash chain, or none")
     parser.add_argument("--telemetry", choices=("off", "on", "bypass"), default="off", help="ours: OpenTelemetry")
     case_main({"ours": _ours, "sqlite3": _sqlite3, "aiosqlite": _aiosqlite}, parser)

@@ -158,6 +158,7 @@ def comparisons(quick: bool) -> list[Comparison]:
                 _case("run", side="ours", **sizes),
                 _case("run", side="plain", **sizes),
                 "throughput",
+                quick=store == "sqlite",
             )
         )
         sizes = {"store": store, "what": "read", "repeats": repeats}

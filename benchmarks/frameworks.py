@@ -29,7 +29,7 @@ import sqlite3
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from types import ModuleType
@@ -41,7 +41,17 @@ from benchmarks._harness import Case, analyze_postgres, run_case_json, temp_db
 from benchmarks.peers._workload import Backend, Target, agent_runs
 from benchmarks.peers.kern_langgraph import SYSTEM as _KERN_LANGGRAPH
 
-__all__ = ["NOTES", "SYSTEMS", "TurnSample", "report", "run_cases"]
+__all__ = [
+    "NOTES",
+    "QUICK_SYSTEMS",
+    "SYSTEMS",
+    "VIEW_NOTES",
+    "TurnSample",
+    "render_view",
+    "report",
+    "run_cases",
+    "view_cases",
+]
 
 SYSTEMS = (
     "kern",
@@ -108,6 +118,8 @@ class TurnSample:
     """Every table's rows at the end (checkpoints and snapshots counted) over the runs stored."""
     indexed_per_run: float = 0.0
     """:attr:`stored_per_run` plus the indexes' pages."""
+    view_seconds: float | None = None
+    """Ours only: the median of opening the whole session view (``db.get_session``) each turn."""
 
 
 def adapter(system: str) -> Any:
@@ -184,11 +196,18 @@ async def _turns(args: argparse.Namespace) -> TurnSample:
         before = await _stored_bytes(target)
         loads: list[float] = []
         persists: list[float] = []
+        views: list[float] = []
+        view = getattr(store, "view", None)  # ours: the whole session view, as the peers' load reads it
         loaded = 0
         for run in agent_runs(args.runs + 1, args.repeats):
             started = time.perf_counter()
             loaded = await store.load()
             loads.append(time.perf_counter() - started)
+            if view is not None:
+                started = time.perf_counter()
+                if await view() != args.runs + len(views):
+                    raise RuntimeError(f"{args.system}'s whole view does not hold every run")
+                views.append(time.perf_counter() - started)
             started = time.perf_counter()
             await store.persist(run)
             persists.append(time.perf_counter() - started)
@@ -205,22 +224,56 @@ async def _turns(args: argparse.Namespace) -> TurnSample:
         loaded=loaded,
         stored_per_run=after.rows / (args.runs + args.repeats),
         indexed_per_run=(after.rows + after.indexes) / (args.runs + args.repeats),
+        view_seconds=statistics.median(views) if views else None,
     )
 
 
 # -- the subject -----------------------------------------------------------------------------------
 
 
+QUICK_SYSTEMS = ("kern", "agno")
+"""What ``--quick`` alone runs (on SQLite): ours and Agno, the peer of issue 19's reference row. Each
+peer's 1,000-run case takes seconds to a minute here (google-adk's prefill a minute; LangGraph's writes
+~7 MB per run), so the rest would double the quick run; they run without ``--quick``, or with
+``--quick --only frameworks``."""
+
+
 def sizes(quick: bool) -> tuple[int, ...]:
-    """Session lengths N (runs already stored)."""
-    return (10, 100) if quick else (10, 100, 1000)
+    """Session lengths N (runs already stored); ``--quick`` keeps N = 1,000, where the differences are."""
+    return (10, 1000) if quick else (10, 100, 1000)
+
+
+VIEW_SYSTEMS = ("kern", "agno", "openai_agents", "langgraph", "adk")
+"""The systems of the whole-session rows: ours opens its whole view, each peer its ``load`` (the whole session)."""
+VIEW_RUNS = 10_000
+"""The session length of the whole-session rows in a full run."""
+VIEW_LIMITS = {"adk": 1_000}
+"""Peers whose prefill at :data:`VIEW_RUNS` exceeds the time budget, at the largest N that fits: see
+:data:`VIEW_NOTES`."""
+VIEW_NOTES = """\
+whole session: kern-events' db.get_session (the whole session view: every run, from its checkpoint and the
+  events after it) timed in the same turns as its load above, against each peer's load, which reads the
+  whole session (agno get_session, openai-agents get_items, langgraph aget_tuple, google-adk get_session).
+  A full run measures them at N = 10,000 runs (one fresh process per system and backend, 3 turns: each
+  prefill takes a minute or more); --quick reuses the N = 1,000 turns above. google-adk is measured at
+  N = 1,000 only: its prefill is one append_event per event through DatabaseSessionService, ~14 ms each
+  here (60 s for the 4,000 events of 1,000 runs), so 10,000 runs would take over 10 minutes per case,
+  past the budget of the whole subject."""
 
 
 def run_cases(
-    *, quick: bool, repeats: int, backends: Sequence[Backend], url: str, systems: Sequence[str] = SYSTEMS
+    *,
+    quick: bool,
+    repeats: int,
+    backends: Sequence[Backend],
+    url: str,
+    systems: Sequence[str] = SYSTEMS,
+    lengths: Mapping[str, Sequence[int]] | None = None,
+    turns: int | None = None,
 ) -> tuple[list[TurnSample], list[str]]:
-    """Every available system, backend and N: ``repeats`` fresh processes each; medians, and skip reasons."""
-    turns = 5 if quick else 20
+    """Every available system, backend and N (``lengths[system]``, else :func:`sizes`): ``repeats`` fresh
+    processes each, ``turns`` timed turns in each; medians, and skip reasons."""
+    turns = turns or (5 if quick else 20)
     skipped: list[str] = []
     cases: list[Case] = []
     for system in systems:
@@ -233,7 +286,7 @@ def run_cases(
             Case.of(_MODULE, "turn", system=system, backend=backend, runs=runs, repeats=turns, url=url)
             for backend in backends
             if backend in module.BACKENDS
-            for runs in sizes(quick)
+            for runs in (lengths or {}).get(system, sizes(quick))
         ]
     samples: dict[Case, list[TurnSample]] = {case: [] for case in cases}
     for repeat in range(repeats):
@@ -254,6 +307,9 @@ def run_cases(
                 loaded=first.loaded,
                 stored_per_run=statistics.median(run.stored_per_run for run in runs),
                 indexed_per_run=statistics.median(run.indexed_per_run for run in runs),
+                view_seconds=None
+                if first.view_seconds is None
+                else statistics.median(run.view_seconds or 0.0 for run in runs),
             )
         )
     return medians, skipped
@@ -332,11 +388,73 @@ def ratios(samples: Sequence[TurnSample]) -> str:
     return "\n".join(lines)
 
 
-def report(quick: bool, repeats: int, url: str, backends: Sequence[Backend]) -> tuple[str, list[dict[str, Any]]]:
-    """The subject's text (table, ratios, notes) and its results as JSON data."""
-    samples, skipped = run_cases(quick=quick, repeats=repeats, backends=backends, url=url)
-    text = "\n".join([render(samples), "", ratios(samples), *skipped, "", NOTES])
-    return text, [asdict(sample) for sample in samples]
+def view_cases(
+    *, quick: bool, backends: Sequence[Backend], url: str, samples: Sequence[TurnSample]
+) -> tuple[list[TurnSample], list[str]]:
+    """The whole-session samples: those at N = 1,000 already measured with ``quick``, else one fresh
+    process per system and backend at :data:`VIEW_RUNS` (or the system's :data:`VIEW_LIMITS`)."""
+    if quick:
+        return [sample for sample in samples if sample.runs == max(sizes(quick))], []
+    lengths = {system: (VIEW_LIMITS.get(system, VIEW_RUNS),) for system in VIEW_SYSTEMS}
+    measured, skipped = run_cases(
+        quick=quick, repeats=1, backends=backends, url=url, systems=VIEW_SYSTEMS, lengths=lengths, turns=3
+    )
+    return [*measured, *(sample for sample in samples if sample.system == "kern-events")], skipped
+
+
+def render_view(samples: Sequence[TurnSample]) -> str:
+    """Each peer's whole-session load against our whole view at the same N and backend."""
+    ours = {(s.backend, s.runs): s.view_seconds for s in samples if s.view_seconds is not None}
+    header = ("system", "backend", "N runs", "their load ms", "our get_session ms", "theirs / ours")
+    rows = [header]
+    peers = {adapter(system).SYSTEM for system in VIEW_SYSTEMS if system != "kern"}
+    for sample in samples:
+        view = ours.get((sample.backend, sample.runs))
+        if sample.system not in peers or view is None:
+            continue
+        ratio = f"{sample.load_seconds / view:.1f}x"
+        shown = f"whole session: {sample.system}"  # not the table above's first cell (the README test keys on it)
+        rows.append((shown, sample.backend, f"{sample.runs:,}", _ms(sample.load_seconds), _ms(view), ratio))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = [
+        " | ".join(
+            cell.ljust(width) if column < 2 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "-+-".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def report(
+    quick: bool, repeats: int, url: str, backends: Sequence[Backend], *, systems: Sequence[str] = SYSTEMS
+) -> tuple[str, list[dict[str, Any]]]:
+    """The subject's text (table, ratios, whole-session rows, notes) and its results as JSON data."""
+    samples, skipped = run_cases(quick=quick, repeats=repeats, backends=backends, url=url, systems=systems)
+    views, view_skipped = view_cases(quick=quick, backends=backends, url=url, samples=samples)
+    used = (
+        f"sizes used: N = {', '.join(f'{n:,}' for n in sizes(quick))} runs, {repeats} run(s) per case, "
+        f"{5 if quick else 20} timed turns each; systems: {', '.join(systems)}; backends: {', '.join(backends)}"
+    )
+    text = "\n".join(
+        [
+            render(samples),
+            "",
+            ratios(samples),
+            *skipped,
+            "",
+            "whole session, peer load vs kern-events get_session (higher = ours faster):",
+            render_view(views),
+            *view_skipped,
+            "",
+            used,
+            "",
+            NOTES,
+            VIEW_NOTES,
+        ]
+    )
+    return text, [asdict(sample) for sample in samples] + [asdict(s) for s in views if s not in samples]
 
 
 def main() -> None:

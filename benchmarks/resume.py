@@ -94,6 +94,7 @@ def comparisons(quick: bool) -> list[Comparison]:
             _case(events=n, checkpoint="yes"),
             _case(events=n, checkpoint="no"),
             metric="latency",
+            quick=n == 10_000,
         )
         for n in lengths
     ]

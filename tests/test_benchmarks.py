@@ -29,6 +29,7 @@ def test_the_agent_workload_case_loads_our_history_window_and_counts_bytes_per_r
     sample = _case("benchmarks.frameworks", "--case", "turn", "--system", "kern", "--runs", "4", "--repeats", "2")
     assert sample["system"] == "kern-events"
     assert sample["loaded"] == 12, "three runs of four messages: the history window, not the whole session"
+    assert isinstance(sample["view_seconds"], float) and sample["view_seconds"] > 0, "the whole view, timed too"
     assert isinstance(sample["bytes_per_run"], float) and sample["bytes_per_run"] > 1000
     assert isinstance(sample["stored_per_run"], float) and isinstance(sample["indexed_per_run"], float)
     assert sample["indexed_per_run"] > sample["stored_per_run"] > 0
@@ -161,3 +162,126 @@ def test_the_dynamodb_cost_rows_count_the_items_of_a_run_and_of_a_context_load()
     # a run is three appends (three head items) of eight events (an id item and an event item each)
     assert append["items"] == 3 + 2 * 8 and append["wcu"] == 2 * append["items"]  # each item under 1 KB
     assert load["rcu"] >= 4  # head, checkpoint, tail, state events: four strongly consistent reads
+
+
+async def test_the_lone_writer_reference_appends_with_no_group_commit_code(tmp_path: Path) -> None:
+    from benchmarks.append import _Ungrouped
+    from kern_events import ConcurrencyError, MessageAdded
+
+    message = MessageAdded(run_id="run-1", role="user", content="hello")
+    async with _Ungrouped(tmp_path / "lone.db") as store:
+        store._group = None  # type: ignore[assignment]  # any use of the group committer fails
+        assert (await store.append("s", [message, message], expected_version=0)).to_version == 2
+        with pytest.raises(ConcurrencyError):
+            await store.append("s", [message], expected_version=0)
+        assert [record.version async for record in store.read("s")] == [1, 2]
+    sample = _case("benchmarks.append", "--case", "ours", "--group", "none", "--appends", "3", "--warmup", "1")
+    assert sample["events"] == 3
+
+
+def test_the_scale_fill_writes_sessions_the_store_reads_and_every_operation_runs() -> None:
+    import asyncio
+
+    import asyncpg
+
+    from benchmarks import postgres, scale
+    from kern_events import MessageAdded, PostgresDb, RunCompleted, RunStarted
+
+    reason = postgres.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+
+    async def check(schema: str) -> None:
+        async with PostgresDb(postgres.URL, schema=schema, pool_size=1) as db:
+            listed = await db.get_sessions(user_id="user-000029")
+            assert sorted(info.session_id for info in listed) == [f"scale-{n:07d}" for n in range(290, 300)]
+            records = [record async for record in db.store.read("scale-0000299")]
+            assert [record.version for record in records] == list(range(1, 11))
+            kinds = [type(record.event) for record in records]
+            assert kinds == [RunStarted, *[MessageAdded] * 8, RunCompleted]
+            assert len([record async for record in db.store.read_all()]) == 3000
+
+    async def schemas(name: str) -> int:
+        connection = await asyncpg.connect(postgres.URL)
+        try:
+            return int(await connection.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", name))
+        finally:
+            await connection.close()
+
+    with scale._schema() as schema:
+        for first, last in ((0, 150), (150, 300)):  # grown in steps, as the subject grows it
+            arguments = ["--case", "fill", "--schema", schema, "--first", str(first), "--sessions", str(last)]
+            assert _case("benchmarks.scale", *arguments)["events"] == (last - first) * scale.EVENTS_PER_SESSION
+        asyncio.run(check(schema))
+        for operation in ("append", "by_user", "newest", "feed"):
+            arguments = ["--case", operation, "--schema", schema, "--sessions", "300", "--repeats", "3", "--page", "50"]
+            sample = _case("benchmarks.scale", *arguments)
+            assert sample["appends"] == 3 and sample["seconds"] > 0
+    assert asyncio.run(schemas(schema)) == 0, "the schema is dropped with its rows"
+
+
+def test_the_scale_plot_and_table_show_cost_against_store_size(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="needs the bench extra")
+    from benchmarks import _results, scale
+
+    points = [
+        scale.ScalePoint(
+            operation=name,
+            sessions=size,
+            events=size * 10,
+            seconds_per_operation=size / 1e6,
+            events_per_second=1e5 if name == "feed" else None,
+            runs=3,
+        )
+        for name, _ in scale._OPERATIONS
+        for size in (10_000, 100_000)
+    ]
+    table = scale.render(points)
+    assert "100,000 sessions" in table and "10.00x" in table and "100,000 ev/s" in table
+    assert "—" in scale.render([point for point in points if point.sessions == 10_000])
+    from dataclasses import asdict
+
+    (written,) = _results.plot_scale([asdict(point) for point in points], tmp_path)
+    assert written.name == "scale.png" and written.stat().st_size > 1000
+
+
+def test_the_whole_session_rows_compare_each_peers_load_with_our_view_at_the_same_size() -> None:
+    from benchmarks.frameworks import TurnSample, render_view
+
+    def sample(system: str, backend: str, runs: int, load: float, view: float | None = None) -> TurnSample:
+        return TurnSample(system, backend, runs, load, 0.001, 1000.0, 4 * runs, view_seconds=view)
+
+    table = render_view(
+        [
+            sample("kern-events", "sqlite", 1_000, 0.0005, view=0.002),
+            sample("kern-events", "sqlite", 10_000, 0.0005, view=0.004),
+            sample("agno", "sqlite", 10_000, 0.2),
+            sample("google-adk", "sqlite", 1_000, 1.4),
+            sample("langgraph", "postgres", 10_000, 0.5),  # no view of ours on that backend: no row
+        ]
+    )
+    lines = table.splitlines()
+    assert len(lines) == 4, table
+    assert lines[2].startswith("whole session: agno") and "10,000" in lines[2] and lines[2].endswith("50.0x")
+    assert lines[3].startswith("whole session: google-adk") and "1,000" in lines[3] and lines[3].endswith("700.0x")
+
+
+def test_quick_runs_the_headline_rows_and_prints_the_options_each_case_runs_with() -> None:
+    from benchmarks import append, engine, frameworks, history
+    from benchmarks import postgres as postgres_subject
+    from benchmarks._harness import describe_sizes, quick_rows
+
+    chosen = [
+        row for subject in (append, postgres_subject, engine, history) for row in quick_rows(subject.comparisons(True))
+    ]
+    workloads = {row.workload for row in chosen}
+    assert "SQLite NORMAL, 1 ev/txn vs aiosqlite autocommit" in workloads
+    assert "SQLite NORMAL, lone writer: group commit vs no group-commit code" in workloads
+    assert "PostgreSQL, context for the next run (history + state) at 1,000 runs vs 10" in workloads
+    sizes = describe_sizes(chosen)
+    assert "read length=1000 repeats=50 side=raw store=postgres what=whole" in sizes
+    assert 1000 in frameworks.sizes(quick=True), "the frameworks rows differ at N = 1,000: quick keeps it"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "default 3 with --quick" in done.stdout
