@@ -275,6 +275,34 @@ class PendingAppend(msgspec.Struct, frozen=True, kw_only=True):
     expected: int | ExpectedVersion
 
 
+def _check_read(
+    session_id: object,
+    from_version: object,
+    to_version: object,
+    limit: object,
+    backwards: object,
+    types: Collection[str] | None,
+) -> tuple[str, ...] | None:
+    """The checks of a session read, and its event types as the backend takes them. Plain ints and
+    bools in range take one test; anything else goes through the full checks, which name what is wrong."""
+    if (
+        type(from_version) is int
+        and 0 <= from_version <= MAX_INT64
+        and (to_version is None or (type(to_version) is int and 0 <= to_version <= MAX_INT64))
+        and (limit is None or (type(limit) is int and 0 <= limit <= MAX_INT64))
+        and type(backwards) is bool
+    ):
+        check_identifier("session_id", session_id)
+        return None if types is None else check_event_types("types", types)
+    check_identifier("session_id", session_id)
+    wanted = check_event_types("types", types)
+    check_non_negative("from_version", from_version)
+    check_non_negative("to_version", to_version, allow_none=True)
+    check_non_negative("limit", limit, allow_none=True)
+    check_flag("backwards", backwards)
+    return wanted
+
+
 def _check_snapshot(snapshot: object) -> None:
     """Every field of a snapshot must be of its declared type and bindable by every backend."""
     if not isinstance(snapshot, Snapshot):
@@ -497,6 +525,12 @@ class BaseEventStore(abc.ABC):
         self.change_signal = ChangeSignal()
         self._stores_chunks = type(self)._read_chunks is not BaseEventStore._read_chunks
         self._codec: Codec = codec if codec is not None else MsgpackCodec()
+        self._decode_page: Callable[[Sequence[StoredEvent]], tuple[list[Record], Exception | None]] = getattr(
+            self._codec, "decode_page", self._decode_rows
+        )
+        """The page's records and the error of the first row that does not decode (``None`` if all
+        do): the codec's ``decode_page`` where it has one (:class:`MsgpackCodec` does), else
+        ``decode`` row by row; looked up once."""
         self._max_event_size = max_event_size
         self._state = "new"
         self._open_lock = AnyLoopLock()  # opening and closing may come from any thread's event loop
@@ -1162,16 +1196,13 @@ class BaseEventStore(abc.ABC):
         types: Collection[str] | None,
     ) -> AsyncIterator[Record]:
         """The read itself, which :meth:`read` hands to telemetry when it is on."""
-        check_identifier("session_id", session_id)
-        wanted = check_event_types("types", types)
-        check_non_negative("from_version", from_version)
-        check_non_negative("to_version", to_version, allow_none=True)
-        check_non_negative("limit", limit, allow_none=True)
-        check_flag("backwards", backwards)
-        await self._ensure_open()
+        wanted = _check_read(session_id, from_version, to_version, limit, backwards, types)
+        if self._state != "open":
+            await self._ensure_open()
         low, high, remaining = from_version, to_version, limit
         # A backwards read is usually a tail read that stops early (history for the next run): its
-        # pages start small and double, so the first round trip does not fetch a thousand rows.
+        # pages start small and double, so the first round trip does not fetch a thousand rows. A
+        # read whose limit fits in a page takes one round trip, asking for no look-ahead row.
         page_size = min(_FIRST_TAIL_PAGE, self.read_page_size) if backwards else self.read_page_size
         while remaining is None or remaining > 0:
             size = page_size if remaining is None else min(page_size, remaining)
@@ -1305,13 +1336,8 @@ class BaseEventStore(abc.ABC):
         records, error = self._decode_page(rows)
         return records, error or erased or damaged
 
-    def _decode_page(self, page: Sequence[StoredEvent]) -> tuple[list[Record], Exception | None]:
-        """The page's records and the error of the first row that does not decode (``None`` if all
-        do): the codec's ``decode_page`` where it has one (:class:`MsgpackCodec` does), else
-        ``decode`` row by row."""
-        decode_page = getattr(self._codec, "decode_page", None)
-        if decode_page is not None:
-            return cast(tuple[list[Record], Exception | None], decode_page(page))
+    def _decode_rows(self, page: Sequence[StoredEvent]) -> tuple[list[Record], Exception | None]:
+        """:meth:`_decode_page` for a codec without ``decode_page``: ``decode`` row by row."""
         records: list[Record] = []
         try:
             for stored in page:

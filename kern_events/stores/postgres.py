@@ -969,27 +969,30 @@ class PostgresEventStore(BaseEventStore):
         A pool checkout and release cost ~45 us here (asyncpg releases through a shielded task), half
         a 20-event tail read's query. (``plan_cache_mode=force_generic_plan`` on it was measured too:
         no difference.) It is opened on the first read and, like the appender, replaced after a call
-        that failed other than by its statement's own error (its state is then unknown).
+        that failed other than by its statement's own error (its state is then unknown). The path
+        with the connection open is kept to a few tests: a tail read is short enough for the
+        Python around it to show (a ``with`` over a generator-based context manager cost ~5 us).
         """
-        if self._reading or self._url is None or not self._on_own_loop():
+        if self._reading or self._url is None or asyncio.get_running_loop() is not self._loop:
             return await self._fetch(sql, *arguments)
         self._reading = True
+        reader = self._reader
         try:
-            with _translated_errors():
-                reader = self._reader
-                if reader is None or reader.is_closed():
+            if reader is None or reader.is_closed():
+                with _translated_errors():
                     reader = self._reader = await _connect_to_the_end(self._url)
-                try:
-                    rows: list[asyncpg.Record] = await reader.fetch(sql, *arguments)
-                except BaseException as exc:
-                    if not isinstance(exc, asyncpg.PostgresError) or _connection_lost(exc):
-                        if self._reader is reader:
-                            self._reader = None
-                        reader.terminate()
-                    raise
-                return rows
+            rows: list[asyncpg.Record] = await reader.fetch(sql, *arguments)
+        except BaseException as exc:
+            if reader is not None and (not isinstance(exc, asyncpg.PostgresError) or _connection_lost(exc)):
+                if self._reader is reader:
+                    self._reader = None
+                reader.terminate()
+            if isinstance(exc, Exception) and (translated := _translated(exc)) is not exc:
+                raise translated from exc
+            raise
         finally:
             self._reading = False
+        return rows
 
     async def _find_events(self, event_ids: Sequence[UUID]) -> Sequence[StoredEvent | None]:
         rows = await self._fetch(self._sql.by_ids, list(event_ids))
