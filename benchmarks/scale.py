@@ -54,9 +54,9 @@ Cost against store size, PostgreSQL, one schema grown in steps on the shared ser
 append: store.append of 1 event to a session of its own (after 10 untimed), a lone writer: the index row
   bump, the idempotency check on the event-id index, the insert into a table of the size shown.
 get_sessions(user): db.get_sessions(user_id=u, limit=20) for random users: the (user_id, created_at) index.
-get_sessions(newest): db.get_sessions(limit=20), the newest of all by updated_at. No index covers
-  updated_at (appends rewrite it, and an index on it would cost every append a non-HOT update), so this
-  reads every index row: it grows with the store, where the per-user listing stays flat.
+get_sessions(newest): db.get_sessions(limit=20), the newest of all by updated_at: the (updated_at,
+  session_id) index read backwards up to the page (schema 4; before it, every index row was sorted and
+  this grew with the store). Its price: appends move updated_at, so their index-row update is not HOT.
 feed read: store.read_all(from_position=p, limit={_FEED_PAGE:,}) from random positions, in events per second.
 growth = cost at the largest size / cost at the smallest (near 1.0 is flat)."""
 

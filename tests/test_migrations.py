@@ -91,6 +91,22 @@ async def test_a_sqlite_file_of_an_older_schema_is_upgraded_step_by_step_and_rea
     assert _sqlite_steps(path) == [(step, "kern_events") for step in range(version + 1, SCHEMA_VERSION + 1)]
     with sqlite3.connect(path) as raw:
         assert raw.execute("SELECT version FROM kern_schema").fetchone() == (SCHEMA_VERSION,)
+        # schema 4: the newest-first listing's index, on the listing's whole ORDER BY
+        columns = [row[2] for row in raw.execute("PRAGMA index_info(kern_sessions_updated)")]
+        assert columns == ["updated_at", "session_id"]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_a_postgres_schema_of_an_older_version_gains_the_newest_first_index_on_open(
+    schema: str, version: int
+) -> None:
+    await _pg_fixture(schema, version)
+    async with PostgresDb(_pg.PG_URL, schema=schema, pool_size=1) as db:
+        await _reads_everything(db)
+    rows = await _pg_rows(
+        schema, "SELECT indexdef FROM pg_indexes WHERE schemaname = '{schema}' AND indexname = 'kern_sessions_updated'"
+    )
+    assert [row[0].split(" USING ")[1] for row in rows] == ["btree (updated_at, session_id)"]
 
 
 @pytest.mark.parametrize("version", [1, 2])

@@ -32,6 +32,7 @@ __all__ = [
     "event_columns",
     "info_from_row",
     "migrations_ddl",
+    "newest_first_step",
     "quote",
     "refuse_erased",
     "snapshot_from_row",
@@ -121,11 +122,12 @@ def info_from_row(row: Row) -> SessionInfo:
     )
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The layout this release writes; a database recording a higher one is refused, a lower one migrated.
 2 added the chunk table (:attr:`TableNames.chunks`), which a release that knows only 1 cannot read;
 3 the hash chain (an events column ``chain`` and the index's ``chain_head``). Rows written before 3
-keep no hash (verify counts them as unchained); the chain of such a session starts at its next append."""
+keep no hash (verify counts them as unchained); the chain of such a session starts at its next append.
+4 the index behind the newest-first listing (:func:`newest_first_step`)."""
 
 
 class MigrationStep(msgspec.Struct, frozen=True):
@@ -135,6 +137,23 @@ class MigrationStep(msgspec.Struct, frozen=True):
     version: int
     description: str
     statements: tuple[str, ...]
+
+
+def newest_first_step(tables: TableNames, sessions: str) -> MigrationStep:
+    """Schema 4, the same on both SQL backends (``sessions`` already quoted and qualified): an index
+    on ``(updated_at, session_id)``, the listing's whole ``ORDER BY`` (the sort column, then the
+    tie-breaker), which the default listing (newest first, no user) reads backwards and stops after
+    its page, and which a keyset page (``after``) enters by its row comparison. Without it that
+    listing sorted every index row: 33 ms at 100,000 sessions, 154 ms at 1,000,000 (PostgreSQL).
+
+    The price is paid by appends: every append moves ``updated_at``, so it now rewrites this index
+    entry too, and on PostgreSQL the row update is no longer HOT (each index gets a new entry); the
+    commit that added this step measured that cost on appends."""
+    return MigrationStep(
+        4,
+        "the newest-first listing: an index on (updated_at, session_id)",
+        (f"CREATE INDEX IF NOT EXISTS {quote(tables.sessions + '_updated')} ON {sessions} (updated_at, session_id)",),
+    )
 
 
 def steps_after(steps: Sequence[MigrationStep], found: int) -> list[MigrationStep]:

@@ -92,6 +92,7 @@ from kern_events.stores._sql import (
     TableNames,
     info_from_row,
     migrations_ddl,
+    newest_first_step,
     quote,
     refuse_erased,
     snapshot_from_row,
@@ -1340,8 +1341,8 @@ class _Statements:
                     "user_id text, name text, created_at double precision NOT NULL, "
                     "updated_at double precision NOT NULL, run_count bigint NOT NULL, version bigint NOT NULL, "
                     "deleted boolean NOT NULL DEFAULT false)",
-                    # Only columns that never change after a session starts are indexed, so appends (which
-                    # rewrite updated_at) never touch the index: HOT updates keep the row on its page.
+                    # A user's sessions are found by this index and sorted by updated_at after (a user
+                    # has few); the listing of all sessions by updated_at has its own (schema 4).
                     f"CREATE INDEX IF NOT EXISTS {quote(tables.sessions + '_user_created')} "
                     f"ON {sessions} (user_id, created_at)",
                     f"CREATE TABLE IF NOT EXISTS {snapshots} ("
@@ -1370,6 +1371,7 @@ class _Statements:
                     f"ALTER TABLE {sessions} ADD COLUMN IF NOT EXISTS chain_head bytea",
                 ),
             ),
+            newest_first_step(tables, sessions),
         ]
         self.record_step = (
             f"INSERT INTO {table(tables.migrations)} (component, version, description, applied_at) "
