@@ -147,8 +147,9 @@ def newest_first_step(tables: TableNames, sessions: str) -> MigrationStep:
     listing sorted every index row: 33 ms at 100,000 sessions, 154 ms at 1,000,000 (PostgreSQL).
 
     The price is paid by appends: every append moves ``updated_at``, so it now rewrites this index
-    entry too, and on PostgreSQL the row update is no longer HOT (each index gets a new entry); the
-    commit that added this step measured that cost on appends."""
+    entry too, and on PostgreSQL the row update is no longer HOT (each index gets a new entry, which
+    vacuum later reclaims). Measured at 100,000 sessions, appends alternating with and without it:
+    no HOT update instead of about half, and an append's cost within the noise (under 5%)."""
     return MigrationStep(
         4,
         "the newest-first listing: an index on (updated_at, session_id)",
