@@ -149,7 +149,8 @@ def newest_first_step(tables: TableNames, sessions: str) -> MigrationStep:
     The price is paid by appends: every append moves ``updated_at``, so it now rewrites this index
     entry too, and on PostgreSQL the row update is no longer HOT (each index gets a new entry, which
     vacuum later reclaims). Measured at 100,000 sessions, appends alternating with and without it:
-    no HOT update instead of about half, and an append's cost within the noise (under 5%)."""
+    on PostgreSQL no HOT update instead of about half, and an append's cost within the noise (under
+    5%); on SQLite ~20 us more per append (~7%). The listing: 29 ms to 0.2 ms, and 10.5 to 0.14 ms."""
     return MigrationStep(
         4,
         "the newest-first listing: an index on (updated_at, session_id)",
