@@ -187,6 +187,10 @@ async def test_a_context_load_reads_the_state_events_alone_however_long_the_sess
         assert [record.version for record in context.tail] == [122, 121, 120, 119, 118]
         read = sum(reply.get("ScannedCount", 0) for operation, _, reply in calls if operation == "query")
         assert read <= 6 + 2, calls  # the tail (with one ahead) and the two state events, not 122 events
+        changes = [record.version async for record in store.read("s", types=["session_state_changed"])]
+        assert changes == [122]  # a subset of the indexed types: from by_type, filtered
+        mixed = [record.version async for record in store.read("s", types=["session_state_changed", "message_added"])]
+        assert mixed == list(range(2, 123))  # a type outside the index: from the table
 
 
 async def test_sessions_without_a_user_list_newest_first_from_the_index_not_a_scan(
@@ -208,6 +212,10 @@ async def test_sessions_without_a_user_list_newest_first_from_the_index_not_a_sc
         assert agents == [name for name in newest if int(name[1:]) % 6 == 3]
         assert [info.session_id for info in await store.list_sessions(descending=False, limit=2)] == newest[::-1][:2]
         assert [info.session_id for info in await store.list_sessions(limit=2, offset=2)] == newest[2:4]
+        since = (await store.list_sessions(limit=4))[-1].updated_at
+        calls.clear()
+        assert [info.session_id for info in await store.list_sessions(updated_since=since)] == newest[:4]
+        assert sum(reply.get("ScannedCount", 0) for _, _, reply in calls) <= 5  # a key condition: 4 and ties
         assert "scan" not in {operation for operation, _, _ in calls}
         await store.delete_session("s05")
         assert [info.session_id for info in await store.list_sessions(limit=2)] == newest[1:3]

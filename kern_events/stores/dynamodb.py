@@ -620,13 +620,14 @@ class DynamoEventStore(BaseEventStore):
     async def _list_sessions(self, query: SessionFilter) -> list[SessionInfo]:
         """A user's sessions come from ``by_user``, everyone's from ``by_time`` (its shards merged),
         both newest first. Sorted by ``updated_at`` descending, the read stops once it holds the page
-        and every row tied with its last; other sorts read the whole index. The filters, the cursor,
+        and every row tied with its last; other sorts read the whole index (from ``updated_since``
+        on, a condition on the index's sort key). The filters, the cursor,
         the tie order (by session id) and the offset are applied here."""
         end = None if query.limit is None else query.offset + query.limit
         stop_after = end if query.sort_by == "updated_at" and query.descending else None
         rows: list[SessionInfo] = []
         page = None if stop_after is None else stop_after + 1
-        async with contextlib.aclosing(self._newest_first(query.user_id, page)) as infos:
+        async with contextlib.aclosing(self._newest_first(query.user_id, query.updated_since, page)) as infos:
             async for info in infos:
                 if (
                     stop_after is not None
@@ -640,18 +641,21 @@ class DynamoEventStore(BaseEventStore):
         rows.sort(key=lambda info: getattr(info, query.sort_by), reverse=query.descending)
         return rows[query.offset : end]
 
-    async def _newest_first(self, user_id: str | None, page: int | None) -> AsyncGenerator[SessionInfo, None]:
-        """Live index rows by ``updated_at``, newest first: a user's from ``by_user``, else every
-        session's, merged from the ``by_time`` shards; ``page`` items per ``Query`` page."""
+    async def _newest_first(
+        self, user_id: str | None, since: float | None, page: int | None
+    ) -> AsyncGenerator[SessionInfo, None]:
+        """Live index rows updated at ``since`` or later, newest first: a user's from ``by_user``, else
+        every session's, merged from the ``by_time`` shards; ``page`` items per ``Query`` page."""
         if user_id is not None:
             shards = [("gu = :key", {"S": user_id}, _GSI)]
         else:
             shards = [("gs = :key", {"S": str(shard)}, _BY_TIME) for shard in range(self._listing_shards)]
+        values: _Item = {} if since is None else {":since": _number(since)}
         streams = [
             self._query(
                 IndexName=index,
-                KeyConditionExpression=condition,
-                ExpressionAttributeValues={":key": key},
+                KeyConditionExpression=condition if since is None else f"{condition} AND gt >= :since",
+                ExpressionAttributeValues={":key": key, **values},
                 ScanIndexForward=False,
                 **({} if page is None else {"Limit": min(page, 1000)}),
             )
