@@ -51,13 +51,15 @@ kern-events must be recreated).
 **Listing.** ``list_sessions`` with a user queries ``by_user``; without one it queries ``by_time``, one
 ``Query`` per listing shard newest first, merged, reading about as many heads as it returns when
 sorted by ``updated_at`` descending (other sorts and orders read the whole index: heads only, never
-events). Filters on type, agent, team, workflow and time are applied to the rows as they come. Every
-head lives in the index, so every append also writes its head to it (one index write of the head's
-size). The trade-off: one index partition absorbs about 1,000 writes a second, and with a constant
-partition key every append in the table would land on it; ``listing_shards`` (default
-:data:`DEFAULT_LISTING_SHARDS`) spreads the heads over that many partitions (about that many times the
-appends a second before the index throttles the table) at the price of one ``Query`` per shard for
-each listing.
+events). ``updated_since`` is a condition on the index's sort key; the filters on type, agent, team
+and workflow are applied to the rows as they come. Every live head is in the index, so every append
+writes its row there, twice (a delete and a put, because ``gt``, the sort key, changes: 2 WCU for a
+head under 1 KB). The trade-off: one index partition absorbs about 1,000 writes a second (so about
+500 appends a second), and with a constant partition key every append in the table would land on
+it, and a throttled index throttles the table's writes; ``listing_shards`` (default
+:data:`DEFAULT_LISTING_SHARDS`) spreads the heads over that many partitions (that many times the
+appends a second) at the price of one ``Query`` per shard for each listing. ``by_user`` is keyed by
+user, so it is hot only for one very busy user.
 
 **Limits.** A transaction holds at most 100 items and 4 MB. An append needs ``1 + 2 * events + chunks``
 items, so it holds at most :data:`MAX_EVENTS_PER_APPEND` (49) events, and at most
