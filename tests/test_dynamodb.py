@@ -15,6 +15,7 @@ from kern_events import (
     AppendTooLargeError,
     ConcurrencyError,
     IdempotencyError,
+    InvalidArgumentError,
     MessageAdded,
     SessionStarted,
     SessionStateChanged,
@@ -219,6 +220,20 @@ async def test_sessions_without_a_user_list_newest_first_from_the_index_not_a_sc
         assert "scan" not in {operation for operation, _, _ in calls}
         await store.delete_session("s05")
         assert [info.session_id for info in await store.list_sessions(limit=2)] == newest[1:3]
+
+
+async def test_one_listing_shard_lists_the_same_and_a_bad_shard_count_is_refused(
+    dynamo_server: _dynamo.Emulator,
+) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        _store(dynamo_server, listing_shards=0)
+    assert caught.value.argument == "listing_shards"
+    async with _store(dynamo_server, listing_shards=1) as store:
+        for name in ("a", "b", "c"):
+            await store.append(name, [SessionStarted(session_type="agent")])
+        assert [info.session_id for info in await store.list_sessions(limit=2)] == ["c", "b"]
+        heads = [item for item in await _items(store) if item["sk"]["S"] == "h"]
+        assert {item["gs"]["S"] for item in heads} == {"0"}
 
 
 async def test_the_global_feed_is_a_capability_it_lacks(dynamo_server: _dynamo.Emulator) -> None:
