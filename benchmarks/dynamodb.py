@@ -8,7 +8,10 @@ turned into the items ``DynamoEventStore`` puts in its ``TransactWriteItems`` (b
 item builders, so the layout cannot drift from the store). AWS's rules: an item's size is its
 attribute names' and values' bytes (a number about one byte per two digits, plus one); a transactional
 write costs 2 WCU per KB of each item (rounded up per item); a strongly consistent read 1 RCU per 4 KB,
-rounded up per ``GetItem`` and per ``Query`` page (the items a query reads, summed, filtered or not).
+rounded up per ``GetItem`` and per ``Query`` page (the items a query reads, summed, filtered or not);
+an index write costs 1 WCU per KB of the projected item, twice when the update changes the item's index
+key (delete and put): the head's ``gt`` changes with every append, so each append writes the head to
+``by_time`` and ``by_user`` twice each, and a state event once to ``by_type``.
 
 Usage: ``python -m benchmarks.dynamodb [--quick]`` prints the table; ``python -m benchmarks`` includes it.
 """
@@ -29,16 +32,18 @@ from kern_events.db import CONTEXT_TAIL
 from kern_events.events import Event
 from kern_events.records import AppendResult
 from kern_events.sessions import Session
+from projections.session import STATE_EVENT_TYPES
 
 __all__ = ["NOTES", "report", "unavailable"]
 
 NOTES = """\
 Capacity units computed from item sizes (no timing: the emulator's speed is not DynamoDB's). A run is
-the Agent's three appends (three transactions, each with the head's read before it); a context load is
-what the Agent reads before a run (head, state checkpoint, newest 65 events, the state events after the
-checkpoint: four strongly consistent reads). The state events after the checkpoint are read with a
-filter, and DynamoDB bills every item a query reads, so that read grows with the events since the last
-checkpoint (one every 1,000 events) until the next one is written."""
+the Agent's three appends (three transactions, each with the head's read before it); its WCU include
+the index writes (the head to by_time and by_user, a state event to by_type). A context load is what
+the Agent reads before a run (head, state checkpoint, newest 65 events, the state events after the
+checkpoint: four strongly consistent reads). The state events after the checkpoint come from the
+sparse local index by_type, which holds only state events, so that read costs what it returns however
+many other events followed the checkpoint: the load is flat in the session's length."""
 
 
 def unavailable() -> str | None:
@@ -68,17 +73,31 @@ def item_size(item: dict[str, Any]) -> int:
     return sum(len(name.encode()) + _value_size(value) for name, value in item.items())
 
 
-def _items_of_append(dynamo: Any, session_id: str, events: Sequence[Event], result: AppendResult) -> list[int]:
-    """The sizes of the items of the append's transaction, built by ``DynamoEventStore``'s own builders."""
-    from kern_events.backend import advance_index
-
+def _items_of_append(
+    dynamo: Any, session_id: str, events: Sequence[Event], result: AppendResult, info: Any
+) -> list[dict[str, Any]]:
+    """The items of the append's transaction, built by ``DynamoEventStore``'s own builders (``info``:
+    the session's index row after it)."""
     pending = dynamo._encode(events, result.event_ids, None)
     hashes = dynamo.chain.hashes(session_id, None, result.from_version - 1, pending, result.recorded_at)
-    info = advance_index(None, session_id, events, result.to_version, result.recorded_at)
     puts = [dynamo._head_put(session_id, result.from_version - 1, result.to_version, hashes[-1], info)]
     for offset, (new, chain) in enumerate(zip(pending, hashes, strict=True)):
         puts += dynamo._event_puts(session_id, result.from_version + offset, new, chain, result.recorded_at)
-    return [item_size(put["Put"]["Item"]) for put in puts]
+    return [put["Put"]["Item"] for put in puts]
+
+
+def _wcu(items: Sequence[dict[str, Any]]) -> int:
+    """A transaction's WCU with its index writes: 2 per KB of each item, the head twice to each global
+    index it is in (its ``gt`` key changes), an item of ``by_type`` once."""
+    wcu = 0
+    for item in items:
+        kb = math.ceil(item_size(item) / 1024)
+        wcu += 2 * kb
+        if item["sk"]["S"] == "h":
+            wcu += 2 * kb * (("gs" in item) + ("gu" in item))
+        elif "x" in item:
+            wcu += kb
+    return wcu
 
 
 def _rcu(size: int) -> int:
@@ -93,13 +112,14 @@ async def _measure(session_counts: Sequence[int]) -> list[tuple[str, int, int, f
     rows: list[tuple[str, int, int, float, float]] = []
     async with InMemoryDb() as db:
         session = await Session.open(db, "bench", agent_id="bench-agent", user_id="bench-user")
-        appends: list[list[int]] = []
+        appends: list[list[dict[str, Any]]] = []
         append = db.store.append
 
         async def recorded(session_id: str, events: Sequence[Event], **options: Any) -> AppendResult:
             result = await append(session_id, events, **options)
             if session_id == "bench":
-                appends.append(_items_of_append(dynamo, session_id, events, result))
+                info = await db.store.get_session_info(session_id)
+                appends.append(_items_of_append(dynamo, session_id, events, result, info))
             return result
 
         db.store.append = recorded  # type: ignore[method-assign]
@@ -110,18 +130,22 @@ async def _measure(session_counts: Sequence[int]) -> list[tuple[str, int, int, f
                 await kern._persist(session, run)  # the Agent's three appends, as the kern peer does
                 last_run = appends[before:]
             done = runs
-            sizes = [size for items in last_run for size in items]
-            wcu = sum(2 * math.ceil(size / 1024) for size in sizes)
+            sizes = [item_size(item) for items in last_run for item in items]
+            wcu = sum(_wcu(items) for items in last_run)
             head_reads = len(last_run)  # the head's GetItem before each transaction (an item under 4 KB)
             rows.append((f"append one run (session at {runs} runs)", len(sizes), sum(sizes), wcu, head_reads))
-            event_sizes = [items[1 + 2 * n + 1] for items in appends for n in range((len(items) - 1) // 2)]
-            head_size = appends[-1][0]
+            events = [item for items in appends for item in items if item["sk"]["S"].startswith("e#")]
+            head_size = item_size(appends[-1][0])
             version = await db.store.current_version("bench")
             checkpoint = await db.store.load_snapshot("bench", STATE_CHECKPOINT)
             since = version - (checkpoint.version if checkpoint is not None else 0)
             checkpoint_size = 0 if checkpoint is None else len(checkpoint.data) + 60
-            tail = event_sizes[-(CONTEXT_TAIL + 1) :]
-            after = event_sizes[max(0, len(event_sizes) - since) :] if since else []
+            tail = [item_size(item) for item in events[-(CONTEXT_TAIL + 1) :]]
+            # the items the read of the state events after the checkpoint reads: from by_type (only the
+            # state events) when the store indexes their types, else a filtered query reads every event
+            since_events = events[max(0, len(events) - since) :] if since else []
+            by_type = dynamo._indexed_types.issuperset(STATE_EVENT_TYPES)
+            after = [item_size(item) for item in since_events if "x" in item or not by_type]
             reads = [head_size, checkpoint_size, sum(tail), sum(after)]
             rows.append(
                 (

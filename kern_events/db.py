@@ -658,6 +658,8 @@ class DynamoDb(BaseDb):
     Per-session order is exact; there is no global feed (``read_all`` and ``subscribe`` raise
     :class:`~kern_events.errors.UnsupportedError`), and an append holds at most 49 events and 4 MB; see
     :class:`~kern_events.stores.dynamodb.DynamoEventStore` for the table layout and its limits.
+    ``listing_shards`` spreads the index that lists sessions without a user over that many partitions
+    (default 4: more appends a second before the index throttles, one more query per listing).
     """
 
     def __init__(
@@ -676,9 +678,10 @@ class DynamoDb(BaseDb):
         encryption: Encryption | None = None,
         codec: Codec | None = None,
         chain_key: bytes | None = None,
+        listing_shards: int | None = None,
     ) -> None:
         # Imported here so that other dbs' users never load the DynamoDB backend.
-        from kern_events.stores.dynamodb import DynamoEventStore
+        from kern_events.stores.dynamodb import DEFAULT_LISTING_SHARDS, DynamoEventStore
 
         super().__init__(
             DynamoEventStore(
@@ -690,6 +693,7 @@ class DynamoDb(BaseDb):
                 create_table=create_table,
                 codec=codec,
                 chain_key=chain_key,
+                listing_shards=DEFAULT_LISTING_SHARDS if listing_shards is None else listing_shards,
             ),
             cache_size=cache_size,
             storage_policy=storage_policy,

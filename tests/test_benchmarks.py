@@ -151,17 +151,26 @@ def test_the_transfer_cases_export_import_and_report_memory() -> None:
     assert isinstance(sample["peak_rss"], int) and sample["peak_rss"] > 10 * 2**20
 
 
-def test_the_dynamodb_cost_rows_count_the_items_of_a_run_and_of_a_context_load() -> None:
+def test_the_dynamodb_cost_rows_count_the_items_of_a_run_and_a_context_load_flat_in_the_session_length() -> None:
     import pytest
 
     pytest.importorskip("aioboto3", reason="the dynamodb extra is not installed")
     from benchmarks import dynamodb
 
-    _, rows = dynamodb.report(quick=True)
-    append, load = rows[0], rows[1]
-    # a run is three appends (three head items) of eight events (an id item and an event item each)
-    assert append["items"] == 3 + 2 * 8 and append["wcu"] == 2 * append["items"]  # each item under 1 KB
-    assert load["rcu"] >= 4  # head, checkpoint, tail, state events: four strongly consistent reads
+    _, rows = dynamodb.report(quick=False)
+    appends, loads = rows[0::2], rows[1::2]
+    assert [row["case"] for row in loads] == [
+        "context load (session at 10 runs, 82 events since the checkpoint)",
+        "context load (session at 100 runs, 802 events since the checkpoint)",
+        "context load (session at 1000 runs, 2 events since the checkpoint)",
+    ]
+    for append in appends:
+        # a run is three appends (three head items) of eight events (an id item and an event item each),
+        # each item under 1 KB (2 WCU), and each head also written twice to by_time and to by_user
+        assert append["items"] == 3 + 2 * 8 and append["wcu"] == 2 * append["items"] + 3 * 2 * 2
+    # head, checkpoint, tail, state events: four strongly consistent reads, whatever the events since
+    # the checkpoint (the state events come from the sparse by_type index, not a filtered query)
+    assert len({load["rcu"] for load in loads}) == 1 and loads[0]["rcu"] >= 4
 
 
 async def test_the_lone_writer_reference_appends_with_no_group_commit_code(tmp_path: Path) -> None:

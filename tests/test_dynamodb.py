@@ -1,6 +1,6 @@
 """The DynamoDB backend beyond the conformance suite, on moto's server (tests/_dynamo.py): racing
-writers, chunked payloads, appends too large for one transaction, the typed errors, the ``by_user``
-index, and the reference Agent across two processes."""
+writers, chunked payloads, appends too large for one transaction, the typed errors, the ``by_user``,
+``by_time`` and ``by_type`` indexes, and the reference Agent across two processes."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from kern_events import (
     AppendTooLargeError,
     ConcurrencyError,
     IdempotencyError,
+    InvalidArgumentError,
     MessageAdded,
     SessionStarted,
+    SessionStateChanged,
     StorageError,
     StorageUnavailableError,
     UnsupportedError,
@@ -147,6 +149,91 @@ async def test_a_users_sessions_list_newest_first_through_the_index(dynamo_serve
         assert [item["pk"]["S"] for item in reply["Items"]] == ["s#a", "s#c", "s#b"]
         await store.delete_session("c")
         assert [info.session_id for info in await store.list_sessions(user_id="u")] == ["a", "b"]
+
+
+def _recording(store: DynamoEventStore) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """Every call the store makes from now on: (operation, arguments, reply)."""
+    calls: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    call = store._call
+
+    async def recorded(operation: str, **arguments: Any) -> Any:
+        reply = await call(operation, **arguments)
+        calls.append((operation, arguments, reply))
+        return reply
+
+    store._call = recorded  # type: ignore[method-assign]
+    return calls
+
+
+def test_the_default_indexed_types_are_the_state_event_types() -> None:
+    from kern_events.stores.dynamodb import STATE_EVENT_TYPES
+    from projections.session import STATE_EVENT_TYPES as READ_SIDE
+
+    assert STATE_EVENT_TYPES == READ_SIDE
+
+
+async def test_a_context_load_reads_the_state_events_alone_however_long_the_session(
+    dynamo_server: _dynamo.Emulator,
+) -> None:
+    from kern_events.stores.dynamodb import STATE_EVENT_TYPES
+
+    async with _store(dynamo_server) as store:
+        await store.append("s", [SessionStarted(session_type="agent", user_id="u")])
+        for batch in range(3):
+            await store.append("s", [_message(f"{batch}-{n}") for n in range(40)])
+        await store.append("s", [SessionStateChanged(set={"k": 1})])
+        calls = _recording(store)
+        context = await store.load_context("s", snapshot="state", schema_version=1, types=STATE_EVENT_TYPES, tail=5)
+        assert [record.type for record in context.after] == ["session_started", "session_state_changed"]
+        assert [record.version for record in context.tail] == [122, 121, 120, 119, 118]
+        read = sum(reply.get("ScannedCount", 0) for operation, _, reply in calls if operation == "query")
+        assert read <= 6 + 2, calls  # the tail (with one ahead) and the two state events, not 122 events
+        changes = [record.version async for record in store.read("s", types=["session_state_changed"])]
+        assert changes == [122]  # a subset of the indexed types: from by_type, filtered
+        mixed = [record.version async for record in store.read("s", types=["session_state_changed", "message_added"])]
+        assert mixed == list(range(2, 123))  # a type outside the index: from the table
+
+
+async def test_sessions_without_a_user_list_newest_first_from_the_index_not_a_scan(
+    dynamo_server: _dynamo.Emulator,
+) -> None:
+    async with _store(dynamo_server) as store:
+        for n in range(30):
+            await store.append(
+                f"s{n:02}", [SessionStarted(session_type="team" if n % 3 else "agent", agent_id=f"a{n % 2}")]
+            )
+        await store.append("s05", [_message("again")])
+        newest = ["s05"] + [f"s{n:02}" for n in range(29, -1, -1) if n != 5]
+        calls = _recording(store)
+        assert [info.session_id for info in await store.list_sessions(limit=3)] == newest[:3]
+        read = sum(reply.get("ScannedCount", 0) for _, _, reply in calls)
+        assert read <= 4 * 4, calls  # a page of 4 per shard, not the 30 heads and their events
+        assert [info.session_id for info in await store.list_sessions()] == newest
+        agents = [info.session_id for info in await store.list_sessions(session_type="agent", agent_id="a1")]
+        assert agents == [name for name in newest if int(name[1:]) % 6 == 3]
+        assert [info.session_id for info in await store.list_sessions(descending=False, limit=2)] == newest[::-1][:2]
+        assert [info.session_id for info in await store.list_sessions(limit=2, offset=2)] == newest[2:4]
+        since = (await store.list_sessions(limit=4))[-1].updated_at
+        calls.clear()
+        assert [info.session_id for info in await store.list_sessions(updated_since=since)] == newest[:4]
+        assert sum(reply.get("ScannedCount", 0) for _, _, reply in calls) <= 5  # a key condition: 4 and ties
+        assert "scan" not in {operation for operation, _, _ in calls}
+        await store.delete_session("s05")
+        assert [info.session_id for info in await store.list_sessions(limit=2)] == newest[1:3]
+
+
+async def test_one_listing_shard_lists_the_same_and_a_bad_shard_count_is_refused(
+    dynamo_server: _dynamo.Emulator,
+) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        _store(dynamo_server, listing_shards=0)
+    assert caught.value.argument == "listing_shards"
+    async with _store(dynamo_server, listing_shards=1) as store:
+        for name in ("a", "b", "c"):
+            await store.append(name, [SessionStarted(session_type="agent")])
+        assert [info.session_id for info in await store.list_sessions(limit=2)] == ["c", "b"]
+        heads = [item for item in await _items(store) if item["sk"]["S"] == "h"]
+        assert {item["gs"]["S"] for item in heads} == {"0"}
 
 
 async def test_the_global_feed_is_a_capability_it_lacks(dynamo_server: _dynamo.Emulator) -> None:

@@ -8,9 +8,15 @@ One table, because an append must move a session's head and store its events in 
   last event, and its index row ``info`` (msgpack). Deletion removes ``info`` and ``hash`` and keeps ``v``.
   A head with a user also carries ``gu`` (the user id) and ``gt`` (``updated_at``), the keys of the
   global secondary index ``by_user`` that lists a user's sessions newest first (sparse: sessions without
-  a user are not in it). A GSI is eventually consistent on AWS: a session may show a moment late.
+  a user are not in it). Every live head also carries ``gs`` (its listing shard, ``crc32(session) %
+  listing_shards``) and ``gt``, the keys of the global secondary index ``by_time``, which serves the
+  listing without a user newest first (see *Listing* below). A GSI is eventually consistent on AWS: a
+  session may show a moment late.
 * ``pk = s#<session>``, ``sk = e#<version, 20 digits>``: one event (id, type, schema version, data,
-  recorded time, chain hash). Versions sort as strings because they are zero-padded.
+  recorded time, chain hash). Versions sort as strings because they are zero-padded. An event whose
+  type is one of the store's ``indexed_types`` (by default the state events a context load reads,
+  :data:`STATE_EVENT_TYPES`) also carries ``x``, a copy of its sort key: the sort
+  key of the sparse local secondary index ``by_type`` (see *Reads by type* below).
 * ``pk = i#<event id>``, ``sk = i``: the event id's owner (session and version). Written with
   ``attribute_not_exists``, so an id is stored once in the whole table, enforced by DynamoDB.
 * ``pk = c#<event id>``, ``sk = <part, 6 digits>``: the chunks of a payload above :attr:`inline_limit`.
@@ -25,6 +31,35 @@ they read the new head and try again: that is optimistic concurrency, not an err
 transaction whose ids are stored already is an idempotent retry, answered by the kit's
 :func:`~kern_events.backend.match_retry` (same ids and content: the first result; other content:
 :class:`~kern_events.errors.IdempotencyError`).
+
+**Reads by type.** A context load reads the session's state events after its state checkpoint. A
+``Query`` with a filter on the type is billed for every item it reads, kept or not, so that read grew
+with the events since the checkpoint (15 RCU at 10 runs, 74 at 100). A read whose types are all
+``indexed_types`` queries ``by_type`` instead, which holds only those events: it reads what it
+returns, whatever the session's length (the agent workload's context load: 9 RCU at 10, 100 and 1,000 runs).
+Chosen over the alternatives by cost per append plus per load: the sparse attribute costs nothing on
+an append without a state event and one index write per state event, and adds no item to the
+transaction (so 49 events per append still fit); a separate item per state event would take a
+transaction slot each (fewer events per append) and the same write; the state kept in the head item
+would be rewritten, whole, by every append (2 WCU per KB of state each time) and would make the store
+fold a view. The index is *local* because a local index answers strongly consistent reads (a global
+one does not: a state change could be missed just after its append). Its price: a local index caps a
+session's items (its events, head and snapshots; chunks live under their own keys) at 10 GB, and it
+exists only on tables created with it (DynamoDB cannot add one later; a table created by an older
+kern-events must be recreated).
+
+**Listing.** ``list_sessions`` with a user queries ``by_user``; without one it queries ``by_time``, one
+``Query`` per listing shard newest first, merged, reading about as many heads as it returns when
+sorted by ``updated_at`` descending (other sorts and orders read the whole index: heads only, never
+events). ``updated_since`` is a condition on the index's sort key; the filters on type, agent, team
+and workflow are applied to the rows as they come. Every live head is in the index, so every append
+writes its row there, twice (a delete and a put, because ``gt``, the sort key, changes: 2 WCU for a
+head under 1 KB). The trade-off: one index partition absorbs about 1,000 writes a second (so about
+500 appends a second), and with a constant partition key every append in the table would land on
+it, and a throttled index throttles the table's writes; ``listing_shards`` (default
+:data:`DEFAULT_LISTING_SHARDS`) spreads the heads over that many partitions (that many times the
+appends a second) at the price of one ``Query`` per shard for each listing. ``by_user`` is keyed by
+user, so it is hot only for one very busy user.
 
 **Limits.** A transaction holds at most 100 items and 4 MB. An append needs ``1 + 2 * events + chunks``
 items, so it holds at most :data:`MAX_EVENTS_PER_APPEND` (49) events, and at most
@@ -50,7 +85,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+import zlib
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -76,10 +112,17 @@ from kern_events.errors import (
     StorageError,
     StorageUnavailableError,
 )
-from kern_events.events import Event
+from kern_events.events import Event, SessionStarted, SessionStateChanged
 from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
 
-__all__ = ["DEFAULT_MAX_EVENT_SIZE", "MAX_APPEND_BYTES", "MAX_EVENTS_PER_APPEND", "DynamoEventStore"]
+__all__ = [
+    "DEFAULT_LISTING_SHARDS",
+    "DEFAULT_MAX_EVENT_SIZE",
+    "MAX_APPEND_BYTES",
+    "MAX_EVENTS_PER_APPEND",
+    "STATE_EVENT_TYPES",
+    "DynamoEventStore",
+]
 
 _MAX_ITEMS = 100
 """DynamoDB's limit on the items of one ``TransactWriteItems``."""
@@ -101,6 +144,15 @@ _BATCH_GET = 100
 _VERSION_DIGITS = 20
 _PART_DIGITS = 6
 _GSI = "by_user"
+_BY_TIME = "by_time"
+_BY_TYPE = "by_type"
+DEFAULT_LISTING_SHARDS = 4
+STATE_EVENT_TYPES: tuple[str, ...] = tuple(
+    str(kind.__struct_config__.tag) for kind in (SessionStarted, SessionStateChanged)
+)
+"""The default ``indexed_types``: the state events a context load reads (the same types as
+``projections.session.STATE_EVENT_TYPES``, which the write side may not import; a test pins them equal)."""
+"""Partitions of the ``by_time`` index by default: about 4,000 head writes a second before it throttles."""
 _UNAVAILABLE = frozenset(
     {
         "ProvisionedThroughputExceededException",
@@ -175,9 +227,11 @@ class DynamoEventStore(BaseEventStore):
     """An :class:`~kern_events.store.EventStore` in one DynamoDB table (see the module docstring).
 
     ``table`` is created on first use unless ``create_table=False`` (on-demand capacity, with the
-    ``by_user`` index). ``endpoint_url`` points the client at a local emulator; ``region_name`` and
-    the credentials come from the usual AWS configuration unless given; ``max_attempts`` bounds
-    botocore's adaptive retries.
+    ``by_user``, ``by_time`` and ``by_type`` indexes). ``endpoint_url`` points the client at a local
+    emulator; ``region_name`` and the credentials come from the usual AWS configuration unless given;
+    ``max_attempts`` bounds botocore's adaptive retries. ``listing_shards`` spreads the ``by_time``
+    index over that many partitions and ``indexed_types`` names the event types ``by_type`` holds (a
+    table's values must not change once it holds sessions).
     """
 
     inline_limit: int | None = _INLINE_LIMIT
@@ -196,13 +250,21 @@ class DynamoEventStore(BaseEventStore):
         codec: Codec | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         chain_key: bytes | None = None,
+        listing_shards: int = DEFAULT_LISTING_SHARDS,
+        indexed_types: Collection[str] = STATE_EVENT_TYPES,
     ) -> None:
         super().__init__(codec=codec, max_event_size=max_event_size, chain_key=chain_key)
         if not isinstance(table, str) or not 3 <= len(table) <= 255:
             raise InvalidArgumentError("table", f"expected a DynamoDB table name, got {table!r}")
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise InvalidArgumentError("max_attempts", f"expected an int >= 1, got {max_attempts!r}")
+        if isinstance(listing_shards, bool) or not isinstance(listing_shards, int) or not 1 <= listing_shards <= 100:
+            raise InvalidArgumentError("listing_shards", f"expected an int from 1 to 100, got {listing_shards!r}")
+        if isinstance(indexed_types, str) or not all(isinstance(name, str) for name in indexed_types):
+            raise InvalidArgumentError("indexed_types", f"expected a collection of event types, got {indexed_types!r}")
         self._table = table
+        self._listing_shards = listing_shards
+        self._indexed_types = frozenset(indexed_types)
         self._endpoint_url = endpoint_url
         self._credentials = {
             "region_name": region_name,
@@ -291,6 +353,8 @@ class DynamoEventStore(BaseEventStore):
                     {"AttributeName": "sk", "AttributeType": "S"},
                     {"AttributeName": "gu", "AttributeType": "S"},
                     {"AttributeName": "gt", "AttributeType": "N"},
+                    {"AttributeName": "gs", "AttributeType": "S"},
+                    {"AttributeName": "x", "AttributeType": "S"},
                 ],
                 KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
                 GlobalSecondaryIndexes=[
@@ -299,6 +363,24 @@ class DynamoEventStore(BaseEventStore):
                         "KeySchema": [
                             {"AttributeName": "gu", "KeyType": "HASH"},
                             {"AttributeName": "gt", "KeyType": "RANGE"},
+                        ],
+                        "Projection": {"ProjectionType": "ALL"},
+                    },
+                    {
+                        "IndexName": _BY_TIME,
+                        "KeySchema": [
+                            {"AttributeName": "gs", "KeyType": "HASH"},
+                            {"AttributeName": "gt", "KeyType": "RANGE"},
+                        ],
+                        "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["info"]},
+                    },
+                ],
+                LocalSecondaryIndexes=[
+                    {
+                        "IndexName": _BY_TYPE,
+                        "KeySchema": [
+                            {"AttributeName": "pk", "KeyType": "HASH"},
+                            {"AttributeName": "x", "KeyType": "RANGE"},
                         ],
                         "Projection": {"ProjectionType": "ALL"},
                     }
@@ -346,7 +428,7 @@ class DynamoEventStore(BaseEventStore):
                 request = reply.get("UnprocessedKeys") or {}
         return found
 
-    async def _query(self, limit: int | None = None, **arguments: Any) -> AsyncIterator[_Item]:
+    async def _query(self, limit: int | None = None, **arguments: Any) -> AsyncGenerator[_Item, None]:
         """The items of a ``Query``, page by page, up to ``limit`` (after any filter)."""
         start: _Item | None = None
         left = limit
@@ -435,9 +517,10 @@ class DynamoEventStore(BaseEventStore):
             "hash": {"B": chain},
             "info": {"B": msgspec.msgpack.encode(info)},
         }
+        item["gs"] = {"S": str(zlib.crc32(session_id.encode()) % self._listing_shards)}
+        item["gt"] = _number(info.updated_at)
         if info.user_id is not None:
             item["gu"] = {"S": info.user_id}
-            item["gt"] = _number(info.updated_at)
         put: _Item = {"TableName": self._table, "Item": item}
         if head == 0:
             put["ConditionExpression"] = "attribute_not_exists(pk) OR v = :head"
@@ -460,6 +543,8 @@ class DynamoEventStore(BaseEventStore):
             "at": _number(recorded_at),
             "ch": {"B": chain},
         }
+        if new.type in self._indexed_types:
+            event["x"] = event["sk"]  # the sparse key of ``by_type``
         owner = {**_id_key(new.event_id), "s": {"S": session_id}, "v": _number(version)}
         puts = [
             {"Put": {"TableName": self._table, "Item": owner, "ConditionExpression": absent}},
@@ -488,8 +573,9 @@ class DynamoEventStore(BaseEventStore):
         top = min(high if high is not None else 10**_VERSION_DIGITS - 1, 10**_VERSION_DIGITS - 1)
         if low > top or limit <= 0:
             return []
+        by_type = types is not None and self._indexed_types.issuperset(types)
         arguments: dict[str, Any] = {
-            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+            "KeyConditionExpression": f"pk = :pk AND {'x' if by_type else 'sk'} BETWEEN :low AND :high",
             "ExpressionAttributeValues": {
                 ":pk": {"S": _session_key(session_id)},
                 ":low": {"S": _event_key(low)},
@@ -498,7 +584,9 @@ class DynamoEventStore(BaseEventStore):
             "ConsistentRead": True,
             "ScanIndexForward": not backwards,
         }
-        if types is not None:
+        if by_type:
+            arguments["IndexName"] = _BY_TYPE  # holds only events of indexed types: reads what it returns
+        if types is not None and not (by_type and self._indexed_types == frozenset(types)):
             names = {f":t{index}": {"S": name} for index, name in enumerate(types)}
             arguments["FilterExpression"] = f"t IN ({', '.join(names)})"
             arguments["ExpressionAttributeValues"].update(names)
@@ -532,43 +620,64 @@ class DynamoEventStore(BaseEventStore):
         return (await self._head(session_id))[2]
 
     async def _list_sessions(self, query: SessionFilter) -> list[SessionInfo]:
-        """A user's sessions come from the ``by_user`` index, newest first; without a user, a ``Scan``
-        of the head items (it reads the whole table: give a user where you can). Filters other than the
-        user, sorts other than by ``updated_at`` and offsets are applied here."""
-        rows = [info for info in [_info(item) async for item in self._heads_of(query.user_id)] if info is not None]
-        rows = [info for info in rows if query.matches(info)]
+        """A user's sessions come from ``by_user``, everyone's from ``by_time`` (its shards merged),
+        both newest first. Sorted by ``updated_at`` descending, the read stops once it holds the page
+        and every row tied with its last; other sorts read the whole index (from ``updated_since``
+        on, a condition on the index's sort key). The filters, the cursor,
+        the tie order (by session id) and the offset are applied here."""
+        end = None if query.limit is None else query.offset + query.limit
+        stop_after = end if query.sort_by == "updated_at" and query.descending else None
+        rows: list[SessionInfo] = []
+        page = None if stop_after is None else stop_after + 1
+        async with contextlib.aclosing(self._newest_first(query.user_id, query.updated_since, page)) as infos:
+            async for info in infos:
+                if (
+                    stop_after is not None
+                    and len(rows) >= stop_after
+                    and (not rows or info.updated_at < rows[-1].updated_at)
+                ):
+                    break  # every row left is older than the page's last: none can sort into it
+                if query.matches(info):
+                    rows.append(info)
         rows.sort(key=lambda info: info.session_id, reverse=query.descending)
         rows.sort(key=lambda info: getattr(info, query.sort_by), reverse=query.descending)
-        end = None if query.limit is None else query.offset + query.limit
         return rows[query.offset : end]
 
-    async def _heads_of(self, user_id: str | None) -> AsyncIterator[_Item]:
-        """Head items: a user's through the index (newest first), or every session's by a scan."""
+    async def _newest_first(
+        self, user_id: str | None, since: float | None, page: int | None
+    ) -> AsyncGenerator[SessionInfo, None]:
+        """Live index rows updated at ``since`` or later, newest first: a user's from ``by_user``, else
+        every session's, merged from the ``by_time`` shards; ``page`` items per ``Query`` page."""
         if user_id is not None:
-            async for item in self._query(
-                IndexName=_GSI,
-                KeyConditionExpression="gu = :user",
-                ExpressionAttributeValues={":user": {"S": user_id}},
+            shards = [("gu = :key", {"S": user_id}, _GSI)]
+        else:
+            shards = [("gs = :key", {"S": str(shard)}, _BY_TIME) for shard in range(self._listing_shards)]
+        values: _Item = {} if since is None else {":since": _number(since)}
+        streams = [
+            self._query(
+                IndexName=index,
+                KeyConditionExpression=condition if since is None else f"{condition} AND gt >= :since",
+                ExpressionAttributeValues={":key": key, **values},
                 ScanIndexForward=False,
-            ):
-                yield item
-            return
-        start: _Item | None = None
-        while True:
-            arguments: dict[str, Any] = {
-                "TableName": self._table,
-                "FilterExpression": "sk = :h AND attribute_exists(info)",
-                "ExpressionAttributeValues": {":h": {"S": "h"}},
-                "ConsistentRead": True,
-            }
-            if start is not None:
-                arguments["ExclusiveStartKey"] = start
-            reply = await self._call("scan", **arguments)
-            for item in reply.get("Items", []):
-                yield item
-            start = reply.get("LastEvaluatedKey")
-            if start is None:
-                return
+                **({} if page is None else {"Limit": min(page, 1000)}),
+            )
+            for condition, key, index in shards
+        ]
+        try:
+            heads = {index: item for index, stream in enumerate(streams) if (item := await anext(stream, None))}
+            while heads:
+                newest = max(heads, key=lambda index: float(heads[index]["gt"]["N"]))
+                info = _info(heads[newest])
+                following = await anext(streams[newest], None)
+                if following is None:
+                    del heads[newest]
+                else:
+                    heads[newest] = following
+                if info is not None:
+                    yield info
+        finally:
+            for stream in streams:
+                await stream.aclose()
 
     # -- deleting and snapshots -----------------------------------------------------------------------
 
@@ -582,7 +691,7 @@ class DynamoEventStore(BaseEventStore):
                 "update_item",
                 TableName=self._table,
                 Key=_head_key(session_id),
-                UpdateExpression="REMOVE info, #hash, gu, gt",
+                UpdateExpression="REMOVE info, #hash, gu, gt, gs",
                 ExpressionAttributeNames={"#hash": "hash"},
             )
         doomed = [
