@@ -34,6 +34,7 @@ from kern_events import (
 )
 from kern_events.events import MessageAdded, SessionRenamed
 from kern_events.records import Record
+from kern_events.testing import feed_settled
 from kern_events.testing._samples import conversation, every_event_type
 from tests import _pg
 from tests.test_cli import cli, json_lines
@@ -122,6 +123,9 @@ def test_a_restored_database_has_the_same_records_index_views_and_chain(
 
 
 async def _feed(db: BaseDb) -> list[tuple[str, int]]:
+    """The whole global feed, once it holds back none of the store's committed events: on a shared
+    PostgreSQL server another client's open transaction holds the fence (and so ``read_all``) back."""
+    await feed_settled(db.store)
     return [(record.session_id, record.version) async for record in db.store.read_all()]
 
 
