@@ -6,10 +6,12 @@ each, with the frameworks rows for ours and Agno at N = 10 and 1,000 on SQLite a
 10,000 sessions: 45 s measured on this project's 2-vCPU machine with the peers installed when it was
 quiet, 103 s while other jobs kept its load average at 7 (under two minutes either way).
 ``--quick --only SUBJECT`` runs every row of that subject at the small sizes.
-``--results`` also writes ``benchmarks/RESULTS.md`` and its plots from this run. Progress goes to
-stderr, results to stdout. A subject whose ``unavailable()`` gives a reason (PostgreSQL not
-answering) is skipped with that reason; so is a peer framework that is not installed (the peers
-come from the optional extra: ``pip install -e '.[bench]'``).
+``--results`` also writes ``benchmarks/RESULTS.md`` and its plots from this run; with ``--only
+SUBJECT`` it replaces that subject's section (and its JSON) and keeps the others, so a full
+regeneration can be done one subject at a time. Progress goes to stderr, results to stdout. A
+subject whose ``unavailable()`` gives a reason (PostgreSQL not answering) is skipped with that
+reason; so is a peer framework that is not installed (the peers come from the optional extra:
+``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print every sample as JSON instead of the table")
     parser.add_argument("--repeats", type=int, help="runs of each case (default 3 with --quick, else 5)")
     parser.add_argument("--only", choices=_NAMES, help="run one subject")
-    parser.add_argument("--results", action="store_true", help="write benchmarks/RESULTS.md and its plots")
+    parser.add_argument(
+        "--results", action="store_true", help="write benchmarks/RESULTS.md and its plots (with --only: that section)"
+    )
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 5)
     every_row = not args.quick or args.only is not None  # --quick alone: each subject's headline rows
@@ -119,7 +123,9 @@ def main() -> None:
     if args.results:
         from benchmarks import _results
 
-        written = _results.write(sections, results, repeats=repeats, seconds=elapsed)
+        written = _results.write(
+            sections, results, repeats=repeats, seconds=elapsed, order=_NAMES, merge=args.only is not None
+        )
         print(f"wrote {', '.join(str(path) for path in written)}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))

@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import sqlite3
 import subprocess
 import sys
@@ -60,12 +61,12 @@ def _pyplot() -> Any:
     return plt
 
 
-def _plot(samples: Sequence[dict[str, Any]]) -> list[Path]:
+def _plot(samples: Sequence[dict[str, Any]], directory: Path) -> list[Path]:
     """Load, persist and bytes per run against session length, one line per system and backend."""
     plt = _pyplot()
     if plt is None or not samples:
         return []
-    _PLOTS.mkdir(exist_ok=True)
+    directory.mkdir(exist_ok=True)
     written = []
     charts = (
         ("load_seconds", "load for the next run (ms)", 1e3, "load.png"),
@@ -101,7 +102,7 @@ def _plot(samples: Sequence[dict[str, Any]]) -> list[Path]:
         axes.grid(True, which="both", alpha=0.3)
         axes.legend(fontsize=7, ncol=2)
         figure.tight_layout()
-        path = _PLOTS / name
+        path = directory / name
         figure.savefig(path, dpi=110)
         plt.close(figure)
         written.append(path)
@@ -136,30 +137,85 @@ def plot_scale(points: Sequence[dict[str, Any]], directory: Path = _PLOTS) -> li
     return [path]
 
 
-def write(sections: Sequence[tuple[str, str]], results: dict[str, Any], *, repeats: int, seconds: float) -> list[Path]:
-    """RESULTS.md with every subject's table and notes, and the framework plots; the paths written."""
-    plots = _plot(results.get("frameworks", [])) + plot_scale(results.get("scale", []))
+def _sections(text: str) -> dict[str, list[str]]:
+    """An existing RESULTS.md's subject sections by name: the lines under each ``## name``, plots left out."""
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            name = line[3:].strip()
+            current = None if name == "Plots" else found.setdefault(name, [])
+        elif line.startswith("Every sample of th"):
+            current = None
+        elif current is not None:
+            current.append(line)
+    return found
+
+
+def _provenance(text: str) -> str | None:
+    """The measuring line an older RESULTS.md wrote once for all its sections (``Written by …``)."""
+    found = re.search(r"^Written by `([^`]+)` on (\S+) \(([^)]*)\)", text, re.MULTILINE)
+    return None if found is None else f"Measured by `{found.group(1)}` on {found.group(2)} ({found.group(3)})."
+
+
+def write(
+    sections: Sequence[tuple[str, str]],
+    results: dict[str, Any],
+    *,
+    repeats: int,
+    seconds: float,
+    order: Sequence[str],
+    merge: bool = False,
+    directory: Path = _HERE,
+) -> list[Path]:
+    """RESULTS.md with every subject's table and notes, and the plots; the paths written.
+
+    Each section says the command and date that measured it. With ``merge`` (``--results --only
+    SUBJECT``) the sections and JSON of subjects not in this run are kept from the files already
+    written, so a long regeneration can be done one subject at a time; ``order`` places them.
+    """
+    target, data = directory / "RESULTS.md", directory / "results.json"
     command = " ".join(["python -m benchmarks", *sys.argv[1:]])
+    measured = (
+        f"Measured by `{command}` on {datetime.date.today().isoformat()} "
+        f"({repeats} runs per case, {max(1, round(seconds / 60))} min)."
+    )
+    bodies: dict[str, list[str]] = {}
+    if merge and target.exists():
+        old = target.read_text()
+        inherited = _provenance(old)
+        for name, body in _sections(old).items():
+            while body and not body[-1]:
+                body.pop()
+            if inherited is not None and not any(line.startswith("Measured by `") for line in body):
+                body = ["", inherited, *body]
+            bodies[name] = body
+        if data.exists():
+            results = {**json.loads(data.read_text()), **results}
+    for name, text in sections:
+        bodies[name] = ["", measured, "", "```text", text, "```"]
+    names = [name for name in order if name in bodies] + [name for name in bodies if name not in order]
+    plots = _plot(results.get("frameworks", []), directory / "plots") + plot_scale(
+        results.get("scale", []), directory / "plots"
+    )
     lines = [
         "# Benchmark results",
         "",
-        f"Written by `{command}` on {datetime.date.today().isoformat()} "
-        f"({repeats} runs per case, {seconds / 60:.0f} min in all); regenerate with the same command.",
+        "Written by `python -m benchmarks --results --repeats 3`; `--results --only SUBJECT` re-measures one",
+        "section and keeps the others, so each section says the command and date that measured it.",
         "Ratios are ours / reference as throughput: above 1.00 ours is faster (for latency, p99 and memory",
         "rows the ratio is reference / ours, so higher is better there too).",
         "",
         *_machine(),
         "",
     ]
-    for name, text in sections:
-        lines += [f"## {name}", "", "```text", text, "```", ""]
+    for name in names:
+        lines += [f"## {name}", *bodies[name], ""]
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{path.stem}](plots/{path.name})" for path in plots]
         lines.append("")
-    lines += ["Every sample of this run, as JSON: [results.json](results.json).", ""]
-    target = _HERE / "RESULTS.md"
+    lines += ["Every sample of these runs, as JSON: [results.json](results.json).", ""]
     target.write_text("\n".join(lines))
-    data = _HERE / "results.json"
     data.write_text(json.dumps(results, indent=1) + "\n")
     return [target, data, *plots]

@@ -294,3 +294,44 @@ def test_quick_runs_the_headline_rows_and_prints_the_options_each_case_runs_with
         [sys.executable, "-m", "benchmarks", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert "default 3 with --quick" in done.stdout
+
+
+def test_results_for_one_subject_replace_its_section_and_keep_the_others(tmp_path: Path) -> None:
+    from benchmarks import _results
+
+    order = ["append", "postgres", "engine"]
+    (tmp_path / "RESULTS.md").write_text(
+        "# Benchmark results\n\nWritten by `python -m benchmarks --results --repeats 3` on 2026-12-01 "
+        "(3 runs per case, 35 min in all); regenerate with the same command.\n\n"
+        "## append\n\n```text\nold append table\n```\n\n## engine\n\n```text\nold engine table\n```\n\n"
+        "Every sample of this run, as JSON: [results.json](results.json).\n"
+    )
+    (tmp_path / "results.json").write_text(json.dumps({"append": [1], "engine": [2]}))
+    _results.write(
+        [("postgres", "new postgres table")],
+        {"postgres": [3]},
+        repeats=3,
+        seconds=90,
+        order=order,
+        merge=True,
+        directory=tmp_path,
+    )
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert [line[3:] for line in text.splitlines() if line.startswith("## ")] == order
+    assert "old append table" in text and "old engine table" in text and "new postgres table" in text
+    kept = "Measured by `python -m benchmarks --results --repeats 3` on 2026-12-01 (3 runs per case, 35 min in all)."
+    assert text.count(kept) == 2, "each kept section says which run measured it"
+    assert text.count("(3 runs per case, 2 min).") == 1
+    assert json.loads((tmp_path / "results.json").read_text()) == {"append": [1], "engine": [2], "postgres": [3]}
+    _results.write(
+        [("append", "newer append table")],
+        {"append": [4]},
+        repeats=3,
+        seconds=60,
+        order=order,
+        merge=True,
+        directory=tmp_path,
+    )
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "old append table" not in text and "newer append table" in text and text.count(kept) == 1
+    assert json.loads((tmp_path / "results.json").read_text())["append"] == [4]
