@@ -48,6 +48,21 @@ def _machine() -> list[str]:
     ]
 
 
+def _commit() -> str:
+    """`` at commit abc1234`` for the checkout measured (``+`` when it had changes), or nothing outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=_HERE)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."], capture_output=True, text=True, cwd=_HERE.parent
+        )
+    except OSError:
+        return ""
+    if head.returncode != 0:
+        return ""
+    changed = any(not line.endswith(("RESULTS.md", "results.json", ".png")) for line in dirty.stdout.splitlines())
+    return f" at commit {head.stdout.strip()}{'+' if changed else ''}"
+
+
 def _pyplot() -> Any:
     """matplotlib's pyplot on the file-only backend, or ``None`` (said on stderr) when it is not installed."""
     try:
@@ -177,7 +192,7 @@ def write(
     target, data = directory / "RESULTS.md", directory / "results.json"
     command = " ".join(["python -m benchmarks", *sys.argv[1:]])
     measured = (
-        f"Measured by `{command}` on {datetime.date.today().isoformat()} "
+        f"Measured by `{command}` on {datetime.date.today().isoformat()}{_commit()} "
         f"({repeats} runs per case, {max(1, round(seconds / 60))} min)."
     )
     bodies: dict[str, list[str]] = {}
