@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sqlite3
 
-import anyio
 import asyncpg
 import pytest
 
 from kern_events import CorruptRecordError, EventStore, MessageAdded
+from kern_events.testing import feed_reaches
 from tests import _pg
 from tests._backends import Backend
 
@@ -84,14 +84,6 @@ async def _read_all_past_damage(store: EventStore) -> tuple[list[int], list[Corr
             return good, bad
 
 
-async def _until_the_feed_reaches(store: EventStore, position: int) -> None:
-    """Wait until ``position`` (an undamaged row) is in the global feed: PostgreSQL's feed lags behind
-    the oldest transaction open on the server, which other clients of a shared server may hold."""
-    # No event to wait on: the fence moves when someone else's transaction ends.
-    while not [record async for record in store.read_all(from_position=position)]:  # noqa: ASYNC110
-        await anyio.sleep(0.05)
-
-
 def _messages(session_id: str) -> list[MessageAdded]:
     return [MessageAdded(run_id="r", role="user", content=f"{session_id}-{n}") for n in range(1, SIZE + 1)]
 
@@ -110,7 +102,7 @@ async def test_a_reader_gets_every_good_record_and_an_error_for_each_damaged_one
         assert good == [version for version in range(1, SIZE + 1) if version not in DAMAGED]
         assert await _read_past_damage(store, "b") == (list(range(1, SIZE + 1)), [])
 
-        await _until_the_feed_reaches(store, written[-1])
+        await feed_reaches(store, written[-1])
         positions, errors = await _read_all_past_damage(store)
         assert [(error.session_id, error.version) for error in errors] == [("a", version) for version in DAMAGED]
         assert len(positions) == 2 * SIZE - len(DAMAGED)

@@ -4,33 +4,31 @@ holds the fence back for a while (see :class:`kern_events.FeedLag`)."""
 
 from __future__ import annotations
 
-import asyncio
+import anyio
 
 from kern_events.store import EventStore
 
 
 async def feed_reaches(store: EventStore, position: int, *, within: float = 30.0) -> None:
     """Return once every event at or below ``position`` is readable through the global feed."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
+    deadline = anyio.current_time() + within
     delay = 0.005
     while True:
         lag = await store.feed_lag()
         if lag.fence is None or lag.fence > position:
             return
-        if loop.time() > deadline:
+        if anyio.current_time() > deadline:
             raise AssertionError(f"the feed stayed behind position {position} for {within} s: {lag}")
-        await asyncio.sleep(delay)
+        await anyio.sleep(delay)
         delay = min(delay * 2, 0.1)
 
 
 async def feed_settled(store: EventStore, *, within: float = 30.0) -> None:
     """Return once the global feed holds back no committed event of ``store``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
+    deadline = anyio.current_time() + within
     delay = 0.005
     while (lag := await store.feed_lag()).held_back:
-        if loop.time() > deadline:
+        if anyio.current_time() > deadline:
             raise AssertionError(f"the feed held back committed events for {within} s: {lag}")
-        await asyncio.sleep(delay)
+        await anyio.sleep(delay)
         delay = min(delay * 2, 0.1)
