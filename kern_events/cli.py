@@ -906,9 +906,22 @@ async def _verify_session(db: BaseDb, session_id: str, checker: _Checker) -> Non
 
 async def _migrate(args: argparse.Namespace) -> int:
     async with _open(args.db, create=True, schema=args.schema):
-        pass  # opening a db creates or upgrades its tables
-    print(f"schema of {args.db} is up to date")
+        pass  # opening a db creates or upgrades its tables (NATS: its streams)
+    print(f"{_what_migrate_made(args.db, args.schema)} up to date")
     return 0
+
+
+def _what_migrate_made(path: str, schema: str) -> str:
+    """What ``migrate`` created or upgraded, in the backend's own words, with no password shown."""
+    if _SCHEME.match(path) is None:
+        return f"the tables of {path} are"
+    parts = urllib.parse.urlsplit(path)
+    hosts = ",".join(host.rpartition("@")[2] for host in parts.netloc.split(","))
+    where = f"{parts.scheme}://{hosts}{parts.path}"
+    if parts.scheme.lower() == "nats":
+        prefix = urllib.parse.parse_qs(parts.query).get("prefix", ["KERN"])[0]
+        return f"the JetStream streams {prefix!r} on {where} are"
+    return f"the tables in schema {schema!r} of {where} are"
 
 
 async def _paused(args: argparse.Namespace) -> int:

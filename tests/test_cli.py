@@ -656,3 +656,16 @@ def test_verify_and_export_on_postgres_see_past_an_open_transaction_and_report_c
         _pg.run_sync(check)
     finally:
         _pg.drop_schema(schema)
+
+
+def test_migrate_says_what_it_made_up_to_date_in_the_backends_words_and_never_echoes_a_password(
+    tmp_path: Path, schema: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(tmp_path / "new.db")
+    assert cli(capsys, "migrate", "--db", path)[:2] == (0, f"the tables of {path} are up to date\n")
+    url = _pg.PG_URL.replace("postgresql://postgres@", "postgresql://postgres:hunter2@")
+    assert "hunter2" in url
+    code, out, err = cli(capsys, "migrate", "--db", url, "--schema", schema)
+    assert code == 0, err
+    assert out.startswith(f"the tables in schema {schema!r} of postgresql://") and out.endswith(" are up to date\n")
+    assert "hunter2" not in out and "@" not in out
