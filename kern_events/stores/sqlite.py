@@ -90,6 +90,8 @@ _MAX_VERSION = 2**62
 _ROWS_PER_INSERT = 4000  # 8 parameters a row stays under SQLite's 32766-variable limit
 
 
+_HEADS_KEPT = 10_000
+"""Sessions whose head the writer remembers for the lean path (a few hundred kB at most)."""
 _IDS_PER_SELECT = 30000
 """Event ids looked up per statement (below SQLite's limit of 32,766 bound parameters)."""
 
@@ -205,11 +207,23 @@ class SqliteEventStore(BaseEventStore):
             "updated_at = excluded.updated_at, run_count = excluded.run_count, version = excluded.version, "
             "deleted = 0, chain_head = excluded.chain_head"
         )
+        # The lean path's index write (see _append_lean): the row the upsert would write, computed
+        # from the row in place, and only if its head is the one the append's hashes chain from.
+        self._sql_advance = (
+            f"UPDATE {sessions} SET updated_at = ?, version = ?, run_count = run_count + ?, "
+            "name = coalesce(?, name), chain_head = ? "
+            "WHERE session_id = ? AND version = ? AND chain_head IS ? AND NOT deleted"
+        )
+        self._heads: dict[str, tuple[int, bytes | None]] = {}
+        """Each recently appended session's head version and head hash as this store last wrote them:
+        a guess for the lean path, which its UPDATE checks against the row (never trusted alone)."""
         self._sql_insert_row = "(?, ?, ?, ?, ?, ?, ?, ?)"
         self._sql_insert = (
             f"INSERT INTO {events} (session_id, version, event_id, type, schema_version, data, recorded_at, chain) "
             "VALUES "
         )
+        self._sql_inserts: dict[int, str] = {}
+        """The INSERT … RETURNING for a number of rows, built once per number."""
         self._columns, self._text_columns = _COLUMNS, _TEXT_AS_BYTES
         self._sql_by_ids = f"SELECT {{columns}} FROM {events} WHERE event_id IN "
         self._sql_page = (
@@ -581,7 +595,14 @@ class SqliteEventStore(BaseEventStore):
                 if not alone:
                     db.execute("SAVEPOINT kern_append")
                 try:
-                    outcomes.append(self._append_request(db, request))
+                    try:
+                        outcome = self._append_request(db, request, lean=True)
+                    except _Undo:  # the lean path wrote and must not have: undo it, take the full path
+                        db.execute("ROLLBACK" if alone else "ROLLBACK TO kern_append")
+                        if alone:
+                            db.execute("BEGIN IMMEDIATE")
+                        outcome = self._append_request(db, request, lean=False)
+                    outcomes.append(outcome)
                 except Exception as exc:
                     if not db.in_transaction:
                         raise
@@ -608,15 +629,20 @@ class SqliteEventStore(BaseEventStore):
         if db.in_transaction:
             self._writer_stuck = True
 
-    def _append_request(self, db: sqlite3.Connection, request: AppendRequest | _ManyRequest) -> AppendResult:
+    def _append_request(
+        self, db: sqlite3.Connection, request: AppendRequest | _ManyRequest, *, lean: bool
+    ) -> AppendResult:
         """One ticket: an append, or every part of an ``append_many`` (its results kept on it, its
-        first one answering the ticket); the caller undoes all of it if any part fails."""
+        first one answering the ticket); the caller undoes all of it if any part fails. ``lean``:
+        parts may take the lean path (see :meth:`_append_lean`)."""
         if isinstance(request, AppendRequest):
-            return self._append_one(db, request)
+            return self._append_one(db, request, lean)
         results = []
         for part in request.parts:
             try:
-                results.append(self._append_one(db, part))
+                results.append(self._append_one(db, part, lean))
+            except _Undo:
+                raise
             except Exception as exc:
                 if not db.in_transaction:
                     raise
@@ -627,13 +653,18 @@ class SqliteEventStore(BaseEventStore):
         request.results = results
         return results[0]
 
-    def _append_one(self, db: sqlite3.Connection, request: AppendRequest) -> AppendResult:
+    def _append_one(self, db: sqlite3.Connection, request: AppendRequest, lean: bool) -> AppendResult:
         """One append inside the batch's transaction; the caller undoes its writes if it fails.
 
         The conflict and retry checks come before any write; the INSERT may be several statements
         (at most 4,000 rows each), so a reused id in a later one fails after earlier rows were written.
         """
         session_id, pending, expected = request.session_id, request.pending, request.expected
+        known = self._heads.get(session_id) if lean and request.delta.started is None else None
+        if known is not None and (expected is ExpectedVersion.ANY or expected == known[0]):
+            result = self._append_lean(db, request, *known)
+            if result is not None:
+                return result
         row = db.execute(self._sql_head, (session_id,)).fetchone()
         if row is not None and row[11] and (erased := refuse_erased(session_id, row[12])) is not None:
             raise erased
@@ -675,6 +706,7 @@ class SqliteEventStore(BaseEventStore):
                 hashes[-1],
             ),
         )
+        self._remember(session_id, new.version, hashes[-1])
         return AppendResult(
             session_id=session_id,
             from_version=head + 1,
@@ -683,6 +715,58 @@ class SqliteEventStore(BaseEventStore):
             event_ids=tuple(new_event.event_id for new_event in pending),
             recorded_at=request.recorded_at,
         )
+
+    def _append_lean(
+        self, db: sqlite3.Connection, request: AppendRequest, head: int, previous: bytes | None
+    ) -> AppendResult | None:
+        """The append to a live session whose head this store wrote last (``head``, hashed ``previous``);
+        ``None``, having written nothing, when the row says otherwise.
+
+        The full path reads the index row, checks it, inserts and upserts the row it computed. Here
+        one UPDATE does the check and the write: it matches only a live row (not deleted, so not
+        erased) at version ``head`` with head hash ``previous``, exactly the facts the full path
+        would read and act on, and sets what the upsert would (the delta applied to the row in
+        place; an append that starts the session, which replaces its ids, takes the full path).
+        A miss (another connection or process appended, the session was deleted, recreated or
+        erased, a retry of an append already stored) writes nothing and the full path follows in
+        the same transaction. An INSERT that then fails on a unique index (a reused event id: the
+        full path may answer it as a retry) raises :class:`_Undo`: the caller undoes the UPDATE and
+        runs the full path instead.
+        """
+        session_id, pending, delta = request.session_id, request.pending, request.delta
+        hashes = self.chain.hashes(session_id, previous, head, pending, request.recorded_at)
+        version = head + len(pending)
+        advanced = db.execute(
+            self._sql_advance,
+            (request.recorded_at, version, delta.runs_started, delta.name, hashes[-1], session_id, head, previous),
+        ).rowcount
+        if not advanced:
+            return None
+        try:
+            numbered = self._insert(db, session_id, pending, head, request.recorded_at, hashes)
+        except sqlite3.IntegrityError:
+            raise _Undo from None
+        if any(new.chunks for new in pending):
+            db.executemany(
+                self._sql_chunk_put,
+                [(new.event_id.bytes, part, chunk) for new in pending for part, chunk in enumerate(new.chunks)],
+            )
+        self._remember(session_id, version, hashes[-1])
+        return AppendResult(
+            session_id=session_id,
+            from_version=head + 1,
+            to_version=version,
+            positions=tuple(position for _, position in numbered),
+            event_ids=tuple(new_event.event_id for new_event in pending),
+            recorded_at=request.recorded_at,
+        )
+
+    def _remember(self, session_id: str, version: int, head_hash: bytes | None) -> None:
+        """Keep a session's head for the lean path; the oldest entry goes past :data:`_HEADS_KEPT`."""
+        heads = self._heads
+        if session_id not in heads and len(heads) >= _HEADS_KEPT:
+            del heads[next(iter(heads))]
+        heads[session_id] = (version, head_hash)
 
     def _insert(
         self,
@@ -708,7 +792,11 @@ class SqliteEventStore(BaseEventStore):
                     recorded_at,
                     hashes[offset - head - 1],
                 )
-            sql = self._sql_insert + ", ".join([self._sql_insert_row] * len(chunk)) + " RETURNING version, position"
+            sql = self._sql_inserts.get(len(chunk))
+            if sql is None:
+                sql = self._sql_insert + ", ".join([self._sql_insert_row] * len(chunk)) + " RETURNING version, position"
+                if len(self._sql_inserts) < 64:
+                    self._sql_inserts[len(chunk)] = sql
             numbered += db.execute(sql, params).fetchall()
         numbered.sort()
         return numbered
@@ -922,6 +1010,10 @@ class SqliteEventStore(BaseEventStore):
         if not rows:
             return None
         return snapshot_from_row(rows[0])
+
+
+class _Undo(Exception):
+    """The lean path wrote its index row but cannot finish: undo the append's writes, take the full path."""
 
 
 class _ManyRequest:
