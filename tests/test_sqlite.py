@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
@@ -238,6 +239,27 @@ async def test_a_retry_of_the_last_append_answers_it_again_and_leaves_the_row_as
         before = await store.get_session_info("s")
         again = await store.append("s", [_said("a")], event_ids=ids)  # at any version: the head it wrote
         assert again == first
+        assert await store.get_session_info("s") == before
+        assert (await store.verify("s")).ok
+        assert (await store.append("s", [_said("b")], expected_version=2)).to_version == 3
+
+
+async def test_a_retry_committed_with_other_appends_answers_it_again_and_leaves_the_row_as_it_was(
+    tmp_path: Path,
+) -> None:
+    async with SqliteEventStore(tmp_path / "one.db") as store:
+        await store.append("s", [SessionStarted(session_type="agent")], expected_version=0)
+        ids = [uuid.uuid4()]
+        first = await store.append("s", [_said("a")], event_ids=ids)
+        before = await store.get_session_info("s")
+        # The first commits alone; the two queued behind it share a transaction, each in a savepoint.
+        _, again, other = await asyncio.gather(
+            store.append("t", [_said("x")]),
+            store.append("s", [_said("a")], event_ids=ids),
+            store.append("t", [_said("y")]),
+        )
+        assert again == first
+        assert other.to_version == 2
         assert await store.get_session_info("s") == before
         assert (await store.verify("s")).ok
         assert (await store.append("s", [_said("b")], expected_version=2)).to_version == 3

@@ -11,6 +11,11 @@ a reader that follows positions never skips an event.
 
 Concurrent appends share one transaction (group commit); in a batch of several, each append runs
 in its own ``SAVEPOINT``, so one that fails is rolled back alone and the others commit.
+
+An append to a session whose head this store wrote last takes a lean path: instead of reading the
+head and upserting the whole index row, one ``UPDATE`` of the row, conditional on that head (version
+and hash) and on the session being live, checks and advances it; the full path follows in the same
+transaction when the row says otherwise (see ``_append_lean``).
 """
 
 from __future__ import annotations
