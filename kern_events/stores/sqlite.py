@@ -395,7 +395,7 @@ class SqliteEventStore(BaseEventStore):
             with anyio.CancelScope(shield=True):
                 while not answer.finished:
                     answer.future = answer.loop.create_future()
-                    with contextlib.suppress(BaseException):
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
                         await answer.future
             if isinstance(answer.error, sqlite3.Error):
                 raise StorageError(f"SQLite failed on {self.db_file!r}: {answer.error}") from answer.error
