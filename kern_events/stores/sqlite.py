@@ -95,7 +95,7 @@ _ROWS_PER_INSERT = 4000  # 8 parameters a row stays under SQLite's 32766-variabl
 
 
 _HEADS_KEPT = 10_000
-"""Sessions whose head the writer remembers for the lean path (a few hundred kB at most)."""
+"""Sessions whose head the writer remembers for the lean path (~350 bytes each: a few MB at most)."""
 _IDS_PER_SELECT = 30000
 """Event ids looked up per statement (below SQLite's limit of 32,766 bound parameters)."""
 
