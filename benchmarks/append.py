@@ -53,8 +53,9 @@ _PREFILL_BATCH = 1000
 
 NOTES = """\
 ours: store.append(session, events, expected_version=v). On SQLite that is one aiosqlite call (one thread
-  hop) running BEGIN IMMEDIATE, a head read, a multi-row INSERT … RETURNING, the session-index upsert and
-  COMMIT; ours additionally maintains the session index row in the same transaction. The raw drivers
+  hop) running BEGIN IMMEDIATE, an UPDATE of the session-index row guarded by the head this store wrote last,
+  the INSERT and COMMIT (a session it did not write last: a head read, INSERT … RETURNING and the index
+  upsert instead); ours additionally maintains the session index row in the same transaction. The raw drivers
   insert the events rows only (same table and indexes, same encoded bytes; 10 events = one multi-row INSERT).
 sqlite3: autocommit INSERT, no thread. aiosqlite execute+commit: what a naive async user writes (2 hops).
   aiosqlite autocommit: a single execute (1 hop).

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
+import pytest
 
 from kern_events.events import MessageAdded
 from kern_events.records import AppendResult
@@ -91,3 +92,24 @@ async def test_a_cancelled_caller_whose_append_is_being_committed_waits_without_
             await queued_done.wait()
     assert turns[0] < _MOST_TURNS, f"the loop turned {turns[0]} times while the caller waited"
     assert outcomes == {"first": False, "queued": True}
+
+
+async def test_a_sqlite_append_cancelled_twice_by_plain_task_cancel_returns_after_its_commit(tmp_path: Path) -> None:
+    db_file = tmp_path / "kern.db"
+    async with SqliteEventStore(db_file, busy_timeout=10) as store:
+        await store.append("s", [MessageAdded(run_id="r", role="user", content="first")])
+        blocker = sqlite3.connect(db_file, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the writer's next BEGIN IMMEDIATE waits for this lock
+        asyncio.get_running_loop().call_later(0.2, blocker.rollback)
+        try:
+            append = asyncio.ensure_future(store.append("s", [MessageAdded(run_id="r", role="user", content="second")]))
+            await asyncio.sleep(0.05)
+            append.cancel()
+            await asyncio.sleep(0.05)
+            append.cancel()  # again, while it waits for the commit
+            with pytest.raises(asyncio.CancelledError):
+                await append
+            committed = blocker.execute("SELECT count(*) FROM kern_events").fetchone()[0]  # no await since
+        finally:
+            blocker.close()
+        assert committed == 2, "the cancelled append returned before its commit was done"

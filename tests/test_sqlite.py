@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
 
-from kern_events import CorruptRecordError, MessageAdded, SchemaVersionError, SqliteDb, SqliteEventStore, TableNames
+from kern_events import (
+    ConcurrencyError,
+    CorruptRecordError,
+    ErasedError,
+    MessageAdded,
+    RunStarted,
+    SchemaVersionError,
+    SessionRenamed,
+    SessionStarted,
+    SqliteDb,
+    SqliteEventStore,
+    TableNames,
+)
 from kern_events.errors import InvalidIdentifierError
 from kern_events.testing._samples import conversation
 
@@ -157,3 +171,113 @@ def test_a_second_process_remembers_the_first_through_stored_history(tmp_path: P
     assert turn("My name is Alice", "no") == "Nice to meet you, Alice!"
     assert turn("What's my name?", "yes") == "Your name is Alice."
     assert turn("What's my name?", "no") == "I don't know your name yet."
+
+
+# -- the lean append path: a guess about the head, checked by the index row's UPDATE ---------------
+
+
+def _said(text: str) -> MessageAdded:
+    return MessageAdded(run_id="r1", role="user", content=text)
+
+
+async def test_an_append_behind_another_writers_is_a_conflict_and_the_chain_holds(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    async with SqliteEventStore(path) as ours, SqliteEventStore(path) as theirs:
+        await ours.append("s", [SessionStarted(session_type="agent", name="trip"), _said("a")], expected_version=0)
+        await ours.append("s", [_said("b")], expected_version=2)  # ours now remembers head 3
+        await theirs.append("s", [RunStarted(run_id="r2"), _said("c")], expected_version=3)
+        with pytest.raises(ConcurrencyError) as caught:
+            await ours.append("s", [_said("d")], expected_version=3)
+        assert caught.value.actual_version == 5
+        with pytest.raises(ConcurrencyError):
+            await ours.append("s", [_said("d")], expected_version=4)
+        result = await ours.append("s", [_said("d")], expected_version=5)
+        assert (result.from_version, result.to_version) == (6, 6)
+        await ours.append("s", [RunStarted(run_id="r3"), SessionRenamed(name="holiday")], expected_version=6)
+        await theirs.append("s", [_said("e")])  # at any version: after ours, from its own row
+        info = await ours.get_session_info("s")
+        assert info is not None
+        assert (info.version, info.run_count, info.name) == (9, 2, "holiday")
+        assert [stored.version async for stored in ours.read("s")] == list(range(1, 10))
+        assert (await ours.verify("s")).ok
+
+
+async def test_an_append_to_a_session_deleted_meanwhile_starts_it_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    async with SqliteEventStore(path) as ours, SqliteEventStore(path) as theirs:
+        started = SessionStarted(session_type="agent", name="old", user_id="u")
+        await ours.append("s", [started, RunStarted(run_id="r1")], expected_version=0)
+        await ours.append("s", [_said("a")], expected_version=2)
+        assert await theirs.delete_session("s")
+        await ours.append("s", [_said("b")], expected_version=3)  # versions are never reused
+        info = await ours.get_session_info("s")
+        assert info is not None
+        assert (info.version, info.run_count, info.name, info.user_id) == (4, 0, None, None)
+        assert [stored.version async for stored in ours.read("s")] == [4]
+        assert (await ours.verify("s")).ok
+
+
+async def test_an_append_to_a_session_erased_meanwhile_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    async with SqliteEventStore(path) as ours, SqliteEventStore(path) as theirs:
+        await ours.append("s", [SessionStarted(session_type="agent", user_id="u")], expected_version=0)
+        await ours.append("s", [_said("a")], expected_version=1)
+        await theirs.erase_user("u")
+        with pytest.raises(ErasedError):
+            await ours.append("s", [_said("b")], expected_version=2)
+        with pytest.raises(ErasedError):
+            await ours.append("s", [_said("b")])
+        assert [stored async for stored in ours.read("s")] == []
+        assert await ours.get_session_info("s") is None
+
+
+async def test_a_retry_of_the_last_append_answers_it_again_and_leaves_the_row_as_it_was(tmp_path: Path) -> None:
+    async with SqliteEventStore(tmp_path / "one.db") as store:
+        await store.append("s", [SessionStarted(session_type="agent")], expected_version=0)
+        ids = [uuid.uuid4()]
+        first = await store.append("s", [_said("a")], event_ids=ids)
+        before = await store.get_session_info("s")
+        again = await store.append("s", [_said("a")], event_ids=ids)  # at any version: the head it wrote
+        assert again == first
+        assert await store.get_session_info("s") == before
+        assert (await store.verify("s")).ok
+        assert (await store.append("s", [_said("b")], expected_version=2)).to_version == 3
+
+
+async def test_a_retry_committed_with_other_appends_answers_it_again_and_leaves_the_row_as_it_was(
+    tmp_path: Path,
+) -> None:
+    async with SqliteEventStore(tmp_path / "one.db") as store:
+        await store.append("s", [SessionStarted(session_type="agent")], expected_version=0)
+        ids = [uuid.uuid4()]
+        first = await store.append("s", [_said("a")], event_ids=ids)
+        before = await store.get_session_info("s")
+        # The first commits alone; the two queued behind it share a transaction, each in a savepoint.
+        _, again, other = await asyncio.gather(
+            store.append("t", [_said("x")]),
+            store.append("s", [_said("a")], event_ids=ids),
+            store.append("t", [_said("y")]),
+        )
+        assert again == first
+        assert other.to_version == 2
+        assert await store.get_session_info("s") == before
+        assert (await store.verify("s")).ok
+        assert (await store.append("s", [_said("b")], expected_version=2)).to_version == 3
+
+
+async def test_an_append_after_the_file_was_restored_from_a_backup_chains_from_the_restored_head(
+    tmp_path: Path,
+) -> None:
+    path, copy = tmp_path / "live.db", tmp_path / "backup.db"
+    async with SqliteEventStore(path) as ours:
+        await ours.append("s", [SessionStarted(session_type="agent")], expected_version=0)
+        with sqlite3.connect(path) as live, sqlite3.connect(copy) as backup:
+            live.backup(backup)
+        await ours.append("s", [_said("lost")], expected_version=1)  # ours remembers head 2 and its hash
+        with sqlite3.connect(copy) as backup, sqlite3.connect(path) as live:
+            backup.backup(live)  # the file goes back to head 1, online
+        async with SqliteEventStore(path) as theirs:
+            await theirs.append("s", [_said("kept")], expected_version=1)  # head 2 again, another hash
+        await ours.append("s", [_said("after")], expected_version=2)
+        assert [stored.version async for stored in ours.read("s")] == [1, 2, 3]
+        assert (await ours.verify("s")).ok

@@ -11,6 +11,11 @@ a reader that follows positions never skips an event.
 
 Concurrent appends share one transaction (group commit); in a batch of several, each append runs
 in its own ``SAVEPOINT``, so one that fails is rolled back alone and the others commit.
+
+An append to a session whose head this store wrote last takes a lean path: instead of reading the
+head and upserting the whole index row, one ``UPDATE`` of the row, conditional on that head (version
+and hash) and on the session being live, checks and advances it; the full path follows in the same
+transaction when the row says otherwise (see ``_append_lean``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import sqlite3
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 import aiosqlite
@@ -60,7 +65,6 @@ from kern_events.errors import (
 )
 from kern_events.events import Event
 from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
-from kern_events.stores._group import settle
 from kern_events.stores._sql import (
     ERASED_HEAD,
     INFO_COLUMNS,
@@ -90,6 +94,8 @@ _MAX_VERSION = 2**62
 _ROWS_PER_INSERT = 4000  # 8 parameters a row stays under SQLite's 32766-variable limit
 
 
+_HEADS_KEPT = 10_000
+"""Sessions whose head the writer remembers for the lean path (~350 bytes each: a few MB at most)."""
 _IDS_PER_SELECT = 30000
 """Event ids looked up per statement (below SQLite's limit of 32,766 bound parameters)."""
 
@@ -205,11 +211,24 @@ class SqliteEventStore(BaseEventStore):
             "updated_at = excluded.updated_at, run_count = excluded.run_count, version = excluded.version, "
             "deleted = 0, chain_head = excluded.chain_head"
         )
+        # The lean path's index write (see _append_lean): the row the upsert would write, computed
+        # from the row in place, and only if its head is the one the append's hashes chain from.
+        self._sql_advance = (
+            f"UPDATE {sessions} SET updated_at = ?, version = ?, run_count = run_count + ?, "
+            "name = coalesce(?, name), chain_head = ? "
+            "WHERE session_id = ? AND version = ? AND chain_head IS ? AND NOT deleted"
+        )
+        self._heads: dict[str, tuple[int, bytes | None]] = {}
+        """Each recently appended session's head version and head hash as this store last wrote them:
+        a guess for the lean path, which its UPDATE checks against the row (never trusted alone)."""
         self._sql_insert_row = "(?, ?, ?, ?, ?, ?, ?, ?)"
         self._sql_insert = (
             f"INSERT INTO {events} (session_id, version, event_id, type, schema_version, data, recorded_at, chain) "
             "VALUES "
         )
+        self._sql_insert_one = self._sql_insert + self._sql_insert_row
+        self._sql_inserts: dict[int, str] = {}
+        """The INSERT … RETURNING for a number of rows, built once per number."""
         self._columns, self._text_columns = _COLUMNS, _TEXT_AS_BYTES
         self._sql_by_ids = f"SELECT {{columns}} FROM {events} WHERE event_id IN "
         self._sql_page = (
@@ -333,7 +352,11 @@ class SqliteEventStore(BaseEventStore):
     def _submit(
         self, connection: aiosqlite.Connection | None, function: Callable[..., T], *args: Any
     ) -> asyncio.Future[T]:
-        """Queue ``function(sqlite3_connection, *args)`` on the connection's thread; its future.
+        """Queue ``function(sqlite3_connection, *args)`` on the connection's thread; its future."""
+        return self._queue(connection, function, args).future
+
+    def _queue(self, connection: aiosqlite.Connection | None, function: Callable[..., T], args: Any) -> _Answer[T]:
+        """Queue ``function(sqlite3_connection, *args)`` on the connection's thread; its answer.
 
         aiosqlite has no public way to run a function on its thread, so this puts it on the worker's
         queue as aiosqlite's own ``_execute`` does, without the task that wrapping ``_execute`` would
@@ -346,26 +369,39 @@ class SqliteEventStore(BaseEventStore):
             raise StorageError(f"{self._name} is open read-only")
         if connection is None or not connection._running or connection._connection is None:
             raise StorageError("the SQLite connection is not open")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        connection._tx.put_nowait(
-            (None, functools.partial(_answer, loop, future, function, connection._connection, args))
-        )
-        return future
+        answer: _Answer[T] = _Answer(asyncio.get_running_loop())
+        connection._tx.put_nowait((None, functools.partial(_answer, answer, function, connection._connection, args)))
+        return answer
 
     async def _call(self, connection: aiosqlite.Connection | None, function: Callable[..., T], *args: Any) -> T:
         """Run ``function(sqlite3_connection, *args)`` on the connection's thread: one hop, one await.
 
         A cancelled caller still waits for its call to finish before the cancellation propagates,
         so once a cancelled call returns, nothing of it is left running behind the caller's back.
+        Until then the caller awaits the answer's future itself, not a shield around it: the answer
+        wakes the caller on the loop's next turn, where a shield would take one turn more (~5 us).
         """
+        answer = self._queue(connection, function, args)
         try:
-            result, cancelled = await settle(self._submit(connection, function, *args))
+            return await answer.future
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite failed on {self.db_file!r}: {exc}") from exc
-        if cancelled is not None:
+        except asyncio.CancelledError as cancelled:
+            # The future was cancelled with the caller (or answered just as the caller was): wait
+            # for the call itself, on a fresh future each time, shielded from anyio's repeated
+            # cancellation of this scope; its failure, if any, is reported as it would be uncancelled.
+            if answer.future.done() and not answer.future.cancelled():
+                answer.future.exception()  # retrieved here, whatever it was
+            with anyio.CancelScope(shield=True):
+                while not answer.finished:
+                    answer.future = answer.loop.create_future()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await answer.future
+            if isinstance(answer.error, sqlite3.Error):
+                raise StorageError(f"SQLite failed on {self.db_file!r}: {answer.error}") from answer.error
+            if answer.error is not None:
+                raise answer.error from None
             raise cancelled
-        return result
 
     async def _write(self, function: Callable[..., T], *args: Any) -> T:
         """Run a write transaction on the writer's thread; reopen the writer if it was left stuck.
@@ -581,7 +617,14 @@ class SqliteEventStore(BaseEventStore):
                 if not alone:
                     db.execute("SAVEPOINT kern_append")
                 try:
-                    outcomes.append(self._append_request(db, request))
+                    try:
+                        outcome = self._append_request(db, request, lean=True)
+                    except _Undo:  # the lean path wrote and must not have: undo it, take the full path
+                        db.execute("ROLLBACK" if alone else "ROLLBACK TO kern_append")
+                        if alone:
+                            db.execute("BEGIN IMMEDIATE")
+                        outcome = self._append_request(db, request, lean=False)
+                    outcomes.append(outcome)
                 except Exception as exc:
                     if not db.in_transaction:
                         raise
@@ -608,15 +651,20 @@ class SqliteEventStore(BaseEventStore):
         if db.in_transaction:
             self._writer_stuck = True
 
-    def _append_request(self, db: sqlite3.Connection, request: AppendRequest | _ManyRequest) -> AppendResult:
+    def _append_request(
+        self, db: sqlite3.Connection, request: AppendRequest | _ManyRequest, *, lean: bool
+    ) -> AppendResult:
         """One ticket: an append, or every part of an ``append_many`` (its results kept on it, its
-        first one answering the ticket); the caller undoes all of it if any part fails."""
+        first one answering the ticket); the caller undoes all of it if any part fails. ``lean``:
+        parts may take the lean path (see :meth:`_append_lean`)."""
         if isinstance(request, AppendRequest):
-            return self._append_one(db, request)
+            return self._append_one(db, request, lean)
         results = []
         for part in request.parts:
             try:
-                results.append(self._append_one(db, part))
+                results.append(self._append_one(db, part, lean))
+            except _Undo:
+                raise
             except Exception as exc:
                 if not db.in_transaction:
                     raise
@@ -627,13 +675,18 @@ class SqliteEventStore(BaseEventStore):
         request.results = results
         return results[0]
 
-    def _append_one(self, db: sqlite3.Connection, request: AppendRequest) -> AppendResult:
+    def _append_one(self, db: sqlite3.Connection, request: AppendRequest, lean: bool) -> AppendResult:
         """One append inside the batch's transaction; the caller undoes its writes if it fails.
 
         The conflict and retry checks come before any write; the INSERT may be several statements
         (at most 4,000 rows each), so a reused id in a later one fails after earlier rows were written.
         """
         session_id, pending, expected = request.session_id, request.pending, request.expected
+        known = self._heads.get(session_id) if lean and request.delta.started is None else None
+        if known is not None and (expected is ExpectedVersion.ANY or expected == known[0]):
+            result = self._append_lean(db, request, *known)
+            if result is not None:
+                return result
         row = db.execute(self._sql_head, (session_id,)).fetchone()
         if row is not None and row[11] and (erased := refuse_erased(session_id, row[12])) is not None:
             raise erased
@@ -675,6 +728,7 @@ class SqliteEventStore(BaseEventStore):
                 hashes[-1],
             ),
         )
+        self._remember(session_id, new.version, hashes[-1])
         return AppendResult(
             session_id=session_id,
             from_version=head + 1,
@@ -683,6 +737,58 @@ class SqliteEventStore(BaseEventStore):
             event_ids=tuple(new_event.event_id for new_event in pending),
             recorded_at=request.recorded_at,
         )
+
+    def _append_lean(
+        self, db: sqlite3.Connection, request: AppendRequest, head: int, previous: bytes | None
+    ) -> AppendResult | None:
+        """The append to a live session whose head this store wrote last (``head``, hashed ``previous``);
+        ``None``, having written nothing, when the row says otherwise.
+
+        The full path reads the index row, checks it, inserts and upserts the row it computed. Here
+        one UPDATE does the check and the write: it matches only a live row (not deleted, so not
+        erased) at version ``head`` with head hash ``previous``, exactly the facts the full path
+        would read and act on, and sets what the upsert would (the delta applied to the row in
+        place; an append that starts the session, which replaces its ids, takes the full path).
+        A miss (another connection or process appended, the session was deleted, recreated or
+        erased, a retry of an append already stored) writes nothing and the full path follows in
+        the same transaction. An INSERT that then fails on a unique index (a reused event id: the
+        full path may answer it as a retry) raises :class:`_Undo`: the caller undoes the UPDATE and
+        runs the full path instead.
+        """
+        session_id, pending, delta = request.session_id, request.pending, request.delta
+        hashes = self.chain.hashes(session_id, previous, head, pending, request.recorded_at)
+        version = head + len(pending)
+        advanced = db.execute(
+            self._sql_advance,
+            (request.recorded_at, version, delta.runs_started, delta.name, hashes[-1], session_id, head, previous),
+        ).rowcount
+        if not advanced:
+            return None
+        try:
+            numbered = self._insert(db, session_id, pending, head, request.recorded_at, hashes)
+        except sqlite3.IntegrityError:
+            raise _Undo from None
+        if any(new.chunks for new in pending):
+            db.executemany(
+                self._sql_chunk_put,
+                [(new.event_id.bytes, part, chunk) for new in pending for part, chunk in enumerate(new.chunks)],
+            )
+        self._remember(session_id, version, hashes[-1])
+        return AppendResult(
+            session_id=session_id,
+            from_version=head + 1,
+            to_version=version,
+            positions=tuple(position for _, position in numbered),
+            event_ids=tuple(new_event.event_id for new_event in pending),
+            recorded_at=request.recorded_at,
+        )
+
+    def _remember(self, session_id: str, version: int, head_hash: bytes | None) -> None:
+        """Keep a session's head for the lean path; the oldest entry goes past :data:`_HEADS_KEPT`."""
+        heads = self._heads
+        if session_id not in heads and len(heads) >= _HEADS_KEPT:
+            del heads[next(iter(heads))]
+        heads[session_id] = (version, head_hash)
 
     def _insert(
         self,
@@ -693,6 +799,13 @@ class SqliteEventStore(BaseEventStore):
         recorded_at: float,
         hashes: Sequence[bytes],
     ) -> list[tuple[int, int]]:
+        """Insert ``pending`` after version ``head``; their (version, position) pairs, in order."""
+        if len(pending) == 1:  # the row's position is its rowid: no RETURNING to run (~4 us a row)
+            new = pending[0]
+            row = (session_id, head + 1, new.event_id.bytes, new.type, new.schema_version, new.data, recorded_at)
+            position = db.execute(self._sql_insert_one, (*row, hashes[0])).lastrowid
+            assert position is not None  # set by every INSERT into a rowid table
+            return [(head + 1, position)]
         numbered: list[tuple[int, int]] = []
         for start in range(0, len(pending), _ROWS_PER_INSERT):
             chunk = pending[start : start + _ROWS_PER_INSERT]
@@ -708,7 +821,11 @@ class SqliteEventStore(BaseEventStore):
                     recorded_at,
                     hashes[offset - head - 1],
                 )
-            sql = self._sql_insert + ", ".join([self._sql_insert_row] * len(chunk)) + " RETURNING version, position"
+            sql = self._sql_inserts.get(len(chunk))
+            if sql is None:
+                sql = self._sql_insert + ", ".join([self._sql_insert_row] * len(chunk)) + " RETURNING version, position"
+                if len(self._sql_inserts) < 64:
+                    self._sql_inserts[len(chunk)] = sql
             numbered += db.execute(sql, params).fetchall()
         numbered.sort()
         return numbered
@@ -924,6 +1041,10 @@ class SqliteEventStore(BaseEventStore):
         return snapshot_from_row(rows[0])
 
 
+class _Undo(Exception):
+    """The lean path wrote its index row but cannot finish: undo the append's writes, take the full path."""
+
+
 class _ManyRequest:
     """An ``append_many`` on its way through the group committer, as one ticket."""
 
@@ -983,30 +1104,40 @@ def _open_failure(path: str, error: sqlite3.Error, read_only: bool) -> str:
     return str(error)
 
 
-def _answer(
-    loop: asyncio.AbstractEventLoop,
-    future: asyncio.Future[T],
-    function: Callable[..., T],
-    db: sqlite3.Connection,
-    args: tuple[Any, ...],
-) -> None:
-    """Run on the connection's thread: call ``function`` and hand its outcome to ``future``'s loop."""
+class _Answer(Generic[T]):
+    """A call on a connection's thread as its caller's loop sees it: the future the caller awaits
+    (replaced by a new one while a cancelled caller waits on), and the outcome once it is known."""
+
+    __slots__ = ("error", "finished", "future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[T] = loop.create_future()
+        self.finished = False
+        self.error: BaseException | None = None
+
+
+def _answer(answer: _Answer[T], function: Callable[..., T], db: sqlite3.Connection, args: tuple[Any, ...]) -> None:
+    """Run on the connection's thread: call ``function`` and hand its outcome to the caller's loop."""
     try:
         result = function(db, *args)
     except BaseException as exc:
-        call_soon_on(loop, _set_exception, future, exc)
+        call_soon_on(answer.loop, _failed, answer, exc)
     else:
-        call_soon_on(loop, _set_result, future, result)
+        call_soon_on(answer.loop, _answered, answer, result)
 
 
-def _set_result(future: asyncio.Future[T], result: T) -> None:
-    if not future.done():
-        future.set_result(result)
+def _answered(answer: _Answer[T], result: T) -> None:
+    answer.finished = True
+    if not answer.future.done():
+        answer.future.set_result(result)
 
 
-def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+def _failed(answer: _Answer[Any], exc: BaseException) -> None:
+    answer.finished = True
+    answer.error = exc
+    if not answer.future.done():
+        answer.future.set_exception(exc)
 
 
 def _context_rows(
