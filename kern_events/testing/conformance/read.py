@@ -57,11 +57,11 @@ async def test_read_asks_for_one_row_ahead_instead_of_an_empty_last_page(backend
         store.read_page_size = 4
         await store.append("s", [_message(n) for n in range(1, 9)])
         asked: list[int] = []
-        read_page, read_all_page = store._read_page, store._read_all_page
+        read_page, read_all_page = store._read_session_page, store._read_all_page
 
         async def counted_page(
             session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
-        ) -> Page:
+        ) -> object:
             asked.append(limit)
             return await read_page(session_id, low, high, limit, backwards, types)
 
@@ -75,7 +75,7 @@ async def test_read_asks_for_one_row_ahead_instead_of_an_empty_last_page(backend
             asked.append(limit)
             return await read_feed_page(cursor, limit)
 
-        store._read_page, store._read_all_page = counted_page, counted_all_page  # type: ignore[method-assign]
+        store._read_session_page, store._read_all_page = counted_page, counted_all_page  # type: ignore[method-assign,assignment]
         store._read_feed_page = counted_feed_page  # type: ignore[method-assign]
         assert [record.version async for record in store.read("s")] == list(range(1, 9))
         assert asked == [5, 5]  # two full pages of 4, each with one row ahead; no third, empty one
