@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -175,6 +175,40 @@ class MsgpackCodec:
                     position=stored.position,
                     event_id=stored.event_id,
                     recorded_at=stored.recorded_at,
+                    event=event,
+                )
+            )
+        return records, None
+
+    def decode_rows(
+        self, rows: Sequence[Sequence[Any]], stored: Callable[[Any], StoredEvent]
+    ) -> tuple[list[Record], CorruptRecordError | None]:
+        """:meth:`decode_page` for a database's rows in :class:`StoredEvent`'s field order (the event
+        id already a UUID), without a stored event built for each first (~0.15 us a row): ``stored``
+        builds one only for a row that takes :meth:`decode` (an unknown type, an older schema
+        version) or does not decode, so that it reads and fails exactly as through :meth:`decode_page`.
+        """
+        decoders = self._decoders
+        records: list[Record] = []
+        append = records.append
+        for row in rows:
+            entry = decoders.get(row[4])
+            try:
+                if entry is None or row[5] < entry[1]:
+                    append(self.decode(stored(row)))
+                    continue
+                event = entry[0].decode(row[6])
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                return records, _corrupt(stored(row), exc)
+            except CorruptRecordError as exc:
+                return records, exc
+            append(
+                Record(
+                    session_id=row[0],
+                    version=row[1],
+                    position=row[2],
+                    event_id=row[3],
+                    recorded_at=row[7],
                     event=event,
                 )
             )

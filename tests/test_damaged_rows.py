@@ -9,11 +9,12 @@ a page.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from kern_events import CorruptRecordError, EventStore, MessageAdded
+from kern_events import CorruptRecordError, EventStore, MessageAdded, Record
 from kern_events.testing import feed_reaches
 from tests import _pg
 from tests._backends import Backend
@@ -33,8 +34,17 @@ _SQLITE_DAMAGE = [
 event, a payload stored as TEXT that is not UTF-8, and a type name that is not UTF-8."""
 
 
-async def _damage(backend: Backend, session_id: str, versions: list[int]) -> None:
-    if backend.name == "sqlite":
+async def _damage(backend: Backend, session_id: str, versions: list[int], payload: bytes = b"\xc1\xff") -> None:
+    """Damage rows of ``session_id``: SQLite's in turn as :data:`_SQLITE_DAMAGE` says (or, given
+    ``payload``, their data set to it), PostgreSQL's data set to ``payload``."""
+    if backend.name == "sqlite" and payload != b"\xc1\xff":
+        with sqlite3.connect(backend.db_file) as raw:
+            for version in versions:
+                raw.execute(
+                    "UPDATE kern_events SET data = ? WHERE session_id = ? AND version = ?",
+                    (payload, session_id, version),
+                )
+    elif backend.name == "sqlite":
         with sqlite3.connect(backend.db_file) as raw:
             for n, version in enumerate(versions):
                 raw.execute(_SQLITE_DAMAGE[n % len(_SQLITE_DAMAGE)], (session_id, version))
@@ -45,7 +55,7 @@ async def _damage(backend: Backend, session_id: str, versions: list[int]) -> Non
                 f'UPDATE "{backend.schema}".kern_events SET data = $3 WHERE session_id = $1 AND version = ANY($2)',
                 session_id,
                 versions,
-                b"\xc1\xff",
+                payload,
             )
         finally:
             await connection.close()
@@ -107,3 +117,35 @@ async def test_a_reader_gets_every_good_record_and_an_error_for_each_damaged_one
         assert [(error.session_id, error.version) for error in errors] == [("a", version) for version in DAMAGED]
         assert len(positions) == 2 * SIZE - len(DAMAGED)
         assert sorted([*positions, *(error.position for error in errors)]) == written
+
+
+async def test_a_payload_that_does_not_decode_ends_a_read_at_its_row_wherever_it_sits_in_a_page(
+    backend: Backend,
+) -> None:
+    """Bytes of a known type that are no event (not a chunk manifest either: that has a path of its
+    own) end a read at their row, after every good row before it: mid-page, as the look-ahead row a
+    full page asks for, and in a tail read whose pages grow as it goes back."""
+    async with backend.store() as store:
+        await store.append("a", _messages("a"))
+    await _damage(backend, "a", [PAGE + 1, 25], payload=b"\x92\xc0")  # an array of two with one item
+    async with backend.store() as store:
+        store.read_page_size = PAGE  # type: ignore[attr-defined]
+        assert await _read_past_damage(store, "a") == (
+            [version for version in range(1, SIZE + 1) if version not in (PAGE + 1, 25)],
+            [PAGE + 1, 25],
+        )
+        tail: list[int] = []
+        with pytest.raises(CorruptRecordError) as caught:
+            await _collect(store.read("a", backwards=True, limit=8), tail)
+        assert (tail, caught.value.version) == ([30, 29, 28, 27, 26], 25)
+        assert [record.version async for record in store.read("a", backwards=True, limit=5)] == [30, 29, 28, 27, 26]
+        with pytest.raises(CorruptRecordError) as caught:
+            _ = [record async for record in store.read("a", from_version=3, limit=PAGE)]
+        assert caught.value.version == PAGE + 1
+        # a read limited to the rows before the damaged one asks no look-ahead row: it never meets it
+        assert [record.version async for record in store.read("a", limit=PAGE)] == list(range(1, PAGE + 1))
+
+
+async def _collect(records: AsyncIterator[Record], into: list[int]) -> None:
+    async for record in records:
+        into.append(record.version)

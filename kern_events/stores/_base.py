@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from types import TracebackType
-from typing import Self, TypeVar, cast, get_args
+from typing import Any, Self, TypeVar, cast, get_args
 from uuid import UUID
 
 import anyio
@@ -435,6 +435,25 @@ def _parse_manifest(data: bytes) -> tuple[int, int, bytes] | None:
     return length, count, digest
 
 
+class _DecodedRows:
+    """A session page that its backend decoded straight from its rows (:meth:`BaseEventStore._decoded_rows`):
+    the records, the error of the first row that does not decode (``None`` if all do), and how many
+    rows were read (the look-ahead row included), which tells the reader whether a page follows."""
+
+    __slots__ = ("error", "records", "rows")
+
+    def __init__(self, records: list[Record], error: Exception | None, rows: int) -> None:
+        self.records, self.error, self.rows = records, error, rows
+
+
+def _rows_have_manifest(rows: Sequence[Sequence[Any]]) -> bool:
+    """:func:`_has_manifest` for rows in :class:`StoredEvent`'s field order (the payload is the seventh)."""
+    try:
+        return _MARK_BYTE in [row[6][0] for row in rows]
+    except IndexError:  # an empty payload (another codec's): no first byte to look at
+        return MANIFEST_MARK in [row[6][:1] for row in rows]
+
+
 def _has_manifest(page: Sequence[StoredEvent]) -> bool:
     """Whether a row of the page is a chunk manifest: one pass over first bytes, ~50 ns a row."""
     try:
@@ -531,6 +550,11 @@ class BaseEventStore(abc.ABC):
         """The page's records and the error of the first row that does not decode (``None`` if all
         do): the codec's ``decode_page`` where it has one (:class:`MsgpackCodec` does), else
         ``decode`` row by row; looked up once."""
+        self._rows_decoder: Callable[..., tuple[list[Record], Exception | None]] | None = getattr(
+            self._codec, "decode_rows", None
+        )
+        """The codec's ``decode_rows`` (records straight from database rows, see :meth:`_decoded_rows`),
+        if it has one; looked up once."""
         self._max_event_size = max_event_size
         self._state = "new"
         self._open_lock = AnyLoopLock()  # opening and closing may come from any thread's event loop
@@ -1208,9 +1232,25 @@ class BaseEventStore(abc.ABC):
             size = page_size if remaining is None else min(page_size, remaining)
             page_size = min(page_size * 2, self.read_page_size)
             ahead = remaining is None or remaining > size
-            page, damaged, more = _ahead(
-                await self._read_page(session_id, low, high, size + ahead, backwards, wanted), size
-            )
+            fetched = await self._read_session_page(session_id, low, high, size + ahead, backwards, wanted)
+            if type(fetched) is _DecodedRows:
+                records, error = fetched.records, fetched.error
+                if len(records) > size:  # the look-ahead row is read again as the next page's first
+                    records = records[:size]
+                for record in records:
+                    yield record
+                if error is not None:
+                    raise error
+                if fetched.rows <= size:
+                    return
+                if remaining is not None:
+                    remaining -= size
+                if backwards:
+                    high = records[-1].version - 1
+                else:
+                    low = records[-1].version + 1
+                continue
+            page, damaged, more = _ahead(cast(Page, fetched), size)
             decoded = self._decoded(page, damaged) or await self._opened(page, damaged, skip_erased=False)
             if decoded is None:
                 async for record in self._assembled(page, damaged, skip_erased=False):
@@ -1579,6 +1619,25 @@ class BaseEventStore(abc.ABC):
     ) -> Page:
         """Up to ``limit`` rows with ``low <= version <= high`` (and a type in ``types``, if given),
         ordered by version; a :data:`Page`."""
+
+    async def _read_session_page(
+        self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
+    ) -> Page | _DecodedRows:
+        """:meth:`_read_page` for :meth:`read`, which a backend whose driver returns rows it can decode
+        straight into records (PostgreSQL's: ids already UUIDs) overrides to return
+        :meth:`_decoded_rows` of them, so that no stored event is built per row on the way."""
+        return await self._read_page(session_id, low, high, limit, backwards, types)
+
+    def _decoded_rows(self, rows: Sequence[Any], stored: Callable[[Any], StoredEvent]) -> Page | _DecodedRows:
+        """A page of ``rows`` (in :class:`StoredEvent`'s field order; ``stored`` turns one into a
+        stored event) for :meth:`_read_session_page`: decoded straight into records by the codec's
+        ``decode_rows``, or, when a row needs more than decoding (a sealed payload to open, a chunk
+        manifest, a codec without ``decode_rows``), as stored events for the general path."""
+        decode = self._rows_decoder
+        if decode is None or self._encryption is not None or (self._stores_chunks and _rows_have_manifest(rows)):
+            return [stored(row) for row in rows]
+        records, error = decode(rows, stored)
+        return _DecodedRows(records, error, len(rows))
 
     async def _load_context(
         self, session_id: str, snapshot: str, schema_version: int, types: tuple[str, ...], tail: int, after: int

@@ -1003,14 +1003,23 @@ class PostgresEventStore(BaseEventStore):
     async def _read_page(
         self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
     ) -> Sequence[StoredEvent]:
+        return [_stored(row) for row in await self._page_rows(session_id, low, high, limit, backwards, types)]
+
+    async def _read_session_page(
+        self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
+    ) -> Any:
+        """A read's page decoded straight from the driver's rows (see ``BaseEventStore._decoded_rows``)."""
+        return self._decoded_rows(await self._page_rows(session_id, low, high, limit, backwards, types), _stored)
+
+    async def _page_rows(
+        self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
+    ) -> list[asyncpg.Record]:
         top = _MAX_VERSION if high is None else high
         if types is not None:
             sql = self._sql.typed_page_backwards if backwards else self._sql.typed_page
-            rows = await self._read_rows(sql, session_id, low, top, limit, list(types))
-        else:
-            sql = self._sql.page_backwards if backwards else self._sql.page
-            rows = await self._read_rows(sql, session_id, low, top, limit)
-        return [_stored(row) for row in rows]
+            return await self._read_rows(sql, session_id, low, top, limit, list(types))
+        sql = self._sql.page_backwards if backwards else self._sql.page
+        return await self._read_rows(sql, session_id, low, top, limit)
 
     async def _load_context(
         self, session_id: str, snapshot: str, schema_version: int, types: tuple[str, ...], tail: int, after: int

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import msgspec
 import pytest
 
@@ -55,11 +57,11 @@ async def test_read_asks_for_one_row_ahead_instead_of_an_empty_last_page(backend
         store.read_page_size = 4
         await store.append("s", [_message(n) for n in range(1, 9)])
         asked: list[int] = []
-        read_page, read_all_page = store._read_page, store._read_all_page
+        read_page, read_all_page = store._read_session_page, store._read_all_page
 
         async def counted_page(
             session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
-        ) -> Page:
+        ) -> object:
             asked.append(limit)
             return await read_page(session_id, low, high, limit, backwards, types)
 
@@ -73,7 +75,7 @@ async def test_read_asks_for_one_row_ahead_instead_of_an_empty_last_page(backend
             asked.append(limit)
             return await read_feed_page(cursor, limit)
 
-        store._read_page, store._read_all_page = counted_page, counted_all_page  # type: ignore[method-assign]
+        store._read_session_page, store._read_all_page = counted_page, counted_all_page  # type: ignore[method-assign,assignment]
         store._read_feed_page = counted_feed_page  # type: ignore[method-assign]
         assert [record.version async for record in store.read("s")] == list(range(1, 9))
         assert asked == [5, 5]  # two full pages of 4, each with one row ahead; no third, empty one
@@ -86,6 +88,17 @@ async def test_read_asks_for_one_row_ahead_instead_of_an_empty_last_page(backend
             await feed_settled(store)  # another client's open transaction may hold the feed back
             assert [record.version async for record in store.read_all()] == list(range(1, 9))
             assert asked == [5, 5]
+
+
+async def test_read_records_are_not_tracked_by_the_garbage_collector(backend: Backend) -> None:
+    """A read makes one record per event; tracking them made collections run about twice as often
+    as the events alone do (a record refers only to its event, so no cycle runs through it)."""
+    async with backend.store() as store:
+        await store.append("s", [_message(n) for n in range(1, 4)])
+        records = [record async for record in store.read("s")]
+        records += [record async for record in store.read("s", backwards=True, limit=2)]
+        assert len(records) == 5
+        assert not any(gc.is_tracked(record) for record in records)
 
 
 async def test_read_filtered_by_type_skips_the_rest_across_pages(backend: Backend) -> None:
