@@ -1,0 +1,107 @@
+"""What a stored event costs in bytes: the type tag lives in the row's type column only, payloads written
+with it inside still read, upcasters still see it, and a retry of an append an older release stored is
+still recognized as a retry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+from uuid import UUID
+
+import msgspec
+import pytest
+
+from kern_events import (
+    Event,
+    MessageAdded,
+    MsgpackCodec,
+    RunCompleted,
+    RunMetrics,
+    SessionStateChanged,
+    StoredEvent,
+    event_id_for,
+    register_event_type,
+    register_upcaster,
+)
+from kern_events.codec import tagged_payload, untagged_payload
+from kern_events.records import PendingEvent
+from kern_events.stores.sqlite import SqliteEventStore
+
+_EVENTS = [
+    MessageAdded(run_id="r", role="user", content="hello"),
+    RunCompleted(run_id="r", output="done", metrics=RunMetrics(input_tokens=3)),
+    SessionStateChanged(),  # every field at its default: an empty map
+    SessionStateChanged(set={f"k{n}": n for n in range(20)}),
+]
+
+
+def _stored(data: bytes, tag: str, schema_version: int = 1) -> StoredEvent:
+    return StoredEvent(
+        session_id="s",
+        version=1,
+        position=1,
+        event_id=event_id_for("s", tag),
+        type=tag,
+        schema_version=schema_version,
+        data=data,
+        recorded_at=0.0,
+    )
+
+
+@pytest.mark.parametrize("event", _EVENTS, ids=lambda event: type(event).__name__)
+def test_the_payload_leaves_the_tag_to_the_type_column_and_older_tagged_bytes_still_read(event: Event) -> None:
+    codec = MsgpackCodec()
+    pending = codec.encode(event, event_id_for("s", "e"))
+    assert "type" not in msgspec.msgpack.decode(pending.data)
+    old = msgspec.msgpack.encode(event)  # what releases before wrote: the tag first, inside the map
+    assert msgspec.msgpack.decode(old)["type"] == pending.type
+    assert tagged_payload(pending.data, pending.type) == old
+    assert untagged_payload(old, pending.type) == pending.data
+    assert len(pending.data) == len(old) - len(msgspec.msgpack.encode(["type", pending.type])) + 1
+    for data in (pending.data, old):
+        assert codec.decode(_stored(data, pending.type)).event == event
+
+
+@register_event_type
+class Renamed(Event, tag="tests.stored_bytes.renamed", frozen=True):
+    schema_version: ClassVar[int] = 2
+    title: str
+
+
+seen: list[dict[str, Any]] = []
+
+
+@register_upcaster(Renamed, 1)
+def _title_from_name(payload: dict[str, Any]) -> dict[str, Any]:
+    seen.append(dict(payload))
+    return {"type": payload["type"], "title": payload.pop("name")}
+
+
+def test_upcasters_are_handed_the_tag_whether_or_not_the_payload_carries_it() -> None:
+    codec = MsgpackCodec()
+    tag = "tests.stored_bytes.renamed"
+    seen.clear()
+    for payload in ({"type": tag, "name": "a"}, {"name": "a"}):
+        record = codec.decode(_stored(msgspec.msgpack.encode(payload), tag))
+        assert record.event == Renamed(title="a")
+    assert seen == [{"type": tag, "name": "a"}] * 2
+
+
+class _TaggingCodec(MsgpackCodec):
+    """Encodes as releases that kept the tag inside the payload did."""
+
+    def encode(self, event: Event, event_id: UUID) -> PendingEvent:
+        pending = super().encode(event, event_id)
+        return msgspec.structs.replace(pending, data=tagged_payload(pending.data, pending.type))
+
+
+async def test_a_retry_of_an_append_an_older_release_stored_with_the_tag_inside_is_a_retry(tmp_path: Path) -> None:
+    ids = [event_id_for("s", n) for n in range(2)]
+    events = [MessageAdded(run_id="r", role="user", content="hi"), RunCompleted(run_id="r", output="yo")]
+    async with SqliteEventStore(tmp_path / "old.db", codec=_TaggingCodec()) as old:
+        first = await old.append("s", events, event_ids=ids)
+    async with SqliteEventStore(tmp_path / "old.db") as new:
+        again = await new.append("s", events, event_ids=ids)
+        stored = [record async for record in new.read("s")]
+    assert again == first
+    assert [record.event for record in stored] == events
