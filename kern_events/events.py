@@ -187,7 +187,12 @@ class ToolCallStarted(Event, tag="tool_call_started", frozen=True):
 
 
 class ToolCallCompleted(Event, tag="tool_call_completed", frozen=True):
-    """A tool finished, with its result or its error, and how long it took (seconds)."""
+    """A tool finished, with its result or its error, and how long it took (seconds).
+
+    A call recorded whole, started and finished in one step, is this event alone, with its
+    ``arguments`` (``{}`` for none); one whose start was recorded before leaves them ``None``, to its
+    :class:`ToolCallStarted`.
+    """
 
     run_id: str
     tool_call_id: str
@@ -195,6 +200,7 @@ class ToolCallCompleted(Event, tag="tool_call_completed", frozen=True):
     result: Any = None
     error: str | None = None
     duration: float | None = None
+    arguments: dict[str, Any] | None = None
 
 
 class SessionStateChanged(Event, tag="session_state_changed", frozen=True):

@@ -152,9 +152,10 @@ def _text(event: Any, state: tuple[StateChange, ...]) -> str:
         return f"tool {event.tool_name}({_line(event.arguments)}) started"
     if isinstance(event, ToolCallCompleted):
         took = "" if event.duration is None else f" in {event.duration:.2f} s"
+        called = event.tool_name if event.arguments is None else f"{event.tool_name}({_line(event.arguments)})"
         if event.error is not None:
-            return f"tool {event.tool_name} failed{took}: {event.error}"
-        return f"tool {event.tool_name} returned{took}: {_line(event.result)}"
+            return f"tool {called} failed{took}: {event.error}"
+        return f"tool {called} returned{took}: {_line(event.result)}"
     if isinstance(event, SessionStateChanged):
         return "state: " + (", ".join(f"{change.change} {change.key}" for change in state) or "unchanged")
     if isinstance(event, RunPaused):

@@ -440,9 +440,8 @@ class Run:
         error: str | None = None,
         duration: float | None = None,
     ) -> None:
-        """Stage a finished tool call: its start and its result (or error) and duration."""
-        args = dict(arguments or {})
-        self.stage(ToolCallStarted(run_id=self.run_id, tool_call_id=tool_call_id, tool_name=tool_name, arguments=args))
+        """Stage a finished tool call: one ``ToolCallCompleted`` with its arguments, its result (or
+        error) and duration (its start is the same step's, so no ``ToolCallStarted`` is stored for it)."""
         self.stage(
             ToolCallCompleted(
                 run_id=self.run_id,
@@ -451,6 +450,7 @@ class Run:
                 result=result,
                 error=error,
                 duration=duration,
+                arguments=dict(arguments or {}),
             )
         )
 

@@ -215,7 +215,9 @@ def _complete_tool_call(calls: tuple[ToolCallView, ...], event: ToolCallComplete
         if calls[index].tool_call_id == event.tool_call_id:
             updated = msgspec.structs.replace(calls[index], **done)
             return (*calls[:index], updated, *calls[index + 1 :])
-    started = ToolCallView(tool_call_id=event.tool_call_id, tool_name=event.tool_name, started_at=at)
+    started = ToolCallView(
+        tool_call_id=event.tool_call_id, tool_name=event.tool_name, arguments=event.arguments or {}, started_at=at
+    )
     return (*calls, msgspec.structs.replace(started, **done))
 
 

@@ -13,19 +13,23 @@ import pytest
 
 from kern_events import (
     Event,
+    InMemoryDb,
     MessageAdded,
     MsgpackCodec,
     RunCompleted,
     RunMetrics,
     SessionStateChanged,
     StoredEvent,
+    ToolCallCompleted,
+    ToolCallStarted,
     event_id_for,
     register_event_type,
     register_upcaster,
 )
 from kern_events.codec import tagged_payload, untagged_payload
-from kern_events.records import PendingEvent
+from kern_events.records import PendingEvent, Record
 from kern_events.stores.sqlite import SqliteEventStore
+from projections.session import fold_records
 
 _EVENTS = [
     MessageAdded(run_id="r", role="user", content="hello"),
@@ -105,3 +109,42 @@ async def test_a_retry_of_an_append_an_older_release_stored_with_the_tag_inside_
         stored = [record async for record in new.read("s")]
     assert again == first
     assert [record.event for record in stored] == events
+
+
+def _records(events: list[Event], at: float = 1_000.0) -> list[Record]:
+    return [
+        Record(session_id="s", version=n, position=n, event_id=event_id_for("s", n), recorded_at=at, event=event)
+        for n, event in enumerate(events, start=1)
+    ]
+
+
+async def test_a_tool_call_recorded_whole_is_one_event_and_folds_as_its_start_and_completion_did() -> None:
+    async with InMemoryDb() as db:
+        session = await db.open_session("s")
+        run = await session.start_run("r")
+        run.tool_call("c1", "search", {"to": "Oslo"}, result=["SK123"], duration=0.5)
+        run.tool_call("c2", "clock", result="noon")
+        await run.complete("done")
+        events = [record.event async for record in db.store.read("s")]
+    calls = [event for event in events if isinstance(event, ToolCallStarted | ToolCallCompleted)]
+    assert calls == [
+        ToolCallCompleted(
+            run_id="r", tool_call_id="c1", tool_name="search", result=["SK123"], duration=0.5, arguments={"to": "Oslo"}
+        ),
+        ToolCallCompleted(run_id="r", tool_call_id="c2", tool_name="clock", result="noon", arguments={}),
+    ]
+    # What releases before stored for the same calls: a start with the arguments, then the completion.
+    before = [
+        ToolCallStarted(run_id="r", tool_call_id="c1", tool_name="search", arguments={"to": "Oslo"}),
+        ToolCallCompleted(run_id="r", tool_call_id="c1", tool_name="search", result=["SK123"], duration=0.5),
+        ToolCallStarted(run_id="r", tool_call_id="c2", tool_name="clock"),
+        ToolCallCompleted(run_id="r", tool_call_id="c2", tool_name="clock", result="noon"),
+    ]
+    head = [event for event in events if not isinstance(event, ToolCallCompleted)]
+    now, then = fold_records(_records(events)), fold_records(_records([*head[:-1], *before, head[-1]]))
+    assert now is not None and then is not None
+    assert now.runs[0] == then.runs[0]
+    assert now.runs[0].tool_calls[0].arguments == {"to": "Oslo"}
+    # A completion stored alone by an older release (no arguments in it) still folds without any.
+    lone = fold_records(_records([*head[:-1], before[1]]))
+    assert lone is not None and lone.runs[0].tool_calls[0].arguments == {}
