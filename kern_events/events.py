@@ -175,6 +175,8 @@ class MessageAdded(Event, tag="message_added", frozen=True):
     tool_calls: tuple[ToolCallRequest, ...] = ()
     media: tuple[MediaReference, ...] = ()
     message_id: str | None = None
+    content_from_input: bool = False
+    """The content is the run's ``RunStarted.input``, stored once there (``content`` is left ``None``)."""
 
 
 class ToolCallStarted(Event, tag="tool_call_started", frozen=True):
@@ -240,6 +242,8 @@ class RunCompleted(Event, tag="run_completed", frozen=True):
     run_id: str
     output: Any = None
     metrics: RunMetrics = RunMetrics()
+    output_from_message: bool = False
+    """The output is the content of the run's last message, stored once there (``output`` is left ``None``)."""
 
 
 class RunFailed(Event, tag="run_failed", frozen=True):

@@ -145,6 +145,8 @@ def _text(event: Any, state: tuple[StateChange, ...]) -> str:
     if isinstance(event, MessageAdded):
         who = event.role if event.name is None else f"{event.role} ({event.name})"
         parts = [] if event.content is None else [_line(event.content)]
+        if event.content_from_input:  # its RunStarted is not in the replay (truncated)
+            parts.append("(the run's input)")
         parts += [f"calls {call.tool_name}({_line(call.arguments)})" for call in event.tool_calls]
         parts += [f"[{media.kind} {media.name or media.url or media.media_id}]" for media in event.media]
         return f"{who}: {'; '.join(parts)}"
@@ -166,6 +168,8 @@ def _text(event: Any, state: tuple[StateChange, ...]) -> str:
         return "resumed"
     if isinstance(event, RunCompleted):
         output = "" if event.output is None else f": {_line(event.output)}"
+        if event.output_from_message:  # the message is not in the replay (truncated)
+            output = ": the run's last message"
         return f"completed ({_metrics_text(event.metrics)}){output}"
     if isinstance(event, RunFailed):
         return f"failed: {event.error}" + ("" if event.metrics is None else f" ({_metrics_text(event.metrics)})")
@@ -192,6 +196,22 @@ def describe(event: object) -> str:
     return _text(event, ())
 
 
+def _as_said(event: Any, inputs: dict[str, Any], said: dict[str, Any]) -> Any:
+    """``event`` with the text it refers to instead of storing twice (a user message that is its run's
+    input, an output that is the run's last message) written out, as the replay tells it; ``inputs``
+    and ``said`` keep each run's input and last message content as the replay goes."""
+    replace = msgspec.structs.replace
+    if isinstance(event, RunStarted):
+        inputs[event.run_id] = event.input
+    elif isinstance(event, MessageAdded):
+        if event.content_from_input and event.run_id in inputs:
+            event = replace(event, content=inputs[event.run_id], content_from_input=False)
+        said[event.run_id] = event.content
+    elif isinstance(event, RunCompleted) and event.output_from_message and event.run_id in said:
+        event = replace(event, output=said[event.run_id], output_from_message=False)
+    return event
+
+
 async def replay(store: EventStore, session_id: str, *, to_version: int | None = None) -> AsyncIterator[ReplayStep]:
     """The session's steps in version order, up to ``to_version`` (default: its head).
 
@@ -208,8 +228,10 @@ async def replay(store: EventStore, session_id: str, *, to_version: int | None =
         )
     state: dict[str, Any] = {}
     totals = TokenTotals()
+    inputs: dict[str, Any] = {}
+    said: dict[str, Any] = {}
     async for record in store.read(session_id, to_version=to_version):
-        event = record.event
+        event = _as_said(record.event, inputs, said)
         if isinstance(event, UnknownEvent):
             yield ReplayStep(
                 version=record.version,

@@ -112,6 +112,29 @@ class StoragePolicy(msgspec.Struct, frozen=True, kw_only=True):
 _RUN_ENDINGS = (RunCompleted, RunFailed, RunCancelled, RunPaused)
 
 
+def _stored_once(events: list[Event]) -> list[Event]:
+    """``events`` with text a step would store twice stored once: a user message repeating its run's
+    input (``RunStarted`` in the same step) refers to it, and a ``RunCompleted`` whose output repeats
+    the run's last message (in the same step) refers to that; the run views read the same."""
+    replace = msgspec.structs.replace
+    inputs: dict[str, str] = {}
+    last: dict[str, MessageAdded] = {}
+    out: list[Event] = []
+    for event in events:
+        if isinstance(event, RunStarted) and isinstance(event.input, str):
+            inputs[event.run_id] = event.input
+        elif isinstance(event, MessageAdded):
+            last[event.run_id] = event
+            if event.role == "user" and isinstance(event.content, str) and inputs.get(event.run_id) == event.content:
+                event = replace(event, content=None, content_from_input=True)
+        elif isinstance(event, RunCompleted) and isinstance(event.output, str):
+            message = last.get(event.run_id)
+            if message is not None and isinstance(message.content, str) and message.content == event.output:
+                event = replace(event, output=None, output_from_message=True)
+        out.append(event)
+    return out
+
+
 class _Step:
     """A step as it is appended: the events the policy admitted (an automatic name included) and their
     ids, fixed at the first attempt so that every retry is the same append."""
@@ -237,7 +260,7 @@ class Session:
             if first is not None and isinstance(first.content, str) and first.content.strip():
                 kept.append(SessionRenamed(name=_auto_name(first.content)))
                 self._named = auto_named = True
-        return _Step(kept, auto_named=auto_named) if kept else None
+        return _Step(_stored_once(kept), auto_named=auto_named) if kept else None
 
     async def _append_step(self, step: _Step) -> AppendResult:
         """Append ``step`` with its own ids. A retry expects the version its unanswered attempt

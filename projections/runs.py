@@ -151,7 +151,7 @@ def apply_to_run(run: RunView, event: Event, at: int) -> RunView:
     if isinstance(event, MessageAdded):
         message = MessageView(
             role=event.role,
-            content=event.content,
+            content=run.input if event.content_from_input else event.content,
             name=event.name,
             tool_call_id=event.tool_call_id,
             tool_calls=event.tool_calls,
@@ -192,7 +192,8 @@ def apply_to_run(run: RunView, event: Event, at: int) -> RunView:
     if isinstance(event, RunResumed):
         return replace(run, status="running", updated_at=at)
     if isinstance(event, RunCompleted):
-        return replace(run, status="completed", output=event.output, metrics=event.metrics, updated_at=at)
+        output = run.messages[-1].content if event.output_from_message and run.messages else event.output
+        return replace(run, status="completed", output=output, metrics=event.metrics, updated_at=at)
     if isinstance(event, RunFailed):
         return replace(run, status="failed", error=event.error, metrics=event.metrics, updated_at=at)
     if isinstance(event, RunCancelled):

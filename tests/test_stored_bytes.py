@@ -148,3 +148,46 @@ async def test_a_tool_call_recorded_whole_is_one_event_and_folds_as_its_start_an
     # A completion stored alone by an older release (no arguments in it) still folds without any.
     lone = fold_records(_records([*head[:-1], before[1]]))
     assert lone is not None and lone.runs[0].tool_calls[0].arguments == {}
+
+
+async def test_a_run_stores_its_input_and_its_answer_once_and_its_view_reads_them_where_they_were() -> None:
+    async with InMemoryDb() as db:
+        session = await db.open_session("s")
+        run = await session.start_run("r", input="what time is it?")
+        run.message("user", "what time is it?")
+        run.message("assistant", "noon")
+        await run.complete("noon")
+        other = await session.start_run("o", input="a different input")
+        other.message("user", "hi")  # not the input: stored as it is
+        other.message("assistant", "hello")
+        await other.complete("bye")  # not the last message: stored as it is
+        events = [record.event async for record in db.store.read("s")]
+        view = await db.get_session("s")
+    messages = [event for event in events if isinstance(event, MessageAdded)]
+    assert messages[0] == MessageAdded(run_id="r", role="user", content_from_input=True)
+    assert messages[2] == MessageAdded(run_id="o", role="user", content="hi")
+    completed = [event for event in events if isinstance(event, RunCompleted)]
+    assert completed == [
+        RunCompleted(run_id="r", output_from_message=True),
+        RunCompleted(run_id="o", output="bye"),
+    ]
+    run_view, other_view = view.runs
+    assert [(m.role, m.content) for m in run_view.messages] == [("user", "what time is it?"), ("assistant", "noon")]
+    assert (run_view.input, run_view.output) == ("what time is it?", "noon")
+    assert [m.content for m in other_view.messages] == ["hi", "hello"] and other_view.output == "bye"
+    assert view.session_name == "what time is it?"  # the automatic name still comes from the user's text
+    # The same runs as releases before stored them fold to the same view.
+    before = [
+        record.event
+        if not isinstance(record.event, MessageAdded | RunCompleted) or record.event.run_id != "r"
+        else (
+            MessageAdded(run_id="r", role="user", content="what time is it?")
+            if isinstance(record.event, MessageAdded) and record.event.role == "user"
+            else RunCompleted(run_id="r", output="noon")
+            if isinstance(record.event, RunCompleted)
+            else record.event
+        )
+        for record in _records(events)
+    ]
+    then, now = fold_records(_records(before)), fold_records(_records(events))
+    assert then is not None and now is not None and then.runs == now.runs

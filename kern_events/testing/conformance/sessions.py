@@ -130,7 +130,8 @@ async def test_the_storage_policy_keeps_what_is_left_out_away_from_the_log(backe
         events = [record.event async for record in db.store.read("s")]
     assert not any(isinstance(event, ToolCallStarted | ToolCallCompleted) for event in events)
     messages = [event for event in events if isinstance(event, MessageAdded)]
-    assert [m.content for m in messages] == ["now", "question 2", "answer 2"]
+    # The run's user message repeats its input: stored once, in RunStarted, and referred to.
+    assert [(m.content, m.content_from_input) for m in messages] == [("now", False), (None, True), ("answer 2", False)]
     assert all(not m.media and not m.tool_calls and m.role != "tool" for m in messages)
 
 
