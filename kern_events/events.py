@@ -177,6 +177,9 @@ class MessageAdded(Event, tag="message_added", frozen=True):
     message_id: str | None = None
     content_from_input: bool = False
     """The content is the run's ``RunStarted.input``, stored once there (``content`` is left ``None``)."""
+    content_from_tool_result: bool = False
+    """The content is the result of the run's tool call ``tool_call_id``, stored once in its
+    ``ToolCallCompleted`` (``content`` is left ``None``)."""
 
 
 class ToolCallStarted(Event, tag="tool_call_started", frozen=True):

@@ -147,6 +147,8 @@ def _text(event: Any, state: tuple[StateChange, ...]) -> str:
         parts = [] if event.content is None else [_line(event.content)]
         if event.content_from_input:  # its RunStarted is not in the replay (truncated)
             parts.append("(the run's input)")
+        if event.content_from_tool_result:  # its ToolCallCompleted is not in the replay (truncated)
+            parts.append("(the tool call's result)")
         parts += [f"calls {call.tool_name}({_line(call.arguments)})" for call in event.tool_calls]
         parts += [f"[{media.kind} {media.name or media.url or media.media_id}]" for media in event.media]
         return f"{who}: {'; '.join(parts)}"
@@ -196,16 +198,21 @@ def describe(event: object) -> str:
     return _text(event, ())
 
 
-def _as_said(event: Any, inputs: dict[str, Any], said: dict[str, Any]) -> Any:
+def _as_said(event: Any, inputs: dict[str, Any], said: dict[Any, Any]) -> Any:
     """``event`` with the text it refers to instead of storing twice (a user message that is its run's
     input, an output that is the run's last message) written out, as the replay tells it; ``inputs``
     and ``said`` keep each run's input and last message content as the replay goes."""
     replace = msgspec.structs.replace
     if isinstance(event, RunStarted):
         inputs[event.run_id] = event.input
+    elif isinstance(event, ToolCallCompleted):
+        said[(event.run_id, event.tool_call_id)] = event.result
     elif isinstance(event, MessageAdded):
         if event.content_from_input and event.run_id in inputs:
             event = replace(event, content=inputs[event.run_id], content_from_input=False)
+        elif event.content_from_tool_result and (event.run_id, event.tool_call_id) in said:
+            result = said[(event.run_id, event.tool_call_id)]
+            event = replace(event, content=result, content_from_tool_result=False)
         said[event.run_id] = event.content
     elif isinstance(event, RunCompleted) and event.output_from_message and event.run_id in said:
         event = replace(event, output=said[event.run_id], output_from_message=False)
@@ -229,7 +236,7 @@ async def replay(store: EventStore, session_id: str, *, to_version: int | None =
     state: dict[str, Any] = {}
     totals = TokenTotals()
     inputs: dict[str, Any] = {}
-    said: dict[str, Any] = {}
+    said: dict[Any, Any] = {}
     async for record in store.read(session_id, to_version=to_version):
         event = _as_said(record.event, inputs, said)
         if isinstance(event, UnknownEvent):

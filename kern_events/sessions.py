@@ -118,21 +118,43 @@ def _stored_once(events: list[Event]) -> list[Event]:
     the run's last message (in the same step) refers to that; the run views read the same."""
     replace = msgspec.structs.replace
     inputs: dict[str, str] = {}
+    results: dict[tuple[str, str], Any] = {}
     last: dict[str, MessageAdded] = {}
     out: list[Event] = []
     for event in events:
         if isinstance(event, RunStarted) and isinstance(event.input, str):
             inputs[event.run_id] = event.input
+        elif isinstance(event, ToolCallCompleted) and event.error is None and event.result is not None:
+            results[(event.run_id, event.tool_call_id)] = event.result
         elif isinstance(event, MessageAdded):
             last[event.run_id] = event
             if event.role == "user" and isinstance(event.content, str) and inputs.get(event.run_id) == event.content:
                 event = replace(event, content=None, content_from_input=True)
+            elif (
+                event.role == "tool"
+                and event.tool_call_id is not None
+                and event.content is not None
+                and _same_value(results.get((event.run_id, event.tool_call_id)), event.content)
+            ):
+                event = replace(event, content=None, content_from_tool_result=True)
         elif isinstance(event, RunCompleted) and isinstance(event.output, str):
             message = last.get(event.run_id)
             if message is not None and isinstance(message.content, str) and message.content == event.output:
                 event = replace(event, output=None, output_from_message=True)
         out.append(event)
     return out
+
+
+def _same_value(one: Any, other: Any) -> bool:
+    """Whether two values are stored as the same bytes (so either reads back as the other would)."""
+    if one is None or other is None:
+        return False
+    if isinstance(one, str) or isinstance(other, str):
+        return type(one) is type(other) and one == other
+    try:
+        return bool(msgspec.msgpack.encode(one) == msgspec.msgpack.encode(other))
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.MsgspecError):
+        return False
 
 
 class _Step:

@@ -151,7 +151,7 @@ def apply_to_run(run: RunView, event: Event, at: int) -> RunView:
     if isinstance(event, MessageAdded):
         message = MessageView(
             role=event.role,
-            content=run.input if event.content_from_input else event.content,
+            content=_content(run, event),
             name=event.name,
             tool_call_id=event.tool_call_id,
             tool_calls=event.tool_calls,
@@ -201,6 +201,18 @@ def apply_to_run(run: RunView, event: Event, at: int) -> RunView:
     if isinstance(event, MediaAdded):
         return replace(run, media=(*run.media, *event.media), updated_at=at)
     return run
+
+
+def _content(run: RunView, event: MessageAdded) -> Any:
+    """A message's content, read from the run's input or tool call when it is stored there."""
+    if event.content_from_input:
+        return run.input
+    if event.content_from_tool_result:
+        for call in reversed(run.tool_calls):
+            if call.tool_call_id == event.tool_call_id:
+                return call.result
+        return None
+    return event.content
 
 
 def _complete_tool_call(calls: tuple[ToolCallView, ...], event: ToolCallCompleted, at: int) -> tuple[ToolCallView, ...]:

@@ -28,6 +28,7 @@ from kern_events import (
 )
 from kern_events.codec import tagged_payload, untagged_payload
 from kern_events.records import PendingEvent, Record
+from kern_events.replay import replay
 from kern_events.stores.sqlite import SqliteEventStore
 from projections.session import fold_records
 
@@ -191,3 +192,27 @@ async def test_a_run_stores_its_input_and_its_answer_once_and_its_view_reads_the
     ]
     then, now = fold_records(_records(before)), fold_records(_records(events))
     assert then is not None and now is not None and then.runs == now.runs
+
+
+async def test_a_tool_message_repeating_its_calls_result_stores_it_once_and_reads_it_from_the_call() -> None:
+    async with InMemoryDb() as db:
+        session = await db.open_session("s")
+        run = await session.start_run("r")
+        run.tool_call("c1", "search", {"to": "Oslo"}, result={"flights": ["SK123"], "n": 1})
+        run.message("tool", {"flights": ["SK123"], "n": 1}, name="search", tool_call_id="c1")
+        run.tool_call("c2", "search", {"to": "Rome"}, result={"n": 1})
+        run.message("tool", {"n": 1.0}, name="search", tool_call_id="c2")  # equal, not the same bytes
+        run.tool_call("c3", "book", error="no seats")
+        run.message("tool", "no seats", name="book", tool_call_id="c3")
+        await run.complete()
+        events = [record.event async for record in db.store.read("s")]
+        view = await db.get_session("s")
+        replayed = [step.text async for step in replay(db.store, "s")]
+    tools = [event for event in events if isinstance(event, MessageAdded)]
+    assert [(m.content, m.content_from_tool_result) for m in tools] == [
+        (None, True),
+        ({"n": 1.0}, False),
+        ("no seats", False),
+    ]
+    assert [m.content for m in view.runs[0].messages] == [{"flights": ["SK123"], "n": 1}, {"n": 1.0}, "no seats"]
+    assert 'tool (search): {"flights":["SK123"],"n":1}' in replayed  # replay tells it as stored before
