@@ -260,7 +260,8 @@ class OtelProbe:
             "kern_events.event_count": len(events),
             "kern_events.run.messages": sum(isinstance(e, MessageAdded) for e in events),
             "kern_events.run.tool_calls": sum(
-                isinstance(e, ToolCallStarted) or (isinstance(e, ToolCallCompleted) and e.arguments is not None)
+                isinstance(e, ToolCallStarted)
+                or (isinstance(e, ToolCallCompleted) and (e.arguments is not None or e.arguments_from_message))
                 for e in events
             ),
         }
@@ -273,7 +274,7 @@ class OtelProbe:
                     if isinstance(event, ToolCallStarted):
                         span.add_event("tool_call", tool)
                         continue
-                    if event.arguments is not None:  # a call recorded whole: its start is this event too
+                    if event.arguments is not None or event.arguments_from_message:  # a call recorded whole
                         span.add_event("tool_call", dict(tool))
                     if event.error is not None:
                         tool["error.type"] = "tool_error"

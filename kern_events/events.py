@@ -206,6 +206,9 @@ class ToolCallCompleted(Event, tag="tool_call_completed", frozen=True):
     error: str | None = None
     duration: float | None = None
     arguments: dict[str, Any] | None = None
+    arguments_from_message: bool = False
+    """A call recorded whole whose arguments are those of the request ``tool_call_id`` in one of the
+    run's assistant messages, stored once there (``arguments`` is left ``None``)."""
 
 
 class SessionStateChanged(Event, tag="session_state_changed", frozen=True):

@@ -206,8 +206,13 @@ def _as_said(event: Any, inputs: dict[str, Any], said: dict[Any, Any]) -> Any:
     if isinstance(event, RunStarted):
         inputs[event.run_id] = event.input
     elif isinstance(event, ToolCallCompleted):
+        asked = said.get(("request", event.run_id, event.tool_call_id))
+        if event.arguments_from_message and asked is not None:
+            event = replace(event, arguments=asked, arguments_from_message=False)
         said[(event.run_id, event.tool_call_id)] = event.result
     elif isinstance(event, MessageAdded):
+        for request in event.tool_calls:
+            said[("request", event.run_id, request.tool_call_id)] = request.arguments
         if event.content_from_input and event.run_id in inputs:
             event = replace(event, content=inputs[event.run_id], content_from_input=False)
         elif event.content_from_tool_result and (event.run_id, event.tool_call_id) in said:

@@ -113,21 +113,29 @@ _RUN_ENDINGS = (RunCompleted, RunFailed, RunCancelled, RunPaused)
 
 
 def _stored_once(events: list[Event]) -> list[Event]:
-    """``events`` with text a step would store twice stored once: a user message repeating its run's
-    input (``RunStarted`` in the same step) refers to it, and a ``RunCompleted`` whose output repeats
-    the run's last message (in the same step) refers to that; the run views read the same."""
+    """``events`` with what a step would store twice stored once, the later copy referring to the
+    earlier (both in this step, the same bytes): a user message repeating its run's input, a tool call's
+    arguments repeating the assistant message's request, a tool message repeating the call's result, a
+    ``RunCompleted`` output repeating the run's last message. The run views read the same."""
     replace = msgspec.structs.replace
     inputs: dict[str, str] = {}
     results: dict[tuple[str, str], Any] = {}
+    requests: dict[tuple[str, str], dict[str, Any]] = {}
     last: dict[str, MessageAdded] = {}
     out: list[Event] = []
     for event in events:
         if isinstance(event, RunStarted) and isinstance(event.input, str):
             inputs[event.run_id] = event.input
-        elif isinstance(event, ToolCallCompleted) and event.error is None and event.result is not None:
-            results[(event.run_id, event.tool_call_id)] = event.result
+        elif isinstance(event, ToolCallCompleted):
+            key = (event.run_id, event.tool_call_id)
+            if event.error is None and event.result is not None:
+                results[key] = event.result
+            if event.arguments and _same_value(requests.get(key), event.arguments):
+                event = replace(event, arguments=None, arguments_from_message=True)
         elif isinstance(event, MessageAdded):
             last[event.run_id] = event
+            for request in event.tool_calls:
+                requests[(event.run_id, request.tool_call_id)] = request.arguments
             if event.role == "user" and isinstance(event.content, str) and inputs.get(event.run_id) == event.content:
                 event = replace(event, content=None, content_from_input=True)
             elif (

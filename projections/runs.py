@@ -169,6 +169,8 @@ def apply_to_run(run: RunView, event: Event, at: int) -> RunView:
         )
         return replace(run, tool_calls=(*run.tool_calls, call), updated_at=at)
     if isinstance(event, ToolCallCompleted):
+        if event.arguments_from_message:
+            event = replace(event, arguments=_requested_arguments(run, event.tool_call_id))
         return replace(run, tool_calls=_complete_tool_call(run.tool_calls, event, at), updated_at=at)
     if isinstance(event, RunPaused):
         added = tuple(RequirementView(requirement=item) for item in event.requirements)
@@ -201,6 +203,15 @@ def apply_to_run(run: RunView, event: Event, at: int) -> RunView:
     if isinstance(event, MediaAdded):
         return replace(run, media=(*run.media, *event.media), updated_at=at)
     return run
+
+
+def _requested_arguments(run: RunView, tool_call_id: str) -> dict[str, Any]:
+    """The arguments of the run's latest request for the tool call ``tool_call_id``."""
+    for message in reversed(run.messages):
+        for request in message.tool_calls:
+            if request.tool_call_id == tool_call_id:
+                return request.arguments
+    return {}
 
 
 def _content(run: RunView, event: MessageAdded) -> Any:

@@ -21,6 +21,7 @@ from kern_events import (
     SessionStateChanged,
     StoredEvent,
     ToolCallCompleted,
+    ToolCallRequest,
     ToolCallStarted,
     event_id_for,
     register_event_type,
@@ -216,3 +217,24 @@ async def test_a_tool_message_repeating_its_calls_result_stores_it_once_and_read
     ]
     assert [m.content for m in view.runs[0].messages] == [{"flights": ["SK123"], "n": 1}, {"n": 1.0}, "no seats"]
     assert 'tool (search): {"flights":["SK123"],"n":1}' in replayed  # replay tells it as stored before
+
+
+async def test_a_tool_calls_arguments_repeating_the_assistants_request_are_stored_once() -> None:
+    async with InMemoryDb() as db:
+        session = await db.open_session("s")
+        run = await session.start_run("r")
+        requests = [
+            ToolCallRequest(tool_call_id="c1", tool_name="search", arguments={"to": "Oslo"}),
+            ToolCallRequest(tool_call_id="c2", tool_name="search", arguments={"n": 1}),
+        ]
+        run.message("assistant", None, tool_calls=requests)
+        run.tool_call("c1", "search", {"to": "Oslo"}, result="SK123")
+        run.tool_call("c2", "search", {"n": 1.0}, result="none")  # equal, not the same bytes: kept
+        await run.complete()
+        events = [record.event async for record in db.store.read("s")]
+        view = await db.get_session("s")
+        replayed = [step.text async for step in replay(db.store, "s")]
+    calls = [event for event in events if isinstance(event, ToolCallCompleted)]
+    assert [(call.arguments, call.arguments_from_message) for call in calls] == [(None, True), ({"n": 1.0}, False)]
+    assert [call.arguments for call in view.runs[0].tool_calls] == [{"to": "Oslo"}, {"n": 1.0}]
+    assert 'tool search({"to":"Oslo"}) returned: SK123' in replayed
