@@ -248,14 +248,25 @@ def _map_head(count: int) -> bytes:
     return b"\xdf" + count.to_bytes(4)
 
 
+_SMALL_MAPS = {bytes((0x80 | count,)): bytes((0x80 | count - 1,)) for count in range(1, 16)}
+"""The header of a map of 1 to 15 entries, and that of one entry fewer."""
+
+_TAG_PAIRS: dict[str, bytes] = {}
+"""The encoded ``"type": tag`` entry of each tag seen, built once."""
+
+
 def untagged_payload(data: bytes, tag: str) -> bytes:
     """``data`` (an encoded event map) without its leading ``"type": tag`` entry; ``data`` itself when
     it does not start with that entry."""
+    pair = _TAG_PAIRS.get(tag)
+    if pair is None:
+        pair = _TAG_PAIRS.setdefault(tag, _TYPE_KEY + msgspec.msgpack.encode(tag))
+    if data[:1] in _SMALL_MAPS and data.startswith(pair, 1):  # up to 15 entries, as nearly every event
+        return _SMALL_MAPS[data[:1]] + data[1 + len(pair) :]
     header = _map_header(data)
     if header is None or header[0] == 0:
         return data
     count, length = header
-    pair = _TYPE_KEY + msgspec.msgpack.encode(tag)
     if not data.startswith(pair, length):
         return data
     return _map_head(count - 1) + data[length + len(pair) :]

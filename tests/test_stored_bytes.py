@@ -238,3 +238,13 @@ async def test_a_tool_calls_arguments_repeating_the_assistants_request_are_store
     assert [(call.arguments, call.arguments_from_message) for call in calls] == [(None, True), ({"n": 1.0}, False)]
     assert [call.arguments for call in view.runs[0].tool_calls] == [{"to": "Oslo"}, {"n": 1.0}]
     assert 'tool search({"to":"Oslo"}) returned: SK123' in replayed
+
+
+def test_a_payload_of_sixteen_entries_or_more_loses_and_regains_its_tag_too() -> None:
+    fields = {f"f{n:02d}": n for n in range(17)}
+    old = msgspec.msgpack.encode({"type": "tests.wide", **fields})  # a map16 header
+    assert old[0] == 0xDE
+    new = untagged_payload(old, "tests.wide")
+    assert msgspec.msgpack.decode(new) == fields and new[0] == 0xDE
+    assert tagged_payload(new, "tests.wide") == old
+    assert untagged_payload(old, "tests.other") == old  # another tag: left as it is
