@@ -259,7 +259,11 @@ class OtelProbe:
             "kern_events.run_id": run.run_id,
             "kern_events.event_count": len(events),
             "kern_events.run.messages": sum(isinstance(e, MessageAdded) for e in events),
-            "kern_events.run.tool_calls": sum(isinstance(e, ToolCallStarted) for e in events),
+            "kern_events.run.tool_calls": sum(
+                isinstance(e, ToolCallStarted)
+                or (isinstance(e, ToolCallCompleted) and (e.arguments is not None or e.arguments_from_message))
+                for e in events
+            ),
         }
         with self._tracer.start_as_current_span(name, attributes=attributes) as span:
             for event in events:
@@ -270,6 +274,8 @@ class OtelProbe:
                     if isinstance(event, ToolCallStarted):
                         span.add_event("tool_call", tool)
                         continue
+                    if event.arguments is not None or event.arguments_from_message:  # a call recorded whole
+                        span.add_event("tool_call", dict(tool))
                     if event.error is not None:
                         tool["error.type"] = "tool_error"
                     span.add_event("tool_call.completed", tool)

@@ -13,6 +13,12 @@ field) is refused with :class:`~kern_events.errors.InvalidEventError` naming the
 the encoder cannot take at all (too deep, self-referencing, an integer beyond 64 bits, a lone
 surrogate). NaN reads back as NaN and is accepted; so is a value that reads back *equal* but of a
 plainer type (an ``IntEnum`` member as its int, ``bytearray`` as ``bytes``, an int as a declared float).
+
+The type tag is stored once, in the row's ``type`` column, not again inside the payload: the encoded
+map's leading ``"type"`` pair is cut off (:func:`untagged_payload`). Payloads written before kept it,
+and still decode (the decoder of one type takes its own tag when present); upcasters are handed the
+payload with its ``"type"`` key, as they always were, and :func:`tagged_payload` rebuilds the older
+bytes of a payload so that a retry of an append first made by an older release is still recognized.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from kern_events.errors import CorruptRecordError, InvalidEventError, UnknownEve
 from kern_events.events import EVENT_TYPES, Event
 from kern_events.records import PendingEvent, Record, StoredEvent, UnknownEvent
 
-__all__ = ["Codec", "MsgpackCodec"]
+__all__ = ["Codec", "MsgpackCodec", "tagged_payload", "untagged_payload"]
 
 
 class Codec(Protocol):
@@ -73,7 +79,7 @@ class MsgpackCodec:
         return None if entry is None else entry[0]
 
     def encode(self, event: Event, event_id: UUID) -> PendingEvent:
-        """Encode one event (its type tag is part of the bytes and also kept beside them).
+        """Encode one event (its type tag is kept beside the bytes, not in them).
 
         The bytes are decoded once more and compared with ``event`` before they are handed out: an
         event that would not read back exactly as given must never be stored.
@@ -82,7 +88,7 @@ class MsgpackCodec:
         decoder = self._decoder(event_type)
         assert decoder is not None, "a registered tag always has a decoder"
         try:
-            data = self._encoder.encode(event)
+            data = untagged_payload(self._encoder.encode(event), event_type)
             decoded = decoder.decode(data)
             same = decoded == event
         except _ENCODE_ERRORS as exc:
@@ -235,6 +241,8 @@ def _upcast(stored: StoredEvent, current: int) -> bytes:
     if not steps:
         return stored.data
     payload = msgspec.msgpack.decode(stored.data)
+    if isinstance(payload, dict) and "type" not in payload:
+        payload = {"type": stored.type, **payload}  # upcasters see the tag, as in payloads that carry it
     for version, step in steps:
         if not isinstance(payload, dict):
             raise msgspec.ValidationError(f"the payload is not a map before the upcaster from version {version}")
@@ -245,6 +253,67 @@ def _upcast(stored: StoredEvent, current: int) -> bytes:
                 f"the upcaster {step!r} from schema version {version} failed: {type(exc).__name__}: {exc}"
             ) from exc
     return msgspec.msgpack.encode(payload)
+
+
+_TYPE_KEY = b"\xa4type"
+"""The MessagePack key of the tag field, as msgspec writes it first in every tagged event."""
+
+
+def _map_header(data: bytes) -> tuple[int, int] | None:
+    """The entry count of the MessagePack map ``data`` starts with and its header's length, or ``None``."""
+    head = data[:1]
+    if not head:
+        return None
+    first = head[0]
+    if 0x80 <= first <= 0x8F:
+        return first & 0x0F, 1
+    if first == 0xDE and len(data) >= 3:
+        return int.from_bytes(data[1:3]), 3
+    if first == 0xDF and len(data) >= 5:
+        return int.from_bytes(data[1:5]), 5
+    return None
+
+
+def _map_head(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x80 | count,))
+    if count < 0x10000:
+        return b"\xde" + count.to_bytes(2)
+    return b"\xdf" + count.to_bytes(4)
+
+
+_SMALL_MAPS = {bytes((0x80 | count,)): bytes((0x80 | count - 1,)) for count in range(1, 16)}
+"""The header of a map of 1 to 15 entries, and that of one entry fewer."""
+
+_TAG_PAIRS: dict[str, bytes] = {}
+"""The encoded ``"type": tag`` entry of each tag seen, built once."""
+
+
+def untagged_payload(data: bytes, tag: str) -> bytes:
+    """``data`` (an encoded event map) without its leading ``"type": tag`` entry; ``data`` itself when
+    it does not start with that entry."""
+    pair = _TAG_PAIRS.get(tag)
+    if pair is None:
+        pair = _TAG_PAIRS.setdefault(tag, _TYPE_KEY + msgspec.msgpack.encode(tag))
+    if data[:1] in _SMALL_MAPS and data.startswith(pair, 1):  # up to 15 entries, as nearly every event
+        return _SMALL_MAPS[data[:1]] + data[1 + len(pair) :]
+    header = _map_header(data)
+    if header is None or header[0] == 0:
+        return data
+    count, length = header
+    if not data.startswith(pair, length):
+        return data
+    return _map_head(count - 1) + data[length + len(pair) :]
+
+
+def tagged_payload(data: bytes, tag: str) -> bytes:
+    """The payload as releases that kept the tag inside it wrote ``data`` (the ``"type": tag`` entry
+    first); ``data`` itself when it is not a map or has the entry already."""
+    header = _map_header(data)
+    if header is None or data.startswith(_TYPE_KEY, header[1]):
+        return data
+    count, length = header
+    return _map_head(count + 1) + _TYPE_KEY + msgspec.msgpack.encode(tag) + data[length:]
 
 
 def _tag_of(event: object) -> str:

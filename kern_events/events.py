@@ -175,6 +175,11 @@ class MessageAdded(Event, tag="message_added", frozen=True):
     tool_calls: tuple[ToolCallRequest, ...] = ()
     media: tuple[MediaReference, ...] = ()
     message_id: str | None = None
+    content_from_input: bool = False
+    """The content is the run's ``RunStarted.input``, stored once there (``content`` is left ``None``)."""
+    content_from_tool_result: bool = False
+    """The content is the result of the run's tool call ``tool_call_id``, stored once in its
+    ``ToolCallCompleted`` (``content`` is left ``None``)."""
 
 
 class ToolCallStarted(Event, tag="tool_call_started", frozen=True):
@@ -187,7 +192,12 @@ class ToolCallStarted(Event, tag="tool_call_started", frozen=True):
 
 
 class ToolCallCompleted(Event, tag="tool_call_completed", frozen=True):
-    """A tool finished, with its result or its error, and how long it took (seconds)."""
+    """A tool finished, with its result or its error, and how long it took (seconds).
+
+    A call recorded whole, started and finished in one step, is this event alone, with its
+    ``arguments`` (``{}`` for none); one whose start was recorded before leaves them ``None``, to its
+    :class:`ToolCallStarted`.
+    """
 
     run_id: str
     tool_call_id: str
@@ -195,6 +205,10 @@ class ToolCallCompleted(Event, tag="tool_call_completed", frozen=True):
     result: Any = None
     error: str | None = None
     duration: float | None = None
+    arguments: dict[str, Any] | None = None
+    arguments_from_message: bool = False
+    """A call recorded whole whose arguments are those of the request ``tool_call_id`` in one of the
+    run's assistant messages, stored once there (``arguments`` is left ``None``)."""
 
 
 class SessionStateChanged(Event, tag="session_state_changed", frozen=True):
@@ -234,6 +248,8 @@ class RunCompleted(Event, tag="run_completed", frozen=True):
     run_id: str
     output: Any = None
     metrics: RunMetrics = RunMetrics()
+    output_from_message: bool = False
+    """The output is the content of the run's last message, stored once there (``output`` is left ``None``)."""
 
 
 class RunFailed(Event, tag="run_failed", frozen=True):

@@ -145,6 +145,10 @@ def _text(event: Any, state: tuple[StateChange, ...]) -> str:
     if isinstance(event, MessageAdded):
         who = event.role if event.name is None else f"{event.role} ({event.name})"
         parts = [] if event.content is None else [_line(event.content)]
+        if event.content_from_input:  # its RunStarted is not in the replay (truncated)
+            parts.append("(the run's input)")
+        if event.content_from_tool_result:  # its ToolCallCompleted is not in the replay (truncated)
+            parts.append("(the tool call's result)")
         parts += [f"calls {call.tool_name}({_line(call.arguments)})" for call in event.tool_calls]
         parts += [f"[{media.kind} {media.name or media.url or media.media_id}]" for media in event.media]
         return f"{who}: {'; '.join(parts)}"
@@ -152,9 +156,10 @@ def _text(event: Any, state: tuple[StateChange, ...]) -> str:
         return f"tool {event.tool_name}({_line(event.arguments)}) started"
     if isinstance(event, ToolCallCompleted):
         took = "" if event.duration is None else f" in {event.duration:.2f} s"
+        called = event.tool_name if event.arguments is None else f"{event.tool_name}({_line(event.arguments)})"
         if event.error is not None:
-            return f"tool {event.tool_name} failed{took}: {event.error}"
-        return f"tool {event.tool_name} returned{took}: {_line(event.result)}"
+            return f"tool {called} failed{took}: {event.error}"
+        return f"tool {called} returned{took}: {_line(event.result)}"
     if isinstance(event, SessionStateChanged):
         return "state: " + (", ".join(f"{change.change} {change.key}" for change in state) or "unchanged")
     if isinstance(event, RunPaused):
@@ -165,6 +170,8 @@ def _text(event: Any, state: tuple[StateChange, ...]) -> str:
         return "resumed"
     if isinstance(event, RunCompleted):
         output = "" if event.output is None else f": {_line(event.output)}"
+        if event.output_from_message:  # the message is not in the replay (truncated)
+            output = ": the run's last message"
         return f"completed ({_metrics_text(event.metrics)}){output}"
     if isinstance(event, RunFailed):
         return f"failed: {event.error}" + ("" if event.metrics is None else f" ({_metrics_text(event.metrics)})")
@@ -191,6 +198,32 @@ def describe(event: object) -> str:
     return _text(event, ())
 
 
+def _as_said(event: Any, inputs: dict[str, Any], said: dict[Any, Any]) -> Any:
+    """``event`` with the text it refers to instead of storing twice (a user message that is its run's
+    input, an output that is the run's last message) written out, as the replay tells it; ``inputs``
+    and ``said`` keep each run's input and last message content as the replay goes."""
+    replace = msgspec.structs.replace
+    if isinstance(event, RunStarted):
+        inputs[event.run_id] = event.input
+    elif isinstance(event, ToolCallCompleted):
+        asked = said.get(("request", event.run_id, event.tool_call_id))
+        if event.arguments_from_message and asked is not None:
+            event = replace(event, arguments=asked, arguments_from_message=False)
+        said[(event.run_id, event.tool_call_id)] = event.result
+    elif isinstance(event, MessageAdded):
+        for request in event.tool_calls:
+            said[("request", event.run_id, request.tool_call_id)] = request.arguments
+        if event.content_from_input and event.run_id in inputs:
+            event = replace(event, content=inputs[event.run_id], content_from_input=False)
+        elif event.content_from_tool_result and (event.run_id, event.tool_call_id) in said:
+            result = said[(event.run_id, event.tool_call_id)]
+            event = replace(event, content=result, content_from_tool_result=False)
+        said[event.run_id] = event.content
+    elif isinstance(event, RunCompleted) and event.output_from_message and event.run_id in said:
+        event = replace(event, output=said[event.run_id], output_from_message=False)
+    return event
+
+
 async def replay(store: EventStore, session_id: str, *, to_version: int | None = None) -> AsyncIterator[ReplayStep]:
     """The session's steps in version order, up to ``to_version`` (default: its head).
 
@@ -207,8 +240,10 @@ async def replay(store: EventStore, session_id: str, *, to_version: int | None =
         )
     state: dict[str, Any] = {}
     totals = TokenTotals()
+    inputs: dict[str, Any] = {}
+    said: dict[Any, Any] = {}
     async for record in store.read(session_id, to_version=to_version):
-        event = record.event
+        event = _as_said(record.event, inputs, said)
         if isinstance(event, UnknownEvent):
             yield ReplayStep(
                 version=record.version,

@@ -112,6 +112,59 @@ class StoragePolicy(msgspec.Struct, frozen=True, kw_only=True):
 _RUN_ENDINGS = (RunCompleted, RunFailed, RunCancelled, RunPaused)
 
 
+def _stored_once(events: list[Event]) -> list[Event]:
+    """``events`` with what a step would store twice stored once, the later copy referring to the
+    earlier (both in this step, the same bytes): a user message repeating its run's input, a tool call's
+    arguments repeating the assistant message's request, a tool message repeating the call's result, a
+    ``RunCompleted`` output repeating the run's last message. The run views read the same."""
+    replace = msgspec.structs.replace
+    inputs: dict[str, str] = {}
+    results: dict[tuple[str, str], Any] = {}
+    requests: dict[tuple[str, str], dict[str, Any]] = {}
+    last: dict[str, MessageAdded] = {}
+    out: list[Event] = []
+    for event in events:
+        if isinstance(event, RunStarted) and isinstance(event.input, str):
+            inputs[event.run_id] = event.input
+        elif isinstance(event, ToolCallCompleted):
+            key = (event.run_id, event.tool_call_id)
+            if event.error is None and event.result is not None:
+                results[key] = event.result
+            if event.arguments and _same_value(requests.get(key), event.arguments):
+                event = replace(event, arguments=None, arguments_from_message=True)
+        elif isinstance(event, MessageAdded):
+            last[event.run_id] = event
+            for request in event.tool_calls:
+                requests[(event.run_id, request.tool_call_id)] = request.arguments
+            if event.role == "user" and isinstance(event.content, str) and inputs.get(event.run_id) == event.content:
+                event = replace(event, content=None, content_from_input=True)
+            elif (
+                event.role == "tool"
+                and event.tool_call_id is not None
+                and event.content is not None
+                and _same_value(results.get((event.run_id, event.tool_call_id)), event.content)
+            ):
+                event = replace(event, content=None, content_from_tool_result=True)
+        elif isinstance(event, RunCompleted) and isinstance(event.output, str):
+            message = last.get(event.run_id)
+            if message is not None and isinstance(message.content, str) and message.content == event.output:
+                event = replace(event, output=None, output_from_message=True)
+        out.append(event)
+    return out
+
+
+def _same_value(one: Any, other: Any) -> bool:
+    """Whether two values are stored as the same bytes (so either reads back as the other would)."""
+    if one is None or other is None:
+        return False
+    if isinstance(one, str) or isinstance(other, str):
+        return type(one) is type(other) and one == other
+    try:
+        return bool(msgspec.msgpack.encode(one) == msgspec.msgpack.encode(other))
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.MsgspecError):
+        return False
+
+
 class _Step:
     """A step as it is appended: the events the policy admitted (an automatic name included) and their
     ids, fixed at the first attempt so that every retry is the same append."""
@@ -237,7 +290,7 @@ class Session:
             if first is not None and isinstance(first.content, str) and first.content.strip():
                 kept.append(SessionRenamed(name=_auto_name(first.content)))
                 self._named = auto_named = True
-        return _Step(kept, auto_named=auto_named) if kept else None
+        return _Step(_stored_once(kept), auto_named=auto_named) if kept else None
 
     async def _append_step(self, step: _Step) -> AppendResult:
         """Append ``step`` with its own ids. A retry expects the version its unanswered attempt
@@ -440,9 +493,8 @@ class Run:
         error: str | None = None,
         duration: float | None = None,
     ) -> None:
-        """Stage a finished tool call: its start and its result (or error) and duration."""
-        args = dict(arguments or {})
-        self.stage(ToolCallStarted(run_id=self.run_id, tool_call_id=tool_call_id, tool_name=tool_name, arguments=args))
+        """Stage a finished tool call: one ``ToolCallCompleted`` with its arguments, its result (or
+        error) and duration (its start is the same step's, so no ``ToolCallStarted`` is stored for it)."""
         self.stage(
             ToolCallCompleted(
                 run_id=self.run_id,
@@ -451,6 +503,7 @@ class Run:
                 result=result,
                 error=error,
                 duration=duration,
+                arguments=dict(arguments or {}),
             )
         )
 

@@ -151,7 +151,7 @@ def apply_to_run(run: RunView, event: Event, at: int) -> RunView:
     if isinstance(event, MessageAdded):
         message = MessageView(
             role=event.role,
-            content=event.content,
+            content=_content(run, event),
             name=event.name,
             tool_call_id=event.tool_call_id,
             tool_calls=event.tool_calls,
@@ -169,6 +169,8 @@ def apply_to_run(run: RunView, event: Event, at: int) -> RunView:
         )
         return replace(run, tool_calls=(*run.tool_calls, call), updated_at=at)
     if isinstance(event, ToolCallCompleted):
+        if event.arguments_from_message:
+            event = replace(event, arguments=_requested_arguments(run, event.tool_call_id))
         return replace(run, tool_calls=_complete_tool_call(run.tool_calls, event, at), updated_at=at)
     if isinstance(event, RunPaused):
         added = tuple(RequirementView(requirement=item) for item in event.requirements)
@@ -192,7 +194,8 @@ def apply_to_run(run: RunView, event: Event, at: int) -> RunView:
     if isinstance(event, RunResumed):
         return replace(run, status="running", updated_at=at)
     if isinstance(event, RunCompleted):
-        return replace(run, status="completed", output=event.output, metrics=event.metrics, updated_at=at)
+        output = run.messages[-1].content if event.output_from_message and run.messages else event.output
+        return replace(run, status="completed", output=output, metrics=event.metrics, updated_at=at)
     if isinstance(event, RunFailed):
         return replace(run, status="failed", error=event.error, metrics=event.metrics, updated_at=at)
     if isinstance(event, RunCancelled):
@@ -200,6 +203,27 @@ def apply_to_run(run: RunView, event: Event, at: int) -> RunView:
     if isinstance(event, MediaAdded):
         return replace(run, media=(*run.media, *event.media), updated_at=at)
     return run
+
+
+def _requested_arguments(run: RunView, tool_call_id: str) -> dict[str, Any]:
+    """The arguments of the run's latest request for the tool call ``tool_call_id``."""
+    for message in reversed(run.messages):
+        for request in message.tool_calls:
+            if request.tool_call_id == tool_call_id:
+                return request.arguments
+    return {}
+
+
+def _content(run: RunView, event: MessageAdded) -> Any:
+    """A message's content, read from the run's input or tool call when it is stored there."""
+    if event.content_from_input:
+        return run.input
+    if event.content_from_tool_result:
+        for call in reversed(run.tool_calls):
+            if call.tool_call_id == event.tool_call_id:
+                return call.result
+        return None
+    return event.content
 
 
 def _complete_tool_call(calls: tuple[ToolCallView, ...], event: ToolCallCompleted, at: int) -> tuple[ToolCallView, ...]:
@@ -215,7 +239,9 @@ def _complete_tool_call(calls: tuple[ToolCallView, ...], event: ToolCallComplete
         if calls[index].tool_call_id == event.tool_call_id:
             updated = msgspec.structs.replace(calls[index], **done)
             return (*calls[:index], updated, *calls[index + 1 :])
-    started = ToolCallView(tool_call_id=event.tool_call_id, tool_name=event.tool_name, started_at=at)
+    started = ToolCallView(
+        tool_call_id=event.tool_call_id, tool_name=event.tool_name, arguments=event.arguments or {}, started_at=at
+    )
     return (*calls, msgspec.structs.replace(started, **done))
 
 

@@ -49,8 +49,7 @@ def test_replay_json_tells_every_step_with_diffs_pauses_and_token_totals(
     # Tool calls with their arguments and results.
     weather = next(step for step in steps if step["kind"] == "tool_call_completed" and "get_weather" in step["text"])
     assert weather["detail"]["result"] == "sunny and 18 °C"
-    started = next(step for step in steps if step["kind"] == "tool_call_started" and "get_weather" in step["text"])
-    assert started["detail"]["arguments"] == {"city": "Paris"}
+    assert weather["detail"]["arguments"] == {"city": "Paris"}  # a call recorded whole: one event
     # State changes as diffs.
     diffs = [change for step in steps for change in step.get("state", [])]
     assert {"key": "user_name", "change": "added", "after": "Alice"} in diffs
@@ -68,7 +67,7 @@ def test_replay_for_a_person_shows_runs_tool_calls_diffs_and_totals(
     assert code == 0
     assert out.count("run run_") == 4
     assert "user: What's the weather in Paris?" in out
-    assert 'tool get_weather({"city":"Paris"}) started' in out
+    assert 'tool get_weather({"city":"Paris"}) returned' in out
     assert "+ user_name: Alice" in out
     assert "paused, waiting for confirmation of book_flight" in out
     assert "requirement call_book_flight_oslo confirmed" in out
@@ -81,7 +80,7 @@ def test_replay_to_a_version_stops_there(demo_db: Path, capsys: pytest.CaptureFi
     assert code == 0
     assert [json.loads(line)["version"] for line in out.splitlines()[:-1]] == list(range(1, 13))
     code, _, err = cli(capsys, "replay", "conversation_123", "--db", str(demo_db), "--to-version", "999")
-    assert code == 2 and err.count("\n") == 1 and "--to-version" in err and "version 37" in err
+    assert code == 2 and err.count("\n") == 1 and "--to-version" in err and "version 34" in err
 
 
 def test_replay_of_a_missing_session_or_database_is_one_line(

@@ -111,12 +111,12 @@ def test_a_long_session_renders_a_bounded_page_of_runs(page: str) -> None:
 
 
 def test_time_travel_shows_the_session_as_of_a_version_with_its_open_pause(page: str) -> None:
-    body = get(page + "/session?id=conversation_123&version=29")[1]
-    assert "as of version 29 of 37" in body
+    body = get(page + "/session?id=conversation_123&version=27")[1]  # the pause (each tool call is one event)
+    assert "as of version 27 of 34" in body
     assert "paused, waiting for confirmation of book_flight" in html.unescape(body)
     assert 'id="paused"' in body and "call_book_flight_oslo" in body
     assert "booked" not in body.split('id="state"', 1)[1].split("</pre>", 1)[0]
-    assert re.search(r'id="prev" href="[^"]*version=28"', body) and re.search(r'id="next" href="[^"]*version=30"', body)
+    assert re.search(r'id="prev" href="[^"]*version=26"', body) and re.search(r'id="next" href="[^"]*version=28"', body)
     assert get(page + "/session?id=conversation_123&version=99")[0] == 400
     assert get(page + "/session?id=conversation_123&version=x")[0] == 400
     assert get(page + "/session?id=nope")[0] == 404

@@ -83,7 +83,7 @@ def test_list_filter_open_step_back_in_time_and_xss_stays_text(ui_db: Path, brow
         assert page.locator("a.session-link").all_inner_texts() == ["conversation_123"]
         page.click("a.session-link")
         page.wait_for_selector("#as-of")
-        assert page.locator("#as-of").inner_text() == "version 37 (latest)"
+        assert page.locator("#as-of").inner_text() == "version 34 (latest)"
         assert "booked" in page.locator("#state").inner_text()
         assert page.locator(".run").count() == 4
         page.locator("details.tool summary").first.click()  # arguments and results unfold
@@ -91,14 +91,14 @@ def test_list_filter_open_step_back_in_time_and_xss_stays_text(ui_db: Path, brow
         page.screenshot(path=str(tmp_path / "session.png"), full_page=True)
 
         # Step back in time: two versions earlier the booking was not in the state yet.
-        for expected in (36, 35):
+        for expected in (33, 32):
             page.click("#prev")
-            page.wait_for_selector(f"text=as of version {expected} of 37")
+            page.wait_for_selector(f"text=as of version {expected} of 34")
         assert "booked" not in page.locator("#state").inner_text()
         assert "Alice" in page.locator("#state").inner_text()
-        page.fill("input[name=version]", "29")
+        page.fill("input[name=version]", "27")  # the pause (each tool call is one event)
         page.click("#travel button")
-        page.wait_for_selector("text=as of version 29 of 37")
+        page.wait_for_selector("text=as of version 27 of 34")
         assert "call_book_flight_oslo" in page.locator("#paused").inner_text()
         page.screenshot(path=str(tmp_path / "session-as-of-29.png"), full_page=True)
         page.close()

@@ -39,7 +39,7 @@ from kern_events._validate import (
     check_optional_identifier,
     check_seconds,
 )
-from kern_events.codec import Codec, MsgpackCodec
+from kern_events.codec import Codec, MsgpackCodec, tagged_payload
 from kern_events.encryption import Encryption, Sealer, session_key_id, user_key_id
 from kern_events.errors import (
     ConcurrencyError,
@@ -391,7 +391,7 @@ def match_retry(
             raise IdempotencyError(session_id, new.event_id, "was not stored, but other event ids of this batch were")
         if stored.session_id != session_id:
             raise IdempotencyError(session_id, new.event_id, "is already used by another session")
-        if stored.type != new.type or (stored.data != new.data and not _same_payload(stored.data, new.data)):
+        if stored.type != new.type or (stored.data != new.data and not _same_payload(stored.data, new.data, new.type)):
             raise IdempotencyError(session_id, new.event_id, "was already stored with different content")
         if first is None or stored.version != first.version + index:
             raise IdempotencyError(session_id, new.event_id, "was stored in a different batch")
@@ -462,9 +462,12 @@ def _has_manifest(page: Sequence[StoredEvent]) -> bool:
         return MANIFEST_MARK in [stored.data[:1] for stored in page]
 
 
-def _same_payload(stored: bytes, new: bytes) -> bool:
+def _same_payload(stored: bytes, new: bytes, tag: str) -> bool:
     """Whether two rows that differ as bytes still hold the same payload: one inline and one out of
-    line, or out of line in chunks of another size (the store's inline limit changed in between)."""
+    line, or out of line in chunks of another size (the store's inline limit changed in between), or
+    the stored one written by a release that kept the type tag inside the payload."""
+    if stored == tagged_payload(new, tag):
+        return True
     digests = []
     for data in (stored, new):
         manifest = _parse_manifest(data) if data[:1] == MANIFEST_MARK else None

@@ -78,8 +78,9 @@ async def test_a_run_records_messages_tool_calls_and_metrics_one_step_per_append
     assert run.tool_calls[0].result == {"temp": 21}
     assert run.tool_calls[0].status == "completed"
     assert run.metrics is not None and run.metrics.total_tokens == 15
-    # SessionStarted; RunStarted+user message(+auto name); the tool round; the answer+outcome.
-    assert session.version == versions[-1] == 1 + 3 + 4 + 2
+    # SessionStarted; RunStarted+user message(+auto name); the tool round (the assistant's call, the
+    # call recorded whole as one event, the tool message); the answer+outcome.
+    assert session.version == versions[-1] == 1 + 3 + 3 + 2
 
 
 async def test_a_second_writer_on_the_same_session_gets_a_concurrency_error(backend: Backend) -> None:
@@ -129,7 +130,8 @@ async def test_the_storage_policy_keeps_what_is_left_out_away_from_the_log(backe
         events = [record.event async for record in db.store.read("s")]
     assert not any(isinstance(event, ToolCallStarted | ToolCallCompleted) for event in events)
     messages = [event for event in events if isinstance(event, MessageAdded)]
-    assert [m.content for m in messages] == ["now", "question 2", "answer 2"]
+    # The run's user message repeats its input: stored once, in RunStarted, and referred to.
+    assert [(m.content, m.content_from_input) for m in messages] == [("now", False), (None, True), ("answer 2", False)]
     assert all(not m.media and not m.tool_calls and m.role != "tool" for m in messages)
 
 
