@@ -160,14 +160,14 @@ def test_the_dynamodb_cost_rows_count_the_items_of_a_run_and_a_context_load_flat
     _, rows = dynamodb.report(quick=False)
     appends, loads = rows[0::2], rows[1::2]
     assert [row["case"] for row in loads] == [
-        "context load (session at 10 runs, 82 events since the checkpoint)",
-        "context load (session at 100 runs, 802 events since the checkpoint)",
+        "context load (session at 10 runs, 72 events since the checkpoint)",
+        "context load (session at 100 runs, 702 events since the checkpoint)",
         "context load (session at 1000 runs, 2 events since the checkpoint)",
     ]
     for append in appends:
-        # a run is three appends (three head items) of eight events (an id item and an event item each),
+        # a run is three appends (three head items) of seven events (an id item and an event item each),
         # each item under 1 KB (2 WCU), and each head also written twice to by_time and to by_user
-        assert append["items"] == 3 + 2 * 8 and append["wcu"] == 2 * append["items"] + 3 * 2 * 2
+        assert append["items"] == 3 + 2 * 7 and append["wcu"] == 2 * append["items"] + 3 * 2 * 2
     # head, checkpoint, tail, state events: four strongly consistent reads, whatever the events since
     # the checkpoint (the state events come from the sparse by_type index, not a filtered query)
     assert len({load["rcu"] for load in loads}) == 1 and loads[0]["rcu"] >= 4
