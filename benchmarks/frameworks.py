@@ -78,10 +78,10 @@ Each row: one system, one backend, a session already holding N runs. load = what
   20 runs misses: ours writes them every 1,000 events) / runs stored; +indexes/run adds the indexes'
   pages (SQLite dbstat, PostgreSQL pg_indexes_size). Both include each system's fixed tables, which
   weigh at N = 10 and not at N = 1,000.
-kern-events: load = get_history(num_history_runs=3) + get_session_state (a tail read and the state's
-  checkpoint); persist = the reference Agent's three appends (a checkpoint every 1,000 events). The load is
-  ~5 small queries (index row, tail pages, state checkpoint, state events): at N = 10 reading 40 items
-  whole can be faster; from there on ours stays flat and theirs grows.
+kern-events: load = get_context(num_history_runs=3), as the reference Agent loads: the history window (a
+  tail read) and the state (its checkpoint and the events after it) in one round trip (one statement on
+  PostgreSQL, one thread hop on SQLite); persist = the reference Agent's three appends (a checkpoint every
+  1,000 events). At N = 10 reading 40 items whole can be faster; from there on ours stays flat and theirs grows.
 agno: Async{Sqlite,Postgres}Db as Agent.arun uses them. load = get_session (the session row and every run
   row; Agno caches decoded runs per db object, so a warm process decodes only new ones); persist = what
   acleanup_and_store does: upsert_session, upsert_run, update_approval_run_status.

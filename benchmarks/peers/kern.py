@@ -4,8 +4,8 @@
 the assistant's tool call, the tool call's events and the tool message, then the answer with
 ``RunCompleted`` and its metrics (``Session.start_run`` / ``Run.flush`` / ``Run.step`` /
 ``Run.complete``; a checkpoint every 1,000 events, as the Session API writes it). ``load`` is what the
-Agent reads before the next run: ``db.get_history(num_history_runs=3)`` (a tail read) and
-``db.get_session_state`` (the state's checkpoint and the events after it).
+Agent reads before the next run: ``db.get_context(num_history_runs=3)``, the history window (a tail
+read) and the session state (its checkpoint and the events after it) in one round trip.
 """
 
 from __future__ import annotations
@@ -93,8 +93,7 @@ class _KernStore:
 
     async def load(self) -> int:
         """The next run's context: the last runs' messages and the session state."""
-        history = await self._db.get_history(self._session.session_id, num_history_runs=HISTORY_RUNS)
-        await self._db.get_session_state(self._session.session_id)
+        history, _ = await self._db.get_context(self._session.session_id, num_history_runs=HISTORY_RUNS)
         return len(history)
 
     async def view(self) -> int:
