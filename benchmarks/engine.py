@@ -36,7 +36,8 @@ from benchmarks._harness import (
     temp_db,
 )
 from benchmarks.postgres import URL, _fresh_schema
-from kern_events import AnyEvent, PostgresEventStore, SessionStarted, SqliteDb, SqliteEventStore, TableNames
+from kern_events import PostgresEventStore, SessionStarted, SqliteDb, SqliteEventStore, TableNames
+from kern_events.events import EVENT_TYPES
 from kern_events.stores._base import BaseEventStore
 from kern_events.stores._sql import EVENT_COLUMNS, INFO_COLUMNS, quote
 
@@ -50,7 +51,8 @@ _SESSIONS_PER_USER = 10
 NOTES = """\
 read rows: ours = async for record in store.read(session) (records decoded into typed events; paged,
   constant memory); tail = store.read(session, backwards=True, limit=20). raw = the driver's SELECT of the
-  same rows by (session_id, version), each payload decoded by msgspec into the same event types, all rows in one fetch.
+  same rows by (session_id, version), each payload decoded by msgspec into the same event types (the
+  decoder of the row's type column: the tag is not repeated in the payload), all rows in one fetch.
 sessions rows: db.get_sessions(user_id=u) (10 sessions of that user, sorted by updated_at) among 100,000
   sessions of 10,000 users vs among 1,000; raw = the same SELECT on the index table, rows left as tuples.
 stream rows: peak RSS (ru_maxrss) of a fresh process that opens the store and streams the session with
@@ -68,9 +70,9 @@ Why reads trail the raw select: each record is a typed envelope (session, versio
   step and, on SQLite, the event id built as a UUID (which the collector tracks: ~5 collections a
   1,000-event read against the raw select's 4) where the raw select leaves 16 bytes. The tail read's
   fixed share, ~10 us of Python (argument checks, the generator, 20 envelopes and event ids), is most
-  of its gap. On SQLite every call is a hop to the
-  connection's thread; its cost depends on which core that thread wakes on, so the same query on two
-  connections can differ by 2x between processes (the get_sessions raw row runs on a connection of its own)."""
+  of its gap. On SQLite every call is a hop to the connection's thread; its cost depends on which core
+  that thread wakes on, so the same query on two connections can differ by 2x between processes (the
+  get_sessions raw row runs on a connection of its own)."""
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -105,8 +107,9 @@ def _timed(repeats: int, operation: Callable[[], Awaitable[object]]) -> Callable
 
 def _read(args: argparse.Namespace) -> Sample:
     """Ours (``--side ours``) or the raw driver reading the session whole or its tail, ``--repeats`` times."""
-    decoder = msgspec.msgpack.Decoder(AnyEvent)
-    data = EVENT_COLUMNS.replace(" ", "").split(",").index("data")
+    decoders = {tag: msgspec.msgpack.Decoder(cls) for tag, cls in EVENT_TYPES.items()}
+    columns = EVENT_COLUMNS.replace(" ", "").split(",")
+    data, kind = columns.index("data"), columns.index("type")
     events_table = TableNames().events
     tail = args.what == "tail"
 
@@ -128,7 +131,7 @@ def _read(args: argparse.Namespace) -> Sample:
 
             async def select() -> int:
                 rows = await raw.execute_fetchall(sql, (_SESSION,))
-                return len([decoder.decode(row[data]) for row in rows])
+                return len([decoders[row[kind]].decode(row[data]) for row in rows])
 
             return await _timed(args.repeats, select)()
 
@@ -149,7 +152,7 @@ def _read(args: argparse.Namespace) -> Sample:
 
                 async def select() -> int:
                     rows = await raw.fetch(sql, _SESSION)
-                    return len([decoder.decode(row[data]) for row in rows])
+                    return len([decoders[row[kind]].decode(row[data]) for row in rows])
 
                 return await _timed(args.repeats, select)()
             finally:

@@ -67,6 +67,14 @@ def test_the_agno_adapter_case_loads_the_whole_session_as_agno_does() -> None:
     assert isinstance(sample["bytes_per_run"], float) and sample["bytes_per_run"] > 1000
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+@pytest.mark.parametrize("side", ["ours", "raw"])
+def test_the_read_cases_read_and_decode_the_session_on_both_sides(store: str, side: str) -> None:
+    for what in ("whole", "tail"):
+        arguments = ["--store", store, "--side", side, "--what", what, "--length", "30", "--repeats", "2"]
+        assert _case("benchmarks.engine", "--case", "read", *arguments)["appends"] == 2
+
+
 def test_the_streaming_case_reports_its_peak_memory() -> None:
     sample = _case("benchmarks.engine", "--case", "stream", "--length", "300")
     assert sample["events"] == 300
