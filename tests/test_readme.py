@@ -315,7 +315,7 @@ def test_the_readme_framework_figures_are_those_in_results(name: str, system: st
     row = next(line for line in text.splitlines() if line.startswith(f"| {name} "))
     load, persist, size = (cell.strip().split(" / ") for cell in row.split("|")[2:5])
     rows = _results_rows()
-    header = next(cells for key, cells in rows.items() if key.startswith("system / backend"))
+    header = rows["system"][1:]  # the first table whose first column is "system": the frameworks table
     for backend, column in (("sqlite", 0), ("postgres", 1)):
         measured = dict(zip(header, rows[f"{system} / {backend}"], strict=False))
         assert _close(load[column].removesuffix(" ms"), _number(measured["load ms N=1,000"])), (backend, load)
