@@ -315,31 +315,20 @@ def test_results_for_one_subject_replace_its_section_and_keep_the_others(tmp_pat
         "Every sample of this run, as JSON: [results.json](results.json).\n"
     )
     (tmp_path / "results.json").write_text(json.dumps({"append": [1], "engine": [2]}))
-    _results.write(
-        [("postgres", "new postgres table")],
-        {"postgres": [3]},
-        repeats=3,
-        seconds=90,
-        order=order,
-        merge=True,
-        directory=tmp_path,
-    )
-    text = (tmp_path / "RESULTS.md").read_text()
+
+    def measured(name: str, table: str, samples: list[int], seconds: float) -> str:
+        _results.write(
+            [(name, table)], {name: samples}, repeats=3, seconds=seconds, order=order, merge=True, directory=tmp_path
+        )
+        return (tmp_path / "RESULTS.md").read_text()
+
+    text = measured("postgres", "new postgres table", [3], 90)
     assert [line[3:] for line in text.splitlines() if line.startswith("## ")] == order
     assert "old append table" in text and "old engine table" in text and "new postgres table" in text
     kept = "Measured by `python -m benchmarks --results --repeats 3` on 2026-12-01 (3 runs per case, 35 min in all)."
     assert text.count(kept) == 2, "each kept section says which run measured it"
     assert text.count("(3 runs per case, 2 min).") == 1
     assert json.loads((tmp_path / "results.json").read_text()) == {"append": [1], "engine": [2], "postgres": [3]}
-    _results.write(
-        [("append", "newer append table")],
-        {"append": [4]},
-        repeats=3,
-        seconds=60,
-        order=order,
-        merge=True,
-        directory=tmp_path,
-    )
-    text = (tmp_path / "RESULTS.md").read_text()
+    text = measured("append", "newer append table", [4], 60)
     assert "old append table" not in text and "newer append table" in text and text.count(kept) == 1
     assert json.loads((tmp_path / "results.json").read_text())["append"] == [4]

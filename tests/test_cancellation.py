@@ -40,6 +40,19 @@ def _counting_loop_turns() -> Iterator[list[int]]:
         del selector.select
 
 
+@contextmanager
+def _writer_lock_held(db_file: Path, seconds: float) -> Iterator[sqlite3.Connection]:
+    """Another connection holding the database's write lock for ``seconds`` (the store's writer's next
+    ``BEGIN IMMEDIATE`` waits for it), then releasing it; the connection, for reads meanwhile."""
+    blocker = sqlite3.connect(db_file, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    asyncio.get_running_loop().call_later(seconds, blocker.rollback)
+    try:
+        yield blocker
+    finally:
+        blocker.close()
+
+
 def _result(name: str) -> AppendResult:
     return AppendResult(session_id=name, from_version=1, to_version=1, positions=(1,), event_ids=(), recorded_at=0.0)
 
@@ -48,14 +61,8 @@ async def test_a_cancelled_caller_waits_for_its_sqlite_commit_without_spinning(t
     db_file = tmp_path / "kern.db"
     async with SqliteEventStore(db_file, busy_timeout=10) as store:
         await store.append("s", [MessageAdded(run_id="r", role="user", content="first")])
-        blocker = sqlite3.connect(db_file, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")  # the writer's next BEGIN IMMEDIATE waits for this lock
-        asyncio.get_running_loop().call_later(0.3, blocker.rollback)
-        try:
-            with _counting_loop_turns() as turns, anyio.move_on_after(0.05) as scope:
-                await store.append("s", [MessageAdded(run_id="r", role="user", content="second")])
-        finally:
-            blocker.close()
+        with _writer_lock_held(db_file, 0.3), _counting_loop_turns() as turns, anyio.move_on_after(0.05) as scope:
+            await store.append("s", [MessageAdded(run_id="r", role="user", content="second")])
         assert scope.cancelled_caught  # the cancellation is honoured after the commit
         assert turns[0] < _MOST_TURNS, f"the loop turned {turns[0]} times while the caller waited"
         assert await store.current_version("s") == 2  # the commit it waited for went through
@@ -98,10 +105,7 @@ async def test_a_sqlite_append_cancelled_twice_by_plain_task_cancel_returns_afte
     db_file = tmp_path / "kern.db"
     async with SqliteEventStore(db_file, busy_timeout=10) as store:
         await store.append("s", [MessageAdded(run_id="r", role="user", content="first")])
-        blocker = sqlite3.connect(db_file, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")  # the writer's next BEGIN IMMEDIATE waits for this lock
-        asyncio.get_running_loop().call_later(0.2, blocker.rollback)
-        try:
+        with _writer_lock_held(db_file, 0.2) as blocker:
             append = asyncio.ensure_future(store.append("s", [MessageAdded(run_id="r", role="user", content="second")]))
             await asyncio.sleep(0.05)
             append.cancel()
@@ -110,6 +114,4 @@ async def test_a_sqlite_append_cancelled_twice_by_plain_task_cancel_returns_afte
             with pytest.raises(asyncio.CancelledError):
                 await append
             committed = blocker.execute("SELECT count(*) FROM kern_events").fetchone()[0]  # no await since
-        finally:
-            blocker.close()
         assert committed == 2, "the cancelled append returned before its commit was done"
