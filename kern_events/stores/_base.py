@@ -1237,40 +1237,34 @@ class BaseEventStore(abc.ABC):
             ahead = remaining is None or remaining > size
             fetched = await self._read_session_page(session_id, low, high, size + ahead, backwards, wanted)
             if type(fetched) is _DecodedRows:
-                records, error = fetched.records, fetched.error
+                records, more = fetched.records, fetched.rows > size
                 if len(records) > size:  # the look-ahead row is read again as the next page's first
                     records = records[:size]
                 for record in records:
                     yield record
-                if error is not None:
-                    raise error
-                if fetched.rows <= size:
-                    return
-                if remaining is not None:
-                    remaining -= size
-                if backwards:
-                    high = records[-1].version - 1
-                else:
-                    low = records[-1].version + 1
-                continue
-            page, damaged, more = _ahead(cast(Page, fetched), size)
-            decoded = self._decoded(page, damaged) or await self._opened(page, damaged, skip_erased=False)
-            if decoded is None:
-                async for record in self._assembled(page, damaged, skip_erased=False):
-                    yield record
+                if fetched.error is not None:
+                    raise fetched.error
+                last = records[-1].version if more else 0
             else:
-                for record in decoded[0]:
-                    yield record
-                if decoded[1] is not None:
-                    raise decoded[1]
-            if not more:
+                page, damaged, more = _ahead(cast(Page, fetched), size)
+                decoded = self._decoded(page, damaged) or await self._opened(page, damaged, skip_erased=False)
+                if decoded is None:
+                    async for record in self._assembled(page, damaged, skip_erased=False):
+                        yield record
+                else:
+                    for record in decoded[0]:
+                        yield record
+                    if decoded[1] is not None:
+                        raise decoded[1]
+                last = page[-1].version if more else 0
+            if not more:  # a page with a row past it is full: ``size`` rows, the last at ``last``
                 return
             if remaining is not None:
-                remaining -= len(page)
+                remaining -= size
             if backwards:
-                high = page[-1].version - 1
+                high = last - 1
             else:
-                low = page[-1].version + 1
+                low = last + 1
 
     def read_all(self, *, from_position: FeedPosition = 0, limit: int | None = None) -> AsyncIterator[Record]:
         """Stream every session's records in global order, from ``from_position`` on (inclusive)."""

@@ -710,11 +710,6 @@ class SqliteEventStore(BaseEventStore):
             if retry is None:  # pragma: no cover - the write lock makes this unreachable
                 raise conflict(session_id, expected, head) from None
             return retry
-        if any(new.chunks for new in pending):  # after the retry check: an IntegrityError here is a failure
-            db.executemany(
-                self._sql_chunk_put,
-                [(new.event_id.bytes, part, chunk) for new in pending for part, chunk in enumerate(new.chunks)],
-            )
         info = None if row is None or row[11] else info_from_row(row)
         new = apply_delta(info, session_id, request.delta, head + len(pending), request.recorded_at)
         db.execute(
@@ -734,15 +729,7 @@ class SqliteEventStore(BaseEventStore):
                 hashes[-1],
             ),
         )
-        self._remember(session_id, new.version, hashes[-1])
-        return AppendResult(
-            session_id=session_id,
-            from_version=head + 1,
-            to_version=new.version,
-            positions=tuple(position for _, position in numbered),
-            event_ids=tuple(new_event.event_id for new_event in pending),
-            recorded_at=request.recorded_at,
-        )
+        return self._written(db, request, head, numbered, hashes[-1])
 
     def _append_lean(
         self, db: sqlite3.Connection, request: AppendRequest, head: int, previous: bytes | None
@@ -774,16 +761,30 @@ class SqliteEventStore(BaseEventStore):
             numbered = self._insert(db, session_id, pending, head, request.recorded_at, hashes)
         except sqlite3.IntegrityError:
             raise _Undo from None
+        return self._written(db, request, head, numbered, hashes[-1])
+
+    def _written(
+        self,
+        db: sqlite3.Connection,
+        request: AppendRequest,
+        head: int,
+        numbered: list[tuple[int, int]],
+        head_hash: bytes | None,
+    ) -> AppendResult:
+        """Either path's end, once its rows are in and its index row written: the payloads' chunks
+        stored (after the retry check: an IntegrityError here is a failure), the new head kept for
+        the lean path, and the append's result."""
+        pending = request.pending
         if any(new.chunks for new in pending):
             db.executemany(
                 self._sql_chunk_put,
                 [(new.event_id.bytes, part, chunk) for new in pending for part, chunk in enumerate(new.chunks)],
             )
-        self._remember(session_id, version, hashes[-1])
+        self._remember(request.session_id, head + len(pending), head_hash)
         return AppendResult(
-            session_id=session_id,
+            session_id=request.session_id,
             from_version=head + 1,
-            to_version=version,
+            to_version=head + len(pending),
             positions=tuple(position for _, position in numbered),
             event_ids=tuple(new_event.event_id for new_event in pending),
             recorded_at=request.recorded_at,
