@@ -17,6 +17,7 @@ import msgspec
 from rich.console import Console
 from rich.text import Text
 
+from kern_events._references import Remembered, resolve
 from kern_events.events import (
     ExternalExecution,
     MediaAdded,
@@ -198,32 +199,6 @@ def describe(event: object) -> str:
     return _text(event, ())
 
 
-def _as_said(event: Any, inputs: dict[str, Any], said: dict[Any, Any]) -> Any:
-    """``event`` with the text it refers to instead of storing twice (a user message that is its run's
-    input, an output that is the run's last message) written out, as the replay tells it; ``inputs``
-    and ``said`` keep each run's input and last message content as the replay goes."""
-    replace = msgspec.structs.replace
-    if isinstance(event, RunStarted):
-        inputs[event.run_id] = event.input
-    elif isinstance(event, ToolCallCompleted):
-        asked = said.get(("request", event.run_id, event.tool_call_id))
-        if event.arguments_from_message and asked is not None:
-            event = replace(event, arguments=asked, arguments_from_message=False)
-        said[(event.run_id, event.tool_call_id)] = event.result
-    elif isinstance(event, MessageAdded):
-        for request in event.tool_calls:
-            said[("request", event.run_id, request.tool_call_id)] = request.arguments
-        if event.content_from_input and event.run_id in inputs:
-            event = replace(event, content=inputs[event.run_id], content_from_input=False)
-        elif event.content_from_tool_result and (event.run_id, event.tool_call_id) in said:
-            result = said[(event.run_id, event.tool_call_id)]
-            event = replace(event, content=result, content_from_tool_result=False)
-        said[event.run_id] = event.content
-    elif isinstance(event, RunCompleted) and event.output_from_message and event.run_id in said:
-        event = replace(event, output=said[event.run_id], output_from_message=False)
-    return event
-
-
 async def replay(store: EventStore, session_id: str, *, to_version: int | None = None) -> AsyncIterator[ReplayStep]:
     """The session's steps in version order, up to ``to_version`` (default: its head).
 
@@ -240,10 +215,10 @@ async def replay(store: EventStore, session_id: str, *, to_version: int | None =
         )
     state: dict[str, Any] = {}
     totals = TokenTotals()
-    inputs: dict[str, Any] = {}
-    said: dict[Any, Any] = {}
+    said = Remembered()
     async for record in store.read(session_id, to_version=to_version):
-        event = _as_said(record.event, inputs, said)
+        event = resolve(record.event, said)
+        said.note(event)
         if isinstance(event, UnknownEvent):
             yield ReplayStep(
                 version=record.version,

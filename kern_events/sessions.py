@@ -26,6 +26,7 @@ import msgspec
 
 from kern_events import _telemetry
 from kern_events._loops import AnyLoopLock
+from kern_events._references import Remembered, shorten
 from kern_events._validate import check_flag, check_identifier, check_name, check_optional_identifier
 from kern_events.errors import (
     ConcurrencyError,
@@ -114,55 +115,13 @@ _RUN_ENDINGS = (RunCompleted, RunFailed, RunCancelled, RunPaused)
 
 def _stored_once(events: list[Event]) -> list[Event]:
     """``events`` with what a step would store twice stored once, the later copy referring to the
-    earlier (both in this step, the same bytes): a user message repeating its run's input, a tool call's
-    arguments repeating the assistant message's request, a tool message repeating the call's result, a
-    ``RunCompleted`` output repeating the run's last message. The run views read the same."""
-    replace = msgspec.structs.replace
-    inputs: dict[str, str] = {}
-    results: dict[tuple[str, str], Any] = {}
-    requests: dict[tuple[str, str], dict[str, Any]] = {}
-    last: dict[str, MessageAdded] = {}
+    earlier (both in this step): see :mod:`kern_events._references`."""
+    said = Remembered()
     out: list[Event] = []
     for event in events:
-        if isinstance(event, RunStarted) and isinstance(event.input, str):
-            inputs[event.run_id] = event.input
-        elif isinstance(event, ToolCallCompleted):
-            key = (event.run_id, event.tool_call_id)
-            if event.error is None and event.result is not None:
-                results[key] = event.result
-            if event.arguments and _same_value(requests.get(key), event.arguments):
-                event = replace(event, arguments=None, arguments_from_message=True)
-        elif isinstance(event, MessageAdded):
-            last[event.run_id] = event
-            for request in event.tool_calls:
-                requests[(event.run_id, request.tool_call_id)] = request.arguments
-            if event.role == "user" and isinstance(event.content, str) and inputs.get(event.run_id) == event.content:
-                event = replace(event, content=None, content_from_input=True)
-            elif (
-                event.role == "tool"
-                and event.tool_call_id is not None
-                and event.content is not None
-                and _same_value(results.get((event.run_id, event.tool_call_id)), event.content)
-            ):
-                event = replace(event, content=None, content_from_tool_result=True)
-        elif isinstance(event, RunCompleted) and isinstance(event.output, str):
-            message = last.get(event.run_id)
-            if message is not None and isinstance(message.content, str) and message.content == event.output:
-                event = replace(event, output=None, output_from_message=True)
-        out.append(event)
+        out.append(shorten(event, said))
+        said.note(event)
     return out
-
-
-def _same_value(one: Any, other: Any) -> bool:
-    """Whether two values are stored as the same bytes (so either reads back as the other would)."""
-    if one is None or other is None:
-        return False
-    if isinstance(one, str) or isinstance(other, str):
-        return type(one) is type(other) and one == other
-    try:
-        return bool(msgspec.msgpack.encode(one) == msgspec.msgpack.encode(other))
-    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.MsgspecError):
-        return False
 
 
 class _Step:

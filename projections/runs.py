@@ -12,6 +12,7 @@ from typing import Any, Literal
 import msgspec
 
 from kern_events._compress import CHECKPOINT_COMPRESS_ABOVE, compress, decompress
+from kern_events._references import UNKNOWN, InRun, arguments, content, output
 from kern_events.events import (
     Event,
     MediaAdded,
@@ -151,7 +152,7 @@ def apply_to_run(run: RunView, event: Event, at: int) -> RunView:
     if isinstance(event, MessageAdded):
         message = MessageView(
             role=event.role,
-            content=_content(run, event),
+            content=_known(content(event, InRun(run))),
             name=event.name,
             tool_call_id=event.tool_call_id,
             tool_calls=event.tool_calls,
@@ -170,7 +171,7 @@ def apply_to_run(run: RunView, event: Event, at: int) -> RunView:
         return replace(run, tool_calls=(*run.tool_calls, call), updated_at=at)
     if isinstance(event, ToolCallCompleted):
         if event.arguments_from_message:
-            event = replace(event, arguments=_requested_arguments(run, event.tool_call_id))
+            event = replace(event, arguments=_known(arguments(event, InRun(run))))
         return replace(run, tool_calls=_complete_tool_call(run.tool_calls, event, at), updated_at=at)
     if isinstance(event, RunPaused):
         added = tuple(RequirementView(requirement=item) for item in event.requirements)
@@ -194,8 +195,8 @@ def apply_to_run(run: RunView, event: Event, at: int) -> RunView:
     if isinstance(event, RunResumed):
         return replace(run, status="running", updated_at=at)
     if isinstance(event, RunCompleted):
-        output = run.messages[-1].content if event.output_from_message and run.messages else event.output
-        return replace(run, status="completed", output=output, metrics=event.metrics, updated_at=at)
+        said = _known(output(event, InRun(run)))
+        return replace(run, status="completed", output=said, metrics=event.metrics, updated_at=at)
     if isinstance(event, RunFailed):
         return replace(run, status="failed", error=event.error, metrics=event.metrics, updated_at=at)
     if isinstance(event, RunCancelled):
@@ -205,25 +206,9 @@ def apply_to_run(run: RunView, event: Event, at: int) -> RunView:
     return run
 
 
-def _requested_arguments(run: RunView, tool_call_id: str) -> dict[str, Any]:
-    """The arguments of the run's latest request for the tool call ``tool_call_id``."""
-    for message in reversed(run.messages):
-        for request in message.tool_calls:
-            if request.tool_call_id == tool_call_id:
-                return request.arguments
-    return {}
-
-
-def _content(run: RunView, event: MessageAdded) -> Any:
-    """A message's content, read from the run's input or tool call when it is stored there."""
-    if event.content_from_input:
-        return run.input
-    if event.content_from_tool_result:
-        for call in reversed(run.tool_calls):
-            if call.tool_call_id == event.tool_call_id:
-                return call.result
-        return None
-    return event.content
+def _known(value: Any) -> Any:
+    """A value a run's event refers to, ``None`` if the run does not hold it."""
+    return None if value is UNKNOWN else value
 
 
 def _complete_tool_call(calls: tuple[ToolCallView, ...], event: ToolCallCompleted, at: int) -> tuple[ToolCallView, ...]:

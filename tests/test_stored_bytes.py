@@ -248,3 +248,17 @@ def test_a_payload_of_sixteen_entries_or_more_loses_and_regains_its_tag_too() ->
     assert msgspec.msgpack.decode(new) == fields and new[0] == 0xDE
     assert tagged_payload(new, "tests.wide") == old
     assert untagged_payload(old, "tests.other") == old  # another tag: left as it is
+
+
+async def test_a_tool_message_repeating_a_result_its_call_replaced_since_keeps_its_content() -> None:
+    async with InMemoryDb() as db:
+        session = await db.open_session("s")
+        run = await session.start_run("r")
+        run.tool_call("c1", "lookup", {"city": "Oslo"}, result="sunny")
+        run.tool_call("c1", "lookup", {"city": "Oslo"}, error="timeout")  # the same call again, failed
+        run.message("tool", "sunny", name="lookup", tool_call_id="c1")
+        await run.complete()
+        view = await db.get_session("s")
+        replayed = [step.text async for step in replay(db.store, "s")]
+    assert [m.content for m in view.runs[0].messages] == ["sunny"]
+    assert "tool (lookup): sunny" in replayed
