@@ -181,7 +181,8 @@ class _Run(Protocol):
 
 
 class InRun:
-    """What one run said, read from its view (``projections.runs.RunView``) as it stood before the event."""
+    """What one run said, read from its view (``projections.runs.RunView``) before the event or just
+    after it: no event changes what it refers to itself."""
 
     __slots__ = ("run",)
 

@@ -122,6 +122,19 @@ def test_time_travel_shows_the_session_as_of_a_version_with_its_open_pause(page:
     assert get(page + "/session?id=nope")[0] == 404
 
 
+def test_the_event_line_writes_out_what_the_event_stores_once_elsewhere(page: str) -> None:
+    def event_line(version: int) -> str:
+        body = get(page + f"/session?id=conversation_123&version={version}")[1]
+        found = re.search(r'id="event">v[0-9]+: ([^<]*)</p>', body)
+        assert found is not None
+        return html.unescape(found.group(1))
+
+    assert event_line(3) == "user: Hi! My name is Alice."  # stored as a reference to the run's input
+    assert event_line(6).startswith('tool remember_name({"name":"Alice"}) returned')
+    assert event_line(7) == "tool (remember_name): I will remember that your name is Alice."
+    assert event_line(10).endswith(": Nice to meet you, Alice!")
+
+
 def test_writes_are_refused_without_allow_writes(page: str) -> None:
     status, body = post(page + "/delete", {"id": "xss"})
     assert status == 403 and "--allow-writes" in body

@@ -28,6 +28,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from kern_events._index import SessionInfo
+from kern_events._references import InRun, resolve
 from kern_events.db import BaseDb
 from kern_events.errors import InvalidArgumentError, KernEventsError, NotFoundError
 from kern_events.events import ExternalExecution, MediaReference, ToolConfirmation, UserInput
@@ -176,7 +177,9 @@ class _Page:
         shown = runs[start : start + RUNS_PER_PAGE]
         event = None
         async for record in self.db.store.read(session_id, from_version=at, to_version=at):
-            event = describe(record.event)
+            run_id = getattr(record.event, "run_id", None)
+            run = view.get_run(run_id) if isinstance(run_id, str) else None
+            event = describe(record.event if run is None else resolve(record.event, InRun(run)))
         totals = [0, 0, 0]
         for run in runs:
             if run.metrics is not None:
