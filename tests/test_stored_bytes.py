@@ -10,6 +10,8 @@ from uuid import UUID
 
 import msgspec
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from kern_events import (
     Event,
@@ -27,9 +29,12 @@ from kern_events import (
     register_event_type,
     register_upcaster,
 )
+from kern_events._references import Remembered, resolve
 from kern_events.codec import tagged_payload, untagged_payload
+from kern_events.events import RunStarted, SessionStarted
 from kern_events.records import PendingEvent, Record
 from kern_events.replay import replay
+from kern_events.sessions import _stored_once
 from kern_events.stores.sqlite import SqliteEventStore
 from projections.session import fold_records
 
@@ -262,3 +267,69 @@ async def test_a_tool_message_repeating_a_result_its_call_replaced_since_keeps_i
         replayed = [step.text async for step in replay(db.store, "s")]
     assert [m.content for m in view.runs[0].messages] == ["sunny"]
     assert "tool (lookup): sunny" in replayed
+
+
+async def test_a_call_whose_id_the_assistant_gave_twice_reads_the_arguments_it_was_recorded_with() -> None:
+    async with InMemoryDb() as db:
+        session = await db.open_session("s")
+        run = await session.start_run("r")
+        requests = [
+            ToolCallRequest(tool_call_id="c1", tool_name="weather", arguments={"city": "Oslo"}),
+            ToolCallRequest(tool_call_id="c1", tool_name="weather", arguments={"city": "Rome"}),  # a model's slip
+        ]
+        run.message("assistant", None, tool_calls=requests)
+        run.tool_call("c1", "weather", {"city": "Rome"}, result="sunny")
+        await run.complete()
+        view = await db.get_session("s")
+    assert [call.arguments for call in view.runs[0].tool_calls] == [{"city": "Rome"}]
+
+
+_values = st.sampled_from(["a", 1, 1.0, None, {"n": 1}])  # 1 and 1.0 are equal, not the same bytes
+_arguments = st.sampled_from([{}, {"n": 1}, {"n": 1.0}])
+_ids = st.sampled_from(["c1", "c1", "c1", "c2"])
+_step_events = st.one_of(
+    st.builds(MessageAdded, run_id=st.just("r"), role=st.sampled_from(["user", "assistant"]), content=_values),
+    st.builds(MessageAdded, run_id=st.just("r"), role=st.just("tool"), content=_values, tool_call_id=_ids),
+    st.builds(
+        MessageAdded,
+        run_id=st.just("r"),
+        role=st.just("assistant"),
+        content=_values,
+        tool_calls=st.lists(
+            st.builds(ToolCallRequest, tool_call_id=_ids, tool_name=st.just("t"), arguments=_arguments), max_size=3
+        ).map(tuple),
+    ),
+    st.builds(ToolCallStarted, run_id=st.just("r"), tool_call_id=_ids, tool_name=st.just("t"), arguments=_arguments),
+    st.builds(
+        ToolCallCompleted,
+        run_id=st.just("r"),
+        tool_call_id=_ids,
+        tool_name=st.just("t"),
+        result=_values,
+        error=st.sampled_from([None, "failed"]),
+        arguments=st.one_of(st.none(), _arguments),
+    ),
+    st.builds(RunCompleted, run_id=st.just("r"), output=_values),
+)
+
+
+_DONE = ToolCallCompleted(run_id="r", tool_call_id="c1", tool_name="t", result="a")
+_TOLD = MessageAdded(run_id="r", role="tool", content="a", tool_call_id="c1")
+
+
+@settings(max_examples=1000, deadline=None)
+@example(input_="a", events=[_DONE, ToolCallStarted(run_id="r", tool_call_id="c1", tool_name="t"), _TOLD])  # again
+@example(input_="a", events=[_DONE, msgspec.structs.replace(_DONE, result=None, error="x"), _TOLD])  # and failed
+@given(input_=_values, events=st.lists(_step_events, max_size=8))
+def test_whatever_a_step_stores_once_every_reader_reads_back_as_it_was_given(input_: Any, events: list[Event]) -> None:
+    step = [SessionStarted(session_type="agent"), RunStarted(run_id="r", input=input_), *events]
+    stored = _stored_once(step)
+    given_view, stored_view = fold_records(_records(step)), fold_records(_records(stored))
+    assert given_view is not None and stored_view is not None
+    assert msgspec.msgpack.encode(stored_view.runs) == msgspec.msgpack.encode(given_view.runs)  # the run view
+    said = Remembered()
+    told = []
+    for event in stored:
+        told.append(resolve(event, said))
+        said.note(told[-1])
+    assert msgspec.msgpack.encode(told) == msgspec.msgpack.encode(step)  # the replay
