@@ -273,11 +273,12 @@ async def test_a_call_whose_id_the_assistant_gave_twice_reads_the_arguments_it_w
     async with InMemoryDb() as db:
         session = await db.open_session("s")
         run = await session.start_run("r")
-        requests = [
-            ToolCallRequest(tool_call_id="c1", tool_name="weather", arguments={"city": "Oslo"}),
-            ToolCallRequest(tool_call_id="c1", tool_name="weather", arguments={"city": "Rome"}),  # a model's slip
-        ]
-        run.message("assistant", None, tool_calls=requests)
+        cities = ({"city": "Oslo"}, {"city": "Rome"})  # a model's slip: one id for two calls
+        run.message(
+            "assistant",
+            None,
+            tool_calls=[ToolCallRequest(tool_call_id="c1", tool_name="weather", arguments=city) for city in cities],
+        )
         run.tool_call("c1", "weather", {"city": "Rome"}, result="sunny")
         await run.complete()
         view = await db.get_session("s")
