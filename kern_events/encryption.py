@@ -269,8 +269,8 @@ class Encryption:
         alone, and its associated data is put together from parts kept per session and per type. A
         header that differs in any byte (another key, a damaged or unknown format) takes the full
         parse, which names a damaged row. The loop is written twice, for stored events and for
-        rows, because reading a field by name or index in the loop itself is what keeps it cheap
-        (an ``attrgetter`` of five fields costs a third of the AES-GCM call)."""
+        rows: reading a stored event's fields by name in the loop itself is ~0.1 us a row cheaper
+        than one ``attrgetter`` call for all five."""
         keys = _PageKeys(self)
         payloads: list[bytes] = []
         append = payloads.append
