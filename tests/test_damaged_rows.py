@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
-from kern_events import CorruptRecordError, EventStore, MessageAdded, Record
+from kern_events import CorruptRecordError, DecryptionError, Encryption, EventStore, KeyringFile, MessageAdded, Record
 from kern_events.testing import feed_reaches
 from tests import _pg
 from tests._backends import Backend
@@ -144,6 +145,37 @@ async def test_a_payload_that_does_not_decode_ends_a_read_at_its_row_wherever_it
         assert caught.value.version == PAGE + 1
         # a read limited to the rows before the damaged one asks no look-ahead row: it never meets it
         assert [record.version async for record in store.read("a", limit=PAGE)] == list(range(1, PAGE + 1))
+
+
+async def test_a_sealed_row_that_does_not_open_ends_a_read_at_its_row_after_every_good_row_before_it(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """A sealed payload moved to another row (its associated data no longer matches) is a
+    :class:`DecryptionError` naming that row, met where it sits in the page: every good row before it
+    is read first (PostgreSQL opens the rows of a session read as it decodes them straight from the
+    driver; SQLite, stored events)."""
+    pytest.importorskip("cryptography", reason="needs the crypto extra")
+    keys = KeyringFile(tmp_path / "keys.json")
+    async with backend.store() as store:
+        store.encryption = Encryption(keys)  # type: ignore[attr-defined]
+        await store.append("a", _messages("a"))
+        (third,) = await store._read_page("a", 3, 3, 1, False, None)  # type: ignore[attr-defined]
+    await _damage(backend, "a", [PAGE + 3, 25], payload=third.data)
+    async with backend.store() as store:
+        store.encryption = Encryption(keys)  # type: ignore[attr-defined]
+        store.read_page_size = PAGE  # type: ignore[attr-defined]
+        read: list[int] = []
+        with pytest.raises(DecryptionError) as caught:
+            await _collect(store.read("a", from_version=PAGE + 1), read)
+        assert (read, caught.value.session_id, caught.value.version) == ([PAGE + 1, PAGE + 2], "a", PAGE + 3)
+        assert await _read_past_damage(store, "a") == (
+            [version for version in range(1, SIZE + 1) if version not in (PAGE + 3, 25)],
+            [PAGE + 3, 25],
+        )
+        tail: list[int] = []
+        with pytest.raises(DecryptionError) as caught:
+            await _collect(store.read("a", backwards=True, limit=8), tail)
+        assert (tail, caught.value.version) == ([30, 29, 28, 27, 26], 25)
 
 
 async def _collect(records: AsyncIterator[Record], into: list[int]) -> None:

@@ -547,12 +547,12 @@ class BaseEventStore(abc.ABC):
         self.change_signal = ChangeSignal()
         self._stores_chunks = type(self)._read_chunks is not BaseEventStore._read_chunks
         self._codec: Codec = codec if codec is not None else MsgpackCodec()
-        self._decode_page: Callable[[Sequence[StoredEvent]], tuple[list[Record], Exception | None]] = getattr(
+        self._decode_page: Callable[..., tuple[list[Record], Exception | None]] = getattr(
             self._codec, "decode_page", self._decode_rows
         )
         """The page's records and the error of the first row that does not decode (``None`` if all
-        do): the codec's ``decode_page`` where it has one (:class:`MsgpackCodec` does), else
-        ``decode`` row by row; looked up once."""
+        do), given the page and, if it was opened, its payloads: the codec's ``decode_page`` where it
+        has one (:class:`MsgpackCodec` does), else ``decode`` row by row; looked up once."""
         self._rows_decoder: Callable[..., tuple[list[Record], Exception | None]] | None = getattr(
             self._codec, "decode_rows", None
         )
@@ -1357,28 +1357,32 @@ class BaseEventStore(abc.ABC):
     async def _opened(
         self, page: Sequence[StoredEvent], damaged: CorruptRecordError | None, *, skip_erased: bool
     ) -> tuple[list[Record], Exception | None] | None:
-        """A page of sealed payloads opened in one pass and decoded in one more, as :meth:`_decoded`
-        returns it (one await per page, none per record); ``None`` if the page has chunks to fetch.
-        A row whose data key was deleted is left out (``skip_erased``: the global feed, which a
-        shredded user must not stop for everyone else) or ends the records as
-        :class:`ErasedError` (a session's own read)."""
+        """A page of sealed payloads opened in one pass and decoded beside their envelopes in one more,
+        as :meth:`_decoded` returns it (one await per page, none per record); ``None`` if the page has
+        chunks to fetch. A row whose data key was deleted is left out (``skip_erased``: the global
+        feed, which a shredded user must not stop for everyone else) or ends the records as
+        :class:`ErasedError` (a session's own read); a row that does not open ends them as
+        :class:`DecryptionError`."""
         if self._stores_chunks and _has_manifest(page):
             return None
-        opened = await cast(Encryption, self._encryption).open_page(page)
-        rows = [row for row in opened if not isinstance(row, ErasedError)]
-        erased: ErasedError | None = None
-        if len(rows) < len(opened) and not skip_erased:
-            cut, erased = next((index, row) for index, row in enumerate(opened) if isinstance(row, ErasedError))
-            rows = rows[:cut]
-        records, error = self._decode_page(rows)
-        return records, error or erased or damaged
+        encryption = cast(Encryption, self._encryption)
+        rows, payloads, failed = await encryption.open_payloads(page, skip_erased=skip_erased)
+        records, error = self._decode_page(rows, payloads)
+        return records, error or failed or damaged
 
-    def _decode_rows(self, page: Sequence[StoredEvent]) -> tuple[list[Record], Exception | None]:
-        """:meth:`_decode_page` for a codec without ``decode_page``: ``decode`` row by row."""
+    def _decode_rows(
+        self, page: Sequence[StoredEvent], payloads: Sequence[bytes] | None = None
+    ) -> tuple[list[Record], Exception | None]:
+        """:meth:`_decode_page` for a codec without ``decode_page``: ``decode`` row by row (with
+        ``payloads``, opened by the encryption, in place of the rows' own bytes, as far as they go)."""
         records: list[Record] = []
         try:
-            for stored in page:
-                records.append(self._codec.decode(stored))
+            if payloads is None:
+                for stored in page:
+                    records.append(self._codec.decode(stored))
+            else:
+                for stored, data in zip(page, payloads, strict=False):
+                    records.append(self._codec.decode(msgspec.structs.replace(stored, data=data)))
         except Exception as exc:  # the codec's own error; raised after the rows before it are read
             return records, exc
         return records, None
@@ -1409,12 +1413,12 @@ class BaseEventStore(abc.ABC):
                 if stored.data[:1] == MANIFEST_MARK:
                     stored = _joined(stored, chunks.pop(stored.event_id, ()))
                 if self._encryption is not None:
-                    (opened,) = await self._encryption.open_page((stored,))
-                    if isinstance(opened, ErasedError):
+                    try:
+                        stored = await self._encryption.open(stored)
+                    except ErasedError:
                         if skip_erased:
                             continue
-                        raise opened
-                    stored = opened
+                        raise
                 yield self._codec.decode(stored)
             start = end
         if damaged is not None:
@@ -1625,16 +1629,21 @@ class BaseEventStore(abc.ABC):
         :meth:`_decoded_rows` of them, so that no stored event is built per row on the way."""
         return await self._read_page(session_id, low, high, limit, backwards, types)
 
-    def _decoded_rows(self, rows: Sequence[Any], stored: Callable[[Any], StoredEvent]) -> Page | _DecodedRows:
+    async def _decoded_rows(self, rows: Sequence[Any], stored: Callable[[Any], StoredEvent]) -> Page | _DecodedRows:
         """A page of ``rows`` (in :class:`StoredEvent`'s field order; ``stored`` turns one into a
         stored event) for :meth:`_read_session_page`: decoded straight into records by the codec's
-        ``decode_rows``, or, when a row needs more than decoding (a sealed payload to open, a chunk
-        manifest, a codec without ``decode_rows``), as stored events for the general path."""
+        ``decode_rows`` (sealed payloads opened first, row by row beside their envelopes), or, when a
+        row needs more than that (a chunk manifest, a codec without ``decode_rows``), as stored events
+        for the general path."""
         decode = self._rows_decoder
-        if decode is None or self._encryption is not None or (self._stores_chunks and _rows_have_manifest(rows)):
+        if decode is None or (self._stores_chunks and _rows_have_manifest(rows)):
             return [stored(row) for row in rows]
-        records, error = decode(rows, stored)
-        return _DecodedRows(records, error, len(rows))
+        if self._encryption is None:
+            records, error = decode(rows, stored)
+            return _DecodedRows(records, error, len(rows))
+        _, payloads, failed = await self._encryption.open_payloads(rows, stored)
+        records, error = decode(rows, stored, payloads)
+        return _DecodedRows(records, error or failed, len(rows))
 
     async def _load_context(
         self, session_id: str, snapshot: str, schema_version: int, types: tuple[str, ...], tail: int, after: int

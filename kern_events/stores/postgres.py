@@ -1009,7 +1009,7 @@ class PostgresEventStore(BaseEventStore):
         self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
     ) -> Any:
         """A read's page decoded straight from the driver's rows (see ``BaseEventStore._decoded_rows``)."""
-        return self._decoded_rows(await self._page_rows(session_id, low, high, limit, backwards, types), _stored)
+        return await self._decoded_rows(await self._page_rows(session_id, low, high, limit, backwards, types), _stored)
 
     async def _page_rows(
         self, session_id: str, low: int, high: int | None, limit: int, backwards: bool, types: tuple[str, ...] | None
