@@ -81,7 +81,7 @@ def _items_of_append(
     pending = dynamo._encode(events, result.event_ids, None)
     hashes = dynamo.chain.hashes(session_id, None, result.from_version - 1, pending, result.recorded_at)
     puts = [dynamo._head_put(session_id, result.from_version - 1, result.to_version, hashes[-1], info)]
-    for offset, (new, chain) in enumerate(zip(pending, hashes, strict=True)):
+    for offset, (new, chain) in enumerate(zip(pending, dynamo.chain.kept(hashes), strict=True)):
         puts += dynamo._event_puts(session_id, result.from_version + offset, new, chain, result.recorded_at)
     return [put["Put"]["Item"] for put in puts]
 

@@ -44,15 +44,17 @@ The hooks, each called only with checked arguments on an open store:
                             (only for a backend that sets ``inline_limit``)
 ==========================  ======================================================================
 
-**Tamper evidence.** Every stored event carries ``StoredEvent.chain``, a hash chaining it to the
-previous event of its session; the rule is :class:`Chain` (``self.chain`` on the store, keyed by the
-store's ``chain_key``). In its atomic append a backend calls ``self.chain.hashes(session_id, head_hash,
-head, pending, recorded_at)`` with the head hash it keeps beside the head version (``None`` for a
-session with none, which then chains from its genesis), stores each event's hash with it and the last
-one as the new head hash, and forgets the head hash when the session is deleted. A backend that computes
-hashes outside its atomic step (before a conditional write, as PostgreSQL's one-statement append does)
-must make the write conditional on the head hash too, as on the version. ``verify`` (on the store and
-the db) recomputes the chains; the kit keeps the hash of the last removed event in the truncation marker.
+**Tamper evidence.** Each stored event is chained by a hash to the previous event of its session
+(``StoredEvent.chain``, kept on the last event of each append); the rule is :class:`Chain`
+(``self.chain`` on the store, keyed by the store's ``chain_key``). In its atomic append a backend calls
+``self.chain.hashes(session_id, head_hash, head, pending, recorded_at)`` with the head hash it keeps
+beside the head version (``None`` for a session with none, which then chains from its genesis), stores
+with each event what ``self.chain.kept(hashes)`` keeps of it (the last event's hash, ``None`` for the
+others, whose hashes ``verify`` recomputes; storing every hash verifies as well), the last one as the
+new head hash, and forgets the head hash when the session is deleted. A backend that computes hashes
+outside its atomic step (before a conditional write, as PostgreSQL's one-statement append does) must
+make the write conditional on the head hash too, as on the version. ``verify`` (on the store and the db)
+recomputes the chains; the kit keeps the hash of the last removed event in the truncation marker.
 
 ``_append_many`` and ``_truncate_before`` have no default, because a sequence of plain appends or
 deletes is not one atomic step. What storage can offer them: any SQL database (one transaction;

@@ -33,7 +33,8 @@ from kern_events._index import SessionInfo
 from kern_events._validate import check_identifier
 from kern_events.errors import ExportFileError, InvalidArgumentError, KernEventsError, SessionNotFoundError
 from kern_events.records import StoredEvent, UnknownEvent
-from kern_events.stores._base import MAX_EVENTS_PER_APPEND, BaseEventStore, _check_indexed_fields
+from kern_events.stores._base import MANIFEST_MARK, MAX_EVENTS_PER_APPEND, BaseEventStore, _check_indexed_fields
+from kern_events.stores._chain import Chain
 
 if TYPE_CHECKING:
     from kern_events.db import BaseDb
@@ -49,8 +50,10 @@ __all__ = [
 
 EXPORT_FORMAT = "kern-events-export"
 """The ``format`` an export's header line names; a file without it is refused as foreign."""
-EXPORT_FORMAT_VERSION = 1
-"""The version of the line format this release writes and reads."""
+EXPORT_FORMAT_VERSION = 2
+"""The version of the line format this release writes; it reads version 1 too. Version 2 carries
+the chain hash of an append's last event only (``chain`` is null on the others), which a release
+reading version 1 alone would take for removed hashes: it refuses the file by its version instead."""
 
 _BATCH_BYTES = 8 * 1024 * 1024
 """Payload bytes held before an import appends what it has of one original append (bounds memory)."""
@@ -267,6 +270,19 @@ def _stored(line: _Event) -> StoredEvent:
     )
 
 
+class _Session(msgspec.Struct):
+    """What the checker keeps of one session: its last version, whether its chain has begun, and the
+    hashes its last event may have (one per way its source may have stored the payloads since the
+    last hash: inline, or behind a manifest above a limit, see :func:`_links`); with the lines of the
+    events since its last hash (their append's hash is on its last event, see ``Chain.kept``)."""
+
+    version: int
+    chained: bool
+    links: list[tuple[bytes, float, float]]
+    waiting: list[tuple[int, int, float]] = msgspec.field(default_factory=list)
+    """Line number, version and recorded time of each event since the last hash."""
+
+
 class _Checker:
     """Checks an export's lines in order, in constant memory but for each session seen (its id, last
     version and chain hash);
@@ -276,10 +292,24 @@ class _Checker:
         self._store = store
         self.unchained = 0
 
+    def _unhashed(self, head: _Session, session_id: str) -> None:
+        """The waiting events' append ended without a hash: before the chain began they never had
+        one; after it, the last one's was removed."""
+        number, version, _ = head.waiting[-1]
+        if head.chained:
+            where = f"session {session_id!r} version {version}"
+            raise ExportFileError(
+                number,
+                f"{where}: its chain hash is missing, yet the next event is of another append (another "
+                "recorded time): the file was edited",
+            )
+        self.unchained += len(head.waiting)
+        head.waiting, head.links = [], [(self._store.chain.genesis(session_id), -_INF, _INF)]
+
     async def events(self, path: Path) -> AsyncIterator[tuple[int, StoredEvent]]:
         """Every event of the file in order, checked; an :class:`ExportFileError` at the first bad line."""
         store, chain = self._store, self._store.chain
-        heads: dict[str, tuple[int, bytes, bool]] = {}  # each session's last version, chain hash, chained
+        heads: dict[str, _Session] = {}
         sessions = events = 0
         ended = 0
         number = 0
@@ -294,11 +324,11 @@ class _Checker:
             if number == 1:
                 if not isinstance(line, _Header) or line.format != EXPORT_FORMAT:
                     raise ExportFileError(1, f"not a kern-events export (no {EXPORT_FORMAT!r} header)")
-                if line.format_version != EXPORT_FORMAT_VERSION:
+                if not 1 <= line.format_version <= EXPORT_FORMAT_VERSION:
                     raise ExportFileError(
                         1,
                         f"export format version {line.format_version}; this release reads "
-                        f"version {EXPORT_FORMAT_VERSION}",
+                        f"versions 1-{EXPORT_FORMAT_VERSION}",
                     )
                 continue
             if ended:
@@ -312,6 +342,9 @@ class _Checker:
                         f"the end line counts {line.sessions} sessions and {line.events} events, "
                         f"the file holds {sessions} and {events} (lines were removed or added)",
                     )
+                for session_id, seen in heads.items():
+                    if seen.waiting:
+                        self._unhashed(seen, session_id)
                 ended = number
                 continue
             try:
@@ -327,45 +360,73 @@ class _Checker:
                         f"session {line.session_id!r} starts at version {line.version}: its earlier events "
                         "were removed (truncated, or deleted before it started again); only whole sessions import",
                     )
-                version, previous, chained = 0, chain.genesis(line.session_id), False
+                head = heads[line.session_id] = _Session(
+                    version=0, chained=False, links=[(chain.genesis(line.session_id), -_INF, _INF)]
+                )
                 sessions += 1
-            else:
-                version, previous, chained = head
-                if line.version != version + 1:
-                    raise ExportFileError(
-                        number, f"{where} follows version {version} (a line is missing, repeated or out of order)"
-                    )
+            elif line.version != head.version + 1:
+                raise ExportFileError(
+                    number, f"{where} follows version {head.version} (a line is missing, repeated or out of order)"
+                )
+            if head.waiting and line.recorded_at != head.waiting[-1][2]:
+                self._unhashed(head, line.session_id)
             stored = _stored(line)
+            try:
+                forms = (stored.data, store.stored_form(stored))
+            except InvalidArgumentError as error:
+                raise ExportFileError(number, f"{where}: {error}") from None
+            links = _links(chain, head.links, stored, forms)
             if line.chain is None:
-                if chained:
-                    raise ExportFileError(number, f"{where}: its chain hash is missing (the file was edited)")
-                self.unchained += 1
+                head.waiting.append((number, line.version, line.recorded_at))
+                head.links = links
             else:
-                try:
-                    forms = {stored.data, store.stored_form(stored)}
-                except InvalidArgumentError as error:
-                    raise ExportFileError(number, f"{where}: {error}") from None
-                expected = {chain.of(previous, msgspec.structs.replace(stored, data=form)) for form in forms}
-                if line.chain not in expected:
+                if line.chain not in {link for link, _, _ in links}:
+                    first = head.waiting[0][1] if head.waiting else line.version
+                    what = "the event" if first == line.version else f"one of versions {first}-{line.version}"
                     raise ExportFileError(
                         number,
-                        f"{where}: the event does not match its chain hash (the file was edited, or it was "
+                        f"{where}: {what} does not match its chain hash (the file was edited, or it was "
                         "exported under another chain key)",
                     )
-                previous, chained = line.chain, True
+                head.links, head.chained, head.waiting = [(line.chain, -_INF, _INF)], True, []
             try:
                 record = await store.decode_stored(stored)
                 if not isinstance(record.event, UnknownEvent):
                     _check_indexed_fields([record.event])  # what append_stored refuses, refused before any write
             except KernEventsError as error:
                 raise ExportFileError(number, f"{where}: {error}") from None
-            heads[line.session_id] = (line.version, previous, chained)
+            head.version = line.version
             events += 1
             yield number, stored
         if number == 0:
             raise ExportFileError(1, "the file is empty, not a kern-events export")
         if not ended:
             raise ExportFileError(number, "the file ends without its end line: it was cut short")
+
+
+_INF = float("inf")
+
+
+def _links(
+    chain: Chain, links: list[tuple[bytes, float, float]], stored: StoredEvent, forms: tuple[bytes, bytes]
+) -> list[tuple[bytes, float, float]]:
+    """The hashes ``stored`` may have after each of ``links``. Its source hashed the payload as it
+    stored it: inline (``forms[0]``), or behind a manifest (``forms[1]``, if this store would put it
+    out of line) when it is longer than the source's inline limit, which is unknown but one for the
+    whole append: each link carries the range of limits it assumes, so they stay one more than the
+    sizes seen, not two to the power of their number."""
+    size = len(stored.data)
+    found = []
+    for previous, low, high in links:
+        if forms[1] == forms[0] or forms[0][:1] == MANIFEST_MARK:  # one form (a marked payload: out of line)
+            found.append((chain.of(previous, msgspec.structs.replace(stored, data=forms[1])), low, high))
+            continue
+        if high > size:  # a limit of at least ``size``: stored inline
+            found.append((chain.of(previous, stored), max(low, size), high))
+        if low < size:  # a limit below ``size``: stored behind its manifest
+            manifest = msgspec.structs.replace(stored, data=forms[1])
+            found.append((chain.of(previous, manifest), low, min(high, size)))
+    return found
 
 
 async def import_events(

@@ -5,15 +5,15 @@ unforgeable; rows of a schema-2 database verify as unchained; a large untouched 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from kern_events import MessageAdded, PostgresDb, SqliteDb
-from kern_events.backend import BaseEventStore, ChainProblem
+from kern_events.backend import BaseEventStore, Chain, ChainProblem
 from kern_events.cli import main
 from kern_events.stores.memory import InMemoryEventStore
 from kern_events.stores.sqlite import SqliteEventStore
@@ -204,3 +204,89 @@ def test_kern_events_verify_takes_the_chain_key_from_the_environment(
     monkeypatch.setenv("KERN_EVENTS_CHAIN_KEY", "not hex")
     assert main(["verify", "--db", str(path)]) == 2
     assert "KERN_EVENTS_CHAIN_KEY" in capsys.readouterr().err
+
+
+# -- each append keeps one hash, on its last event ----------------------------------------------------
+
+
+async def _appends(db: SqliteDb | PostgresDb) -> None:
+    """Two appends of three events and one of one: versions 1-3, 4-6 and 7."""
+    await db.store.append("s", [_message(f"m{n}") for n in range(1, 4)])
+    await db.store.append("s", [_message(f"m{n}") for n in range(4, 7)], expected_version=3)
+    await db.store.append("s", [_message("m7")], expected_version=6)
+
+
+Opener = Callable[[], AbstractAsyncContextManager[tuple[SqliteDb | PostgresDb, Tamper]]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Opener]]:
+    """The backend's name and a way to open a fresh database of it (and tamper with it)."""
+    if request.param == "sqlite":
+        yield "sqlite", lambda: _sqlite(tmp_path)
+        return
+    _pg.require_postgres()
+    schema = _pg.new_schema()
+    try:
+        yield "postgres", lambda: _postgres(schema)
+    finally:
+        _pg.drop_schema(schema)
+
+
+def _appended_zero(backend: str) -> str:
+    return "X'00'" if backend == "sqlite" else "'\\x00'::bytea"
+
+
+async def test_an_append_keeps_its_last_hash_only_and_the_log_verifies(
+    sql_db: tuple[str, Opener],
+) -> None:
+    async with sql_db[1]() as (db, _):
+        await _appends(db)
+        kept = [stored.chain is not None async for stored in _stored(db.store, "s")]
+        assert kept == [False, False, True, False, False, True, True]
+        report = await db.verify()
+        assert report.ok and report.events == 7 and report.unchained == 0
+
+
+async def test_an_edit_in_the_middle_of_an_append_is_named_by_its_appends_versions(
+    sql_db: tuple[str, Opener],
+) -> None:
+    async with sql_db[1]() as (db, tamper):
+        await _appends(db)
+        await tamper(
+            f"UPDATE {{t}} SET data = data || {_appended_zero(sql_db[0])} WHERE session_id = 's' AND version = 5"
+        )
+        problems = (await db.verify()).problems
+        assert _found(problems) == [("s", 4, "edited")]
+        assert "one of versions 4-6 does not match its hash" in problems[0].detail
+
+
+async def test_a_log_with_a_hash_on_every_event_still_verifies_truncates_and_names_edits_exactly(
+    sql_db: tuple[str, Opener], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What releases before one hash per append wrote (``Chain.kept`` keeping every hash)."""
+    async with sql_db[1]() as (db, tamper):
+        with monkeypatch.context() as patch:
+            patch.setattr(Chain, "kept", staticmethod(list))
+            await _appends(db)
+        assert [stored.chain is not None async for stored in _stored(db.store, "s")] == [True] * 7
+        await db.store.append("s", [_message("m8"), _message("m9")], expected_version=7)  # then this release
+        assert (await db.verify()).ok
+        await db.store.truncate_before("s", 3)
+        assert (await db.verify()).ok
+        await tamper(
+            f"UPDATE {{t}} SET data = data || {_appended_zero(sql_db[0])} WHERE session_id = 's' AND version = 5"
+        )
+        assert _found((await db.verify()).problems) == [("s", 5, "edited")]
+
+
+@pytest.mark.parametrize("cut", [2, 3, 5, 6])
+async def test_a_cut_in_the_middle_of_an_append_keeps_the_chain_verifiable(tmp_path: Path, cut: int) -> None:
+    """The truncation marker keeps the hash of the last event removed, recomputed if it kept none
+    (the first or a middle event of an append, at the log's start or after another append)."""
+    async with _sqlite(tmp_path) as (db, _):
+        await _appends(db)
+        await db.store.truncate_before("s", cut)
+        await db.store.append("s", [_message("after the cut"), _message("and more")], expected_version=7)
+        report = await db.verify()
+        assert report.problems == [] and report.events == 9 - (cut - 1)

@@ -227,7 +227,9 @@ def test_verify_reports_a_corrupt_row_and_checks_the_rest(demo_db: Path, capsys:
     code, out, err = cli(capsys, "verify", "--db", str(demo_db))
     assert code == 1
     assert f"problem: session 'conversation_123' version {version}: stored 'run_started' event cannot be decoded" in out
-    assert f"problem: session 'conversation_123' version {version}: edited: the event does not match its hash" in out
+    # the run's first append (versions 2-4) keeps its hash on its last event: the edit is named by the append
+    assert f"problem: session 'conversation_123' version {version}: edited: one of versions {version}-" in out
+    assert "does not match its hash" in out
     assert out.endswith(f"verified {total} events in 1 session: 2 problems\n")
     assert err == ""
 
@@ -648,7 +650,7 @@ def test_verify_and_export_on_postgres_see_past_an_open_transaction_and_report_c
                 code, out, _ = await asyncio.to_thread(cli, capsys, "verify", *where)
                 assert code == 1
                 assert "version 3: stored" in out and "cannot be decoded" in out
-                assert "version 3: edited: the event does not match its hash" in out
+                assert "version 2: edited: one of versions 2-4 does not match its hash" in out  # its append's
                 assert out.endswith(f"verified {total} events in 1 session: 2 problems\n")
             finally:
                 await holder.close()

@@ -4,6 +4,7 @@ still recognized as a retry."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any, ClassVar
 from uuid import UUID
@@ -21,6 +22,7 @@ from kern_events import (
     RunCompleted,
     RunMetrics,
     SessionStateChanged,
+    SqliteDb,
     StoredEvent,
     ToolCallCompleted,
     ToolCallRequest,
@@ -34,7 +36,8 @@ from kern_events.codec import tagged_payload, untagged_payload
 from kern_events.events import RunStarted, SessionStarted
 from kern_events.records import PendingEvent, Record
 from kern_events.replay import replay
-from kern_events.sessions import _stored_once
+from kern_events.sessions import Session, _stored_once
+from kern_events.stores._chain import CHAIN_SIZE
 from kern_events.stores.sqlite import SqliteEventStore
 from projections.session import fold_records
 
@@ -334,3 +337,28 @@ def test_whatever_a_step_stores_once_every_reader_reads_back_as_it_was_given(inp
         told.append(resolve(event, said))
         said.note(told[-1])
     assert msgspec.msgpack.encode(told) == msgspec.msgpack.encode(step)  # the replay
+
+
+async def test_an_agent_run_stores_one_chain_hash_per_append_not_per_event(tmp_path: Path) -> None:
+    """The Agent's three appends of a run (seven events, and the session's name on its first run)
+    keep three 32-byte hashes, not eight."""
+    async with SqliteDb(tmp_path / "run.db") as db:
+        session = await Session.open(db, "s", agent_id="agent", user_id="user")
+        recorded = await session.start_run("r1", input="question", model_id="model")
+        recorded.message("user", "question")
+        await recorded.flush()
+        async with recorded.step():
+            call = ToolCallRequest(tool_call_id="c1", tool_name="search", arguments={"q": "x"})
+            recorded.message("assistant", None, tool_calls=[call])
+            recorded.tool_call("c1", "search", {"q": "x"}, result="found", duration=0.01)
+            recorded.message("tool", "found", name="search", tool_call_id="c1")
+        recorded.message("assistant", "answer")
+        await recorded.complete("answer", metrics=RunMetrics(input_tokens=3))
+        assert (await db.verify()).ok
+    with sqlite3.connect(tmp_path / "run.db") as raw:
+        events, appends, hash_bytes = raw.execute(
+            "SELECT count(*), count(DISTINCT recorded_at), sum(length(chain)) FROM kern_events WHERE version > 1"
+        ).fetchone()  # after the session's start, its own append
+    raw.close()
+    assert (events, appends) == (8, 3)
+    assert hash_bytes == 3 * CHAIN_SIZE

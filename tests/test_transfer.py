@@ -32,6 +32,7 @@ from kern_events import (
     export_events,
     import_events,
 )
+from kern_events.backend import Chain
 from kern_events.events import MessageAdded, SessionRenamed
 from kern_events.records import Record
 from kern_events.testing import feed_settled
@@ -175,6 +176,30 @@ def test_payloads_stored_out_of_line_export_whole_from_the_global_feed(tmp_path:
             target.store.inline_limit = 4096  # type: ignore[attr-defined]  # the same stored forms, so the same chain
             await import_events(target, path)
             assert await _feed(target) == order
+            assert await _records(target) == records
+            assert (await target.verify()).ok
+
+    asyncio.run(check())
+
+
+def test_an_append_mixing_payloads_stored_inline_and_out_of_line_imports_with_its_one_hash(tmp_path: Path) -> None:
+    """The import recomputes an append's hash through each event in the form its source stored it
+    (inline, or behind a manifest), though the file holds every payload whole; the forms it tries
+    grow with the payloads' sizes, not as two to the power of their number (here 2**40)."""
+
+    async def check() -> None:
+        path = tmp_path / "mixed.jsonl"
+        async with SqliteDb(tmp_path / "source.db") as source:
+            source.store.inline_limit = 4096  # type: ignore[attr-defined]
+            sizes = [10, 3000, 10, 2500, 3000] + [1000 + 37 * n for n in range(40)]  # "word " * size bytes
+            await source.store.append(
+                "mixed", [MessageAdded(run_id="r", role="user", content="word " * size) for size in sizes]
+            )
+            await _export_to(source, path)
+            records = await _records(source)
+        async with SqliteDb(tmp_path / "target.db") as target:
+            target.store.inline_limit = 4096  # type: ignore[attr-defined]  # the same stored forms, so the same chain
+            await import_events(target, path)
             assert await _records(target) == records
             assert (await target.verify()).ok
 
@@ -386,15 +411,21 @@ def _payload(line: bytes) -> bytes:
         (lambda lines: [*lines[:4], lines[5], lines[4], *lines[6:]], 5, "follows version 3"),
         (
             lambda lines: [
-                *lines[:4],
-                _edited(lines[4], data=base64.b64encode(_payload(lines[4]).replace(b"u", b"v")).decode()),
-                *lines[5:],
+                *lines[:6],
+                _edited(lines[6], data=base64.b64encode(_payload(lines[6]).replace(b"u", b"v")).decode()),
+                *lines[7:],
             ],
-            5,
+            7,
             "does not match its chain hash",
         ),
-        (lambda lines: [*lines[:4], _edited(lines[4], recorded_at=1.5), *lines[5:]], 5, "does not match its chain"),
-        (lambda lines: [*lines[:4], _edited(lines[4], chain=None), *lines[5:]], 5, "chain hash is missing"),
+        (lambda lines: [lines[0], _edited(lines[1], recorded_at=1.5), *lines[2:]], 2, "does not match its chain"),
+        (  # the middle of an append, which keeps its hash on its last event (line 7): named there
+            lambda lines: [*lines[:4], _edited(lines[4], data=json.loads(lines[3])["data"]), *lines[5:]],
+            7,
+            "one of versions 2-6 does not match its chain hash",
+        ),
+        (lambda lines: [*lines[:4], _edited(lines[4], recorded_at=1.5), *lines[5:]], 4, "chain hash is missing, yet"),
+        (lambda lines: [*lines[:6], _edited(lines[6], chain=None), *lines[7:]], 7, "chain hash is missing"),
         (lambda lines: [*lines[:4], _edited(lines[4], version=-1), *lines[5:]], 5, "not an export line"),
         (lambda lines: [*lines, lines[1]], -1, "a line after the end line"),
         (lambda lines: [*lines[:-1], _edited(lines[-1], events=1), lines[-1]], -2, "the end line counts"),
@@ -419,6 +450,26 @@ def test_a_bad_file_is_one_error_naming_its_line_and_stores_nothing(
 def test_the_good_export_imports(good_export: list[bytes], tmp_path: Path) -> None:
     error, stored = _import_lines(good_export, tmp_path / "good.jsonl")
     assert error is None and stored == len(good_export) - 2
+
+
+def test_an_export_with_a_hash_on_every_event_still_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What releases before one hash per append exported (format version 1, ``Chain.kept`` keeping
+    every hash)."""
+    path = tmp_path / "every_hash.jsonl"
+
+    async def write() -> None:
+        async with InMemoryDb() as db:
+            await _fill(db)
+            await _export_to(db, path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Chain, "kept", staticmethod(list))
+        asyncio.run(write())
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert all(json.loads(line)["chain"] for line in lines[1:-1])
+    lines[0] = _edited(lines[0], format_version=1)  # as those releases named it
+    error, stored = _import_lines(lines, tmp_path / "imported.jsonl")
+    assert error is None and stored == len(lines) - 2
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -565,8 +616,8 @@ def test_cli_import_of_a_tampered_file_is_one_line_naming_it(
     code, out, err = cli(capsys, "import", str(export), "--db", str(tmp_path / "new.db"))
     assert code == 2 and out == ""
     assert err == (
-        "error: line 4: session 'conversation_123' version 3: the event does not match its chain hash "
-        "(the file was edited, or it was exported under another chain key)\n"
+        "error: line 5: session 'conversation_123' version 4: one of versions 2-4 does not match its chain hash "
+        "(the file was edited, or it was exported under another chain key)\n"  # the append's hash is on line 5
     )
     with sqlite3.connect(tmp_path / "new.db") as connection:
         assert connection.execute("SELECT count(*) FROM kern_events").fetchone() == (0,)

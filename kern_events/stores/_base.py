@@ -839,11 +839,50 @@ class BaseEventStore(abc.ABC):
     async def _chain_at(self, session_id: str, version: int) -> bytes:
         """The hash of the event at ``version`` (empty if it has none or is gone), which the truncation
         marker keeps so that the chain still verifies from the cut. Read before the truncation's
-        atomic step: an event below the head never changes."""
+        atomic step: an event below the head never changes. An event that keeps no hash (not the
+        last of its append, see :meth:`Chain.kept`) has it recomputed from the hash before its
+        append, if the hash its append ends with proves it."""
         if version < 1:
             return b""
         page, _ = _split(await self._read_page(session_id, version, version, 1, False, None))
-        return page[0].chain or b"" if page else b""
+        if not page or page[0].chain is not None:
+            return page[0].chain or b"" if page else b""
+        at = page[0].recorded_at
+        before: list[StoredEvent] = []  # the append's events before ``version``, then the one before them
+        while len(before) < MAX_EVENTS_PER_APPEND + 1:
+            high = version - 1 - len(before)
+            rows, damaged = _split(await self._read_page(session_id, 1, high, self.read_page_size, True, None))
+            before += rows
+            if damaged is not None or any(row.chain is not None or row.recorded_at != at for row in rows):
+                break
+            if len(rows) < self.read_page_size:
+                break
+        after: list[StoredEvent] = []  # the append's events after ``version``, up to the one with its hash
+        while not after or after[-1].chain is None:
+            low = version + 1 + len(after)
+            rows, damaged = _split(await self._read_page(session_id, low, None, self.read_page_size, False, None))
+            after += rows
+            if damaged is not None or len(rows) < self.read_page_size or len(after) > MAX_EVENTS_PER_APPEND:
+                break
+        start = next((n for n, row in enumerate(before) if row.chain is not None or row.recorded_at != at), None)
+        end = next((n for n, row in enumerate(after) if row.chain is not None or row.recorded_at != at), None)
+        if end is None or after[end].chain is None or after[end].recorded_at != at:
+            return b""  # no hash ends the append: nothing proves one
+        if start is None:  # the append starts the log: it chains from the truncation marker or the genesis
+            first = before[-1].version if before else version
+            marker = await self.load_snapshot(session_id, TRUNCATION_SNAPSHOT) if first > 1 else None
+            previous = marker.data if marker is not None and marker.version == first - 1 else b""
+            previous = previous or self.chain.genesis(session_id)
+            own = before[::-1]
+        elif (stored := before[start].chain) is None:
+            return b""  # an event without a hash before the append: before the chain began (or edited)
+        else:
+            previous, own = stored, before[:start][::-1]
+        hashes: list[bytes] = []
+        for row in [*own, page[0], *after[: end + 1]]:
+            previous = self.chain.of(previous, row)
+            hashes.append(previous)
+        return hashes[len(own)] if hashes[-1] == after[end].chain else b""
 
     async def verify(
         self, session_id: str | None = None, *, progress: Callable[[int], None] | None = None

@@ -1,17 +1,17 @@
-"""The tamper-evidence rule, in one place for every backend: each stored event carries a hash that
+"""The tamper-evidence rule, in one place for every backend: each stored event has a hash that
 chains it to the previous event of its session, and a verifier that recomputes the chains.
 
 The hash of the event at version ``v`` is SHA-256 (or HMAC-SHA-256 under a ``chain_key``) over the
 previous event's hash, ``v``, the event id, the type, the schema version, the recorded time and the
-payload bytes as stored: after any encryption (so verifying needs no data key) and, for a payload
-stored out of line, its manifest (which holds the payload's length and SHA-256, checked against the
-chunks on every read; so the manifest's hash covers the payload without reading it). The first
-event of a session chains from a genesis hash of the session id, so events cannot be moved between
-sessions either. A backend computes the hashes with :meth:`Chain.hashes` inside its atomic append,
-from the head hash it stores beside the head version (the session index row), and stores each
-event's hash with it and the last one as the new head hash. Versions are never reused, so a head
-version names exactly one head hash: the expected-version check that guards the append also guards
-the chain.
+payload bytes as stored: after any encryption (so verifying needs no data key) and, for a payload stored
+out of line, its manifest (which holds the payload's length and SHA-256, checked against the chunks on
+every read; so the manifest's hash covers the payload without reading it). The first event of a session
+chains from a genesis hash of the session id, so events cannot be moved between sessions either. A
+backend computes the hashes with :meth:`Chain.hashes` inside its atomic append, from the head hash it
+stores beside the head version (the session index row), and stores the last event's hash with it
+(:meth:`Chain.kept`: the others are recomputed from it) and as the new head hash. Versions are never
+reused, so a head version names exactly one head hash: the expected-version check that guards the append
+also guards the chain.
 """
 
 from __future__ import annotations
@@ -92,6 +92,12 @@ class Chain:
             hashes.append(last)
         return hashes
 
+    @staticmethod
+    def kept(hashes: Sequence[bytes]) -> list[bytes | None]:
+        """What an append stores of its events' hashes: the last one only, 32 bytes less for every
+        other event (verifying recomputes theirs, and the last one covers them)."""
+        return [None] * (len(hashes) - 1) + [hashes[-1]]
+
     def of(self, previous: bytes, stored: StoredEvent) -> bytes:
         """What a stored event's hash must be after ``previous``."""
         return self.link(
@@ -139,7 +145,13 @@ class VerifyReport(msgspec.Struct, kw_only=True):
 
 class ChainVerifier:
     """Recomputes one session's chain from its stored events in version order (call :meth:`start`,
-    :meth:`check` per event, :meth:`finish`); findings go to ``report``."""
+    :meth:`check` per event, :meth:`finish`); findings go to ``report``.
+
+    Events without a hash wait for the next one that has one: an append stores only its last hash
+    (see :meth:`Chain.kept`), so a hash covers the events of its append before it, and a mismatch is
+    reported at the append's first version, naming its versions. An event without a hash is only
+    part of an append if the next event shares its recorded time (one append, one time); otherwise
+    its hash was removed (or, before the chain began, it never had one)."""
 
     def __init__(self, chain: Chain, report: VerifyReport) -> None:
         self._chain = chain
@@ -149,7 +161,9 @@ class ChainVerifier:
         self._expected_version = 1
         self._chained = False
         self._stored: dict[bytes, int] = {}
-        self._suspects: list[StoredEvent] = []
+        self._suspects: list[list[StoredEvent]] = []
+        self._waiting: list[StoredEvent] = []
+        self._gap: tuple[int, int] | None = None
 
     def start(self, session_id: str, first_version: int = 1, base: bytes | None = None) -> None:
         """Begin a session whose log starts at ``first_version`` (after a truncation, ``base`` is the
@@ -158,13 +172,15 @@ class ChainVerifier:
         self._session, self._expected_version = session_id, first_version
         self._previous = base if base else None
         self._chained = bool(base)
-        self._stored, self._suspects = {}, []
+        self._stored, self._suspects, self._waiting, self._gap = {}, [], [], None
 
     def _problem(self, version: int, kind: ProblemKind, detail: str) -> None:
         self.report.problems.append(ChainProblem(session_id=self._session, version=version, kind=kind, detail=detail))
 
     def corrupt(self, version: int, detail: str) -> None:
         """A row that could not be read; the chain goes on from the next one (which then fails too)."""
+        self._drop(removed=False)
+        self._report_gap()
         self.report.events += 1
         self._problem(version, "corrupt", detail)
         self._expected_version = version + 1
@@ -175,79 +191,132 @@ class ChainVerifier:
         self.report.events += 1
         version = stored.version
         after_gap = version > self._expected_version
-        if after_gap and self._restarted(stored):
-            after_gap = False  # a session deleted and started again: its chain starts afresh there
-        elif after_gap:
-            first, last = self._expected_version, version - 1
+        if self._waiting and (after_gap or stored.recorded_at != self._waiting[-1].recorded_at):
+            self._drop(removed=not after_gap)  # the waiting events' append ends without its hash
+        if after_gap:
+            self._report_gap()
+            self._gap = (self._expected_version, version - 1)
+        self._expected_version = version + 1
+        self._waiting.append(stored)
+        if stored.chain is not None:
+            self._link(self._waiting)
+            self._waiting, self._gap = [], None
+
+    def _drop(self, *, removed: bool) -> None:
+        """Events waiting for a hash that will not come: before the chain began they never had one;
+        after it, the last one's hash was ``removed`` (else its successor is missing, reported as such)."""
+        waiting, self._waiting = self._waiting, []
+        if not waiting:
+            return
+        self._report_gap()
+        start = self._previous if self._chained else self._chain.genesis(self._session)
+        if start is not None:  # what they would hash to: predecessors for tracing moved events
+            for stored, computed in zip(waiting, self._through(start, waiting), strict=True):
+                self._stored.setdefault(computed, stored.version)
+        if not self._chained:
+            self.report.unchained += len(waiting)
+        elif removed:
+            self._problem(
+                waiting[-1].version, "unchained", "its append ends without a hash (removed, or an event's time changed)"
+            )
+        self._previous = None  # the next event's link cannot be checked (what came before is reported)
+
+    def _report_gap(self) -> None:
+        if self._gap is not None:
+            first, last = self._gap
             span = f"version {first}" if first == last else f"versions {first}-{last}"
             self._problem(first, "missing", f"{span} absent from the log (deleted)")
-        self._expected_version = version + 1
-        if stored.chain is None:
-            if self._chained:
-                self._problem(version, "unchained", "its hash was removed")
-                self._previous = None  # the next event's link cannot be checked (this one is reported)
-            else:
-                self.report.unchained += 1
-            return
-        previous = self._previous
-        if previous is None and not self._chained:  # the first chained event: from the genesis
-            previous = self._chain.genesis(self._session)
-        self._chained = True
-        self._stored[stored.chain] = version
-        # After a gap, an unreadable row or a removed hash the predecessor's hash is unknown: the link
-        # cannot be checked (what came before is reported).
-        if not after_gap and previous is not None and self._chain.of(previous, stored) != stored.chain:
-            self._suspects.append(stored)
-        self._previous = stored.chain
+            self._gap = None
 
-    def _restarted(self, stored: StoredEvent) -> bool:
-        """Whether the session's first stored event, above version 1 with no truncation behind it,
-        chains from the genesis: the session was deleted and started again (its versions go on
+    def _link(self, events: list[StoredEvent]) -> None:
+        """Events ending with one that has a hash: check it, chained from the previous hash."""
+        last = events[-1]
+        assert last.chain is not None
+        genesis = self._chain.genesis(self._session)
+        if self._gap is not None:
+            if self._restarted(events, genesis):
+                self._gap = None  # a session deleted and started again: its chain starts afresh there
+                self._previous = genesis
+            else:
+                self._report_gap()
+                self._previous = None  # after a gap the predecessor's hash is unknown: not checked
+        elif not self._chained:
+            self._previous = genesis  # the first chained event: from the genesis
+        self._chained = True
+        previous = self._previous
+        if previous is not None:
+            hashes = self._through(previous, events)
+            if hashes[-1] != last.chain:
+                self._suspects.append(events)
+            else:
+                for stored, computed in zip(events[:-1], hashes, strict=False):
+                    self._stored.setdefault(computed, stored.version)
+        self._stored[last.chain] = last.version
+        self._previous = last.chain
+
+    def _through(self, previous: bytes, events: Sequence[StoredEvent], first_version: int | None = None) -> list[bytes]:
+        """The hashes of ``events`` chained from ``previous`` (numbered from ``first_version``, if given)."""
+        hashes = []
+        for offset, stored in enumerate(events):
+            if first_version is not None:
+                stored = msgspec.structs.replace(stored, version=first_version + offset)
+            previous = self._chain.of(previous, stored)
+            hashes.append(previous)
+        return hashes
+
+    def _restarted(self, events: list[StoredEvent], genesis: bytes) -> bool:
+        """Whether the session's first stored events, above version 1 with no truncation behind them,
+        chain from the genesis: the session was deleted and started again (its versions go on
         from the tombstone's), not cut."""
         return (
             not self._chained
             and self._previous is None
-            and self._expected_version == 1
-            and stored.chain is not None
-            and self._chain.of(self._chain.genesis(self._session), stored) == stored.chain
+            and self._gap is not None
+            and self._gap[0] == 1
+            and self._through(genesis, events)[-1] == events[-1].chain
         )
 
     def finish(self, head: int) -> None:
         """The log must reach the head the index records; then tell moved events from edited ones."""
+        self._drop(removed=True)
         reached = self._expected_version - 1
         if reached < head:
             self._problem(
                 reached + 1, "truncated", f"the index says the session is at version {head}, the log ends at {reached}"
             )
-        # Every stored hash may be a predecessor, at the version it is stored at until traced elsewhere.
+        # Every hash may be a predecessor, at the version it is stored at until traced elsewhere.
         origins = dict(self._stored)
         origins[self._chain.genesis(self._session)] = 0
         unresolved = list(self._suspects) if len(self._suspects) <= _MAX_TRACED else []
         traced: set[bytes] = set()
-        while unresolved:  # an event moved after a moved one is traced once its predecessor is
-            found = [(stored, self._origin(stored, origins)) for stored in unresolved]
-            progress = [(stored, origin) for stored, origin in found if origin is not None]
+        while unresolved:  # events moved after moved ones are traced once their predecessor is
+            found = [(events, self._origin(events, origins)) for events in unresolved]
+            progress = [(events, origin) for events, origin in found if origin is not None]
             if not progress:
                 break
-            for stored, origin in progress:
-                assert stored.chain is not None
-                origins[stored.chain] = origin
-                traced.add(stored.chain)
-                if origin != stored.version:
-                    self._problem(stored.version, "moved", f"event {stored.event_id} was written at version {origin}")
-            unresolved = [stored for stored, origin in found if origin is None]
-        for stored in self._suspects:
-            if stored.chain not in traced:
-                self._problem(stored.version, "edited", "the event does not match its hash (payload, type, id or time)")
+            for events, origin in progress:
+                chain = events[-1].chain
+                assert chain is not None
+                origins[chain] = origin + len(events) - 1
+                traced.add(chain)
+                for written, stored in enumerate(events, start=origin):
+                    if written != stored.version:
+                        self._problem(
+                            stored.version, "moved", f"event {stored.event_id} was written at version {written}"
+                        )
+            unresolved = [events for events, origin in found if origin is None]
+        for events in self._suspects:
+            if events[-1].chain not in traced:
+                first, last = events[0].version, events[-1].version
+                what = "the event does not" if first == last else f"one of versions {first}-{last} does not"
+                self._problem(first, "edited", f"{what} match its hash (payload, type, id or time)")
         self.report.problems.sort(key=lambda problem: (problem.session_id, problem.version))
 
-    def _origin(self, stored: StoredEvent, origins: dict[bytes, int]) -> int | None:
-        """The version an event that fails its link was written at, if its hash proves one: some
-        event whose original version is known is its predecessor."""
+    def _origin(self, events: list[StoredEvent], origins: dict[bytes, int]) -> int | None:
+        """The version events failing their link were first written at, if their hash proves one:
+        some event whose original version is known is their predecessor."""
+        chain = events[-1].chain
         for previous, version in origins.items():
-            if previous == stored.chain:
-                continue
-            written = msgspec.structs.replace(stored, version=version + 1)
-            if self._chain.of(previous, written) == stored.chain:
+            if previous != chain and self._through(previous, events, version + 1)[-1] == chain:
                 return version + 1
         return None

@@ -488,7 +488,7 @@ class DynamoEventStore(BaseEventStore):
             to_version = head + len(pending)
             new_info = advance_index(info, session_id, events, to_version, recorded_at)
             items = [self._head_put(session_id, head, to_version, hashes[-1], new_info)]
-            for offset, (new, chain) in enumerate(zip(pending, hashes, strict=True), start=1):
+            for offset, (new, chain) in enumerate(zip(pending, self.chain.kept(hashes), strict=True), start=1):
                 items += self._event_puts(session_id, head + offset, new, chain, recorded_at)
             try:
                 await self._call("transact_write_items", TransactItems=items)
@@ -530,7 +530,7 @@ class DynamoEventStore(BaseEventStore):
         return {"Put": put}
 
     def _event_puts(
-        self, session_id: str, version: int, new: PendingEvent, chain: bytes, recorded_at: float
+        self, session_id: str, version: int, new: PendingEvent, chain: bytes | None, recorded_at: float
     ) -> list[_Item]:
         """The id item, the event item and the chunk items of one event, each put only if absent."""
         absent = "attribute_not_exists(pk)"
@@ -541,8 +541,9 @@ class DynamoEventStore(BaseEventStore):
             "sv": _number(new.schema_version),
             "d": {"B": new.data},
             "at": _number(recorded_at),
-            "ch": {"B": chain},
         }
+        if chain is not None:
+            event["ch"] = {"B": chain}
         if new.type in self._indexed_types:
             event["x"] = event["sk"]  # the sparse key of ``by_type``
         owner = {**_id_key(new.event_id), "s": {"S": session_id}, "v": _number(version)}

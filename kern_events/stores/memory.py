@@ -100,7 +100,7 @@ class InMemoryEventStore(BaseEventStore):
         stored_events = []
         hashes = self.chain.hashes(session_id, self._chain_heads.get(session_id), head, pending, recorded_at)
         self._chain_heads[session_id] = hashes[-1]
-        for offset, (new, chain) in enumerate(zip(pending, hashes, strict=True), start=1):
+        for offset, (new, chain) in enumerate(zip(pending, self.chain.kept(hashes), strict=True), start=1):
             self._last_position += 1
             stored = StoredEvent(
                 session_id=session_id,

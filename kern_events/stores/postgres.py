@@ -57,6 +57,7 @@ from kern_events.backend import (
     MAX_EVENTS_PER_APPEND,
     SNAPSHOTS_KEPT,
     BaseEventStore,
+    Chain,
     GroupCommit,
     IndexDelta,
     PendingAppend,
@@ -1226,11 +1227,11 @@ def _event_arguments(pending: Sequence[PendingEvent]) -> tuple[Any, ...]:
 
 
 def _chain_arguments(request: AppendRequest) -> tuple[Any, bytes | None, bytes]:
-    """The events' chain hashes (one value for one event, else an array), the head hash they were
-    computed from and the new head hash."""
+    """The events' chain hashes as kept (one value for one event, else an array), the head hash they
+    were computed from and the new head hash."""
     hashes = request.hashes
     assert hashes is not None
-    return (hashes[0] if len(hashes) == 1 else hashes), request.prev, hashes[-1]
+    return (hashes[0] if len(hashes) == 1 else Chain.kept(hashes)), request.prev, hashes[-1]
 
 
 def _single_arguments(request: AppendRequest) -> tuple[Any, ...]:
@@ -1263,7 +1264,7 @@ def _batch_arguments(batch: Sequence[AppendRequest]) -> tuple[list[Any], ...]:
         wanted.append(request.at)
         prev.append(request.prev)
         head.append(hashes[-1])
-        chain += hashes
+        chain += Chain.kept(hashes)
         count.append(len(request.pending))
         has_start.append(delta.started is not None)
         for column, value in zip((kind, agent, team, workflow, user), _started_fields(delta), strict=True):

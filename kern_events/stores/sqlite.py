@@ -704,7 +704,7 @@ class SqliteEventStore(BaseEventStore):
             return retry
         hashes = self.chain.hashes(session_id, None if row is None else row[12], head, pending, request.recorded_at)
         try:
-            numbered = self._insert(db, session_id, pending, head, request.recorded_at, hashes)
+            numbered = self._insert(db, session_id, pending, head, request.recorded_at, self.chain.kept(hashes))
         except sqlite3.IntegrityError:
             retry = match_retry(session_id, pending, self._find_ids(db, pending))
             if retry is None:  # pragma: no cover - the write lock makes this unreachable
@@ -758,7 +758,7 @@ class SqliteEventStore(BaseEventStore):
         if not advanced:
             return None
         try:
-            numbered = self._insert(db, session_id, pending, head, request.recorded_at, hashes)
+            numbered = self._insert(db, session_id, pending, head, request.recorded_at, self.chain.kept(hashes))
         except sqlite3.IntegrityError:
             raise _Undo from None
         return self._written(db, request, head, numbered, hashes[-1])
@@ -804,9 +804,10 @@ class SqliteEventStore(BaseEventStore):
         pending: Sequence[PendingEvent],
         head: int,
         recorded_at: float,
-        hashes: Sequence[bytes],
+        hashes: Sequence[bytes | None],
     ) -> list[tuple[int, int]]:
-        """Insert ``pending`` after version ``head``; their (version, position) pairs, in order."""
+        """Insert ``pending`` after version ``head`` with the ``hashes`` they keep; their (version, position)
+        pairs, in order."""
         if len(pending) == 1:  # the row's position is its rowid: no RETURNING to run (~4 us a row)
             new = pending[0]
             row = (session_id, head + 1, new.event_id.bytes, new.type, new.schema_version, new.data, recorded_at)

@@ -32,9 +32,8 @@ async def test_every_append_path_leaves_a_chain_that_verifies(backend: Backend) 
         ids = [event_id_for("chain", n) for n in range(3)]
         await store.append("s", [_message("a"), _message("b")], event_ids=ids[:2], skip_existing=True)
         await store.append("s", [_message("a"), _message("b"), _message("c")], event_ids=ids, skip_existing=True)
-        assert [stored is not None and stored.chain is not None for stored in await store._find_events(ids)] == [
-            True
-        ] * 3
+        last_of_each_append = await store._find_events(ids[1:])  # the others may keep none (Chain.kept)
+        assert [stored is not None and stored.chain is not None for stored in last_of_each_append] == [True] * 2
         await _clean(store, 10)
         if backend.appends_many:
             await store.append_many(
