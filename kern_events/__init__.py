@@ -115,7 +115,7 @@ if TYPE_CHECKING:
     from kern_events.telemetry import instrument, uninstrument
     from kern_events.transfer import ImportReport, export_events, import_events
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "Agent": "kern_events.runtime",

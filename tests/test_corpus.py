@@ -22,7 +22,7 @@ import pytest
 
 import kern_events
 from kern_events import MsgpackCodec, SqliteDb, StoredEvent, UnknownEvent, event_id_for, registered_event_types
-from kern_events.testing._samples import conversation, every_event_type
+from kern_events.testing._samples import conversation, every_event_type, stored_once
 
 CORPUS = Path(__file__).parent / "corpus"
 RELEASES = sorted(path for path in CORPUS.iterdir() if path.is_dir()) if CORPUS.is_dir() else []
@@ -77,12 +77,14 @@ async def test_every_session_of_every_release_still_reads_and_folds(release: Pat
         assert [run.status for run in view.runs] == ["completed", "completed"]
         assert (await db.get_session_state("conversation"))["turns"] == 2
         assert len([record async for record in db.store.read_all()]) == len(types) + sum(map(len, conversation()))
+        report = await db.verify()
+        assert report.ok, str(report)  # the hash chain as that release wrote it still verifies
 
 
 def _write(release: Path) -> None:
     codec = MsgpackCodec()
     entries = []
-    for event in every_event_type():
+    for event in [*every_event_type(), *stored_once()]:
         pending = codec.encode(event, event_id_for("corpus", "x"))
         entries.append(
             {
@@ -101,7 +103,7 @@ def _write(release: Path) -> None:
 
 async def _write_sessions(path: Path) -> None:
     async with SqliteDb(path, synchronous="FULL") as db:
-        for event in every_event_type():
+        for event in [*every_event_type(), *stored_once()]:
             await db.store.append("every-type", [event])
         for batch in conversation():
             await db.store.append("conversation", batch)

@@ -110,6 +110,18 @@ def every_event_type() -> list[Event]:
     ]
 
 
+def stored_once() -> list[Event]:
+    """The shapes the session writer stores for values said once elsewhere in the run: a user
+    message repeating the run's input, a tool message repeating its call's result, a call recorded
+    whole with its message's arguments, an output repeating the last message (each field flagged)."""
+    return [
+        MessageAdded(run_id="r1", role="user", content_from_input=True),
+        MessageAdded(run_id="r1", role="tool", tool_call_id="c1", content_from_tool_result=True),
+        ToolCallCompleted(run_id="r1", tool_call_id="c1", tool_name="weather", arguments_from_message=True),
+        RunCompleted(run_id="r1", output_from_message=True),
+    ]
+
+
 def conversation(user_id: str = "alice@example.com", runs: int = 2) -> list[list[Event]]:
     """A short agent conversation as the batches a runtime would append, one per run step."""
     batches: list[list[Event]] = [
