@@ -162,20 +162,19 @@ class MsgpackCodec:
         call per row, the error returned instead of raised so that the rows before it still reach
         the reader. A row of an unknown type or an older schema version takes :meth:`decode`.
         ``payloads`` (opened by the store's encryption) stand in for the rows' own bytes, row by row,
-        as far as they go (see :meth:`_decode_opened`).
+        and stop at a row that did not open: no stored event is rebuilt around a plaintext on the way,
+        so a sealed row costs what a clear one does, plus opening it.
         """
-        if payloads is not None:
-            return self._decode_opened(page, payloads)
         decoders = self._decoders
         records: list[Record] = []
         append = records.append
-        for stored in page:
+        for stored, data in zip(page, [row.data for row in page] if payloads is None else payloads, strict=False):
             entry = decoders.get(stored.type)
             try:
                 if entry is None or stored.schema_version < entry[1]:
-                    append(self.decode(stored))
+                    append(self.decode(stored if data is stored.data else msgspec.structs.replace(stored, data=data)))
                     continue
-                event = entry[0].decode(stored.data)
+                event = entry[0].decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 return records, _corrupt(stored, exc)
             except CorruptRecordError as exc:
@@ -203,79 +202,15 @@ class MsgpackCodec:
         builds one only for a row that takes :meth:`decode` (an unknown type, an older schema
         version) or does not decode, so that it reads and fails exactly as through :meth:`decode_page`.
         """
-        if payloads is not None:
-            return self._decode_opened_rows(rows, stored, payloads)
         decoders = self._decoders
         records: list[Record] = []
         append = records.append
-        for row in rows:
+        for row, data in zip(rows, [row[6] for row in rows] if payloads is None else payloads, strict=False):
             entry = decoders.get(row[4])
             try:
                 if entry is None or row[5] < entry[1]:
-                    append(self.decode(stored(row)))
-                    continue
-                event = entry[0].decode(row[6])
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                return records, _corrupt(stored(row), exc)
-            except CorruptRecordError as exc:
-                return records, exc
-            append(
-                Record(
-                    session_id=row[0],
-                    version=row[1],
-                    position=row[2],
-                    event_id=row[3],
-                    recorded_at=row[7],
-                    event=event,
-                )
-            )
-        return records, None
-
-    def _decode_opened(
-        self, page: Sequence[StoredEvent], payloads: Sequence[bytes]
-    ) -> tuple[list[Record], CorruptRecordError | None]:
-        """:meth:`decode_page` of stored events whose payloads were opened first (decrypted), each
-        payload beside its row's envelope, for as many rows as there are payloads: no stored event is
-        rebuilt around a plaintext on the way, so a sealed row costs what a clear one does, plus
-        opening it."""
-        decoders = self._decoders
-        records: list[Record] = []
-        append = records.append
-        for stored, data in zip(page, payloads, strict=False):  # payloads stop at a row that did not open
-            entry = decoders.get(stored.type)
-            try:
-                if entry is None or stored.schema_version < entry[1]:
-                    append(self.decode(msgspec.structs.replace(stored, data=data)))
-                    continue
-                event = entry[0].decode(data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                return records, _corrupt(stored, exc)
-            except CorruptRecordError as exc:
-                return records, exc
-            append(
-                Record(
-                    session_id=stored.session_id,
-                    version=stored.version,
-                    position=stored.position,
-                    event_id=stored.event_id,
-                    recorded_at=stored.recorded_at,
-                    event=event,
-                )
-            )
-        return records, None
-
-    def _decode_opened_rows(
-        self, rows: Sequence[Sequence[Any]], stored: Callable[[Any], StoredEvent], payloads: Sequence[bytes]
-    ) -> tuple[list[Record], CorruptRecordError | None]:
-        """:meth:`_decode_opened` for a database's rows, as :meth:`decode_rows` reads them."""
-        decoders = self._decoders
-        records: list[Record] = []
-        append = records.append
-        for row, data in zip(rows, payloads, strict=False):  # payloads stop at a row that did not open
-            entry = decoders.get(row[4])
-            try:
-                if entry is None or row[5] < entry[1]:
-                    append(self.decode(msgspec.structs.replace(stored(row), data=data)))
+                    whole = stored(row)
+                    append(self.decode(whole if data is whole.data else msgspec.structs.replace(whole, data=data)))
                     continue
                 event = entry[0].decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
