@@ -128,9 +128,19 @@ class HistoryWindow:
         self._counted: dict[str, int] = {}
         self._runs = 0
         self._messages = 0
+        self._covered = False
+
+    @property
+    def covered_by(self) -> int | None:
+        """How many records covered the window (``None``: not covered yet)."""
+        return len(self._tail) if self._covered else None
 
     def take(self, record: Record) -> bool:
         """Add the next older record; ``True`` once the records taken cover the window."""
+        self._covered = self._take(record)
+        return self._covered
+
+    def _take(self, record: Record) -> bool:
         self._tail.append(record)
         event = record.event
         if isinstance(event, RunCompleted):
