@@ -109,8 +109,8 @@ async def test_postgres_loads_a_runs_context_in_one_statement(schema: str) -> No
         await pool.close()
 
 
-@pytest.mark.parametrize("runs", [0, 1])
-async def test_a_short_session_without_a_checkpoint_still_reads_in_one_hop(tmp_path: Path, runs: int) -> None:
+@pytest.mark.parametrize("runs", [0, 1, 20])
+async def test_a_session_without_a_checkpoint_still_reads_in_one_hop(tmp_path: Path, runs: int) -> None:
     store = _CountingSqliteStore(str(tmp_path / "s.db"))
     async with BaseDb(store) as db:
         events: list[Event] = [SessionStarted(session_type="agent"), SessionStateChanged(set={"k": 1})]
