@@ -53,6 +53,16 @@ def decode_state(data: bytes) -> dict[str, Any]:
     return _state_decoder.decode(decompress(data))
 
 
+def _holds_version_one(context: SessionContext | None) -> bool:
+    """Whether ``context`` read the session's version 1, which shows its log untruncated: its tail
+    reached down to it, or (no state checkpoint) its state events start there, as ``SessionStarted`` does."""
+    if context is None:
+        return False
+    return (bool(context.tail) and context.tail[-1].version == 1) or (
+        context.snapshot is None and bool(context.after) and context.after[0].version == 1
+    )
+
+
 def _decoded(snapshot: Snapshot | None, decode: Callable[[bytes], T]) -> tuple[T, int] | None:
     """A checkpoint's content, decoded, with its version; ``None`` for a missing one or one that no
     longer decodes (an older release's shape)."""
@@ -130,8 +140,8 @@ class Checkpoints:
             if checkpoint is None and context.snapshot is not None:
                 return await self.state(session_id, target)  # it no longer decodes: its records are no use
             records, more = context.after, context.after_more
-        if checkpoint is None and not (context is not None and context.tail and context.tail[-1].version == 1):
-            await self._check_readable(session_id, 1, target)  # (a tail down to version 1 shows it readable)
+        if checkpoint is None and not _holds_version_one(context):
+            await self._check_readable(session_id, 1, target)
         state, at = checkpoint if checkpoint is not None else ({}, 0)
         for record in records:
             state, at = fold_state(state, record.event), record.version

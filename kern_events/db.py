@@ -59,8 +59,40 @@ _RENAME_ATTEMPTS = 5
 
 
 CONTEXT_TAIL = 64
-"""The newest events :meth:`BaseDb.get_context` reads with the state in one round trip: three runs of
-a chat take about 12, a run with a few tool calls a dozen more; a window reaching further reads on."""
+"""At most this many of the newest events :meth:`BaseDb.get_context` reads with the state in one round
+trip: three runs of a chat take about 12, a run with a few tool calls a dozen more; a window reaching
+further reads on."""
+_CONTEXT_TAILS_KEPT = 10_000
+"""Windows (session and window arguments) whose reach a db remembers for the next :meth:`BaseDb.get_context`."""
+
+
+class _ContextTails:
+    """How many newest events the next context load of a window reads: as many as the same window
+    took last time, with room for a longer run since, at most :data:`CONTEXT_TAIL`.
+
+    A window of three short runs takes about 20 events, and reading (and decoding) the other 44 of
+    :data:`CONTEXT_TAIL` was a fifth of a load's cost on PostgreSQL. A run much longer than the last
+    ones only makes that load read on after the tail, in one more round trip, and the next one read
+    further. Nothing here changes what a load returns.
+    """
+
+    def __init__(self) -> None:
+        self._taken: OrderedDict[tuple[str, int | None, int | None, bool], int] = OrderedDict()
+
+    def tail(self, key: tuple[str, int | None, int | None, bool]) -> int:
+        """The events to read for the window ``key`` (session id and window arguments)."""
+        taken = self._taken.get(key)
+        return CONTEXT_TAIL if taken is None else min(CONTEXT_TAIL, taken + taken // 2 + 4)
+
+    def remember(self, key: tuple[str, int | None, int | None, bool], taken: int | None) -> None:
+        """How many records covered the window ``key`` (``None``: none did, so the next load reads all
+        of :data:`CONTEXT_TAIL`)."""
+        self._taken.pop(key, None)
+        if taken is None:
+            return
+        self._taken[key] = taken
+        if len(self._taken) > _CONTEXT_TAILS_KEPT:
+            self._taken.popitem(last=False)
 
 
 def _window(
@@ -131,6 +163,7 @@ class BaseDb:
         """What sessions opened through this db store, unless a runtime says otherwise."""
         self._cache_size = cache_size
         self._cache: OrderedDict[str, tuple[int, float, SessionView]] = OrderedDict()
+        self._context_tails = _ContextTails()
 
     @property
     def store(self) -> EventStore:
@@ -256,7 +289,7 @@ class BaseDb:
         On a store built on the backend kit they come from one
         :meth:`~kern_events.backend.BaseEventStore.load_context` call (one round trip on PostgreSQL
         and SQLite) whenever the window lies within the session's last :data:`CONTEXT_TAIL` events;
-        a longer window reads on from there.
+        a longer window reads on from there (:class:`_ContextTails` says how far the tail goes).
         """
         window = _window(num_history_runs, num_history_messages, include_tool_messages)
         _check_reader(session_id, user_id)
@@ -265,16 +298,18 @@ class BaseDb:
             info = await self._visible_info(session_id, user_id)
             history = await self._history(session_id, user_id, info, window, [], more=True)
             return history, await self._checkpoints.state(session_id, info.version)
+        key = (session_id, num_history_runs, num_history_messages, include_tool_messages)
         context = await store.load_context(
             session_id,
             snapshot=STATE_CHECKPOINT,
             schema_version=STATE_SCHEMA_VERSION,
             types=STATE_EVENT_TYPES,
-            tail=min(CONTEXT_TAIL, store.read_page_size),
+            tail=min(self._context_tails.tail(key), store.read_page_size),
         )
         if context.info is None or not _visible_to(context.info, user_id):
             raise SessionNotFoundError(session_id)
         history = await self._history(session_id, user_id, context.info, window, context.tail, more=context.tail_more)
+        self._context_tails.remember(key, window.covered_by)
         return history, await self._checkpoints.state(session_id, context.info.version, context)
 
     async def _history(

@@ -16,7 +16,7 @@ import msgspec
 from kern_events.events import MessageAdded, RunCompleted, RunStarted
 from kern_events.records import Record
 from projections.runs import MessageView, RunStatus, RunView
-from projections.session import SessionFold
+from projections.session import fold_runs
 
 __all__ = ["HistoryWindow", "counts_in_history", "history_messages", "last_messages", "runs_for_history"]
 
@@ -128,9 +128,19 @@ class HistoryWindow:
         self._counted: dict[str, int] = {}
         self._runs = 0
         self._messages = 0
+        self._covered = False
+
+    @property
+    def covered_by(self) -> int | None:
+        """How many records covered the window (``None``: not covered yet)."""
+        return len(self._tail) if self._covered else None
 
     def take(self, record: Record) -> bool:
         """Add the next older record; ``True`` once the records taken cover the window."""
+        self._covered = self._take(record)
+        return self._covered
+
+    def _take(self, record: Record) -> bool:
         self._tail.append(record)
         event = record.event
         if isinstance(event, RunCompleted):
@@ -149,11 +159,8 @@ class HistoryWindow:
 
     def messages(self) -> list[MessageView]:
         """The window's messages, oldest first, from the records taken."""
-        accumulator = SessionFold()
-        accumulator.extend(reversed(self._tail))
-        view = accumulator.view()
         return history_messages(
-            view.runs if view is not None else (),
+            fold_runs(reversed(self._tail)),
             num_history_runs=self.num_history_runs,
             num_history_messages=self.num_history_messages,
             include_tool_messages=self.include_tool_messages,

@@ -39,6 +39,7 @@ __all__ = [
     "encode_view",
     "fold",
     "fold_records",
+    "fold_runs",
     "fold_state",
 ]
 
@@ -126,12 +127,7 @@ class SessionFold:
         header = self._header
         if header is None:
             header = self._header = SessionView(session_id=record.session_id, created_at=at, updated_at=at)
-        if isinstance(event, RunStarted):
-            self._runs[event.run_id] = new_run(event, at)
-        elif (run_id := getattr(event, "run_id", None)) is not None:
-            run = self._runs.get(run_id)
-            if run is not None:
-                self._runs[run_id] = apply_to_run(run, event, at)
+        _apply_to_runs(self._runs, event, at)
         changes = _session_changes(header, event, at)
         self._header = msgspec.structs.replace(header, **changes, updated_at=at)
 
@@ -145,6 +141,29 @@ class SessionFold:
         if self._header is None:
             return None
         return msgspec.structs.replace(self._header, runs=tuple(self._runs.values()))
+
+
+def _apply_to_runs(runs: dict[str, RunView], event: Event, at: int) -> None:
+    """The session's runs after one event other than a session start (in place)."""
+    if isinstance(event, RunStarted):
+        runs[event.run_id] = new_run(event, at)
+    elif (run_id := getattr(event, "run_id", None)) is not None:
+        run = runs.get(run_id)
+        if run is not None:
+            runs[run_id] = apply_to_run(run, event, at)
+
+
+def fold_runs(records: Iterable[Record]) -> tuple[RunView, ...]:
+    """The runs :class:`SessionFold` builds from ``records`` (in version order), without the rest of
+    the session view: what a history window needs, at about half the cost of the whole fold."""
+    runs: dict[str, RunView] = {}
+    for record in records:
+        event = record.event
+        if isinstance(event, SessionStarted):
+            runs = {}
+        elif isinstance(event, Event):
+            _apply_to_runs(runs, event, int(record.recorded_at))
+    return tuple(runs.values())
 
 
 def fold(view: SessionView | None, record: Record) -> SessionView | None:

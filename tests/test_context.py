@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from kern_events import MessageAdded, RunCompleted, RunStarted, SessionStarted, SessionStateChanged
-from kern_events.db import BaseDb
+from kern_events.db import CONTEXT_TAIL, BaseDb
 from kern_events.events import Event
 from kern_events.stores.postgres import PostgresEventStore
 from kern_events.stores.sqlite import SqliteEventStore
@@ -59,10 +59,17 @@ class _CountingSqliteStore(SqliteEventStore):
     """A SQLite store that counts the calls it sends to its connections' threads."""
 
     hops = 0
+    tails: list[int]
 
     def _submit(self, connection: Any, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         self.hops += 1
         return super()._submit(connection, function, *args)
+
+    async def _load_context(
+        self, session_id: str, snapshot: str, schema_version: int, types: tuple[str, ...], tail: int, after: int
+    ) -> Any:
+        self.tails = [*getattr(self, "tails", []), tail]
+        return await super()._load_context(session_id, snapshot, schema_version, types, tail, after)
 
 
 async def test_sqlite_loads_a_runs_context_in_one_hop(tmp_path: Path) -> None:
@@ -102,8 +109,8 @@ async def test_postgres_loads_a_runs_context_in_one_statement(schema: str) -> No
         await pool.close()
 
 
-@pytest.mark.parametrize("runs", [0, 1])
-async def test_a_short_session_without_a_checkpoint_still_reads_in_one_hop(tmp_path: Path, runs: int) -> None:
+@pytest.mark.parametrize("runs", [0, 1, 20])
+async def test_a_session_without_a_checkpoint_still_reads_in_one_hop(tmp_path: Path, runs: int) -> None:
     store = _CountingSqliteStore(str(tmp_path / "s.db"))
     async with BaseDb(store) as db:
         events: list[Event] = [SessionStarted(session_type="agent"), SessionStateChanged(set={"k": 1})]
@@ -111,6 +118,39 @@ async def test_a_short_session_without_a_checkpoint_still_reads_in_one_hop(tmp_p
             events += _run(number)
         await db.store.append("s", events, expected_version=0)
         expected = await _expected(db)
+        store.hops = 0
+        assert await _context(db) == expected
+        assert store.hops == 1
+
+
+async def test_the_next_context_reads_only_as_far_back_as_its_window_reached(tmp_path: Path) -> None:
+    """Three runs of five events: the first load reads the default tail, the next ones about what the
+    window took (and room for a longer run), with the same result."""
+    store = _CountingSqliteStore(str(tmp_path / "s.db"))
+    async with BaseDb(store) as db:
+        await _fill(db)
+        expected = await _expected(db)
+        assert [await _context(db) for _ in range(3)] == [expected] * 3
+    assert store.tails[0] == CONTEXT_TAIL + 1  # one row of look-ahead
+    assert store.tails[1] == store.tails[2] < 30
+
+
+async def test_a_run_longer_than_the_window_reached_before_still_comes_out_whole(tmp_path: Path) -> None:
+    """After short runs the tail read is short; a long run then reads on past it (one more hop), and
+    the load after that reads a tail that holds it again."""
+    store = _CountingSqliteStore(str(tmp_path / "s.db"))
+    async with BaseDb(store) as db:
+        await _fill(db)
+        await _context(db)
+        await _context(db)
+        long_run = _run(23)
+        long_run[2:2] = [MessageAdded(run_id="run-23", role="assistant", content=f"step {n}") for n in range(40)]
+        await db.store.append("s", long_run, expected_version=await db.store.current_version("s"))
+        expected = await _expected(db)
+        assert len(expected[0]) > 40
+        store.hops = 0
+        assert await _context(db) == expected
+        assert store.hops > 1
         store.hops = 0
         assert await _context(db) == expected
         assert store.hops == 1

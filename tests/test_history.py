@@ -5,8 +5,21 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kern_events import ToolCallRequest
-from projections import MessageView, RunView, history_messages, last_messages, runs_for_history
+from kern_events import (
+    MessageAdded,
+    RunCompleted,
+    RunStarted,
+    SessionStarted,
+    SessionStateChanged,
+    ToolCallCompleted,
+    ToolCallRequest,
+    ToolCallStarted,
+    event_id_for,
+)
+from kern_events.events import Event
+from kern_events.records import Record
+from projections import MessageView, RunView, fold_records, history_messages, last_messages, runs_for_history
+from projections.session import fold_runs
 
 
 def _message(role: str, content: object = "text", **fields: object) -> MessageView:
@@ -94,3 +107,30 @@ def test_history_takes_the_last_completed_top_level_runs_in_order() -> None:
     assert [m.content for m in history_messages(runs, num_history_runs=2)] == ["r2?", "r2!", "r4?", "r4!"]
     assert [m.content for m in history_messages(runs, num_history_messages=3)] == ["r2!", "r4?", "r4!"]
     assert [run.run_id for run in runs_for_history(runs, exclude_run_id="r4")] == ["r1", "r2"]
+
+
+def test_the_runs_of_a_window_fold_as_the_whole_session_fold_builds_them() -> None:
+    """``fold_runs`` (what a history window folds) gives the runs the session fold gives: run events
+    applied to their run, others ignored, a session start again dropping the runs before it."""
+    events: list[Event] = [SessionStarted(session_type="agent"), MessageAdded(run_id="stray", role="user", content="x")]
+    for number in range(3):
+        run_id = f"run-{number}"
+        events += [
+            RunStarted(run_id=run_id, input="q"),
+            MessageAdded(run_id=run_id, role="user", content=f"question {number}"),
+            SessionStateChanged(set={"turn": number}),
+            ToolCallStarted(run_id=run_id, tool_call_id=f"c{number}", tool_name="tool"),
+            ToolCallCompleted(run_id=run_id, tool_call_id=f"c{number}", tool_name="tool", result="ok"),
+            RunCompleted(run_id=run_id, output=f"answer {number}"),
+        ]
+        if number == 0:
+            events.append(SessionStarted(session_type="agent"))  # restarted: run-0 is gone
+    records = [
+        Record(session_id="s", version=n, position=n, event_id=event_id_for("s", n), recorded_at=1_000.0, event=event)
+        for n, event in enumerate(events, start=1)
+    ]
+    view = fold_records(records)
+    assert view is not None
+    assert [run.run_id for run in view.runs] == ["run-1", "run-2"]
+    assert fold_runs(records) == view.runs
+    assert fold_runs(records[9:]) == fold_records(records[9:]).runs  # type: ignore[union-attr]

@@ -247,6 +247,7 @@ async def test_reads_that_need_truncated_events_and_have_no_checkpoint_are_typed
             lambda: db.get_session("s"),
             lambda: db.get_session_state("s"),
             lambda: db.get_history("s"),
+            lambda: db.get_context("s", num_history_runs=1),  # the window is whole; the state is not
         ]
         for attempt in attempts:
             with pytest.raises(TruncatedError) as raised:
