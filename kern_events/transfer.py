@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 import os
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import UUID
@@ -270,7 +270,7 @@ def _stored(line: _Event) -> StoredEvent:
     )
 
 
-class _Session(msgspec.Struct):
+class _Session(msgspec.Struct, gc=False):
     """What the checker keeps of one session: its last version, whether its chain has begun, and the
     hashes its last event may have (one per way its source may have stored the payloads since the
     last hash: inline, or behind a manifest above a limit, see :func:`_links`); with the lines of the
@@ -278,9 +278,10 @@ class _Session(msgspec.Struct):
 
     version: int
     chained: bool
-    links: list[tuple[bytes, float, float]]
-    waiting: list[tuple[int, int, float]] = msgspec.field(default_factory=list)
-    """Line number, version and recorded time of each event since the last hash."""
+    links: Sequence[tuple[bytes, float, float]]
+    waiting: list[tuple[int, int, float]] | None = None
+    """Line number, version and recorded time of each event since the last hash (``None``: none; a
+    session keeps only this between its appends, so an export of many sessions imports in little memory)."""
 
 
 class _Checker:
@@ -295,6 +296,7 @@ class _Checker:
     def _unhashed(self, head: _Session, session_id: str) -> None:
         """The waiting events' append ended without a hash: before the chain began they never had
         one; after it, the last one's was removed."""
+        assert head.waiting is not None
         number, version, _ = head.waiting[-1]
         if head.chained:
             where = f"session {session_id!r} version {version}"
@@ -304,7 +306,7 @@ class _Checker:
                 "recorded time): the file was edited",
             )
         self.unchained += len(head.waiting)
-        head.waiting, head.links = [], [(self._store.chain.genesis(session_id), -_INF, _INF)]
+        head.waiting, head.links = None, _hashed(self._store.chain.genesis(session_id))
 
     async def events(self, path: Path) -> AsyncIterator[tuple[int, StoredEvent]]:
         """Every event of the file in order, checked; an :class:`ExportFileError` at the first bad line."""
@@ -361,7 +363,7 @@ class _Checker:
                         "were removed (truncated, or deleted before it started again); only whole sessions import",
                     )
                 head = heads[line.session_id] = _Session(
-                    version=0, chained=False, links=[(chain.genesis(line.session_id), -_INF, _INF)]
+                    version=0, chained=False, links=_hashed(chain.genesis(line.session_id))
                 )
                 sessions += 1
             elif line.version != head.version + 1:
@@ -377,6 +379,8 @@ class _Checker:
                 raise ExportFileError(number, f"{where}: {error}") from None
             links = _links(chain, head.links, stored, forms)
             if line.chain is None:
+                if head.waiting is None:
+                    head.waiting = []
                 head.waiting.append((number, line.version, line.recorded_at))
                 head.links = links
             else:
@@ -388,7 +392,7 @@ class _Checker:
                         f"{where}: {what} does not match its chain hash (the file was edited, or it was "
                         "exported under another chain key)",
                     )
-                head.links, head.chained, head.waiting = [(line.chain, -_INF, _INF)], True, []
+                head.links, head.chained, head.waiting = _hashed(line.chain), True, None
             try:
                 record = await store.decode_stored(stored)
                 if not isinstance(record.event, UnknownEvent):
@@ -405,10 +409,16 @@ class _Checker:
 
 
 _INF = float("inf")
+_NEG_INF = -_INF
+
+
+def _hashed(link: bytes) -> tuple[tuple[bytes, float, float]]:
+    """The one hash a session's next event may chain from, whatever the source's inline limit."""
+    return ((link, _NEG_INF, _INF),)
 
 
 def _links(
-    chain: Chain, links: list[tuple[bytes, float, float]], stored: StoredEvent, forms: tuple[bytes, bytes]
+    chain: Chain, links: Sequence[tuple[bytes, float, float]], stored: StoredEvent, forms: tuple[bytes, bytes]
 ) -> list[tuple[bytes, float, float]]:
     """The hashes ``stored`` may have after each of ``links``. Its source hashed the payload as it
     stored it: inline (``forms[0]``), or behind a manifest (``forms[1]``, if this store would put it
