@@ -28,7 +28,6 @@ from benchmarks.peers import kern
 from benchmarks.peers._workload import agent_runs
 from kern_events import InMemoryDb
 from kern_events.checkpoints import STATE_CHECKPOINT
-from kern_events.db import CONTEXT_TAIL
 from kern_events.events import Event
 from kern_events.records import AppendResult
 from kern_events.sessions import Session
@@ -40,8 +39,9 @@ NOTES = """\
 Capacity units computed from item sizes (no timing: the emulator's speed is not DynamoDB's). A run is
 the Agent's three appends (three transactions, each with the head's read before it); its WCU include
 the index writes (the head to by_time and by_user, a state event to by_type). A context load is what
-the Agent reads before a run (head, state checkpoint, newest 65 events, the state events after the
-checkpoint: four strongly consistent reads). The state events after the checkpoint come from the
+the Agent reads before a run (head, state checkpoint, the newest events as far back as its last load's
+window took plus half and one more, at most 65, the state events after the checkpoint: four strongly
+consistent reads). The state events after the checkpoint come from the
 sparse local index by_type, which holds only state events, so that read costs what it returns however
 many other events followed the checkpoint: the load is flat in the session's length."""
 
@@ -140,7 +140,11 @@ async def _measure(session_counts: Sequence[int]) -> list[tuple[str, int, int, f
             checkpoint = await db.store.load_snapshot("bench", STATE_CHECKPOINT)
             since = version - (checkpoint.version if checkpoint is not None else 0)
             checkpoint_size = 0 if checkpoint is None else len(checkpoint.data) + 60
-            tail = [item_size(item) for item in events[-(CONTEXT_TAIL + 1) :]]
+            # the Agent's load, twice: the second reads as far back as the first one's window took
+            # (with room for a longer run), as every load after a process's first does
+            await db.get_context("bench", num_history_runs=kern.HISTORY_RUNS)
+            reach = db._context_tails.tail(("bench", kern.HISTORY_RUNS, None, True))
+            tail = [item_size(item) for item in events[-(reach + 1) :]]
             # the items the read of the state events after the checkpoint reads: from by_type (only the
             # state events) when the store indexes their types, else a filtered query reads every event
             since_events = events[max(0, len(events) - since) :] if since else []
