@@ -74,14 +74,17 @@ hash chain vs none: the same store computing and storing no tamper-evidence hash
 telemetry: off vs no check: store.append with telemetry off against the append behind its one check
   (ratio ~1.00: what the check costs); on vs off: kern_events.instrument() with the SDK (spans exported in
   batches by its worker thread, metrics aggregated in memory).
-Why 1 event per append at NORMAL trails one autocommit execute (issue target 0.9): each of ours writes ~6.5
-  WAL pages (the event row, the session-index row and its updated_at index entry) against ~4.5 for the raw
-  insert, so SQLite's automatic checkpoint (every 1,000 pages, run inside the COMMIT that crosses it, the
-  fsync at NORMAL) lands on our appends about 1.5x as often. Checkpointing beside the appends on the reader
+Why 1 event per append trails one autocommit execute (issue target 0.9, FULL and NORMAL): each of ours
+  writes ~6.5 WAL pages (the event row, the session-index row and its updated_at index entry) against ~4.5
+  for the raw insert, and does more work past the thread hop (the guarded index-row update); at NORMAL,
+  SQLite's automatic checkpoint (every 1,000 pages, run inside the COMMIT that crosses it, the fsync at
+  NORMAL) lands on our appends about 1.5x as often. Checkpointing beside the appends on the reader
   connection instead was built and measured: +3% at this row's size (within the noise), +24-34% at 6,000
   appends a run, but reads waited 4-18 ms behind a checkpoint and the WAL grew to 4,000-6,000 pages under
-  load, so SQLite's automatic checkpoint stays. The ratio also follows the disk: 0.85 with the raw insert
-  at 4.7k ev/s, ~0.6 when the same disk gave it 9-14k."""
+  load, so SQLite's automatic checkpoint stays. The ratio follows the disk: with the raw insert at 2.2k
+  ev/s (FULL) and 4.7k (NORMAL) it was 0.96 and 0.85, with 3.5k and 6.2k on the same machine 0.75 and
+  0.73. Reaching 0.9 there means not writing the session-index row on every append, which would give up
+  the optimistic guard and get_sessions' order."""
 
 
 # -- ours ------------------------------------------------------------------------------------------
