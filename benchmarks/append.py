@@ -82,9 +82,9 @@ Why 1 event per append trails one autocommit execute (issue target 0.9, FULL and
   connection instead was built and measured: +3% at this row's size (within the noise), +24-34% at 6,000
   appends a run, but reads waited 4-18 ms behind a checkpoint and the WAL grew to 4,000-6,000 pages under
   load, so SQLite's automatic checkpoint stays. The ratio follows the disk: with the raw insert at 2.2k
-  ev/s (FULL) and 4.7k (NORMAL) it was 0.96 and 0.85, with 3.5k and 6.2k on the same machine 0.75 and
-  0.73. Reaching 0.9 there means not writing the session-index row on every append, which would give up
-  the optimistic guard and get_sessions' order."""
+  ev/s (FULL) and 4.7k (NORMAL) it was 0.96 and 0.85; with 3.4k and 6.4k (the rows above, same machine)
+  0.77 and 0.69. Reaching 0.9 there means not writing the session-index row on every append, which would
+  give up the optimistic guard and get_sessions' order."""
 
 
 # -- ours ------------------------------------------------------------------------------------------
