@@ -212,6 +212,9 @@ def _known(value: Any) -> Any:
 
 
 def _complete_tool_call(calls: tuple[ToolCallView, ...], event: ToolCallCompleted, at: int) -> tuple[ToolCallView, ...]:
+    """The calls after a completion: it finishes the newest call of its id if that one is still
+    running; otherwise (a call recorded whole, or an id used again once its call finished, as models
+    that number calls per turn do) it is a call of its own, so no finished call's result is replaced."""
     status: ToolCallStatus = "failed" if event.error is not None else "completed"
     done = {
         "status": status,
@@ -222,6 +225,8 @@ def _complete_tool_call(calls: tuple[ToolCallView, ...], event: ToolCallComplete
     }
     for index in range(len(calls) - 1, -1, -1):
         if calls[index].tool_call_id == event.tool_call_id:
+            if calls[index].status != "running":
+                break
             updated = msgspec.structs.replace(calls[index], **done)
             return (*calls[:index], updated, *calls[index + 1 :])
     started = ToolCallView(

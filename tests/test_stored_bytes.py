@@ -272,6 +272,25 @@ async def test_a_tool_message_repeating_a_result_its_call_replaced_since_keeps_i
     assert "tool (lookup): sunny" in replayed
 
 
+async def test_a_tool_call_id_used_again_after_its_call_finished_keeps_both_calls_in_the_view() -> None:
+    async with InMemoryDb() as db:
+        session = await db.open_session("s")
+        run = await session.start_run("r")
+        run.tool_call("call_0", "weather", {"city": "Oslo"}, result="sunny")  # some models number per turn
+        await run.flush()
+        run.tool_call("call_0", "weather", {"city": "Rome"}, error="timeout")
+        run.stage(ToolCallStarted(run_id="r", tool_call_id="call_0", tool_name="weather", arguments={"city": "Bern"}))
+        run.stage(ToolCallCompleted(run_id="r", tool_call_id="call_0", tool_name="weather", result="rain"))
+        await run.complete()
+        view = await db.get_session("s")
+    calls = [(c.arguments, c.status, c.result, c.error) for c in view.runs[0].tool_calls]
+    assert calls == [
+        ({"city": "Oslo"}, "completed", "sunny", None),
+        ({"city": "Rome"}, "failed", None, "timeout"),
+        ({"city": "Bern"}, "completed", "rain", None),
+    ]
+
+
 async def test_a_call_whose_id_the_assistant_gave_twice_reads_the_arguments_it_was_recorded_with() -> None:
     async with InMemoryDb() as db:
         session = await db.open_session("s")
