@@ -54,7 +54,10 @@ class Codec(Protocol):
 
 
 class MsgpackCodec:
-    """msgspec MessagePack: the smallest and fastest of msgspec's formats for these events."""
+    """msgspec MessagePack: the smallest and fastest of msgspec's formats for these events.
+
+    Stores read pages through :meth:`decode_page` and :meth:`decode_rows`, one pass each; a subclass
+    that overrides only :meth:`decode` is read through its ``decode`` instead, row by row."""
 
     def __init__(self) -> None:
         self._encoder = msgspec.msgpack.Encoder()

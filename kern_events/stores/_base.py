@@ -454,6 +454,18 @@ def _rows_have_manifest(rows: Sequence[Sequence[Any]]) -> bool:
         return MANIFEST_MARK in [row[6][:1] for row in rows]
 
 
+def _page_decoder(codec: Codec, name: str) -> Callable[..., tuple[list[Record], Exception | None]] | None:
+    """The codec's one-pass page decoder ``name``, if it reads as the codec's ``decode`` does: defined
+    by the class that defines ``decode`` or one derived from it. A subclass that overrides only
+    ``decode`` gets ``None``, so its pages are read through its ``decode``, not around it."""
+    mro = type(codec).__mro__
+    page_owner = next((cls for cls in mro if name in vars(cls)), None)
+    decode_owner = next((cls for cls in mro if "decode" in vars(cls)), None)
+    if page_owner is None or decode_owner is None or not issubclass(page_owner, decode_owner):
+        return None
+    return cast(Callable[..., tuple[list[Record], Exception | None]], getattr(codec, name))
+
+
 def _has_manifest(page: Sequence[StoredEvent]) -> bool:
     """Whether a row of the page is a chunk manifest: one pass over first bytes, ~50 ns a row."""
     try:
@@ -547,14 +559,14 @@ class BaseEventStore(abc.ABC):
         self.change_signal = ChangeSignal()
         self._stores_chunks = type(self)._read_chunks is not BaseEventStore._read_chunks
         self._codec: Codec = codec if codec is not None else MsgpackCodec()
-        self._decode_page: Callable[..., tuple[list[Record], Exception | None]] = getattr(
-            self._codec, "decode_page", self._decode_rows
+        self._decode_page: Callable[..., tuple[list[Record], Exception | None]] = (
+            _page_decoder(self._codec, "decode_page") or self._decode_rows
         )
         """The page's records and the error of the first row that does not decode (``None`` if all
         do), given the page and, if it was opened, its payloads: the codec's ``decode_page`` where it
         has one (:class:`MsgpackCodec` does), else ``decode`` row by row; looked up once."""
-        self._rows_decoder: Callable[..., tuple[list[Record], Exception | None]] | None = getattr(
-            self._codec, "decode_rows", None
+        self._rows_decoder: Callable[..., tuple[list[Record], Exception | None]] | None = _page_decoder(
+            self._codec, "decode_rows"
         )
         """The codec's ``decode_rows`` (records straight from database rows, see :meth:`_decoded_rows`),
         if it has one; looked up once."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from uuid import UUID
 
+import msgspec
+
 from kern_events.codec import MsgpackCodec
-from kern_events.events import Event
-from kern_events.records import PendingEvent
+from kern_events.events import Event, MessageAdded
+from kern_events.records import PendingEvent, Record, StoredEvent
 
 
 class FutureCodec(MsgpackCodec):
@@ -38,3 +40,15 @@ class UnregisteredCodec(MsgpackCodec):
         if pending.type == "conformance.counter":
             return PendingEvent(event_id=event_id, type="conformance.unregistered", schema_version=1, data=pending.data)
         return pending
+
+
+class ReadingCodec(MsgpackCodec):
+    """Reads its own way: overrides only ``decode``, handing back every message's content in capitals
+    (as a codec that unwraps a field it wrapped would), which every read path must go through."""
+
+    def decode(self, stored: StoredEvent) -> Record:
+        record = super().decode(stored)
+        event = record.event
+        if isinstance(event, MessageAdded) and isinstance(event.content, str):
+            return msgspec.structs.replace(record, event=msgspec.structs.replace(event, content=event.content.upper()))
+        return record

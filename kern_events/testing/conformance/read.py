@@ -19,7 +19,7 @@ from kern_events import (
 )
 from kern_events.stores._base import Page
 from kern_events.testing._backend import Backend
-from kern_events.testing._codecs import CorruptingCodec, FutureCodec
+from kern_events.testing._codecs import CorruptingCodec, FutureCodec, ReadingCodec
 from kern_events.testing._feed import feed_reaches, feed_settled
 from projections import fold_records
 
@@ -178,6 +178,22 @@ async def test_an_unknown_event_type_is_returned_raw_and_skipped_by_projections(
     assert len(everything) == 3
     view = fold_records(records)
     assert view is not None and view.session_name is None and view.user_id == "u"
+
+
+async def test_a_codec_that_overrides_only_decode_is_read_through_on_every_path(backend: Backend) -> None:
+    """A store may decode a page in one pass where its codec offers it, but never around the codec's
+    own ``decode``: a subclass that changes only that reads its way through every read."""
+    async with backend.store(codec=ReadingCodec()) as store:
+        written = await store.append("s", [SessionStarted(session_type="agent"), _message(1), _message(2)])
+        contents = [
+            [record.event.content async for record in reads if isinstance(record.event, MessageAdded)]
+            for reads in (store.read("s"), store.read("s", backwards=True, limit=1))
+        ]
+        if backend.global_feed:
+            await feed_reaches(store, written.positions[-1])
+            contents.append([r.event.content async for r in store.read_all() if isinstance(r.event, MessageAdded)])
+    assert contents[:2] == [["M1", "M2"], ["M2"]]
+    assert all(found == ["M1", "M2"] for found in contents[2:])
 
 
 async def test_corrupt_bytes_raise_an_error_naming_session_and_version(backend: Backend) -> None:
