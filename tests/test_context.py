@@ -4,6 +4,7 @@ one statement on PostgreSQL, one hop to the reader's thread on SQLite, whatever 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -154,3 +155,73 @@ async def test_a_run_longer_than_the_window_reached_before_still_comes_out_whole
         store.hops = 0
         assert await _context(db) == expected
         assert store.hops == 1
+
+
+async def _fill_after_checkpoint(db: BaseDb) -> None:
+    """A session whose state checkpoint is followed by 1,500 events, two of them state events."""
+    await db.store.append("s", [SessionStarted(session_type="agent"), SessionStateChanged(set={"k": 1})])
+    await db.save_checkpoint("s")
+    events: list[Event] = [MessageAdded(run_id="r", role="user", content=f"m{n}") for n in range(1500)]
+    events[500], events[1000] = SessionStateChanged(set={"k": 2}), SessionStateChanged(set={"k": 3})
+    await db.store.append("s", events, expected_version=2)
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, list):
+        return f"ARRAY[{', '.join(_literal(item) for item in value)}]::text[]"
+    return str(int(value))
+
+
+class _StatementsSqliteStore(SqliteEventStore):
+    """A SQLite store that keeps the statements it sends to its connections' threads."""
+
+    statements: list[str]
+
+    def _submit(self, connection: Any, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        sent = [sql for arg in args if isinstance(arg, tuple) for sql in arg if isinstance(sql, str)]
+        self.statements = [*getattr(self, "statements", []), *(sql for sql in sent if sql.startswith("SELECT"))]
+        return super()._submit(connection, function, *args)
+
+
+async def test_sqlite_reads_the_state_events_after_the_checkpoint_through_their_own_index(tmp_path: Path) -> None:
+    """Not every event after the state checkpoint is visited to find the few state events among
+    them: the statements a context load (and a state read) runs go through the partial index."""
+    store = _StatementsSqliteStore(str(tmp_path / "s.db"))
+    async with BaseDb(store) as db:
+        await _fill_after_checkpoint(db)
+        store.statements = []
+        _, state = await _context(db)
+        typed = [sql for sql in store.statements if "type IN" in sql]
+    assert state == {"k": 3} and typed
+    with sqlite3.connect(tmp_path / "s.db") as raw:
+        for sql in typed:
+            plan = raw.execute(f"EXPLAIN QUERY PLAN {sql}", [0] * sql.count("?")).fetchall()
+            assert "USING INDEX kern_events_state " in str(plan), (sql, plan)
+
+
+async def test_postgres_reads_the_state_events_after_the_checkpoint_through_their_own_index(schema: str) -> None:
+    queries: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def init(connection: asyncpg.Connection) -> None:
+        connection.add_query_logger(lambda query: queries.append((query.query, tuple(query.args))))
+
+    pool = await asyncpg.create_pool(_pg.PG_URL, min_size=1, max_size=2, init=init)
+    try:
+        async with BaseDb(PostgresEventStore(pool=pool, schema=schema)) as db:
+            await _fill_after_checkpoint(db)
+            queries.clear()
+            _, state = await _context(db)
+        typed = [(sql, args) for sql, args in queries if "type = ANY" in sql]
+        assert state == {"k": 3} and typed
+        async with pool.acquire() as connection:
+            await connection.execute(f'ANALYZE "{schema}".kern_events')
+            await connection.execute("SET plan_cache_mode = force_generic_plan")  # as the store's reader plans
+            for number, (sql, args) in enumerate(typed):
+                await connection.execute(f"PREPARE typed_{number} AS {sql}")
+                values = ", ".join(_literal(value) for value in args)  # EXECUTE takes no parameters
+                plan = "\n".join(row[0] for row in await connection.fetch(f"EXPLAIN EXECUTE typed_{number}({values})"))
+                assert "kern_events_state" in plan and "$1" in plan, plan  # the generic plan, no value known
+    finally:
+        await pool.close()

@@ -18,7 +18,7 @@ from kern_events.cli import main
 from kern_events.errors import SchemaVersionError
 from kern_events.events import MessageAdded
 from kern_events.records import UnknownEvent
-from kern_events.stores._sql import SCHEMA_VERSION
+from kern_events.stores._sql import SCHEMA_VERSION, STATE_TYPES
 from kern_events.stores.postgres import PostgresEventStore
 from kern_events.stores.sqlite import SqliteEventStore
 from tests import _pg
@@ -94,19 +94,27 @@ async def test_a_sqlite_file_of_an_older_schema_is_upgraded_step_by_step_and_rea
         # schema 4: the newest-first listing's index, on the listing's whole ORDER BY
         columns = [row[2] for row in raw.execute("PRAGMA index_info(kern_sessions_updated)")]
         assert columns == ["updated_at", "session_id"]
+        # schema 5: the state events' partial index, which a context load reads them through
+        columns = [row[2] for row in raw.execute("PRAGMA index_info(kern_events_state)")]
+        (sql,) = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'kern_events_state'").fetchone()
+        assert columns == ["session_id", "version"] and sql.endswith(STATE_TYPES)
 
 
 @pytest.mark.parametrize("version", [1, 2])
-async def test_a_postgres_schema_of_an_older_version_gains_the_newest_first_index_on_open(
-    schema: str, version: int
-) -> None:
+async def test_a_postgres_schema_of_an_older_version_gains_the_newer_indexes_on_open(schema: str, version: int) -> None:
     await _pg_fixture(schema, version)
     async with PostgresDb(_pg.PG_URL, schema=schema, pool_size=1) as db:
         await _reads_everything(db)
     rows = await _pg_rows(
-        schema, "SELECT indexdef FROM pg_indexes WHERE schemaname = '{schema}' AND indexname = 'kern_sessions_updated'"
+        schema,
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = '{schema}' "
+        "AND indexname IN ('kern_sessions_updated', 'kern_events_state') ORDER BY indexname",
     )
-    assert [row[0].split(" USING ")[1] for row in rows] == ["btree (updated_at, session_id)"]
+    assert [row[0].split(" USING ")[1] for row in rows] == [
+        "btree (session_id, version) "
+        "WHERE (type = ANY (ARRAY['session_started'::text, 'session_state_changed'::text]))",
+        "btree (updated_at, session_id)",
+    ]
 
 
 @pytest.mark.parametrize("version", [1, 2])

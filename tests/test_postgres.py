@@ -236,7 +236,8 @@ async def test_the_context_statement_is_never_planned_per_call_on_the_reader(sch
         reader = db.store._reader
         assert reader is not None
         plans = await reader.fetchrow(
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1", db.store._sql.context
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+            db.store._sql.state_context,
         )
         assert plans is not None
         assert (plans["generic_plans"], plans["custom_plans"]) == (6, 0)

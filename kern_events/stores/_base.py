@@ -54,7 +54,7 @@ from kern_events.errors import (
     UnknownEventTypeError,
     UnsupportedError,
 )
-from kern_events.events import Event, SessionRenamed, SessionStarted, SessionType
+from kern_events.events import Event, SessionRenamed, SessionStarted, SessionStateChanged, SessionType
 from kern_events.records import (
     TRUNCATION_SNAPSHOT,
     AppendResult,
@@ -123,6 +123,13 @@ _FIRST_TAIL_PAGE = 32
 
 SNAPSHOTS_KEPT = 3
 """Snapshots kept per session and projection name; older ones are pruned when a new one is saved."""
+
+STATE_EVENT_TYPES: tuple[str, ...] = tuple(
+    str(kind.__struct_config__.tag) for kind in (SessionStarted, SessionStateChanged)
+)
+"""The types a db's context load asks :meth:`BaseEventStore.load_context` for after the state
+checkpoint, which a backend may index apart (the SQL backends and DynamoDB do): the same types as
+``projections.session.STATE_EVENT_TYPES``, which the write side may not import (a test pins them equal)."""
 
 _SORTS = frozenset(get_args(SessionSort))
 

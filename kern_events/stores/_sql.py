@@ -11,7 +11,7 @@ from uuid import UUID
 import msgspec
 
 from kern_events._validate import check_sql_identifier
-from kern_events.backend import IndexDelta, SessionFilter, SessionInfo, index_delta
+from kern_events.backend import STATE_EVENT_TYPES, IndexDelta, SessionFilter, SessionInfo, index_delta
 from kern_events.errors import ErasedError, InvalidArgumentError
 from kern_events.events import Event
 from kern_events.records import ExpectedVersion, PendingEvent, Snapshot, StoredEvent
@@ -22,6 +22,7 @@ __all__ = [
     "INFO_COLUMNS",
     "SCHEMA_VERSION",
     "SNAPSHOT_COLUMNS",
+    "STATE_TYPES",
     "TOMBSTONE",
     "AppendRequest",
     "MigrationStep",
@@ -36,6 +37,8 @@ __all__ = [
     "quote",
     "refuse_erased",
     "snapshot_from_row",
+    "state_events_step",
+    "state_typed",
     "steps_after",
     "stored_from_row",
 ]
@@ -122,12 +125,26 @@ def info_from_row(row: Row) -> SessionInfo:
     )
 
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The layout this release writes; a database recording a higher one is refused, a lower one migrated.
 2 added the chunk table (:attr:`TableNames.chunks`), which a release that knows only 1 cannot read;
 3 the hash chain (an events column ``chain`` and the index's ``chain_head``). Rows written before 3
 keep no hash (verify counts them as unchained); the chain of such a session starts at its next append.
-4 the index behind the newest-first listing (:func:`newest_first_step`)."""
+4 the index behind the newest-first listing (:func:`newest_first_step`); 5 the partial index of the
+state events (:func:`state_events_step`)."""
+
+STATE_TYPES = f"type IN ({', '.join(repr(name) for name in STATE_EVENT_TYPES)})"
+"""The state events as a predicate with its values written in: the partial index of schema 5 holds
+the rows it matches, and a read says it too to be read through that index (a planner matches a partial
+index's predicate against the query's text, which a bound parameter would hide)."""
+
+
+_STATE_EVENT_TYPES = frozenset(STATE_EVENT_TYPES)
+
+
+def state_typed(types: Collection[str]) -> bool:
+    """Whether a read of ``types`` only can go through the state events' partial index."""
+    return bool(types) and _STATE_EVENT_TYPES.issuperset(types)
 
 
 class MigrationStep(msgspec.Struct, frozen=True):
@@ -155,6 +172,25 @@ def newest_first_step(tables: TableNames, sessions: str) -> MigrationStep:
         4,
         "the newest-first listing: an index on (updated_at, session_id)",
         (f"CREATE INDEX IF NOT EXISTS {quote(tables.sessions + '_updated')} ON {sessions} (updated_at, session_id)",),
+    )
+
+
+def state_events_step(tables: TableNames, events: str) -> MigrationStep:
+    """Schema 5, the same on both SQL backends (``events`` already quoted and qualified): a partial
+    index on ``(session_id, version)`` of the state events alone. A context load reads the state
+    events after the state checkpoint; through the session's own index it visited every event after
+    the checkpoint (up to 999, as a db checkpoints every 1,000) to find the few state ones, 0.26 ms
+    at 996 on SQLite; through this one, only those. Its price: an index entry for each state event
+    appended. On a large PostgreSQL table the step's ``CREATE INDEX`` holds
+    writes back while it builds; creating the index ``CONCURRENTLY`` under the same name beforehand
+    makes the step a no-op."""
+    return MigrationStep(
+        5,
+        "the state events a context load reads: a partial index on (session_id, version)",
+        (
+            f"CREATE INDEX IF NOT EXISTS {quote(tables.events + '_state')} ON {events} (session_id, version) "
+            f"WHERE {STATE_TYPES}",
+        ),
     )
 
 

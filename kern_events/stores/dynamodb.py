@@ -95,6 +95,7 @@ import msgspec
 from kern_events._loops import finish_on, on_loop_end
 from kern_events.backend import (
     SNAPSHOTS_KEPT,
+    STATE_EVENT_TYPES,
     BaseEventStore,
     Page,
     SessionFilter,
@@ -112,7 +113,7 @@ from kern_events.errors import (
     StorageError,
     StorageUnavailableError,
 )
-from kern_events.events import Event, SessionStarted, SessionStateChanged
+from kern_events.events import Event
 from kern_events.records import AppendResult, ExpectedVersion, PendingEvent, Snapshot, StoredEvent
 
 __all__ = [
@@ -147,11 +148,6 @@ _GSI = "by_user"
 _BY_TIME = "by_time"
 _BY_TYPE = "by_type"
 DEFAULT_LISTING_SHARDS = 4
-STATE_EVENT_TYPES: tuple[str, ...] = tuple(
-    str(kind.__struct_config__.tag) for kind in (SessionStarted, SessionStateChanged)
-)
-"""The default ``indexed_types``: the state events a context load reads (the same types as
-``projections.session.STATE_EVENT_TYPES``, which the write side may not import; a test pins them equal)."""
 """Partitions of the ``by_time`` index by default: about 4,000 head writes a second before it throttles."""
 _UNAVAILABLE = frozenset(
     {

@@ -86,6 +86,7 @@ from kern_events.stores._sql import (
     INFO_COLUMNS,
     SCHEMA_VERSION,
     SNAPSHOT_COLUMNS,
+    STATE_TYPES,
     AppendRequest,
     MigrationStep,
     Row,
@@ -97,6 +98,8 @@ from kern_events.stores._sql import (
     quote,
     refuse_erased,
     snapshot_from_row,
+    state_events_step,
+    state_typed,
     steps_after,
     stored_from_row,
 )
@@ -1024,8 +1027,8 @@ class PostgresEventStore(BaseEventStore):
     ) -> list[asyncpg.Record]:
         top = _MAX_VERSION if high is None else high
         if types is not None:
-            sql = self._sql.typed_page_backwards if backwards else self._sql.typed_page
-            return await self._read_rows(sql, session_id, low, top, limit, list(types))
+            pages = self._sql.state_pages if state_typed(types) else self._sql.typed_pages
+            return await self._read_rows(pages[backwards], session_id, low, top, limit, list(types))
         sql = self._sql.page_backwards if backwards else self._sql.page
         return await self._read_rows(sql, session_id, low, top, limit)
 
@@ -1033,7 +1036,8 @@ class PostgresEventStore(BaseEventStore):
         self, session_id: str, snapshot: str, schema_version: int, types: tuple[str, ...], tail: int, after: int
     ) -> tuple[SessionInfo | None, Snapshot | None, Sequence[StoredEvent], Sequence[StoredEvent]]:
         """The reads of the default in one statement (``_Statements.context``), on the read connection."""
-        rows = await self._read_rows(self._sql.context, session_id, snapshot, schema_version, tail, list(types), after)
+        sql = self._sql.state_context if state_typed(types) else self._sql.context
+        rows = await self._read_rows(sql, session_id, snapshot, schema_version, tail, list(types), after)
         info: SessionInfo | None = None
         found: Snapshot | None = None
         parts: tuple[list[StoredEvent], list[StoredEvent]] = ([], [])
@@ -1389,6 +1393,7 @@ class _Statements:
                 ),
             ),
             newest_first_step(tables, sessions),
+            state_events_step(tables, events),
         ]
         self.record_step = (
             f"INSERT INTO {table(tables.migrations)} (component, version, description, applied_at) "
@@ -1536,19 +1541,31 @@ RETURNING session_id, version, position"""
 SELECT s.version, s.deleted, EXISTS (SELECT 1 FROM {events} WHERE event_id = ANY($2::uuid[])), s.chain_head
 FROM (SELECT 1) AS one LEFT JOIN {sessions} AS s ON s.session_id = $1"""
         self.chain_heads = f"SELECT session_id, version, chain_head FROM {sessions} WHERE session_id = ANY($1::text[])"
-        self.page, self.page_backwards, self.typed_page, self.typed_page_backwards = (
-            f"SELECT {EVENT_COLUMNS} FROM {events} WHERE session_id = $1 AND version BETWEEN $2 AND $3"
-            f"{typed} ORDER BY version{order} LIMIT $4"
-            for typed in ("", " AND type = ANY($5::text[])")
-            for order in ("", " DESC")
-        )
+        # A session's pages (forwards, backwards), of all its events or of some types ($5). When
+        # those are among the state events, the state events' predicate is said too, with its values
+        # written in: the planner then reads them through their partial index (schema 5).
+        of_types = " AND type = ANY($5::text[])"
+        of_state = f" AND {STATE_TYPES}{of_types}"
+
+        def pages(typed: str) -> tuple[str, str]:
+            forwards, backwards = (
+                f"SELECT {EVENT_COLUMNS} FROM {events} WHERE session_id = $1 AND version BETWEEN $2 AND $3"
+                f"{typed} ORDER BY version{order} LIMIT $4"
+                for order in ("", " DESC")
+            )
+            return forwards, backwards
+
+        self.page, self.page_backwards = pages("")
+        self.typed_pages, self.state_pages = pages(of_types), pages(of_state)
         # The context before a run (_load_context) in one statement: a row of part 0 with the index
         # row and the snapshot (NULLs if none), then the tail (part 1, newest first) and the typed
         # rows after the snapshot (part 2), each bounded by the index row's version; every row
         # leaves the other parts' columns NULL.
         no_header = ", ".join(["NULL"] * (_EVENT_AT - 1))
         no_event = ", ".join(["NULL"] * (EVENT_COLUMNS.count(",") + 1))
-        self.context = f"""
+
+        def context(typed: str) -> str:
+            return f"""
 WITH info AS (SELECT {INFO_COLUMNS} FROM {sessions} WHERE session_id = $1 AND NOT deleted),
 snap AS (
     SELECT {SNAPSHOT_COLUMNS} FROM {snapshots}
@@ -1564,9 +1581,11 @@ UNION ALL (
 UNION ALL (
     SELECT 2, {no_header}, {EVENT_COLUMNS} FROM {events}
     WHERE session_id = $1 AND version > COALESCE((SELECT version FROM snap), 0)
-    AND version <= (SELECT version FROM info) AND type = ANY($5::text[])
+    AND version <= (SELECT version FROM info){typed}
     ORDER BY version LIMIT $6
 )"""
+
+        self.context, self.state_context = context(of_types), context(of_state)
         self.all_page = (
             f"SELECT {EVENT_COLUMNS} FROM {events} WHERE position >= $1 "
             "AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) "

@@ -69,6 +69,7 @@ from kern_events.stores._sql import (
     ERASED_HEAD,
     INFO_COLUMNS,
     SCHEMA_VERSION,
+    STATE_TYPES,
     AppendRequest,
     MigrationStep,
     Row,
@@ -81,6 +82,8 @@ from kern_events.stores._sql import (
     quote,
     refuse_erased,
     snapshot_from_row,
+    state_events_step,
+    state_typed,
     steps_after,
     stored_from_row,
 )
@@ -241,9 +244,9 @@ class SqliteEventStore(BaseEventStore):
             f"SELECT {{columns}} FROM {events} WHERE session_id = ? AND version BETWEEN ? AND ? "
             "{typed}ORDER BY version {order} LIMIT ?"
         )
-        self._page_statements: dict[tuple[bool, int | None, bool], tuple[str, str]] = {}
-        """A session page's statements by shape (direction, number of types): built once (and again
-        if the columns change, opening an older file)."""
+        self._page_statements: dict[tuple[bool, int | None, bool, bool], tuple[str, str]] = {}
+        """A session page's statements by shape (direction, number of types, whether they are all state
+        types, chained): built once (and again if the columns change, opening an older file)."""
         self._sql_all_page = f"SELECT {{columns}} FROM {events} WHERE position >= ? ORDER BY position LIMIT ?"
         self._sql = SessionStatements(sessions, snapshots, lambda number: f"?{number}")
         chunks = quote(self.tables.chunks)
@@ -575,6 +578,7 @@ class SqliteEventStore(BaseEventStore):
                 ),
             ),
             newest_first_step(t, sessions),
+            state_events_step(t, events),
         ]
 
     # -- writing -----------------------------------------------------------------------------------
@@ -991,7 +995,7 @@ class SqliteEventStore(BaseEventStore):
         """One hop: the page read and converted on the reader's thread (see :func:`_page_rows`), by
         statements built once per shape. A tail read is short enough for every call around it to
         show, so this awaits the thread's answer itself."""
-        shape = (backwards, None if types is None else len(types), chained)
+        shape = (backwards, None if types is None else len(types), types is not None and state_typed(types), chained)
         statements = self._page_statements.get(shape)
         if statements is None:
             statements = self._page_statements[shape] = self._page_sql(backwards, types, chained)
@@ -1004,7 +1008,7 @@ class SqliteEventStore(BaseEventStore):
     def _page_sql(self, backwards: bool, types: tuple[str, ...] | None, chained: bool) -> tuple[str, str]:
         """A session page's statements: selecting :data:`_COLUMNS` (without the chain, :data:`_UNCHAINED`),
         and text as bytes (see :func:`_page_rows`)."""
-        typed = "" if types is None else f"AND type IN ({', '.join('?' for _ in types)}) "
+        typed = "" if types is None else _typed(types)
         order = "DESC" if backwards else "ASC"
         columns, text_columns = (self._columns, self._text_columns) if chained else _UNCHAINED
         return (
@@ -1024,7 +1028,7 @@ class SqliteEventStore(BaseEventStore):
     ) -> tuple[SessionInfo | None, Snapshot | None, Page, Page]:
         """The reads of the default, in one hop to the reader's thread. A page SQLite cannot return
         (a damaged row's text) sends it to the default, whose page reads deal with it."""
-        typed = f"AND type IN ({', '.join('?' for _ in types)}) "
+        typed = _typed(types)
         statements = (
             self._sql.info,
             self._sql.snapshot_get,
@@ -1166,6 +1170,13 @@ def _failed(answer: _Answer[Any], exc: BaseException) -> None:
     answer.error = exc
     if not answer.future.done():
         answer.future.set_exception(exc)
+
+
+def _typed(types: tuple[str, ...]) -> str:
+    """A page's type filter: its types as parameters, after the state events' predicate when they
+    are among those, so that SQLite reads them through their partial index (schema 5)."""
+    bound = f"AND type IN ({', '.join('?' for _ in types)}) "
+    return f"AND {STATE_TYPES} {bound}" if state_typed(types) else bound
 
 
 def _context_rows(
