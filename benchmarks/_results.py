@@ -20,16 +20,20 @@ _HERE = Path(__file__).resolve().parent
 _PLOTS = _HERE / "plots"
 
 
-def _machine() -> list[str]:
-    """What the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
+def _cpu() -> str:
+    """The processor's model name (the hosts a shared machine runs on differ, and so do its figures)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def _machine() -> list[str]:
+    """What the numbers were measured on (the last run's machine; each section names its processor)."""
+    cpu = _cpu()
     try:
         server = subprocess.run(
             ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-Atc", "show server_version"],
@@ -42,7 +46,8 @@ def _machine() -> list[str]:
         server = ""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return [
-        f"- machine: {os.cpu_count()} vCPU ({cpu}), {memory:.0f} GiB RAM, {platform.system()} {platform.release()}",
+        f"- machine of the last run: {os.cpu_count()} vCPU ({cpu}), {memory:.0f} GiB RAM, "
+        f"{platform.system()} {platform.release()} (sections measured since 2026-12-03 name their processor)",
         f"- Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, PostgreSQL {server or 'n/a'}",
         "- shared and noisy: every figure is a median, and every row compares two cases run side by side",
     ]
@@ -192,7 +197,7 @@ def write(
     target, data = directory / "RESULTS.md", directory / "results.json"
     command = " ".join(["python -m benchmarks", *sys.argv[1:]])
     measured = (
-        f"Measured by `{command}` on {datetime.date.today().isoformat()}{_commit()} "
+        f"Measured by `{command}` on {datetime.date.today().isoformat()}{_commit()} on {_cpu()} "
         f"({repeats} runs per case, {max(1, round(seconds / 60))} min)."
     )
     bodies: dict[str, list[str]] = {}
