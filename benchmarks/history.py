@@ -104,9 +104,8 @@ def _measure(args: argparse.Namespace, operation: str) -> Sample:
         async with _database(args.store) as (open_db, settle), open_db() as db:
             version = await _prefill(db, args.runs)
             await db.save_checkpoint(_SESSION)  # as the session API does every checkpoint_every events
-            if args.after:
-                version = await _prefill(db, args.after, args.runs + 1, version)
-                args.runs += args.after
+            version = await _prefill(db, args.after, args.runs + 1, version)  # none by default
+            stored = args.runs + args.after
             await settle()
             with Timer() as timer:
                 for n in range(args.repeats):
@@ -114,7 +113,7 @@ def _measure(args: argparse.Namespace, operation: str) -> Sample:
                         await db.get_context(_SESSION, num_history_runs=3)
                     elif operation == "persist":
                         version = (
-                            await db.store.append(_SESSION, _run(args.runs + n + 1), expected_version=version)
+                            await db.store.append(_SESSION, _run(stored + n + 1), expected_version=version)
                         ).to_version
                     else:
                         await db.get_session(_SESSION)
